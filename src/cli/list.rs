@@ -1,0 +1,101 @@
+//! `pgbackd list`: a table for people, a stable JSON array for scripts.
+
+use crate::repo::Manifest;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::io::Write;
+
+/// One element of `list --json`. Stable: fields are only ever added.
+#[derive(Debug, Serialize)]
+pub struct ListEntry<'a> {
+    pub id: &'a str,
+    pub database: &'a str,
+    pub kind: &'a str,
+    pub base_id: Option<&'a str>,
+    pub trigger: crate::repo::manifest::Trigger,
+    pub status: &'a str,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub raw_sha256: &'a str,
+    pub stored_sha256: &'a str,
+    pub tables: usize,
+    pub targets: &'a [String],
+    pub server_version: &'a str,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verify_outcome: Option<&'a str>,
+    pub warnings: &'a [String],
+}
+
+pub fn entry(m: &Manifest) -> ListEntry<'_> {
+    ListEntry {
+        id: &m.id,
+        database: &m.database,
+        kind: m.kind.name(),
+        base_id: m.base_id.as_deref(),
+        trigger: m.trigger,
+        status: "ok",
+        started_at: m.started_at,
+        finished_at: m.finished_at,
+        duration_seconds: m.duration_seconds(),
+        raw_bytes: m.data.raw_bytes,
+        stored_bytes: m.data.stored_bytes,
+        raw_sha256: &m.data.raw_sha256,
+        stored_sha256: &m.data.stored_sha256,
+        tables: m.tables.len(),
+        targets: &m.targets,
+        server_version: &m.server_version,
+        verified_at: None,
+        verify_outcome: None,
+        warnings: &m.warnings,
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+pub fn print(backups: &[Manifest], json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let entries: Vec<ListEntry> = backups.iter().map(entry).collect();
+        serde_json::to_writer_pretty(&mut out, &entries)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if backups.is_empty() {
+        writeln!(out, "no backups")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<32} {:<16} {:<6} {:<20} {:>8} {:>10} {:>10} {:<12} STATUS",
+        "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256"
+    )?;
+    for m in backups {
+        writeln!(
+            out,
+            "{:<32} {:<16} {:<6} {:<20} {:>8.1} {:>10} {:>10} {:<12} ok{}",
+            m.id,
+            m.database,
+            m.kind.name(),
+            m.started_at.format("%Y-%m-%d %H:%M:%S"),
+            m.duration_seconds(),
+            human_bytes(m.data.raw_bytes),
+            human_bytes(m.data.stored_bytes),
+            &m.data.raw_sha256[..12.min(m.data.raw_sha256.len())],
+            if m.warnings.is_empty() { String::new() } else { format!(" ({} warnings)", m.warnings.len()) }
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The command line: clap definitions and one function per subcommand. Formatting only; the work
+//! is in [`crate::jobs`].
+
+mod list;
+mod restore;
+
+use crate::config::{Config, ConfigErrors};
+use crate::jobs::JobFailed;
+use crate::jobs::backup::{self, BackupRequest};
+use crate::jobs::restore::{RestoreRequest, Selector, TargetOverride};
+use crate::repo::manifest::Trigger;
+use crate::repo::{BackupKind, Repository};
+use crate::telemetry::LogFormat;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes (documented in README.md and docs/operations.md).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_JOB_FAILED: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgbackd", version, about = "PostgreSQL backups you can prove restore")]
+pub struct Cli {
+    /// The YAML config file.
+    #[arg(long, short = 'c', env = "PGBACKD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", global = true)]
+    pub log_level: String,
+    /// Log format: JSON lines when stderr is not a terminal (auto), or forced.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and print every error at once (exit 78 if any).
+    CheckConfig,
+    /// Take a backup now and print its id.
+    Backup(BackupArgs),
+    /// List backups.
+    List(ListArgs),
+    /// Restore a backup into a database and check its row counts.
+    Restore(RestoreArgs),
+    /// Write a backup's raw pg_dump archive to stdout (for a manual pg_restore).
+    Cat(CatArgs),
+    /// Run a local demo: throwaway PostgreSQL, one backup, one verified restore.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    Full,
+    Incremental,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[arg(long, value_enum, default_value = "full")]
+    pub kind: KindArg,
+    /// The database to back up (default: the only configured one).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Accept a dump much smaller than the previous full backup (after a real cleanup).
+    #[arg(long)]
+    pub allow_shrink: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub database: Option<String>,
+    /// A JSON array (a stable format; see docs/operations.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
+pub struct RestoreArgs {
+    /// The backup to restore (see `pgbackd list`).
+    pub backup_id: Option<String>,
+    /// Restore the newest backup of --database (or of the only configured database).
+    #[arg(long)]
+    pub latest: bool,
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The database to restore into.
+    #[arg(long)]
+    pub target_database: String,
+    /// Target server host (default: restore.target, else the backup's own server).
+    #[arg(long)]
+    pub target_host: Option<String>,
+    #[arg(long)]
+    pub target_port: Option<u16>,
+    #[arg(long)]
+    pub target_user: Option<String>,
+    /// Create the target database when it does not exist.
+    #[arg(long)]
+    pub create: bool,
+    /// Drop the target's objects before restoring them (needs --yes).
+    #[arg(long)]
+    pub clean: bool,
+    /// Confirm --clean.
+    #[arg(long)]
+    pub yes: bool,
+    /// Parallel pg_restore jobs (spools the archive to a temp file when > 1).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: u32,
+    /// Restore only this schema (repeatable).
+    #[arg(long = "schema")]
+    pub schemas: Vec<String>,
+    /// Restore only this table (repeatable).
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// Do not restore object ownership (pg_restore --no-owner).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Also replay the saved roles and tablespaces (pg_dumpall --globals-only) first.
+    #[arg(long)]
+    pub globals: bool,
+    /// Check everything and verify the backup's content, but change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
+pub struct CatArgs {
+    pub backup_id: Option<String>,
+    #[arg(long)]
+    pub latest: bool,
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+/// An error with the exit code it maps to.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ConfigErrors>().is_some() {
+        EXIT_CONFIG
+    } else if err.downcast_ref::<JobFailed>().is_some() {
+        EXIT_JOB_FAILED
+    } else {
+        EXIT_ERROR
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let Some(path) = &cli.config else {
+        bail!("no config file: pass --config PATH or set PGBACKD_CONFIG (see config/pgbackd.yaml)");
+    };
+    Ok(Config::load(path)?)
+}
+
+/// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("signal received: cancelling (send it again to exit at once)");
+        token.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let interactive = std::io::stderr().is_terminal();
+    match &cli.command {
+        Command::Demo(args) => crate::demo::run(args, &cancel).await,
+        Command::CheckConfig => {
+            let config = load_config(&cli)?;
+            println!("{}: configuration is valid", config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            for db in &config.databases {
+                println!("  database {:<20} {}", db.name, db.connection);
+            }
+            let repo_path = crate::storage::local::LocalStore::new("local", &config.repository)?;
+            println!("  repository  {}", repo_path.root().display());
+            for s in &config.schedules {
+                println!("  schedule    {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
+            }
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Command::Backup(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config)?;
+            let db = config.select_database(args.database.as_deref())?;
+            let kind = match args.kind {
+                KindArg::Full => BackupKind::Full,
+                KindArg::Incremental => BackupKind::Incremental,
+            };
+            let req = BackupRequest { config: &config, database: db, kind, trigger: Trigger::Manual, allow_shrink: args.allow_shrink, interactive };
+            let m = backup::run(&req, &repo, &cancel, chrono::Utc::now()).await.map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            println!("{}", m.id);
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Command::List(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config)?;
+            if let Some(d) = &args.database {
+                config.select_database(Some(d))?;
+            }
+            let backups = repo.list(args.database.as_deref()).await?;
+            list::print(&backups, args.json)?;
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Command::Restore(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config)?;
+            let req = RestoreRequest {
+                selector: selector(args.backup_id.as_deref(), args.database.clone()),
+                target_database: args.target_database.clone(),
+                target: TargetOverride { host: args.target_host.clone(), port: args.target_port, user: args.target_user.clone() },
+                create: args.create,
+                clean: args.clean,
+                yes: args.yes,
+                jobs: args.jobs,
+                schemas: args.schemas.clone(),
+                tables: args.tables.clone(),
+                no_owner: args.no_owner,
+                globals: args.globals,
+                dry_run: args.dry_run,
+                interactive,
+            };
+            let report = crate::jobs::restore::run(&req, &config, &repo, &cancel).await.map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            restore::print(&report, args.json)?;
+            Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
+        }
+        Command::Cat(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config)?;
+            if std::io::stdout().is_terminal() {
+                bail!("refusing to write a binary archive to a terminal: redirect it, e.g. pgbackd cat ID > backup.dump");
+            }
+            let m = crate::jobs::restore::resolve(&selector(args.backup_id.as_deref(), args.database.clone()), &config, &repo).await?;
+            let mut out = tokio::io::stdout();
+            crate::jobs::restore::cat(&m, &repo, &mut out, &cancel)
+                .await
+                .context("writing the archive to stdout")
+                .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            Ok(ExitCode::from(EXIT_OK))
+        }
+    }
+}
+
+fn selector(id: Option<&str>, database: Option<String>) -> Selector {
+    match id {
+        Some(id) => Selector::Id(id.to_owned()),
+        None => Selector::Latest { database },
+    }
+}

@@ -1,0 +1,655 @@
+//! Configuration: the YAML file users write, validated into typed values.
+//!
+//! Two stages: the file is parsed into a located [`node::Node`] tree, then read field by field
+//! into [`Config`]. Every problem (unknown key, wrong type, unset `${VAR}`, invalid cron, a feature
+//! this build does not have) is collected with its dotted path and line/column, so `check-config`
+//! reports them all at once. The reference config users bring (`database:`, `local_backup_dir:`,
+//! `retention:`, `schedules:`, `aws:`, `notifications:`, `compression:`, `encryption:`) is a
+//! subset of this schema, every key keeping its meaning.
+
+pub mod node;
+pub mod reader;
+pub mod secret;
+
+use crate::schedule::{self, Schedule};
+use chrono_tz::Tz;
+use node::{Node, Value};
+use reader::{ByteSize, ConfigIssue, Ctx, Dur, MapReader};
+pub use secret::Secret;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to reach one PostgreSQL database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    /// Host name, IP address, or a directory holding the server's unix socket.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// The database name on the server.
+    pub dbname: String,
+}
+
+impl Connection {
+    /// Same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> Connection {
+        Connection { dbname: dbname.to_owned(), ..self.clone() }
+    }
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+/// One database pgbackd backs up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    /// The name backups are filed under in the repository (defaults to the database name).
+    pub name: String,
+    pub connection: Connection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowCounts {
+    Exact,
+    Off,
+}
+crate::enum_from_node!(RowCounts, "a row-count mode", { "exact" => RowCounts::Exact, "off" => RowCounts::Off });
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    pub enabled: bool,
+    /// zstd level (1-19 normal, 20-22 need a lot of memory, negative levels are faster).
+    pub level: i32,
+    /// Compression threads; 0 means one per CPU core.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSettings {
+    /// Raw bytes per independently compressed frame.
+    pub segment_size: u64,
+    /// A dump smaller than this fails.
+    pub min_size: u64,
+    /// A full dump smaller than this fraction of the previous full's raw size fails (0 = off).
+    pub min_size_ratio: f64,
+    pub row_counts: RowCounts,
+    /// Store `pg_dumpall --globals-only` (roles, tablespaces) with each full backup.
+    pub globals: bool,
+    /// Hard limit on one backup job.
+    pub timeout: Duration,
+    /// A dump whose stream moves no bytes for this long is cancelled.
+    pub stall_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreSettings {
+    /// Take a backup of the target before `--clean` overwrites it.
+    pub safety_backup: bool,
+    /// Default `pg_restore --jobs`.
+    pub jobs: u32,
+    /// Server to restore into, when not the backup's own server (database name comes from the CLI).
+    pub target: Option<Connection>,
+}
+
+/// Job kinds the `schedules:` block names (the reference config's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum JobKind {
+    FullBackup,
+    IncrementalBackup,
+    Verification,
+    TestRestore,
+    Retention,
+    FileBackup,
+    ConfigBackup,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 7] = [
+        JobKind::FullBackup,
+        JobKind::IncrementalBackup,
+        JobKind::Verification,
+        JobKind::TestRestore,
+        JobKind::Retention,
+        JobKind::FileBackup,
+        JobKind::ConfigBackup,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::FullBackup => "full_backup",
+            JobKind::IncrementalBackup => "incremental_backup",
+            JobKind::Verification => "verification",
+            JobKind::TestRestore => "test_restore",
+            JobKind::Retention => "retention",
+            JobKind::FileBackup => "file_backup",
+            JobKind::ConfigBackup => "config_backup",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    pub kind: JobKind,
+    pub schedule: Schedule,
+    /// Databases this schedule covers (empty = all).
+    pub databases: Vec<String>,
+}
+
+/// Per backup kind retention, as the reference config writes it (`full_backup: 30` days).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Retention {
+    pub full_backup_days: Option<u32>,
+    pub incremental_backup_days: Option<u32>,
+    pub file_backup_days: Option<u32>,
+    pub config_backup_days: Option<u32>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (None for the embedded demo config).
+    pub path: Option<PathBuf>,
+    pub databases: Vec<DatabaseConfig>,
+    /// Directory holding pg_dump, pg_restore, pg_dumpall, psql (default: newest under
+    /// /usr/lib/postgresql, else $PATH).
+    pub pg_bin_dir: Option<PathBuf>,
+    /// The local repository (`local_backup_dir`).
+    pub repository: PathBuf,
+    pub file_backup_dir: Option<PathBuf>,
+    pub config_backup_dir: Option<PathBuf>,
+    pub retention: Retention,
+    pub timezone: Tz,
+    pub schedules: Vec<ScheduleConfig>,
+    pub compression: Compression,
+    pub backup: BackupSettings,
+    pub restore: RestoreSettings,
+}
+
+/// All problems found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(f, "{}: {n} configuration error{}", self.file, if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The configuration the `demo` command runs on (a throwaway cluster on a unix socket).
+pub const EMBEDDED_DEMO: &str = include_str!("../../config/demo.yaml");
+
+impl Config {
+    /// Reads and validates a config file, resolving `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.display().to_string(),
+            issues: vec![ConfigIssue {
+                path: String::new(),
+                message: format!("cannot read the config file: {e}"),
+                loc: None,
+            }],
+        })?;
+        let env = |name: &str| std::env::var(name).ok();
+        let mut cfg = Config::from_yaml(&text, &path.display().to_string(), &env)?;
+        cfg.path = Some(path.to_owned());
+        Ok(cfg)
+    }
+
+    /// Validates YAML text; `file` names it in messages; `env` resolves `${VAR}`.
+    pub fn from_yaml(text: &str, file: &str, env: reader::EnvLookup<'_>) -> Result<Config, ConfigErrors> {
+        let fail = |issues| ConfigErrors { file: file.to_owned(), issues };
+        let root = Node::parse(text).map_err(|message| {
+            fail(vec![ConfigIssue { path: String::new(), message: format!("invalid YAML: {message}"), loc: None }])
+        })?;
+        let ctx = Ctx::new(env);
+        let cfg = read_config(&ctx, &root);
+        match cfg {
+            Some(cfg) if !ctx.has_errors() => Ok(cfg),
+            _ => Err(fail(ctx.into_issues())),
+        }
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    /// Resolves `--database` (or the only configured database).
+    pub fn select_database(&self, name: Option<&str>) -> anyhow::Result<&DatabaseConfig> {
+        match name {
+            Some(n) => self.database(n).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "database {n:?} is not in the config (configured: {})",
+                    self.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            }),
+            None if self.databases.len() == 1 => Ok(&self.databases[0]),
+            None => anyhow::bail!(
+                "several databases are configured ({}): choose one with --database",
+                self.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    pub fn compression_threads(&self) -> usize {
+        match self.compression.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            n => n,
+        }
+    }
+}
+
+fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
+    let mut top = ctx.map(root, "")?;
+
+    let default_conn = read_connection_defaults(&mut top);
+    let databases = read_databases(&mut top, &default_conn);
+    let pg_bin_dir = top.opt::<PathBuf>("pg_bin_dir");
+    let repository = top.opt::<PathBuf>("local_backup_dir");
+    if repository.is_none() && !top.has("local_backup_dir") {
+        ctx.error("local_backup_dir", "is required: the directory of the local backup repository", Some(top.loc()));
+    }
+    let file_backup_dir = top.opt::<PathBuf>("file_backup_dir");
+    let config_backup_dir = top.opt::<PathBuf>("config_backup_dir");
+    let timezone = match top.node("timezone") {
+        Some(node) => ctx.read::<String>(node, "timezone").and_then(|name| {
+            schedule::parse_timezone(&name).map_err(|e| ctx.error("timezone", e, Some(node.loc))).ok()
+        }),
+        None => Some(Tz::UTC),
+    };
+    let retention = read_retention(&mut top);
+    let schedules = read_schedules(&mut top, timezone.unwrap_or(Tz::UTC), &databases);
+    let compression = read_compression(&mut top);
+    let backup = read_backup(&mut top);
+    let restore = read_restore(&mut top, &default_conn);
+    read_not_yet_supported(&mut top);
+    top.finish();
+
+    Some(Config {
+        path: None,
+        databases,
+        pg_bin_dir,
+        repository: repository?,
+        file_backup_dir,
+        config_backup_dir,
+        retention,
+        timezone: timezone?,
+        schedules,
+        compression: compression?,
+        backup: backup?,
+        restore: restore?,
+    })
+}
+
+/// Connection fields shared by `database:`, each `databases:` entry and `restore.target`.
+#[derive(Debug, Clone, Default)]
+struct ConnFields {
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<Secret>,
+    dbname: Option<String>,
+}
+
+impl ConnFields {
+    fn or(self, base: &ConnFields) -> ConnFields {
+        ConnFields {
+            host: self.host.or_else(|| base.host.clone()),
+            port: self.port.or(base.port),
+            user: self.user.or_else(|| base.user.clone()),
+            password: self.password.or_else(|| base.password.clone()),
+            dbname: self.dbname.or_else(|| base.dbname.clone()),
+        }
+    }
+
+    fn into_connection(self, dbname: String) -> Connection {
+        Connection {
+            host: self.host.unwrap_or_else(|| "localhost".into()),
+            port: self.port.unwrap_or(5432),
+            user: self.user.unwrap_or_else(|| "postgres".into()),
+            password: self.password,
+            dbname,
+        }
+    }
+}
+
+fn read_conn_fields(m: &mut MapReader<'_, '_>) -> ConnFields {
+    let host = m.opt::<String>("host");
+    let port = m.opt::<u16>("port");
+    if port == Some(0) {
+        m.ctx().error(&m.child_path("port"), "must be between 1 and 65535", Some(m.loc()));
+    }
+    let user = m.opt::<String>("username");
+    let password = read_secret(m, "password");
+    let dbname = m.opt::<String>("database");
+    ConnFields { host, port, user, password, dbname }
+}
+
+/// A secret given inline (`key: ${ENV}`) or as a file (`key_file: /run/secrets/x`).
+fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret> {
+    let file_key = format!("{key}_file");
+    let inline = m.opt::<String>(key);
+    let file = m.opt::<PathBuf>(&file_key);
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            m.ctx().error(&m.child_path(&file_key), format!("give either {key} or {file_key}, not both"), Some(m.loc()));
+            None
+        }
+        (Some(v), None) => Some(Secret::new(v)),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']))),
+            Err(e) => {
+                m.ctx().error(
+                    &m.child_path(&file_key),
+                    format!("cannot read secret file {}: {e}", path.display()),
+                    Some(m.loc()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn read_connection_defaults(top: &mut MapReader<'_, '_>) -> ConnFields {
+    match top.map("database") {
+        Some(mut m) => {
+            let f = read_conn_fields(&mut m);
+            m.finish();
+            f
+        }
+        None => ConnFields::default(),
+    }
+}
+
+fn read_databases(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Vec<DatabaseConfig> {
+    let ctx = top.ctx();
+    let mut out: Vec<DatabaseConfig> = Vec::new();
+    if let Some(dbname) = &defaults.dbname {
+        out.push(DatabaseConfig { name: dbname.clone(), connection: defaults.clone().into_connection(dbname.clone()) });
+    }
+    if let Some(list) = top.node("databases") {
+        let Value::Seq(items) = &list.value else {
+            ctx.error("databases", format!("expected a list, found {}", list.value.kind()), Some(list.loc));
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("databases[{i}]");
+            // A bare string is a database name on the default server.
+            if let Value::Str(_) = item.value {
+                if let Some(name) = ctx.read::<String>(item, &path) {
+                    push_database(ctx, &mut out, &path, item.loc, name.clone(), defaults.clone().into_connection(name));
+                }
+                continue;
+            }
+            let Some(mut m) = ctx.map(item, &path) else { continue };
+            let name = m.req::<String>("name");
+            let own = read_conn_fields(&mut m);
+            let own_dbname = own.dbname.clone();
+            let fields = own.or(defaults);
+            let loc = m.loc();
+            m.finish();
+            if let Some(name) = name {
+                let dbname = own_dbname.unwrap_or_else(|| name.clone());
+                push_database(ctx, &mut out, &path, loc, name, fields.into_connection(dbname));
+            }
+        }
+    }
+    if out.is_empty() && !ctx.has_errors() {
+        ctx.error(
+            "database.database",
+            "no database to back up: set database.database or list them under databases:",
+            Some(top.loc()),
+        );
+    }
+    out
+}
+
+fn push_database(ctx: &Ctx<'_>, out: &mut Vec<DatabaseConfig>, path: &str, loc: node::Loc, name: String, connection: Connection) {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        ctx.error(&format!("{path}.name"), format!("{name:?} cannot be used as a repository directory name"), Some(loc));
+        return;
+    }
+    if out.iter().any(|d| d.name == name) {
+        ctx.error(&format!("{path}.name"), format!("database {name:?} is listed twice"), Some(loc));
+        return;
+    }
+    out.push(DatabaseConfig { name, connection });
+}
+
+fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
+    let mut r = Retention::default();
+    let Some(mut m) = top.map("retention") else { return r };
+    let ctx = m.ctx();
+    for (key, slot) in [
+        ("full_backup", &mut r.full_backup_days),
+        ("incremental_backup", &mut r.incremental_backup_days),
+        ("file_backup", &mut r.file_backup_days),
+        ("config_backup", &mut r.config_backup_days),
+    ] {
+        let path = m.child_path(key);
+        if let Some(node) = m.node(key) {
+            match &node.value {
+                Value::Map(_) => ctx.error(
+                    &path,
+                    "the long form of retention rules (keep_last, keep_daily, ...) is not supported yet; give the number of days",
+                    Some(node.loc),
+                ),
+                _ => match ctx.read::<u32>(node, &path) {
+                    Some(0) => ctx.error(&path, "0 days would delete every backup; give at least 1", Some(node.loc)),
+                    days => *slot = days,
+                },
+            }
+        }
+    }
+    m.finish();
+    r
+}
+
+fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[DatabaseConfig]) -> Vec<ScheduleConfig> {
+    let mut out = Vec::new();
+    let Some(mut m) = top.map("schedules") else { return out };
+    let ctx = m.ctx();
+    let base = m.child_path("");
+    for (key, value) in m.entries() {
+        let name = key.key_text();
+        let path = format!("{base}{name}");
+        let Some(kind) = JobKind::from_name(&name) else {
+            ctx.error(
+                &path,
+                format!(
+                    "unknown job kind; expected one of: {}",
+                    JobKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                ),
+                Some(key.loc),
+            );
+            continue;
+        };
+        let (expr, tz_name, dbs, loc) = match &value.value {
+            Value::Map(_) => {
+                let Some(mut sm) = ctx.map(value, &path) else { continue };
+                let expr = sm.req::<String>("cron");
+                let tz = sm.opt::<String>("timezone");
+                let dbs = sm.opt::<Vec<String>>("databases").unwrap_or_default();
+                sm.finish();
+                (expr, tz, dbs, value.loc)
+            }
+            _ => (ctx.read::<String>(value, &path), None, Vec::new(), value.loc),
+        };
+        let Some(expr) = expr else { continue };
+        let tz_text = tz_name.unwrap_or_else(|| default_tz.name().to_owned());
+        match Schedule::parse(&expr, Some(&tz_text)) {
+            Ok(schedule) => {
+                for db in &dbs {
+                    if !databases.iter().any(|d| &d.name == db) {
+                        ctx.error(&format!("{path}.databases"), format!("database {db:?} is not configured"), Some(loc));
+                    }
+                }
+                out.push(ScheduleConfig { kind, schedule, databases: dbs });
+            }
+            Err(e) => ctx.error(&path, e, Some(loc)),
+        }
+    }
+    m.finish();
+    out
+}
+
+fn read_compression(top: &mut MapReader<'_, '_>) -> Option<Compression> {
+    let mut m = top.map("compression")?;
+    let enabled = m.opt::<bool>("enabled").unwrap_or(true);
+    let level_node = m.node("level");
+    let level = match level_node {
+        Some(node) => {
+            let path = m.child_path("level");
+            let level = m.ctx().read::<i32>(node, &path).unwrap_or(3);
+            if !(-7..=22).contains(&level) || level == 0 {
+                m.ctx().error(&path, format!("zstd level {level} is out of range: use 1-19 (20-22 need much memory; -7..-1 are faster)"), Some(node.loc));
+            }
+            level
+        }
+        None => 3,
+    };
+    let threads = m.opt::<usize>("threads").unwrap_or(0);
+    m.finish();
+    Some(Compression { enabled, level, threads })
+}
+
+fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings> {
+    let mut m = top.map("backup")?;
+    let ctx = m.ctx();
+    let segment_size = m.opt::<ByteSize>("segment_size").map(|b| b.0).unwrap_or(8 << 20);
+    if !((64 << 10)..=(256 << 20)).contains(&segment_size) {
+        ctx.error(&m.child_path("segment_size"), "must be between 64KiB and 256MiB (8MiB is a good default)", Some(m.loc()));
+    }
+    let min_size = m.opt::<ByteSize>("min_size").map(|b| b.0).unwrap_or(1024);
+    let min_size_ratio = m.opt::<f64>("min_size_ratio").unwrap_or(0.1);
+    if !(0.0..=1.0).contains(&min_size_ratio) {
+        ctx.error(&m.child_path("min_size_ratio"), "must be between 0 (off) and 1", Some(m.loc()));
+    }
+    let row_counts = m.opt::<RowCounts>("row_counts").unwrap_or(RowCounts::Exact);
+    let globals = m.opt::<bool>("globals").unwrap_or(true);
+    let timeout = m.opt::<Dur>("timeout").map(|d| d.0).unwrap_or(Duration::from_secs(12 * 3600));
+    let stall_timeout = m.opt::<Dur>("stall_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(600));
+    for (key, d) in [("timeout", timeout), ("stall_timeout", stall_timeout)] {
+        if d.is_zero() {
+            ctx.error(&m.child_path(key), "must be greater than zero", Some(m.loc()));
+        }
+    }
+    m.finish();
+    Some(BackupSettings { segment_size, min_size, min_size_ratio, row_counts, globals, timeout, stall_timeout })
+}
+
+fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<RestoreSettings> {
+    let mut m = top.map("restore")?;
+    let safety_backup = m.opt::<bool>("safety_backup").unwrap_or(true);
+    let jobs = m.opt::<u32>("jobs").unwrap_or(1).max(1);
+    let target = if m.has("target") {
+        let mut t = m.map("target")?;
+        let fields = read_conn_fields(&mut t);
+        if fields.dbname.is_some() {
+            t.ctx().error(&t.child_path("database"), "the target database name is given on the command line (--target-database)", Some(t.loc()));
+        }
+        t.finish();
+        Some(fields.or(defaults).into_connection(String::new()))
+    } else {
+        None
+    };
+    m.finish();
+    Some(RestoreSettings { safety_backup, jobs, target })
+}
+
+/// Sections of the reference config whose features later releases add: parsed and validated now;
+/// turning one on is an error, never a silent no-op.
+fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
+    if let Some(mut aws) = top.map("aws") {
+        let enabled = aws.opt::<bool>("enabled").unwrap_or(false);
+        aws.ctx().lenient(!enabled, || {
+            let _ = read_secret(&mut aws, "access_key");
+            let _ = read_secret(&mut aws, "secret_key");
+            for key in ["region", "bucket", "prefix", "endpoint", "storage_class", "sse", "kms_key_id"] {
+                let _ = aws.opt::<String>(key);
+            }
+            let _ = aws.opt::<bool>("force_path_style");
+            let _ = aws.opt::<ByteSize>("part_size");
+            let _ = aws.opt::<u32>("max_concurrent_parts");
+        });
+        if enabled {
+            aws.ctx().error(
+                &aws.child_path("enabled"),
+                "S3 storage is not supported yet by this version of pgbackd; set aws.enabled: false (backups go to local_backup_dir)",
+                Some(aws.loc()),
+            );
+        }
+        aws.finish();
+    }
+    if let Some(mut n) = top.map("notifications") {
+        if let Some(mut email) = n.map("email") {
+            let enabled = email.opt::<bool>("enabled").unwrap_or(false);
+            email.ctx().lenient(!enabled, || {
+                for key in ["from", "smtp_server", "smtp_username"] {
+                    let _ = email.opt::<String>(key);
+                }
+                let _ = email.opt::<Vec<String>>("to");
+                let _ = email.opt::<u16>("smtp_port");
+                let _ = read_secret(&mut email, "smtp_password");
+            });
+            if enabled {
+                email.ctx().error(
+                    &email.child_path("enabled"),
+                    "email notifications are not supported yet by this version of pgbackd; set notifications.email.enabled: false",
+                    Some(email.loc()),
+                );
+            }
+            email.finish();
+        }
+        if let Some(mut slack) = n.map("slack") {
+            let enabled = slack.opt::<bool>("enabled").unwrap_or(false);
+            slack.ctx().lenient(!enabled, || {
+                let _ = read_secret(&mut slack, "webhook_url");
+                let _ = slack.opt::<String>("channel");
+            });
+            if enabled {
+                slack.ctx().error(
+                    &slack.child_path("enabled"),
+                    "Slack notifications are not supported yet by this version of pgbackd; set notifications.slack.enabled: false",
+                    Some(slack.loc()),
+                );
+            }
+            slack.finish();
+        }
+        n.finish();
+    }
+    if let Some(mut enc) = top.map("encryption") {
+        let enabled = enc.opt::<bool>("enabled").unwrap_or(false);
+        let _ = enc.opt::<PathBuf>("key_file");
+        if enabled {
+            enc.ctx().error(
+                &enc.child_path("enabled"),
+                "encryption is not supported yet by this version of pgbackd; set encryption.enabled: false (backups are stored unencrypted, with 0600 files)",
+                Some(enc.loc()),
+            );
+        }
+        enc.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests;

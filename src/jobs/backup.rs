@@ -1,0 +1,291 @@
+//! A full logical backup of one database: `pg_dump --format=custom --compress=0` streamed through
+//! the pipeline into every storage target, `pg_dumpall --globals-only` beside it, the manifest
+//! written last. Any failure removes everything the attempt wrote.
+
+use crate::config::{Config, Connection, DatabaseConfig, RowCounts};
+use crate::pg::{self, Tools};
+use crate::pipeline::{self, Counter, PipelineOptions, StreamError};
+use crate::process::{ChildSpec, ProcessError, Running, run_capture};
+use crate::progress;
+use crate::repo::manifest::{Source, StoredObject, Trigger};
+use crate::repo::{self, BackupKind, Manifest, Repository};
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long a child gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+
+pub struct BackupRequest<'a> {
+    pub config: &'a Config,
+    pub database: &'a DatabaseConfig,
+    pub kind: BackupKind,
+    pub trigger: Trigger,
+    /// Accept a dump much smaller than the previous full (after a legitimate cleanup).
+    pub allow_shrink: bool,
+    /// Show a progress bar on a terminal.
+    pub interactive: bool,
+}
+
+/// Takes a backup; returns its manifest. `now` is the backup's start time (and id).
+pub async fn run(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationToken, now: DateTime<Utc>) -> Result<Manifest> {
+    if req.kind != BackupKind::Full {
+        bail!("incremental backups are not supported yet by this version of pgbackd; use --kind full");
+    }
+    let db = req.database;
+    let span = tracing::info_span!("job", job_kind = "backup", database = %db.name);
+    let _enter = span.enter();
+    let started = Instant::now();
+    let id = repo::new_backup_id(now, req.kind);
+    tracing::info!(backup_id = %id, kind = req.kind.name(), "backup started");
+
+    let result = take(req, repo, cancel, now, &id).await;
+    match &result {
+        Ok(m) => tracing::info!(
+            backup_id = %m.id,
+            raw_bytes = m.data.raw_bytes,
+            stored_bytes = m.data.stored_bytes,
+            duration_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+            mb_per_s = format!("{:.1}", m.data.raw_bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6),
+            tables = m.tables.len(),
+            "backup finished"
+        ),
+        Err(e) => {
+            tracing::error!(backup_id = %id, error = %format!("{e:#}"), "backup failed");
+            if let Err(cleanup) = repo.remove_backup(&db.name, &id).await {
+                tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
+            }
+        }
+    }
+    result
+}
+
+async fn take(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationToken, now: DateTime<Utc>, id: &str) -> Result<Manifest> {
+    let clock = Instant::now();
+    let config = req.config;
+    let db = req.database;
+    let conn = &db.connection;
+    let tools = Tools::locate(config.pg_bin_dir.as_deref());
+    let (dump_major, dump_version) = tools.version("pg_dump").await?;
+    let client = pg::connect(conn).await?;
+    let server = pg::server_info(&client).await?;
+    drop(client);
+    pg::check_dump_version(dump_major, &dump_version, &server, &tools)?;
+    let previous_full = repo.latest(&db.name, Some(BackupKind::Full)).await?;
+
+    // the job's own cancellation: the caller's, plus the hard timeout
+    let job_cancel = cancel.child_token();
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let (t, c, limit) = (timed_out.clone(), job_cancel.clone(), config.backup.timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            t.store(true, Ordering::SeqCst);
+            c.cancel();
+        })
+    };
+    let result = dump(req, repo, &tools, &job_cancel, id).await;
+    timer.abort();
+    let (data, archive, dump_stderr) = match result {
+        Ok(v) => v,
+        Err(e) if timed_out.load(Ordering::SeqCst) => {
+            return Err(e.context(format!("the backup exceeded backup.timeout ({:?}) and was cancelled", config.backup.timeout)));
+        }
+        Err(e) => return Err(e),
+    };
+    check_size(data.raw_bytes, config, previous_full.as_ref(), req.allow_shrink)?;
+
+    let mut warnings = Vec::new();
+    if !dump_stderr.trim().is_empty() {
+        tracing::warn!(stderr = %dump_stderr.trim(), "pg_dump wrote warnings");
+        warnings.push(format!("pg_dump: {}", dump_stderr.trim()));
+    }
+    let globals = if config.backup.globals {
+        match dump_globals(&tools, conn, cancel).await {
+            Ok((sql, warning)) => {
+                warnings.extend(warning);
+                let level = config.compression.enabled.then_some(config.compression.level);
+                Some(pipeline::store_small_object(repo.stores(), &repo::globals_key(&db.name, id), &sql, level).await?)
+            }
+            Err(e) => {
+                let w = format!("roles and tablespaces (pg_dumpall --globals-only) were not saved: {e:#}");
+                tracing::warn!(warning = %w, "globals not saved");
+                warnings.push(w);
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let archive = archive.unwrap_or_else(|| pg::archive::ArchiveSummary {
+        archive_version: String::new(),
+        database: conn.dbname.clone(),
+        server_version: server.version.clone(),
+        dump_version: dump_version.clone(),
+        tables: Vec::new(),
+        large_objects: 0,
+    });
+    let manifest = Manifest {
+        schema_version: repo::manifest::SCHEMA_VERSION,
+        id: id.to_owned(),
+        database: db.name.clone(),
+        kind: req.kind,
+        base_id: None,
+        trigger: req.trigger,
+        started_at: now,
+        finished_at: now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default(),
+        source: Source { host: conn.host.clone(), port: conn.port, user: conn.user.clone(), dbname: conn.dbname.clone() },
+        server_version: server.version.clone(),
+        server_version_num: server.version_num,
+        pg_dump_version: dump_version,
+        archive_version: archive.archive_version,
+        database_size: server.database_size,
+        row_counts: match config.backup.row_counts {
+            RowCounts::Exact => "exact".into(),
+            RowCounts::Off => "off".into(),
+        },
+        tables: archive.tables,
+        large_objects: archive.large_objects,
+        data,
+        globals,
+        targets: repo.target_names(),
+        warnings,
+        pgbackd_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    repo.write_manifest(&manifest).await?;
+    Ok(manifest)
+}
+
+/// Runs pg_dump into the pipeline; commits the data object only if pg_dump succeeded.
+async fn dump(
+    req: &BackupRequest<'_>,
+    repo: &Repository,
+    tools: &Tools,
+    cancel: &CancellationToken,
+    id: &str,
+) -> Result<(StoredObject, Option<pg::archive::ArchiveSummary>, String)> {
+    let config = req.config;
+    let db = req.database;
+    let spec = pg::conn_env(
+        ChildSpec::new(tools.path("pg_dump")).args(["--format=custom", "--compress=0", "--no-password"]).arg(pg::dbname_arg(&db.connection.dbname)),
+        &db.connection,
+    );
+    let mut child = Running::spawn(&spec)?;
+    tracing::debug!(pid = child.pid(), command = child.command(), "pg_dump started");
+    let mut stdout = child.take_stdout().context("pg_dump has no stdout")?;
+    let level = config.compression.enabled.then_some(config.compression.level);
+    let opts = PipelineOptions {
+        segment_size: config.backup.segment_size as usize,
+        level,
+        threads: config.compression_threads(),
+        stall_timeout: config.backup.stall_timeout,
+    };
+    let key = repo::data_key(&db.name, id, level.is_some());
+    let moved = Arc::new(Counter::default());
+    let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
+    let count_rows = config.backup.row_counts == RowCounts::Exact;
+    let streamed = pipeline::store_stream_to(&mut stdout, repo.stores(), &key, &opts, count_rows, cancel, &moved).await;
+    drop(tracker);
+    drop(stdout);
+    let staged = match streamed {
+        Ok(s) => s,
+        Err(e) => {
+            let tail = child.stderr_tail();
+            let command = child.command().to_owned();
+            let _ = child.terminate(KILL_GRACE).await;
+            return Err(match e {
+                StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
+                StreamError::Stalled(d) => anyhow!(
+                    "pg_dump produced no data for {d:?} (backup.stall_timeout) and was stopped{}",
+                    if tail.trim().is_empty() { String::new() } else { format!("; its stderr ends with:\n{}", tail.trim_end()) }
+                ),
+                StreamError::Archive(a) => {
+                    // a broken archive usually means pg_dump died: prefer its own error
+                    match child_status_hint(&tail) {
+                        Some(hint) => anyhow!("pg_dump's output is not a complete archive ({a}); {hint}"),
+                        None => anyhow!("pg_dump's output is not a complete archive: {a}"),
+                    }
+                }
+                other => anyhow!(other).context("storing pg_dump's output"),
+            });
+        }
+    };
+    let stderr = match child.wait().await {
+        Ok(stderr) => stderr,
+        Err(e) => {
+            staged.abort().await;
+            return Err(anyhow!(e));
+        }
+    };
+    if staged.object.raw_bytes == 0 {
+        staged.abort().await;
+        bail!("pg_dump exited successfully but wrote nothing: refusing to record an empty backup");
+    }
+    let archive = staged.archive.clone();
+    let object = staged.commit().await?;
+    Ok((object, archive, stderr))
+}
+
+fn child_status_hint(tail: &str) -> Option<String> {
+    let t = tail.trim();
+    (!t.is_empty()).then(|| format!("pg_dump's stderr ends with:\n{t}"))
+}
+
+/// The size rules: a dump below `min_size`, or far below the previous full, is a failed backup.
+fn check_size(raw: u64, config: &Config, previous_full: Option<&Manifest>, allow_shrink: bool) -> Result<()> {
+    if raw < config.backup.min_size {
+        bail!(
+            "pg_dump wrote only {raw} bytes, less than backup.min_size ({} bytes): refusing to record it as a backup",
+            config.backup.min_size
+        );
+    }
+    let ratio = config.backup.min_size_ratio;
+    if let Some(prev) = previous_full {
+        if !allow_shrink && ratio > 0.0 && (raw as f64) < ratio * prev.data.raw_bytes as f64 {
+            bail!(
+                "this dump is {raw} bytes, less than {:.0}% of the previous full backup {} ({} bytes): \
+                 if the database really shrank, run `pgbackd backup --kind full --allow-shrink` once \
+                 (or lower backup.min_size_ratio)",
+                ratio * 100.0,
+                prev.id,
+                prev.data.raw_bytes
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `pg_dumpall --globals-only`, falling back to `--no-role-passwords` for non-superusers.
+async fn dump_globals(tools: &Tools, conn: &Connection, cancel: &CancellationToken) -> Result<(Vec<u8>, Option<String>)> {
+    const MAX: usize = 256 << 20;
+    let base = |extra: &[&str]| {
+        pg::conn_env(
+            ChildSpec::new(tools.path("pg_dumpall")).args(["--globals-only", "--no-password"]).args(extra.iter().copied()),
+            conn,
+        )
+    };
+    let run = |spec: ChildSpec| async move {
+        tokio::select! {
+            r = run_capture(&spec, MAX) => r,
+            _ = cancel.cancelled() => Err(ProcessError::Cancelled { command: spec.display() }),
+        }
+    };
+    match run(base(&[])).await {
+        Ok(sql) => Ok((sql, None)),
+        Err(ProcessError::Failed { stderr_tail, .. }) if stderr_tail.contains("permission denied") => {
+            let sql = run(base(&["--no-role-passwords"])).await.context("pg_dumpall --globals-only --no-role-passwords")?;
+            Ok((
+                sql,
+                Some(format!(
+                    "user {} may not read role passwords: roles were saved without passwords (--no-role-passwords)",
+                    conn.user
+                )),
+            ))
+        }
+        Err(e) => Err(anyhow!(e)),
+    }
+}

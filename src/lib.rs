@@ -1,0 +1,25 @@
+//! pgbackd: PostgreSQL backups you can prove restore.
+//!
+//! # Layout
+//! - [`config`]: the YAML file, validated into typed values (every error at once).
+//! - [`schedule`]: cron expression + timezone -> next run; pure.
+//! - [`jobs`]: backup and restore, shared by the CLI and the daemon.
+//! - [`pg`]: pg_dump / pg_restore / pg_dumpall arguments, server queries, the archive row counter.
+//! - [`process`]: the one child-process wrapper (process group, stderr tail, terminate).
+//! - [`pipeline`]: segment -> zstd frames -> SHA-256 -> storage, and back.
+//! - [`repo`]: repository layout and manifests; the only code that knows key names.
+//! - [`storage`]: storage targets behind one trait (local directory).
+//! - [`cli`], [`progress`], [`telemetry`], [`demo`]: presentation.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod jobs;
+pub mod pg;
+pub mod pipeline;
+pub mod process;
+pub mod progress;
+pub mod repo;
+pub mod schedule;
+pub mod storage;
+pub mod telemetry;

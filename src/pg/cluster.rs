@@ -1,0 +1,196 @@
+//! A throwaway PostgreSQL cluster: for the `demo` command and the integration tests.
+//!
+//! `initdb` refuses to run as root, so when pgbackd runs as root the server runs as the
+//! `postgres` OS user (through `runuser`). The cluster listens on 127.0.0.1 and on a unix socket in
+//! its own directory, trusts local connections, and is removed when dropped; a watchdog process
+//! removes it too if the owning process dies without dropping it.
+
+use crate::pg::Tools;
+use anyhow::{Context, Result, bail};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Creates and starts a cluster in a new directory under `parent` (e.g. the temp dir).
+    pub fn start(parent: &Path) -> Result<Cluster> {
+        let tools = Tools::locate(None);
+        let bin = tools.bin_dir().map(Path::to_path_buf).context(
+            "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin: install them (apt install postgresql)",
+        )?;
+        if !bin.join("initdb").exists() {
+            bail!("{} has no initdb: install the PostgreSQL server package (apt install postgresql)", bin.display());
+        }
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new().prefix("pgbackd-cluster-").tempdir_in(parent)?.keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        if as_postgres {
+            chown_postgres(&dir)?;
+        }
+        let mut cluster = Cluster { dir, port: 0, bin, as_postgres };
+        cluster.run_checked(
+            &cluster.bin.join("initdb"),
+            &["-D", &cluster.data().to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+        )?;
+        cluster.spawn_watchdog()?;
+        // a port can be taken between choosing and binding it: retry a few times
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            let opts = format!(
+                "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
+                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
+                cluster.port,
+                cluster.dir.display()
+            );
+            let log = cluster.dir.join("server.log");
+            match cluster.run_checked(
+                &cluster.bin.join("pg_ctl"),
+                &["-D", &cluster.data().to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &opts, "-w", "-t", "60", "start"],
+            ) {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The unix socket directory (use it as the host).
+    pub fn socket_dir(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        cmd.args(args).current_dir(&self.dir);
+        cmd
+    }
+
+    fn run_checked(&self, program: &Path, args: &[&str]) -> Result<()> {
+        let out = self
+            .command(program, args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", program.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} failed ({}): {}{}",
+                program.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                std::fs::read_to_string(self.dir.join("server.log")).map(|l| format!("\nserver log:\n{l}")).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// A detached process that stops the server and removes the directory once we are gone.
+    fn spawn_watchdog(&self) -> Result<()> {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let runas = if self.as_postgres { "runuser -u postgres -- " } else { "" };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runas}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = self.data().display(),
+            dir = self.dir.display()
+        );
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: setsid in the child before exec; no allocation or locking happens there.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn().context("starting the cluster watchdog")?;
+        Ok(())
+    }
+
+    /// Runs SQL with psql against `db` (for setting up data).
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h"])
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    pub fn stop(&self) {
+        let start = Instant::now();
+        let _ = self
+            .command(&self.bin.join("pg_ctl"), &["-D", &self.data().to_string_lossy(), "-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "cluster stopped");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn chown_postgres(dir: &Path) -> Result<()> {
+    let status = Command::new("chown").args(["postgres:postgres"]).arg(dir).status().context("running chown")?;
+    if !status.success() {
+        bail!("cannot give {} to the postgres user (is there a postgres OS user?)", dir.display());
+    }
+    Ok(())
+}
+
+/// Waits until `f` succeeds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}

@@ -1,0 +1,296 @@
+//! PostgreSQL: client tools (pg_dump, pg_restore, pg_dumpall, psql), their arguments and
+//! environment, and the few server queries pgbackd needs (versions, sizes, row counts).
+
+pub mod archive;
+pub mod cluster;
+
+use crate::config::Connection;
+use crate::process::{ChildSpec, run_capture};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Where the client tools live.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    bin_dir: Option<PathBuf>,
+}
+
+impl Tools {
+    /// `pg_bin_dir` from the config, else the newest `/usr/lib/postgresql/*/bin`, else `$PATH`.
+    pub fn locate(configured: Option<&Path>) -> Tools {
+        if let Some(dir) = configured {
+            return Tools { bin_dir: Some(dir.to_owned()) };
+        }
+        Tools { bin_dir: newest_debian_bin_dir() }
+    }
+
+    pub fn path(&self, program: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(dir) => dir.join(program),
+            None => find_in_path(program).unwrap_or_else(|| PathBuf::from(program)),
+        }
+    }
+
+    pub fn bin_dir(&self) -> Option<&Path> {
+        self.bin_dir.as_deref()
+    }
+
+    /// The major version and full version text of a tool (`pg_dump (PostgreSQL) 15.18 ...`).
+    pub async fn version(&self, program: &str) -> Result<(u32, String)> {
+        let out = run_capture(&ChildSpec::new(self.path(program)).arg("--version"), 4096).await?;
+        let text = String::from_utf8_lossy(&out).trim().to_owned();
+        let version = text
+            .split_whitespace()
+            .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .with_context(|| format!("cannot read the version of {program} from {text:?}"))?;
+        let major: u32 = version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|m| m.parse().ok())
+            .with_context(|| format!("cannot read the version of {program} from {text:?}"))?;
+        Ok((major, version.to_owned()))
+    }
+}
+
+fn newest_debian_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_dump").exists().then_some((major, bin))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop().map(|(_, p)| p)
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file())
+    })
+}
+
+/// Environment that points a libpq tool at `conn`: the password travels here, never in argv.
+pub fn conn_env(spec: ChildSpec, conn: &Connection) -> ChildSpec {
+    let mut spec = spec
+        .env("PGHOST", &conn.host)
+        .env("PGPORT", conn.port.to_string())
+        .env("PGUSER", &conn.user)
+        .env("PGAPPNAME", "pgbackd")
+        .env_remove("PGSERVICE")
+        .env_remove("PGDATABASE");
+    if let Some(pw) = &conn.password {
+        spec = spec.env("PGPASSWORD", pw.expose());
+    }
+    spec
+}
+
+/// A `--dbname` value naming a database safely (a name holding `=` would otherwise be read as a
+/// connection string).
+pub fn dbname_arg(name: &str) -> String {
+    format!("--dbname=dbname='{}'", name.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Connects to `conn` (password from the config, else PGPASSWORD, else ~/.pgpass).
+pub async fn connect(conn: &Connection) -> Result<Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    if conn.host.starts_with('/') {
+        cfg.host_path(&conn.host);
+    } else {
+        cfg.host(&conn.host);
+    }
+    cfg.port(conn.port)
+        .user(&conn.user)
+        .dbname(&conn.dbname)
+        .application_name("pgbackd")
+        .connect_timeout(Duration::from_secs(15));
+    let password = conn
+        .password
+        .as_ref()
+        .map(|p| p.expose().to_owned())
+        .or_else(|| std::env::var("PGPASSWORD").ok())
+        .or_else(|| pgpass_lookup(conn));
+    if let Some(pw) = password {
+        cfg.password(pw);
+    }
+    let (client, connection) = cfg
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {conn}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Looks `conn` up in the password file libpq would use (PGPASSFILE or ~/.pgpass).
+fn pgpass_lookup(conn: &Connection) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = if conn.host.starts_with('/') { "localhost" } else { conn.host.as_str() };
+    let port = conn.port.to_string();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let fields = split_pgpass(line);
+        if fields.len() != 5 {
+            return None;
+        }
+        let m = |pat: &str, v: &str| pat == "*" || pat == v;
+        (m(&fields[0], host) && m(&fields[1], &port) && m(&fields[2], &conn.dbname) && m(&fields[3], &conn.user))
+            .then(|| fields[4].clone())
+    })
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.last_mut().expect("non-empty").push(n);
+                }
+            }
+            ':' => out.push(String::new()),
+            c => out.last_mut().expect("non-empty").push(c),
+        }
+    }
+    out
+}
+
+/// Facts about the server and database recorded in each manifest.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version_num: u32,
+    pub version: String,
+    pub database_size: u64,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        if self.version_num >= 100000 { self.version_num / 10000 } else { self.version_num / 100 }
+    }
+}
+
+pub async fn server_info(client: &Client) -> Result<ServerInfo> {
+    let row = client
+        .query_one(
+            "select current_setting('server_version_num')::int, current_setting('server_version'), \
+             pg_database_size(current_database())",
+            &[],
+        )
+        .await
+        .context("querying the server version and database size")?;
+    let num: i32 = row.get(0);
+    let size: i64 = row.get(2);
+    Ok(ServerInfo { version_num: num as u32, version: row.get(1), database_size: size as u64 })
+}
+
+/// Refuses a pg_dump older than the server (it cannot dump it), with what to do instead.
+pub fn check_dump_version(dump_major: u32, dump_version: &str, server: &ServerInfo, tools: &Tools) -> Result<()> {
+    if dump_major < server.major() {
+        let dir = tools.bin_dir().map(|d| d.display().to_string()).unwrap_or_else(|| "$PATH".into());
+        bail!(
+            "pg_dump {dump_version} (from {dir}) cannot dump PostgreSQL {} (server {}): install \
+             postgresql-client-{} (e.g. from the PGDG apt repository) or set pg_bin_dir to the bin \
+             directory of a pg_dump of version {} or newer",
+            server.major(),
+            server.version,
+            server.major(),
+            server.major()
+        );
+    }
+    Ok(())
+}
+
+pub async fn database_exists(client: &Client, name: &str) -> Result<bool> {
+    let row = client
+        .query_one("select exists(select 1 from pg_database where datname = $1)", &[&name])
+        .await
+        .context("checking whether the target database exists")?;
+    Ok(row.get(0))
+}
+
+/// Number of user objects (tables, views, sequences, functions, types) outside system schemas.
+pub async fn user_object_count(client: &Client) -> Result<i64> {
+    let row = client
+        .query_one(
+            "select (select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                     where n.nspname not in ('pg_catalog','information_schema') and n.nspname not like 'pg_toast%' \
+                       and n.nspname not like 'pg_temp%') \
+                  + (select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace \
+                     where n.nspname not in ('pg_catalog','information_schema')) \
+                  + (select count(*) from pg_namespace where nspname not in ('public','pg_catalog','information_schema') \
+                       and nspname not like 'pg_toast%' and nspname not like 'pg_temp%')",
+            &[],
+        )
+        .await
+        .context("checking whether the target database is empty")?;
+    Ok(row.get(0))
+}
+
+pub async fn create_database(client: &Client, name: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .await
+        .with_context(|| format!("creating database {name:?}"))
+}
+
+pub async fn count_rows(client: &Client, schema: &str, table: &str) -> Result<Option<u64>> {
+    let exists: bool = client
+        .query_one(
+            "select exists(select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where n.nspname = $1 and c.relname = $2)",
+            &[&schema, &table],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(&format!("select count(*) from only {}.{}", quote_ident(schema), quote_ident(table)), &[])
+        .await
+        .with_context(|| format!("counting rows of {schema}.{table}"))?;
+    let n: i64 = row.get(0);
+    Ok(Some(n as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_fields_unescape() {
+        assert_eq!(split_pgpass(r"h:5432:db:u:pa\:ss\\"), vec!["h", "5432", "db", "u", r"pa:ss\"]);
+    }
+
+    #[test]
+    fn dbname_is_quoted() {
+        assert_eq!(dbname_arg("a'b=c"), r"--dbname=dbname='a\'b=c'");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
+
+/// md5 of a table's rows in a stable order: equal fingerprints mean equal content.
+pub async fn table_fingerprint(client: &Client, schema: &str, table: &str) -> Result<String> {
+    let sql = format!(
+        "select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) from only {}.{} t",
+        quote_ident(schema),
+        quote_ident(table)
+    );
+    let row = client.query_one(&sql, &[]).await.with_context(|| format!("fingerprinting {schema}.{table}"))?;
+    Ok(row.get(0))
+}

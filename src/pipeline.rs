@@ -1,0 +1,514 @@
+//! Stream stages between a child process and storage: segment -> compress -> hash -> store, and
+//! back: read -> verify -> decompress -> hash -> write.
+//!
+//! Backup: the input is cut into raw segments of `segment_size`; each becomes an independent zstd
+//! frame, compressed on the blocking pool (`threads` at a time, order preserved), so the stored
+//! object is an ordinary `.zst` file and every frame can be read on its own. A dedicated thread
+//! hashes the raw stream (SHA-256) and feeds the archive row counter; the writer hashes the stored
+//! bytes and fans each frame out to every target. Memory is bounded by a few segments in flight,
+//! never by the size of the dump. Nothing is committed here: [`Staged`] is finished or aborted by
+//! the caller once it knows the producer succeeded.
+
+use crate::pg::archive::{ArchiveError, ArchiveSummary, RowCounter};
+use crate::repo::manifest::{CompressionAlgorithm, Frame, StoredObject};
+use crate::storage::{ObjectWriter, Store};
+use anyhow::{Context, Result};
+use bytes::{Bytes, BytesMut};
+use futures_util::future::try_join_all;
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub segment_size: usize,
+    /// zstd level; `None` stores frames uncompressed.
+    pub level: Option<i32>,
+    pub threads: usize,
+    pub stall_timeout: Duration,
+}
+
+/// Why a stream stopped. Callers branch on `Cancelled` and `Stalled`.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("no data arrived for {0:?} (stall_timeout)")]
+    Stalled(Duration),
+    #[error("reading the dump stream: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Store(anyhow::Error),
+}
+
+/// Bytes moved so far, shared with progress reporting and the stall guard.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A fully written but not yet committed object on every target.
+pub struct Staged {
+    pub object: StoredObject,
+    /// Row counts and archive facts, when the stream was inspected.
+    pub archive: Option<ArchiveSummary>,
+    writers: Vec<Box<dyn ObjectWriter>>,
+}
+
+impl Staged {
+    /// Makes the object durable and visible on every target; checks each stored size.
+    pub async fn commit(self) -> Result<StoredObject> {
+        let sizes = try_join_all(self.writers.into_iter().map(|w| w.finish())).await?;
+        for size in sizes {
+            anyhow::ensure!(
+                size == self.object.stored_bytes,
+                "stored object {} has {size} bytes, {} were sent",
+                self.object.key,
+                self.object.stored_bytes
+            );
+        }
+        Ok(self.object)
+    }
+
+    pub async fn abort(self) {
+        abort_all(self.writers).await;
+    }
+}
+
+async fn abort_all(writers: Vec<Box<dyn ObjectWriter>>) {
+    for w in writers {
+        if let Err(e) = w.abort().await {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove a partial object");
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// Compresses one segment into one zstd frame (content size recorded in the frame header).
+pub fn compress_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, c) = slot.as_mut().expect("set above");
+        c.compress(data)
+    })
+}
+
+/// Reads up to `size` bytes (less only at end of stream), with the stall guard.
+async fn read_segment<R: AsyncRead + Unpin>(
+    input: &mut R,
+    size: usize,
+    stall: Duration,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<Bytes, StreamError> {
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let read = tokio::select! {
+            _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+            r = tokio::time::timeout(stall, input.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Err(_) => return Err(StreamError::Stalled(stall)),
+            Ok(Err(e)) => return Err(StreamError::Read(e)),
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => moved.add(n as u64),
+        }
+        // read_buf only grows within capacity; never read past the segment
+        if buf.capacity() - buf.len() == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Streams `input` into `key` on every writer. Aborts every writer on failure.
+pub async fn store_stream<R: AsyncRead + Unpin + Send>(
+    input: &mut R,
+    key: &str,
+    opts: &PipelineOptions,
+    writers: Vec<Box<dyn ObjectWriter>>,
+    count_rows: bool,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<Staged, StreamError> {
+    // inspector thread: raw SHA-256 + row counting, in order
+    let (inspect_tx, mut inspect_rx) = mpsc::channel::<Bytes>(2);
+    let inspector = std::thread::Builder::new()
+        .name("pgbackd-inspect".into())
+        .spawn(move || {
+            let mut sha = Sha256::new();
+            let mut counter = count_rows.then(RowCounter::new);
+            let mut error = None;
+            while let Some(seg) = inspect_rx.blocking_recv() {
+                sha.update(&seg);
+                if let (Some(c), None) = (counter.as_mut(), &error) {
+                    if let Err(e) = c.feed(&seg) {
+                        error = Some(e);
+                    }
+                }
+            }
+            let archive = match (counter, error) {
+                (_, Some(e)) => Some(Err(e)),
+                (Some(c), None) => Some(c.finish()),
+                (None, None) => None,
+            };
+            (hex::encode(sha.finalize()), archive)
+        })
+        .map_err(|e| StreamError::Store(anyhow::anyhow!("starting the hashing thread: {e}")))?;
+
+    let threads = opts.threads.max(1);
+    let level = opts.level;
+    let (frame_tx, mut frame_rx) = mpsc::channel::<(u64, tokio::task::JoinHandle<std::io::Result<Bytes>>)>(threads);
+
+    let reader = async {
+        let mut raw_total = 0u64;
+        loop {
+            let seg = read_segment(input, opts.segment_size, opts.stall_timeout, cancel, moved).await?;
+            if seg.is_empty() {
+                break;
+            }
+            raw_total += seg.len() as u64;
+            if inspect_tx.send(seg.clone()).await.is_err() {
+                break;
+            }
+            let raw_len = seg.len() as u64;
+            let job = tokio::task::spawn_blocking(move || match level {
+                Some(l) => compress_frame(&seg, l).map(Bytes::from),
+                None => Ok(seg),
+            });
+            if frame_tx.send((raw_len, job)).await.is_err() {
+                break; // the writer failed; its error is reported
+            }
+        }
+        drop(frame_tx);
+        Ok::<u64, StreamError>(raw_total)
+    };
+
+    let writer = async {
+        let mut writers = writers;
+        let mut sha = Sha256::new();
+        let mut frames = Vec::new();
+        let (mut raw_offset, mut stored_offset) = (0u64, 0u64);
+        let result: Result<(), StreamError> = async {
+            while let Some((raw_len, job)) = frame_rx.recv().await {
+                let stored = job
+                    .await
+                    .map_err(|e| StreamError::Store(anyhow::anyhow!("compression task failed: {e}")))?
+                    .map_err(|e| StreamError::Store(anyhow::anyhow!("zstd compression failed: {e}")))?;
+                sha.update(&stored);
+                frames.push(Frame {
+                    raw_offset,
+                    raw_len,
+                    stored_offset,
+                    stored_len: stored.len() as u64,
+                    stored_sha256: hex::encode(Sha256::digest(&stored)),
+                });
+                raw_offset += raw_len;
+                stored_offset += stored.len() as u64;
+                let writes = writers.iter_mut().map(|w| w.write(stored.clone()));
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+                    r = try_join_all(writes) => { r.map_err(StreamError::Store)?; }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(frame_rx);
+        (writers, result, frames, hex::encode(sha.finalize()), stored_offset)
+    };
+
+    let (read_result, (writers, write_result, frames, stored_sha256, stored_bytes)) = tokio::join!(reader, writer);
+    drop(inspect_tx);
+    let (raw_sha256, archive) = tokio::task::spawn_blocking(move || inspector.join())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_else(|| (String::new(), Some(Err(ArchiveError::Malformed("hashing thread panicked".into())))));
+
+    let outcome = (|| {
+        write_result?;
+        let raw_bytes = read_result?;
+        let archive = archive.transpose()?;
+        Ok::<_, StreamError>((raw_bytes, archive))
+    })();
+    match outcome {
+        Ok((raw_bytes, archive)) => Ok(Staged {
+            object: StoredObject {
+                key: key.to_owned(),
+                compression: if level.is_some() { CompressionAlgorithm::Zstd } else { CompressionAlgorithm::None },
+                compression_level: level,
+                raw_bytes,
+                stored_bytes,
+                raw_sha256,
+                stored_sha256,
+                frames,
+            },
+            archive,
+            writers,
+        }),
+        Err(e) => {
+            abort_all(writers).await;
+            Err(e)
+        }
+    }
+}
+
+/// Opens `key` on every store and streams `input` into it.
+pub async fn store_stream_to<R: AsyncRead + Unpin + Send>(
+    input: &mut R,
+    stores: &[Arc<dyn Store>],
+    key: &str,
+    opts: &PipelineOptions,
+    count_rows: bool,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<Staged, StreamError> {
+    let mut writers = Vec::with_capacity(stores.len());
+    for s in stores {
+        match s.create(key).await {
+            Ok(w) => writers.push(w),
+            Err(e) => {
+                abort_all(writers).await;
+                return Err(StreamError::Store(e.context(format!("creating {key} on {}", s.describe()))));
+            }
+        }
+    }
+    store_stream(input, key, opts, writers, count_rows, cancel, moved).await
+}
+
+/// Decodes one stored frame after checking its SHA-256.
+pub fn decode_frame(object: &StoredObject, index: usize, stored: &[u8], what: &str) -> Result<Bytes> {
+    let frame = &object.frames[index];
+    let got = hex::encode(Sha256::digest(stored));
+    anyhow::ensure!(
+        got == frame.stored_sha256,
+        "{what}: frame {index} (stored offset {}, {} bytes) has SHA-256 {got}, the manifest says {}: the stored data is corrupt",
+        frame.stored_offset,
+        frame.stored_len,
+        frame.stored_sha256
+    );
+    let raw = match object.compression {
+        CompressionAlgorithm::None => Bytes::copy_from_slice(stored),
+        CompressionAlgorithm::Zstd => Bytes::from(
+            zstd::bulk::decompress(stored, frame.raw_len as usize)
+                .with_context(|| format!("{what}: frame {index} (stored offset {}) does not decompress", frame.stored_offset))?,
+        ),
+    };
+    anyhow::ensure!(
+        raw.len() as u64 == frame.raw_len,
+        "{what}: frame {index} decompressed to {} bytes, the manifest says {}",
+        raw.len(),
+        frame.raw_len
+    );
+    Ok(raw)
+}
+
+/// Reads a segmented object back, verifying every frame, into `out` (pg_restore's stdin, stdout,
+/// a spool file). Checks the raw stream's SHA-256 at the end. `what` names the backup in errors.
+pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
+    store: &Arc<dyn Store>,
+    object: &StoredObject,
+    out: &mut W,
+    what: &str,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<()> {
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
+    let fetch = {
+        let store = store.clone();
+        let object = object.clone();
+        let what = what.to_owned();
+        async move {
+            for index in 0..object.frames.len() {
+                let f = &object.frames[index];
+                let item = match store.read_range(&object.key, f.stored_offset, f.stored_len).await {
+                    Ok(stored) => {
+                        let (o, w) = (object.clone(), what.clone());
+                        tokio::task::spawn_blocking(move || decode_frame(&o, index, &stored, &w))
+                            .await
+                            .unwrap_or_else(|e| Err(anyhow::anyhow!("decompression task failed: {e}")))
+                    }
+                    Err(e) => Err(e.context(format!("{what}: reading frame {index} at stored offset {}", f.stored_offset))),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        }
+    };
+    let fetcher = tokio::spawn(fetch);
+    let mut sha = Sha256::new();
+    let mut frames = 0usize;
+    let result: Result<()> = async {
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => anyhow::bail!("{what}: cancelled"),
+                n = rx.recv() => n,
+            };
+            let Some(item) = next else { break };
+            let raw = item?;
+            sha.update(&raw);
+            out.write_all(&raw).await.context("writing the restored stream")?;
+            moved.add(raw.len() as u64);
+            frames += 1;
+        }
+        anyhow::ensure!(frames == object.frames.len(), "{what}: only {frames} of {} frames could be read", object.frames.len());
+        out.flush().await.context("flushing the restored stream")?;
+        let got = hex::encode(sha.finalize_reset());
+        anyhow::ensure!(
+            got == object.raw_sha256,
+            "{what}: the restored stream has SHA-256 {got}, the manifest says {}",
+            object.raw_sha256
+        );
+        Ok(())
+    }
+    .await;
+    fetcher.abort();
+    result
+}
+
+/// Reads a small single-frame object (such as globals) whole and verifies it.
+pub async fn read_small_object(store: &Arc<dyn Store>, object: &StoredObject, what: &str) -> Result<Bytes> {
+    let stored = store
+        .get(&object.key)
+        .await?
+        .with_context(|| format!("{what}: {} is missing from {}", object.key, store.describe()))?;
+    let got = hex::encode(Sha256::digest(&stored));
+    anyhow::ensure!(got == object.stored_sha256, "{what}: {} has SHA-256 {got}, the manifest says {}", object.key, object.stored_sha256);
+    let raw = match object.compression {
+        CompressionAlgorithm::None => stored,
+        CompressionAlgorithm::Zstd => Bytes::from(
+            zstd::bulk::decompress(&stored, object.raw_bytes as usize).with_context(|| format!("{what}: {} does not decompress", object.key))?,
+        ),
+    };
+    let got = hex::encode(Sha256::digest(&raw));
+    anyhow::ensure!(got == object.raw_sha256, "{what}: {} decompresses to SHA-256 {got}, the manifest says {}", object.key, object.raw_sha256);
+    Ok(raw)
+}
+
+/// Compresses and stores a small object whole (such as globals) on every store.
+pub async fn store_small_object(stores: &[Arc<dyn Store>], key: &str, raw: &[u8], level: Option<i32>) -> Result<StoredObject> {
+    let stored = match level {
+        Some(l) => Bytes::from(compress_frame(raw, l).context("compressing")?),
+        None => Bytes::copy_from_slice(raw),
+    };
+    for s in stores {
+        s.put(key, stored.clone()).await.with_context(|| format!("writing {key} to {}", s.describe()))?;
+    }
+    Ok(StoredObject {
+        key: key.to_owned(),
+        compression: if level.is_some() { CompressionAlgorithm::Zstd } else { CompressionAlgorithm::None },
+        compression_level: level,
+        raw_bytes: raw.len() as u64,
+        stored_bytes: stored.len() as u64,
+        raw_sha256: hex::encode(Sha256::digest(raw)),
+        stored_sha256: hex::encode(Sha256::digest(&stored)),
+        frames: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+
+    fn opts(level: Option<i32>) -> PipelineOptions {
+        PipelineOptions { segment_size: 64 * 1024, level, threads: 2, stall_timeout: Duration::from_secs(5) }
+    }
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 7919) % 251) as u8 ^ (i / 1000) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_is_a_plain_zstd_file_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
+        let data = sample(1_000_000);
+        let cancel = CancellationToken::new();
+        let moved = Counter::default();
+        let staged = store_stream_to(&mut &data[..], &[store.clone()], "db/b/data.zst", &opts(Some(3)), false, &cancel, &moved)
+            .await
+            .unwrap();
+        let object = staged.commit().await.unwrap();
+        assert_eq!(object.raw_bytes, data.len() as u64);
+        assert_eq!(object.frames.len(), 16); // 1,000,000 / 65,536 rounded up
+        assert_eq!(object.raw_sha256, hex::encode(Sha256::digest(&data)));
+        // the stored object is a sequence of ordinary zstd frames
+        let stored = std::fs::read(dir.path().join("db/b/data.zst")).unwrap();
+        assert_eq!(zstd::stream::decode_all(&stored[..]).unwrap(), data);
+        let mut out = Vec::new();
+        restore_stream(&store, &object, &mut out, "backup b", &cancel, &Counter::default()).await.unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
+        let data = sample(300_000);
+        let cancel = CancellationToken::new();
+        let staged = store_stream_to(&mut &data[..], &[store.clone()], "db/b/data.zst", &opts(Some(1)), false, &cancel, &Counter::default())
+            .await
+            .unwrap();
+        let object = staged.commit().await.unwrap();
+        let path = dir.path().join("db/b/data.zst");
+        let mut stored = std::fs::read(&path).unwrap();
+        let victim = object.frames[2].stored_offset as usize + 10;
+        stored[victim] ^= 0x01;
+        std::fs::write(&path, stored).unwrap();
+        let mut out = Vec::new();
+        let err = restore_stream(&store, &object, &mut out, "backup b", &cancel, &Counter::default()).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("backup b") && msg.contains("frame 2"), "{msg}");
+        // nothing from the corrupt frame on was written
+        assert_eq!(out.len() as u64, object.frames[2].raw_offset);
+    }
+
+    #[tokio::test]
+    async fn uncompressed_and_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
+        let data = sample(100_000);
+        let cancel = CancellationToken::new();
+        let staged = store_stream_to(&mut &data[..], &[store.clone()], "db/b/data.dump", &opts(None), false, &cancel, &Counter::default())
+            .await
+            .unwrap();
+        assert_eq!(staged.object.stored_bytes, 100_000);
+        staged.abort().await;
+        assert!(store.list("").await.unwrap().is_empty());
+
+        // a producer that never writes trips the stall guard, and nothing is left behind
+        let (_keep_open, mut rx) = tokio::io::duplex(64);
+        let mut o = opts(Some(1));
+        o.stall_timeout = Duration::from_millis(100);
+        let err = store_stream_to(&mut rx, &[store.clone()], "db/c/data.zst", &o, false, &cancel, &Counter::default())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, StreamError::Stalled(_)), "{err}");
+        assert!(store.list("").await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,394 @@
+//! The one child-process wrapper: every `pg_dump`, `pg_restore`, `pg_dumpall` and `psql` runs here.
+//!
+//! A child gets its own process group (so a terminal's Ctrl-C reaches only pgbackd, and
+//! termination reaches the child's own children); stdout is the data stream; stderr is drained
+//! concurrently into a bounded tail (a child flooding stderr can neither deadlock nor grow memory);
+//! the exit status is always collected with `wait()` after the stream ends; a non-zero exit or a
+//! death by signal is an error that carries the command, the status and the stderr tail. Secrets
+//! reach children only through their environment, never argv. Dropping a child that was not
+//! waited for kills its process group.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+/// How many bytes of a child's stderr are kept (the end of it).
+pub const STDERR_TAIL_BYTES: usize = 16 * 1024;
+
+/// What to run. `display` is the command as shown in errors and logs (no secrets in it).
+#[derive(Clone)]
+pub struct ChildSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+}
+
+impl fmt::Debug for ChildSpec {
+    // Environment values may hold secrets: only their names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ChildSpec {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        ChildSpec { program: program.into(), args: Vec::new(), env: Vec::new(), env_remove: Vec::new(), stdin: false, stdout: true }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Self {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.env.push((k.to_owned(), v.into()));
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.env_remove.push(k.to_owned());
+        self
+    }
+
+    pub fn stdin(mut self, yes: bool) -> Self {
+        self.stdin = yes;
+        self
+    }
+
+    pub fn stdout(mut self, yes: bool) -> Self {
+        self.stdout = yes;
+        self
+    }
+
+    /// The command line for messages: program name and arguments.
+    pub fn display(&self) -> String {
+        let name = self.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut s = name;
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    fn program_name(&self) -> String {
+        self.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.program.display().to_string())
+    }
+}
+
+/// Why a child did not succeed. Callers branch on `Cancelled`/`TimedOut`; the rest are reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{program} not found at {path}: install the PostgreSQL client tools (e.g. apt install postgresql-client) or set pg_bin_dir in the config")]
+    NotFound { program: String, path: String },
+    #[error("cannot start {command}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("{command} exited with status {code}{}", fmt_tail(.stderr_tail))]
+    Failed { command: String, code: i32, stderr_tail: String },
+    #[error("{command} was killed by signal {signal} ({}){}", signal_name(*.signal), fmt_tail(.stderr_tail))]
+    Signaled { command: String, signal: i32, stderr_tail: String },
+    #[error("{command} was cancelled")]
+    Cancelled { command: String },
+    #[error("waiting for {command}: {source}")]
+    Wait { command: String, source: std::io::Error },
+}
+
+fn fmt_tail(tail: &str) -> String {
+    if tail.trim().is_empty() { "; it wrote nothing to stderr".into() } else { format!("; stderr ends with:\n{}", tail.trim_end()) }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// The end of a child's stderr: at most [`STDERR_TAIL_BYTES`], cut at a line start.
+#[derive(Default)]
+struct Tail {
+    buf: Vec<u8>,
+    total: u64,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        if data.len() >= STDERR_TAIL_BYTES {
+            self.buf.clear();
+            self.buf.extend_from_slice(&data[data.len() - STDERR_TAIL_BYTES..]);
+        } else {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() > STDERR_TAIL_BYTES {
+                let cut = self.buf.len() - STDERR_TAIL_BYTES;
+                self.buf.drain(..cut);
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut s = String::from_utf8_lossy(&self.buf).into_owned();
+        if self.total > self.buf.len() as u64 {
+            // drop the partial first line and say how much was cut
+            if let Some(nl) = s.find('\n') {
+                s.drain(..=nl);
+            }
+            s = format!("[... {} earlier bytes of stderr omitted]\n{s}", self.total - self.buf.len() as u64);
+        }
+        s
+    }
+}
+
+/// A running child process.
+pub struct Running {
+    command: String,
+    child: Child,
+    pgid: i32,
+    stderr: Option<JoinHandle<()>>,
+    tail: Arc<Mutex<Tail>>,
+    reaped: bool,
+}
+
+impl Running {
+    pub fn spawn(spec: &ChildSpec) -> Result<Running, ProcessError> {
+        let command = spec.display();
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(if spec.stdout { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for k in &spec.env_remove {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ProcessError::NotFound { program: spec.program_name(), path: spec.program.display().to_string() }
+            } else {
+                ProcessError::Spawn { command: command.clone(), source: e }
+            }
+        })?;
+        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let stderr = child.stderr.take().map(|mut err| {
+            let tail = tail.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match err.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if let Ok(mut t) = tail.lock() {
+                                t.push(&buf[..n]);
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        if let Some(out) = child.stdout.as_ref() {
+            enlarge_pipe(out);
+        }
+        Ok(Running { command, child, pgid, stderr, tail, reaped: false })
+    }
+
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pgid
+    }
+
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    /// The current end of stderr (for progress messages and errors raised elsewhere).
+    pub fn stderr_tail(&self) -> String {
+        self.tail.lock().map(|t| t.text()).unwrap_or_default()
+    }
+
+    /// Waits for exit and for stderr to close; a non-zero status or a signal is an error.
+    pub async fn wait(mut self) -> Result<String, ProcessError> {
+        let status = self.wait_status().await?;
+        let tail = self.stderr_tail();
+        check_status(&self.command, status, tail)
+    }
+
+    async fn wait_status(&mut self) -> Result<ExitStatus, ProcessError> {
+        let status = self.child.wait().await.map_err(|e| ProcessError::Wait { command: self.command.clone(), source: e })?;
+        self.reaped = true;
+        if let Some(h) = self.stderr.take() {
+            // stderr can stay open if the child left grandchildren holding it; do not hang on them
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+        Ok(status)
+    }
+
+    /// Stops the child: SIGTERM to its process group, SIGKILL after `grace`. Always reaps it.
+    pub async fn terminate(mut self, grace: Duration) -> ProcessError {
+        if !self.reaped {
+            signal_group(self.pgid, libc::SIGTERM);
+            match tokio::time::timeout(grace, self.child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    signal_group(self.pgid, libc::SIGKILL);
+                    let _ = self.child.wait().await;
+                }
+            }
+            self.reaped = true;
+            // grandchildren that ignored SIGTERM
+            signal_group(self.pgid, libc::SIGKILL);
+        }
+        ProcessError::Cancelled { command: self.command.clone() }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.reaped {
+            signal_group(self.pgid, libc::SIGKILL);
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+fn check_status(command: &str, status: ExitStatus, stderr_tail: String) -> Result<String, ProcessError> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Ok(stderr_tail);
+    }
+    if let Some(signal) = status.signal() {
+        return Err(ProcessError::Signaled { command: command.to_owned(), signal, stderr_tail });
+    }
+    Err(ProcessError::Failed { command: command.to_owned(), code: status.code().unwrap_or(-1), stderr_tail })
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+}
+
+/// Larger pipe buffer between pg_dump and us: fewer context switches per byte (best effort).
+fn enlarge_pipe(out: &ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a valid, owned pipe fd; failure is harmless and ignored.
+    unsafe {
+        libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
+/// Runs a short command to completion and returns its stdout (bounded by `max_stdout`).
+pub async fn run_capture(spec: &ChildSpec, max_stdout: usize) -> Result<Vec<u8>, ProcessError> {
+    let mut running = Running::spawn(spec)?;
+    let mut out = Vec::new();
+    if let Some(mut stdout) = running.take_stdout() {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            if out.len() + n > max_stdout {
+                let command = running.command.clone();
+                let _ = running.terminate(Duration::from_secs(2)).await;
+                return Err(ProcessError::Failed {
+                    command,
+                    code: -1,
+                    stderr_tail: format!("output larger than {max_stdout} bytes"),
+                });
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    running.wait().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_end() {
+        let mut t = Tail::default();
+        for i in 0..5000 {
+            t.push(format!("line {i}\n").as_bytes());
+        }
+        let text = t.text();
+        assert!(text.len() <= STDERR_TAIL_BYTES + 64);
+        assert!(text.ends_with("line 4999\n"));
+        assert!(text.starts_with("[... "), "{}", &text[..40]);
+    }
+
+    #[tokio::test]
+    async fn failure_carries_status_and_stderr() {
+        let spec = ChildSpec::new("/bin/sh").args(["-c", "echo oops >&2; exit 3"]);
+        let err = run_capture(&spec, 1024).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ProcessError::Failed { code: 3, .. }), "{msg}");
+        assert!(msg.contains("oops"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_actionable() {
+        let err = run_capture(&ChildSpec::new("/nonexistent/pg_dump"), 10).await.unwrap_err();
+        assert!(matches!(err, ProcessError::NotFound { .. }));
+        assert!(err.to_string().contains("pg_bin_dir"));
+    }
+
+    #[tokio::test]
+    async fn signal_is_reported() {
+        let spec = ChildSpec::new("/bin/sh").args(["-c", "kill -9 $$"]);
+        let err = run_capture(&spec, 10).await.unwrap_err();
+        assert!(matches!(err, ProcessError::Signaled { signal: 9, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn terminate_kills_the_group() {
+        let spec = ChildSpec::new("/bin/sh").args(["-c", "sleep 100 & sleep 100"]);
+        let r = Running::spawn(&spec).unwrap();
+        let pgid = r.pid();
+        let err = r.terminate(Duration::from_secs(2)).await;
+        assert!(matches!(err, ProcessError::Cancelled { .. }));
+        // SAFETY: signal 0 only checks existence of the group.
+        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+        assert!(!alive, "process group {pgid} still alive");
+    }
+}

@@ -1,0 +1,137 @@
+//! The manifest: the JSON document that makes a backup exist. Written last, atomically, on every
+//! target; a backup directory without one is leftover data, never a backup.
+
+use crate::pg::archive::TableRows;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the manifest changes incompatibly; readers refuse versions they do not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    Full,
+    Incremental,
+}
+
+impl BackupKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// Why a backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// `pgbackd backup` on the command line.
+    Manual,
+    /// A schedule of the daemon.
+    Schedule,
+    /// Taken of a restore target before `restore --clean` overwrote it.
+    SafetyBeforeRestore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionAlgorithm {
+    Zstd,
+    None,
+}
+
+/// One independently compressed frame of the stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub raw_offset: u64,
+    pub raw_len: u64,
+    pub stored_offset: u64,
+    pub stored_len: u64,
+    pub stored_sha256: String,
+}
+
+/// A stored object: where it is, its sizes and checksums, and (for segmented data) its frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub key: String,
+    pub compression: CompressionAlgorithm,
+    pub compression_level: Option<i32>,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub raw_sha256: String,
+    pub stored_sha256: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<Frame>,
+}
+
+/// The connection a backup was taken from (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub id: String,
+    /// The repository name of the database (config `name`).
+    pub database: String,
+    pub kind: BackupKind,
+    pub base_id: Option<String>,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub source: Source,
+    pub server_version: String,
+    pub server_version_num: u32,
+    pub pg_dump_version: String,
+    pub archive_version: String,
+    /// `pg_database_size` when the backup started.
+    pub database_size: u64,
+    /// The `pg_dump --format=custom` archive, as zstd frames.
+    pub data: StoredObject,
+    /// `pg_dumpall --globals-only` (roles, tablespaces), when it could be taken.
+    pub globals: Option<StoredObject>,
+    /// `exact` (counted in the dump's snapshot) or `off`.
+    pub row_counts: String,
+    pub tables: Vec<TableRows>,
+    pub large_objects: u64,
+    /// Storage targets holding this backup.
+    pub targets: Vec<String>,
+    pub warnings: Vec<String>,
+    pub pgbackd_version: String,
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8], what: &str) -> anyhow::Result<Manifest> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            schema_version: u32,
+        }
+        let v: VersionOnly = serde_json::from_slice(bytes)
+            .map_err(|e| anyhow::anyhow!("manifest {what} is not valid JSON: {e}"))?;
+        if v.schema_version != SCHEMA_VERSION {
+            anyhow::bail!(
+                "manifest {what} has schema version {}, this pgbackd reads version {SCHEMA_VERSION}: upgrade pgbackd",
+                v.schema_version
+            );
+        }
+        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("manifest {what} is malformed: {e}"))
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    pub fn duration_seconds(&self) -> f64 {
+        (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0
+    }
+}

@@ -1,0 +1,336 @@
+//! The local filesystem target: one directory tree, files 0600, directories 0700.
+//!
+//! Objects are written to a temporary name beside their final one, fsynced, renamed into place
+//! and the directory fsynced, so a crash leaves either nothing or the whole object.
+
+use super::{ObjectInfo, ObjectWriter, Store};
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const TEMP_MARKER: &str = ".pgbackd-tmp-";
+
+pub struct LocalStore {
+    name: String,
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(name: &str, root: &Path) -> Result<LocalStore> {
+        let root = if root.is_absolute() {
+            root.to_owned()
+        } else {
+            std::env::current_dir().context("reading the current directory")?.join(root)
+        };
+        Ok(LocalStore { name: name.to_owned(), root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty() || key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            bail!("invalid object key {key:?}");
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+fn make_dirs(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating directory {}", dir.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let suffix: u64 = rand::random();
+    path.with_file_name(format!("{TEMP_MARKER}{suffix:016x}-{name}"))
+}
+
+fn open_new(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+fn commit(temp: &Path, path: &Path) -> Result<()> {
+    fs::rename(temp, path).with_context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.context("storage task panicked")?
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+
+    async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let path = self.path(key)?;
+        let temp = temp_path(&path);
+        let (p, t) = (path.clone(), temp.clone());
+        let file = blocking(move || {
+            make_dirs(p.parent().expect("key has a parent"))?;
+            open_new(&t)
+        })
+        .await?;
+        Ok(Box::new(LocalWriter { file: Some(file), temp, path, written: 0 }))
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        blocking(move || {
+            make_dirs(path.parent().expect("key has a parent"))?;
+            let temp = temp_path(&path);
+            let result = (|| {
+                let mut f = open_new(&temp)?;
+                f.write_all(&data).with_context(|| format!("writing {}", temp.display()))?;
+                f.sync_all().with_context(|| format!("syncing {}", temp.display()))?;
+                commit(&temp, &path)
+            })();
+            if result.is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+            result
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = self.path(key)?;
+        blocking(move || match fs::read(&path) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        })
+        .await
+    }
+
+    async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let path = self.path(key)?;
+        blocking(move || {
+            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact(&mut buf).with_context(|| {
+                format!("reading {len} bytes at offset {offset} of {}: the object is shorter than recorded", path.display())
+            })?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path(key)?;
+        blocking(move || match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let mut out = Vec::new();
+            // start from the deepest directory the prefix names
+            let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
+            walk(&root, &start, &prefix, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect::<Result<_>>()?;
+        let root = self.root.clone();
+        blocking(move || {
+            for p in &paths {
+                match fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("deleting {}", p.display())),
+                }
+                // remove directories left empty, up to the root
+                let mut dir = p.parent();
+                while let Some(d) = dir {
+                    if d == root || fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let path = entry.path();
+        let meta = entry.metadata().with_context(|| format!("reading {}", path.display()))?;
+        let key = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+        if meta.is_dir() {
+            if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) || prefix.is_empty() {
+                walk(root, &path, prefix, out)?;
+            }
+        } else if key.starts_with(prefix) && !entry.file_name().to_string_lossy().starts_with(TEMP_MARKER) {
+            out.push(ObjectInfo {
+                key,
+                size: meta.len(),
+                modified: meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from),
+            });
+        }
+    }
+    Ok(())
+}
+
+struct LocalWriter {
+    file: Option<File>,
+    temp: PathBuf,
+    path: PathBuf,
+    written: u64,
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let mut file = self.file.take().context("object already finished")?;
+        let temp = self.temp.clone();
+        let len = data.len() as u64;
+        let file = blocking(move || {
+            file.write_all(&data).with_context(|| format!("writing {}", temp.display()))?;
+            Ok(file)
+        })
+        .await?;
+        self.file = Some(file);
+        self.written += len;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<u64> {
+        let file = self.file.take().context("object already finished")?;
+        let (temp, path) = (self.temp.clone(), self.path.clone());
+        let written = self.written;
+        let result = blocking(move || {
+            file.sync_all().with_context(|| format!("syncing {}", temp.display()))?;
+            drop(file);
+            commit(&temp, &path)?;
+            Ok(written)
+        })
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        // the temp name is gone either way; Drop must not remove anything
+        self.temp = PathBuf::new();
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.file = None;
+        let temp = std::mem::take(&mut self.temp);
+        blocking(move || match fs::remove_file(&temp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", temp.display())),
+        })
+        .await
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn write_list_read_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new("local", dir.path()).unwrap();
+        let mut w = store.create("db/b1/data.zst").await.unwrap();
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
+        // not visible before finish
+        assert!(store.list("db/").await.unwrap().is_empty());
+        w.write(Bytes::from_static(b"world")).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 11);
+        store.put("db/b1/manifest.json", Bytes::from_static(b"{}")).await.unwrap();
+        let keys: Vec<_> = store.list("db/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec!["db/b1/data.zst", "db/b1/manifest.json"]);
+        assert_eq!(&store.read_range("db/b1/data.zst", 6, 5).await.unwrap()[..], b"world");
+        assert!(store.read_range("db/b1/data.zst", 6, 50).await.is_err());
+        let mode = fs::metadata(dir.path().join("db/b1/data.zst")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(dir.path().join("db/b1")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        store.delete(&["db/b1/data.zst".into(), "db/b1/manifest.json".into(), "db/b1/gone".into()]).await.unwrap();
+        assert!(!dir.path().join("db").exists());
+    }
+
+    #[tokio::test]
+    async fn abort_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new("local", dir.path()).unwrap();
+        let mut w = store.create("db/x/data").await.unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        w.abort().await.unwrap();
+        let w2 = store.create("db/y/data").await.unwrap();
+        drop(w2);
+        let files: Vec<_> = walkdir(dir.path());
+        assert!(files.is_empty(), "{files:?}");
+    }
+
+    fn walkdir(p: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            if e.path().is_dir() {
+                out.extend(walkdir(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+}
