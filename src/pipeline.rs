@@ -16,7 +16,6 @@ use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -97,20 +96,30 @@ async fn abort_all(writers: Vec<Box<dyn ObjectWriter>>) {
     }
 }
 
-thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+/// zstd compression contexts, reused across frames: at most one per running compression.
+struct Compressors {
+    level: i32,
+    idle: std::sync::Mutex<Vec<zstd::bulk::Compressor<'static>>>,
+}
+
+impl Compressors {
+    fn compress(&self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let mut c = match reused {
+            Some(c) => c,
+            None => zstd::bulk::Compressor::new(self.level)?,
+        };
+        let out = c.compress(data);
+        if let Ok(mut v) = self.idle.lock() {
+            v.push(c);
+        }
+        out
+    }
 }
 
 /// Compresses one segment into one zstd frame (content size recorded in the frame header).
 pub fn compress_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let (_, c) = slot.as_mut().expect("set above");
-        c.compress(data)
-    })
+    zstd::bulk::compress(data, level)
 }
 
 /// Reads up to `size` bytes (less only at end of stream), with the stall guard.
@@ -178,6 +187,9 @@ pub async fn store_stream<R: AsyncRead + Unpin + Send>(
 
     let threads = opts.threads.max(1);
     let level = opts.level;
+    // at most `threads` frames compress at once, each with a reused context
+    let slots = Arc::new(tokio::sync::Semaphore::new(threads));
+    let compressors = Arc::new(Compressors { level: level.unwrap_or(0), idle: std::sync::Mutex::new(Vec::new()) });
     let (frame_tx, mut frame_rx) = mpsc::channel::<(u64, tokio::task::JoinHandle<std::io::Result<Bytes>>)>(threads);
 
     let reader = async {
@@ -192,9 +204,14 @@ pub async fn store_stream<R: AsyncRead + Unpin + Send>(
                 break;
             }
             let raw_len = seg.len() as u64;
-            let job = tokio::task::spawn_blocking(move || match level {
-                Some(l) => compress_frame(&seg, l).map(Bytes::from),
-                None => Ok(seg),
+            let permit = slots.clone().acquire_owned().await.map_err(|_| StreamError::Cancelled)?;
+            let compressors = compressors.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                match level {
+                    Some(_) => compressors.compress(&seg).map(Bytes::from),
+                    None => Ok(seg),
+                }
             });
             if frame_tx.send((raw_len, job)).await.is_err() {
                 break; // the writer failed; its error is reported

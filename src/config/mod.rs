@@ -194,6 +194,10 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Raw bytes per zstd frame: large enough for zstd's window at normal levels, small enough that a
+/// few segments in flight keep memory well under 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 4 << 20;
+
 /// The configuration the `demo` command runs on (a throwaway cluster on a unix socket).
 pub const EMBEDDED_DEMO: &str = include_str!("../../config/demo.yaml");
 
@@ -224,7 +228,11 @@ impl Config {
         let cfg = read_config(&ctx, &root);
         match cfg {
             Some(cfg) if !ctx.has_errors() => Ok(cfg),
-            _ => Err(fail(ctx.into_issues())),
+            _ => {
+                let mut issues = ctx.into_issues();
+                issues.sort_by_key(|i| i.loc.map(|l| (l.line, l.column)).unwrap_or_default());
+                Err(fail(issues))
+            }
         }
     }
 
@@ -335,7 +343,7 @@ fn read_conn_fields(m: &mut MapReader<'_, '_>) -> ConnFields {
     let host = m.opt::<String>("host");
     let port = m.opt::<u16>("port");
     if port == Some(0) {
-        m.ctx().error(&m.child_path("port"), "must be between 1 and 65535", Some(m.loc()));
+        m.ctx().error(&m.child_path("port"), "must be between 1 and 65535", Some(m.loc_of("port")));
     }
     let user = m.opt::<String>("username");
     let password = read_secret(m, "password");
@@ -350,7 +358,7 @@ fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret> {
     let file = m.opt::<PathBuf>(&file_key);
     match (inline, file) {
         (Some(_), Some(_)) => {
-            m.ctx().error(&m.child_path(&file_key), format!("give either {key} or {file_key}, not both"), Some(m.loc()));
+            m.ctx().error(&m.child_path(&file_key), format!("give either {key} or {file_key}, not both"), Some(m.loc_of(&file_key)));
             None
         }
         (Some(v), None) => Some(Secret::new(v)),
@@ -360,7 +368,7 @@ fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret> {
                 m.ctx().error(
                     &m.child_path(&file_key),
                     format!("cannot read secret file {}: {e}", path.display()),
-                    Some(m.loc()),
+                    Some(m.loc_of(&file_key)),
                 );
                 None
             }
@@ -535,14 +543,14 @@ fn read_compression(top: &mut MapReader<'_, '_>) -> Option<Compression> {
 fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings> {
     let mut m = top.map("backup")?;
     let ctx = m.ctx();
-    let segment_size = m.opt::<ByteSize>("segment_size").map(|b| b.0).unwrap_or(8 << 20);
+    let segment_size = m.opt::<ByteSize>("segment_size").map(|b| b.0).unwrap_or(DEFAULT_SEGMENT_SIZE);
     if !((64 << 10)..=(256 << 20)).contains(&segment_size) {
-        ctx.error(&m.child_path("segment_size"), "must be between 64KiB and 256MiB (8MiB is a good default)", Some(m.loc()));
+        ctx.error(&m.child_path("segment_size"), "must be between 64KiB and 256MiB (4MiB is a good default)", Some(m.loc_of("segment_size")));
     }
     let min_size = m.opt::<ByteSize>("min_size").map(|b| b.0).unwrap_or(1024);
     let min_size_ratio = m.opt::<f64>("min_size_ratio").unwrap_or(0.1);
     if !(0.0..=1.0).contains(&min_size_ratio) {
-        ctx.error(&m.child_path("min_size_ratio"), "must be between 0 (off) and 1", Some(m.loc()));
+        ctx.error(&m.child_path("min_size_ratio"), "must be between 0 (off) and 1", Some(m.loc_of("min_size_ratio")));
     }
     let row_counts = m.opt::<RowCounts>("row_counts").unwrap_or(RowCounts::Exact);
     let globals = m.opt::<bool>("globals").unwrap_or(true);
@@ -550,7 +558,7 @@ fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings> {
     let stall_timeout = m.opt::<Dur>("stall_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(600));
     for (key, d) in [("timeout", timeout), ("stall_timeout", stall_timeout)] {
         if d.is_zero() {
-            ctx.error(&m.child_path(key), "must be greater than zero", Some(m.loc()));
+            ctx.error(&m.child_path(key), "must be greater than zero", Some(m.loc_of(key)));
         }
     }
     m.finish();
@@ -595,7 +603,7 @@ fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
             aws.ctx().error(
                 &aws.child_path("enabled"),
                 "S3 storage is not supported yet by this version of pgbackd; set aws.enabled: false (backups go to local_backup_dir)",
-                Some(aws.loc()),
+                Some(aws.loc_of("enabled")),
             );
         }
         aws.finish();
@@ -615,7 +623,7 @@ fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
                 email.ctx().error(
                     &email.child_path("enabled"),
                     "email notifications are not supported yet by this version of pgbackd; set notifications.email.enabled: false",
-                    Some(email.loc()),
+                    Some(email.loc_of("enabled")),
                 );
             }
             email.finish();
@@ -630,7 +638,7 @@ fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
                 slack.ctx().error(
                     &slack.child_path("enabled"),
                     "Slack notifications are not supported yet by this version of pgbackd; set notifications.slack.enabled: false",
-                    Some(slack.loc()),
+                    Some(slack.loc_of("enabled")),
                 );
             }
             slack.finish();
@@ -644,7 +652,7 @@ fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
             enc.ctx().error(
                 &enc.child_path("enabled"),
                 "encryption is not supported yet by this version of pgbackd; set encryption.enabled: false (backups are stored unencrypted, with 0600 files)",
-                Some(enc.loc()),
+                Some(enc.loc_of("enabled")),
             );
         }
         enc.finish();

@@ -61,11 +61,11 @@ impl Node {
             return Ok(Node { value: Value::Map(Vec::new()), loc: Loc { line: 1, column: 1 } });
         }
         serde_saphyr::from_str::<Node>(text).map_err(|e| {
-            let loc = e
-                .location()
-                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                .unwrap_or_default();
-            format!("{}{loc}", first_line(&e.to_string()))
+            let message = first_line(&e.to_string()).trim_start_matches("error: ").to_owned();
+            match e.location() {
+                Some(l) if !message.contains("line") => format!("{message} (line {}, column {})", l.line(), l.column()),
+                _ => message,
+            }
         })
     }
 

@@ -101,9 +101,10 @@ impl<'a> Ctx<'a> {
                 path: path.to_owned(),
                 entries,
                 used: vec![false; entries.len()],
+                asked: Vec::new(),
                 loc: node.loc,
             }),
-            Value::Null => Some(MapReader { ctx: self, path: path.to_owned(), entries: &[], used: vec![], loc: node.loc }),
+            Value::Null => Some(MapReader { ctx: self, path: path.to_owned(), entries: &[], used: vec![], asked: Vec::new(), loc: node.loc }),
             other => {
                 self.error(path, format!("expected a mapping, found {}", other.kind()), Some(node.loc));
                 None
@@ -180,6 +181,8 @@ pub struct MapReader<'a, 'n> {
     path: String,
     entries: &'n [(Node, Node)],
     used: Vec<bool>,
+    /// Every key the reader asked for: the known keys, for "did you mean" hints.
+    asked: Vec<String>,
     loc: Loc,
 }
 
@@ -198,10 +201,18 @@ impl<'a, 'n> MapReader<'a, 'n> {
 
     /// The node under `key`; `None` when absent or null.
     pub fn node(&mut self, key: &str) -> Option<&'n Node> {
+        if !self.asked.iter().any(|k| k == key) {
+            self.asked.push(key.to_owned());
+        }
         let idx = self.entries.iter().position(|(k, _)| k.key_text() == key)?;
         self.used[idx] = true;
         let node = &self.entries[idx].1;
         (!matches!(node.value, Value::Null)).then_some(node)
+    }
+
+    /// Where `key`'s value is, else where the mapping is.
+    pub fn loc_of(&self, key: &str) -> Loc {
+        self.entries.iter().find(|(k, _)| k.key_text() == key).map(|(_, v)| v.loc).unwrap_or(self.loc)
     }
 
     pub fn has(&self, key: &str) -> bool {
@@ -228,7 +239,7 @@ impl<'a, 'n> MapReader<'a, 'n> {
         let path = self.child_path(key);
         match self.node(key) {
             Some(node) => self.ctx.map(node, &path),
-            None => Some(MapReader { ctx: self.ctx, path, entries: &[], used: vec![], loc: self.loc }),
+            None => Some(MapReader { ctx: self.ctx, path, entries: &[], used: vec![], asked: Vec::new(), loc: self.loc }),
         }
     }
 
@@ -238,15 +249,38 @@ impl<'a, 'n> MapReader<'a, 'n> {
         self.entries
     }
 
-    /// Reports every key that was not read.
+    /// Reports every key that was not read, with the closest known key as a hint.
     pub fn finish(self) {
         for (i, (k, _)) in self.entries.iter().enumerate() {
             if !self.used[i] {
                 let key = k.key_text();
-                self.ctx.error(&self.child_path(&key), "unknown key (check the spelling; see docs/configuration.md)", Some(k.loc));
+                let hint = self
+                    .asked
+                    .iter()
+                    .map(|known| (edit_distance(&key, known), known))
+                    .filter(|(d, _)| *d <= 2)
+                    .min()
+                    .map(|(_, known)| format!("; did you mean {known:?}?"))
+                    .unwrap_or_else(|| " (see docs/configuration.md)".into());
+                self.ctx.error(&self.child_path(&key), format!("unknown key{hint}"), Some(k.loc));
             }
         }
     }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Conversion from a node; `Ok(None)` means "unset variable in a lenient section".

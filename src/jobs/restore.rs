@@ -177,7 +177,7 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
         bail!("--clean drops objects in {:?} before restoring: add --yes to confirm", req.target_database);
     }
 
-    tracing::info!(target = %target, "checking the backup before restoring");
+    tracing::info!(restore_target = %target, "checking the backup before restoring");
     check_stored_frames(&store, &m.data, &what).await?;
     let mut report = RestoreReport {
         backup_id: m.id.clone(),
