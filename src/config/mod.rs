@@ -58,7 +58,8 @@ pub enum RowCounts {
     Exact,
     Off,
 }
-crate::enum_from_node!(RowCounts, "a row-count mode", { "exact" => RowCounts::Exact, "off" => RowCounts::Off });
+// YAML reads a bare `off` as the boolean false: both spellings mean off.
+crate::enum_from_node!(RowCounts, "a row-count mode", { "exact" => RowCounts::Exact, "off" => RowCounts::Off, "false" => RowCounts::Off });
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compression {

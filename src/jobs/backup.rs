@@ -193,6 +193,15 @@ async fn dump(
     drop(stdout);
     let staged = match streamed {
         Ok(s) => s,
+        Err(StreamError::Archive(a)) => {
+            // The stream ended but is not a whole archive: pg_dump usually died. Its own exit
+            // status and stderr say why; the archive error is the fallback.
+            return Err(match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                Ok(Err(e)) => anyhow!(e).context(format!("pg_dump failed and its output is incomplete ({a})")),
+                Ok(Ok(_)) => anyhow!("pg_dump exited successfully but its output is not a complete archive: {a}"),
+                Err(_) => anyhow!("pg_dump's output is not a complete archive ({a}) and pg_dump did not exit"),
+            });
+        }
         Err(e) => {
             let tail = child.stderr_tail();
             let command = child.command().to_owned();
@@ -203,13 +212,6 @@ async fn dump(
                     "pg_dump produced no data for {d:?} (backup.stall_timeout) and was stopped{}",
                     if tail.trim().is_empty() { String::new() } else { format!("; its stderr ends with:\n{}", tail.trim_end()) }
                 ),
-                StreamError::Archive(a) => {
-                    // a broken archive usually means pg_dump died: prefer its own error
-                    match child_status_hint(&tail) {
-                        Some(hint) => anyhow!("pg_dump's output is not a complete archive ({a}); {hint}"),
-                        None => anyhow!("pg_dump's output is not a complete archive: {a}"),
-                    }
-                }
                 other => anyhow!(other).context("storing pg_dump's output"),
             });
         }
@@ -228,11 +230,6 @@ async fn dump(
     let archive = staged.archive.clone();
     let object = staged.commit().await?;
     Ok((object, archive, stderr))
-}
-
-fn child_status_hint(tail: &str) -> Option<String> {
-    let t = tail.trim();
-    (!t.is_empty()).then(|| format!("pg_dump's stderr ends with:\n{t}"))
 }
 
 /// The size rules: a dump below `min_size`, or far below the previous full, is a failed backup.

@@ -230,6 +230,9 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
             None => bail!("{what} has no globals (roles, tablespaces) to restore"),
         }
     }
+    if !req.schemas.is_empty() || !req.tables.is_empty() {
+        ensure_schemas(&m, req, &target).await?;
+    }
     pg_restore(req, config, &tools, &store, &m, &target, &what, cancel).await?;
 
     let client = pg::connect(&target).await?;
@@ -247,6 +250,23 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
         tracing::error!(mismatches = report.mismatches.len(), "restore finished with row count mismatches");
     }
     Ok(report)
+}
+
+/// pg_restore's --schema/--table select objects inside schemas but not the schemas themselves:
+/// create the schemas the selected tables live in, so a partial restore into a new database works.
+async fn ensure_schemas(m: &Manifest, req: &RestoreRequest, target: &Connection) -> Result<()> {
+    let mut schemas: Vec<&str> = req.schemas.iter().map(String::as_str).collect();
+    schemas.extend(selected_tables(m, req).map(|t| t.schema.as_str()));
+    schemas.sort_unstable();
+    schemas.dedup();
+    let client = pg::connect(target).await?;
+    for s in schemas {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", pg::quote_ident(s)))
+            .await
+            .with_context(|| format!("creating schema {s:?} for a partial restore"))?;
+    }
+    Ok(())
 }
 
 /// Tables of the manifest that this restore brings back (per `--schema` / `--table`).

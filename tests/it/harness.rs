@@ -1,0 +1,168 @@
+//! Test harness: one throwaway PostgreSQL cluster per test binary (stopped at exit, and by a
+//! watchdog if the binary dies), a fresh database and repository per test, and a runner for the
+//! real `pgbackd` binary.
+
+use pgbackd::pg::cluster::Cluster;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some(c) = CLUSTER.get() {
+        c.stop();
+    }
+}
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let c = Cluster::start(&std::env::temp_dir()).expect("starting the test cluster");
+        // SAFETY: registers a plain extern "C" function; it only reads a initialized static.
+        unsafe {
+            libc::atexit(stop_cluster_at_exit);
+        }
+        c
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:08x}", rand::random::<u32>())
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pgbackd");
+
+/// The real PostgreSQL client binaries (for fake pg_dump scripts to wrap).
+pub fn real_pg_bin() -> PathBuf {
+    cluster().bin().to_path_buf()
+}
+
+/// One test's world: a database on the shared cluster, a repository, a config file.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub db: String,
+    pub config: PathBuf,
+}
+
+impl TestEnv {
+    /// A new, empty database `name_<random>` and a config backing it up into a new repository.
+    pub fn new(name: &str) -> TestEnv {
+        let c = cluster();
+        let db = unique(name);
+        c.psql("postgres", &format!("create database {db}")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pgbackd.yaml");
+        let env = TestEnv { dir, db, config };
+        env.write_config("");
+        env
+    }
+
+    pub fn repository(&self) -> PathBuf {
+        self.dir.path().join("repository")
+    }
+
+    /// Rewrites the config with `extra` YAML appended (top-level keys).
+    pub fn write_config(&self, extra: &str) {
+        let c = cluster();
+        let text = format!(
+            "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\nlocal_backup_dir: {}\n{extra}",
+            c.socket_dir(),
+            c.port,
+            self.db,
+            self.repository().display()
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        cluster().psql(&self.db, sql).unwrap()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&self.config).args(args).env("REAL_PG_BIN", real_pg_bin()).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running pgbackd")
+    }
+
+    /// Runs a backup and returns its id (panics with pgbackd's stderr if it fails).
+    pub fn backup(&self) -> String {
+        let out = self.run(&["backup", "--kind", "full"]);
+        assert!(out.status.success(), "backup failed:\n{}", stderr(&out));
+        let id = stdout(&out).trim().to_owned();
+        assert!(id.contains("-full-"), "unexpected backup output {id:?}");
+        id
+    }
+
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["list", "--json"]);
+        assert!(out.status.success(), "list failed:\n{}", stderr(&out));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("list --json is a JSON array")
+    }
+
+    /// Every file in the repository (there must be none after a failed first backup).
+    pub fn repository_files(&self) -> Vec<PathBuf> {
+        files_under(&self.repository())
+    }
+
+    /// A bin dir whose pg_dump is the fixture `script`, other tools the real ones.
+    pub fn fake_bin(&self, script: &str) -> PathBuf {
+        let dir = self.dir.path().join(format!("bin-{script}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for tool in ["pg_dumpall", "pg_restore", "psql"] {
+            let _ = std::os::unix::fs::symlink(real_pg_bin().join(tool), dir.join(tool));
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(script);
+        std::fs::copy(&src, dir.join("pg_dump")).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+        dir
+    }
+}
+
+pub fn files_under(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(files_under(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// md5 of a table's ordered rows in `db`.
+pub fn fingerprint(db: &str, table: &str) -> String {
+    cluster()
+        .psql(db, &format!("select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) from only {table} t"))
+        .unwrap()
+}
+
+/// Every user table of `db` as `schema.table`.
+pub fn user_tables(db: &str) -> Vec<String> {
+    cluster()
+        .psql(
+            db,
+            "select quote_ident(schemaname) || '.' || quote_ident(tablename) from pg_tables \
+             where schemaname not in ('pg_catalog','information_schema') order by 1",
+        )
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
