@@ -9,17 +9,17 @@
 //! never by the size of the dump. Nothing is committed here: [`Staged`] is finished or aborted by
 //! the caller once it knows the producer succeeded.
 
-use crate::pg::archive::{ArchiveError, ArchiveSummary, RowCounter};
+use crate::pg::archive::{ArchiveError, ArchiveFilter, ArchiveSummary};
 use crate::repo::manifest::{CompressionAlgorithm, Frame, StoredObject};
 use crate::storage::{ObjectWriter, Store};
 use anyhow::{Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,7 @@ impl Compressors {
         let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
         let mut c = match reused {
             Some(c) => c,
-            None => zstd::bulk::Compressor::new(self.level)?,
+            None => new_compressor(self.level)?,
         };
         let out = c.compress(data);
         if let Ok(mut v) = self.idle.lock() {
@@ -117,71 +117,160 @@ impl Compressors {
     }
 }
 
+/// A zstd compressor for `level`, tuned for pg_dump output: at levels 3-7 a minimum match length
+/// of 6 (instead of 4-5) skips the short matches that the per-row chunk headers of the custom
+/// format produce; on the benchmark data set that stores 2-5 % less at the same speed.
+fn new_compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    if (3..=7).contains(&level) {
+        c.set_parameter(zstd::zstd_safe::CParameter::MinMatch(6))?;
+    }
+    Ok(c)
+}
+
 /// Compresses one segment into one zstd frame (content size recorded in the frame header).
 pub fn compress_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    zstd::bulk::compress(data, level)
+    new_compressor(level)?.compress(data)
 }
 
-/// Reads up to `size` bytes (less only at end of stream), with the stall guard.
-async fn read_segment<R: AsyncRead + Unpin>(
-    input: &mut R,
-    size: usize,
-    stall: Duration,
-    cancel: &CancellationToken,
-    moved: &Counter,
-) -> Result<Bytes, StreamError> {
-    let mut buf = BytesMut::with_capacity(size);
-    while buf.len() < size {
-        let read = tokio::select! {
-            _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-            r = tokio::time::timeout(stall, input.read_buf(&mut buf)) => r,
-        };
-        match read {
-            Err(_) => return Err(StreamError::Stalled(stall)),
-            Ok(Err(e)) => return Err(StreamError::Read(e)),
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => moved.add(n as u64),
+/// Raw segments of a stream, cut by a dedicated reader thread.
+pub struct Segments {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    moved: Arc<Counter>,
+    thread: Option<std::thread::JoinHandle<Result<Option<ArchiveSummary>, ArchiveError>>>,
+    summary: Option<Option<ArchiveSummary>>,
+}
+
+/// How a read buffer becomes segment bytes: copied, or through the archive filter.
+enum Transform {
+    Copy,
+    Archive(ArchiveFilter),
+}
+
+/// Reads `input` on its own thread with blocking reads, in segments of about `size` bytes. With
+/// `archive`, the input is a pg_dump custom archive: it goes through [`ArchiveFilter`] (row counts,
+/// re-chunking) and its summary is returned by [`Segments::finish`].
+///
+/// A thread instead of async reads: pg_dump writes in small pieces, and waking a task for each
+/// one costs more CPU than compressing the data. When a read returns little, the thread waits a
+/// fraction of a millisecond so the pipe fills and the next read takes a large piece.
+pub fn read_segments<R: std::io::Read + Send + 'static>(mut input: R, size: usize, moved: Arc<Counter>, archive: bool) -> Segments {
+    const READ_SIZE: usize = 1 << 20;
+    let (tx, rx) = mpsc::channel(2);
+    let counter = moved.clone();
+    let mut transform = if archive { Transform::Archive(ArchiveFilter::new()) } else { Transform::Copy };
+    let spawned = std::thread::Builder::new().name("pgbackd-read".into()).spawn(move || {
+        let mut buf = vec![0u8; READ_SIZE];
+        let mut seg: Vec<u8> = Vec::with_capacity(size + READ_SIZE);
+        loop {
+            let want = size.saturating_sub(seg.len()).clamp(1, READ_SIZE);
+            let n = match input.read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return Ok(None);
+                }
+            };
+            counter.add(n as u64);
+            match &mut transform {
+                Transform::Copy => seg.extend_from_slice(&buf[..n]),
+                Transform::Archive(f) => f.feed(&buf[..n], &mut seg)?,
+            }
+            if seg.len() >= size || (n == 0 && !seg.is_empty()) {
+                let full = std::mem::replace(&mut seg, Vec::with_capacity(size + READ_SIZE));
+                if tx.blocking_send(Ok(Bytes::from(full))).is_err() {
+                    return Ok(None); // the consumer stopped
+                }
+            }
+            if n == 0 {
+                return match transform {
+                    Transform::Copy => Ok(None),
+                    Transform::Archive(f) => f.finish().map(Some),
+                };
+            }
+            if n < 64 * 1024 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
         }
-        // read_buf only grows within capacity; never read past the segment
-        if buf.capacity() - buf.len() == 0 {
-            break;
+    });
+    match spawned {
+        Ok(thread) => Segments { rx, moved, thread: Some(thread), summary: None },
+        Err(e) => {
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx.try_send(Err(e));
+            Segments { rx, moved, thread: None, summary: None }
         }
     }
-    Ok(buf.freeze())
 }
 
-/// Streams `input` into `key` on every writer. Aborts every writer on failure.
-pub async fn store_stream<R: AsyncRead + Unpin + Send>(
-    input: &mut R,
-    key: &str,
-    opts: &PipelineOptions,
-    writers: Vec<Box<dyn ObjectWriter>>,
-    count_rows: bool,
-    cancel: &CancellationToken,
-    moved: &Counter,
-) -> Result<Staged, StreamError> {
-    // inspector thread: raw SHA-256 + row counting, in order
-    let (inspect_tx, mut inspect_rx) = mpsc::channel::<Bytes>(2);
-    let inspector = std::thread::Builder::new()
-        .name("pgbackd-inspect".into())
-        .spawn(move || {
-            let mut sha = Sha256::new();
-            let mut counter = count_rows.then(RowCounter::new);
-            let mut error = None;
-            while let Some(seg) = inspect_rx.blocking_recv() {
-                sha.update(&seg);
-                if let (Some(c), None) = (counter.as_mut(), &error) {
-                    if let Err(e) = c.feed(&seg) {
-                        error = Some(e);
+impl Segments {
+    async fn thread_result(&mut self) -> Result<Result<Option<ArchiveSummary>, ArchiveError>, StreamError> {
+        let Some(thread) = self.thread.take() else { return Ok(Ok(None)) };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .ok_or_else(|| StreamError::Store(anyhow::anyhow!("the reader thread panicked")))
+    }
+
+    /// The archive summary, once the stream has ended.
+    pub fn summary(&mut self) -> Option<ArchiveSummary> {
+        self.summary.take().flatten()
+    }
+
+    /// The next segment; `None` at end of stream. Fails if no byte moved for `stall`.
+    async fn next(&mut self, stall: Duration, cancel: &CancellationToken) -> Result<Option<Bytes>, StreamError> {
+        let tick = (stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut last = self.moved.get();
+        let mut last_change = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+                item = self.rx.recv() => return match item {
+                    Some(Ok(b)) => Ok(Some(b)),
+                    Some(Err(e)) => Err(StreamError::Read(e)),
+                    // the reader ended: at end of input, or because the archive was malformed
+                    None => match self.thread_result().await? {
+                        Err(e) => Err(StreamError::Archive(e)),
+                        Ok(summary) => {
+                            self.summary = Some(summary);
+                            Ok(None)
+                        }
+                    },
+                },
+                _ = tokio::time::sleep(tick) => {
+                    let now = self.moved.get();
+                    if now != last {
+                        last = now;
+                        last_change = tokio::time::Instant::now();
+                    } else if last_change.elapsed() >= stall {
+                        return Err(StreamError::Stalled(stall));
                     }
                 }
             }
-            let archive = match (counter, error) {
-                (_, Some(e)) => Some(Err(e)),
-                (Some(c), None) => Some(c.finish()),
-                (None, None) => None,
-            };
-            (hex::encode(sha.finalize()), archive)
+        }
+    }
+}
+
+/// Streams `input` into `key` on every writer. Aborts every writer on failure.
+pub async fn store_stream(
+    input: &mut Segments,
+    key: &str,
+    opts: &PipelineOptions,
+    writers: Vec<Box<dyn ObjectWriter>>,
+    cancel: &CancellationToken,
+) -> Result<Staged, StreamError> {
+    // hashing thread: SHA-256 of the raw stream, in order
+    let (inspect_tx, mut inspect_rx) = mpsc::channel::<Bytes>(2);
+    let inspector = std::thread::Builder::new()
+        .name("pgbackd-hash".into())
+        .spawn(move || {
+            let mut sha = Sha256::new();
+            while let Some(seg) = inspect_rx.blocking_recv() {
+                sha.update(&seg);
+            }
+            hex::encode(sha.finalize())
         })
         .map_err(|e| StreamError::Store(anyhow::anyhow!("starting the hashing thread: {e}")))?;
 
@@ -195,10 +284,7 @@ pub async fn store_stream<R: AsyncRead + Unpin + Send>(
     let reader = async {
         let mut raw_total = 0u64;
         loop {
-            let seg = read_segment(input, opts.segment_size, opts.stall_timeout, cancel, moved).await?;
-            if seg.is_empty() {
-                break;
-            }
+            let Some(seg) = input.next(opts.stall_timeout, cancel).await? else { break };
             raw_total += seg.len() as u64;
             if inspect_tx.send(seg.clone()).await.is_err() {
                 break;
@@ -257,20 +343,19 @@ pub async fn store_stream<R: AsyncRead + Unpin + Send>(
 
     let (read_result, (writers, write_result, frames, stored_sha256, stored_bytes)) = tokio::join!(reader, writer);
     drop(inspect_tx);
-    let (raw_sha256, archive) = tokio::task::spawn_blocking(move || inspector.join())
+    let raw_sha256 = tokio::task::spawn_blocking(move || inspector.join())
         .await
         .ok()
         .and_then(|r| r.ok())
-        .unwrap_or_else(|| (String::new(), Some(Err(ArchiveError::Malformed("hashing thread panicked".into())))));
+        .ok_or_else(|| StreamError::Store(anyhow::anyhow!("the hashing thread panicked")));
 
     let outcome = (|| {
         write_result?;
         let raw_bytes = read_result?;
-        let archive = archive.transpose()?;
-        Ok::<_, StreamError>((raw_bytes, archive))
+        Ok::<_, StreamError>((raw_bytes, raw_sha256?, input.summary()))
     })();
     match outcome {
-        Ok((raw_bytes, archive)) => Ok(Staged {
+        Ok((raw_bytes, raw_sha256, archive)) => Ok(Staged {
             object: StoredObject {
                 key: key.to_owned(),
                 compression: if level.is_some() { CompressionAlgorithm::Zstd } else { CompressionAlgorithm::None },
@@ -292,14 +377,12 @@ pub async fn store_stream<R: AsyncRead + Unpin + Send>(
 }
 
 /// Opens `key` on every store and streams `input` into it.
-pub async fn store_stream_to<R: AsyncRead + Unpin + Send>(
-    input: &mut R,
+pub async fn store_stream_to(
+    input: &mut Segments,
     stores: &[Arc<dyn Store>],
     key: &str,
     opts: &PipelineOptions,
-    count_rows: bool,
     cancel: &CancellationToken,
-    moved: &Counter,
 ) -> Result<Staged, StreamError> {
     let mut writers = Vec::with_capacity(stores.len());
     for s in stores {
@@ -311,7 +394,7 @@ pub async fn store_stream_to<R: AsyncRead + Unpin + Send>(
             }
         }
     }
-    store_stream(input, key, opts, writers, count_rows, cancel, moved).await
+    store_stream(input, key, opts, writers, cancel).await
 }
 
 /// Decodes one stored frame after checking its SHA-256.
@@ -465,8 +548,8 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(1_000_000);
         let cancel = CancellationToken::new();
-        let moved = Counter::default();
-        let staged = store_stream_to(&mut &data[..], &[store.clone()], "db/b/data.zst", &opts(Some(3)), false, &cancel, &moved)
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
+        let staged = store_stream_to(&mut input, &[store.clone()], "db/b/data.zst", &opts(Some(3)), &cancel)
             .await
             .unwrap();
         let object = staged.commit().await.unwrap();
@@ -487,7 +570,8 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(300_000);
         let cancel = CancellationToken::new();
-        let staged = store_stream_to(&mut &data[..], &[store.clone()], "db/b/data.zst", &opts(Some(1)), false, &cancel, &Counter::default())
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
+        let staged = store_stream_to(&mut input, &[store.clone()], "db/b/data.zst", &opts(Some(1)), &cancel)
             .await
             .unwrap();
         let object = staged.commit().await.unwrap();
@@ -510,7 +594,8 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(100_000);
         let cancel = CancellationToken::new();
-        let staged = store_stream_to(&mut &data[..], &[store.clone()], "db/b/data.dump", &opts(None), false, &cancel, &Counter::default())
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
+        let staged = store_stream_to(&mut input, &[store.clone()], "db/b/data.dump", &opts(None), &cancel)
             .await
             .unwrap();
         assert_eq!(staged.object.stored_bytes, 100_000);
@@ -518,14 +603,16 @@ mod tests {
         assert!(store.list("").await.unwrap().is_empty());
 
         // a producer that never writes trips the stall guard, and nothing is left behind
-        let (_keep_open, mut rx) = tokio::io::duplex(64);
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut input = read_segments(reader, 64 * 1024, Arc::default(), false);
         let mut o = opts(Some(1));
         o.stall_timeout = Duration::from_millis(100);
-        let err = store_stream_to(&mut rx, &[store.clone()], "db/c/data.zst", &o, false, &cancel, &Counter::default())
+        let err = store_stream_to(&mut input, &[store.clone()], "db/c/data.zst", &o, &cancel)
             .await
             .err()
             .unwrap();
         assert!(matches!(err, StreamError::Stalled(_)), "{err}");
         assert!(store.list("").await.unwrap().is_empty());
+        drop(writer);
     }
 }

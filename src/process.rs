@@ -314,6 +314,19 @@ fn enlarge_pipe(out: &ChildStdout) {
     }
 }
 
+/// Clears O_NONBLOCK on a pipe taken from the async runtime, for blocking reads on a thread.
+pub fn set_blocking(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a valid, owned fd; only the O_NONBLOCK flag changes.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+}
+
 /// Runs a short command to completion and returns its stdout (bounded by `max_stdout`).
 pub async fn run_capture(spec: &ChildSpec, max_stdout: usize) -> Result<Vec<u8>, ProcessError> {
     let mut running = Running::spawn(spec)?;
@@ -387,8 +400,16 @@ mod tests {
         let pgid = r.pid();
         let err = r.terminate(Duration::from_secs(2)).await;
         assert!(matches!(err, ProcessError::Cancelled { .. }));
-        // SAFETY: signal 0 only checks existence of the group.
-        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+        // killed members may linger briefly as zombies until init reaps them
+        let mut alive = true;
+        for _ in 0..100 {
+            // SAFETY: signal 0 only checks existence of the group.
+            alive = unsafe { libc::kill(-pgid, 0) } == 0;
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(!alive, "process group {pgid} still alive");
     }
 }

@@ -58,8 +58,20 @@ pub enum RowCounts {
     Exact,
     Off,
 }
-// YAML reads a bare `off` as the boolean false: both spellings mean off.
-crate::enum_from_node!(RowCounts, "a row-count mode", { "exact" => RowCounts::Exact, "off" => RowCounts::Off, "false" => RowCounts::Off });
+impl reader::FromNode for RowCounts {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        // YAML 1.1 readers turn a bare `off` into the boolean false: both mean off
+        if let Value::Bool(false) = node.value {
+            return Ok(Some(RowCounts::Off));
+        }
+        match <String as reader::FromNode>::from_node(node, ctx)?.as_deref() {
+            None => Ok(None),
+            Some("exact") => Ok(Some(RowCounts::Exact)),
+            Some("off") => Ok(Some(RowCounts::Off)),
+            Some(other) => Err(format!("expected a row-count mode (one of: exact, off), found {other:?}")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Compression {

@@ -3,6 +3,7 @@
 //! written last. Any failure removes everything the attempt wrote.
 
 use crate::config::{Config, Connection, DatabaseConfig, RowCounts};
+use crate::pg::archive::ArchiveError;
 use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, PipelineOptions, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running, run_capture};
@@ -121,14 +122,18 @@ async fn take(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationT
         None
     };
 
-    let archive = archive.unwrap_or_else(|| pg::archive::ArchiveSummary {
-        archive_version: String::new(),
-        database: conn.dbname.clone(),
-        server_version: server.version.clone(),
-        dump_version: dump_version.clone(),
-        tables: Vec::new(),
-        large_objects: 0,
-    });
+    let archive = archive.context("the dump stream ended without an archive summary")?;
+    if !archive.understood {
+        warnings.push(format!(
+            "pg_dump wrote archive version {}, newer than this pgbackd knows: the archive is stored as written, \
+             without row counts (upgrade pgbackd)",
+            archive.archive_version
+        ));
+    }
+    let tables = match config.backup.row_counts {
+        RowCounts::Exact => archive.tables,
+        RowCounts::Off => Vec::new(),
+    };
     let manifest = Manifest {
         schema_version: repo::manifest::SCHEMA_VERSION,
         id: id.to_owned(),
@@ -148,7 +153,7 @@ async fn take(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationT
             RowCounts::Exact => "exact".into(),
             RowCounts::Off => "off".into(),
         },
-        tables: archive.tables,
+        tables,
         large_objects: archive.large_objects,
         data,
         globals,
@@ -176,7 +181,9 @@ async fn dump(
     );
     let mut child = Running::spawn(&spec)?;
     tracing::debug!(pid = child.pid(), command = child.command(), "pg_dump started");
-    let mut stdout = child.take_stdout().context("pg_dump has no stdout")?;
+    let stdout = child.take_stdout().context("pg_dump has no stdout")?;
+    let stdout = std::fs::File::from(stdout.into_owned_fd().context("taking pg_dump's stdout")?);
+    crate::process::set_blocking(&stdout);
     let level = config.compression.enabled.then_some(config.compression.level);
     let opts = PipelineOptions {
         segment_size: config.backup.segment_size as usize,
@@ -187,10 +194,10 @@ async fn dump(
     let key = repo::data_key(&db.name, id, level.is_some());
     let moved = Arc::new(Counter::default());
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
-    let count_rows = config.backup.row_counts == RowCounts::Exact;
-    let streamed = pipeline::store_stream_to(&mut stdout, repo.stores(), &key, &opts, count_rows, cancel, &moved).await;
+    let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), true);
+    let streamed = pipeline::store_stream_to(&mut segments, repo.stores(), &key, &opts, cancel).await;
     drop(tracker);
-    drop(stdout);
+    drop(segments);
     let staged = match streamed {
         Ok(s) => s,
         Err(StreamError::Archive(a)) => {
@@ -198,6 +205,9 @@ async fn dump(
             // status and stderr say why; the archive error is the fallback.
             return Err(match tokio::time::timeout(KILL_GRACE, child.wait()).await {
                 Ok(Err(e)) => anyhow!(e).context(format!("pg_dump failed and its output is incomplete ({a})")),
+                Ok(Ok(_)) if a == ArchiveError::Empty => {
+                    anyhow!("pg_dump exited successfully but wrote nothing: refusing to record an empty backup")
+                }
                 Ok(Ok(_)) => anyhow!("pg_dump exited successfully but its output is not a complete archive: {a}"),
                 Err(_) => anyhow!("pg_dump's output is not a complete archive ({a}) and pg_dump did not exit"),
             });
