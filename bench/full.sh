@@ -24,7 +24,9 @@ bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 (cd "$root" && cargo build --release --quiet)
 pgbackd=$root/target/release/pgbackd
 mkdir -p "$dir"
-pg_isready -q -h 127.0.0.1 -p "$port" || "$here/lib/pgcluster.sh" start "$dir/cluster" "$port"
+# autovacuum off: a restore leaves 600 MB for autovacuum, which would slow whatever runs next
+# autovacuum off: each restore leaves 600 MB for autovacuum, which would slow whatever runs next
+pg_isready -q -h 127.0.0.1 -p "$port" || "$here/lib/pgcluster.sh" start "$dir/cluster" "$port" autovacuum=off
 if [ "$(psql -Atc "select count(*) from pg_database where datname = '$db'" postgres)" = 0 ]; then
   echo "generating scale $scale data set into $db ..."
   "$here/lib/gendata.sh" "$port" "$db" "$scale" >/dev/null
@@ -36,32 +38,47 @@ local_backup_dir: $work/repo
 backup: {min_size_ratio: 0}
 YAML
 
-# best (lowest) wall time over $runs runs of a shell command; prints "seconds maxrss_kib"
-measure() {
-  local best="" rss=0
-  for _ in $(seq "$runs"); do
-    /usr/bin/time -f "%e %M" -o "$work/time" bash -c "$1" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-    read -r t m <"$work/time"
-    if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; fi
-    [ "$m" -gt "$rss" ] && rss=$m
+# one timed run of a shell command: prints "seconds maxrss_kib". Each run starts from the same
+# state: no dirty buffers in PostgreSQL or the page cache left over from the previous one.
+time_once() {
+  psql -q -c CHECKPOINT postgres >/dev/null; sync
+  /usr/bin/time -f "%e %M" -o "$work/time" bash -c "$1" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  cat "$work/time"
+}
+# best (lowest) wall time and highest RSS of several commands over $runs rounds, interleaved so
+# that background work (autovacuum after a restore, checkpoints) hits every command alike.
+# usage: measure_all VAR1 "cmd1" VAR2 "cmd2" ...   sets $VAR_t and $VAR_rss
+measure_all() {
+  local -a names=() cmds=(); while [ $# -gt 0 ]; do names+=("$1"); cmds+=("$2"); shift 2; done
+  local i r t m
+  for i in "${!names[@]}"; do printf -v "${names[$i]}_t" '%s' ""; printf -v "${names[$i]}_rss" '%s' 0; done
+  for r in $(seq "$runs"); do
+    for i in "${!names[@]}"; do
+      read -r t m < <(time_once "${cmds[$i]}")
+      local tv="${names[$i]}_t" rv="${names[$i]}_rss"
+      if [ -z "${!tv}" ] || awk "BEGIN{exit !($t < ${!tv})}"; then printf -v "$tv" '%s' "$t"; fi
+      if [ "$m" -gt "${!rv}" ]; then printf -v "$rv" '%s' "$m"; fi
+    done
   done
-  echo "$best $rss"
 }
 ratio() { awk "BEGIN{printf \"%.2fx\", $1 / $2}"; }
 
-read -r t_limit _ < <(measure "pg_dump -Fc -Z0 $db > /dev/null")
-read -r t_fc _ < <(measure "pg_dump -Fc $db > $work/fc.dump")
-read -r t_zstd _ < <(measure "pg_dump -Fc -Z0 $db | zstd -q -3 -T0 > $work/pipe.zst")
-read -r t_pgb rss_pgb < <(measure "rm -rf $work/repo; $pgbackd -c $work/pgbackd.yaml --log-level warn backup")
+measure_all limit "pg_dump -Fc -Z0 $db > /dev/null" \
+            fc "pg_dump -Fc $db > $work/fc.dump" \
+            zstd "pg_dump -Fc -Z0 $db | zstd -q -3 -T0 > $work/pipe.zst" \
+            pgb "rm -rf $work/repo; $pgbackd -c $work/pgbackd.yaml --log-level warn backup"
+t_limit=$limit_t t_fc=$fc_t t_zstd=$zstd_t t_pgb=$pgb_t rss_pgb=$pgb_rss
 raw=$(pg_dump -Fc -Z0 "$db" | tee "$work/raw.dump" | wc -c)
 s_fc=$(stat -c %s "$work/fc.dump"); s_zstd=$(stat -c %s "$work/pipe.zst")
 s_pgb=$(find "$work/repo" -name data.zst -printf '%s\n' | head -1)
 id=$("$pgbackd" -c "$work/pgbackd.yaml" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
 
 restore_plain="dropdb --if-exists r_plain; createdb r_plain; pg_restore -d r_plain $work/raw.dump"
+# pgbackd restore includes what plain pg_restore does not: checking every frame first and
+# counting every table's rows afterwards
 restore_pgb="dropdb --if-exists r_pgb; $pgbackd -c $work/pgbackd.yaml --log-level warn restore $id --target-database r_pgb --create"
-read -r t_rplain _ < <(measure "$restore_plain")
-read -r t_rpgb rss_rpgb < <(measure "$restore_pgb")
+measure_all rplain "$restore_plain" rpgb "$restore_pgb"
+t_rplain=$rplain_t t_rpgb=$rpgb_t rss_rpgb=$rpgb_rss
 dropdb --if-exists r_plain; dropdb --if-exists r_pgb
 
 echo

@@ -216,6 +216,9 @@ impl Running {
         if let Some(out) = child.stdout.as_ref() {
             enlarge_pipe(out);
         }
+        if let Some(input) = child.stdin.as_ref() {
+            enlarge_pipe(input);
+        }
         Ok(Running { command, child, pgid, stderr, tail, reaped: false })
     }
 
@@ -305,12 +308,12 @@ fn signal_group(pgid: i32, sig: i32) {
     }
 }
 
-/// Larger pipe buffer between pg_dump and us: fewer context switches per byte (best effort).
-fn enlarge_pipe(out: &ChildStdout) {
-    use std::os::fd::AsRawFd;
+/// Larger pipe buffers between a child and us: fewer context switches per byte (best effort;
+/// 1 MiB is the default limit for unprivileged processes).
+fn enlarge_pipe(pipe: &impl std::os::fd::AsRawFd) {
     // SAFETY: fcntl on a valid, owned pipe fd; failure is harmless and ignored.
     unsafe {
-        libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
     }
 }
 

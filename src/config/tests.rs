@@ -33,7 +33,7 @@ fn minimal_config_has_sensible_defaults() {
     assert_eq!(db.name, "app");
     assert_eq!(db.connection, Connection { host: "localhost".into(), port: 5432, user: "postgres".into(), password: None, dbname: "app".into() });
     assert!(c.compression.enabled);
-    assert_eq!(c.compression.level, 3);
+    assert_eq!(c.compression.level, DEFAULT_LEVEL);
     assert_eq!(c.backup.segment_size, DEFAULT_SEGMENT_SIZE);
     assert_eq!(c.backup.row_counts, RowCounts::Exact);
     assert_eq!(c.backup.stall_timeout, Duration::from_secs(600));

@@ -8,7 +8,7 @@
 use crate::config::{Config, Connection, DatabaseConfig};
 use crate::jobs::backup::{self, BackupRequest, KILL_GRACE};
 use crate::pg::{self, Tools};
-use crate::pipeline::{self, Counter};
+use crate::pipeline::{self, Counter, RawCheck};
 use crate::process::{ChildSpec, Running};
 use crate::progress;
 use crate::repo::manifest::{StoredObject, Trigger};
@@ -179,6 +179,7 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
 
     tracing::info!(restore_target = %target, "checking the backup before restoring");
     check_stored_frames(&store, &m.data, &what).await?;
+    tracing::debug!(frames = m.data.frames.len(), "every stored frame checked");
     let mut report = RestoreReport {
         backup_id: m.id.clone(),
         database: m.database.clone(),
@@ -195,7 +196,7 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
     if req.dry_run {
         // prove the whole stream decodes to the recorded SHA-256, touching nothing
         let mut sink = tokio::io::sink();
-        pipeline::restore_stream(&store, &m.data, &mut sink, &what, cancel, &Counter::default()).await?;
+        pipeline::restore_stream(&store, &m.data, &mut sink, &what, RawCheck::Sha256, cancel, &Counter::default()).await?;
         report.tables_checked = selected_tables(&m, req).count();
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -234,6 +235,7 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
         ensure_schemas(&m, req, &target).await?;
     }
     pg_restore(req, config, &tools, &store, &m, &target, &what, cancel).await?;
+    tracing::debug!("pg_restore finished");
 
     let client = pg::connect(&target).await?;
     for t in selected_tables(&m, req) {
@@ -307,7 +309,7 @@ async fn pg_restore(
         // parallel pg_restore needs a seekable file: spool the verified stream (0600 temp file)
         let spool = tempfile::Builder::new().prefix("pgbackd-restore-").suffix(".dump").tempfile().context("creating the spool file")?;
         let mut file = tokio::fs::File::from_std(spool.reopen().context("opening the spool file")?);
-        pipeline::restore_stream(store, &m.data, &mut file, what, cancel, &moved).await?;
+        pipeline::restore_stream(store, &m.data, &mut file, what, RawCheck::FramesOnly, cancel, &moved).await?;
         file.sync_all().await.ok();
         drop(file);
         let spec = pg::conn_env(spec.arg(format!("--jobs={jobs}")).arg(spool.path()), target).stdout(false);
@@ -321,7 +323,7 @@ async fn pg_restore(
     let spec = pg::conn_env(spec, target).stdin(true).stdout(false);
     let mut child = Running::spawn(&spec)?;
     let mut stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let streamed = pipeline::restore_stream(store, &m.data, &mut stdin, what, cancel, &moved).await;
+    let streamed = pipeline::restore_stream(store, &m.data, &mut stdin, what, RawCheck::FramesOnly, cancel, &moved).await;
     let _ = stdin.shutdown().await;
     drop(stdin);
     match streamed {
@@ -366,5 +368,5 @@ pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(m: &Manifest, repo: &R
     let what = describe_backup(m);
     let store = repo.primary().clone();
     check_stored_frames(&store, &m.data, &what).await?;
-    pipeline::restore_stream(&store, &m.data, out, &what, cancel, &Counter::default()).await
+    pipeline::restore_stream(&store, &m.data, out, &what, RawCheck::Sha256, cancel, &Counter::default()).await
 }
