@@ -107,7 +107,10 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
     if !report.mismatches.is_empty() {
         bail!("row counts differ after the restore: {:?}", report.mismatches);
     }
-    println!("  restored in {:.1}s; row counts of all {} tables match the backup", report.duration_seconds, report.tables_checked);
+    println!(
+        "  restored in {:.1}s; row counts of all {} tables match the backup",
+        report.duration_seconds, report.tables_checked
+    );
 
     let source = pg::connect(&config.databases[0].connection).await?;
     let restored = pg::connect(&config.databases[0].connection.with_dbname("demo_restored")).await?;

@@ -171,10 +171,10 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Ok(mut v) = self.pool.0.lock() {
-            if v.len() < POOL_MAX {
-                v.push(std::mem::take(&mut self.buf));
-            }
+        if let Ok(mut v) = self.pool.0.lock()
+            && v.len() < POOL_MAX
+        {
+            v.push(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -190,7 +190,7 @@ pub struct Segments {
 /// How a read buffer becomes segment bytes: copied, or through the archive filter.
 enum Transform {
     Copy,
-    Archive(ArchiveFilter),
+    Archive(Box<ArchiveFilter>),
 }
 
 /// Reads `input` on its own thread with blocking reads, in segments of about `size` bytes. With
@@ -200,11 +200,16 @@ enum Transform {
 /// A thread instead of async reads: pg_dump writes in small pieces, and waking a task for each
 /// one costs more CPU than compressing the data. When a read returns little, the thread waits a
 /// fraction of a millisecond so the pipe fills and the next read takes a large piece.
-pub fn read_segments<R: std::io::Read + Send + 'static>(mut input: R, size: usize, moved: Arc<Counter>, archive: bool) -> Segments {
+pub fn read_segments<R: std::io::Read + Send + 'static>(
+    mut input: R,
+    size: usize,
+    moved: Arc<Counter>,
+    archive: bool,
+) -> Segments {
     const READ_SIZE: usize = 1 << 20;
     let (tx, rx) = mpsc::channel(2);
     let counter = moved.clone();
-    let mut transform = if archive { Transform::Archive(ArchiveFilter::new()) } else { Transform::Copy };
+    let mut transform = if archive { Transform::Archive(Box::default()) } else { Transform::Copy };
     let spawned = std::thread::Builder::new().name("pgbackd-read".into()).spawn(move || {
         let mut buf = vec![0u8; READ_SIZE];
         let pool = BufferPool::default();
@@ -253,7 +258,9 @@ pub fn read_segments<R: std::io::Read + Send + 'static>(mut input: R, size: usiz
 
 impl Segments {
     async fn thread_result(&mut self) -> Result<Result<Option<ArchiveSummary>, ArchiveError>, StreamError> {
-        let Some(thread) = self.thread.take() else { return Ok(Ok(None)) };
+        let Some(thread) = self.thread.take() else {
+            return Ok(Ok(None));
+        };
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .ok()
@@ -331,7 +338,9 @@ pub async fn store_stream(
     let reader = async {
         let mut raw_total = 0u64;
         loop {
-            let Some(seg) = input.next(opts.stall_timeout, cancel).await? else { break };
+            let Some(seg) = input.next(opts.stall_timeout, cancel).await? else {
+                break;
+            };
             raw_total += seg.len() as u64;
             if inspect_tx.send(seg.clone()).await.is_err() {
                 break;
@@ -457,10 +466,11 @@ pub fn decode_frame(object: &StoredObject, index: usize, stored: &[u8], what: &s
     );
     let raw = match object.compression {
         CompressionAlgorithm::None => Bytes::copy_from_slice(stored),
-        CompressionAlgorithm::Zstd => Bytes::from(
-            zstd::bulk::decompress(stored, frame.raw_len as usize)
-                .with_context(|| format!("{what}: frame {index} (stored offset {}) does not decompress", frame.stored_offset))?,
-        ),
+        CompressionAlgorithm::Zstd => {
+            Bytes::from(zstd::bulk::decompress(stored, frame.raw_len as usize).with_context(|| {
+                format!("{what}: frame {index} (stored offset {}) does not decompress", frame.stored_offset)
+            })?)
+        }
     };
     anyhow::ensure!(
         raw.len() as u64 == frame.raw_len,
@@ -508,7 +518,9 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
                             .await
                             .unwrap_or_else(|e| Err(anyhow::anyhow!("decompression task failed: {e}")))
                     }
-                    Err(e) => Err(e.context(format!("{what}: reading frame {index} at stored offset {}", f.stored_offset))),
+                    Err(e) => {
+                        Err(e.context(format!("{what}: reading frame {index} at stored offset {}", f.stored_offset)))
+                    }
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
@@ -535,7 +547,11 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
             moved.add(raw.len() as u64);
             frames += 1;
         }
-        anyhow::ensure!(frames == object.frames.len(), "{what}: only {frames} of {} frames could be read", object.frames.len());
+        anyhow::ensure!(
+            frames == object.frames.len(),
+            "{what}: only {frames} of {} frames could be read",
+            object.frames.len()
+        );
         out.flush().await.context("flushing the restored stream")?;
         let got = hex::encode(sha.finalize_reset());
         anyhow::ensure!(
@@ -557,20 +573,36 @@ pub async fn read_small_object(store: &Arc<dyn Store>, object: &StoredObject, wh
         .await?
         .with_context(|| format!("{what}: {} is missing from {}", object.key, store.describe()))?;
     let got = hex::encode(Sha256::digest(&stored));
-    anyhow::ensure!(got == object.stored_sha256, "{what}: {} has SHA-256 {got}, the manifest says {}", object.key, object.stored_sha256);
+    anyhow::ensure!(
+        got == object.stored_sha256,
+        "{what}: {} has SHA-256 {got}, the manifest says {}",
+        object.key,
+        object.stored_sha256
+    );
     let raw = match object.compression {
         CompressionAlgorithm::None => stored,
         CompressionAlgorithm::Zstd => Bytes::from(
-            zstd::bulk::decompress(&stored, object.raw_bytes as usize).with_context(|| format!("{what}: {} does not decompress", object.key))?,
+            zstd::bulk::decompress(&stored, object.raw_bytes as usize)
+                .with_context(|| format!("{what}: {} does not decompress", object.key))?,
         ),
     };
     let got = hex::encode(Sha256::digest(&raw));
-    anyhow::ensure!(got == object.raw_sha256, "{what}: {} decompresses to SHA-256 {got}, the manifest says {}", object.key, object.raw_sha256);
+    anyhow::ensure!(
+        got == object.raw_sha256,
+        "{what}: {} decompresses to SHA-256 {got}, the manifest says {}",
+        object.key,
+        object.raw_sha256
+    );
     Ok(raw)
 }
 
 /// Compresses and stores a small object whole (such as globals) on every store.
-pub async fn store_small_object(stores: &[Arc<dyn Store>], key: &str, raw: &[u8], level: Option<i32>) -> Result<StoredObject> {
+pub async fn store_small_object(
+    stores: &[Arc<dyn Store>],
+    key: &str,
+    raw: &[u8],
+    level: Option<i32>,
+) -> Result<StoredObject> {
     let stored = match level {
         Some(l) => Bytes::from(compress_frame(raw, l).context("compressing")?),
         None => Bytes::copy_from_slice(raw),
@@ -610,9 +642,10 @@ mod tests {
         let data = sample(1_000_000);
         let cancel = CancellationToken::new();
         let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
-        let staged = store_stream_to(&mut input, &[store.clone()], "db/b/data.zst", &opts(Some(3)), &cancel)
-            .await
-            .unwrap();
+        let staged =
+            store_stream_to(&mut input, std::slice::from_ref(&store), "db/b/data.zst", &opts(Some(3)), &cancel)
+                .await
+                .unwrap();
         let object = staged.commit().await.unwrap();
         assert_eq!(object.raw_bytes, data.len() as u64);
         assert_eq!(object.frames.len(), 16); // 1,000,000 / 65,536 rounded up
@@ -621,7 +654,9 @@ mod tests {
         let stored = std::fs::read(dir.path().join("db/b/data.zst")).unwrap();
         assert_eq!(zstd::stream::decode_all(&stored[..]).unwrap(), data);
         let mut out = Vec::new();
-        restore_stream(&store, &object, &mut out, "backup b", RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap();
+        restore_stream(&store, &object, &mut out, "backup b", RawCheck::Sha256, &cancel, &Counter::default())
+            .await
+            .unwrap();
         assert_eq!(out, data);
     }
 
@@ -632,9 +667,10 @@ mod tests {
         let data = sample(300_000);
         let cancel = CancellationToken::new();
         let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
-        let staged = store_stream_to(&mut input, &[store.clone()], "db/b/data.zst", &opts(Some(1)), &cancel)
-            .await
-            .unwrap();
+        let staged =
+            store_stream_to(&mut input, std::slice::from_ref(&store), "db/b/data.zst", &opts(Some(1)), &cancel)
+                .await
+                .unwrap();
         let object = staged.commit().await.unwrap();
         let path = dir.path().join("db/b/data.zst");
         let mut stored = std::fs::read(&path).unwrap();
@@ -642,7 +678,9 @@ mod tests {
         stored[victim] ^= 0x01;
         std::fs::write(&path, stored).unwrap();
         let mut out = Vec::new();
-        let err = restore_stream(&store, &object, &mut out, "backup b", RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap_err();
+        let err = restore_stream(&store, &object, &mut out, "backup b", RawCheck::Sha256, &cancel, &Counter::default())
+            .await
+            .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("backup b") && msg.contains("frame 2"), "{msg}");
         // nothing from the corrupt frame on was written
@@ -656,7 +694,7 @@ mod tests {
         let data = sample(100_000);
         let cancel = CancellationToken::new();
         let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
-        let staged = store_stream_to(&mut input, &[store.clone()], "db/b/data.dump", &opts(None), &cancel)
+        let staged = store_stream_to(&mut input, std::slice::from_ref(&store), "db/b/data.dump", &opts(None), &cancel)
             .await
             .unwrap();
         assert_eq!(staged.object.stored_bytes, 100_000);
@@ -668,7 +706,7 @@ mod tests {
         let mut input = read_segments(reader, 64 * 1024, Arc::default(), false);
         let mut o = opts(Some(1));
         o.stall_timeout = Duration::from_millis(100);
-        let err = store_stream_to(&mut input, &[store.clone()], "db/c/data.zst", &o, &cancel)
+        let err = store_stream_to(&mut input, std::slice::from_ref(&store), "db/c/data.zst", &o, &cancel)
             .await
             .err()
             .unwrap();

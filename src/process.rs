@@ -45,7 +45,14 @@ impl fmt::Debug for ChildSpec {
 
 impl ChildSpec {
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        ChildSpec { program: program.into(), args: Vec::new(), env: Vec::new(), env_remove: Vec::new(), stdin: false, stdout: true }
+        ChildSpec {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            stdin: false,
+            stdout: true,
+        }
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -90,14 +97,19 @@ impl ChildSpec {
     }
 
     fn program_name(&self) -> String {
-        self.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.program.display().to_string())
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.program.display().to_string())
     }
 }
 
 /// Why a child did not succeed. Callers branch on `Cancelled`/`TimedOut`; the rest are reported.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("{program} not found at {path}: install the PostgreSQL client tools (e.g. apt install postgresql-client) or set pg_bin_dir in the config")]
+    #[error(
+        "{program} not found at {path}: install the PostgreSQL client tools (e.g. apt install postgresql-client) or set pg_bin_dir in the config"
+    )]
     NotFound { program: String, path: String },
     #[error("cannot start {command}: {source}")]
     Spawn { command: String, source: std::io::Error },
@@ -112,7 +124,11 @@ pub enum ProcessError {
 }
 
 fn fmt_tail(tail: &str) -> String {
-    if tail.trim().is_empty() { "; it wrote nothing to stderr".into() } else { format!("; stderr ends with:\n{}", tail.trim_end()) }
+    if tail.trim().is_empty() {
+        "; it wrote nothing to stderr".into()
+    } else {
+        format!("; stderr ends with:\n{}", tail.trim_end())
+    }
 }
 
 pub fn signal_name(sig: i32) -> &'static str {
@@ -251,7 +267,8 @@ impl Running {
     }
 
     async fn wait_status(&mut self) -> Result<ExitStatus, ProcessError> {
-        let status = self.child.wait().await.map_err(|e| ProcessError::Wait { command: self.command.clone(), source: e })?;
+        let status =
+            self.child.wait().await.map_err(|e| ProcessError::Wait { command: self.command.clone(), source: e })?;
         self.reaped = true;
         if let Some(h) = self.stderr.take() {
             // stderr can stay open if the child left grandchildren holding it; do not hang on them

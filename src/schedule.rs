@@ -67,8 +67,7 @@ impl Schedule {
 }
 
 pub fn parse_timezone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("unknown timezone {name:?}: use an IANA name such as UTC or Europe/Berlin"))
+    name.parse::<Tz>().map_err(|_| format!("unknown timezone {name:?}: use an IANA name such as UTC or Europe/Berlin"))
 }
 
 #[cfg(test)]

@@ -186,7 +186,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => crate::demo::run(args, &cancel).await,
         Command::CheckConfig => {
             let config = load_config(&cli)?;
-            println!("{}: configuration is valid", config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+            println!(
+                "{}: configuration is valid",
+                config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            );
             for db in &config.databases {
                 println!("  database {:<20} {}", db.name, db.connection);
             }
@@ -205,8 +208,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 KindArg::Full => BackupKind::Full,
                 KindArg::Incremental => BackupKind::Incremental,
             };
-            let req = BackupRequest { config: &config, database: db, kind, trigger: Trigger::Manual, allow_shrink: args.allow_shrink, interactive };
-            let m = backup::run(&req, &repo, &cancel, chrono::Utc::now()).await.map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            let req = BackupRequest {
+                config: &config,
+                database: db,
+                kind,
+                trigger: Trigger::Manual,
+                allow_shrink: args.allow_shrink,
+                interactive,
+            };
+            let m = backup::run(&req, &repo, &cancel, chrono::Utc::now())
+                .await
+                .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             println!("{}", m.id);
             Ok(ExitCode::from(EXIT_OK))
         }
@@ -226,7 +238,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let req = RestoreRequest {
                 selector: selector(args.backup_id.as_deref(), args.database.clone()),
                 target_database: args.target_database.clone(),
-                target: TargetOverride { host: args.target_host.clone(), port: args.target_port, user: args.target_user.clone() },
+                target: TargetOverride {
+                    host: args.target_host.clone(),
+                    port: args.target_port,
+                    user: args.target_user.clone(),
+                },
                 create: args.create,
                 clean: args.clean,
                 yes: args.yes,
@@ -238,7 +254,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 dry_run: args.dry_run,
                 interactive,
             };
-            let report = crate::jobs::restore::run(&req, &config, &repo, &cancel).await.map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            let report = crate::jobs::restore::run(&req, &config, &repo, &cancel)
+                .await
+                .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             restore::print(&report, args.json)?;
             Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
@@ -246,9 +264,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(&cli)?;
             let repo = Repository::open(&config)?;
             if std::io::stdout().is_terminal() {
-                bail!("refusing to write a binary archive to a terminal: redirect it, e.g. pgbackd cat ID > backup.dump");
+                bail!(
+                    "refusing to write a binary archive to a terminal: redirect it, e.g. pgbackd cat ID > backup.dump"
+                );
             }
-            let m = crate::jobs::restore::resolve(&selector(args.backup_id.as_deref(), args.database.clone()), &config, &repo).await?;
+            let m = crate::jobs::restore::resolve(
+                &selector(args.backup_id.as_deref(), args.database.clone()),
+                &config,
+                &repo,
+            )
+            .await?;
             let mut out = tokio::io::stdout();
             crate::jobs::restore::cat(&m, &repo, &mut out, &cancel)
                 .await

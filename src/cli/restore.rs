@@ -13,7 +13,11 @@ pub fn print(r: &RestoreReport, json: bool) -> Result<()> {
     }
     if r.dry_run {
         writeln!(out, "dry run: backup {} of {} would be restored into {}", r.backup_id, r.database, r.target)?;
-        writeln!(out, "  its {} bytes were read and verified (SHA-256 of every frame and of the whole stream)", r.raw_bytes)?;
+        writeln!(
+            out,
+            "  its {} bytes were read and verified (SHA-256 of every frame and of the whole stream)",
+            r.raw_bytes
+        )?;
         writeln!(out, "  {} tables would have their row counts checked; nothing was changed", r.tables_checked)?;
         return Ok(());
     }

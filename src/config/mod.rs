@@ -375,7 +375,11 @@ fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret> {
     let file = m.opt::<PathBuf>(&file_key);
     match (inline, file) {
         (Some(_), Some(_)) => {
-            m.ctx().error(&m.child_path(&file_key), format!("give either {key} or {file_key}, not both"), Some(m.loc_of(&file_key)));
+            m.ctx().error(
+                &m.child_path(&file_key),
+                format!("give either {key} or {file_key}, not both"),
+                Some(m.loc_of(&file_key)),
+            );
             None
         }
         (Some(v), None) => Some(Secret::new(v)),
@@ -425,7 +429,9 @@ fn read_databases(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Vec<Dat
                 }
                 continue;
             }
-            let Some(mut m) = ctx.map(item, &path) else { continue };
+            let Some(mut m) = ctx.map(item, &path) else {
+                continue;
+            };
             let name = m.req::<String>("name");
             let own = read_conn_fields(&mut m);
             let own_dbname = own.dbname.clone();
@@ -448,9 +454,20 @@ fn read_databases(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Vec<Dat
     out
 }
 
-fn push_database(ctx: &Ctx<'_>, out: &mut Vec<DatabaseConfig>, path: &str, loc: node::Loc, name: String, connection: Connection) {
+fn push_database(
+    ctx: &Ctx<'_>,
+    out: &mut Vec<DatabaseConfig>,
+    path: &str,
+    loc: node::Loc,
+    name: String,
+    connection: Connection,
+) {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        ctx.error(&format!("{path}.name"), format!("{name:?} cannot be used as a repository directory name"), Some(loc));
+        ctx.error(
+            &format!("{path}.name"),
+            format!("{name:?} cannot be used as a repository directory name"),
+            Some(loc),
+        );
         return;
     }
     if out.iter().any(|d| d.name == name) {
@@ -462,7 +479,9 @@ fn push_database(ctx: &Ctx<'_>, out: &mut Vec<DatabaseConfig>, path: &str, loc: 
 
 fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
     let mut r = Retention::default();
-    let Some(mut m) = top.map("retention") else { return r };
+    let Some(mut m) = top.map("retention") else {
+        return r;
+    };
     let ctx = m.ctx();
     for (key, slot) in [
         ("full_backup", &mut r.full_backup_days),
@@ -491,7 +510,9 @@ fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
 
 fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[DatabaseConfig]) -> Vec<ScheduleConfig> {
     let mut out = Vec::new();
-    let Some(mut m) = top.map("schedules") else { return out };
+    let Some(mut m) = top.map("schedules") else {
+        return out;
+    };
     let ctx = m.ctx();
     let base = m.child_path("");
     for (key, value) in m.entries() {
@@ -510,7 +531,9 @@ fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[Data
         };
         let (expr, tz_name, dbs, loc) = match &value.value {
             Value::Map(_) => {
-                let Some(mut sm) = ctx.map(value, &path) else { continue };
+                let Some(mut sm) = ctx.map(value, &path) else {
+                    continue;
+                };
                 let expr = sm.req::<String>("cron");
                 let tz = sm.opt::<String>("timezone");
                 let dbs = sm.opt::<Vec<String>>("databases").unwrap_or_default();
@@ -525,7 +548,11 @@ fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[Data
             Ok(schedule) => {
                 for db in &dbs {
                     if !databases.iter().any(|d| &d.name == db) {
-                        ctx.error(&format!("{path}.databases"), format!("database {db:?} is not configured"), Some(loc));
+                        ctx.error(
+                            &format!("{path}.databases"),
+                            format!("database {db:?} is not configured"),
+                            Some(loc),
+                        );
                     }
                 }
                 out.push(ScheduleConfig { kind, schedule, databases: dbs });
@@ -546,7 +573,11 @@ fn read_compression(top: &mut MapReader<'_, '_>) -> Option<Compression> {
             let path = m.child_path("level");
             let level = m.ctx().read::<i32>(node, &path).unwrap_or(DEFAULT_LEVEL);
             if !(-7..=22).contains(&level) || level == 0 {
-                m.ctx().error(&path, format!("zstd level {level} is out of range: use 1-19 (20-22 need much memory; -7..-1 are faster)"), Some(node.loc));
+                m.ctx().error(
+                    &path,
+                    format!("zstd level {level} is out of range: use 1-19 (20-22 need much memory; -7..-1 are faster)"),
+                    Some(node.loc),
+                );
             }
             level
         }
@@ -562,7 +593,11 @@ fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings> {
     let ctx = m.ctx();
     let segment_size = m.opt::<ByteSize>("segment_size").map(|b| b.0).unwrap_or(DEFAULT_SEGMENT_SIZE);
     if !((64 << 10)..=(256 << 20)).contains(&segment_size) {
-        ctx.error(&m.child_path("segment_size"), "must be between 64KiB and 256MiB (4MiB is a good default)", Some(m.loc_of("segment_size")));
+        ctx.error(
+            &m.child_path("segment_size"),
+            "must be between 64KiB and 256MiB (4MiB is a good default)",
+            Some(m.loc_of("segment_size")),
+        );
     }
     let min_size = m.opt::<ByteSize>("min_size").map(|b| b.0).unwrap_or(1024);
     let min_size_ratio = m.opt::<f64>("min_size_ratio").unwrap_or(0.1);
@@ -590,7 +625,11 @@ fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<Re
         let mut t = m.map("target")?;
         let fields = read_conn_fields(&mut t);
         if fields.dbname.is_some() {
-            t.ctx().error(&t.child_path("database"), "the target database name is given on the command line (--target-database)", Some(t.loc()));
+            t.ctx().error(
+                &t.child_path("database"),
+                "the target database name is given on the command line (--target-database)",
+                Some(t.loc()),
+            );
         }
         t.finish();
         Some(fields.or(defaults).into_connection(String::new()))

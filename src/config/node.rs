@@ -63,7 +63,9 @@ impl Node {
         serde_saphyr::from_str::<Node>(text).map_err(|e| {
             let message = first_line(&e.to_string()).trim_start_matches("error: ").to_owned();
             match e.location() {
-                Some(l) if !message.contains("line") => format!("{message} (line {}, column {})", l.line(), l.column()),
+                Some(l) if !message.contains("line") => {
+                    format!("{message} (line {}, column {})", l.line(), l.column())
+                }
                 _ => message,
             }
         })

@@ -21,10 +21,10 @@ impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = if self.path.is_empty() { "(top level)" } else { &self.path };
         write!(f, "{path}: {}", self.message)?;
-        if let Some(loc) = self.loc {
-            if loc.line > 0 {
-                write!(f, " ({loc})")?;
-            }
+        if let Some(loc) = self.loc
+            && loc.line > 0
+        {
+            write!(f, " ({loc})")?;
         }
         Ok(())
     }
@@ -104,7 +104,14 @@ impl<'a> Ctx<'a> {
                 asked: Vec::new(),
                 loc: node.loc,
             }),
-            Value::Null => Some(MapReader { ctx: self, path: path.to_owned(), entries: &[], used: vec![], asked: Vec::new(), loc: node.loc }),
+            Value::Null => Some(MapReader {
+                ctx: self,
+                path: path.to_owned(),
+                entries: &[],
+                used: vec![],
+                asked: Vec::new(),
+                loc: node.loc,
+            }),
             other => {
                 self.error(path, format!("expected a mapping, found {}", other.kind()), Some(node.loc));
                 None
@@ -124,7 +131,10 @@ impl fmt::Display for VarError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VarError::Unset(v) => write!(f, "environment variable {v} is not set (set it, or write ${{{v}:-default}})"),
-            VarError::Malformed(s) => write!(f, "malformed variable reference in {s:?} (write ${{NAME}} or ${{NAME:-default}}; $$ for a literal $)"),
+            VarError::Malformed(s) => write!(
+                f,
+                "malformed variable reference in {s:?} (write ${{NAME}} or ${{NAME:-default}}; $$ for a literal $)"
+            ),
             VarError::Newline(v) => write!(f, "environment variable {v} contains a newline, which is not allowed here"),
         }
     }
@@ -239,7 +249,9 @@ impl<'a, 'n> MapReader<'a, 'n> {
         let path = self.child_path(key);
         match self.node(key) {
             Some(node) => self.ctx.map(node, &path),
-            None => Some(MapReader { ctx: self.ctx, path, entries: &[], used: vec![], asked: Vec::new(), loc: self.loc }),
+            None => {
+                Some(MapReader { ctx: self.ctx, path, entries: &[], used: vec![], asked: Vec::new(), loc: self.loc })
+            }
         }
     }
 
@@ -335,7 +347,9 @@ int_from_node!(u8, u16, u32, u64, usize, i32, i64);
 
 impl FromNode for f64 {
     fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
-        let Some(text) = ctx.scalar_text(node)? else { return Ok(None) };
+        let Some(text) = ctx.scalar_text(node)? else {
+            return Ok(None);
+        };
         text.trim().parse().map(Some).map_err(|_| format!("expected a number, found {text:?}"))
     }
 }
@@ -374,7 +388,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" | "hour" | "hours" => n * 3600.0,
         "d" | "day" | "days" => n * 86400.0,
         "w" | "week" | "weeks" => n * 7.0 * 86400.0,
-        u => return Err(format!("unknown duration unit {u:?} in {text:?} (use ms, s, m, h, d or w)")),
+        u => {
+            return Err(format!("unknown duration unit {u:?} in {text:?} (use ms, s, m, h, d or w)"));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("invalid duration {text:?}"));
@@ -384,7 +400,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 impl FromNode for Dur {
     fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
-        let Some(text) = ctx.scalar_text(node)? else { return Ok(None) };
+        let Some(text) = ctx.scalar_text(node)? else {
+            return Ok(None);
+        };
         parse_duration(&text).map(|d| Some(Dur(d)))
     }
 }
@@ -408,7 +426,9 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "gb" => 1e9,
         "t" | "tib" => 1024f64.powi(4),
         "tb" => 1e12,
-        u => return Err(format!("unknown size unit {u:?} in {text:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)")),
+        u => {
+            return Err(format!("unknown size unit {u:?} in {text:?} (use B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)"));
+        }
     };
     let v = n * mult;
     if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
@@ -419,7 +439,9 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 
 impl FromNode for ByteSize {
     fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
-        let Some(text) = ctx.scalar_text(node)? else { return Ok(None) };
+        let Some(text) = ctx.scalar_text(node)? else {
+            return Ok(None);
+        };
         parse_byte_size(&text).map(|b| Some(ByteSize(b)))
     }
 }

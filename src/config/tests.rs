@@ -31,7 +31,16 @@ fn minimal_config_has_sensible_defaults() {
     assert_eq!(c.databases.len(), 1);
     let db = &c.databases[0];
     assert_eq!(db.name, "app");
-    assert_eq!(db.connection, Connection { host: "localhost".into(), port: 5432, user: "postgres".into(), password: None, dbname: "app".into() });
+    assert_eq!(
+        db.connection,
+        Connection {
+            host: "localhost".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            dbname: "app".into()
+        }
+    );
     assert!(c.compression.enabled);
     assert_eq!(c.compression.level, DEFAULT_LEVEL);
     assert_eq!(c.backup.segment_size, DEFAULT_SEGMENT_SIZE);
@@ -58,7 +67,10 @@ fn reference_config_keys_keep_their_meaning() {
     let c = Config::from_yaml(&text, "reference.yaml", &env).unwrap();
     let db = &c.databases[0];
     assert_eq!(db.name, "cryoprotect");
-    assert_eq!((db.connection.host.as_str(), db.connection.port, db.connection.user.as_str()), ("localhost", 5432, "postgres"));
+    assert_eq!(
+        (db.connection.host.as_str(), db.connection.port, db.connection.user.as_str()),
+        ("localhost", 5432, "postgres")
+    );
     assert_eq!(db.connection.password.as_ref().unwrap().expose(), "pg-secret");
     assert_eq!(c.repository, PathBuf::from("backups/database"));
     assert_eq!(c.file_backup_dir, Some(PathBuf::from("backups/files")));
@@ -68,7 +80,18 @@ fn reference_config_keys_keep_their_meaning() {
     assert_eq!(c.retention.config_backup_days, Some(90));
     assert_eq!(c.compression.level, 9);
     let kinds: Vec<_> = c.schedules.iter().map(|s| s.kind.name()).collect();
-    assert_eq!(kinds, ["full_backup", "incremental_backup", "file_backup", "config_backup", "verification", "test_restore", "retention"]);
+    assert_eq!(
+        kinds,
+        [
+            "full_backup",
+            "incremental_backup",
+            "file_backup",
+            "config_backup",
+            "verification",
+            "test_restore",
+            "retention"
+        ]
+    );
     assert_eq!(c.schedules[1].schedule.expr(), "0 */6 * * *");
 }
 
@@ -87,7 +110,10 @@ fn several_databases_override_connection_fields() {
     let names: Vec<_> = c.databases.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["app", "reports", "billing-eu"]);
     let eu = &c.databases[2].connection;
-    assert_eq!((eu.host.as_str(), eu.port, eu.user.as_str(), eu.dbname.as_str()), ("eu.internal", 6543, "backup", "billing"));
+    assert_eq!(
+        (eu.host.as_str(), eu.port, eu.user.as_str(), eu.dbname.as_str()),
+        ("eu.internal", 6543, "backup", "billing")
+    );
     assert_eq!(eu.password.as_ref().unwrap().expose(), "pg-secret");
     assert_eq!(c.databases[1].connection.host, "db.internal");
 }
@@ -106,18 +132,31 @@ fn secrets_come_from_files() {
 
 #[rstest]
 #[case::unknown_keys("databse:\n  host: x\nlocal_backup_dir: /r\ndatabase:\n  database: a\n  hots: y\n")]
-#[case::wrong_types("database:\n  database: app\n  port: abc\nlocal_backup_dir: /r\ncompression:\n  enabled: maybe\n  level: 40\n")]
+#[case::wrong_types(
+    "database:\n  database: app\n  port: abc\nlocal_backup_dir: /r\ncompression:\n  enabled: maybe\n  level: 40\n"
+)]
 #[case::unset_variable("database:\n  database: app\n  password: ${DB_PASSWORD}\nlocal_backup_dir: ${BACKUP_DIR}\n")]
-#[case::bad_cron_and_kind("database:\n  database: app\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"0 25 * * *\"\n  nightly: \"0 1 * * *\"\n  verification: {cron: \"@daily\", timezone: Mars/Base}\n")]
+#[case::bad_cron_and_kind(
+    "database:\n  database: app\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"0 25 * * *\"\n  nightly: \"0 1 * * *\"\n  verification: {cron: \"@daily\", timezone: Mars/Base}\n"
+)]
 #[case::missing_required("compression:\n  level: 3\n")]
-#[case::bad_sizes_and_durations("database:\n  database: app\nlocal_backup_dir: /r\nbackup:\n  segment_size: 1KiB\n  min_size: lots\n  stall_timeout: 10 parsecs\n  row_counts: approximate\n")]
-#[case::zero_retention_and_long_form("database:\n  database: app\nlocal_backup_dir: /r\nretention:\n  full_backup: 0\n  incremental_backup: {keep_last: 3}\n  weekly: 4\n")]
+#[case::bad_sizes_and_durations(
+    "database:\n  database: app\nlocal_backup_dir: /r\nbackup:\n  segment_size: 1KiB\n  min_size: lots\n  stall_timeout: 10 parsecs\n  row_counts: approximate\n"
+)]
+#[case::zero_retention_and_long_form(
+    "database:\n  database: app\nlocal_backup_dir: /r\nretention:\n  full_backup: 0\n  incremental_backup: {keep_last: 3}\n  weekly: 4\n"
+)]
 #[case::duplicate_database("database:\n  database: app\ndatabases:\n  - app\n  - name: ../etc\nlocal_backup_dir: /r\n")]
-#[case::both_password_forms("database:\n  database: app\n  password: x\n  password_file: /nonexistent\nlocal_backup_dir: /r\n")]
-#[case::features_not_built_yet("database:\n  database: app\nlocal_backup_dir: /r\naws:\n  enabled: true\n  bucket: b\nencryption:\n  enabled: true\n  key_file: k\nnotifications:\n  slack:\n    enabled: true\n    webhook_url: ${SLACK_WEBHOOK}\n")]
+#[case::both_password_forms(
+    "database:\n  database: app\n  password: x\n  password_file: /nonexistent\nlocal_backup_dir: /r\n"
+)]
+#[case::features_not_built_yet(
+    "database:\n  database: app\nlocal_backup_dir: /r\naws:\n  enabled: true\n  bucket: b\nencryption:\n  enabled: true\n  key_file: k\nnotifications:\n  slack:\n    enabled: true\n    webhook_url: ${SLACK_WEBHOOK}\n"
+)]
 #[case::yaml_syntax("database: [unclosed\n")]
 #[case::not_a_mapping("- just\n- a list\n")]
 fn invalid_configs(#[case] yaml: &str) {
-    let name = format!("invalid_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));
+    let name =
+        format!("invalid_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));
     insta::assert_snapshot!(name, errors(yaml), yaml);
 }

@@ -32,7 +32,12 @@ pub struct BackupRequest<'a> {
 }
 
 /// Takes a backup; returns its manifest. `now` is the backup's start time (and id).
-pub async fn run(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationToken, now: DateTime<Utc>) -> Result<Manifest> {
+pub async fn run(
+    req: &BackupRequest<'_>,
+    repo: &Repository,
+    cancel: &CancellationToken,
+    now: DateTime<Utc>,
+) -> Result<Manifest> {
     if req.kind != BackupKind::Full {
         bail!("incremental backups are not supported yet by this version of pgbackd; use --kind full");
     }
@@ -64,7 +69,13 @@ pub async fn run(req: &BackupRequest<'_>, repo: &Repository, cancel: &Cancellati
     result
 }
 
-async fn take(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationToken, now: DateTime<Utc>, id: &str) -> Result<Manifest> {
+async fn take(
+    req: &BackupRequest<'_>,
+    repo: &Repository,
+    cancel: &CancellationToken,
+    now: DateTime<Utc>,
+    id: &str,
+) -> Result<Manifest> {
     let clock = Instant::now();
     let config = req.config;
     let db = req.database;
@@ -93,7 +104,10 @@ async fn take(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationT
     let (data, archive, dump_stderr) = match result {
         Ok(v) => v,
         Err(e) if timed_out.load(Ordering::SeqCst) => {
-            return Err(e.context(format!("the backup exceeded backup.timeout ({:?}) and was cancelled", config.backup.timeout)));
+            return Err(e.context(format!(
+                "the backup exceeded backup.timeout ({:?}) and was cancelled",
+                config.backup.timeout
+            )));
         }
         Err(e) => return Err(e),
     };
@@ -143,7 +157,12 @@ async fn take(req: &BackupRequest<'_>, repo: &Repository, cancel: &CancellationT
         trigger: req.trigger,
         started_at: now,
         finished_at: now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default(),
-        source: Source { host: conn.host.clone(), port: conn.port, user: conn.user.clone(), dbname: conn.dbname.clone() },
+        source: Source {
+            host: conn.host.clone(),
+            port: conn.port,
+            user: conn.user.clone(),
+            dbname: conn.dbname.clone(),
+        },
         server_version: server.version.clone(),
         server_version_num: server.version_num,
         pg_dump_version: dump_version,
@@ -176,7 +195,9 @@ async fn dump(
     let config = req.config;
     let db = req.database;
     let spec = pg::conn_env(
-        ChildSpec::new(tools.path("pg_dump")).args(["--format=custom", "--compress=0", "--no-password"]).arg(pg::dbname_arg(&db.connection.dbname)),
+        ChildSpec::new(tools.path("pg_dump"))
+            .args(["--format=custom", "--compress=0", "--no-password"])
+            .arg(pg::dbname_arg(&db.connection.dbname)),
         &db.connection,
     );
     let mut child = Running::spawn(&spec)?;
@@ -220,7 +241,11 @@ async fn dump(
                 StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
                 StreamError::Stalled(d) => anyhow!(
                     "pg_dump produced no data for {d:?} (backup.stall_timeout) and was stopped{}",
-                    if tail.trim().is_empty() { String::new() } else { format!("; its stderr ends with:\n{}", tail.trim_end()) }
+                    if tail.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its stderr ends with:\n{}", tail.trim_end())
+                    }
                 ),
                 other => anyhow!(other).context("storing pg_dump's output"),
             });
@@ -251,27 +276,35 @@ fn check_size(raw: u64, config: &Config, previous_full: Option<&Manifest>, allow
         );
     }
     let ratio = config.backup.min_size_ratio;
-    if let Some(prev) = previous_full {
-        if !allow_shrink && ratio > 0.0 && (raw as f64) < ratio * prev.data.raw_bytes as f64 {
-            bail!(
-                "this dump is {raw} bytes, less than {:.0}% of the previous full backup {} ({} bytes): \
+    if let Some(prev) = previous_full
+        && !allow_shrink
+        && ratio > 0.0
+        && (raw as f64) < ratio * prev.data.raw_bytes as f64
+    {
+        bail!(
+            "this dump is {raw} bytes, less than {:.0}% of the previous full backup {} ({} bytes): \
                  if the database really shrank, run `pgbackd backup --kind full --allow-shrink` once \
                  (or lower backup.min_size_ratio)",
-                ratio * 100.0,
-                prev.id,
-                prev.data.raw_bytes
-            );
-        }
+            ratio * 100.0,
+            prev.id,
+            prev.data.raw_bytes
+        );
     }
     Ok(())
 }
 
 /// `pg_dumpall --globals-only`, falling back to `--no-role-passwords` for non-superusers.
-async fn dump_globals(tools: &Tools, conn: &Connection, cancel: &CancellationToken) -> Result<(Vec<u8>, Option<String>)> {
+async fn dump_globals(
+    tools: &Tools,
+    conn: &Connection,
+    cancel: &CancellationToken,
+) -> Result<(Vec<u8>, Option<String>)> {
     const MAX: usize = 256 << 20;
     let base = |extra: &[&str]| {
         pg::conn_env(
-            ChildSpec::new(tools.path("pg_dumpall")).args(["--globals-only", "--no-password"]).args(extra.iter().copied()),
+            ChildSpec::new(tools.path("pg_dumpall"))
+                .args(["--globals-only", "--no-password"])
+                .args(extra.iter().copied()),
             conn,
         )
     };
@@ -284,7 +317,8 @@ async fn dump_globals(tools: &Tools, conn: &Connection, cancel: &CancellationTok
     match run(base(&[])).await {
         Ok(sql) => Ok((sql, None)),
         Err(ProcessError::Failed { stderr_tail, .. }) if stderr_tail.contains("permission denied") => {
-            let sql = run(base(&["--no-role-passwords"])).await.context("pg_dumpall --globals-only --no-role-passwords")?;
+            let sql =
+                run(base(&["--no-role-passwords"])).await.context("pg_dumpall --globals-only --no-role-passwords")?;
             Ok((
                 sql,
                 Some(format!(

@@ -145,7 +145,12 @@ pub fn describe_backup(m: &Manifest) -> String {
     format!("backup {} of database {}", m.id, m.database)
 }
 
-pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cancel: &CancellationToken) -> Result<RestoreReport> {
+pub async fn run(
+    req: &RestoreRequest,
+    config: &Config,
+    repo: &Repository,
+    cancel: &CancellationToken,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let m = resolve(&req.selector, config, repo).await?;
     let what = describe_backup(&m);
@@ -196,7 +201,8 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
     if req.dry_run {
         // prove the whole stream decodes to the recorded SHA-256, touching nothing
         let mut sink = tokio::io::sink();
-        pipeline::restore_stream(&store, &m.data, &mut sink, &what, RawCheck::Sha256, cancel, &Counter::default()).await?;
+        pipeline::restore_stream(&store, &m.data, &mut sink, &what, RawCheck::Sha256, cancel, &Counter::default())
+            .await?;
         report.tables_checked = selected_tables(&m, req).count();
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -242,12 +248,21 @@ pub async fn run(req: &RestoreRequest, config: &Config, repo: &Repository, cance
         let found = pg::count_rows(&client, &t.schema, &t.name).await?;
         report.tables_checked += 1;
         if found != Some(t.rows) {
-            report.mismatches.push(RowMismatch { schema: t.schema.clone(), table: t.name.clone(), expected: t.rows, found });
+            report.mismatches.push(RowMismatch {
+                schema: t.schema.clone(),
+                table: t.name.clone(),
+                expected: t.rows,
+                found,
+            });
         }
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
     if report.mismatches.is_empty() {
-        tracing::info!(tables = report.tables_checked, duration_s = format!("{:.1}", report.duration_seconds), "restore finished");
+        tracing::info!(
+            tables = report.tables_checked,
+            duration_s = format!("{:.1}", report.duration_seconds),
+            "restore finished"
+        );
     } else {
         tracing::error!(mismatches = report.mismatches.len(), "restore finished with row count mismatches");
     }
@@ -272,9 +287,13 @@ async fn ensure_schemas(m: &Manifest, req: &RestoreRequest, target: &Connection)
 }
 
 /// Tables of the manifest that this restore brings back (per `--schema` / `--table`).
-fn selected_tables<'a>(m: &'a Manifest, req: &'a RestoreRequest) -> impl Iterator<Item = &'a crate::pg::archive::TableRows> {
+fn selected_tables<'a>(
+    m: &'a Manifest,
+    req: &'a RestoreRequest,
+) -> impl Iterator<Item = &'a crate::pg::archive::TableRows> {
     m.tables.iter().filter(move |t| {
-        (req.schemas.is_empty() || req.schemas.contains(&t.schema)) && (req.tables.is_empty() || req.tables.contains(&t.name))
+        (req.schemas.is_empty() || req.schemas.contains(&t.schema))
+            && (req.tables.is_empty() || req.tables.contains(&t.name))
     })
 }
 
@@ -307,7 +326,11 @@ async fn pg_restore(
     let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), req.interactive);
     if jobs > 1 {
         // parallel pg_restore needs a seekable file: spool the verified stream (0600 temp file)
-        let spool = tempfile::Builder::new().prefix("pgbackd-restore-").suffix(".dump").tempfile().context("creating the spool file")?;
+        let spool = tempfile::Builder::new()
+            .prefix("pgbackd-restore-")
+            .suffix(".dump")
+            .tempfile()
+            .context("creating the spool file")?;
         let mut file = tokio::fs::File::from_std(spool.reopen().context("opening the spool file")?);
         pipeline::restore_stream(store, &m.data, &mut file, what, RawCheck::FramesOnly, cancel, &moved).await?;
         file.sync_all().await.ok();
@@ -323,25 +346,39 @@ async fn pg_restore(
     let spec = pg::conn_env(spec, target).stdin(true).stdout(false);
     let mut child = Running::spawn(&spec)?;
     let mut stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let streamed = pipeline::restore_stream(store, &m.data, &mut stdin, what, RawCheck::FramesOnly, cancel, &moved).await;
+    let streamed =
+        pipeline::restore_stream(store, &m.data, &mut stdin, what, RawCheck::FramesOnly, cancel, &moved).await;
     let _ = stdin.shutdown().await;
     drop(stdin);
     match streamed {
         Ok(()) => {
-            child.wait().await.map_err(|e| anyhow!(e).context(format!("pg_restore of {what} into {:?} failed", target.dbname)))?;
+            child
+                .wait()
+                .await
+                .map_err(|e| anyhow!(e).context(format!("pg_restore of {what} into {:?} failed", target.dbname)))?;
             Ok(())
         }
         Err(e) => {
             let tail = child.stderr_tail();
             let _ = child.terminate(KILL_GRACE).await;
-            Err(if tail.trim().is_empty() { e } else { e.context(format!("pg_restore's stderr ends with:\n{}", tail.trim_end())) })
+            Err(if tail.trim().is_empty() {
+                e
+            } else {
+                e.context(format!("pg_restore's stderr ends with:\n{}", tail.trim_end()))
+            })
         }
     }
 }
 
 /// Replays `pg_dumpall --globals-only` with psql into the maintenance database. Errors such as
 /// "role already exists" are expected on a server that has them; others are returned as warnings.
-async fn apply_globals(tools: &Tools, store: &Arc<dyn Store>, g: &StoredObject, target: &Connection, what: &str) -> Result<Vec<String>> {
+async fn apply_globals(
+    tools: &Tools,
+    store: &Arc<dyn Store>,
+    g: &StoredObject,
+    target: &Connection,
+    what: &str,
+) -> Result<Vec<String>> {
     let sql = pipeline::read_small_object(store, g, what).await?;
     let dir = tempfile::tempdir().context("creating a temp dir for globals")?;
     let path = dir.path().join("globals.sql");
@@ -364,7 +401,12 @@ async fn apply_globals(tools: &Tools, store: &Arc<dyn Store>, g: &StoredObject, 
 }
 
 /// Writes the raw archive of a backup to `out` (for `pgbackd cat`), verified frame by frame.
-pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(m: &Manifest, repo: &Repository, out: &mut W, cancel: &CancellationToken) -> Result<()> {
+pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(
+    m: &Manifest,
+    repo: &Repository,
+    out: &mut W,
+    cancel: &CancellationToken,
+) -> Result<()> {
     let what = describe_backup(m);
     let store = repo.primary().clone();
     check_stored_frames(&store, &m.data, &what).await?;

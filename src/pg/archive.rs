@@ -105,14 +105,25 @@ impl IntAcc {
 enum State {
     Head,
     /// An archive version this filter does not know: copied verbatim.
-    PassThrough { version: String },
+    PassThrough {
+        version: String,
+    },
     BlockType,
-    BlockId { kind: u8 },
-    ChunkLen { table: Option<usize> },
-    ChunkData { table: Option<usize>, left: u64 },
+    BlockId {
+        kind: u8,
+    },
+    ChunkLen {
+        table: Option<usize>,
+    },
+    ChunkData {
+        table: Option<usize>,
+        left: u64,
+    },
     BlobOid,
     BlobChunkLen,
-    BlobChunkData { left: u64 },
+    BlobChunkData {
+        left: u64,
+    },
 }
 
 /// Per table: rows so far and the state of the current line.
@@ -277,7 +288,9 @@ impl ArchiveFilter {
                         self.end_chunks(out);
                         self.state = State::BlockType;
                     }
-                    Some(n) if n < 0 => return Err(ArchiveError::Malformed(format!("negative chunk length {n}"))),
+                    Some(n) if n < 0 => {
+                        return Err(ArchiveError::Malformed(format!("negative chunk length {n}")));
+                    }
                     Some(n) => self.state = State::ChunkData { table, left: n as u64 },
                     None => {}
                 }
@@ -316,7 +329,9 @@ impl ArchiveFilter {
                         self.end_chunks(out);
                         self.state = State::BlobOid;
                     }
-                    Some(n) if n < 0 => return Err(ArchiveError::Malformed(format!("negative chunk length {n}"))),
+                    Some(n) if n < 0 => {
+                        return Err(ArchiveError::Malformed(format!("negative chunk length {n}")));
+                    }
                     Some(n) => self.state = State::BlobChunkData { left: n as u64 },
                     None => {}
                 }
@@ -533,10 +548,7 @@ fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
             tables.insert(dump_id, (namespace, tag));
         }
     }
-    Ok((
-        Header { version_text, int_size, database, server_version, dump_version, tables },
-        c.pos,
-    ))
+    Ok((Header { version_text, int_size, database, server_version, dump_version, tables }, c.pos))
 }
 
 #[cfg(test)]

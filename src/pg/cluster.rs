@@ -49,7 +49,18 @@ impl Cluster {
         let mut cluster = Cluster { dir, port: 0, bin, as_postgres };
         cluster.run_checked(
             &cluster.bin.join("initdb"),
-            &["-D", &cluster.data().to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"],
+            &[
+                "-D",
+                &cluster.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
         )?;
         cluster.spawn_watchdog()?;
         // a port can be taken between choosing and binding it: retry a few times
@@ -65,7 +76,18 @@ impl Cluster {
             let log = cluster.dir.join("server.log");
             match cluster.run_checked(
                 &cluster.bin.join("pg_ctl"),
-                &["-D", &cluster.data().to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &opts, "-w", "-t", "60", "start"],
+                &[
+                    "-D",
+                    &cluster.data().to_string_lossy(),
+                    "-l",
+                    &log.to_string_lossy(),
+                    "-o",
+                    &opts,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
             ) {
                 Ok(()) => return Ok(cluster),
                 Err(e) => last = Some(e),
@@ -111,7 +133,9 @@ impl Cluster {
                 program.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
-                std::fs::read_to_string(self.dir.join("server.log")).map(|l| format!("\nserver log:\n{l}")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.join("server.log"))
+                    .map(|l| format!("\nserver log:\n{l}"))
+                    .unwrap_or_default()
             );
         }
         Ok(())

@@ -69,9 +69,8 @@ fn newest_debian_bin_dir() -> Option<PathBuf> {
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
 }
 
 /// Environment that points a libpq tool at `conn`: the password travels here, never in argv.
@@ -122,10 +121,8 @@ pub async fn connect(conn: &Connection) -> Result<Client> {
     if let Some(pw) = password {
         cfg.password(pw);
     }
-    let (client, connection) = cfg
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {conn}"))?;
+    let (client, connection) =
+        cfg.connect(NoTls).await.with_context(|| format!("connecting to PostgreSQL at {conn}"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
@@ -268,6 +265,17 @@ pub async fn count_rows(client: &Client, schema: &str, table: &str) -> Result<Op
     Ok(Some(n as u64))
 }
 
+/// md5 of a table's rows in a stable order: equal fingerprints mean equal content.
+pub async fn table_fingerprint(client: &Client, schema: &str, table: &str) -> Result<String> {
+    let sql = format!(
+        "select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) from only {}.{} t",
+        quote_ident(schema),
+        quote_ident(table)
+    );
+    let row = client.query_one(&sql, &[]).await.with_context(|| format!("fingerprinting {schema}.{table}"))?;
+    Ok(row.get(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,15 +290,4 @@ mod tests {
         assert_eq!(dbname_arg("a'b=c"), r"--dbname=dbname='a\'b=c'");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
     }
-}
-
-/// md5 of a table's rows in a stable order: equal fingerprints mean equal content.
-pub async fn table_fingerprint(client: &Client, schema: &str, table: &str) -> Result<String> {
-    let sql = format!(
-        "select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) from only {}.{} t",
-        quote_ident(schema),
-        quote_ident(table)
-    );
-    let row = client.query_one(&sql, &[]).await.with_context(|| format!("fingerprinting {schema}.{table}"))?;
-    Ok(row.get(0))
 }

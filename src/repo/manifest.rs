@@ -114,8 +114,8 @@ impl Manifest {
         struct VersionOnly {
             schema_version: u32,
         }
-        let v: VersionOnly = serde_json::from_slice(bytes)
-            .map_err(|e| anyhow::anyhow!("manifest {what} is not valid JSON: {e}"))?;
+        let v: VersionOnly =
+            serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("manifest {what} is not valid JSON: {e}"))?;
         if v.schema_version != SCHEMA_VERSION {
             anyhow::bail!(
                 "manifest {what} has schema version {}, this pgbackd reads version {SCHEMA_VERSION}: upgrade pgbackd",

@@ -92,7 +92,9 @@ impl Repository {
             }
             match self.read_manifest(parts[0], parts[1]).await {
                 Ok(m) => out.push(m),
-                Err(e) => tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest"),
+                Err(e) => {
+                    tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest")
+                }
             }
         }
         out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
@@ -102,10 +104,9 @@ impl Repository {
     pub async fn read_manifest(&self, database: &str, id: &str) -> Result<Manifest> {
         let key = manifest_key(database, id);
         let store = self.primary();
-        let bytes = store
-            .get(&key)
-            .await?
-            .with_context(|| format!("backup {id} of database {database} does not exist (no {key} in {})", store.describe()))?;
+        let bytes = store.get(&key).await?.with_context(|| {
+            format!("backup {id} of database {database} does not exist (no {key} in {})", store.describe())
+        })?;
         let m = Manifest::parse(&bytes, &key)?;
         if m.id != id || m.database != database {
             bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.database);
@@ -127,7 +128,7 @@ impl Repository {
     /// The newest backup of `database` (of `kind`, if given).
     pub async fn latest(&self, database: &str, kind: Option<BackupKind>) -> Result<Option<Manifest>> {
         let all = self.list(Some(database)).await?;
-        Ok(all.into_iter().filter(|m| kind.is_none_or(|k| m.kind == k)).next_back())
+        Ok(all.into_iter().rfind(|m| kind.is_none_or(|k| m.kind == k)))
     }
 
     /// Commits a backup: the manifest goes to every target, last.

@@ -135,7 +135,10 @@ impl Store for LocalStore {
             f.seek(SeekFrom::Start(offset))?;
             let mut buf = vec![0u8; len as usize];
             f.read_exact(&mut buf).with_context(|| {
-                format!("reading {len} bytes at offset {offset} of {}: the object is shorter than recorded", path.display())
+                format!(
+                    "reading {len} bytes at offset {offset} of {}: the object is shorter than recorded",
+                    path.display()
+                )
             })?;
             Ok(Bytes::from(buf))
         })

@@ -43,7 +43,20 @@ fn round_trip_of_mixed_data_is_identical() {
     let list = env.list_json();
     assert_eq!(list.len(), 1);
     let b = &list[0];
-    for field in ["id", "database", "kind", "base_id", "started_at", "finished_at", "raw_bytes", "stored_bytes", "raw_sha256", "targets", "verified_at", "verify_outcome"] {
+    for field in [
+        "id",
+        "database",
+        "kind",
+        "base_id",
+        "started_at",
+        "finished_at",
+        "raw_bytes",
+        "stored_bytes",
+        "raw_sha256",
+        "targets",
+        "verified_at",
+        "verify_outcome",
+    ] {
         assert!(b.get(field).is_some(), "list --json lacks {field}: {b}");
     }
     assert_eq!(b["id"], id.as_str());
@@ -53,9 +66,15 @@ fn round_trip_of_mixed_data_is_identical() {
 
     // the manifest's row counts are exact
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.repository().join(&env.db).join(&id).join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(env.repository().join(&env.db).join(&id).join("manifest.json")).unwrap())
+            .unwrap();
     let rows = |schema: &str, name: &str| {
-        manifest["tables"].as_array().unwrap().iter().find(|t| t["schema"] == schema && t["name"] == name).map(|t| t["rows"].as_u64().unwrap())
+        manifest["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["schema"] == schema && t["name"] == name)
+            .map(|t| t["rows"].as_u64().unwrap())
     };
     assert_eq!(rows("sales", "orders"), Some(5000));
     assert_eq!(rows("public", "docs"), Some(3));
@@ -122,7 +141,8 @@ fn parallel_restore_filters_and_dry_run() {
     let out = env.run(&["restore", &id, "--target-database", &dry, "--create", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("nothing was changed"));
-    let exists = cluster().psql("postgres", &format!("select count(*) from pg_database where datname = '{dry}'")).unwrap();
+    let exists =
+        cluster().psql("postgres", &format!("select count(*) from pg_database where datname = '{dry}'")).unwrap();
     assert_eq!(exists, "0");
 
     // --jobs 2 spools to a file; the whole database comes back
@@ -135,7 +155,8 @@ fn parallel_restore_filters_and_dry_run() {
 
     // --schema b --table two: only that table is restored and checked
     let one = unique("one");
-    let out = env.run(&["restore", &id, "--target-database", &one, "--create", "--schema", "b", "--table", "two", "--json"]);
+    let out =
+        env.run(&["restore", &id, "--target-database", &one, "--create", "--schema", "b", "--table", "two", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["tables_checked"], 1);
@@ -189,22 +210,40 @@ fn row_count_mismatch_fails_the_restore() {
 fn roles_come_back_from_globals_into_a_fresh_cluster() {
     let env = TestEnv::new("globals");
     let role = unique("globals_owner");
-    env.psql(&format!("create role {role} nologin; create table t (id int); alter table t owner to {role}; insert into t values (1);"));
+    env.psql(&format!(
+        "create role {role} nologin; create table t (id int); alter table t owner to {role}; insert into t values (1);"
+    ));
     let id = env.backup();
 
     let fresh = Cluster::start(&std::env::temp_dir()).unwrap();
     let port = fresh.port.to_string();
     let socket = fresh.socket_dir();
-    let out = env.run(&["restore", &id, "--target-database", "copy", "--create", "--globals", "--target-host", &socket, "--target-port", &port]);
+    let out = env.run(&[
+        "restore",
+        &id,
+        "--target-database",
+        "copy",
+        "--create",
+        "--globals",
+        "--target-host",
+        &socket,
+        "--target-port",
+        &port,
+    ]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    assert_eq!(fresh.psql("postgres", &format!("select count(*) from pg_roles where rolname = '{role}'")).unwrap(), "1");
+    assert_eq!(
+        fresh.psql("postgres", &format!("select count(*) from pg_roles where rolname = '{role}'")).unwrap(),
+        "1"
+    );
     assert_eq!(fresh.psql("copy", "select tableowner from pg_tables where tablename = 't'").unwrap(), role);
 }
 
 #[test]
 fn shrinking_dump_fails_unless_allowed() {
     let env = TestEnv::new("shrink");
-    env.psql("create table t (id int, v text); insert into t select g, repeat('x', 100) from generate_series(1, 50000) g;");
+    env.psql(
+        "create table t (id int, v text); insert into t select g, repeat('x', 100) from generate_series(1, 50000) g;",
+    );
     env.backup();
     env.psql("truncate t;");
     let out = env.run(&["backup"]);

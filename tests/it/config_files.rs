@@ -5,9 +5,8 @@ use std::process::Command;
 
 fn example_env(name: &str) -> Option<String> {
     match name {
-        "POSTGRES_PASSWORD" | "AWS_ACCESS_KEY" | "AWS_SECRET_KEY" | "SMTP_USERNAME" | "SMTP_PASSWORD" | "SLACK_WEBHOOK" => {
-            Some(format!("example-{name}"))
-        }
+        "POSTGRES_PASSWORD" | "AWS_ACCESS_KEY" | "AWS_SECRET_KEY" | "SMTP_USERNAME" | "SMTP_PASSWORD"
+        | "SLACK_WEBHOOK" => Some(format!("example-{name}")),
         n if n.starts_with("DEMO_") => Some(if n == "DEMO_PGPORT" { "5432".into() } else { "/tmp/demo".into() }),
         _ => None,
     }
@@ -41,7 +40,11 @@ fn every_example_config_parses() {
 fn check_config_exits_78_with_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "database:\n  database: app\n  port: huge\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"99 * * * *\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "database:\n  database: app\n  port: huge\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"99 * * * *\"\n",
+    )
+    .unwrap();
     let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     let err = stderr(&out);
@@ -49,7 +52,11 @@ fn check_config_exits_78_with_every_error() {
     assert!(err.contains("database.port") && err.contains("line 3"), "{err}");
     assert!(err.contains("schedules.full_backup"), "{err}");
 
-    let out = Command::new(BIN).args(["check-config"]).env("PGBACKD_CONFIG", dir.path().join("missing.yaml")).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env("PGBACKD_CONFIG", dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(stderr(&out).contains("cannot read the config file"));
 }

@@ -5,7 +5,9 @@ use crate::harness::*;
 
 fn env_with_fake(name: &str, script: &str, extra: &str) -> TestEnv {
     let env = TestEnv::new(name);
-    env.psql("create table big (id int, v text); insert into big select g, md5(g::text) from generate_series(1, 20000) g;");
+    env.psql(
+        "create table big (id int, v text); insert into big select g, md5(g::text) from generate_series(1, 20000) g;",
+    );
     let bin = env.fake_bin(script);
     env.write_config(&format!("pg_bin_dir: {}\n{extra}", bin.display()));
     env
@@ -51,7 +53,11 @@ fn pg_dump_writing_nothing() {
 fn pg_dump_flooding_stderr() {
     let env = env_with_fake("flood", "pg_dump_stderr_flood.sh", "");
     let out = env.run(&["backup"]);
-    assert_failed_cleanly(&env, &out, &["exited with status 1", "final flood error", "earlier bytes of stderr omitted"]);
+    assert_failed_cleanly(
+        &env,
+        &out,
+        &["exited with status 1", "final flood error", "earlier bytes of stderr omitted"],
+    );
     // the error carries a tail, not 10 MB
     assert!(stderr(&out).len() < 100_000, "stderr is {} bytes", stderr(&out).len());
 }
@@ -78,7 +84,11 @@ fn pg_dump_trickling_forever_is_stopped_by_the_job_timeout() {
 fn pg_dump_older_than_the_server_is_refused() {
     let env = env_with_fake("oldclient", "pg_dump_old_version.sh", "");
     let out = env.run(&["backup"]);
-    assert_failed_cleanly(&env, &out, &["pg_dump 9.6.24", "cannot dump PostgreSQL 15", "install postgresql-client-15", "pg_bin_dir"]);
+    assert_failed_cleanly(
+        &env,
+        &out,
+        &["pg_dump 9.6.24", "cannot dump PostgreSQL 15", "install postgresql-client-15", "pg_bin_dir"],
+    );
 }
 
 #[test]
@@ -88,7 +98,9 @@ fn password_reaches_pg_dump_only_through_its_environment() {
     let bin = env.fake_bin("pg_dump_record_argv.sh");
     let secret = "Sup3r-Secret-Pa55";
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
-    let text = std::fs::read_to_string(&env.config).unwrap().replace("  username: postgres\n", "  username: postgres\n  password: ${TEST_DB_PASSWORD}\n");
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("  username: postgres\n", "  username: postgres\n  password: ${TEST_DB_PASSWORD}\n");
     std::fs::write(&env.config, text).unwrap();
     let record = env.dir.path().to_string_lossy().into_owned();
     let vars = [("TEST_DB_PASSWORD", secret), ("RECORD_DIR", record.as_str()), ("EXPECTED_PASSWORD", secret)];
@@ -120,7 +132,8 @@ fn restore_refuses_a_flipped_byte_and_names_the_backup() {
     let err = stderr(&out);
     assert!(err.contains(&id) && err.contains("frame") && err.contains("corrupt"), "{err}");
     // nothing was written to the target: it was not even created
-    let exists = cluster().psql("postgres", &format!("select count(*) from pg_database where datname = '{target}'")).unwrap();
+    let exists =
+        cluster().psql("postgres", &format!("select count(*) from pg_database where datname = '{target}'")).unwrap();
     assert_eq!(exists, "0");
     let out = env.run(&["cat", &id]);
     assert_eq!(out.status.code(), Some(1));

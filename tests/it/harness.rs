@@ -149,7 +149,10 @@ pub fn stderr(o: &Output) -> String {
 /// md5 of a table's ordered rows in `db`.
 pub fn fingerprint(db: &str, table: &str) -> String {
     cluster()
-        .psql(db, &format!("select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) from only {table} t"))
+        .psql(
+            db,
+            &format!("select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) from only {table} t"),
+        )
         .unwrap()
 }
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what pgbackd's demo and tests need on Debian/Ubuntu, when it is missing:
+# PostgreSQL server and client binaries (a throwaway cluster is started from them) and zstd.
+set -euo pipefail
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

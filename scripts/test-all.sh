@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, checks formatting and lints, runs unit and
+# integration tests (which start their own PostgreSQL clusters).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+cargo fmt --check
+cargo clippy --locked --all-targets --quiet -- -D warnings
+cargo test --locked --all-targets
