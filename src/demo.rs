@@ -5,7 +5,7 @@
 
 use crate::config::{Config, EMBEDDED_DEMO};
 use crate::jobs::backup::{self, BackupRequest};
-use crate::jobs::restore::{self, RestoreRequest, Selector, TargetOverride};
+use crate::jobs::restore::{self, RestoreRequest, TargetOverride};
 use crate::pg::{self, cluster::Cluster};
 use crate::repo::manifest::Trigger;
 use crate::repo::{BackupKind, Repository};
@@ -89,7 +89,6 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
 
     println!("restoring it into a new database demo_restored");
     let rreq = RestoreRequest {
-        selector: Selector::Id(m.id.clone()),
         target_database: "demo_restored".into(),
         target: TargetOverride::default(),
         create: true,
@@ -103,7 +102,7 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
         dry_run: false,
         interactive,
     };
-    let report = restore::run(&rreq, &config, &repo, cancel).await?;
+    let report = restore::run(&m, &rreq, &config, &repo, cancel).await?;
     if !report.mismatches.is_empty() {
         bail!("row counts differ after the restore: {:?}", report.mismatches);
     }

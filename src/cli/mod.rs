@@ -235,8 +235,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => {
             let config = load_config(&cli)?;
             let repo = Repository::open(&config)?;
+            let m = crate::jobs::restore::resolve(&selector(args.backup_id.as_deref(), args.database.clone()), &config, &repo)
+                .await?;
             let req = RestoreRequest {
-                selector: selector(args.backup_id.as_deref(), args.database.clone()),
                 target_database: args.target_database.clone(),
                 target: TargetOverride {
                     host: args.target_host.clone(),
@@ -254,7 +255,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 dry_run: args.dry_run,
                 interactive,
             };
-            let report = crate::jobs::restore::run(&req, &config, &repo, &cancel)
+            let report = crate::jobs::restore::run(&m, &req, &config, &repo, &cancel)
                 .await
                 .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             restore::print(&report, args.json)?;

@@ -51,7 +51,6 @@ pub struct TargetOverride {
 
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
-    pub selector: Selector,
     pub target_database: String,
     pub target: TargetOverride,
     pub create: bool,
@@ -145,18 +144,19 @@ pub fn describe_backup(m: &Manifest) -> String {
     format!("backup {} of database {}", m.id, m.database)
 }
 
+/// Restores backup `m` (found with [`resolve`]).
 pub async fn run(
+    m: &Manifest,
     req: &RestoreRequest,
     config: &Config,
     repo: &Repository,
     cancel: &CancellationToken,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
-    let m = resolve(&req.selector, config, repo).await?;
-    let what = describe_backup(&m);
+    let what = describe_backup(m);
     let span = tracing::info_span!("job", job_kind = "restore", database = %m.database, backup_id = %m.id);
     let _enter = span.enter();
-    let target = target_connection(req, config, &m);
+    let target = target_connection(req, config, m);
     let store = repo.primary().clone();
 
     // Refuse early, before reading anything big.

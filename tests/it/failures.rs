@@ -144,7 +144,7 @@ fn restore_refuses_a_flipped_byte_and_names_the_backup() {
 fn unknown_backup_and_usage_errors_exit_2() {
     let env = TestEnv::new("usage");
     let out = env.run(&["restore", "20260101T000000Z-full-abcdef", "--target-database", "x"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("no backup with id 20260101T000000Z-full-abcdef"));
     let out = env.run(&["restore", "--target-database", "x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
