@@ -235,8 +235,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => {
             let config = load_config(&cli)?;
             let repo = Repository::open(&config)?;
-            let m = crate::jobs::restore::resolve(&selector(args.backup_id.as_deref(), args.database.clone()), &config, &repo)
-                .await?;
+            let m = crate::jobs::restore::resolve(
+                &selector(args.backup_id.as_deref(), args.database.clone()),
+                &config,
+                &repo,
+            )
+            .await?;
             let req = RestoreRequest {
                 target_database: args.target_database.clone(),
                 target: TargetOverride {

@@ -114,15 +114,20 @@ impl Repository {
         Ok(m)
     }
 
-    /// Finds a backup by id, whatever its database.
+    /// Finds a backup by id, whatever its database (reads only that backup's manifest).
     pub async fn find(&self, id: &str) -> Result<Manifest> {
         if !looks_like_backup_id(id) {
             bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
         }
-        let all = self.list(None).await?;
-        all.into_iter()
-            .find(|m| m.id == id)
-            .with_context(|| format!("no backup with id {id} in {} (see `pgbackd list`)", self.primary().describe()))
+        let store = self.primary();
+        let suffix = format!("/{id}/{MANIFEST_FILE}");
+        let objects = store.list("").await.with_context(|| format!("listing backups in {}", store.describe()))?;
+        let key = objects
+            .iter()
+            .find(|o| o.key.ends_with(&suffix) && o.key.matches('/').count() == 2)
+            .with_context(|| format!("no backup with id {id} in {} (see `pgbackd list`)", store.describe()))?;
+        let database = key.key.split('/').next().unwrap_or_default();
+        self.read_manifest(database, id).await
     }
 
     /// The newest backup of `database` (of `kind`, if given).

@@ -254,3 +254,36 @@ fn shrinking_dump_fails_unless_allowed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(env.list_json().len(), 2);
 }
+
+#[test]
+fn a_backup_user_without_superuser_rights_gets_a_warning_not_a_failure() {
+    let env = TestEnv::new("nonsuper");
+    let user = unique("backup_user");
+    env.psql(&format!(
+        "create table t (id int); insert into t values (1), (2);
+         create role {user} login; grant select on t to {user};"
+    ));
+    let text =
+        std::fs::read_to_string(&env.config).unwrap().replace("username: postgres", &format!("username: {user}"));
+    std::fs::write(&env.config, text).unwrap();
+    let id = env.backup();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.repository().join(&env.db).join(&id).join("manifest.json")).unwrap())
+            .unwrap();
+    let warnings = manifest["warnings"].to_string();
+    assert!(warnings.contains("without passwords"), "{warnings}");
+    assert!(manifest["globals"]["raw_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(env.list_json()[0]["warnings"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_dump_below_min_size_fails() {
+    let env = TestEnv::new("minsize");
+    env.psql("create table t (id int); insert into t values (1);");
+    env.write_config("backup:\n  min_size: 100MiB\n");
+    let out = env.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("less than backup.min_size (104857600 bytes)"), "{}", stderr(&out));
+    assert!(env.list_json().is_empty());
+    assert!(env.repository_files().is_empty(), "{:?}", env.repository_files());
+}
