@@ -203,7 +203,7 @@ pub async fn run(
         let mut sink = tokio::io::sink();
         pipeline::restore_stream(&store, &m.data, &mut sink, &what, RawCheck::Sha256, cancel, &Counter::default())
             .await?;
-        report.tables_checked = selected_tables(&m, req).count();
+        report.tables_checked = selected_tables(m, req).count();
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -238,13 +238,13 @@ pub async fn run(
         }
     }
     if !req.schemas.is_empty() || !req.tables.is_empty() {
-        ensure_schemas(&m, req, &target).await?;
+        ensure_schemas(m, req, &target).await?;
     }
-    pg_restore(req, config, &tools, &store, &m, &target, &what, cancel).await?;
+    pg_restore(req, config, &tools, &store, m, &target, &what, cancel).await?;
     tracing::debug!("pg_restore finished");
 
     let client = pg::connect(&target).await?;
-    for t in selected_tables(&m, req) {
+    for t in selected_tables(m, req) {
         let found = pg::count_rows(&client, &t.schema, &t.name).await?;
         report.tables_checked += 1;
         if found != Some(t.rows) {
