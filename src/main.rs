@@ -9,7 +9,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     limit_heap_growth();
     let cli = Cli::parse();
-    pgbackd::telemetry::init(&cli.log_level, cli.log_format);
+    // the demo tells its own story on stdout; its logs only need to show problems
+    let quiet_demo = matches!(cli.command, cli::Command::Demo(_)) && cli.log_level == "info";
+    pgbackd::telemetry::init(if quiet_demo { "warn" } else { &cli.log_level }, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
