@@ -65,7 +65,7 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
         _ => None,
     };
     let config = Config::from_yaml(EMBEDDED_DEMO, "embedded demo config", &env)?;
-    let repo = Repository::open(&config)?;
+    let repo = Repository::open(&config).await?;
     let interactive = std::io::stderr().is_terminal();
 
     println!("backing up database demo into {}", repository.display());

@@ -11,10 +11,9 @@
 
 use crate::pg::archive::{ArchiveError, ArchiveFilter, ArchiveSummary};
 use crate::repo::manifest::{CompressionAlgorithm, Frame, StoredObject};
-use crate::storage::{ObjectWriter, Store};
+use crate::storage::{ObjectWriter, Store, Target};
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,38 +59,72 @@ impl Counter {
     }
 }
 
+/// One target's writer for the object being stored.
+pub struct Sink {
+    pub target: String,
+    pub required: bool,
+    pub writer: Box<dyn ObjectWriter>,
+}
+
 /// A fully written but not yet committed object on every target.
 pub struct Staged {
     pub object: StoredObject,
     /// Row counts and archive facts, when the stream was inspected.
     pub archive: Option<ArchiveSummary>,
-    writers: Vec<Box<dyn ObjectWriter>>,
+    sinks: Vec<Sink>,
+    /// Optional targets dropped on the way, and why.
+    pub warnings: Vec<String>,
+}
+
+/// A committed object: on which targets it is, and what went wrong with optional ones.
+pub struct Committed {
+    pub object: StoredObject,
+    pub targets: Vec<String>,
+    pub warnings: Vec<String>,
 }
 
 impl Staged {
-    /// Makes the object durable and visible on every target; checks each stored size.
-    pub async fn commit(self) -> Result<StoredObject> {
-        let sizes = try_join_all(self.writers.into_iter().map(|w| w.finish())).await?;
-        for size in sizes {
-            anyhow::ensure!(
-                size == self.object.stored_bytes,
-                "stored object {} has {size} bytes, {} were sent",
-                self.object.key,
-                self.object.stored_bytes
-            );
+    /// Makes the object durable and visible on every target; checks each stored size. An
+    /// optional target that fails is dropped with a warning; a required one fails the commit.
+    pub async fn commit(self) -> Result<Committed> {
+        let Staged { object, sinks, mut warnings, .. } = self;
+        let meta: Vec<(String, bool)> = sinks.iter().map(|s| (s.target.clone(), s.required)).collect();
+        let results = futures_util::future::join_all(sinks.into_iter().map(|s| s.writer.finish())).await;
+        let mut targets = Vec::new();
+        for ((name, required), result) in meta.into_iter().zip(results) {
+            let checked = result.and_then(|size| {
+                anyhow::ensure!(
+                    size == object.stored_bytes,
+                    "{} has {size} bytes, {} were sent",
+                    object.key,
+                    object.stored_bytes
+                );
+                Ok(())
+            });
+            match checked {
+                Ok(()) => targets.push(name),
+                Err(e) if required => return Err(e.context(format!("storing {} on target {name}", object.key))),
+                Err(e) => warnings.push(optional_target_warning(&name, &e)),
+            }
         }
-        Ok(self.object)
+        Ok(Committed { object, targets, warnings })
     }
 
     pub async fn abort(self) {
-        abort_all(self.writers).await;
+        abort_all(self.sinks).await;
     }
 }
 
-async fn abort_all(writers: Vec<Box<dyn ObjectWriter>>) {
-    for w in writers {
-        if let Err(e) = w.abort().await {
-            tracing::warn!(error = %format!("{e:#}"), "could not remove a partial object");
+fn optional_target_warning(name: &str, e: &anyhow::Error) -> String {
+    let w = format!("optional target {name} does not hold this backup: {e:#}");
+    tracing::warn!(target_name = name, error = %format!("{e:#}"), "optional storage target failed; continuing without it");
+    w
+}
+
+async fn abort_all(sinks: Vec<Sink>) {
+    for s in sinks {
+        if let Err(e) = s.writer.abort().await {
+            tracing::warn!(target_name = %s.target, error = %format!("{e:#}"), "could not remove a partial object");
         }
     }
 }
@@ -312,7 +345,7 @@ pub async fn store_stream(
     input: &mut Segments,
     key: &str,
     opts: &PipelineOptions,
-    writers: Vec<Box<dyn ObjectWriter>>,
+    sinks: Vec<Sink>,
     cancel: &CancellationToken,
 ) -> Result<Staged, StreamError> {
     // hashing thread: SHA-256 of the raw stream, in order
@@ -364,7 +397,8 @@ pub async fn store_stream(
     };
 
     let writer = async {
-        let mut writers = writers;
+        let mut sinks = sinks;
+        let mut warnings = Vec::new();
         let mut sha = Sha256::new();
         let mut frames = Vec::new();
         let (mut raw_offset, mut stored_offset) = (0u64, 0u64);
@@ -384,20 +418,38 @@ pub async fn store_stream(
                 });
                 raw_offset += raw_len;
                 stored_offset += stored.len() as u64;
-                let writes = writers.iter_mut().map(|w| w.write(stored.clone()));
-                tokio::select! {
+                // every target gets the frame before the next one: the slowest sets the pace
+                let writes = sinks.iter_mut().map(|s| s.writer.write(stored.clone()));
+                let results = tokio::select! {
                     _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-                    r = try_join_all(writes) => { r.map_err(StreamError::Store)?; }
+                    r = futures_util::future::join_all(writes) => r,
+                };
+                let mut failed = Vec::new();
+                for (i, r) in results.into_iter().enumerate() {
+                    if let Err(e) = r {
+                        if sinks[i].required {
+                            return Err(StreamError::Store(
+                                e.context(format!("writing to target {}", sinks[i].target)),
+                            ));
+                        }
+                        warnings.push(optional_target_warning(&sinks[i].target, &e));
+                        failed.push(i);
+                    }
+                }
+                for i in failed.into_iter().rev() {
+                    let s = sinks.remove(i);
+                    let _ = s.writer.abort().await;
                 }
             }
             Ok(())
         }
         .await;
         drop(frame_rx);
-        (writers, result, frames, hex::encode(sha.finalize()), stored_offset)
+        (sinks, warnings, result, frames, hex::encode(sha.finalize()), stored_offset)
     };
 
-    let (read_result, (writers, write_result, frames, stored_sha256, stored_bytes)) = tokio::join!(reader, writer);
+    let (read_result, (sinks, warnings, write_result, frames, stored_sha256, stored_bytes)) =
+        tokio::join!(reader, writer);
     drop(inspect_tx);
     let raw_sha256 = tokio::task::spawn_blocking(move || inspector.join())
         .await
@@ -423,34 +475,41 @@ pub async fn store_stream(
                 frames,
             },
             archive,
-            writers,
+            sinks,
+            warnings,
         }),
         Err(e) => {
-            abort_all(writers).await;
+            abort_all(sinks).await;
             Err(e)
         }
     }
 }
 
-/// Opens `key` on every store and streams `input` into it.
+/// Opens `key` on every target and streams `input` into it. An optional target that cannot
+/// even start the object is left out with a warning.
 pub async fn store_stream_to(
     input: &mut Segments,
-    stores: &[Arc<dyn Store>],
+    targets: &[Target],
     key: &str,
     opts: &PipelineOptions,
     cancel: &CancellationToken,
 ) -> Result<Staged, StreamError> {
-    let mut writers = Vec::with_capacity(stores.len());
-    for s in stores {
-        match s.create(key).await {
-            Ok(w) => writers.push(w),
+    let mut sinks = Vec::with_capacity(targets.len());
+    let mut skipped = Vec::new();
+    for t in targets {
+        match t.store.create(key).await {
+            Ok(writer) => sinks.push(Sink { target: t.name().to_owned(), required: t.required, writer }),
+            Err(e) if !t.required => skipped.push(optional_target_warning(t.name(), &e)),
             Err(e) => {
-                abort_all(writers).await;
-                return Err(StreamError::Store(e.context(format!("creating {key} on {}", s.describe()))));
+                abort_all(sinks).await;
+                return Err(StreamError::Store(e.context(format!("creating {key} on {}", t.store.describe()))));
             }
         }
     }
-    store_stream(input, key, opts, writers, cancel).await
+    let mut staged = store_stream(input, key, opts, sinks, cancel).await?;
+    skipped.append(&mut staged.warnings);
+    staged.warnings = skipped;
+    Ok(staged)
 }
 
 /// Decodes one stored frame after checking its SHA-256.
@@ -596,21 +655,42 @@ pub async fn read_small_object(store: &Arc<dyn Store>, object: &StoredObject, wh
     Ok(raw)
 }
 
-/// Compresses and stores a small object whole (such as globals) on every store.
+/// Writes a small object to the targets named in `holding` (those that hold the backup so far).
+/// An optional target that fails is removed from `holding` with a warning.
+pub async fn put_on_targets(
+    targets: &[Target],
+    holding: &mut Vec<String>,
+    key: &str,
+    data: Bytes,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let chosen: Vec<&Target> = targets.iter().filter(|t| holding.iter().any(|h| h == t.name())).collect();
+    for t in chosen {
+        if let Err(e) = t.store.put(key, data.clone()).await {
+            if t.required {
+                return Err(e.context(format!("writing {key} to {}", t.store.describe())));
+            }
+            warnings.push(optional_target_warning(t.name(), &e));
+            holding.retain(|h| h != t.name());
+        }
+    }
+    Ok(())
+}
+
+/// Compresses a small object whole (such as globals) and stores it like [`put_on_targets`].
 pub async fn store_small_object(
-    stores: &[Arc<dyn Store>],
+    targets: &[Target],
+    holding: &mut Vec<String>,
     key: &str,
     raw: &[u8],
     level: Option<i32>,
+    warnings: &mut Vec<String>,
 ) -> Result<StoredObject> {
     let stored = match level {
         Some(l) => Bytes::from(compress_frame(raw, l).context("compressing")?),
         None => Bytes::copy_from_slice(raw),
     };
-    for s in stores {
-        s.put(key, stored.clone()).await.with_context(|| format!("writing {key} to {}", s.describe()))?;
-    }
-    Ok(StoredObject {
+    let object = StoredObject {
         key: key.to_owned(),
         compression: if level.is_some() { CompressionAlgorithm::Zstd } else { CompressionAlgorithm::None },
         compression_level: level,
@@ -619,7 +699,9 @@ pub async fn store_small_object(
         raw_sha256: hex::encode(Sha256::digest(raw)),
         stored_sha256: hex::encode(Sha256::digest(&stored)),
         frames: Vec::new(),
-    })
+    };
+    put_on_targets(targets, holding, key, stored, warnings).await?;
+    Ok(object)
 }
 
 #[cfg(test)]
@@ -642,11 +724,16 @@ mod tests {
         let data = sample(1_000_000);
         let cancel = CancellationToken::new();
         let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
-        let staged =
-            store_stream_to(&mut input, std::slice::from_ref(&store), "db/b/data.zst", &opts(Some(3)), &cancel)
-                .await
-                .unwrap();
-        let object = staged.commit().await.unwrap();
+        let staged = store_stream_to(
+            &mut input,
+            &[Target { store: store.clone(), required: true }],
+            "db/b/data.zst",
+            &opts(Some(3)),
+            &cancel,
+        )
+        .await
+        .unwrap();
+        let object = staged.commit().await.unwrap().object;
         assert_eq!(object.raw_bytes, data.len() as u64);
         assert_eq!(object.frames.len(), 16); // 1,000,000 / 65,536 rounded up
         assert_eq!(object.raw_sha256, hex::encode(Sha256::digest(&data)));
@@ -667,11 +754,16 @@ mod tests {
         let data = sample(300_000);
         let cancel = CancellationToken::new();
         let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
-        let staged =
-            store_stream_to(&mut input, std::slice::from_ref(&store), "db/b/data.zst", &opts(Some(1)), &cancel)
-                .await
-                .unwrap();
-        let object = staged.commit().await.unwrap();
+        let staged = store_stream_to(
+            &mut input,
+            &[Target { store: store.clone(), required: true }],
+            "db/b/data.zst",
+            &opts(Some(1)),
+            &cancel,
+        )
+        .await
+        .unwrap();
+        let object = staged.commit().await.unwrap().object;
         let path = dir.path().join("db/b/data.zst");
         let mut stored = std::fs::read(&path).unwrap();
         let victim = object.frames[2].stored_offset as usize + 10;
@@ -694,9 +786,15 @@ mod tests {
         let data = sample(100_000);
         let cancel = CancellationToken::new();
         let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
-        let staged = store_stream_to(&mut input, std::slice::from_ref(&store), "db/b/data.dump", &opts(None), &cancel)
-            .await
-            .unwrap();
+        let staged = store_stream_to(
+            &mut input,
+            &[Target { store: store.clone(), required: true }],
+            "db/b/data.dump",
+            &opts(None),
+            &cancel,
+        )
+        .await
+        .unwrap();
         assert_eq!(staged.object.stored_bytes, 100_000);
         staged.abort().await;
         assert!(store.list("").await.unwrap().is_empty());
@@ -706,10 +804,16 @@ mod tests {
         let mut input = read_segments(reader, 64 * 1024, Arc::default(), false);
         let mut o = opts(Some(1));
         o.stall_timeout = Duration::from_millis(100);
-        let err = store_stream_to(&mut input, std::slice::from_ref(&store), "db/c/data.zst", &o, &cancel)
-            .await
-            .err()
-            .unwrap();
+        let err = store_stream_to(
+            &mut input,
+            &[Target { store: store.clone(), required: true }],
+            "db/c/data.zst",
+            &o,
+            &cancel,
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(err, StreamError::Stalled(_)), "{err}");
         assert!(store.list("").await.unwrap().is_empty());
         drop(writer);

@@ -1,6 +1,6 @@
 //! `pgbackd list`: a table for people, a stable JSON array for scripts.
 
-use crate::repo::Manifest;
+use crate::repo::Listed;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -30,7 +30,8 @@ pub struct ListEntry<'a> {
     pub warnings: &'a [String],
 }
 
-pub fn entry(m: &Manifest) -> ListEntry<'_> {
+pub fn entry(l: &Listed) -> ListEntry<'_> {
+    let m = &l.manifest;
     ListEntry {
         id: &m.id,
         database: &m.database,
@@ -46,7 +47,7 @@ pub fn entry(m: &Manifest) -> ListEntry<'_> {
         raw_sha256: &m.data.raw_sha256,
         stored_sha256: &m.data.stored_sha256,
         tables: m.tables.len(),
-        targets: &m.targets,
+        targets: &l.targets,
         server_version: &m.server_version,
         verified_at: None,
         verify_outcome: None,
@@ -65,7 +66,7 @@ pub fn human_bytes(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
-pub fn print(backups: &[Manifest], json: bool) -> Result<()> {
+pub fn print(backups: &[Listed], json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         let entries: Vec<ListEntry> = backups.iter().map(entry).collect();
@@ -79,13 +80,14 @@ pub fn print(backups: &[Manifest], json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<32} {:<16} {:<6} {:<20} {:>8} {:>10} {:>10} {:<12} STATUS",
-        "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256"
+        "{:<32} {:<16} {:<6} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} STATUS",
+        "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256", "TARGETS"
     )?;
-    for m in backups {
+    for l in backups {
+        let m = &l.manifest;
         writeln!(
             out,
-            "{:<32} {:<16} {:<6} {:<20} {:>8.1} {:>10} {:>10} {:<12} ok{}",
+            "{:<32} {:<16} {:<6} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} ok{}",
             m.id,
             m.database,
             m.kind.name(),
@@ -94,6 +96,7 @@ pub fn print(backups: &[Manifest], json: bool) -> Result<()> {
             human_bytes(m.data.raw_bytes),
             human_bytes(m.data.stored_bytes),
             &m.data.raw_sha256[..12.min(m.data.raw_sha256.len())],
+            l.targets.join(","),
             if m.warnings.is_empty() { String::new() } else { format!(" ({} warnings)", m.warnings.len()) }
         )?;
     }

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one function per subcommand. Formatting only; the work
 //! is in [`crate::jobs`].
 
+mod check;
 mod list;
 mod restore;
 
@@ -43,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config and print every error at once (exit 78 if any).
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// Take a backup now and print its id.
     Backup(BackupArgs),
     /// List backups.
@@ -54,6 +55,14 @@ pub enum Command {
     Cat(CatArgs),
     /// Run a local demo: throwaway PostgreSQL, one backup, one verified restore.
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Also connect: each database (server version, pg_dump compatibility) and each storage
+    /// target (write, read, list, delete a small object). Exit 1 if anything fails.
+    #[arg(long)]
+    pub connect: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -184,7 +193,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let interactive = std::io::stderr().is_terminal();
     match &cli.command {
         Command::Demo(args) => crate::demo::run(args, &cancel).await,
-        Command::CheckConfig => {
+        Command::CheckConfig(args) => {
             let config = load_config(&cli)?;
             println!(
                 "{}: configuration is valid",
@@ -193,16 +202,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             for db in &config.databases {
                 println!("  database {:<20} {}", db.name, db.connection);
             }
-            let repo_path = crate::storage::local::LocalStore::new("local", &config.repository)?;
-            println!("  repository  {}", repo_path.root().display());
             for s in &config.schedules {
-                println!("  schedule    {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
+                println!("  schedule {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
             }
-            Ok(ExitCode::from(EXIT_OK))
+            let repo = Repository::open(&config).await?;
+            for t in repo.targets() {
+                let kind = if t.required { "required" } else { "optional" };
+                println!("  target   {:<20} {} ({kind})", t.name(), t.store.describe());
+            }
+            if !args.connect {
+                return Ok(ExitCode::from(EXIT_OK));
+            }
+            Ok(ExitCode::from(if check::connect(&config, &repo).await { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::Backup(args) => {
             let config = load_config(&cli)?;
-            let repo = Repository::open(&config)?;
+            let repo = Repository::open(&config).await?;
             let db = config.select_database(args.database.as_deref())?;
             let kind = match args.kind {
                 KindArg::Full => BackupKind::Full,
@@ -224,17 +239,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::List(args) => {
             let config = load_config(&cli)?;
-            let repo = Repository::open(&config)?;
+            let repo = Repository::open(&config).await?;
             if let Some(d) = &args.database {
                 config.select_database(Some(d))?;
             }
-            let backups = repo.list(args.database.as_deref()).await?;
+            let backups = repo.list_with_targets(args.database.as_deref()).await?;
             list::print(&backups, args.json)?;
             Ok(ExitCode::from(EXIT_OK))
         }
         Command::Restore(args) => {
             let config = load_config(&cli)?;
-            let repo = Repository::open(&config)?;
+            let repo = Repository::open(&config).await?;
             let m = crate::jobs::restore::resolve(
                 &selector(args.backup_id.as_deref(), args.database.clone()),
                 &config,
@@ -267,7 +282,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cat(args) => {
             let config = load_config(&cli)?;
-            let repo = Repository::open(&config)?;
+            let repo = Repository::open(&config).await?;
             if std::io::stdout().is_terminal() {
                 bail!(
                     "refusing to write a binary archive to a terminal: redirect it, e.g. pgbackd cat ID > backup.dump"

@@ -10,6 +10,7 @@
 pub mod node;
 pub mod reader;
 pub mod secret;
+pub mod storage;
 
 use crate::schedule::{self, Schedule};
 use chrono_tz::Tz;
@@ -175,8 +176,9 @@ pub struct Config {
     /// Directory holding pg_dump, pg_restore, pg_dumpall, psql (default: newest under
     /// /usr/lib/postgresql, else $PATH).
     pub pg_bin_dir: Option<PathBuf>,
-    /// The local repository (`local_backup_dir`).
-    pub repository: PathBuf,
+    /// Where backups are stored: `local_backup_dir` (target `local`), `aws:` (target `s3`) and
+    /// `storage:` entries, in that order. Reads prefer the first target holding a backup.
+    pub targets: Vec<storage::TargetConfig>,
     pub file_backup_dir: Option<PathBuf>,
     pub config_backup_dir: Option<PathBuf>,
     pub retention: Retention,
@@ -288,10 +290,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let default_conn = read_connection_defaults(&mut top);
     let databases = read_databases(&mut top, &default_conn);
     let pg_bin_dir = top.opt::<PathBuf>("pg_bin_dir");
-    let repository = top.opt::<PathBuf>("local_backup_dir");
-    if repository.is_none() && !top.has("local_backup_dir") {
-        ctx.error("local_backup_dir", "is required: the directory of the local backup repository", Some(top.loc()));
-    }
+    let targets = storage::read_targets(&mut top);
     let file_backup_dir = top.opt::<PathBuf>("file_backup_dir");
     let config_backup_dir = top.opt::<PathBuf>("config_backup_dir");
     let timezone = match top.node("timezone") {
@@ -312,7 +311,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         path: None,
         databases,
         pg_bin_dir,
-        repository: repository?,
+        targets,
         file_backup_dir,
         config_backup_dir,
         retention,
@@ -369,7 +368,7 @@ fn read_conn_fields(m: &mut MapReader<'_, '_>) -> ConnFields {
 }
 
 /// A secret given inline (`key: ${ENV}`) or as a file (`key_file: /run/secrets/x`).
-fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret> {
+pub(crate) fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret> {
     let file_key = format!("{key}_file");
     let inline = m.opt::<String>(key);
     let file = m.opt::<PathBuf>(&file_key);
@@ -643,27 +642,6 @@ fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<Re
 /// Sections of the reference config whose features later releases add: parsed and validated now;
 /// turning one on is an error, never a silent no-op.
 fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
-    if let Some(mut aws) = top.map("aws") {
-        let enabled = aws.opt::<bool>("enabled").unwrap_or(false);
-        aws.ctx().lenient(!enabled, || {
-            let _ = read_secret(&mut aws, "access_key");
-            let _ = read_secret(&mut aws, "secret_key");
-            for key in ["region", "bucket", "prefix", "endpoint", "storage_class", "sse", "kms_key_id"] {
-                let _ = aws.opt::<String>(key);
-            }
-            let _ = aws.opt::<bool>("force_path_style");
-            let _ = aws.opt::<ByteSize>("part_size");
-            let _ = aws.opt::<u32>("max_concurrent_parts");
-        });
-        if enabled {
-            aws.ctx().error(
-                &aws.child_path("enabled"),
-                "S3 storage is not supported yet by this version of pgbackd; set aws.enabled: false (backups go to local_backup_dir)",
-                Some(aws.loc_of("enabled")),
-            );
-        }
-        aws.finish();
-    }
     if let Some(mut n) = top.map("notifications") {
         if let Some(mut email) = n.map("email") {
             let enabled = email.opt::<bool>("enabled").unwrap_or(false);

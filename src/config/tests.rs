@@ -72,7 +72,8 @@ fn reference_config_keys_keep_their_meaning() {
         ("localhost", 5432, "postgres")
     );
     assert_eq!(db.connection.password.as_ref().unwrap().expose(), "pg-secret");
-    assert_eq!(c.repository, PathBuf::from("backups/database"));
+    assert_eq!(c.targets.len(), 1, "aws.enabled is false");
+    assert_eq!(c.targets[0].kind, storage::TargetKind::Local { path: PathBuf::from("backups/database") });
     assert_eq!(c.file_backup_dir, Some(PathBuf::from("backups/files")));
     assert_eq!(c.config_backup_dir, Some(PathBuf::from("backups/config")));
     assert_eq!(c.retention.full_backup_days, Some(30));

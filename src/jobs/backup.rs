@@ -8,7 +8,7 @@ use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, PipelineOptions, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running, run_capture};
 use crate::progress;
-use crate::repo::manifest::{Source, StoredObject, Trigger};
+use crate::repo::manifest::{Source, Trigger};
 use crate::repo::{self, BackupKind, Manifest, Repository};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
@@ -101,7 +101,7 @@ async fn take(
     };
     let result = dump(req, repo, &tools, &job_cancel, id).await;
     timer.abort();
-    let (data, archive, dump_stderr) = match result {
+    let (committed, archive, dump_stderr) = match result {
         Ok(v) => v,
         Err(e) if timed_out.load(Ordering::SeqCst) => {
             return Err(e.context(format!(
@@ -111,9 +111,9 @@ async fn take(
         }
         Err(e) => return Err(e),
     };
+    let pipeline::Committed { object: data, targets: mut holding, mut warnings } = committed;
     check_size(data.raw_bytes, config, previous_full.as_ref(), req.allow_shrink)?;
 
-    let mut warnings = Vec::new();
     if !dump_stderr.trim().is_empty() {
         tracing::warn!(stderr = %dump_stderr.trim(), "pg_dump wrote warnings");
         warnings.push(format!("pg_dump: {}", dump_stderr.trim()));
@@ -123,7 +123,11 @@ async fn take(
             Ok((sql, warning)) => {
                 warnings.extend(warning);
                 let level = config.compression.enabled.then_some(config.compression.level);
-                Some(pipeline::store_small_object(repo.stores(), &repo::globals_key(&db.name, id), &sql, level).await?)
+                let key = repo::globals_key(&db.name, id);
+                Some(
+                    pipeline::store_small_object(repo.targets(), &mut holding, &key, &sql, level, &mut warnings)
+                        .await?,
+                )
             }
             Err(e) => {
                 let w = format!("roles and tablespaces (pg_dumpall --globals-only) were not saved: {e:#}");
@@ -176,7 +180,7 @@ async fn take(
         large_objects: archive.large_objects,
         data,
         globals,
-        targets: repo.target_names(),
+        targets: holding,
         warnings,
         pgbackd_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
@@ -191,7 +195,7 @@ async fn dump(
     tools: &Tools,
     cancel: &CancellationToken,
     id: &str,
-) -> Result<(StoredObject, Option<pg::archive::ArchiveSummary>, String)> {
+) -> Result<(pipeline::Committed, Option<pg::archive::ArchiveSummary>, String)> {
     let config = req.config;
     let db = req.database;
     let spec = pg::conn_env(
@@ -216,7 +220,7 @@ async fn dump(
     let moved = Arc::new(Counter::default());
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), true);
-    let streamed = pipeline::store_stream_to(&mut segments, repo.stores(), &key, &opts, cancel).await;
+    let streamed = pipeline::store_stream_to(&mut segments, repo.targets(), &key, &opts, cancel).await;
     drop(tracker);
     drop(segments);
     let staged = match streamed {

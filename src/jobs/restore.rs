@@ -37,7 +37,7 @@ pub async fn resolve(selector: &Selector, config: &Config, repo: &Repository) ->
             let db = config.select_database(database.as_deref())?;
             repo.latest(&db.name, None)
                 .await?
-                .with_context(|| format!("database {} has no backups yet in {}", db.name, repo.primary().describe()))
+                .with_context(|| format!("database {} has no backups yet in {}", db.name, repo.describe()))
         }
     }
 }
@@ -157,7 +157,7 @@ pub async fn run(
     let span = tracing::info_span!("job", job_kind = "restore", database = %m.database, backup_id = %m.id);
     let _enter = span.enter();
     let target = target_connection(req, config, m);
-    let store = repo.primary().clone();
+    let store = repo.locate(m).await?;
 
     // Refuse early, before reading anything big.
     let admin = connect_admin(&target).await?;
@@ -408,7 +408,7 @@ pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let what = describe_backup(m);
-    let store = repo.primary().clone();
+    let store = repo.locate(m).await?;
     check_stored_frames(&store, &m.data, &what).await?;
     pipeline::restore_stream(&store, &m.data, out, &what, RawCheck::Sha256, cancel, &Counter::default()).await
 }

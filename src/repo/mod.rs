@@ -7,8 +7,7 @@
 pub mod manifest;
 
 use crate::config::Config;
-use crate::storage::Store;
-use crate::storage::local::LocalStore;
+use crate::storage::{self, Store, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -50,68 +49,83 @@ pub fn manifest_key(database: &str, id: &str) -> String {
     format!("{database}/{id}/{MANIFEST_FILE}")
 }
 
+/// The backups on every configured target.
 #[derive(Clone)]
 pub struct Repository {
-    stores: Vec<Arc<dyn Store>>,
+    targets: Vec<Target>,
+}
+
+/// A backup and the targets holding its manifest.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub manifest: Manifest,
+    pub targets: Vec<String>,
 }
 
 impl Repository {
-    pub fn open(config: &Config) -> Result<Repository> {
-        let local = LocalStore::new("local", &config.repository)?;
-        Ok(Repository { stores: vec![Arc::new(local)] })
+    pub async fn open(config: &Config) -> Result<Repository> {
+        Ok(Repository { targets: storage::open_targets(&config.targets).await? })
     }
 
-    pub fn from_stores(stores: Vec<Arc<dyn Store>>) -> Repository {
-        Repository { stores }
+    pub fn from_targets(targets: Vec<Target>) -> Repository {
+        Repository { targets }
     }
 
-    pub fn stores(&self) -> &[Arc<dyn Store>] {
-        &self.stores
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
     }
 
-    pub fn target_names(&self) -> Vec<String> {
-        self.stores.iter().map(|s| s.name().to_owned()).collect()
+    /// Where backups are, for messages.
+    pub fn describe(&self) -> String {
+        self.targets.iter().map(|t| t.store.describe()).collect::<Vec<_>>().join(", ")
     }
 
-    /// The target backups are read from.
-    pub fn primary(&self) -> &Arc<dyn Store> {
-        &self.stores[0]
-    }
-
-    /// Every backup (of one database, or all), oldest first. Unreadable manifests are skipped
-    /// with a warning naming them.
-    pub async fn list(&self, database: Option<&str>) -> Result<Vec<Manifest>> {
-        let store = self.primary();
+    /// Every backup (of one database, or all), oldest first, with the targets holding each.
+    /// A target that cannot be listed is skipped with a warning, unless none can be.
+    pub async fn list_with_targets(&self, database: Option<&str>) -> Result<Vec<Listed>> {
         let prefix = database.map(|d| format!("{d}/")).unwrap_or_default();
-        let objects = store.list(&prefix).await.with_context(|| format!("listing backups in {}", store.describe()))?;
-        let mut out = Vec::new();
-        for obj in objects {
-            let parts: Vec<&str> = obj.key.split('/').collect();
-            if parts.len() != 3 || parts[2] != MANIFEST_FILE {
-                continue;
-            }
-            match self.read_manifest(parts[0], parts[1]).await {
-                Ok(m) => out.push(m),
+        let mut by_id: std::collections::BTreeMap<String, Listed> = Default::default();
+        let mut failures = Vec::new();
+        for t in &self.targets {
+            let objects = match t.store.list(&prefix).await {
+                Ok(o) => o,
                 Err(e) => {
-                    tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest")
+                    tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "cannot list a storage target");
+                    failures.push(format!("{}: {e:#}", t.store.describe()));
+                    continue;
+                }
+            };
+            for obj in objects {
+                let parts: Vec<&str> = obj.key.split('/').collect();
+                if parts.len() != 3 || parts[2] != MANIFEST_FILE {
+                    continue;
+                }
+                if let Some(listed) = by_id.get_mut(parts[1]) {
+                    listed.targets.push(t.name().to_owned());
+                    continue;
+                }
+                match read_manifest_from(&t.store, parts[0], parts[1]).await {
+                    Ok(Some(m)) => {
+                        by_id.insert(m.id.clone(), Listed { manifest: m, targets: vec![t.name().to_owned()] });
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest"),
                 }
             }
         }
-        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        if failures.len() == self.targets.len() {
+            bail!("cannot list any storage target: {}", failures.join("; "));
+        }
+        let mut out: Vec<Listed> = by_id.into_values().collect();
+        out.sort_by(|a, b| {
+            a.manifest.started_at.cmp(&b.manifest.started_at).then_with(|| a.manifest.id.cmp(&b.manifest.id))
+        });
         Ok(out)
     }
 
-    pub async fn read_manifest(&self, database: &str, id: &str) -> Result<Manifest> {
-        let key = manifest_key(database, id);
-        let store = self.primary();
-        let bytes = store.get(&key).await?.with_context(|| {
-            format!("backup {id} of database {database} does not exist (no {key} in {})", store.describe())
-        })?;
-        let m = Manifest::parse(&bytes, &key)?;
-        if m.id != id || m.database != database {
-            bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.database);
-        }
-        Ok(m)
+    /// Every backup (of one database, or all), oldest first.
+    pub async fn list(&self, database: Option<&str>) -> Result<Vec<Manifest>> {
+        Ok(self.list_with_targets(database).await?.into_iter().map(|l| l.manifest).collect())
     }
 
     /// Finds a backup by id, whatever its database (reads only that backup's manifest).
@@ -119,15 +133,23 @@ impl Repository {
         if !looks_like_backup_id(id) {
             bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
         }
-        let store = self.primary();
         let suffix = format!("/{id}/{MANIFEST_FILE}");
-        let objects = store.list("").await.with_context(|| format!("listing backups in {}", store.describe()))?;
-        let key = objects
-            .iter()
-            .find(|o| o.key.ends_with(&suffix) && o.key.matches('/').count() == 2)
-            .with_context(|| format!("no backup with id {id} in {} (see `pgbackd list`)", store.describe()))?;
-        let database = key.key.split('/').next().unwrap_or_default();
-        self.read_manifest(database, id).await
+        for t in &self.targets {
+            let objects = match t.store.list("").await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "cannot list a storage target");
+                    continue;
+                }
+            };
+            if let Some(obj) = objects.iter().find(|o| o.key.ends_with(&suffix) && o.key.matches('/').count() == 2) {
+                let database = obj.key.split('/').next().unwrap_or_default();
+                if let Some(m) = read_manifest_from(&t.store, database, id).await? {
+                    return Ok(m);
+                }
+            }
+        }
+        bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe())
     }
 
     /// The newest backup of `database` (of `kind`, if given).
@@ -136,26 +158,76 @@ impl Repository {
         Ok(all.into_iter().rfind(|m| kind.is_none_or(|k| m.kind == k)))
     }
 
-    /// Commits a backup: the manifest goes to every target, last.
+    /// The first target (in config order) that holds backup `m` whole: its manifest and a data
+    /// object of the recorded size.
+    pub async fn locate(&self, m: &Manifest) -> Result<Arc<dyn Store>> {
+        let mut problems = Vec::new();
+        for t in &self.targets {
+            match t.store.size(&m.data.key).await {
+                Ok(Some(size)) if size == m.data.stored_bytes => {
+                    match t.store.get(&manifest_key(&m.database, &m.id)).await {
+                        Ok(Some(_)) => return Ok(t.store.clone()),
+                        Ok(None) => problems.push(format!("{}: no manifest", t.name())),
+                        Err(e) => problems.push(format!("{}: {e:#}", t.name())),
+                    }
+                }
+                Ok(Some(size)) => problems.push(format!(
+                    "{}: {} has {size} bytes, {} recorded",
+                    t.name(),
+                    m.data.key,
+                    m.data.stored_bytes
+                )),
+                Ok(None) => problems.push(format!("{}: {} is missing", t.name(), m.data.key)),
+                Err(e) => problems.push(format!("{}: {e:#}", t.name())),
+            }
+        }
+        bail!("backup {} of {} is not readable on any target ({})", m.id, m.database, problems.join("; "))
+    }
+
+    /// Commits a backup: the manifest goes, last, to every target that holds its data.
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let key = manifest_key(&manifest.database, &manifest.id);
         let bytes = Bytes::from(manifest.to_json());
-        for store in &self.stores {
-            store.put(&key, bytes.clone()).await.with_context(|| format!("writing {key} to {}", store.describe()))?;
+        for t in self.targets.iter().filter(|t| manifest.targets.iter().any(|n| n == t.name())) {
+            t.store
+                .put(&key, bytes.clone())
+                .await
+                .with_context(|| format!("writing {key} to {}", t.store.describe()))?;
         }
         Ok(())
     }
 
-    /// Removes whatever exists of a backup (used when a backup fails; manifest first).
+    /// Removes whatever exists of a backup on every target (manifest first). Used when a backup
+    /// fails; an unreachable optional target is reported, not fatal.
     pub async fn remove_backup(&self, database: &str, id: &str) -> Result<()> {
         let prefix = backup_prefix(database, id);
-        for store in &self.stores {
-            store.delete(&[manifest_key(database, id)]).await?;
-            let keys: Vec<String> = store.list(&prefix).await?.into_iter().map(|o| o.key).collect();
-            store.delete(&keys).await.with_context(|| format!("removing {prefix} from {}", store.describe()))?;
+        for t in &self.targets {
+            let result: Result<()> = async {
+                t.store.delete(&[manifest_key(database, id)]).await?;
+                let keys: Vec<String> = t.store.list(&prefix).await?.into_iter().map(|o| o.key).collect();
+                t.store.delete(&keys).await
+            }
+            .await;
+            match result {
+                Ok(()) => {}
+                Err(e) if !t.required => {
+                    tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "could not remove a failed backup from an optional target")
+                }
+                Err(e) => return Err(e.context(format!("removing {prefix} from {}", t.store.describe()))),
+            }
         }
         Ok(())
     }
+}
+
+async fn read_manifest_from(store: &Arc<dyn Store>, database: &str, id: &str) -> Result<Option<Manifest>> {
+    let key = manifest_key(database, id);
+    let Some(bytes) = store.get(&key).await? else { return Ok(None) };
+    let m = Manifest::parse(&bytes, &format!("{key} on {}", store.name()))?;
+    if m.id != id || m.database != database {
+        bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.database);
+    }
+    Ok(Some(m))
 }
 
 #[cfg(test)]

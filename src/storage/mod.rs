@@ -5,11 +5,40 @@
 //! [`crate::repo`] decides them.
 
 pub mod local;
+pub mod s3;
 
 use anyhow::Result;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+/// A configured storage target: a store, and whether a backup needs it to succeed.
+#[derive(Clone)]
+pub struct Target {
+    pub store: Arc<dyn Store>,
+    pub required: bool,
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        self.store.name()
+    }
+}
+
+/// Opens the configured targets, in config order.
+pub async fn open_targets(configs: &[crate::config::storage::TargetConfig]) -> Result<Vec<Target>> {
+    use crate::config::storage::TargetKind;
+    let mut out = Vec::with_capacity(configs.len());
+    for t in configs {
+        let store: Arc<dyn Store> = match &t.kind {
+            TargetKind::Local { path } => Arc::new(local::LocalStore::new(&t.name, path)?),
+            TargetKind::S3(cfg) => Arc::new(s3::S3Store::new(&t.name, cfg).await?),
+        };
+        out.push(Target { store, required: t.required });
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -49,4 +78,56 @@ pub trait ObjectWriter: Send {
     async fn finish(self: Box<Self>) -> Result<u64>;
     /// Discards the object.
     async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// What `check-config --connect` found on one target.
+#[derive(Debug)]
+pub struct Probe {
+    pub target: String,
+    pub describe: String,
+    pub required: bool,
+    /// Each step and its outcome: write, read back, list, delete.
+    pub steps: Vec<(&'static str, Result<()>)>,
+}
+
+impl Probe {
+    pub fn ok(&self) -> bool {
+        self.steps.iter().all(|(_, r)| r.is_ok())
+    }
+}
+
+/// Writes, reads back, lists and deletes a small object on `target`, reporting every step (a
+/// missing permission such as s3:DeleteObject shows as that step failing).
+pub async fn probe(target: &Target) -> Probe {
+    let key = format!(".pgbackd-probe/{:016x}", rand::random::<u64>());
+    let body = Bytes::from(format!("pgbackd probe {key}\n"));
+    let mut steps = Vec::new();
+    let write = target.store.put(&key, body.clone()).await;
+    let wrote = write.is_ok();
+    steps.push(("write", write));
+    if wrote {
+        let read = match target.store.get(&key).await {
+            Ok(Some(b)) if b == body => Ok(()),
+            Ok(Some(_)) => Err(anyhow::anyhow!("read back different bytes")),
+            Ok(None) => Err(anyhow::anyhow!("the object just written is not there")),
+            Err(e) => Err(e),
+        };
+        steps.push(("read", read));
+        let list = match target.store.list(".pgbackd-probe/").await {
+            Ok(objects) if objects.iter().any(|o| o.key == key) => Ok(()),
+            Ok(_) => Err(anyhow::anyhow!("the object just written is not listed")),
+            Err(e) => Err(e),
+        };
+        steps.push(("list", list));
+        let delete = match target.store.delete(std::slice::from_ref(&key)).await {
+            Ok(()) => match target.store.size(&key).await {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err(anyhow::anyhow!("the object is still there after deleting it")),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        steps.push(("delete", delete));
+    }
+    Probe { target: target.name().to_owned(), describe: target.store.describe(), required: target.required, steps }
 }

@@ -1,0 +1,53 @@
+//! `check-config --connect`: reach every database and storage target and say what works.
+
+use crate::config::Config;
+use crate::pg::{self, Tools};
+use crate::repo::Repository;
+use crate::storage;
+
+/// Probes everything; prints one line per check; true if all passed.
+pub async fn connect(config: &Config, repo: &Repository) -> bool {
+    let mut all_ok = true;
+    let tools = Tools::locate(config.pg_bin_dir.as_deref());
+    let dump = tools.version("pg_dump").await;
+    match &dump {
+        Ok((_, v)) => println!("ok      pg_dump {v} ({})", tools.path("pg_dump").display()),
+        Err(e) => {
+            all_ok = false;
+            println!("FAILED  pg_dump: {e:#}");
+        }
+    }
+    for db in &config.databases {
+        let result = async {
+            let client = pg::connect(&db.connection).await?;
+            let info = pg::server_info(&client).await?;
+            if let Ok((major, version)) = &dump {
+                pg::check_dump_version(*major, version, &info, &tools)?;
+            }
+            anyhow::Ok(info)
+        }
+        .await;
+        match result {
+            Ok(info) => {
+                println!("ok      database {}: PostgreSQL {}, {} bytes", db.name, info.version, info.database_size)
+            }
+            Err(e) => {
+                all_ok = false;
+                println!("FAILED  database {}: {e:#}", db.name);
+            }
+        }
+    }
+    for t in repo.targets() {
+        let probe = storage::probe(t).await;
+        for (step, result) in &probe.steps {
+            match result {
+                Ok(()) => println!("ok      target {} ({}): {step}", probe.target, probe.describe),
+                Err(e) => {
+                    all_ok = false;
+                    println!("FAILED  target {} ({}): {step}: {e:#}", probe.target, probe.describe);
+                }
+            }
+        }
+    }
+    all_ok
+}
