@@ -14,10 +14,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
@@ -45,8 +46,28 @@ pub fn part_size_for(number: u32, base: u64) -> u64 {
     base.saturating_mul(1u64 << doublings).min(S3_MAX_PART)
 }
 
-fn sdk_error(e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
-    anyhow!("{}", DisplayErrorContext(e))
+/// A short, readable error: the S3 error code, HTTP status and message for service errors; the
+/// cause chain (connection refused, timeout, ...) otherwise.
+fn sdk_error<E>(e: SdkError<E, HttpResponse>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            anyhow!(
+                "{} ({}): {}",
+                err.code().unwrap_or("error"),
+                se.raw().status().as_u16(),
+                err.message().unwrap_or("no message")
+            )
+        }
+        _ => anyhow!("{}", DisplayErrorContext(e)),
+    }
+}
+
+fn build_error(e: aws_sdk_s3::error::BuildError) -> anyhow::Error {
+    anyhow!("{e}")
 }
 
 impl S3Store {
@@ -235,8 +256,8 @@ impl Store for S3Store {
                 .iter()
                 .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(sdk_error)?;
-            let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(sdk_error)?;
+                .map_err(build_error)?;
+            let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(build_error)?;
             let out = self
                 .client
                 .delete_objects()

@@ -63,13 +63,18 @@ impl TestEnv {
 
     /// Rewrites the config with `extra` YAML appended (top-level keys).
     pub fn write_config(&self, extra: &str) {
+        self.write_config_with(true, extra);
+    }
+
+    /// Rewrites the config, with or without the local repository target.
+    pub fn write_config_with(&self, local: bool, extra: &str) {
         let c = cluster();
+        let local = if local { format!("local_backup_dir: {}\n", self.repository().display()) } else { String::new() };
         let text = format!(
-            "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\nlocal_backup_dir: {}\n{extra}",
+            "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\n{local}{extra}",
             c.socket_dir(),
             c.port,
             self.db,
-            self.repository().display()
         );
         std::fs::write(&self.config, text).unwrap();
     }

@@ -3,4 +3,7 @@
 mod backup_restore;
 mod config_files;
 mod failures;
+mod fault_proxy;
 mod harness;
+mod s3;
+mod s3_servers;

@@ -1,0 +1,280 @@
+//! S3 storage against real S3-compatible servers (LocalStack, s3s-fs), several targets at once,
+//! multipart aborts, and a fault-injecting proxy.
+
+use crate::fault_proxy::FaultProxy;
+use crate::harness::*;
+use crate::s3_servers::{S3Server, localstack, rt, s3s};
+use pgbackd::storage::Store;
+use std::sync::atomic::Ordering;
+
+fn load_data(env: &TestEnv) {
+    env.psql(
+        "create table items (id int primary key, name text, price numeric(10,2), tags jsonb);
+         insert into items select g, 'item ' || g, g * 0.5, jsonb_build_array(g % 7, 'x') from generate_series(1, 30000) g;
+         create sequence s; select setval('s', 42);",
+    );
+}
+
+/// About 20 MB of random bytes (40 MB as COPY hex): several 5 MiB parts even after compression.
+fn load_incompressible(env: &TestEnv) {
+    env.psql(
+        "create table noise (id int primary key, data bytea);
+         insert into noise select g, decode(string_agg(md5(random()::text || g || s), ''), 'hex')
+         from generate_series(1, 20000) g, generate_series(1, 64) s group by g;",
+    );
+}
+
+fn assert_identical(db: &str, target: &str) {
+    let tables = user_tables(db);
+    assert_eq!(tables, user_tables(target));
+    for t in &tables {
+        assert_eq!(fingerprint(db, t), fingerprint(target, t), "table {t} differs");
+    }
+}
+
+fn round_trip_through(server: &S3Server) {
+    let env = TestEnv::new(&format!("s3rt_{}", server.name));
+    load_data(&env);
+    let bucket = server.bucket();
+    env.write_config(&format!("storage:\n{}", server.target_yaml("offsite", &bucket, "")));
+    let id = env.backup();
+    let list = env.list_json();
+    assert_eq!(list[0]["targets"], serde_json::json!(["local", "offsite"]));
+    assert!(server.keys(&bucket).iter().any(|k| k.ends_with(&format!("{id}/manifest.json"))));
+
+    // without the local copy, the restore reads from S3
+    std::fs::remove_dir_all(env.repository().join(&env.db).join(&id)).unwrap();
+    assert_eq!(env.list_json()[0]["targets"], serde_json::json!(["offsite"]));
+    let target = unique("s3rt_restored");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_identical(&env.db, &target);
+}
+
+#[test]
+fn backup_to_local_and_localstack_in_one_run_restores_from_s3() {
+    round_trip_through(localstack());
+}
+
+#[test]
+fn backup_to_local_and_s3s_with_signature_checks_restores_from_s3() {
+    round_trip_through(s3s());
+}
+
+#[test]
+fn an_s3_only_repository_works_without_checksums_too() {
+    let server = s3s();
+    let env = TestEnv::new("s3only");
+    load_data(&env);
+    let bucket = server.bucket();
+    env.write_config_with(false, &format!("storage:\n{}", server.target_yaml("s3", &bucket, "    checksum: none\n")));
+    let id = env.backup();
+    let target = unique("s3only_restored");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_identical(&env.db, &target);
+}
+
+#[test]
+fn a_large_object_is_uploaded_in_more_than_three_parts() {
+    let server = localstack();
+    let env = TestEnv::new("parts");
+    load_incompressible(&env);
+    let bucket = server.bucket();
+    env.write_config_with(false, &format!("storage:\n{}", server.target_yaml("s3", &bucket, "")));
+    let id = env.backup();
+    let key = format!("backups/{}/{id}/data.zst", env.db);
+    let client = server.client();
+    let head = rt().block_on(client.head_object().bucket(&bucket).key(&key).part_number(1).send()).unwrap();
+    let parts = head.parts_count().unwrap_or(1);
+    assert!(parts > 3, "{key} has {parts} parts");
+    assert_eq!(server.open_uploads(&bucket), 0);
+    let target = unique("parts_restored");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_identical(&env.db, &target);
+}
+
+#[test]
+fn listing_pages_past_a_thousand_keys_and_deletes_batch() {
+    let server = s3s();
+    let bucket = server.bucket();
+    let cfg = pgbackd::config::storage::S3Config {
+        bucket: bucket.clone(),
+        prefix: "many".into(),
+        region: "us-east-1".into(),
+        endpoint: Some(server.endpoint.clone()),
+        force_path_style: true,
+        access_key: Some(pgbackd::config::Secret::new(server.access_key)),
+        secret_key: Some(pgbackd::config::Secret::new(server.secret_key)),
+        storage_class: None,
+        sse: None,
+        kms_key_id: None,
+        part_size: 5 << 20,
+        max_concurrent_parts: 4,
+        checksum: pgbackd::config::storage::Checksum::Sha256,
+        max_attempts: 3,
+    };
+    rt().block_on(async {
+        let store = std::sync::Arc::new(pgbackd::storage::s3::S3Store::new("s3", &cfg).await.unwrap());
+        let keys: Vec<String> = (0..1105).map(|i| format!("db/{i:05}")).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for chunk in keys.chunks(100) {
+            let (store, chunk) = (store.clone(), chunk.to_vec());
+            tasks.spawn(async move {
+                for k in chunk {
+                    store.put(&k, bytes::Bytes::from_static(b"x")).await.unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let listed = store.list("db/").await.unwrap();
+        assert_eq!(listed.len(), 1105);
+        assert_eq!(listed[1104].key, "db/01104");
+        store.delete(&keys).await.unwrap();
+        assert!(store.list("db/").await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_failed_backup_aborts_its_multipart_upload() {
+    let server = localstack();
+    let env = TestEnv::new("s3fail");
+    load_incompressible(&env);
+    let bucket = server.bucket();
+    let bin = env.fake_bin("pg_dump_fail_after_14mb.sh");
+    env.write_config_with(
+        false,
+        &format!("pg_bin_dir: {}\nstorage:\n{}", bin.display(), server.target_yaml("s3", &bucket, "")),
+    );
+    let out = env.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exited with status 1"), "{}", stderr(&out));
+    assert_eq!(server.open_uploads(&bucket), 0, "orphaned multipart upload");
+    assert!(server.keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
+}
+
+#[test]
+fn a_cancelled_backup_aborts_its_multipart_upload() {
+    let server = localstack();
+    let env = TestEnv::new("s3cancel");
+    load_incompressible(&env);
+    let bucket = server.bucket();
+    let bin = env.fake_bin("pg_dump_hang_after_14mb.sh");
+    env.write_config_with(
+        false,
+        &format!("pg_bin_dir: {}\nstorage:\n{}", bin.display(), server.target_yaml("s3", &bucket, "")),
+    );
+    let child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("backup")
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until parts are being uploaded
+    let start = std::time::Instant::now();
+    while server.open_uploads(&bucket) == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no multipart upload started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: sends SIGTERM to the child we started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+    assert_eq!(server.open_uploads(&bucket), 0, "orphaned multipart upload");
+    assert!(server.keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 4322"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "the hanging pg_dump is still running");
+}
+
+#[test]
+fn twenty_percent_injected_faults_still_give_an_identical_restore() {
+    let server = localstack();
+    let env = TestEnv::new("faults");
+    load_data(&env);
+    load_incompressible(&env);
+    let bucket = server.bucket();
+    let proxy = FaultProxy::start(&server.endpoint, 0.2);
+    let yaml = server.target_yaml("s3", &bucket, "").replace(&server.endpoint, &proxy.endpoint);
+    env.write_config_with(false, &format!("storage:\n{yaml}"));
+    let id = env.backup();
+    let target = unique("faults_restored");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_identical(&env.db, &target);
+    let (requests, failed) = (proxy.stats.requests.load(Ordering::Relaxed), proxy.stats.failed.load(Ordering::Relaxed));
+    assert!(failed >= 3 && failed * 100 >= requests * 10, "only {failed} of {requests} requests failed");
+    assert_eq!(server.open_uploads(&bucket), 0);
+}
+
+#[test]
+fn all_requests_failing_is_a_clear_failure_and_nothing_is_listed() {
+    let server = localstack();
+    let env = TestEnv::new("allfail");
+    load_data(&env);
+    let bucket = server.bucket();
+    let proxy = FaultProxy::start(&server.endpoint, 1.0);
+    let yaml = server.target_yaml("s3", &bucket, "    max_attempts: 2\n").replace(&server.endpoint, &proxy.endpoint);
+    env.write_config_with(false, &format!("storage:\n{yaml}"));
+    let out = env.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("s3://")
+            && (err.contains("InternalError (500)") || err.contains("SlowDown (503)") || err.contains("connection")),
+        "{err}"
+    );
+    assert!(err.lines().count() < 20, "{err}");
+    assert!(proxy.stats.failed.load(Ordering::Relaxed) > 0);
+    // seen directly, without the proxy: nothing was stored
+    assert!(server.keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
+    assert_eq!(server.open_uploads(&bucket), 0);
+}
+
+#[test]
+fn an_optional_target_that_is_down_gives_a_warning_not_a_failure() {
+    let env = TestEnv::new("optional");
+    load_data(&env);
+    let down = "  - name: offsite\n    type: s3\n    endpoint: http://127.0.0.1:9\n    bucket: nowhere\n    \
+                access_key: a\n    secret_key: b\n    required: false\n    max_attempts: 2\n";
+    env.write_config(&format!("storage:\n{down}"));
+    let id = env.backup();
+    let list = env.list_json();
+    assert_eq!(list[0]["targets"], serde_json::json!(["local"]));
+    let warnings = list[0]["warnings"].to_string();
+    assert!(warnings.contains("optional target offsite"), "{warnings}");
+    let manifest = std::fs::read_to_string(env.repository().join(&env.db).join(&id).join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"targets\": [\n    \"local\"\n  ]"), "{manifest}");
+}
+
+#[test]
+fn check_config_connect_probes_every_target() {
+    let server = localstack();
+    let env = TestEnv::new("probe");
+    let bucket = server.bucket();
+    env.write_config(&format!("storage:\n{}", server.target_yaml("offsite", &bucket, "")));
+    let out = env.run(&["check-config", "--connect"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for step in ["write", "read", "list", "delete"] {
+        assert!(
+            text.contains(&format!("ok      target offsite (s3://{bucket}/backups at {}): {step}", server.endpoint)),
+            "{text}"
+        );
+    }
+    assert!(text.contains(&format!("ok      database {}", env.db)), "{text}");
+    assert!(server.keys(&bucket).is_empty(), "the probe left {:?}", server.keys(&bucket));
+
+    let down = "  - name: offsite\n    type: s3\n    endpoint: http://127.0.0.1:9\n    bucket: nowhere\n    \
+                access_key: a\n    secret_key: b\n    max_attempts: 1\n";
+    env.write_config(&format!("storage:\n{down}"));
+    let out = env.run(&["check-config", "--connect"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("FAILED  target offsite"), "{}", stdout(&out));
+}
