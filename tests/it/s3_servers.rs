@@ -53,6 +53,8 @@ fn spawn(mut cmd: Command) -> u32 {
         format!("while kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 -{pid} 2>/dev/null", std::process::id());
     let mut w = Command::new("/bin/sh");
     w.args(["-c", &watchdog]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
+    // the watchdog outlives this process by design: nobody is left to wait for it
+    #[allow(clippy::zombie_processes)]
     w.spawn().expect("starting the S3 server watchdog");
     let mut children = CHILDREN.lock().unwrap();
     if children.is_empty() {
