@@ -60,7 +60,10 @@ impl Node {
         if text.trim().is_empty() {
             return Ok(Node { value: Value::Map(Vec::new()), loc: Loc { line: 1, column: 1 } });
         }
-        serde_saphyr::from_str::<Node>(text).map_err(|e| {
+        // YAML 1.2 booleans only: `y`, `no`, `off` stay strings where strings are expected (a
+        // target named `y`, a country code `NO`); boolean fields still accept yes/no/on/off.
+        let options = serde_saphyr::options! { strict_booleans: true };
+        serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
             let message = first_line(&e.to_string()).trim_start_matches("error: ").to_owned();
             match e.location() {
                 Some(l) if !message.contains("line") => {

@@ -79,7 +79,7 @@ pub fn read_s3_fields(m: &mut MapReader<'_, '_>) -> Option<S3Config> {
     let force_path_style = m.opt::<bool>("force_path_style").unwrap_or(endpoint.is_some());
     let access_key = super::read_secret(m, "access_key");
     let secret_key = super::read_secret(m, "secret_key");
-    if access_key.is_some() != secret_key.is_some() && !ctx.has_errors() {
+    if access_key.is_some() != secret_key.is_some() {
         ctx.error(
             &m.child_path("secret_key"),
             "give both access_key and secret_key, or neither (then the AWS credential chain is used)",

@@ -161,3 +161,38 @@ fn invalid_configs(#[case] yaml: &str) {
         format!("invalid_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));
     insta::assert_snapshot!(name, errors(yaml), yaml);
 }
+
+#[test]
+fn storage_targets_from_the_reference_keys_and_the_storage_list() {
+    let yaml = "database:\n  database: app\nlocal_backup_dir: /var/backups\n\
+                aws:\n  enabled: true\n  access_key: ${AWS_ACCESS_KEY}\n  secret_key: ${AWS_SECRET_KEY}\n  region: eu-west-1\n  bucket: b1\n  prefix: /db/\n\
+                storage:\n  - name: minio\n    type: s3\n    endpoint: http://minio:9000\n    bucket: b2\n    required: false\n    \
+                sse: aws:kms\n    kms_key_id: k1\n    part_size: 64MiB\n    max_concurrent_parts: 2\n    storage_class: STANDARD_IA\n  \
+                - name: nas\n    type: local\n    path: /mnt/nas\n";
+    let c = Config::from_yaml(yaml, "t", &env).unwrap();
+    let names: Vec<_> = c.targets.iter().map(|t| (t.name.as_str(), t.required)).collect();
+    assert_eq!(names, [("local", true), ("s3", true), ("minio", false), ("nas", true)]);
+    let storage::TargetKind::S3(aws) = &c.targets[1].kind else { panic!("aws is not s3") };
+    assert_eq!((aws.bucket.as_str(), aws.prefix.as_str(), aws.region.as_str()), ("b1", "db", "eu-west-1"));
+    assert_eq!(aws.access_key.as_ref().unwrap().expose(), "AKIAEXAMPLE");
+    assert!(!aws.force_path_style, "AWS itself uses virtual-hosted style");
+    let storage::TargetKind::S3(minio) = &c.targets[2].kind else { panic!("minio is not s3") };
+    assert!(minio.force_path_style, "an endpoint implies path style unless told otherwise");
+    assert_eq!(minio.access_key, None, "no keys: the AWS credential chain");
+    assert_eq!((minio.sse, minio.kms_key_id.as_deref()), (Some(storage::Sse::Kms), Some("k1")));
+    assert_eq!((minio.part_size, minio.max_concurrent_parts), (64 << 20, 2));
+}
+
+#[rstest]
+#[case::bad_targets(
+    "database:\n  database: app\nstorage:\n  - name: x\n    type: ftp\n  - name: y\n    type: s3\n    endpoint: minio:9000\n    \
+     bucket: b\n    part_size: 1MiB\n    kms_key_id: k\n    access_key: only-one\n  - name: y\n    type: local\n    path: /p\n"
+)]
+#[case::no_required_target(
+    "database:\n  database: app\nstorage:\n  - name: nas\n    type: local\n    path: /p\n    required: false\n"
+)]
+fn invalid_storage(#[case] yaml: &str) {
+    let name =
+        format!("storage_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));
+    insta::assert_snapshot!(name, errors(yaml), yaml);
+}
