@@ -1,6 +1,7 @@
-//! A test-only HTTP/1.1 proxy between pgbackd and an S3 server that fails a share of requests:
-//! a 500 InternalError, a 503 SlowDown, or a connection reset, chosen at random. Everything else
-//! is forwarded unchanged (the Host header is kept, so signatures stay valid).
+//! A test-only HTTP/1.1 proxy between pgbackd and an S3 server that fails one request in N,
+//! deterministically (so a test's failure share is exact, not a dice roll): in turn a connection
+//! reset, a 500 InternalError and a 503 SlowDown. Everything else is forwarded unchanged (the
+//! Host header is kept, so signatures stay valid).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +20,9 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts a proxy to `upstream` (`http://host:port`) failing `rate` (0.0-1.0) of requests.
-    pub fn start(upstream: &str, rate: f64) -> FaultProxy {
+    /// Starts a proxy to `upstream` (`http://host:port`) failing every `one_in`-th request
+    /// (1: all of them).
+    pub fn start(upstream: &str, one_in: u64) -> FaultProxy {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let rt = crate::s3_servers::rt();
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -31,7 +33,7 @@ impl FaultProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let (upstream, stats) = (upstream.clone(), s.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, rate, &stats).await;
+                    let _ = serve(client, &upstream, one_in, &stats).await;
                 });
             }
         });
@@ -99,16 +101,16 @@ async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some(Message { head, body, close }))
 }
 
-async fn serve(client: TcpStream, upstream: &str, rate: f64, stats: &Stats) -> std::io::Result<()> {
+async fn serve(client: TcpStream, upstream: &str, one_in: u64, stats: &Stats) -> std::io::Result<()> {
     let (cr, mut cw) = client.into_split();
     let mut cr = BufReader::new(cr);
     let mut up: Option<(BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)> = None;
     while let Some(req) = read_message(&mut cr, false).await? {
-        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let n = stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let is_head = req.head.starts_with(b"HEAD ");
-        if rand::random::<f64>() < rate {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            match rand::random::<u8>() % 3 {
+        if n.is_multiple_of(one_in) {
+            let k = stats.failed.fetch_add(1, Ordering::Relaxed);
+            match k % 3 {
                 0 => {
                     // connection reset
                     let stream = cr.into_inner().reunite(cw).map_err(std::io::Error::other)?;
