@@ -77,8 +77,9 @@ pub fn read_s3_fields(m: &mut MapReader<'_, '_>) -> Option<S3Config> {
         );
     }
     let force_path_style = m.opt::<bool>("force_path_style").unwrap_or(endpoint.is_some());
-    let access_key = super::read_secret(m, "access_key");
-    let secret_key = super::read_secret(m, "secret_key");
+    // empty values (`${KEY:-}`) mean "not given": the credential chain applies
+    let access_key = super::read_secret(m, "access_key").filter(|s| !s.expose().is_empty());
+    let secret_key = super::read_secret(m, "secret_key").filter(|s| !s.expose().is_empty());
     if access_key.is_some() != secret_key.is_some() {
         ctx.error(
             &m.child_path("secret_key"),

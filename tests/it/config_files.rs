@@ -5,7 +5,13 @@ use std::process::Command;
 
 fn example_env(name: &str) -> Option<String> {
     match name {
-        "POSTGRES_PASSWORD" | "AWS_ACCESS_KEY" | "AWS_SECRET_KEY" | "SMTP_USERNAME" | "SMTP_PASSWORD"
+        "POSTGRES_PASSWORD"
+        | "MINIO_ROOT_USER"
+        | "MINIO_ROOT_PASSWORD"
+        | "AWS_ACCESS_KEY"
+        | "AWS_SECRET_KEY"
+        | "SMTP_USERNAME"
+        | "SMTP_PASSWORD"
         | "SLACK_WEBHOOK" => Some(format!("example-{name}")),
         n if n.starts_with("DEMO_") => Some(if n == "DEMO_PGPORT" { "5432".into() } else { "/tmp/demo".into() }),
         _ => None,
