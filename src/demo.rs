@@ -76,6 +76,8 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
         trigger: Trigger::Manual,
         allow_shrink: false,
         interactive,
+        progress: Default::default(),
+        run_id: crate::jobs::report::new_run_id(),
     };
     let m = backup::run(&breq, &repo, cancel, chrono::Utc::now()).await?;
     println!(

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: the YAML file, validated into typed values (every error at once).
 //! - [`schedule`]: cron expression + timezone -> next run; pure.
-//! - [`jobs`]: backup and restore, shared by the CLI and the daemon.
+//! - [`daemon`]: `pgbackd run`: scheduler loop, overlap and conflict rules, signals, status.
+//! - [`jobs`]: backup, restore and job reports, shared by the CLI and the daemon.
 //! - [`pg`]: pg_dump / pg_restore / pg_dumpall arguments, server queries, the archive row counter.
 //! - [`process`]: the one child-process wrapper (process group, stderr tail, terminate).
 //! - [`pipeline`]: segment -> zstd frames -> SHA-256 -> storage, and back.
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod jobs;
 pub mod pg;

@@ -9,9 +9,26 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     limit_heap_growth();
     let cli = Cli::parse();
+    // the daemon's config is read before logging starts: logging.file comes from it
+    let daemon_config = match &cli.command {
+        cli::Command::Run => match cli::load_config(&cli) {
+            Ok(c) => Some(c),
+            Err(err) => return report(err),
+        },
+        _ => None,
+    };
     // the demo tells its own story on stdout; its logs only need to show problems
     let quiet_demo = matches!(cli.command, cli::Command::Demo(_)) && cli.log_level == "info";
-    pgbackd::telemetry::init(if quiet_demo { "warn" } else { &cli.log_level }, cli.log_format);
+    let level = if quiet_demo { "warn" } else { &cli.log_level };
+    let _log_guard =
+        match pgbackd::telemetry::init(level, cli.log_format, daemon_config.as_ref().and_then(|c| c.log_file.as_ref()))
+        {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(cli::EXIT_ERROR);
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -19,17 +36,20 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_ERROR);
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::run(cli, daemon_config)) {
         Ok(code) => code,
-        Err(err) => {
-            let code = cli::exit_code_for(&err);
-            match err.downcast_ref::<ConfigErrors>() {
-                Some(config_errors) => eprint!("{config_errors}"),
-                None => eprintln!("error: {err:#}"),
-            }
-            ExitCode::from(code)
-        }
+        Err(err) => report(err),
     }
+}
+
+/// Prints an error and maps it to its exit code.
+fn report(err: anyhow::Error) -> ExitCode {
+    let code = cli::exit_code_for(&err);
+    match err.downcast_ref::<ConfigErrors>() {
+        Some(config_errors) => eprint!("{config_errors}"),
+        None => eprintln!("error: {err:#}"),
+    }
+    ExitCode::from(code)
 }
 
 /// Segment buffers are a few MiB each; glibc would otherwise keep freed ones in per-thread heaps

@@ -59,6 +59,13 @@ impl Schedule {
         self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }
 
+    /// The gap between the run before `now` and the one after it: how often the job runs.
+    pub fn period(&self, now: DateTime<Utc>) -> Option<chrono::Duration> {
+        let next = self.next_after(now)?;
+        let prev = self.previous_at_or_before(now)?;
+        Some(next - prev)
+    }
+
     /// The last scheduled time at or before `now`.
     pub fn previous_at_or_before(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = now.with_timezone(&self.tz);
@@ -80,6 +87,57 @@ mod tests {
         let s = Schedule::parse("0 */6 * * *", None).unwrap();
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 7, 30, 0).unwrap();
         assert_eq!(s.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn six_fields_and_macros() {
+        let s = Schedule::parse("*/10 * * * * *", None).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 7, 30, 3).unwrap();
+        assert_eq!(s.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 7, 30, 10).unwrap());
+        let d = Schedule::parse("@daily", Some("Europe/Berlin")).unwrap();
+        // midnight in Berlin (CET, UTC+1) is 23:00 UTC
+        assert_eq!(d.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 11, 22, 23, 0, 0).unwrap());
+        let w = Schedule::parse("@weekly", None).unwrap();
+        assert_eq!(w.next_after(now).unwrap(), Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap());
+        assert!(Schedule::parse("@hourly", None).is_ok() && Schedule::parse("@monthly", None).is_ok());
+    }
+
+    /// The next `n` runs after `from`, as local times.
+    fn runs(s: &Schedule, from: DateTime<Utc>, n: usize) -> Vec<String> {
+        let mut t = from;
+        (0..n)
+            .map(|_| {
+                t = s.next_after(t).unwrap();
+                t.with_timezone(&s.timezone()).format("%m-%d %H:%M %Z").to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn berlin_spring_forward_runs_once() {
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 does not exist that day
+        let s = Schedule::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        let from = Utc.with_ymd_and_hms(2026, 3, 27, 12, 0, 0).unwrap();
+        assert_eq!(runs(&s, from, 3), ["03-28 02:30 CET", "03-29 03:00 CEST", "03-30 02:30 CEST"]);
+    }
+
+    #[test]
+    fn berlin_fall_back_runs_once() {
+        // 2026-10-25: 03:00 CEST falls back to 02:00 CET; 02:30 happens twice, the job once
+        let s = Schedule::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        let from = Utc.with_ymd_and_hms(2026, 10, 23, 12, 0, 0).unwrap();
+        assert_eq!(runs(&s, from, 3), ["10-24 02:30 CEST", "10-25 02:30 CEST", "10-26 02:30 CET"]);
+        // an hourly job still runs every real hour through the repeated one
+        let h = Schedule::parse("0 * * * *", Some("Europe/Berlin")).unwrap();
+        let from = Utc.with_ymd_and_hms(2026, 10, 24, 23, 30, 0).unwrap();
+        assert_eq!(runs(&h, from, 3), ["10-25 02:00 CEST", "10-25 02:00 CET", "10-25 03:00 CET"]);
+    }
+
+    #[test]
+    fn period_is_the_gap_between_runs() {
+        let s = Schedule::parse("0 */6 * * *", None).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 7, 30, 0).unwrap();
+        assert_eq!(s.period(now), Some(chrono::Duration::hours(6)));
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! Logging: tracing to stderr, JSON lines when stderr is not a terminal, human-readable otherwise.
-//! `RUST_LOG` overrides `--log-level`. Messages are constant sentences; data goes in fields.
+//! Logging: tracing to stderr, JSON lines when stderr is not a terminal, human-readable otherwise,
+//! plus an optional rolling JSON file (`logging.file`). `RUST_LOG` overrides `--log-level`.
+//! Messages are constant sentences; data goes in fields.
 
+use crate::config::{LogFile, Rotation};
 use std::io::IsTerminal;
+use tracing_appender::rolling::{RollingFileAppender, Rotation as AppenderRotation};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -11,18 +16,62 @@ pub enum LogFormat {
     Pretty,
 }
 
-pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("pgbackd={level},warn")));
+fn filter(level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("pgbackd={level},warn")))
+}
+
+/// Starts logging. With `file`, a rolling JSON log is written there too; the returned guard
+/// flushes it when dropped (keep it for the life of the process).
+pub fn init(
+    level: &str,
+    format: LogFormat,
+    file: Option<&LogFile>,
+) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, String> {
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
-    } else {
-        builder.with_target(false).try_init()
+    let stderr_json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
+    let stderr_pretty =
+        (!json).then(|| tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr));
+    let (file_layer, guard) = match file {
+        Some(f) => {
+            let appender = RollingFileAppender::builder()
+                .rotation(match f.rotation {
+                    Rotation::Hourly => AppenderRotation::HOURLY,
+                    Rotation::Daily => AppenderRotation::DAILY,
+                    Rotation::Never => AppenderRotation::NEVER,
+                })
+                .filename_prefix("pgbackd")
+                .filename_suffix("log")
+                .max_log_files(f.keep)
+                .build(&f.dir)
+                .map_err(|e| format!("cannot open the log directory {}: {e}", f.dir.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_ansi(false)
+                .with_writer(writer);
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
     };
-    let _ = result;
+    let _ = tracing_subscriber::registry()
+        .with(filter(level))
+        .with(stderr_json)
+        .with(stderr_pretty)
+        .with(file_layer)
+        .try_init();
+    Ok(guard)
 }

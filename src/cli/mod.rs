@@ -4,6 +4,7 @@
 mod check;
 mod list;
 mod restore;
+mod status;
 
 use crate::config::{Config, ConfigErrors};
 use crate::jobs::JobFailed;
@@ -17,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Exit codes (documented in README.md and docs/operations.md).
@@ -53,8 +55,21 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a backup's raw pg_dump archive to stdout (for a manual pg_restore).
     Cat(CatArgs),
+    /// Run as a service: schedules, reload on SIGHUP, graceful stop on SIGTERM.
+    Run,
+    /// What the running daemon is doing: next and last run of every schedule, running jobs.
+    Status(StatusArgs),
+    /// Exit 0 if the daemon is alive and every database has a recent enough full backup, else 1
+    /// (for Docker's HEALTHCHECK).
+    Healthcheck,
     /// Run a local demo: throwaway PostgreSQL, one backup, one verified restore.
     Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +180,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config> {
+pub fn load_config(cli: &Cli) -> Result<Config> {
     let Some(path) = &cli.config else {
         bail!("no config file: pass --config PATH or set PGBACKD_CONFIG (see config/pgbackd.yaml)");
     };
@@ -187,11 +202,46 @@ fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-pub async fn run(cli: Cli) -> Result<ExitCode> {
+/// Runs a command. `daemon_config` is the config `run` was started with (read before logging).
+pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
-    cancel_on_signals(cancel.clone());
+    if !matches!(cli.command, Command::Run) {
+        cancel_on_signals(cancel.clone());
+    }
     let interactive = std::io::stderr().is_terminal();
     match &cli.command {
+        Command::Run => {
+            let config = match daemon_config {
+                Some(c) => c,
+                None => load_config(&cli)?,
+            };
+            let deps = crate::daemon::Deps {
+                clock: Arc::new(crate::daemon::SystemClock),
+                host: Arc::new(crate::daemon::RealHost),
+                signals: crate::daemon::os_signals()?,
+                config_path: cli.config.clone(),
+            };
+            crate::daemon::run(config, deps).await?;
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Command::Status(args) => {
+            let config = load_config(&cli)?;
+            status::print(&config, args.json)?;
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Command::Healthcheck => {
+            let config = load_config(&cli)?;
+            let verdict = status::health(&config, chrono::Utc::now());
+            match &verdict {
+                Ok(()) => println!("healthy"),
+                Err(problems) => {
+                    for p in problems {
+                        println!("unhealthy: {p}");
+                    }
+                }
+            }
+            Ok(ExitCode::from(if verdict.is_ok() { EXIT_OK } else { EXIT_JOB_FAILED }))
+        }
         Command::Demo(args) => crate::demo::run(args, &cancel).await,
         Command::CheckConfig(args) => {
             let config = load_config(&cli)?;
@@ -230,10 +280,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 trigger: Trigger::Manual,
                 allow_shrink: args.allow_shrink,
                 interactive,
+                progress: Default::default(),
+                run_id: crate::jobs::report::new_run_id(),
             };
-            let m = backup::run(&req, &repo, &cancel, chrono::Utc::now())
-                .await
-                .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            let started = chrono::Utc::now();
+            let result = backup::run(&req, &repo, &cancel, started).await;
+            crate::jobs::report::record(
+                &config.reports.dir,
+                &crate::jobs::report::Report::of_backup(&req.run_id, &db.name, "manual", started, &result),
+            );
+            let m = result.map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             println!("{}", m.id);
             Ok(ExitCode::from(EXIT_OK))
         }

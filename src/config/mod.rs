@@ -156,6 +156,63 @@ pub struct ScheduleConfig {
     pub schedule: Schedule,
     /// Databases this schedule covers (empty = all).
     pub databases: Vec<String>,
+    /// What to do when the previous run of this job on a database is still going.
+    pub overlap: Overlap,
+    /// On start, run a missed backup now (at most one per database).
+    pub catch_up: bool,
+    /// Hard limit on one run (default: `backup.timeout` for backups).
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Skip the new run, with a warning and a counter.
+    Skip,
+    /// Run it once the running one ends (at most one waits).
+    Queue,
+}
+crate::enum_from_node!(Overlap, "an overlap policy", { "skip" => Overlap::Skip, "queue" => Overlap::Queue });
+
+impl JobKind {
+    /// Whether this build can run the job (the others are rejected by check-config).
+    pub fn is_built(self) -> bool {
+        matches!(self, JobKind::FullBackup)
+    }
+}
+
+/// `daemon:` settings of `pgbackd run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    pub max_concurrent_jobs: usize,
+    /// On SIGTERM, how long running jobs may finish before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// Default of each schedule's `catch_up`.
+    pub catch_up: bool,
+}
+
+/// Where per-run JSON reports and the daemon's status file go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub dir: PathBuf,
+    /// Reports older than this are deleted.
+    pub keep: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Hourly,
+    Daily,
+    Never,
+}
+crate::enum_from_node!(Rotation, "a log rotation", { "hourly" => Rotation::Hourly, "daily" => Rotation::Daily, "never" => Rotation::Never });
+
+/// `logging.file`: a rolling log file beside stdout/stderr.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogFile {
+    pub dir: PathBuf,
+    pub rotation: Rotation,
+    /// Files kept.
+    pub keep: usize,
 }
 
 /// Per backup kind retention, as the reference config writes it (`full_backup: 30` days).
@@ -187,6 +244,9 @@ pub struct Config {
     pub compression: Compression,
     pub backup: BackupSettings,
     pub restore: RestoreSettings,
+    pub daemon: DaemonSettings,
+    pub reports: ReportSettings,
+    pub log_file: Option<LogFile>,
 }
 
 /// All problems found in a config file.
@@ -300,10 +360,18 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         None => Some(Tz::UTC),
     };
     let retention = read_retention(&mut top);
-    let schedules = read_schedules(&mut top, timezone.unwrap_or(Tz::UTC), &databases);
+    let (mut schedules, unset_catch_up) = read_schedules(&mut top, timezone.unwrap_or(Tz::UTC), &databases);
     let compression = read_compression(&mut top);
     let backup = read_backup(&mut top);
     let restore = read_restore(&mut top, &default_conn);
+    let daemon = read_daemon(&mut top);
+    if let Some(d) = &daemon {
+        for i in unset_catch_up {
+            schedules[i].catch_up = d.catch_up;
+        }
+    }
+    let reports = read_reports(&mut top);
+    let log_file = read_logging(&mut top);
     read_not_yet_supported(&mut top);
     top.finish();
 
@@ -320,6 +388,9 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         compression: compression?,
         backup: backup?,
         restore: restore?,
+        daemon: daemon?,
+        reports: reports?,
+        log_file,
     })
 }
 
@@ -507,10 +578,16 @@ fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
     r
 }
 
-fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[DatabaseConfig]) -> Vec<ScheduleConfig> {
+fn read_schedules(
+    top: &mut MapReader<'_, '_>,
+    default_tz: Tz,
+    databases: &[DatabaseConfig],
+) -> (Vec<ScheduleConfig>, Vec<usize>) {
     let mut out = Vec::new();
+    // schedules without their own catch_up, which take daemon.catch_up
+    let mut unset_catch_up = Vec::new();
     let Some(mut m) = top.map("schedules") else {
-        return out;
+        return (out, unset_catch_up);
     };
     let ctx = m.ctx();
     let base = m.child_path("");
@@ -528,6 +605,9 @@ fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[Data
             );
             continue;
         };
+        let mut overlap = Overlap::Skip;
+        let mut catch_up = None;
+        let mut timeout = None;
         let (expr, tz_name, dbs, loc) = match &value.value {
             Value::Map(_) => {
                 let Some(mut sm) = ctx.map(value, &path) else {
@@ -536,6 +616,9 @@ fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[Data
                 let expr = sm.req::<String>("cron");
                 let tz = sm.opt::<String>("timezone");
                 let dbs = sm.opt::<Vec<String>>("databases").unwrap_or_default();
+                overlap = sm.opt::<Overlap>("overlap").unwrap_or(Overlap::Skip);
+                catch_up = sm.opt::<bool>("catch_up");
+                timeout = sm.opt::<Dur>("timeout").map(|d| d.0);
                 sm.finish();
                 (expr, tz, dbs, value.loc)
             }
@@ -544,6 +627,15 @@ fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[Data
         let Some(expr) = expr else { continue };
         let tz_text = tz_name.unwrap_or_else(|| default_tz.name().to_owned());
         match Schedule::parse(&expr, Some(&tz_text)) {
+            Ok(_) if !kind.is_built() => ctx.error(
+                &path,
+                format!(
+                    "the {} job is not supported yet by this version of pgbackd; remove this schedule \
+                     (full_backup is available)",
+                    kind.name()
+                ),
+                Some(key.loc),
+            ),
             Ok(schedule) => {
                 for db in &dbs {
                     if !databases.iter().any(|d| &d.name == db) {
@@ -554,13 +646,24 @@ fn read_schedules(top: &mut MapReader<'_, '_>, default_tz: Tz, databases: &[Data
                         );
                     }
                 }
-                out.push(ScheduleConfig { kind, schedule, databases: dbs });
+                // resolved against daemon.catch_up once that section is read
+                out.push(ScheduleConfig {
+                    kind,
+                    schedule,
+                    databases: dbs,
+                    overlap,
+                    catch_up: catch_up.unwrap_or(true),
+                    timeout,
+                });
+                if catch_up.is_none() {
+                    unset_catch_up.push(out.len() - 1);
+                }
             }
             Err(e) => ctx.error(&path, e, Some(loc)),
         }
     }
     m.finish();
-    out
+    (out, unset_catch_up)
 }
 
 fn read_compression(top: &mut MapReader<'_, '_>) -> Option<Compression> {
@@ -637,6 +740,46 @@ fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<Re
     };
     m.finish();
     Some(RestoreSettings { safety_backup, jobs, target })
+}
+
+fn read_daemon(top: &mut MapReader<'_, '_>) -> Option<DaemonSettings> {
+    let mut m = top.map("daemon")?;
+    let max_concurrent_jobs = m.opt::<usize>("max_concurrent_jobs").unwrap_or(2);
+    if max_concurrent_jobs == 0 {
+        m.ctx().error(
+            &m.child_path("max_concurrent_jobs"),
+            "must be at least 1",
+            Some(m.loc_of("max_concurrent_jobs")),
+        );
+    }
+    let shutdown_grace = m.opt::<Dur>("shutdown_grace").map(|d| d.0).unwrap_or(Duration::from_secs(300));
+    let catch_up = m.opt::<bool>("catch_up").unwrap_or(true);
+    m.finish();
+    Some(DaemonSettings { max_concurrent_jobs: max_concurrent_jobs.max(1), shutdown_grace, catch_up })
+}
+
+fn read_reports(top: &mut MapReader<'_, '_>) -> Option<ReportSettings> {
+    let mut m = top.map("reports")?;
+    let dir = m.opt::<PathBuf>("dir").unwrap_or_else(|| PathBuf::from("reports"));
+    let keep = m.opt::<Dur>("keep").map(|d| d.0).unwrap_or(Duration::from_secs(30 * 86400));
+    m.finish();
+    Some(ReportSettings { dir, keep })
+}
+
+fn read_logging(top: &mut MapReader<'_, '_>) -> Option<LogFile> {
+    let mut m = top.map("logging")?;
+    let file = if m.has("file") {
+        let mut f = m.map("file")?;
+        let dir = f.req::<PathBuf>("dir");
+        let rotation = f.opt::<Rotation>("rotation").unwrap_or(Rotation::Daily);
+        let keep = f.opt::<usize>("keep").unwrap_or(14).max(1);
+        f.finish();
+        dir.map(|dir| LogFile { dir, rotation, keep })
+    } else {
+        None
+    };
+    m.finish();
+    file
 }
 
 /// Sections of the reference config whose features later releases add: parsed and validated now;

@@ -29,6 +29,10 @@ pub struct BackupRequest<'a> {
     pub allow_shrink: bool,
     /// Show a progress bar on a terminal.
     pub interactive: bool,
+    /// Raw bytes read so far (for status and progress reporting).
+    pub progress: Arc<Counter>,
+    /// The run this backup belongs to (in every log line).
+    pub run_id: String,
 }
 
 /// Takes a backup; returns its manifest. `now` is the backup's start time (and id).
@@ -42,7 +46,7 @@ pub async fn run(
         bail!("incremental backups are not supported yet by this version of pgbackd; use --kind full");
     }
     let db = req.database;
-    let span = tracing::info_span!("job", job_kind = "backup", database = %db.name);
+    let span = tracing::info_span!("backup", database = %db.name, run_id = %req.run_id);
     let _enter = span.enter();
     let started = Instant::now();
     let id = repo::new_backup_id(now, req.kind);
@@ -217,7 +221,7 @@ async fn dump(
         stall_timeout: config.backup.stall_timeout,
     };
     let key = repo::data_key(&db.name, id, level.is_some());
-    let moved = Arc::new(Counter::default());
+    let moved = req.progress.clone();
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), true);
     let streamed = pipeline::store_stream_to(&mut segments, repo.targets(), &key, &opts, cancel).await;

@@ -1,6 +1,7 @@
 //! Jobs: the operations the CLI and (later) the daemon both run, so they cannot drift.
 
 pub mod backup;
+pub mod report;
 pub mod restore;
 
 use std::fmt;

@@ -217,6 +217,8 @@ pub async fn run(
             trigger: Trigger::SafetyBeforeRestore,
             allow_shrink: true,
             interactive: req.interactive,
+            progress: Default::default(),
+            run_id: crate::jobs::report::new_run_id(),
         };
         let safety = backup::run(&breq, repo, cancel, Utc::now())
             .await

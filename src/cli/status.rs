@@ -1,0 +1,154 @@
+//! `pgbackd status` and `pgbackd healthcheck`: read the status file the daemon keeps.
+
+use crate::config::{Config, JobKind};
+use crate::daemon::status::{self, Status};
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use std::io::Write;
+
+/// A status older than this means the daemon is gone (it refreshes every 30 seconds).
+pub const STALE_AFTER: chrono::Duration = chrono::Duration::minutes(2);
+
+fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let s = (now - t).num_seconds();
+    match s {
+        s if s < 0 => "in the future".into(),
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
+pub fn print(config: &Config, json: bool) -> Result<()> {
+    let now = Utc::now();
+    let mut out = std::io::stdout().lock();
+    let status = status::read(&config.reports.dir);
+    if json {
+        // the daemon's own view when it runs; otherwise what the config schedules
+        let value = match &status {
+            Ok(s) => serde_json::to_value(s)?,
+            Err(e) => serde_json::json!({ "running": false, "error": format!("{e:#}") }),
+        };
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let s = match status {
+        Ok(s) => s,
+        Err(e) => {
+            writeln!(out, "daemon: not running ({e:#})")?;
+            for sch in &config.schedules {
+                let next = sch.schedule.next_after(now).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+                writeln!(
+                    out,
+                    "  {:<20} {:<16} next {}",
+                    sch.kind.name(),
+                    sch.schedule.expr(),
+                    next.unwrap_or_default()
+                )?;
+            }
+            return Ok(());
+        }
+    };
+    let updated = s.updated_at.map(|t| ago(t, now)).unwrap_or_else(|| "never".into());
+    let alive = s.updated_at.is_some_and(|t| now - t < STALE_AFTER);
+    writeln!(
+        out,
+        "daemon: pid {}, {}, started {}, status updated {updated}{}",
+        s.pid,
+        if alive { "running" } else { "NOT RUNNING (stale status)" },
+        s.started_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default(),
+        if s.shutting_down { ", shutting down" } else { "" }
+    )?;
+    writeln!(out, "\n{:<20} {:<18} {:<14} {:<22} LAST RUN", "SCHEDULE", "CRON", "TIMEZONE", "NEXT RUN (UTC)")?;
+    for sch in &s.schedules {
+        let last = sch
+            .last_run
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "{} {:?} {} {}",
+                    ago(r.finished_at, now),
+                    r.outcome,
+                    r.database,
+                    r.backup_id.clone().or_else(|| r.error.clone()).unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<20} {:<18} {:<14} {:<22} {last}",
+            sch.kind,
+            sch.cron,
+            sch.timezone,
+            sch.next_run.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "never".into())
+        )?;
+    }
+    if !s.running.is_empty() {
+        writeln!(out, "\nRUNNING")?;
+        for r in &s.running {
+            writeln!(
+                out,
+                "  {} {} on {} ({}), started {}, {} bytes so far",
+                r.run_id,
+                r.kind,
+                r.database,
+                r.trigger,
+                ago(r.started_at, now),
+                r.bytes
+            )?;
+        }
+    }
+    writeln!(out, "\nDATABASES")?;
+    for (name, d) in &s.databases {
+        writeln!(
+            out,
+            "  {name:<20} last full backup {} {}, last attempt {:?}",
+            d.last_full_success.map(|t| ago(t, now)).unwrap_or_else(|| "never".into()),
+            d.last_full_backup_id.as_deref().unwrap_or(""),
+            d.last_outcome
+        )?;
+    }
+    let c = &s.counters;
+    writeln!(
+        out,
+        "\njobs: {} started, {} succeeded, {} failed, {} cancelled; overlaps: {} skipped, {} queued",
+        c.jobs_started, c.jobs_succeeded, c.jobs_failed, c.jobs_cancelled, c.overlap_skipped, c.overlap_queued
+    )?;
+    Ok(())
+}
+
+/// Healthy when the daemon is alive and every database with a full-backup schedule has a
+/// successful full backup younger than twice that schedule's period: freshness, not liveness.
+pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
+    let s: Status = status::read(&config.reports.dir).map_err(|e| vec![format!("{e:#}")])?;
+    let mut problems = Vec::new();
+    match s.updated_at {
+        Some(t) if now - t < STALE_AFTER => {}
+        Some(t) => problems.push(format!("the daemon's status was last updated {}: it is not running", ago(t, now))),
+        None => problems.push("the daemon never wrote its status".into()),
+    }
+    for sch in config.schedules.iter().filter(|s| s.kind == JobKind::FullBackup) {
+        let Some(period) = sch.schedule.period(now) else { continue };
+        let max_age = period * 2;
+        let dbs: Vec<String> = if sch.databases.is_empty() {
+            config.databases.iter().map(|d| d.name.clone()).collect()
+        } else {
+            sch.databases.clone()
+        };
+        for db in dbs {
+            let d = s.databases.get(&db);
+            match d.and_then(|d| d.last_full_success) {
+                None => problems.push(format!("database {db} has no successful full backup")),
+                Some(t) if now - t > max_age => problems.push(format!(
+                    "database {db}: the newest successful full backup is {} old, more than twice the schedule's period ({}h)",
+                    ago(t, now).trim_end_matches(" ago"),
+                    period.num_hours()
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}

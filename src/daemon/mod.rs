@@ -1,0 +1,555 @@
+//! `pgbackd run`: the long-running service. Schedules jobs from the `schedules:` block, runs them
+//! with overlap rules, per-database conflict locks and a global concurrency limit, writes a report
+//! per run and a status file, reloads its config on SIGHUP, and stops gracefully on SIGTERM.
+//!
+//! One cancellation tree: the main loop stops scheduling on the first SIGTERM/SIGINT; running
+//! jobs get `daemon.shutdown_grace` to finish, then (or at a second signal) their tokens are
+//! cancelled, which stops their children (SIGTERM, SIGKILL after 10 s), aborts uploads and
+//! removes partial data. Time comes from a [`Clock`], so the loop runs under `tokio::time::pause`.
+
+pub mod scheduler;
+pub mod status;
+
+use crate::config::{Config, JobKind, Overlap};
+use crate::jobs::backup::{self, BackupRequest};
+use crate::jobs::report::{self, Outcome, Report};
+use crate::pipeline::Counter;
+use crate::repo::manifest::Trigger;
+use crate::repo::{BackupKind, Repository};
+use anyhow::Result;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use scheduler::{Scheduler, needs_catch_up};
+use status::{Board, DatabaseStatus, RunSummary, RunningStatus, ScheduleStatus, Status};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{RwLock, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Wall-clock time for the scheduler.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Wall time that advances with tokio's clock: under `tokio::time::pause()` a test controls it.
+pub struct TokioClock {
+    base: DateTime<Utc>,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base: DateTime<Utc>) -> TokioClock {
+        TokioClock { base, start: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.start.elapsed()).unwrap_or_default()
+    }
+}
+
+/// What the OS (or a test) tells the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM / SIGINT: stop; a second one cancels running jobs at once.
+    Terminate,
+    /// SIGHUP: reload the config.
+    Reload,
+}
+
+/// One run of a job on one database.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub run_id: String,
+    pub kind: JobKind,
+    pub database: String,
+    /// `schedule` or `catch_up`.
+    pub trigger: &'static str,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default)]
+pub struct JobResult {
+    pub failed: Option<String>,
+    pub cancelled: bool,
+    pub backup_id: Option<String>,
+    pub raw_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub targets: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Runs jobs and answers questions about the repository: the real one, or a fake for tests of
+/// the scheduling logic.
+#[async_trait]
+pub trait JobHost: Send + Sync {
+    async fn run(
+        &self,
+        job: &JobSpec,
+        config: Arc<Config>,
+        progress: Arc<Counter>,
+        cancel: CancellationToken,
+    ) -> JobResult;
+    /// When the newest successful full backup of `database` started (for catch-up).
+    async fn last_full_success(&self, config: &Config, database: &str) -> Result<Option<(DateTime<Utc>, String)>>;
+}
+
+/// The production host: real backups into the configured repository.
+pub struct RealHost;
+
+#[async_trait]
+impl JobHost for RealHost {
+    async fn run(
+        &self,
+        job: &JobSpec,
+        config: Arc<Config>,
+        progress: Arc<Counter>,
+        cancel: CancellationToken,
+    ) -> JobResult {
+        let result: Result<crate::repo::Manifest> = async {
+            let db = config.select_database(Some(&job.database))?;
+            let repo = Repository::open(&config).await?;
+            let req = BackupRequest {
+                config: &config,
+                database: db,
+                kind: BackupKind::Full,
+                trigger: Trigger::Schedule,
+                allow_shrink: false,
+                interactive: false,
+                progress,
+                run_id: job.run_id.clone(),
+            };
+            backup::run(&req, &repo, &cancel, Utc::now()).await
+        }
+        .await;
+        match result {
+            Ok(m) => JobResult {
+                backup_id: Some(m.id.clone()),
+                raw_bytes: Some(m.data.raw_bytes),
+                stored_bytes: Some(m.data.stored_bytes),
+                targets: m.targets.clone(),
+                warnings: m.warnings.clone(),
+                ..Default::default()
+            },
+            Err(e) => {
+                JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() }
+            }
+        }
+    }
+
+    async fn last_full_success(&self, config: &Config, database: &str) -> Result<Option<(DateTime<Utc>, String)>> {
+        let repo = Repository::open(config).await?;
+        Ok(repo.latest(database, Some(BackupKind::Full)).await?.map(|m| (m.started_at, m.id)))
+    }
+}
+
+pub struct Deps {
+    pub clock: Arc<dyn Clock>,
+    pub host: Arc<dyn JobHost>,
+    pub signals: mpsc::Receiver<Signal>,
+    /// Re-read on SIGHUP (None: reload keeps the current config).
+    pub config_path: Option<PathBuf>,
+}
+
+type JobKey = (JobKind, String);
+
+/// How often the status file is refreshed when nothing happens.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Per-database conflict locks: retention takes the write side, every other job the read side;
+/// backups of one database also take its backup mutex, so two never run at once.
+#[derive(Default)]
+struct Locks {
+    by_db: std::sync::Mutex<HashMap<String, DbLocks>>,
+}
+
+/// One database's conflict lock and backup mutex.
+type DbLocks = (Arc<RwLock<()>>, Arc<tokio::sync::Mutex<()>>);
+
+impl Locks {
+    fn of(&self, db: &str) -> DbLocks {
+        self.by_db.lock().unwrap_or_else(|e| e.into_inner()).entry(db.to_owned()).or_default().clone()
+    }
+}
+
+/// Everything a job task needs, shared.
+struct Shared {
+    clock: Arc<dyn Clock>,
+    host: Arc<dyn JobHost>,
+    board: Arc<Board>,
+    limit: Arc<Semaphore>,
+    locks: Locks,
+    tracker: TaskTracker,
+    jobs_cancel: CancellationToken,
+    done: mpsc::UnboundedSender<JobKey>,
+}
+
+fn schedule_statuses(sched: &Scheduler, now: DateTime<Utc>, old: &[ScheduleStatus]) -> Vec<ScheduleStatus> {
+    sched
+        .entries
+        .iter()
+        .map(|e| {
+            let last_run = old
+                .iter()
+                .find(|o| o.kind == e.kind.name() && o.cron == e.schedule.expr())
+                .and_then(|o| o.last_run.clone());
+            ScheduleStatus {
+                kind: e.kind.name().to_owned(),
+                cron: e.schedule.expr().to_owned(),
+                timezone: e.schedule.timezone().to_string(),
+                databases: e.databases.clone(),
+                next_run: e.next,
+                period_seconds: e.schedule.period(now).map(|p| p.num_seconds()),
+                last_run,
+            }
+        })
+        .collect()
+}
+
+/// Runs the daemon until it is told to stop.
+pub async fn run(config: Config, deps: Deps) -> Result<()> {
+    let Deps { clock, host, mut signals, config_path } = deps;
+    let mut config = Arc::new(config);
+    let started = clock.now();
+    let mut sched = Scheduler::new(&config, started);
+    let board = Arc::new(Board::new(
+        &config.reports.dir,
+        Status {
+            pid: std::process::id(),
+            started_at: Some(started),
+            config: config_path.as_ref().map(|p| p.display().to_string()),
+            ..Default::default()
+        },
+    ));
+    board.update(|s| s.schedules = schedule_statuses(&sched, started, &[]));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<JobKey>();
+    let shared = Arc::new(Shared {
+        clock: clock.clone(),
+        host: host.clone(),
+        board: board.clone(),
+        limit: Arc::new(Semaphore::new(config.daemon.max_concurrent_jobs)),
+        locks: Locks::default(),
+        tracker: TaskTracker::new(),
+        jobs_cancel: CancellationToken::new(),
+        done: done_tx,
+    });
+    tracing::info!(
+        schedules = sched.entries.len(),
+        databases = config.databases.len(),
+        next_run = ?sched.next_wake(),
+        "daemon started"
+    );
+
+    // the status file: on every job start and end, and every 30 s (the healthcheck calls a
+    // status older than two minutes a dead daemon)
+    let writer_stop = CancellationToken::new();
+    let writer = {
+        let (board, clock, stop) = (board.clone(), clock.clone(), writer_stop.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = board.write(clock.now()) {
+                    tracing::warn!(error = %format!("{e:#}"), "could not write the status file");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(STATUS_INTERVAL) => {}
+                }
+            }
+            let _ = board.write(clock.now());
+        })
+    };
+    let pruned = report::prune(&config.reports.dir, config.reports.keep, started);
+    if pruned > 0 {
+        tracing::info!(reports = pruned, "old reports deleted");
+    }
+
+    let mut running: HashSet<JobKey> = HashSet::new();
+    let mut queued: HashSet<JobKey> = HashSet::new();
+
+    // catch-up: one run now for each database whose last success is older than a period
+    for entry in sched.entries.clone().iter().filter(|e| e.catch_up && e.kind == JobKind::FullBackup) {
+        for db in &entry.databases {
+            let last = match host.last_full_success(&config, db).await {
+                Ok(last) => last,
+                Err(e) => {
+                    tracing::warn!(database = %db, error = %format!("{e:#}"), "cannot read the repository for catch-up");
+                    None
+                }
+            };
+            if let Some((at, id)) = &last {
+                board.update(|s| {
+                    let d = s.databases.entry(db.clone()).or_default();
+                    d.last_full_success = Some(*at);
+                    d.last_full_backup_id = Some(id.clone());
+                });
+            }
+            let key = (entry.kind, db.clone());
+            if needs_catch_up(&entry.schedule, last.map(|l| l.0), clock.now()) && !running.contains(&key) {
+                tracing::info!(database = %db, job_kind = entry.kind.name(), "no recent successful run: catching up now");
+                dispatch(&shared, &config, entry, db, "catch_up", &mut running, &mut queued);
+            }
+        }
+    }
+
+    // the main loop: fire what is due, then sleep until the next run (waking at least every
+    // minute to re-read the wall clock), a signal, or a finished job
+    loop {
+        let now = clock.now();
+        for i in sched.due(now) {
+            let entry = sched.entries[i].clone();
+            for db in &entry.databases {
+                dispatch(&shared, &config, &entry, db, "schedule", &mut running, &mut queued);
+            }
+        }
+        board.update(|s| s.schedules = schedule_statuses(&sched, now, &s.schedules));
+        let wait = sched
+            .next_wake()
+            .map(|t| (t - clock.now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            signal = signals.recv() => match signal {
+                Some(Signal::Reload) => {
+                    match config_path.as_deref().map(Config::load) {
+                        Some(Ok(new)) => {
+                            config = Arc::new(new);
+                            sched.reload(&config, clock.now());
+                            tracing::info!(schedules = sched.entries.len(), next_run = ?sched.next_wake(), "configuration reloaded");
+                        }
+                        Some(Err(errors)) => {
+                            for issue in &errors.issues {
+                                tracing::error!(file = %errors.file, problem = %issue, "invalid configuration");
+                            }
+                            tracing::error!(errors = errors.issues.len(), "configuration not reloaded: keeping the running one");
+                        }
+                        None => tracing::warn!("no config file to reload"),
+                    }
+                }
+                Some(Signal::Terminate) | None => break,
+            },
+            Some(key) = done_rx.recv() => {
+                running.remove(&key);
+                let entry = sched.entries.iter().find(|e| e.kind == key.0).cloned();
+                if let (true, Some(entry)) = (queued.remove(&key), entry) {
+                    dispatch(&shared, &config, &entry, &key.1, "schedule", &mut running, &mut queued);
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    // shutdown: no new jobs; running ones get the grace period, then are cancelled
+    board.update(|s| s.shutting_down = true);
+    shared.tracker.close();
+    let grace = config.daemon.shutdown_grace;
+    if !shared.tracker.is_empty() {
+        tracing::info!(running = shared.tracker.len(), grace_s = grace.as_secs(), "stopping: waiting for running jobs");
+        tokio::select! {
+            _ = shared.tracker.wait() => {}
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!("shutdown grace period over: cancelling running jobs");
+                shared.jobs_cancel.cancel();
+            }
+            _ = signals.recv() => {
+                tracing::warn!("second signal: cancelling running jobs now");
+                shared.jobs_cancel.cancel();
+            }
+        }
+        shared.tracker.wait().await;
+    }
+    writer_stop.cancel();
+    let _ = writer.await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// Starts one run of `entry` on `db`, or applies the overlap rule if one is already going.
+fn dispatch(
+    shared: &Arc<Shared>,
+    config: &Arc<Config>,
+    entry: &scheduler::Entry,
+    db: &str,
+    trigger: &'static str,
+    running: &mut HashSet<JobKey>,
+    queued: &mut HashSet<JobKey>,
+) {
+    let key = (entry.kind, db.to_owned());
+    if running.contains(&key) {
+        match entry.overlap {
+            Overlap::Queue if !queued.contains(&key) => {
+                queued.insert(key);
+                shared.board.update(|s| s.counters.overlap_queued += 1);
+                tracing::warn!(job_kind = entry.kind.name(), database = %db, "previous run still going: this run is queued");
+            }
+            _ => {
+                shared.board.update(|s| s.counters.overlap_skipped += 1);
+                tracing::warn!(job_kind = entry.kind.name(), database = %db, "previous run still going: this run is skipped");
+            }
+        }
+        return;
+    }
+    running.insert(key.clone());
+    let spec = JobSpec { run_id: report::new_run_id(), kind: entry.kind, database: db.to_owned(), trigger };
+    let timeout = entry.timeout.unwrap_or(config.backup.timeout);
+    let span = tracing::info_span!("job", job_kind = entry.kind.name(), database = %db, run_id = %spec.run_id);
+    let (shared2, config) = (shared.clone(), config.clone());
+    shared.tracker.spawn(run_job(shared2, config, spec, timeout, key).instrument(span));
+}
+
+async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeout: Duration, key: JobKey) {
+    let cancel = shared.jobs_cancel.child_token();
+    // wait for a slot and for conflicting jobs on this database, unless cancelled meanwhile
+    let acquired = async {
+        let permit = shared.limit.clone().acquire_owned().await.ok()?;
+        let (rw, backup_mutex) = shared.locks.of(&spec.database);
+        let read = rw.read_owned().await;
+        let exclusive = match spec.kind {
+            JobKind::FullBackup | JobKind::IncrementalBackup => Some(backup_mutex.lock_owned().await),
+            _ => None,
+        };
+        Some((permit, read, exclusive))
+    };
+    let guards = tokio::select! {
+        g = acquired => g,
+        _ = cancel.cancelled() => None,
+    };
+    let started = shared.clock.now();
+    let progress = Arc::new(Counter::default());
+    shared.board.track_progress(&spec.run_id, progress.clone());
+    shared.board.update(|s| {
+        s.counters.jobs_started += 1;
+        s.running.push(RunningStatus {
+            run_id: spec.run_id.clone(),
+            kind: spec.kind.name().to_owned(),
+            database: spec.database.clone(),
+            trigger: spec.trigger.to_owned(),
+            started_at: started,
+            bytes: 0,
+        });
+    });
+    tracing::info!(trigger = spec.trigger, "job started");
+    let _ = shared.board.write(started);
+    let result = if guards.is_none() {
+        JobResult { cancelled: true, failed: Some("cancelled before it started".into()), ..Default::default() }
+    } else {
+        let fut = shared.host.run(&spec, config.clone(), progress, cancel.clone());
+        tokio::pin!(fut);
+        tokio::select! {
+            r = &mut fut => r,
+            _ = tokio::time::sleep(timeout) => {
+                // let the job clean up (children stopped, uploads aborted) before reporting
+                cancel.cancel();
+                let mut r = fut.await;
+                r.failed = Some(format!("exceeded the job timeout ({timeout:?}) and was cancelled"));
+                r.cancelled = false;
+                r
+            }
+        }
+    };
+    drop(guards);
+    let finished = shared.clock.now();
+    let outcome = match (&result.failed, result.cancelled) {
+        (None, _) => Outcome::Success,
+        (Some(_), true) => Outcome::Cancelled,
+        (Some(_), false) => Outcome::Failed,
+    };
+    let duration = (finished - started).num_milliseconds() as f64 / 1000.0;
+    match outcome {
+        Outcome::Success => tracing::info!(
+            backup_id = result.backup_id.as_deref().unwrap_or(""),
+            raw_bytes = result.raw_bytes,
+            stored_bytes = result.stored_bytes,
+            duration_s = format!("{duration:.1}"),
+            "job finished"
+        ),
+        _ => tracing::error!(outcome = ?outcome, error = result.failed.as_deref().unwrap_or(""), "job failed"),
+    }
+    let report = Report {
+        run_id: spec.run_id.clone(),
+        job_kind: spec.kind.name().to_owned(),
+        database: spec.database.clone(),
+        trigger: spec.trigger.to_owned(),
+        started_at: started,
+        finished_at: finished,
+        duration_seconds: duration,
+        outcome,
+        backup_id: result.backup_id.clone(),
+        raw_bytes: result.raw_bytes,
+        stored_bytes: result.stored_bytes,
+        mb_per_second: result.raw_bytes.map(|b| b as f64 / duration.max(0.001) / 1e6),
+        targets: result.targets.clone(),
+        warnings: result.warnings.clone(),
+        error: result.failed.clone(),
+    };
+    report::record(&config.reports.dir, &report);
+    shared.board.untrack_progress(&spec.run_id);
+    shared.board.update(|s| {
+        s.running.retain(|r| r.run_id != spec.run_id);
+        match outcome {
+            Outcome::Success => s.counters.jobs_succeeded += 1,
+            Outcome::Failed => s.counters.jobs_failed += 1,
+            Outcome::Cancelled => s.counters.jobs_cancelled += 1,
+        }
+        let summary = RunSummary {
+            run_id: spec.run_id.clone(),
+            database: spec.database.clone(),
+            trigger: spec.trigger.to_owned(),
+            started_at: started,
+            finished_at: finished,
+            outcome,
+            backup_id: result.backup_id.clone(),
+            error: result.failed.clone(),
+        };
+        for sch in s.schedules.iter_mut().filter(|x| x.kind == spec.kind.name()) {
+            sch.last_run = Some(summary.clone());
+        }
+        let d: &mut DatabaseStatus = s.databases.entry(spec.database.clone()).or_default();
+        d.last_attempt_at = Some(started);
+        d.last_outcome = Some(outcome);
+        if outcome == Outcome::Success && spec.kind == JobKind::FullBackup {
+            d.last_full_success = Some(started);
+            d.last_full_backup_id = result.backup_id.clone();
+        }
+    });
+    let _ = shared.board.write(finished);
+    let _ = shared.done.send(key);
+}
+
+/// Forwards SIGTERM/SIGINT and SIGHUP to the daemon.
+pub fn os_signals() -> Result<mpsc::Receiver<Signal>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = term.recv() => Signal::Terminate,
+                _ = int.recv() => Signal::Terminate,
+                _ = hup.recv() => Signal::Reload,
+            };
+            tracing::info!(signal = ?s, "signal received");
+            if tx.send(s).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! What the daemon is doing, for `pgbackd status` and `pgbackd healthcheck`: written to
+//! `<reports.dir>/status.json` every 30 seconds and on every job start and end.
+
+use crate::jobs::report::Outcome;
+use crate::pipeline::Counter;
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Status {
+    pub pid: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Refreshed every 30 seconds while the daemon runs: a stale value means it is gone.
+    pub updated_at: Option<DateTime<Utc>>,
+    pub config: Option<String>,
+    pub shutting_down: bool,
+    pub schedules: Vec<ScheduleStatus>,
+    pub running: Vec<RunningStatus>,
+    pub databases: BTreeMap<String, DatabaseStatus>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    pub kind: String,
+    pub cron: String,
+    pub timezone: String,
+    pub databases: Vec<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    /// Seconds between two runs (the freshness the healthcheck expects).
+    pub period_seconds: Option<i64>,
+    pub last_run: Option<RunSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub database: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: Outcome,
+    pub backup_id: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunningStatus {
+    pub run_id: String,
+    pub kind: String,
+    pub database: String,
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DatabaseStatus {
+    pub last_full_success: Option<DateTime<Utc>>,
+    pub last_full_backup_id: Option<String>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Counters {
+    pub jobs_started: u64,
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+    pub jobs_cancelled: u64,
+    /// Runs skipped because the previous run of the same job was still going.
+    pub overlap_skipped: u64,
+    pub overlap_queued: u64,
+}
+
+/// The live status, shared by the daemon's tasks.
+pub struct Board {
+    inner: Mutex<Status>,
+    progress: Mutex<BTreeMap<String, Arc<Counter>>>,
+    path: PathBuf,
+}
+
+impl Board {
+    pub fn new(dir: &Path, status: Status) -> Board {
+        Board { inner: Mutex::new(status), progress: Mutex::new(BTreeMap::new()), path: dir.join(STATUS_FILE) }
+    }
+
+    pub fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn track_progress(&self, run_id: &str, counter: Arc<Counter>) {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id.to_owned(), counter);
+    }
+
+    pub fn untrack_progress(&self, run_id: &str) {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).remove(run_id);
+    }
+
+    /// The status as of `now`, with running jobs' progress filled in.
+    pub fn snapshot(&self, now: DateTime<Utc>) -> Status {
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.update(|s| {
+            s.updated_at = Some(now);
+            for r in &mut s.running {
+                if let Some(c) = progress.get(&r.run_id) {
+                    r.bytes = c.get();
+                }
+            }
+            s.clone()
+        })
+    }
+
+    /// Writes the status file atomically (0600).
+    pub fn write(&self, now: DateTime<Utc>) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let status = self.snapshot(now);
+        if let Some(dir) = self.path.parent() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&status)?)?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// Reads the status file a daemon writes.
+pub fn read(dir: &Path) -> Result<Status> {
+    let path = dir.join(STATUS_FILE);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("no daemon status at {} (is `pgbackd run` running with this config?)", path.display())
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
+}
