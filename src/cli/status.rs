@@ -152,3 +152,47 @@ pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
     }
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::status::{Board, DatabaseStatus};
+    use chrono::TimeZone;
+
+    fn setup(updated: DateTime<Utc>, last_full: Option<DateTime<Utc>>) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "databases: [app]\nlocal_backup_dir: /r\nreports:\n  dir: {}\nschedules:\n  full_backup: \"0 1 * * *\"\n",
+            dir.path().display()
+        );
+        let config = Config::from_yaml(&yaml, "t", &|_| None).unwrap();
+        let mut s = Status::default();
+        s.databases.insert("app".into(), DatabaseStatus { last_full_success: last_full, ..Default::default() });
+        Board::new(dir.path(), s).write(updated).unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn healthy_only_when_alive_and_fresh() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let (_d, c) = setup(now - chrono::Duration::seconds(20), Some(now - chrono::Duration::hours(11)));
+        assert_eq!(health(&c, now), Ok(()));
+        // a daily schedule: older than two days is stale
+        let (_d, c) = setup(now, Some(now - chrono::Duration::hours(49)));
+        let p = health(&c, now).unwrap_err();
+        assert!(p[0].contains("database app") && p[0].contains("2d old"), "{p:?}");
+        let (_d, c) = setup(now, None);
+        assert_eq!(health(&c, now).unwrap_err(), vec!["database app has no successful full backup".to_owned()]);
+        // the daemon stopped writing its status: not running, whatever the backups say
+        let (_d, c) = setup(now - chrono::Duration::minutes(5), Some(now - chrono::Duration::hours(1)));
+        assert!(health(&c, now).unwrap_err()[0].contains("not running"));
+    }
+
+    #[test]
+    fn no_status_file_is_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("databases: [app]\nlocal_backup_dir: /r\nreports:\n  dir: {}\n", dir.path().display());
+        let c = Config::from_yaml(&yaml, "t", &|_| None).unwrap();
+        assert!(health(&c, Utc::now()).unwrap_err()[0].contains("is `pgbackd run` running"));
+    }
+}

@@ -2,6 +2,7 @@
 
 mod backup_restore;
 mod config_files;
+mod daemon;
 mod failures;
 mod fault_proxy;
 mod harness;
