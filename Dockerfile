@@ -12,7 +12,7 @@ RUN cargo build --release --locked && strip target/release/pgbackd
 FROM debian:bookworm-slim
 ARG PG_MAJOR=17
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl gnupg zstd \
+ && apt-get install -y --no-install-recommends ca-certificates curl gnupg zstd tini \
  && install -d /usr/share/postgresql-common/pgdg \
  && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc https://www.postgresql.org/media/keys/ACCC4CF8.asc \
  && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" > /etc/apt/sources.list.d/pgdg.list \
@@ -24,6 +24,11 @@ COPY --from=build /src/target/release/pgbackd /usr/local/bin/pgbackd
 # pg_bin_dir defaults to the newest /usr/lib/postgresql/*/bin: the client installed above
 ENV PGBACKD_CONFIG=/etc/pgbackd/pgbackd.yaml
 USER pgbackd
+WORKDIR /var/lib/pgbackd
 VOLUME ["/var/lib/pgbackd"]
-ENTRYPOINT ["/usr/local/bin/pgbackd"]
-CMD ["check-config"]
+# freshness, not liveness: unhealthy when the daemon is gone or a database's newest full backup
+# is older than twice its schedule's period (the first backup needs the start period)
+HEALTHCHECK --interval=60s --timeout=10s --start-period=1h --retries=3 CMD ["/usr/local/bin/pgbackd", "healthcheck"]
+# tini as PID 1 reaps orphaned grandchildren and forwards SIGTERM/SIGHUP to pgbackd
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/pgbackd"]
+CMD ["run"]
