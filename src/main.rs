@@ -4,6 +4,7 @@
 use clap::Parser;
 use pgbackd::cli::{self, Cli};
 use pgbackd::config::ConfigErrors;
+use pgbackd::telemetry::Sink;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -20,15 +21,16 @@ fn main() -> ExitCode {
     // the demo tells its own story on stdout; its logs only need to show problems
     let quiet_demo = matches!(cli.command, cli::Command::Demo(_)) && cli.log_level == "info";
     let level = if quiet_demo { "warn" } else { &cli.log_level };
-    let _log_guard =
-        match pgbackd::telemetry::init(level, cli.log_format, daemon_config.as_ref().and_then(|c| c.log_file.as_ref()))
-        {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(cli::EXIT_ERROR);
-            }
-        };
+    // the daemon owns stdout; other commands print their results there and log to stderr
+    let sink = if daemon_config.is_some() { Sink::Stdout } else { Sink::Stderr };
+    let log_file = daemon_config.as_ref().and_then(|c| c.log_file.as_ref());
+    let _log_guard = match pgbackd::telemetry::init(level, cli.log_format, sink, log_file) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(cli::EXIT_ERROR);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

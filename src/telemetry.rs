@@ -1,6 +1,7 @@
-//! Logging: tracing to stderr, JSON lines when stderr is not a terminal, human-readable otherwise,
-//! plus an optional rolling JSON file (`logging.file`). `RUST_LOG` overrides `--log-level`.
-//! Messages are constant sentences; data goes in fields.
+//! Logging: tracing to stdout for the daemon and to stderr for one-shot commands (whose stdout
+//! carries ids, JSON and archives), JSON lines when that stream is not a terminal, human-readable
+//! otherwise, plus an optional rolling JSON file (`logging.file`). `RUST_LOG` overrides
+//! `--log-level`. Messages are constant sentences; data goes in fields.
 
 use crate::config::{LogFile, Rotation};
 use std::io::IsTerminal;
@@ -16,6 +17,13 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    Stdout,
+    Stderr,
+}
+
 fn filter(level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("pgbackd={level},warn")))
 }
@@ -25,23 +33,33 @@ fn filter(level: &str) -> EnvFilter {
 pub fn init(
     level: &str,
     format: LogFormat,
+    sink: Sink,
     file: Option<&LogFile>,
 ) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, String> {
+    let tty = match sink {
+        Sink::Stdout => std::io::stdout().is_terminal(),
+        Sink::Stderr => std::io::stderr().is_terminal(),
+    };
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Auto => !tty,
     };
-    let stderr_json = json.then(|| {
+    let writer = move || -> Box<dyn std::io::Write> {
+        match sink {
+            Sink::Stdout => Box::new(std::io::stdout()),
+            Sink::Stderr => Box::new(std::io::stderr()),
+        }
+    };
+    let json_layer = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
     });
-    let stderr_pretty =
-        (!json).then(|| tracing_subscriber::fmt::layer().with_target(false).with_writer(std::io::stderr));
+    let pretty_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_target(false).with_writer(writer));
     let (file_layer, guard) = match file {
         Some(f) => {
             let appender = RollingFileAppender::builder()
@@ -69,8 +87,8 @@ pub fn init(
     };
     let _ = tracing_subscriber::registry()
         .with(filter(level))
-        .with(stderr_json)
-        .with(stderr_pretty)
+        .with(json_layer)
+        .with(pretty_layer)
         .with(file_layer)
         .try_init();
     Ok(guard)

@@ -176,6 +176,13 @@ struct Locks {
     by_db: std::sync::Mutex<HashMap<String, DbLocks>>,
 }
 
+/// A held per-database conflict lock (kept alive for the length of a run).
+#[allow(dead_code)]
+enum DbGuard {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
 /// One database's conflict lock and backup mutex.
 type DbLocks = (Arc<RwLock<()>>, Arc<tokio::sync::Mutex<()>>);
 
@@ -415,12 +422,16 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
     let acquired = async {
         let permit = shared.limit.clone().acquire_owned().await.ok()?;
         let (rw, backup_mutex) = shared.locks.of(&spec.database);
-        let read = rw.read_owned().await;
-        let exclusive = match spec.kind {
+        // retention deletes: it waits for every other job on the database, and they for it
+        let conflict = match spec.kind {
+            JobKind::Retention => DbGuard::Exclusive(rw.write_owned().await),
+            _ => DbGuard::Shared(rw.read_owned().await),
+        };
+        let one_backup = match spec.kind {
             JobKind::FullBackup | JobKind::IncrementalBackup => Some(backup_mutex.lock_owned().await),
             _ => None,
         };
-        Some((permit, read, exclusive))
+        Some((permit, conflict, one_backup))
     };
     let guards = tokio::select! {
         g = acquired => g,

@@ -20,8 +20,8 @@ impl Daemon {
             .arg("run")
             .env("REAL_PG_BIN", real_pg_bin())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null());
         for (k, v) in vars {
             cmd.env(k, v);
         }
