@@ -543,7 +543,8 @@ pub fn decode_frame(object: &StoredObject, index: usize, stored: &[u8], what: &s
 /// Whether [`restore_stream`] also hashes the decoded stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawCheck {
-    /// Check the SHA-256 of the whole raw stream too (verify, cat, dry runs).
+    /// Check the SHA-256 of the whole stored object and of the whole raw stream too (verify,
+    /// cat, dry runs).
     Sha256,
     /// Only each frame's stored SHA-256 and decoded length: zstd decoding is deterministic, so
     /// verified frames decode to the recorded bytes. Saves a hash pass where CPU is contended
@@ -568,10 +569,14 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
         let object = object.clone();
         let what = what.to_owned();
         async move {
+            let mut stored_sha = Sha256::new();
             for index in 0..object.frames.len() {
                 let f = &object.frames[index];
                 let item = match store.read_range(&object.key, f.stored_offset, f.stored_len).await {
                     Ok(stored) => {
+                        if check == RawCheck::Sha256 {
+                            stored_sha.update(&stored);
+                        }
                         let (o, w) = (object.clone(), what.clone());
                         tokio::task::spawn_blocking(move || decode_frame(&o, index, &stored, &w))
                             .await
@@ -583,7 +588,19 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
                 };
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
-                    break;
+                    return;
+                }
+            }
+            if check == RawCheck::Sha256 {
+                let got = hex::encode(stored_sha.finalize());
+                if got != object.stored_sha256 {
+                    let _ = tx
+                        .send(Err(anyhow::anyhow!(
+                            "{what}: the stored object {} has SHA-256 {got}, the manifest says {}",
+                            object.key,
+                            object.stored_sha256
+                        )))
+                        .await;
                 }
             }
         }

@@ -26,7 +26,14 @@ pub struct ListEntry<'a> {
     pub targets: &'a [String],
     pub server_version: &'a str,
     pub verified_at: Option<DateTime<Utc>>,
+    /// `passed` or `failed`, null if never verified.
     pub verify_outcome: Option<&'a str>,
+    /// `quick` or `deep`.
+    pub verify_mode: Option<&'a str>,
+    pub test_restored_at: Option<DateTime<Utc>>,
+    pub test_restore_outcome: Option<&'a str>,
+    /// Seconds the last test restore took: the measured recovery time.
+    pub restore_seconds: Option<f64>,
     pub warnings: &'a [String],
 }
 
@@ -49,8 +56,12 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
         tables: m.tables.len(),
         targets: &l.targets,
         server_version: &m.server_version,
-        verified_at: None,
-        verify_outcome: None,
+        verified_at: l.annotations.verification.as_ref().map(|v| v.verified_at),
+        verify_outcome: l.annotations.verification.as_ref().map(|v| v.outcome.as_str()),
+        verify_mode: l.annotations.verification.as_ref().map(|v| v.mode.as_str()),
+        test_restored_at: l.annotations.test_restore.as_ref().map(|t| t.tested_at),
+        test_restore_outcome: l.annotations.test_restore.as_ref().map(|t| t.outcome.as_str()),
+        restore_seconds: l.annotations.test_restore.as_ref().map(|t| t.restore_seconds),
         warnings: &m.warnings,
     }
 }

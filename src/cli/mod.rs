@@ -5,6 +5,7 @@ mod check;
 mod list;
 mod restore;
 mod status;
+mod verify_out;
 
 use crate::config::{Config, ConfigErrors};
 use crate::jobs::JobFailed;
@@ -55,6 +56,12 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Write a backup's raw pg_dump archive to stdout (for a manual pg_restore).
     Cat(CatArgs),
+    /// Check backups on every target: quick (present, right sizes) or --deep (every byte read,
+    /// every checksum and frame checked, the archive read by pg_restore).
+    Verify(VerifyArgs),
+    /// Restore a backup into a scratch database, compare row counts, run the configured checks,
+    /// measure the restore time, and drop the scratch database.
+    TestRestore(CatArgs),
     /// Run as a service: schedules, reload on SIGHUP, graceful stop on SIGTERM.
     Run,
     /// What the running daemon is doing: next and last run of every schedule, running jobs.
@@ -167,6 +174,25 @@ pub struct CatArgs {
     pub latest: bool,
     #[arg(long)]
     pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest", "all"])))]
+pub struct VerifyArgs {
+    pub backup_id: Option<String>,
+    /// The newest backup of --database (or of every configured database).
+    #[arg(long)]
+    pub latest: bool,
+    /// Every backup (of --database, or all).
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Read and check every stored byte (default: quick, objects and sizes only).
+    #[arg(long)]
+    pub deep: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// An error with the exit code it maps to.
@@ -318,6 +344,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                     host: args.target_host.clone(),
                     port: args.target_port,
                     user: args.target_user.clone(),
+                    server: None,
                 },
                 create: args.create,
                 clean: args.clean,
@@ -335,6 +362,67 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                 .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             restore::print(&report, args.json)?;
             Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
+        }
+        Command::Verify(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config).await?;
+            let listed = repo.list_with_targets(args.database.as_deref()).await?;
+            let chosen: Vec<&crate::repo::Listed> = match (&args.backup_id, args.latest) {
+                (Some(id), _) => {
+                    let one = listed.iter().find(|l| &l.manifest.id == id);
+                    match one {
+                        Some(l) => vec![l],
+                        None => {
+                            repo.find(id).await?;
+                            bail!("backup {id} is not readable on any target")
+                        }
+                    }
+                }
+                (None, true) => {
+                    let dbs: Vec<String> = match &args.database {
+                        Some(d) => vec![d.clone()],
+                        None => config.databases.iter().map(|d| d.name.clone()).collect(),
+                    };
+                    dbs.iter().filter_map(|d| listed.iter().rev().find(|l| &l.manifest.database == d)).collect()
+                }
+                (None, false) => listed.iter().collect(),
+            };
+            if chosen.is_empty() {
+                bail!("no backups to verify in {}", repo.describe());
+            }
+            let mode = if args.deep { crate::config::VerifyMode::Deep } else { crate::config::VerifyMode::Quick };
+            let mut results = Vec::new();
+            for l in chosen {
+                let run_id = crate::jobs::report::new_run_id();
+                let started = chrono::Utc::now();
+                let v = crate::jobs::verify::verify(l, mode, &config, &repo, &cancel, &Default::default()).await;
+                crate::jobs::report::record(
+                    &config.reports.dir,
+                    &crate::jobs::report::Report::of_verification(&run_id, "manual", started, &v),
+                );
+                results.push(v);
+            }
+            verify_out::print(&results, args.json)?;
+            Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
+        }
+        Command::TestRestore(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config).await?;
+            let m = crate::jobs::restore::resolve(
+                &selector(args.backup_id.as_deref(), args.database.clone()),
+                &config,
+                &repo,
+            )
+            .await?;
+            let run_id = crate::jobs::report::new_run_id();
+            let started = chrono::Utc::now();
+            let t = crate::jobs::test_restore::run(&m, &config, &repo, &cancel).await;
+            crate::jobs::report::record(
+                &config.reports.dir,
+                &crate::jobs::report::Report::of_test_restore(&run_id, "manual", started, &t),
+            );
+            verify_out::print_test_restore(&t)?;
+            Ok(ExitCode::from(if t.ok { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::Cat(args) => {
             let config = load_config(&cli)?;

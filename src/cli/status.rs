@@ -109,6 +109,19 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
             d.last_full_backup_id.as_deref().unwrap_or(""),
             d.last_outcome
         )?;
+        if let Some(t) = d.last_verification_at {
+            writeln!(out, "  {:<20} last verification {} {:?}", "", ago(t, now), d.last_verification_outcome)?;
+        }
+        if let Some(t) = d.last_test_restore_at {
+            writeln!(
+                out,
+                "  {:<20} last test restore {} {:?}, restore time (RTO) {}",
+                "",
+                ago(t, now),
+                d.last_test_restore_outcome,
+                d.last_restore_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into())
+            )?;
+        }
     }
     let c = &s.counters;
     writeln!(

@@ -176,8 +176,80 @@ crate::enum_from_node!(Overlap, "an overlap policy", { "skip" => Overlap::Skip, 
 impl JobKind {
     /// Whether this build can run the job (the others are rejected by check-config).
     pub fn is_built(self) -> bool {
-        matches!(self, JobKind::FullBackup)
+        matches!(self, JobKind::FullBackup | JobKind::Verification | JobKind::TestRestore)
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Manifests parse; every object is on every target with its recorded size.
+    Quick,
+    /// Every stored byte re-read, every checksum and frame checked, the archive read by pg_restore.
+    Deep,
+}
+crate::enum_from_node!(VerifyMode, "a verification mode", { "quick" => VerifyMode::Quick, "deep" => VerifyMode::Deep });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyScope {
+    /// Backups never verified (new ones).
+    Unverified,
+    /// The newest backup of each database.
+    Latest,
+    /// Every backup.
+    All,
+}
+crate::enum_from_node!(VerifyScope, "a verification scope", {
+    "unverified" => VerifyScope::Unverified, "latest" => VerifyScope::Latest, "all" => VerifyScope::All
+});
+
+/// `verification:`: what the scheduled `verification` job checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerificationSettings {
+    pub mode: VerifyMode,
+    pub scope: VerifyScope,
+}
+
+/// Which backup a scheduled test restore takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Latest,
+    /// One of the newest N, at random (so every backup gets a chance).
+    RandomRecent(usize),
+}
+
+impl reader::FromNode for Pick {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        let Some(text) = <String as reader::FromNode>::from_node(node, ctx)? else { return Ok(None) };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["latest"] => Ok(Some(Pick::Latest)),
+            ["random_recent", n] => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Some(Pick::RandomRecent(n))),
+                _ => Err(format!("expected random_recent N with N >= 1, found {text:?}")),
+            },
+            _ => Err(format!("expected latest or random_recent N, found {text:?}")),
+        }
+    }
+}
+
+/// A user check run in the scratch database after a test restore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreCheck {
+    pub name: String,
+    pub sql: String,
+    /// The first column of the first row, as text: exact (`42`, `ok`) or a comparison
+    /// (`> 0`, `>= 1000`, `!= 0`, `< 5`).
+    pub expect: String,
+}
+
+/// `test_restore:`: the scheduled restore that proves a backup restores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestRestoreSettings {
+    pub pick: Pick,
+    pub jobs: u32,
+    /// Server for the scratch database (default `restore.target`, else the source server).
+    pub target: Option<Connection>,
+    pub checks: Vec<RestoreCheck>,
 }
 
 /// `daemon:` settings of `pgbackd run`.
@@ -247,6 +319,8 @@ pub struct Config {
     pub daemon: DaemonSettings,
     pub reports: ReportSettings,
     pub log_file: Option<LogFile>,
+    pub verification: VerificationSettings,
+    pub test_restore: TestRestoreSettings,
 }
 
 /// All problems found in a config file.
@@ -372,6 +446,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     }
     let reports = read_reports(&mut top);
     let log_file = read_logging(&mut top);
+    let verification = read_verification(&mut top);
+    let test_restore = read_test_restore(&mut top, &default_conn);
     read_not_yet_supported(&mut top);
     top.finish();
 
@@ -391,6 +467,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         daemon: daemon?,
         reports: reports?,
         log_file,
+        verification: verification?,
+        test_restore: test_restore?,
     })
 }
 
@@ -631,7 +709,7 @@ fn read_schedules(
                 &path,
                 format!(
                     "the {} job is not supported yet by this version of pgbackd; remove this schedule \
-                     (full_backup is available)",
+                     (full_backup, verification and test_restore are available)",
                     kind.name()
                 ),
                 Some(key.loc),
@@ -740,6 +818,59 @@ fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<Re
     };
     m.finish();
     Some(RestoreSettings { safety_backup, jobs, target })
+}
+
+fn read_verification(top: &mut MapReader<'_, '_>) -> Option<VerificationSettings> {
+    let mut m = top.map("verification")?;
+    let mode = m.opt::<VerifyMode>("mode").unwrap_or(VerifyMode::Deep);
+    let scope = m.opt::<VerifyScope>("scope").unwrap_or(VerifyScope::Unverified);
+    m.finish();
+    Some(VerificationSettings { mode, scope })
+}
+
+fn read_test_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<TestRestoreSettings> {
+    let mut m = top.map("test_restore")?;
+    let ctx = m.ctx();
+    let pick = m.opt::<Pick>("pick").unwrap_or(Pick::Latest);
+    let jobs = m.opt::<u32>("jobs").unwrap_or(2).max(1);
+    let target = if m.has("target") {
+        let mut t = m.map("target")?;
+        let fields = read_conn_fields(&mut t);
+        if fields.dbname.is_some() {
+            t.ctx().error(
+                &t.child_path("database"),
+                "the scratch database is named by pgbackd (pgbackd_restore_...)",
+                Some(t.loc()),
+            );
+        }
+        t.finish();
+        Some(fields.or(defaults).into_connection(String::new()))
+    } else {
+        None
+    };
+    let mut checks = Vec::new();
+    if let Some(list) = m.node("checks") {
+        match &list.value {
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{}[{i}]", m.child_path("checks"));
+                    let Some(mut c) = ctx.map(item, &path) else { continue };
+                    let name = c.req::<String>("name");
+                    let sql = c.req::<String>("sql");
+                    let expect = c.req::<String>("expect");
+                    c.finish();
+                    if let (Some(name), Some(sql), Some(expect)) = (name, sql, expect) {
+                        checks.push(RestoreCheck { name, sql, expect });
+                    }
+                }
+            }
+            other => {
+                ctx.error(&m.child_path("checks"), format!("expected a list, found {}", other.kind()), Some(list.loc))
+            }
+        }
+    }
+    m.finish();
+    Some(TestRestoreSettings { pick, jobs, target, checks })
 }
 
 fn read_daemon(top: &mut MapReader<'_, '_>) -> Option<DaemonSettings> {

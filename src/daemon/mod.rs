@@ -16,7 +16,7 @@ use crate::jobs::report::{self, Outcome, Report};
 use crate::pipeline::Counter;
 use crate::repo::manifest::Trigger;
 use crate::repo::{BackupKind, Repository};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use scheduler::{Scheduler, needs_catch_up};
@@ -84,6 +84,8 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Default)]
 pub struct JobResult {
     pub failed: Option<String>,
+    /// For test restores: how long the restore took (the measured recovery time).
+    pub restore_seconds: Option<f64>,
     pub cancelled: bool,
     pub backup_id: Option<String>,
     pub raw_bytes: Option<u64>,
@@ -110,6 +112,119 @@ pub trait JobHost: Send + Sync {
 /// The production host: real backups into the configured repository.
 pub struct RealHost;
 
+async fn run_backup(
+    job: &JobSpec,
+    config: Arc<Config>,
+    progress: Arc<Counter>,
+    cancel: CancellationToken,
+) -> JobResult {
+    let result: Result<crate::repo::Manifest> = async {
+        let db = config.select_database(Some(&job.database))?;
+        let repo = Repository::open(&config).await?;
+        let req = BackupRequest {
+            config: &config,
+            database: db,
+            kind: BackupKind::Full,
+            trigger: Trigger::Schedule,
+            allow_shrink: false,
+            interactive: false,
+            progress,
+            run_id: job.run_id.clone(),
+        };
+        backup::run(&req, &repo, &cancel, Utc::now()).await
+    }
+    .await;
+    match result {
+        Ok(m) => JobResult {
+            backup_id: Some(m.id.clone()),
+            raw_bytes: Some(m.data.raw_bytes),
+            stored_bytes: Some(m.data.stored_bytes),
+            targets: m.targets.clone(),
+            warnings: m.warnings.clone(),
+            ..Default::default()
+        },
+        Err(e) => JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() },
+    }
+}
+
+/// Verifies the backups of one database that `verification.scope` selects.
+async fn run_verification(
+    job: &JobSpec,
+    config: Arc<Config>,
+    progress: Arc<Counter>,
+    cancel: CancellationToken,
+) -> JobResult {
+    use crate::config::VerifyScope;
+    let listed = async {
+        let repo = Repository::open(&config).await?;
+        let listed = repo.list_with_targets(Some(&job.database)).await?;
+        anyhow::Ok((repo, listed))
+    }
+    .await;
+    let (repo, listed) = match listed {
+        Ok(v) => v,
+        Err(e) => return JobResult { failed: Some(format!("{e:#}")), ..Default::default() },
+    };
+    let chosen: Vec<&crate::repo::Listed> = match config.verification.scope {
+        VerifyScope::All => listed.iter().collect(),
+        VerifyScope::Latest => listed.last().into_iter().collect(),
+        VerifyScope::Unverified => listed.iter().filter(|l| l.annotations.verification.is_none()).collect(),
+    };
+    let mut failures = Vec::new();
+    let mut bytes = 0;
+    let mut last = None;
+    for l in &chosen {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let v = crate::jobs::verify::verify(l, config.verification.mode, &config, &repo, &cancel, &progress).await;
+        bytes += v.targets.iter().map(|t| t.bytes_read).sum::<u64>();
+        last = Some(v.backup_id.clone());
+        if !v.ok {
+            let why: Vec<String> = v.targets.iter().filter_map(|t| t.error.clone()).collect();
+            failures.push(format!("{}: {}", v.backup_id, why.join("; ")));
+        }
+    }
+    let failed = match (failures.is_empty(), cancel.is_cancelled()) {
+        (false, _) => Some(failures.join("; ")),
+        (true, true) => Some("cancelled".to_owned()),
+        (true, false) => None,
+    };
+    JobResult {
+        failed,
+        cancelled: cancel.is_cancelled(),
+        backup_id: last,
+        raw_bytes: Some(bytes),
+        warnings: vec![format!("{} backups verified ({:?})", chosen.len(), config.verification.mode)],
+        ..Default::default()
+    }
+}
+
+/// Test-restores the backup of one database that `test_restore.pick` selects.
+async fn run_test_restore(job: &JobSpec, config: Arc<Config>, cancel: CancellationToken) -> JobResult {
+    let result: Result<crate::jobs::test_restore::TestRestored> = async {
+        let repo = Repository::open(&config).await?;
+        let backups = repo.list(Some(&job.database)).await?;
+        let m = crate::jobs::test_restore::pick(&backups, config.test_restore.pick)
+            .with_context(|| format!("database {} has no backup to test-restore", job.database))?
+            .clone();
+        Ok(crate::jobs::test_restore::run(&m, &config, &repo, &cancel).await)
+    }
+    .await;
+    match result {
+        Ok(t) => JobResult {
+            failed: t.error.clone(),
+            cancelled: cancel.is_cancelled(),
+            backup_id: Some(t.backup_id.clone()),
+            raw_bytes: t.restored_bytes,
+            restore_seconds: Some(t.restore_seconds),
+            warnings: t.leftovers_dropped.iter().map(|d| format!("dropped leftover scratch database {d}")).collect(),
+            ..Default::default()
+        },
+        Err(e) => JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() },
+    }
+}
+
 #[async_trait]
 impl JobHost for RealHost {
     async fn run(
@@ -119,34 +234,14 @@ impl JobHost for RealHost {
         progress: Arc<Counter>,
         cancel: CancellationToken,
     ) -> JobResult {
-        let result: Result<crate::repo::Manifest> = async {
-            let db = config.select_database(Some(&job.database))?;
-            let repo = Repository::open(&config).await?;
-            let req = BackupRequest {
-                config: &config,
-                database: db,
-                kind: BackupKind::Full,
-                trigger: Trigger::Schedule,
-                allow_shrink: false,
-                interactive: false,
-                progress,
-                run_id: job.run_id.clone(),
-            };
-            backup::run(&req, &repo, &cancel, Utc::now()).await
-        }
-        .await;
-        match result {
-            Ok(m) => JobResult {
-                backup_id: Some(m.id.clone()),
-                raw_bytes: Some(m.data.raw_bytes),
-                stored_bytes: Some(m.data.stored_bytes),
-                targets: m.targets.clone(),
-                warnings: m.warnings.clone(),
+        match job.kind {
+            JobKind::FullBackup => run_backup(job, config, progress, cancel).await,
+            JobKind::Verification => run_verification(job, config, progress, cancel).await,
+            JobKind::TestRestore => run_test_restore(job, config, cancel).await,
+            other => JobResult {
+                failed: Some(format!("the {} job is not supported by this version of pgbackd", other.name())),
                 ..Default::default()
             },
-            Err(e) => {
-                JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() }
-            }
         }
     }
 
@@ -530,9 +625,21 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         let d: &mut DatabaseStatus = s.databases.entry(spec.database.clone()).or_default();
         d.last_attempt_at = Some(started);
         d.last_outcome = Some(outcome);
-        if outcome == Outcome::Success && spec.kind == JobKind::FullBackup {
-            d.last_full_success = Some(started);
-            d.last_full_backup_id = result.backup_id.clone();
+        match spec.kind {
+            JobKind::FullBackup if outcome == Outcome::Success => {
+                d.last_full_success = Some(started);
+                d.last_full_backup_id = result.backup_id.clone();
+            }
+            JobKind::Verification => {
+                d.last_verification_at = Some(finished);
+                d.last_verification_outcome = Some(outcome);
+            }
+            JobKind::TestRestore => {
+                d.last_test_restore_at = Some(finished);
+                d.last_test_restore_outcome = Some(outcome);
+                d.last_restore_seconds = result.restore_seconds.or(d.last_restore_seconds);
+            }
+            _ => {}
         }
     });
     let _ = shared.board.write(finished);

@@ -66,6 +66,12 @@ pub struct DatabaseStatus {
     pub last_full_backup_id: Option<String>,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub last_outcome: Option<Outcome>,
+    pub last_verification_at: Option<DateTime<Utc>>,
+    pub last_verification_outcome: Option<Outcome>,
+    pub last_test_restore_at: Option<DateTime<Utc>>,
+    pub last_test_restore_outcome: Option<Outcome>,
+    /// The measured recovery time: how long the last test restore took.
+    pub last_restore_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -3,6 +3,8 @@
 pub mod backup;
 pub mod report;
 pub mod restore;
+pub mod test_restore;
+pub mod verify;
 
 use std::fmt;
 

@@ -69,6 +69,68 @@ impl Report {
     }
 }
 
+impl Report {
+    fn blank(run_id: &str, job_kind: &str, database: &str, trigger: &str, started_at: DateTime<Utc>) -> Report {
+        let finished_at = Utc::now();
+        Report {
+            run_id: run_id.to_owned(),
+            job_kind: job_kind.to_owned(),
+            database: database.to_owned(),
+            trigger: trigger.to_owned(),
+            started_at,
+            finished_at,
+            duration_seconds: (finished_at - started_at).num_milliseconds() as f64 / 1000.0,
+            outcome: Outcome::Success,
+            backup_id: None,
+            raw_bytes: None,
+            stored_bytes: None,
+            mb_per_second: None,
+            targets: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The report of a verification.
+    pub fn of_verification(
+        run_id: &str,
+        trigger: &str,
+        started_at: DateTime<Utc>,
+        v: &crate::jobs::verify::Verified,
+    ) -> Report {
+        let mut r = Report::blank(run_id, "verification", &v.database, trigger, started_at);
+        r.backup_id = Some(v.backup_id.clone());
+        r.targets = v.targets.iter().map(|t| t.target.clone()).collect();
+        r.raw_bytes = Some(v.targets.iter().map(|t| t.bytes_read).sum());
+        if !v.ok {
+            r.outcome = Outcome::Failed;
+            let errors: Vec<String> =
+                v.targets.iter().filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target))).collect();
+            r.error = Some(if errors.is_empty() { "no target holds the backup".into() } else { errors.join("; ") });
+        }
+        r.warnings = vec![format!("mode: {}", v.mode)];
+        r
+    }
+
+    /// The report of a test restore.
+    pub fn of_test_restore(
+        run_id: &str,
+        trigger: &str,
+        started_at: DateTime<Utc>,
+        t: &crate::jobs::test_restore::TestRestored,
+    ) -> Report {
+        let mut r = Report::blank(run_id, "test_restore", &t.database, trigger, started_at);
+        r.backup_id = Some(t.backup_id.clone());
+        r.raw_bytes = t.restored_bytes;
+        if !t.ok {
+            r.outcome = Outcome::Failed;
+            r.error = t.error.clone();
+        }
+        r.warnings = t.leftovers_dropped.iter().map(|d| format!("dropped leftover scratch database {d}")).collect();
+        r
+    }
+}
+
 /// The reference layout's directory for a job kind.
 pub fn subdir(job_kind: &str) -> &'static str {
     match job_kind {

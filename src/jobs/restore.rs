@@ -47,6 +47,8 @@ pub struct TargetOverride {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub user: Option<String>,
+    /// A whole server connection (test restores' `test_restore.target`), before the fields above.
+    pub server: Option<Connection>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,10 +94,11 @@ pub struct RestoreReport {
 /// The connection to restore into: CLI overrides, else `restore.target`, else the backup's own
 /// database entry, else the server recorded in the manifest.
 fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Connection {
-    let base = config
-        .restore
+    let base = req
         .target
+        .server
         .clone()
+        .or_else(|| config.restore.target.clone())
         .or_else(|| config.database(&m.database).map(|d| d.connection.clone()))
         .unwrap_or_else(|| Connection {
             host: m.source.host.clone(),
@@ -114,7 +117,7 @@ fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Con
 }
 
 /// Connects to the server's maintenance database (`postgres`, else `template1`).
-async fn connect_admin(conn: &Connection) -> Result<tokio_postgres::Client> {
+pub async fn connect_admin(conn: &Connection) -> Result<tokio_postgres::Client> {
     match pg::connect(&conn.with_dbname("postgres")).await {
         Ok(c) => Ok(c),
         Err(first) => pg::connect(&conn.with_dbname("template1")).await.map_err(|_| first),

@@ -135,3 +135,41 @@ impl Manifest {
         (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0
     }
 }
+
+/// What was learnt about a backup after it was taken: its last verification and test restore.
+/// Stored beside the manifest (`annotations.json`) on the targets holding the backup; the
+/// manifest itself never changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Annotations {
+    pub verification: Option<VerificationRecord>,
+    pub test_restore: Option<TestRestoreRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerificationRecord {
+    pub verified_at: DateTime<Utc>,
+    /// `quick` (objects present with their sizes) or `deep` (every byte read and decoded).
+    pub mode: String,
+    /// `passed` or `failed`.
+    pub outcome: String,
+    pub targets: Vec<TargetCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRestoreRecord {
+    pub tested_at: DateTime<Utc>,
+    /// `passed` or `failed`.
+    pub outcome: String,
+    /// The measured recovery time: how long the restore took, in seconds.
+    pub restore_seconds: f64,
+    pub restored_bytes: Option<u64>,
+    pub tables_checked: usize,
+    pub error: Option<String>,
+}

@@ -11,10 +11,11 @@ use crate::storage::{self, Store, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-pub use manifest::{BackupKind, Manifest};
+pub use manifest::{Annotations, BackupKind, Manifest};
 use std::sync::Arc;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
+pub const ANNOTATIONS_FILE: &str = "annotations.json";
 
 /// A new, sortable backup id.
 pub fn new_backup_id(now: DateTime<Utc>, kind: BackupKind) -> String {
@@ -49,17 +50,22 @@ pub fn manifest_key(database: &str, id: &str) -> String {
     format!("{database}/{id}/{MANIFEST_FILE}")
 }
 
+pub fn annotations_key(database: &str, id: &str) -> String {
+    format!("{database}/{id}/{ANNOTATIONS_FILE}")
+}
+
 /// The backups on every configured target.
 #[derive(Clone)]
 pub struct Repository {
     targets: Vec<Target>,
 }
 
-/// A backup and the targets holding its manifest.
+/// A backup, the targets holding its manifest, and what was checked since.
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub manifest: Manifest,
     pub targets: Vec<String>,
+    pub annotations: Annotations,
 }
 
 impl Repository {
@@ -95,6 +101,11 @@ impl Repository {
                     continue;
                 }
             };
+            let annotated: std::collections::HashSet<String> = objects
+                .iter()
+                .filter(|o| o.key.ends_with(&format!("/{ANNOTATIONS_FILE}")))
+                .filter_map(|o| o.key.split('/').nth(1).map(str::to_owned))
+                .collect();
             for obj in objects {
                 let parts: Vec<&str> = obj.key.split('/').collect();
                 if parts.len() != 3 || parts[2] != MANIFEST_FILE {
@@ -106,7 +117,15 @@ impl Repository {
                 }
                 match read_manifest_from(&t.store, parts[0], parts[1]).await {
                     Ok(Some(m)) => {
-                        by_id.insert(m.id.clone(), Listed { manifest: m, targets: vec![t.name().to_owned()] });
+                        let annotations = if annotated.contains(parts[1]) {
+                            read_annotations_from(&t.store, parts[0], parts[1]).await
+                        } else {
+                            Annotations::default()
+                        };
+                        by_id.insert(
+                            m.id.clone(),
+                            Listed { manifest: m, targets: vec![t.name().to_owned()], annotations },
+                        );
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest"),
@@ -184,6 +203,40 @@ impl Repository {
         bail!("backup {} of {} is not readable on any target ({})", m.id, m.database, problems.join("; "))
     }
 
+    /// What was checked about a backup (from the first target that has a record).
+    pub async fn annotations(&self, m: &Manifest) -> Annotations {
+        for t in &self.targets {
+            if let Ok(Some(_)) = t.store.size(&annotations_key(&m.database, &m.id)).await {
+                return read_annotations_from(&t.store, &m.database, &m.id).await;
+            }
+        }
+        Annotations::default()
+    }
+
+    /// Updates the annotations of a backup on every target holding it (read, change, write).
+    pub async fn annotate(&self, m: &Manifest, change: impl Fn(&mut Annotations)) -> Result<()> {
+        let mut current = self.annotations(m).await;
+        change(&mut current);
+        let bytes = Bytes::from(serde_json::to_vec_pretty(&current)?);
+        let key = annotations_key(&m.database, &m.id);
+        let mut written = 0;
+        for t in &self.targets {
+            if !matches!(t.store.size(&manifest_key(&m.database, &m.id)).await, Ok(Some(_))) {
+                continue;
+            }
+            match t.store.put(&key, bytes.clone()).await {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "could not record the check result")
+                }
+            }
+        }
+        if written == 0 {
+            bail!("could not record the result for backup {} on any target", m.id);
+        }
+        Ok(())
+    }
+
     /// Commits a backup: the manifest goes, last, to every target that holds its data.
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let key = manifest_key(&manifest.database, &manifest.id);
@@ -217,6 +270,17 @@ impl Repository {
             }
         }
         Ok(())
+    }
+}
+
+async fn read_annotations_from(store: &Arc<dyn Store>, database: &str, id: &str) -> Annotations {
+    let key = annotations_key(database, id);
+    match store.get(&key).await {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(key = %key, error = %e, "ignoring unreadable annotations");
+            Annotations::default()
+        }),
+        _ => Annotations::default(),
     }
 }
 

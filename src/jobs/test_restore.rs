@@ -1,0 +1,282 @@
+//! Test restores: restore a backup into a scratch database, compare every table's row count with
+//! the counts taken in the dump's own snapshot, run the user's checks, measure how long it took
+//! (the measured recovery time), and always drop the scratch database again.
+//!
+//! The scratch database is `pgbackd_restore_<backup id>` on the source server, or on
+//! `test_restore.target`. Leftovers of a crashed run are recognised by that prefix and dropped on
+//! the next run; no other database is ever touched.
+
+use crate::config::{Config, Connection, Pick, RestoreCheck};
+use crate::jobs::restore::{self, RestoreRequest, RowMismatch, TargetOverride};
+use crate::pg;
+use crate::repo::manifest::TestRestoreRecord;
+use crate::repo::{Manifest, Repository};
+use anyhow::{Context, Result};
+use chrono::Utc;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub const SCRATCH_PREFIX: &str = "pgbackd_restore_";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub name: String,
+    pub ok: bool,
+    pub expect: String,
+    pub got: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestRestored {
+    pub backup_id: String,
+    pub database: String,
+    pub scratch_database: String,
+    pub ok: bool,
+    /// Seconds the restore took (frames checked, pg_restore, row counts): the measured RTO.
+    pub restore_seconds: f64,
+    pub restored_bytes: Option<u64>,
+    pub tables_checked: usize,
+    pub mismatches: Vec<RowMismatch>,
+    pub checks: Vec<CheckOutcome>,
+    pub error: Option<String>,
+    /// Leftover scratch databases of earlier, interrupted runs that were dropped first.
+    pub leftovers_dropped: Vec<String>,
+}
+
+/// The scratch database name for a backup (lower case, within PostgreSQL's 63 bytes).
+pub fn scratch_name(m: &Manifest) -> String {
+    let id: String =
+        m.id.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("{SCRATCH_PREFIX}{id}")
+}
+
+/// Picks the backup a scheduled test restore takes.
+pub fn pick(backups: &[Manifest], pick: Pick) -> Option<&Manifest> {
+    match pick {
+        Pick::Latest => backups.last(),
+        Pick::RandomRecent(n) => {
+            let recent = &backups[backups.len().saturating_sub(n)..];
+            (!recent.is_empty()).then(|| &recent[rand::random::<u64>() as usize % recent.len()])
+        }
+    }
+}
+
+/// Whether a check's result matches its expectation: a comparison (`> 0`, `>= 100`, `!= 0`,
+/// `<= 5`, `< 5`, `= 42`) when both sides are numbers, else exact text.
+pub fn matches(got: &str, expect: &str) -> bool {
+    let expect = expect.trim();
+    for op in [">=", "<=", "!=", "=", ">", "<"] {
+        if let Some(rest) = expect.strip_prefix(op)
+            && let (Ok(g), Ok(e)) = (got.trim().parse::<f64>(), rest.trim().parse::<f64>())
+        {
+            return match op {
+                ">=" => g >= e,
+                "<=" => g <= e,
+                "!=" => g != e,
+                "=" => g == e,
+                ">" => g > e,
+                _ => g < e,
+            };
+        }
+    }
+    got.trim() == expect
+}
+
+/// The server test restores go to: `test_restore.target`, else `restore.target`, else the
+/// backup's own server.
+fn server(config: &Config, m: &Manifest) -> Option<Connection> {
+    config
+        .test_restore
+        .target
+        .clone()
+        .or_else(|| config.restore.target.clone())
+        .or_else(|| config.database(&m.database).map(|d| d.connection.clone()))
+}
+
+/// Drops scratch databases left by interrupted runs (only names with our prefix, only idle ones).
+async fn drop_leftovers(admin: &tokio_postgres::Client, keep: &str) -> Vec<String> {
+    let like = format!("{}%", SCRATCH_PREFIX.replace('_', "\\_"));
+    let rows = match admin.query("select datname from pg_database where datname like $1", &[&like]).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for leftover scratch databases");
+            return Vec::new();
+        }
+    };
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        if name == keep || !name.starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        // no FORCE: a scratch database in use belongs to a test restore running right now
+        match admin.batch_execute(&format!("DROP DATABASE {}", pg::quote_ident(&name))).await {
+            Ok(()) => {
+                tracing::warn!(database = %name, "dropped a scratch database left by an interrupted test restore");
+                dropped.push(name);
+            }
+            Err(e) => tracing::info!(database = %name, error = %e, "scratch database in use; left alone"),
+        }
+    }
+    dropped
+}
+
+async fn drop_scratch(conn: &Connection, name: &str) -> Result<()> {
+    let admin = restore::connect_admin(conn).await?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg::quote_ident(name));
+    match admin.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // before PostgreSQL 13 there is no FORCE
+        Err(_) => admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", pg::quote_ident(name)))
+            .await
+            .with_context(|| format!("dropping the scratch database {name}")),
+    }
+}
+
+/// Runs the user's checks in the scratch database.
+async fn run_checks(conn: &Connection, checks: &[RestoreCheck]) -> Result<Vec<CheckOutcome>> {
+    let client = pg::connect(conn).await?;
+    let mut out = Vec::new();
+    for c in checks {
+        let result = client.simple_query(&c.sql).await;
+        let outcome = match result {
+            Ok(messages) => {
+                let got = messages.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("NULL").to_owned()),
+                    _ => None,
+                });
+                let ok = got.as_deref().is_some_and(|g| matches(g, &c.expect));
+                CheckOutcome { name: c.name.clone(), ok, expect: c.expect.clone(), got, error: None }
+            }
+            Err(e) => CheckOutcome {
+                name: c.name.clone(),
+                ok: false,
+                expect: c.expect.clone(),
+                got: None,
+                error: Some(format!("{e}")),
+            },
+        };
+        out.push(outcome);
+    }
+    Ok(out)
+}
+
+/// Test-restores backup `m`; the scratch database is dropped whatever happens.
+pub async fn run(m: &Manifest, config: &Config, repo: &Repository, cancel: &CancellationToken) -> TestRestored {
+    let scratch = scratch_name(m);
+    let mut result = TestRestored {
+        backup_id: m.id.clone(),
+        database: m.database.clone(),
+        scratch_database: scratch.clone(),
+        ok: false,
+        restore_seconds: 0.0,
+        restored_bytes: None,
+        tables_checked: 0,
+        mismatches: Vec::new(),
+        checks: Vec::new(),
+        error: None,
+        leftovers_dropped: Vec::new(),
+    };
+    let Some(server) = server(config, m) else {
+        result.error = Some(format!(
+            "database {} is not in the config and no test_restore.target is set: nowhere to restore",
+            m.database
+        ));
+        return result;
+    };
+    let conn = server.with_dbname(&scratch);
+    let outcome: Result<()> = async {
+        let admin = restore::connect_admin(&conn).await?;
+        result.leftovers_dropped = drop_leftovers(&admin, "").await;
+        drop(admin);
+        let req = RestoreRequest {
+            target_database: scratch.clone(),
+            target: TargetOverride { server: Some(server.clone()), ..Default::default() },
+            create: true,
+            clean: false,
+            yes: false,
+            jobs: config.test_restore.jobs,
+            schemas: Vec::new(),
+            tables: Vec::new(),
+            // the scratch server may lack the roles; ownership is not what is being tested
+            no_owner: true,
+            globals: false,
+            dry_run: false,
+            interactive: false,
+        };
+        let report = restore::run(m, &req, config, repo, cancel).await?;
+        result.restore_seconds = report.duration_seconds;
+        result.tables_checked = report.tables_checked;
+        result.mismatches = report.mismatches;
+        let client = pg::connect(&conn).await?;
+        result.restored_bytes = pg::server_info(&client).await.ok().map(|i| i.database_size);
+        drop(client);
+        result.checks = run_checks(&conn, &config.test_restore.checks).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = drop_scratch(&server, &scratch).await {
+        tracing::error!(database = %scratch, error = %format!("{e:#}"), "could not drop the scratch database");
+        result.error = Some(format!("could not drop the scratch database {scratch}: {e:#}"));
+    }
+    match outcome {
+        Err(e) => result.error = Some(format!("{e:#}")),
+        Ok(()) => {
+            let failed_checks: Vec<&str> = result.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+            if !result.mismatches.is_empty() {
+                let tables: Vec<String> =
+                    result.mismatches.iter().map(|x| format!("{}.{}", x.schema, x.table)).collect();
+                result.error = Some(format!("row counts differ from the backup in: {}", tables.join(", ")));
+            } else if !failed_checks.is_empty() {
+                result.error = Some(format!("checks failed: {}", failed_checks.join(", ")));
+            }
+        }
+    }
+    result.ok = result.error.is_none();
+    if !cancel.is_cancelled() {
+        let record = TestRestoreRecord {
+            tested_at: Utc::now(),
+            outcome: if result.ok { "passed" } else { "failed" }.to_owned(),
+            restore_seconds: result.restore_seconds,
+            restored_bytes: result.restored_bytes,
+            tables_checked: result.tables_checked,
+            error: result.error.clone(),
+        };
+        if let Err(e) = repo.annotate(m, |a| a.test_restore = Some(record.clone())).await {
+            tracing::warn!(backup_id = %m.id, error = %format!("{e:#}"), "could not record the test restore result");
+        }
+    }
+    if result.ok {
+        tracing::info!(
+            backup_id = %m.id,
+            restore_s = format!("{:.1}", result.restore_seconds),
+            restored_bytes = result.restored_bytes,
+            tables = result.tables_checked,
+            "test restore passed"
+        );
+    } else {
+        tracing::error!(backup_id = %m.id, error = result.error.as_deref().unwrap_or(""), "test restore failed");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations() {
+        assert!(matches("42", "42") && matches("42", "= 42") && matches("42", ">= 42") && matches("43", "> 42"));
+        assert!(matches("0", "< 1") && matches("5", "!= 0") && matches("ok", "ok"));
+        assert!(!matches("0", "> 0") && !matches("41", "42") && !matches("x", "> 0") && !matches("ok", "fine"));
+    }
+
+    #[test]
+    fn picks() {
+        let none: Vec<Manifest> = Vec::new();
+        assert!(pick(&none, Pick::Latest).is_none());
+        assert!(pick(&none, Pick::RandomRecent(3)).is_none());
+    }
+}
