@@ -44,11 +44,21 @@ pub struct TestRestored {
     pub leftovers_dropped: Vec<String>,
 }
 
+/// The prefix of a database's scratch databases: `pgbackd_restore_<database>_`.
+fn scratch_prefix(database: &str) -> String {
+    let db: String = database
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(30)
+        .collect();
+    format!("{SCRATCH_PREFIX}{db}_")
+}
+
 /// The scratch database name for a backup (lower case, within PostgreSQL's 63 bytes).
 pub fn scratch_name(m: &Manifest) -> String {
-    let id: String =
-        m.id.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    format!("{SCRATCH_PREFIX}{id}")
+    let suffix: String = m.id.chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("{}{}", scratch_prefix(&m.database), suffix.to_ascii_lowercase())
 }
 
 /// Picks the backup a scheduled test restore takes.
@@ -94,9 +104,11 @@ fn server(config: &Config, m: &Manifest) -> Option<Connection> {
         .or_else(|| config.database(&m.database).map(|d| d.connection.clone()))
 }
 
-/// Drops scratch databases left by interrupted runs (only names with our prefix, only idle ones).
-async fn drop_leftovers(admin: &tokio_postgres::Client, keep: &str) -> Vec<String> {
-    let like = format!("{}%", SCRATCH_PREFIX.replace('_', "\\_"));
+/// Drops scratch databases left by interrupted test restores of the same database (only names
+/// with its prefix, only idle ones; runs for one database never overlap).
+async fn drop_leftovers(admin: &tokio_postgres::Client, database: &str) -> Vec<String> {
+    let prefix = scratch_prefix(database);
+    let like = format!("{}%", prefix.replace('_', "\\_"));
     let rows = match admin.query("select datname from pg_database where datname like $1", &[&like]).await {
         Ok(r) => r,
         Err(e) => {
@@ -107,7 +119,7 @@ async fn drop_leftovers(admin: &tokio_postgres::Client, keep: &str) -> Vec<Strin
     let mut dropped = Vec::new();
     for row in rows {
         let name: String = row.get(0);
-        if name == keep || !name.starts_with(SCRATCH_PREFIX) {
+        if !name.starts_with(&prefix) {
             continue;
         }
         // no FORCE: a scratch database in use belongs to a test restore running right now
@@ -189,7 +201,7 @@ pub async fn run(m: &Manifest, config: &Config, repo: &Repository, cancel: &Canc
     let conn = server.with_dbname(&scratch);
     let outcome: Result<()> = async {
         let admin = restore::connect_admin(&conn).await?;
-        result.leftovers_dropped = drop_leftovers(&admin, "").await;
+        result.leftovers_dropped = drop_leftovers(&admin, &m.database).await;
         drop(admin);
         let req = RestoreRequest {
             target_database: scratch.clone(),

@@ -5,7 +5,7 @@ use pgbackd::pg::cluster::Cluster;
 
 /// Mixed data: numeric, text with awkward characters, jsonb, bytea, large objects, sequences, an
 /// extension, a non-public schema, a role owning objects, an empty and a zero-column table.
-fn load_mixed_data(env: &TestEnv, role: &str) {
+pub fn load_mixed_data(env: &TestEnv, role: &str) {
     env.psql(&format!(
         "create extension if not exists pgcrypto;
          create role {role} nologin;

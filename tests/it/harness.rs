@@ -70,8 +70,14 @@ impl TestEnv {
     pub fn write_config_with(&self, local: bool, extra: &str) {
         let c = cluster();
         let local = if local { format!("local_backup_dir: {}\n", self.repository().display()) } else { String::new() };
+        // reports stay in the test's directory unless the test says otherwise
+        let reports = if extra.contains("reports:") {
+            String::new()
+        } else {
+            format!("reports:\n  dir: {}\n", self.dir.path().join("reports").display())
+        };
         let text = format!(
-            "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\n{local}{extra}",
+            "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\n{local}{reports}{extra}",
             c.socket_dir(),
             c.port,
             self.db,

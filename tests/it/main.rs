@@ -8,3 +8,4 @@ mod fault_proxy;
 mod harness;
 mod s3;
 mod s3_servers;
+mod verify;
