@@ -193,6 +193,35 @@ fn sighup_with_a_broken_config_keeps_the_running_schedules() {
 }
 
 #[test]
+fn scheduled_verification_and_test_restore_run_and_report() {
+    let env = TestEnv::new("daemonverify");
+    env.psql("create table t (id int); insert into t select generate_series(1, 1000);");
+    env.backup();
+    let reports_dir = env.dir.path().join("reports");
+    env.write_config(&format!(
+        "schedules:\n  full_backup: \"0 1 * * *\"\n  verification: \"*/2 * * * * *\"\n  test_restore: \"*/3 * * * * *\"\n\
+         daemon:\n  catch_up: false\nreports:\n  dir: {}\n",
+        reports_dir.display()
+    ));
+    let daemon = Daemon::start(&env, &[]);
+    let count = |sub: &str| files_under(&reports_dir.join(sub)).len();
+    wait_until("a verification and a test restore", Duration::from_secs(60), || {
+        count("backup_verification") >= 1 && count("database_restore") >= 1
+    });
+    let (code, _, _) = daemon.stop();
+    assert_eq!(code, Some(0));
+    let listed = env.list_json();
+    assert_eq!(listed[0]["verify_outcome"], "passed");
+    assert_eq!(listed[0]["verify_mode"], "deep");
+    assert_eq!(listed[0]["test_restore_outcome"], "passed");
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reports_dir.join("status.json")).unwrap()).unwrap();
+    let db = &status["databases"][&env.db];
+    assert!(db["last_restore_seconds"].as_f64().unwrap() > 0.0, "{status}");
+    assert_eq!(db["last_verification_outcome"], "success");
+}
+
+#[test]
 fn a_stalled_dump_is_cancelled_by_the_stall_guard() {
     let env = TestEnv::new("daemonstall");
     env.psql("create table t (id int); insert into t select generate_series(1, 100000);");

@@ -49,6 +49,14 @@ fn round_trip_through(server: &S3Server) {
     let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert_identical(&env.db, &target);
+
+    // deep verification reads the S3 copy (ranged reads) and finds the local one gone
+    let out = env.run(&["verify", &id, "--deep"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("ok      target offsite") && text.contains("FAILED  target local"), "{text}");
+    let out = env.run(&["test-restore", &id]);
+    assert!(out.status.success(), "test restore from S3: {}", stdout(&out));
 }
 
 #[test]
