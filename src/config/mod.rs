@@ -176,7 +176,7 @@ crate::enum_from_node!(Overlap, "an overlap policy", { "skip" => Overlap::Skip, 
 impl JobKind {
     /// Whether this build can run the job (the others are rejected by check-config).
     pub fn is_built(self) -> bool {
-        matches!(self, JobKind::FullBackup | JobKind::Verification | JobKind::TestRestore)
+        matches!(self, JobKind::FullBackup | JobKind::Verification | JobKind::TestRestore | JobKind::Retention)
     }
 }
 
@@ -287,13 +287,49 @@ pub struct LogFile {
     pub keep: usize,
 }
 
-/// Per backup kind retention, as the reference config writes it (`full_backup: 30` days).
+/// Retention rules for one kind of backup (restic `forget` semantics): a backup is kept if any
+/// rule keeps it; the floor (`min_keep`) is kept whatever the rules say.
 #[derive(Debug, Clone, PartialEq, Default)]
+pub struct KindPolicy {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// Keep everything younger than this (the reference config's number of days).
+    pub keep_within: Option<Duration>,
+    /// Delete the oldest kept backups until the kind's total stored size is under this (never
+    /// below the floor).
+    pub max_total_size: Option<u64>,
+    /// The newest this many successful backups are always kept.
+    pub min_keep: u32,
+}
+
+/// `retention:`: a policy per backup kind (`full_backup: 30` days, or the long form).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Retention {
-    pub full_backup_days: Option<u32>,
-    pub incremental_backup_days: Option<u32>,
-    pub file_backup_days: Option<u32>,
-    pub config_backup_days: Option<u32>,
+    pub full_backup: Option<KindPolicy>,
+    pub incremental_backup: Option<KindPolicy>,
+    pub file_backup: Option<KindPolicy>,
+    pub config_backup: Option<KindPolicy>,
+    /// Skip retention for a database whose newest backup attempt failed.
+    pub skip_after_failure: bool,
+    /// Data with no manifest is removed only when older than this (an upload in progress has none).
+    pub orphan_grace: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            full_backup: None,
+            incremental_backup: None,
+            file_backup: None,
+            config_backup: None,
+            skip_after_failure: true,
+            orphan_grace: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// The validated configuration.
@@ -632,28 +668,85 @@ fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
     };
     let ctx = m.ctx();
     for (key, slot) in [
-        ("full_backup", &mut r.full_backup_days),
-        ("incremental_backup", &mut r.incremental_backup_days),
-        ("file_backup", &mut r.file_backup_days),
-        ("config_backup", &mut r.config_backup_days),
+        ("full_backup", &mut r.full_backup),
+        ("incremental_backup", &mut r.incremental_backup),
+        ("file_backup", &mut r.file_backup),
+        ("config_backup", &mut r.config_backup),
     ] {
         let path = m.child_path(key);
-        if let Some(node) = m.node(key) {
-            match &node.value {
-                Value::Map(_) => ctx.error(
-                    &path,
-                    "the long form of retention rules (keep_last, keep_daily, ...) is not supported yet; give the number of days",
-                    Some(node.loc),
-                ),
-                _ => match ctx.read::<u32>(node, &path) {
-                    Some(0) => ctx.error(&path, "0 days would delete every backup; give at least 1", Some(node.loc)),
-                    days => *slot = days,
-                },
-            }
-        }
+        let Some(node) = m.node(key) else { continue };
+        *slot = match &node.value {
+            Value::Map(_) => read_kind_policy(ctx, node, &path),
+            _ => match ctx.read::<u32>(node, &path) {
+                Some(0) => {
+                    ctx.error(&path, "0 days would delete every backup; give at least 1", Some(node.loc));
+                    None
+                }
+                Some(days) => Some(KindPolicy {
+                    keep_within: Some(Duration::from_secs(u64::from(days) * 86400)),
+                    min_keep: 3,
+                    ..Default::default()
+                }),
+                None => None,
+            },
+        };
+    }
+    r.skip_after_failure = m.opt::<bool>("skip_after_failure").unwrap_or(true);
+    if let Some(d) = m.opt::<Dur>("orphan_grace") {
+        r.orphan_grace = d.0;
     }
     m.finish();
     r
+}
+
+fn read_kind_policy(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<KindPolicy> {
+    let mut m = ctx.map(node, path)?;
+    let mut count = |key: &str| {
+        let n = m.opt::<u32>(key);
+        if n == Some(0) {
+            ctx.error(&m.child_path(key), "must be at least 1 (leave it out to not use the rule)", Some(m.loc_of(key)));
+        }
+        n.filter(|n| *n > 0)
+    };
+    let keep_last = count("keep_last");
+    let keep_hourly = count("keep_hourly");
+    let keep_daily = count("keep_daily");
+    let keep_weekly = count("keep_weekly");
+    let keep_monthly = count("keep_monthly");
+    let keep_yearly = count("keep_yearly");
+    let keep_within = m.opt::<Dur>("keep_within").map(|d| d.0);
+    let max_total_size = m.opt::<ByteSize>("max_total_size").map(|b| b.0);
+    let min_keep = m.opt::<u32>("min_keep").unwrap_or(3);
+    let loc = m.loc();
+    m.finish();
+    let policy = KindPolicy {
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        keep_within,
+        max_total_size,
+        min_keep,
+    };
+    let has_rule = keep_last.is_some()
+        || keep_hourly.is_some()
+        || keep_daily.is_some()
+        || keep_weekly.is_some()
+        || keep_monthly.is_some()
+        || keep_yearly.is_some()
+        || keep_within.is_some();
+    if !has_rule {
+        ctx.error(
+            path,
+            "an empty policy would keep nothing but the floor: give at least one keep_* rule \
+             (or remove the key to keep every backup of this kind)",
+            Some(loc),
+        );
+        return None;
+    }
+    Some(policy)
 }
 
 fn read_schedules(
@@ -709,7 +802,7 @@ fn read_schedules(
                 &path,
                 format!(
                     "the {} job is not supported yet by this version of pgbackd; remove this schedule \
-                     (full_backup, verification and test_restore are available)",
+                     (full_backup, verification, test_restore and retention are available)",
                     kind.name()
                 ),
                 Some(key.loc),

@@ -62,7 +62,7 @@ fn reference_config_parses_and_only_reports_features_not_built_yet() {
 fn reference_config_keys_keep_their_meaning() {
     // the reference config with the features this build lacks switched off or removed
     let original = include_str!("../../config/reference.yaml");
-    let unbuilt = ["incremental_backup", "file_backup", "config_backup", "retention"];
+    let unbuilt = ["incremental_backup", "file_backup", "config_backup"];
     let text: String = original
         .replace("enabled: true\n    from:", "enabled: false\n    from:")
         .replace("encryption:\n  enabled: true", "encryption:\n  enabled: false")
@@ -82,14 +82,21 @@ fn reference_config_keys_keep_their_meaning() {
     assert_eq!(c.targets[0].kind, storage::TargetKind::Local { path: PathBuf::from("backups/database") });
     assert_eq!(c.file_backup_dir, Some(PathBuf::from("backups/files")));
     assert_eq!(c.config_backup_dir, Some(PathBuf::from("backups/config")));
-    assert_eq!(c.retention.full_backup_days, Some(30));
-    assert_eq!(c.retention.incremental_backup_days, Some(7));
-    assert_eq!(c.retention.config_backup_days, Some(90));
+    let days = |p: &Option<KindPolicy>| p.as_ref().and_then(|p| p.keep_within).map(|d| d.as_secs() / 86400);
+    assert_eq!(days(&c.retention.full_backup), Some(30));
+    assert_eq!(days(&c.retention.incremental_backup), Some(7));
+    assert_eq!(days(&c.retention.config_backup), Some(90));
+    assert_eq!(c.retention.full_backup.as_ref().unwrap().min_keep, 3);
     assert_eq!(c.compression.level, 9);
     let kinds: Vec<_> = c.schedules.iter().map(|s| (s.kind, s.schedule.expr())).collect();
     assert_eq!(
         kinds,
-        [(JobKind::FullBackup, "0 1 * * *"), (JobKind::Verification, "0 4 * * *"), (JobKind::TestRestore, "0 5 * * 0")]
+        [
+            (JobKind::FullBackup, "0 1 * * *"),
+            (JobKind::Verification, "0 4 * * *"),
+            (JobKind::TestRestore, "0 5 * * 0"),
+            (JobKind::Retention, "0 6 * * *")
+        ]
     );
     // the other schedules are valid cron, kept for the jobs later releases add
     for k in unbuilt {
@@ -148,7 +155,7 @@ fn secrets_come_from_files() {
     "database:\n  database: app\nlocal_backup_dir: /r\nbackup:\n  segment_size: 1KiB\n  min_size: lots\n  stall_timeout: 10 parsecs\n  row_counts: approximate\n"
 )]
 #[case::zero_retention_and_long_form(
-    "database:\n  database: app\nlocal_backup_dir: /r\nretention:\n  full_backup: 0\n  incremental_backup: {keep_last: 3}\n  weekly: 4\n"
+    "database:\n  database: app\nlocal_backup_dir: /r\nretention:\n  full_backup: 0\n  incremental_backup: {keep_last: 0}\n  file_backup: {min_keep: 2}\n  weekly: 4\n"
 )]
 #[case::duplicate_database("database:\n  database: app\ndatabases:\n  - app\n  - name: ../etc\nlocal_backup_dir: /r\n")]
 #[case::both_password_forms(

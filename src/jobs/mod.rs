@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod report;
 pub mod restore;
+pub mod retention;
 pub mod test_restore;
 pub mod verify;
 
