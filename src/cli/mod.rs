@@ -4,6 +4,7 @@
 mod check;
 mod list;
 mod restore;
+mod retention_out;
 mod status;
 mod verify_out;
 
@@ -62,6 +63,8 @@ pub enum Command {
     /// Restore a backup into a scratch database, compare row counts, run the configured checks,
     /// measure the restore time, and drop the scratch database.
     TestRestore(CatArgs),
+    /// Apply the retention policies: print the plan (keep/delete and why) and execute it.
+    Retention(RetentionArgs),
     /// Run as a service: schedules, reload on SIGHUP, graceful stop on SIGTERM.
     Run,
     /// What the running daemon is doing: next and last run of every schedule, running jobs.
@@ -191,6 +194,21 @@ pub struct VerifyArgs {
     /// Read and check every stored byte (default: quick, objects and sizes only).
     #[arg(long)]
     pub deep: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Only one database (default: every configured one).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Print the plan, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Plan as of this time (2026-11-22 or 2026-11-22T06:00:00Z); needs --dry-run.
+    #[arg(long, requires = "dry_run")]
+    pub at: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -423,6 +441,43 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             );
             verify_out::print_test_restore(&t)?;
             Ok(ExitCode::from(if t.ok { EXIT_OK } else { EXIT_JOB_FAILED }))
+        }
+        Command::Retention(args) => {
+            let config = load_config(&cli)?;
+            let repo = Repository::open(&config).await?;
+            let now = match &args.at {
+                Some(t) => crate::jobs::retention::parse_at(t).map_err(|e| anyhow::anyhow!("--at: {e}"))?,
+                None => chrono::Utc::now(),
+            };
+            let databases: Vec<String> = match &args.database {
+                Some(d) => vec![config.select_database(Some(d))?.name.clone()],
+                None => config.databases.iter().map(|d| d.name.clone()).collect(),
+            };
+            let mut runs = Vec::new();
+            for db in &databases {
+                let run_id = crate::jobs::report::new_run_id();
+                let started = chrono::Utc::now();
+                let run = crate::jobs::retention::run_for_database(
+                    &config,
+                    &repo,
+                    db,
+                    now,
+                    args.dry_run,
+                    &std::collections::HashSet::new(),
+                )
+                .await
+                .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+                if !args.dry_run {
+                    crate::jobs::report::record(
+                        &config.reports.dir,
+                        &crate::jobs::report::Report::of_retention(&run_id, "manual", started, &run),
+                    );
+                }
+                runs.push(run);
+            }
+            retention_out::print(&runs, args.json)?;
+            let failed = runs.iter().any(|r| r.applied.as_ref().is_some_and(|a| !a.errors.is_empty()));
+            Ok(ExitCode::from(if failed { EXIT_JOB_FAILED } else { EXIT_OK }))
         }
         Command::Cat(args) => {
             let config = load_config(&cli)?;

@@ -86,6 +86,8 @@ pub struct JobResult {
     pub failed: Option<String>,
     /// For test restores: how long the restore took (the measured recovery time).
     pub restore_seconds: Option<f64>,
+    /// Job-specific detail for the report (a retention plan).
+    pub details: Option<serde_json::Value>,
     pub cancelled: bool,
     pub backup_id: Option<String>,
     pub raw_bytes: Option<u64>,
@@ -200,6 +202,31 @@ async fn run_verification(
     }
 }
 
+/// Applies retention to one database. The daemon holds the database's exclusive lock meanwhile,
+/// so no backup, verification or restore of it is reading what this deletes.
+async fn run_retention(job: &JobSpec, config: Arc<Config>) -> JobResult {
+    let started = Utc::now();
+    let result = async {
+        let repo = Repository::open(&config).await?;
+        crate::jobs::retention::run_for_database(&config, &repo, &job.database, started, false, &HashSet::new()).await
+    }
+    .await;
+    match result {
+        Ok(run) => {
+            let report = Report::of_retention(&job.run_id, job.trigger, started, &run);
+            JobResult {
+                failed: report.error.clone(),
+                raw_bytes: run.applied.as_ref().map(|a| a.bytes_freed),
+                targets: report.targets.clone(),
+                warnings: report.warnings.clone(),
+                details: report.details,
+                ..Default::default()
+            }
+        }
+        Err(e) => JobResult { failed: Some(format!("{e:#}")), ..Default::default() },
+    }
+}
+
 /// Test-restores the backup of one database that `test_restore.pick` selects.
 async fn run_test_restore(job: &JobSpec, config: Arc<Config>, cancel: CancellationToken) -> JobResult {
     let result: Result<crate::jobs::test_restore::TestRestored> = async {
@@ -238,6 +265,7 @@ impl JobHost for RealHost {
             JobKind::FullBackup => run_backup(job, config, progress, cancel).await,
             JobKind::Verification => run_verification(job, config, progress, cancel).await,
             JobKind::TestRestore => run_test_restore(job, config, cancel).await,
+            JobKind::Retention => run_retention(job, config).await,
             other => JobResult {
                 failed: Some(format!("the {} job is not supported by this version of pgbackd", other.name())),
                 ..Default::default()
@@ -599,6 +627,7 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         targets: result.targets.clone(),
         warnings: result.warnings.clone(),
         error: result.failed.clone(),
+        details: result.details.clone(),
     };
     report::record(&config.reports.dir, &report);
     shared.board.untrack_progress(&spec.run_id);

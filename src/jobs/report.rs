@@ -35,6 +35,9 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// The whole error chain, when the job failed.
     pub error: Option<String>,
+    /// Job-specific detail (a retention run's plan and what it deleted, per target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -65,6 +68,7 @@ impl Report {
             targets: m.map(|m| m.targets.clone()).unwrap_or_default(),
             warnings: m.map(|m| m.warnings.clone()).unwrap_or_default(),
             error: result.as_ref().err().map(|e| format!("{e:#}")),
+            details: None,
         }
     }
 }
@@ -88,7 +92,40 @@ impl Report {
             targets: Vec::new(),
             warnings: Vec::new(),
             error: None,
+            details: None,
         }
+    }
+
+    /// The report of a retention run.
+    pub fn of_retention(
+        run_id: &str,
+        trigger: &str,
+        started_at: DateTime<Utc>,
+        r: &crate::jobs::retention::RetentionRun,
+    ) -> Report {
+        let mut rep = Report::blank(run_id, "retention", &r.database, trigger, started_at);
+        if let Some(s) = &r.skipped {
+            rep.warnings.push(s.clone());
+        }
+        if let Some(a) = &r.applied {
+            rep.raw_bytes = Some(a.bytes_freed);
+            rep.targets = a.per_target.keys().cloned().collect();
+            if !a.errors.is_empty() {
+                rep.outcome = Outcome::Failed;
+                rep.error = Some(a.errors.join("; "));
+            }
+        }
+        let kept: Vec<&str> = r.decisions.iter().filter(|d| d.keep).map(|d| d.id.as_str()).collect();
+        rep.details = Some(serde_json::json!({
+            "dry_run": r.dry_run,
+            "kept": kept,
+            "deleted": r.applied.as_ref().map(|a| a.deleted.clone()).unwrap_or_default(),
+            "bytes_freed": r.applied.as_ref().map(|a| a.bytes_freed).unwrap_or(0),
+            "per_target": r.applied.as_ref().map(|a| a.per_target.clone()).unwrap_or_default(),
+            "orphans_removed": r.applied.as_ref().map(|a| a.orphans_removed.clone()).unwrap_or_default(),
+            "plan": r.decisions,
+        }));
+        rep
     }
 
     /// The report of a verification.
@@ -239,6 +276,7 @@ mod tests {
             targets: vec![],
             warnings: vec![],
             error: None,
+            details: None,
         }
     }
 

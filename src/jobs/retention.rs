@@ -352,3 +352,67 @@ pub fn parse_at(text: &str) -> Result<DateTime<Utc>, String> {
 
 #[cfg(test)]
 mod tests;
+
+/// One database's retention run: the plan, and what applying it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionRun {
+    pub database: String,
+    pub at: DateTime<Utc>,
+    pub dry_run: bool,
+    /// Why retention did not run for this database, if it did not.
+    pub skipped: Option<String>,
+    pub decisions: Vec<Decision>,
+    pub applied: Option<Applied>,
+}
+
+impl RetentionRun {
+    pub fn kept(&self) -> usize {
+        self.decisions.iter().filter(|d| d.keep).count()
+    }
+
+    pub fn to_delete(&self) -> usize {
+        self.decisions.iter().filter(|d| !d.keep).count()
+    }
+}
+
+/// Plans (and unless `dry_run`, applies) retention for one database as of `now`. Skipped when the
+/// newest backup attempt failed and `retention.skip_after_failure` is on: the backups that exist
+/// may be the last good ones.
+pub async fn run_for_database(
+    config: &crate::config::Config,
+    repo: &Repository,
+    database: &str,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    in_use: &HashSet<String>,
+) -> Result<RetentionRun> {
+    let mut run = RetentionRun {
+        database: database.to_owned(),
+        at: now,
+        dry_run,
+        skipped: None,
+        decisions: Vec::new(),
+        applied: None,
+    };
+    if config.retention.skip_after_failure {
+        let attempts = crate::jobs::report::read_all(&config.reports.dir, "backup");
+        let newest = attempts.iter().filter(|r| r.database == database && r.job_kind == "full_backup").next_back();
+        if let Some(r) = newest.filter(|r| r.outcome == crate::jobs::report::Outcome::Failed) {
+            run.skipped = Some(format!(
+                "the newest backup attempt of {database} (run {} at {}) failed: retention is skipped so that no \
+                 good backup is deleted while backups fail (retention.skip_after_failure)",
+                r.run_id,
+                r.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+            tracing::warn!(database = %database, "retention skipped: the newest backup attempt failed");
+            return Ok(run);
+        }
+    }
+    let listed = repo.list_with_targets(Some(database)).await?;
+    let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, in_use)).collect();
+    run.decisions = plan(&candidates, &config.retention, config.timezone, now);
+    if !dry_run {
+        run.applied = Some(apply(&run.decisions, database, repo, &config.retention, now).await);
+    }
+    Ok(run)
+}

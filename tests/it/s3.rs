@@ -286,3 +286,26 @@ fn check_config_connect_probes_every_target() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("FAILED  target offsite"), "{}", stdout(&out));
 }
+
+#[test]
+fn retention_deletes_on_every_target() {
+    let server = localstack();
+    let env = TestEnv::new("s3ret");
+    load_data(&env);
+    let bucket = server.bucket();
+    env.write_config(&format!(
+        "retention:\n  full_backup:\n    keep_last: 1\n    min_keep: 1\nstorage:\n{}",
+        server.target_yaml("offsite", &bucket, "")
+    ));
+    let old = env.backup();
+    let new = env.backup();
+    let out = env.run(&["retention", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let per_target = &runs[0]["applied"]["per_target"];
+    assert_eq!((per_target["local"][0].as_u64(), per_target["offsite"][0].as_u64()), (Some(1), Some(1)), "{runs}");
+    let keys = server.keys(&bucket);
+    assert!(!keys.iter().any(|k| k.contains(&old)), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains(&new)));
+    assert_eq!(env.list_json().len(), 1);
+}
