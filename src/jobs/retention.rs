@@ -396,7 +396,7 @@ pub async fn run_for_database(
     };
     if config.retention.skip_after_failure {
         let attempts = crate::jobs::report::read_all(&config.reports.dir, "backup");
-        let newest = attempts.iter().filter(|r| r.database == database && r.job_kind == "full_backup").next_back();
+        let newest = attempts.iter().rfind(|r| r.database == database && r.job_kind == "full_backup");
         if let Some(r) = newest.filter(|r| r.outcome == crate::jobs::report::Outcome::Failed) {
             run.skipped = Some(format!(
                 "the newest backup attempt of {database} (run {} at {}) failed: retention is skipped so that no \
