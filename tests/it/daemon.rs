@@ -222,6 +222,30 @@ fn scheduled_verification_and_test_restore_run_and_report() {
 }
 
 #[test]
+fn scheduled_retention_deletes_by_the_policy() {
+    let env = TestEnv::new("daemonret");
+    env.psql("create table t (id int); insert into t values (1);");
+    let reports_dir = env.dir.path().join("reports");
+    env.write_config(&format!("reports:\n  dir: {}\n", reports_dir.display()));
+    env.backup();
+    env.backup();
+    env.backup();
+    env.write_config(&format!(
+        "retention:\n  full_backup:\n    keep_last: 1\n    min_keep: 1\nschedules:\n  full_backup: \"0 1 * * *\"\n\
+         \x20 retention: \"*/2 * * * * *\"\ndaemon:\n  catch_up: false\nreports:\n  dir: {}\n",
+        reports_dir.display()
+    ));
+    let daemon = Daemon::start(&env, &[]);
+    wait_until("a retention run", Duration::from_secs(30), || {
+        !files_under(&reports_dir.join("backup_retention")).is_empty()
+    });
+    let (code, _, log) = daemon.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(env.list_json().len(), 1, "{log}");
+    assert!(log.contains("backup deleted by retention"), "{log}");
+}
+
+#[test]
 fn a_stalled_dump_is_cancelled_by_the_stall_guard() {
     let env = TestEnv::new("daemonstall");
     env.psql("create table t (id int); insert into t select generate_series(1, 100000);");
