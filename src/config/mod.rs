@@ -98,6 +98,10 @@ pub struct BackupSettings {
     pub timeout: Duration,
     /// A dump whose stream moves no bytes for this long is cancelled.
     pub stall_timeout: Duration,
+    /// Raw bytes per delta frame of an incremental.
+    pub incremental_segment_size: u64,
+    /// Bytes of the base taken on either side of a segment's aligned position as its reference.
+    pub incremental_slack: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,7 +180,14 @@ crate::enum_from_node!(Overlap, "an overlap policy", { "skip" => Overlap::Skip, 
 impl JobKind {
     /// Whether this build can run the job (the others are rejected by check-config).
     pub fn is_built(self) -> bool {
-        matches!(self, JobKind::FullBackup | JobKind::Verification | JobKind::TestRestore | JobKind::Retention)
+        matches!(
+            self,
+            JobKind::FullBackup
+                | JobKind::IncrementalBackup
+                | JobKind::Verification
+                | JobKind::TestRestore
+                | JobKind::Retention
+        )
     }
 }
 
@@ -802,7 +813,7 @@ fn read_schedules(
                 &path,
                 format!(
                     "the {} job is not supported yet by this version of pgbackd; remove this schedule \
-                     (full_backup, verification, test_restore and retention are available)",
+                     (the backup, verification, test_restore and retention jobs are available)",
                     kind.name()
                 ),
                 Some(key.loc),
@@ -881,13 +892,35 @@ fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings> {
     let globals = m.opt::<bool>("globals").unwrap_or(true);
     let timeout = m.opt::<Dur>("timeout").map(|d| d.0).unwrap_or(Duration::from_secs(12 * 3600));
     let stall_timeout = m.opt::<Dur>("stall_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(600));
+    let incremental_segment_size = m.opt::<ByteSize>("incremental_segment_size").map(|b| b.0).unwrap_or(8 << 20);
+    let incremental_slack = m.opt::<ByteSize>("incremental_slack").map(|b| b.0).unwrap_or(4 << 20);
+    if !((1 << 20)..=(64 << 20)).contains(&incremental_segment_size) {
+        ctx.error(
+            &m.child_path("incremental_segment_size"),
+            "must be between 1MiB and 64MiB (8MiB is a good default)",
+            Some(m.loc_of("incremental_segment_size")),
+        );
+    }
+    if incremental_slack > (256 << 20) {
+        ctx.error(&m.child_path("incremental_slack"), "must be at most 256MiB", Some(m.loc_of("incremental_slack")));
+    }
     for (key, d) in [("timeout", timeout), ("stall_timeout", stall_timeout)] {
         if d.is_zero() {
             ctx.error(&m.child_path(key), "must be greater than zero", Some(m.loc_of(key)));
         }
     }
     m.finish();
-    Some(BackupSettings { segment_size, min_size, min_size_ratio, row_counts, globals, timeout, stall_timeout })
+    Some(BackupSettings {
+        segment_size,
+        min_size,
+        min_size_ratio,
+        row_counts,
+        globals,
+        timeout,
+        stall_timeout,
+        incremental_segment_size,
+        incremental_slack,
+    })
 }
 
 fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<RestoreSettings> {

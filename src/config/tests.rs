@@ -62,7 +62,7 @@ fn reference_config_parses_and_only_reports_features_not_built_yet() {
 fn reference_config_keys_keep_their_meaning() {
     // the reference config with the features this build lacks switched off or removed
     let original = include_str!("../../config/reference.yaml");
-    let unbuilt = ["incremental_backup", "file_backup", "config_backup"];
+    let unbuilt = ["file_backup", "config_backup"];
     let text: String = original
         .replace("enabled: true\n    from:", "enabled: false\n    from:")
         .replace("encryption:\n  enabled: true", "encryption:\n  enabled: false")
@@ -93,6 +93,7 @@ fn reference_config_keys_keep_their_meaning() {
         kinds,
         [
             (JobKind::FullBackup, "0 1 * * *"),
+            (JobKind::IncrementalBackup, "0 */6 * * *"),
             (JobKind::Verification, "0 4 * * *"),
             (JobKind::TestRestore, "0 5 * * 0"),
             (JobKind::Retention, "0 6 * * *")

@@ -126,7 +126,7 @@ async fn run_backup(
         let req = BackupRequest {
             config: &config,
             database: db,
-            kind: BackupKind::Full,
+            kind: if job.kind == JobKind::IncrementalBackup { BackupKind::Incremental } else { BackupKind::Full },
             trigger: Trigger::Schedule,
             allow_shrink: false,
             interactive: false,
@@ -262,7 +262,7 @@ impl JobHost for RealHost {
         cancel: CancellationToken,
     ) -> JobResult {
         match job.kind {
-            JobKind::FullBackup => run_backup(job, config, progress, cancel).await,
+            JobKind::FullBackup | JobKind::IncrementalBackup => run_backup(job, config, progress, cancel).await,
             JobKind::Verification => run_verification(job, config, progress, cancel).await,
             JobKind::TestRestore => run_test_restore(job, config, cancel).await,
             JobKind::Retention => run_retention(job, config).await,

@@ -42,17 +42,25 @@ pub async fn run(
     cancel: &CancellationToken,
     now: DateTime<Utc>,
 ) -> Result<Manifest> {
-    if req.kind != BackupKind::Full {
-        bail!("incremental backups are not supported yet by this version of pgbackd; use --kind full");
-    }
     let db = req.database;
     let span = tracing::info_span!("backup", database = %db.name, run_id = %req.run_id);
     let _enter = span.enter();
     let started = Instant::now();
-    let id = repo::new_backup_id(now, req.kind);
-    tracing::info!(backup_id = %id, kind = req.kind.name(), "backup started");
+    // an incremental is stored as deltas against the newest full: without one, take a full
+    let base = match req.kind {
+        BackupKind::Incremental => repo.latest(&db.name, Some(BackupKind::Full)).await?,
+        BackupKind::Full => None,
+    };
+    let kind = if req.kind == BackupKind::Incremental && base.is_none() {
+        tracing::warn!("no full backup of this database yet: taking a full backup instead of an incremental");
+        BackupKind::Full
+    } else {
+        req.kind
+    };
+    let id = repo::new_backup_id(now, kind);
+    tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), "backup started");
 
-    let result = take(req, repo, cancel, now, &id).await;
+    let result = take(req, kind, base.as_ref(), repo, cancel, now, &id).await;
     match &result {
         Ok(m) => tracing::info!(
             backup_id = %m.id,
@@ -73,8 +81,11 @@ pub async fn run(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn take(
     req: &BackupRequest<'_>,
+    kind: BackupKind,
+    base: Option<&Manifest>,
     repo: &Repository,
     cancel: &CancellationToken,
     now: DateTime<Utc>,
@@ -90,7 +101,10 @@ async fn take(
     let server = pg::server_info(&client).await?;
     drop(client);
     pg::check_dump_version(dump_major, &dump_version, &server, &tools)?;
-    let previous_full = repo.latest(&db.name, Some(BackupKind::Full)).await?;
+    let previous_full = match base {
+        Some(b) => Some(b.clone()),
+        None => repo.latest(&db.name, Some(BackupKind::Full)).await?,
+    };
 
     // the job's own cancellation: the caller's, plus the hard timeout
     let job_cancel = cancel.child_token();
@@ -103,7 +117,7 @@ async fn take(
             c.cancel();
         })
     };
-    let result = dump(req, repo, &tools, &job_cancel, id).await;
+    let result = dump(req, base, repo, &tools, &job_cancel, id).await;
     timer.abort();
     let (committed, archive, dump_stderr) = match result {
         Ok(v) => v,
@@ -152,6 +166,12 @@ async fn take(
             archive.archive_version
         ));
     }
+    if req.kind == BackupKind::Incremental && kind == BackupKind::Full {
+        warnings.push(
+            "an incremental backup was asked for, but there was no full backup to base it on: this is a full backup"
+                .into(),
+        );
+    }
     let tables = match config.backup.row_counts {
         RowCounts::Exact => archive.tables,
         RowCounts::Off => Vec::new(),
@@ -160,8 +180,8 @@ async fn take(
         schema_version: repo::manifest::SCHEMA_VERSION,
         id: id.to_owned(),
         database: db.name.clone(),
-        kind: req.kind,
-        base_id: None,
+        kind,
+        base_id: base.map(|b| b.id.clone()),
         trigger: req.trigger,
         started_at: now,
         finished_at: now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default(),
@@ -181,6 +201,7 @@ async fn take(
             RowCounts::Off => "off".into(),
         },
         tables,
+        blocks: archive.blocks,
         large_objects: archive.large_objects,
         data,
         globals,
@@ -195,6 +216,7 @@ async fn take(
 /// Runs pg_dump into the pipeline; commits the data object only if pg_dump succeeded.
 async fn dump(
     req: &BackupRequest<'_>,
+    base: Option<&Manifest>,
     repo: &Repository,
     tools: &Tools,
     cancel: &CancellationToken,
@@ -213,17 +235,35 @@ async fn dump(
     let stdout = child.take_stdout().context("pg_dump has no stdout")?;
     let stdout = std::fs::File::from(stdout.into_owned_fd().context("taking pg_dump's stdout")?);
     crate::process::set_blocking(&stdout);
-    let level = config.compression.enabled.then_some(config.compression.level);
+    let new_blocks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let delta = match base {
+        Some(b) => {
+            let store = repo.locate(b).await.with_context(|| format!("reading base {}", repo::describe(b)))?;
+            let what = format!("base {} of the incremental {id}", repo::describe(b));
+            Some(pipeline::Delta {
+                base: pipeline::ObjectReader::as_base(store, b.data.clone(), &what),
+                base_blocks: b.blocks.clone(),
+                new_blocks: new_blocks.clone(),
+                slack: config.backup.incremental_slack,
+            })
+        }
+        None => None,
+    };
+    // deltas are zstd frames whatever compression.enabled says
+    let level = (config.compression.enabled || delta.is_some()).then_some(config.compression.level);
+    let segment_size =
+        if delta.is_some() { config.backup.incremental_segment_size } else { config.backup.segment_size } as usize;
     let opts = PipelineOptions {
-        segment_size: config.backup.segment_size as usize,
+        segment_size,
         level,
         threads: config.compression_threads(),
         stall_timeout: config.backup.stall_timeout,
+        delta,
     };
     let key = repo::data_key(&db.name, id, level.is_some());
     let moved = req.progress.clone();
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
-    let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), true);
+    let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), Some(new_blocks));
     let streamed = pipeline::store_stream_to(&mut segments, repo.targets(), &key, &opts, cancel).await;
     drop(tracker);
     drop(segments);

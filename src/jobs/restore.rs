@@ -8,7 +8,7 @@
 use crate::config::{Config, Connection, DatabaseConfig};
 use crate::jobs::backup::{self, BackupRequest, KILL_GRACE};
 use crate::pg::{self, Tools};
-use crate::pipeline::{self, Counter, RawCheck};
+use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
 use crate::process::{ChildSpec, Running};
 use crate::progress;
 use crate::repo::manifest::{StoredObject, Trigger};
@@ -17,7 +17,7 @@ use crate::storage::Store;
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -124,28 +124,7 @@ pub async fn connect_admin(conn: &Connection) -> Result<tokio_postgres::Client> 
     }
 }
 
-/// Checks the SHA-256 of every stored frame without decoding (cheap: compressed bytes only).
-pub async fn check_stored_frames(store: &Arc<dyn Store>, object: &StoredObject, what: &str) -> Result<()> {
-    for (index, f) in object.frames.iter().enumerate() {
-        let stored = store
-            .read_range(&object.key, f.stored_offset, f.stored_len)
-            .await
-            .with_context(|| format!("{what}: reading frame {index} at stored offset {}", f.stored_offset))?;
-        let got = hex::encode(Sha256::digest(&stored));
-        anyhow::ensure!(
-            got == f.stored_sha256,
-            "{what}: frame {index} (stored offset {}, {} bytes) has SHA-256 {got}, the manifest says {}: the stored data is corrupt",
-            f.stored_offset,
-            f.stored_len,
-            f.stored_sha256
-        );
-    }
-    Ok(())
-}
-
-pub fn describe_backup(m: &Manifest) -> String {
-    format!("backup {} of database {}", m.id, m.database)
-}
+pub use crate::repo::describe as describe_backup;
 
 /// Restores backup `m` (found with [`resolve`]).
 pub async fn run(
@@ -160,7 +139,7 @@ pub async fn run(
     let span = tracing::info_span!("job", job_kind = "restore", database = %m.database, backup_id = %m.id);
     let _enter = span.enter();
     let target = target_connection(req, config, m);
-    let store = repo.locate(m).await?;
+    let reader = repo.reader(m, None).await?;
 
     // Refuse early, before reading anything big.
     let admin = connect_admin(&target).await?;
@@ -186,7 +165,7 @@ pub async fn run(
     }
 
     tracing::info!(restore_target = %target, "checking the backup before restoring");
-    check_stored_frames(&store, &m.data, &what).await?;
+    reader.check_stored().await?;
     tracing::debug!(frames = m.data.frames.len(), "every stored frame checked");
     let mut report = RestoreReport {
         backup_id: m.id.clone(),
@@ -204,8 +183,7 @@ pub async fn run(
     if req.dry_run {
         // prove the whole stream decodes to the recorded SHA-256, touching nothing
         let mut sink = tokio::io::sink();
-        pipeline::restore_stream(&store, &m.data, &mut sink, &what, RawCheck::Sha256, cancel, &Counter::default())
-            .await?;
+        pipeline::restore_stream(&reader, &mut sink, RawCheck::Sha256, cancel, &Counter::default()).await?;
         report.tables_checked = selected_tables(m, req).count();
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -238,14 +216,14 @@ pub async fn run(
     let tools = Tools::locate(config.pg_bin_dir.as_deref());
     if req.globals {
         match &m.globals {
-            Some(g) => report.warnings.extend(apply_globals(&tools, &store, g, &target, &what).await?),
+            Some(g) => report.warnings.extend(apply_globals(&tools, &repo.locate(m).await?, g, &target, &what).await?),
             None => bail!("{what} has no globals (roles, tablespaces) to restore"),
         }
     }
     if !req.schemas.is_empty() || !req.tables.is_empty() {
         ensure_schemas(m, req, &target).await?;
     }
-    pg_restore(req, config, &tools, &store, m, &target, &what, cancel).await?;
+    pg_restore(req, config, &tools, &reader, m, &target, &what, cancel).await?;
     tracing::debug!("pg_restore finished");
 
     let client = pg::connect(&target).await?;
@@ -307,7 +285,7 @@ async fn pg_restore(
     req: &RestoreRequest,
     config: &Config,
     tools: &Tools,
-    store: &Arc<dyn Store>,
+    reader: &Arc<ObjectReader>,
     m: &Manifest,
     target: &Connection,
     what: &str,
@@ -337,7 +315,7 @@ async fn pg_restore(
             .tempfile()
             .context("creating the spool file")?;
         let mut file = tokio::fs::File::from_std(spool.reopen().context("opening the spool file")?);
-        pipeline::restore_stream(store, &m.data, &mut file, what, RawCheck::FramesOnly, cancel, &moved).await?;
+        pipeline::restore_stream(reader, &mut file, RawCheck::FramesOnly, cancel, &moved).await?;
         file.sync_all().await.ok();
         drop(file);
         let spec = pg::conn_env(spec.arg(format!("--jobs={jobs}")).arg(spool.path()), target).stdout(false);
@@ -351,8 +329,7 @@ async fn pg_restore(
     let spec = pg::conn_env(spec, target).stdin(true).stdout(false);
     let mut child = Running::spawn(&spec)?;
     let mut stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let streamed =
-        pipeline::restore_stream(store, &m.data, &mut stdin, what, RawCheck::FramesOnly, cancel, &moved).await;
+    let streamed = pipeline::restore_stream(reader, &mut stdin, RawCheck::FramesOnly, cancel, &moved).await;
     let _ = stdin.shutdown().await;
     drop(stdin);
     match streamed {
@@ -412,8 +389,7 @@ pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(
     out: &mut W,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let what = describe_backup(m);
-    let store = repo.locate(m).await?;
-    check_stored_frames(&store, &m.data, &what).await?;
-    pipeline::restore_stream(&store, &m.data, out, &what, RawCheck::Sha256, cancel, &Counter::default()).await
+    let reader = repo.reader(m, None).await?;
+    reader.check_stored().await?;
+    pipeline::restore_stream(&reader, out, RawCheck::Sha256, cancel, &Counter::default()).await
 }

@@ -83,7 +83,7 @@ pub async fn verify(
         let where_ = format!("{what} on target {name}");
         let result = match mode {
             VerifyMode::Quick => quick(&target.store, listed, &where_).await.map(|()| 0),
-            VerifyMode::Deep => deep(&target.store, listed, &where_, &tools, cancel, progress).await,
+            VerifyMode::Deep => deep(&target.store, listed, &where_, repo, &tools, cancel, progress).await,
         };
         targets.push(match result {
             Ok(bytes_read) => TargetOutcome { target: name, ok: true, error: None, bytes_read },
@@ -153,6 +153,7 @@ async fn deep(
     store: &Arc<dyn Store>,
     listed: &Listed,
     what: &str,
+    repo: &Repository,
     tools: &Tools,
     cancel: &CancellationToken,
     progress: &Arc<Counter>,
@@ -166,7 +167,8 @@ async fn deep(
     let spec = ChildSpec::new(tools.path("pg_restore")).arg("--file=/dev/null").stdin(true).stdout(false);
     let mut child = Running::spawn(&spec)?;
     let mut stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let streamed = pipeline::restore_stream(store, &m.data, &mut stdin, what, RawCheck::Sha256, cancel, progress).await;
+    let reader = repo.reader(m, Some(store.clone())).await?;
+    let streamed = pipeline::restore_stream(&reader, &mut stdin, RawCheck::Sha256, cancel, progress).await;
     let _ = stdin.shutdown().await;
     drop(stdin);
     match streamed {

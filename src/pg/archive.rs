@@ -49,6 +49,16 @@ pub struct ArchiveSummary {
     pub large_objects: u64,
     /// False when the archive version was unknown and the stream passed through unchanged.
     pub understood: bool,
+    /// Where each data block starts in the (re-chunked) archive.
+    pub blocks: Vec<BlockStart>,
+}
+
+/// A data block's position in the archive: incremental backups align on these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStart {
+    /// `schema.table` for table data, `blobs#N` for the N-th large-object block.
+    pub key: String,
+    pub raw_offset: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -145,6 +155,15 @@ pub struct ArchiveFilter {
     large_objects: u64,
     /// Where the header of the output chunk being filled starts in `out`.
     open_chunk: Option<usize>,
+    /// Bytes written by earlier `feed` calls, and `out.len()` when this call started: together
+    /// the absolute position of what is written now.
+    emitted: u64,
+    feed_start: usize,
+    block_start: u64,
+    blob_blocks: u32,
+    blocks: Vec<BlockStart>,
+    /// Shared with the pipeline while streaming (incremental alignment).
+    shared_blocks: Option<std::sync::Arc<std::sync::Mutex<Vec<BlockStart>>>>,
 }
 
 impl Default for ArchiveFilter {
@@ -164,17 +183,36 @@ impl ArchiveFilter {
             by_dump_id: HashMap::new(),
             large_objects: 0,
             open_chunk: None,
+            emitted: 0,
+            feed_start: 0,
+            block_start: 0,
+            blob_blocks: 0,
+            blocks: Vec::new(),
+            shared_blocks: None,
         }
+    }
+
+    /// Also publishes each block start to `shared` as soon as it is seen.
+    pub fn with_shared_blocks(mut self, shared: std::sync::Arc<std::sync::Mutex<Vec<BlockStart>>>) -> Self {
+        self.shared_blocks = Some(shared);
+        self
+    }
+
+    fn position(&self, out: &[u8]) -> u64 {
+        self.emitted + (out.len() - self.feed_start) as u64
     }
 
     /// Feeds the next piece of the stream, appending the re-chunked archive to `out`.
     pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        self.feed_start = out.len();
         while !data.is_empty() {
             let used = self.step(data, out)?;
             data = &data[used..];
         }
         // `out` may be sent away after this call: no chunk stays open across calls
         self.close_chunk(out);
+        self.emitted += (out.len() - self.feed_start) as u64;
+        self.feed_start = out.len();
         Ok(())
     }
 
@@ -259,6 +297,7 @@ impl ArchiveFilter {
                 if kind != BLK_DATA && kind != BLK_BLOBS {
                     return Err(ArchiveError::Malformed(format!("unknown data block type {kind}")));
                 }
+                self.block_start = self.position(out);
                 out.push(kind);
                 self.state = State::BlockId { kind };
                 Ok(1)
@@ -268,15 +307,29 @@ impl ArchiveFilter {
                 let (v, used) = self.int.take(data, int_size);
                 out.extend_from_slice(&data[..used]);
                 if let Some(id) = v {
+                    let key;
                     self.state = if kind == BLK_BLOBS {
+                        self.blob_blocks += 1;
+                        key = format!("blobs#{}", self.blob_blocks);
                         State::BlobOid
                     } else {
                         let table = self.by_dump_id.get(&id).copied();
-                        if let Some(t) = table {
-                            self.counts[t].1.seen = true;
-                        }
+                        key = match table {
+                            Some(t) => {
+                                self.counts[t].1.seen = true;
+                                format!("{}.{}", self.counts[t].0.0, self.counts[t].0.1)
+                            }
+                            None => format!("dump#{id}"),
+                        };
                         State::ChunkLen { table }
                     };
+                    let start = BlockStart { key, raw_offset: self.block_start };
+                    if let Some(shared) = &self.shared_blocks
+                        && let Ok(mut s) = shared.lock()
+                    {
+                        s.push(start.clone());
+                    }
+                    self.blocks.push(start);
                 }
                 Ok(used)
             }
@@ -361,6 +414,7 @@ impl ArchiveFilter {
                     tables: Vec::new(),
                     large_objects: 0,
                     understood: false,
+                    blocks: Vec::new(),
                 });
             }
             State::Head => {
@@ -400,6 +454,7 @@ impl ArchiveFilter {
             tables,
             large_objects: self.large_objects,
             understood: true,
+            blocks: self.blocks,
         })
     }
 }
@@ -638,9 +693,17 @@ mod tests {
             let mut again = ArchiveFilter::new();
             let mut out2 = Vec::new();
             again.feed(&out, &mut out2).unwrap();
-            assert_eq!(again.finish().unwrap(), s);
+            // the same facts (block offsets differ: chunk boundaries moved again)
+            let mut s2 = again.finish().unwrap();
+            s2.blocks = s.blocks.clone();
+            assert_eq!(s2, s);
             assert_eq!(logical_content(&a), logical_content(&out));
             assert_eq!(logical_content(&out2), logical_content(&out));
+            // block starts point at the block type bytes of the output
+            let keys: Vec<&str> = s.blocks.iter().map(|b| b.key.as_str()).collect();
+            assert_eq!(keys, ["app.t", "blobs#1"]);
+            assert_eq!(out[s.blocks[0].raw_offset as usize], BLK_DATA, "piece {piece}");
+            assert_eq!(out[s.blocks[1].raw_offset as usize], BLK_BLOBS, "piece {piece}");
             if piece == a.len() {
                 // fed whole, each block's data becomes one chunk
                 assert!(out.len() < a.len(), "{} >= {}", out.len(), a.len());

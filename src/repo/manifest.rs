@@ -41,6 +41,8 @@ pub enum Trigger {
 pub enum CompressionAlgorithm {
     Zstd,
     None,
+    /// zstd frames that reference a region of the base full's raw stream (incrementals).
+    ZstdPatch,
 }
 
 /// One independently compressed frame of the stored object.
@@ -51,6 +53,12 @@ pub struct Frame {
     pub stored_offset: u64,
     pub stored_len: u64,
     pub stored_sha256: String,
+    /// For a delta frame: the base raw range `[base_offset, base_offset + base_len)` it was
+    /// compressed against (and must be decoded with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_offset: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_len: Option<u64>,
 }
 
 /// A stored object: where it is, its sizes and checksums, and (for segmented data) its frames.
@@ -102,6 +110,9 @@ pub struct Manifest {
     pub row_counts: String,
     pub tables: Vec<TableRows>,
     pub large_objects: u64,
+    /// Where each data block starts in the raw archive (incrementals align on them).
+    #[serde(default)]
+    pub blocks: Vec<crate::pg::archive::BlockStart>,
     /// Storage targets holding this backup.
     pub targets: Vec<String>,
     pub warnings: Vec<String>,

@@ -7,6 +7,7 @@
 pub mod manifest;
 
 use crate::config::Config;
+use crate::pipeline::ObjectReader;
 use crate::storage::{self, Store, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -237,6 +238,33 @@ impl Repository {
         Ok(())
     }
 
+    /// A reader for backup `m`'s archive on `store` (default: the first target holding it); for an
+    /// incremental, with its base full (preferably from the same target).
+    pub async fn reader(&self, m: &Manifest, store: Option<Arc<dyn Store>>) -> Result<Arc<ObjectReader>> {
+        let store = match store {
+            Some(s) => s,
+            None => self.locate(m).await?,
+        };
+        let what = describe(m);
+        match (&m.kind, &m.base_id) {
+            (BackupKind::Incremental, Some(base_id)) => {
+                let base = self
+                    .find(base_id)
+                    .await
+                    .with_context(|| format!("{what} depends on full backup {base_id}, which cannot be read"))?;
+                let base_store = match store.size(&base.data.key).await {
+                    Ok(Some(size)) if size == base.data.stored_bytes => store.clone(),
+                    _ => self.locate(&base).await?,
+                };
+                let base_what = format!("base {} of incremental {}", describe(&base), m.id);
+                let base_reader = ObjectReader::as_base(base_store, base.data.clone(), &base_what);
+                Ok(ObjectReader::with_base(store, m.data.clone(), &what, base_reader))
+            }
+            (BackupKind::Incremental, None) => bail!("{what} is an incremental without a base backup id"),
+            _ => Ok(ObjectReader::new(store, m.data.clone(), &what)),
+        }
+    }
+
     /// Commits a backup: the manifest goes, last, to every target that holds its data.
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let key = manifest_key(&manifest.database, &manifest.id);
@@ -271,6 +299,11 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// Names a backup in messages.
+pub fn describe(m: &Manifest) -> String {
+    format!("backup {} of database {}", m.id, m.database)
 }
 
 async fn read_annotations_from(store: &Arc<dyn Store>, database: &str, id: &str) -> Annotations {

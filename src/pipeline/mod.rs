@@ -11,24 +11,37 @@
 
 use crate::pg::archive::{ArchiveError, ArchiveFilter, ArchiveSummary};
 use crate::repo::manifest::{CompressionAlgorithm, Frame, StoredObject};
-use crate::storage::{ObjectWriter, Store, Target};
+use crate::storage::{ObjectWriter, Target};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PipelineOptions {
     pub segment_size: usize,
     /// zstd level; `None` stores frames uncompressed.
     pub level: Option<i32>,
     pub threads: usize,
     pub stall_timeout: Duration,
+    /// For an incremental: compress each segment against the aligned region of this base.
+    pub delta: Option<Delta>,
+}
+
+/// How an incremental's segments find their reference in the base full.
+#[derive(Clone)]
+pub struct Delta {
+    pub base: Arc<ObjectReader>,
+    /// Where each data block starts in the base (from its manifest).
+    pub base_blocks: Vec<crate::pg::archive::BlockStart>,
+    /// Where each data block starts in the new dump, filled in by the reader as it streams.
+    pub new_blocks: Arc<std::sync::Mutex<Vec<crate::pg::archive::BlockStart>>>,
+    /// Bytes of base taken on either side of the aligned position.
+    pub slack: u64,
 }
 
 /// Why a stream stopped. Callers branch on `Cancelled` and `Stalled`.
@@ -237,12 +250,15 @@ pub fn read_segments<R: std::io::Read + Send + 'static>(
     mut input: R,
     size: usize,
     moved: Arc<Counter>,
-    archive: bool,
+    archive: Option<Arc<std::sync::Mutex<Vec<crate::pg::archive::BlockStart>>>>,
 ) -> Segments {
     const READ_SIZE: usize = 1 << 20;
     let (tx, rx) = mpsc::channel(2);
     let counter = moved.clone();
-    let mut transform = if archive { Transform::Archive(Box::default()) } else { Transform::Copy };
+    let mut transform = match archive {
+        Some(blocks) => Transform::Archive(Box::new(ArchiveFilter::new().with_shared_blocks(blocks))),
+        None => Transform::Copy,
+    };
     let spawned = std::thread::Builder::new().name("pgbackd-read".into()).spawn(move || {
         let mut buf = vec![0u8; READ_SIZE];
         let pool = BufferPool::default();
@@ -366,7 +382,9 @@ pub async fn store_stream(
     // at most `threads` frames compress at once, each with a reused context
     let slots = Arc::new(tokio::sync::Semaphore::new(threads));
     let compressors = Arc::new(Compressors { level: level.unwrap_or(0), idle: std::sync::Mutex::new(Vec::new()) });
-    let (frame_tx, mut frame_rx) = mpsc::channel::<(u64, tokio::task::JoinHandle<std::io::Result<Bytes>>)>(threads);
+    // each frame: raw length, and the task compressing it (stored bytes, base range if a delta)
+    type FrameJob = tokio::task::JoinHandle<Result<(Bytes, Option<(u64, u64)>), String>>;
+    let (frame_tx, mut frame_rx) = mpsc::channel::<(u64, FrameJob)>(threads);
 
     let reader = async {
         let mut raw_total = 0u64;
@@ -374,6 +392,7 @@ pub async fn store_stream(
             let Some(seg) = input.next(opts.stall_timeout, cancel).await? else {
                 break;
             };
+            let offset = raw_total;
             raw_total += seg.len() as u64;
             if inspect_tx.send(seg.clone()).await.is_err() {
                 break;
@@ -381,11 +400,36 @@ pub async fn store_stream(
             let raw_len = seg.len() as u64;
             let permit = slots.clone().acquire_owned().await.map_err(|_| StreamError::Cancelled)?;
             let compressors = compressors.clone();
-            let job = tokio::task::spawn_blocking(move || {
+            let delta = opts.delta.clone();
+            let job = tokio::spawn(async move {
                 let _permit = permit;
-                match level {
-                    Some(_) => compressors.compress(&seg).map(Bytes::from),
-                    None => Ok(seg),
+                match delta {
+                    Some(d) => {
+                        let (start, end) = {
+                            let new_blocks = d.new_blocks.lock().map_err(|_| "block list poisoned".to_owned())?;
+                            delta::reference_range(
+                                offset,
+                                raw_len,
+                                &new_blocks,
+                                &d.base_blocks,
+                                d.base.raw_len(),
+                                d.slack,
+                            )
+                        };
+                        let reference = d.base.range(start, end).await.map_err(|e| format!("{e:#}"))?;
+                        let level = level.unwrap_or(1);
+                        let stored = tokio::task::spawn_blocking(move || delta::compress(&seg, &reference, level))
+                            .await
+                            .map_err(|e| format!("compression task failed: {e}"))??;
+                        Ok((Bytes::from(stored), Some((start, end - start))))
+                    }
+                    None => tokio::task::spawn_blocking(move || match level {
+                        Some(_) => compressors.compress(&seg).map(|c| (Bytes::from(c), None)),
+                        None => Ok((seg, None)),
+                    })
+                    .await
+                    .map_err(|e| format!("compression task failed: {e}"))?
+                    .map_err(|e| format!("zstd compression failed: {e}")),
                 }
             });
             if frame_tx.send((raw_len, job)).await.is_err() {
@@ -404,10 +448,10 @@ pub async fn store_stream(
         let (mut raw_offset, mut stored_offset) = (0u64, 0u64);
         let result: Result<(), StreamError> = async {
             while let Some((raw_len, job)) = frame_rx.recv().await {
-                let stored = job
+                let (stored, base_range) = job
                     .await
                     .map_err(|e| StreamError::Store(anyhow::anyhow!("compression task failed: {e}")))?
-                    .map_err(|e| StreamError::Store(anyhow::anyhow!("zstd compression failed: {e}")))?;
+                    .map_err(|e| StreamError::Store(anyhow::anyhow!("compressing a segment: {e}")))?;
                 sha.update(&stored);
                 frames.push(Frame {
                     raw_offset,
@@ -415,6 +459,8 @@ pub async fn store_stream(
                     stored_offset,
                     stored_len: stored.len() as u64,
                     stored_sha256: hex::encode(Sha256::digest(&stored)),
+                    base_offset: base_range.map(|r| r.0),
+                    base_len: base_range.map(|r| r.1),
                 });
                 raw_offset += raw_len;
                 stored_offset += stored.len() as u64;
@@ -466,7 +512,11 @@ pub async fn store_stream(
         Ok((raw_bytes, raw_sha256, archive)) => Ok(Staged {
             object: StoredObject {
                 key: key.to_owned(),
-                compression: if level.is_some() { CompressionAlgorithm::Zstd } else { CompressionAlgorithm::None },
+                compression: match (&opts.delta, level) {
+                    (Some(_), _) => CompressionAlgorithm::ZstdPatch,
+                    (None, Some(_)) => CompressionAlgorithm::Zstd,
+                    (None, None) => CompressionAlgorithm::None,
+                },
                 compression_level: level,
                 raw_bytes,
                 stored_bytes,
@@ -510,166 +560,6 @@ pub async fn store_stream_to(
     skipped.append(&mut staged.warnings);
     staged.warnings = skipped;
     Ok(staged)
-}
-
-/// Decodes one stored frame after checking its SHA-256.
-pub fn decode_frame(object: &StoredObject, index: usize, stored: &[u8], what: &str) -> Result<Bytes> {
-    let frame = &object.frames[index];
-    let got = hex::encode(Sha256::digest(stored));
-    anyhow::ensure!(
-        got == frame.stored_sha256,
-        "{what}: frame {index} (stored offset {}, {} bytes) has SHA-256 {got}, the manifest says {}: the stored data is corrupt",
-        frame.stored_offset,
-        frame.stored_len,
-        frame.stored_sha256
-    );
-    let raw = match object.compression {
-        CompressionAlgorithm::None => Bytes::copy_from_slice(stored),
-        CompressionAlgorithm::Zstd => {
-            Bytes::from(zstd::bulk::decompress(stored, frame.raw_len as usize).with_context(|| {
-                format!("{what}: frame {index} (stored offset {}) does not decompress", frame.stored_offset)
-            })?)
-        }
-    };
-    anyhow::ensure!(
-        raw.len() as u64 == frame.raw_len,
-        "{what}: frame {index} decompressed to {} bytes, the manifest says {}",
-        raw.len(),
-        frame.raw_len
-    );
-    Ok(raw)
-}
-
-/// Whether [`restore_stream`] also hashes the decoded stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RawCheck {
-    /// Check the SHA-256 of the whole stored object and of the whole raw stream too (verify,
-    /// cat, dry runs).
-    Sha256,
-    /// Only each frame's stored SHA-256 and decoded length: zstd decoding is deterministic, so
-    /// verified frames decode to the recorded bytes. Saves a hash pass where CPU is contended
-    /// (a restore shares the machine with pg_restore and the server).
-    FramesOnly,
-}
-
-/// Reads a segmented object back, verifying every frame, into `out` (pg_restore's stdin, stdout,
-/// a spool file). `what` names the backup in errors.
-pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
-    store: &Arc<dyn Store>,
-    object: &StoredObject,
-    out: &mut W,
-    what: &str,
-    check: RawCheck,
-    cancel: &CancellationToken,
-    moved: &Counter,
-) -> Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
-    let fetch = {
-        let store = store.clone();
-        let object = object.clone();
-        let what = what.to_owned();
-        async move {
-            let mut stored_sha = Sha256::new();
-            for index in 0..object.frames.len() {
-                let f = &object.frames[index];
-                let item = match store.read_range(&object.key, f.stored_offset, f.stored_len).await {
-                    Ok(stored) => {
-                        if check == RawCheck::Sha256 {
-                            stored_sha.update(&stored);
-                        }
-                        let (o, w) = (object.clone(), what.clone());
-                        tokio::task::spawn_blocking(move || decode_frame(&o, index, &stored, &w))
-                            .await
-                            .unwrap_or_else(|e| Err(anyhow::anyhow!("decompression task failed: {e}")))
-                    }
-                    Err(e) => {
-                        Err(e.context(format!("{what}: reading frame {index} at stored offset {}", f.stored_offset)))
-                    }
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
-            if check == RawCheck::Sha256 {
-                let got = hex::encode(stored_sha.finalize());
-                if got != object.stored_sha256 {
-                    let _ = tx
-                        .send(Err(anyhow::anyhow!(
-                            "{what}: the stored object {} has SHA-256 {got}, the manifest says {}",
-                            object.key,
-                            object.stored_sha256
-                        )))
-                        .await;
-                }
-            }
-        }
-    };
-    let fetcher = tokio::spawn(fetch);
-    let mut sha = Sha256::new();
-    let mut frames = 0usize;
-    let result: Result<()> = async {
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => anyhow::bail!("{what}: cancelled"),
-                n = rx.recv() => n,
-            };
-            let Some(item) = next else { break };
-            let raw = item?;
-            if check == RawCheck::Sha256 {
-                sha.update(&raw);
-            }
-            out.write_all(&raw).await.context("writing the restored stream")?;
-            moved.add(raw.len() as u64);
-            frames += 1;
-        }
-        anyhow::ensure!(
-            frames == object.frames.len(),
-            "{what}: only {frames} of {} frames could be read",
-            object.frames.len()
-        );
-        out.flush().await.context("flushing the restored stream")?;
-        let got = hex::encode(sha.finalize_reset());
-        anyhow::ensure!(
-            check == RawCheck::FramesOnly || got == object.raw_sha256,
-            "{what}: the restored stream has SHA-256 {got}, the manifest says {}",
-            object.raw_sha256
-        );
-        Ok(())
-    }
-    .await;
-    fetcher.abort();
-    result
-}
-
-/// Reads a small single-frame object (such as globals) whole and verifies it.
-pub async fn read_small_object(store: &Arc<dyn Store>, object: &StoredObject, what: &str) -> Result<Bytes> {
-    let stored = store
-        .get(&object.key)
-        .await?
-        .with_context(|| format!("{what}: {} is missing from {}", object.key, store.describe()))?;
-    let got = hex::encode(Sha256::digest(&stored));
-    anyhow::ensure!(
-        got == object.stored_sha256,
-        "{what}: {} has SHA-256 {got}, the manifest says {}",
-        object.key,
-        object.stored_sha256
-    );
-    let raw = match object.compression {
-        CompressionAlgorithm::None => stored,
-        CompressionAlgorithm::Zstd => Bytes::from(
-            zstd::bulk::decompress(&stored, object.raw_bytes as usize)
-                .with_context(|| format!("{what}: {} does not decompress", object.key))?,
-        ),
-    };
-    let got = hex::encode(Sha256::digest(&raw));
-    anyhow::ensure!(
-        got == object.raw_sha256,
-        "{what}: {} decompresses to SHA-256 {got}, the manifest says {}",
-        object.key,
-        object.raw_sha256
-    );
-    Ok(raw)
 }
 
 /// Writes a small object to the targets named in `holding` (those that hold the backup so far).
@@ -721,13 +611,24 @@ pub async fn store_small_object(
     Ok(object)
 }
 
+pub mod delta;
+mod read;
+pub use read::{ObjectReader, RawCheck, read_small_object, restore_stream};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Store;
     use crate::storage::local::LocalStore;
 
     fn opts(level: Option<i32>) -> PipelineOptions {
-        PipelineOptions { segment_size: 64 * 1024, level, threads: 2, stall_timeout: Duration::from_secs(5) }
+        PipelineOptions {
+            segment_size: 64 * 1024,
+            level,
+            threads: 2,
+            stall_timeout: Duration::from_secs(5),
+            delta: None,
+        }
     }
 
     fn sample(n: usize) -> Vec<u8> {
@@ -740,7 +641,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(1_000_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), None);
         let staged = store_stream_to(
             &mut input,
             &[Target { store: store.clone(), required: true }],
@@ -758,9 +659,8 @@ mod tests {
         let stored = std::fs::read(dir.path().join("db/b/data.zst")).unwrap();
         assert_eq!(zstd::stream::decode_all(&stored[..]).unwrap(), data);
         let mut out = Vec::new();
-        restore_stream(&store, &object, &mut out, "backup b", RawCheck::Sha256, &cancel, &Counter::default())
-            .await
-            .unwrap();
+        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b");
+        restore_stream(&reader, &mut out, RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap();
         assert_eq!(out, data);
     }
 
@@ -770,7 +670,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(300_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), None);
         let staged = store_stream_to(
             &mut input,
             &[Target { store: store.clone(), required: true }],
@@ -787,9 +687,8 @@ mod tests {
         stored[victim] ^= 0x01;
         std::fs::write(&path, stored).unwrap();
         let mut out = Vec::new();
-        let err = restore_stream(&store, &object, &mut out, "backup b", RawCheck::Sha256, &cancel, &Counter::default())
-            .await
-            .unwrap_err();
+        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b");
+        let err = restore_stream(&reader, &mut out, RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("backup b") && msg.contains("frame 2"), "{msg}");
         // nothing from the corrupt frame on was written
@@ -802,7 +701,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(100_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), false);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), None);
         let staged = store_stream_to(
             &mut input,
             &[Target { store: store.clone(), required: true }],
@@ -818,7 +717,7 @@ mod tests {
 
         // a producer that never writes trips the stall guard, and nothing is left behind
         let (reader, writer) = std::io::pipe().unwrap();
-        let mut input = read_segments(reader, 64 * 1024, Arc::default(), false);
+        let mut input = read_segments(reader, 64 * 1024, Arc::default(), None);
         let mut o = opts(Some(1));
         o.stall_timeout = Duration::from_millis(100);
         let err = store_stream_to(
