@@ -91,14 +91,14 @@ pub fn print(backups: &[Listed], json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<32} {:<16} {:<6} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} STATUS",
+        "{:<36} {:<16} {:<11} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} STATUS",
         "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256", "TARGETS"
     )?;
     for l in backups {
         let m = &l.manifest;
         writeln!(
             out,
-            "{:<32} {:<16} {:<6} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} ok{}",
+            "{:<36} {:<16} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} ok{}",
             m.id,
             m.database,
             m.kind.name(),

@@ -6,6 +6,7 @@ mod daemon;
 mod failures;
 mod fault_proxy;
 mod harness;
+mod incremental;
 mod retention;
 mod s3;
 mod s3_servers;

@@ -309,3 +309,23 @@ fn retention_deletes_on_every_target() {
     assert!(keys.iter().any(|k| k.contains(&new)));
     assert_eq!(env.list_json().len(), 1);
 }
+
+#[test]
+fn an_incremental_on_s3_reads_its_base_by_ranges_and_restores_identically() {
+    let server = s3s();
+    let env = TestEnv::new("s3inc");
+    load_data(&env);
+    let bucket = server.bucket();
+    env.write_config_with(false, &format!("storage:\n{}", server.target_yaml("s3", &bucket, "")));
+    env.backup();
+    env.psql("update items set price = price + 1 where id % 50 = 0; insert into items select g, 'late', 1, '[]' from generate_series(30001, 30100) g;");
+    let out = env.run(&["backup", "--kind", "incremental"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    let target = unique("s3inc_restored");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_identical(&env.db, &target);
+    let out = env.run(&["verify", &id, "--deep"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
