@@ -7,7 +7,7 @@
 //! - [`jobs`]: backup, restore and job reports, shared by the CLI and the daemon.
 //! - [`pg`]: pg_dump / pg_restore / pg_dumpall arguments, server queries, the archive row counter.
 //! - [`process`]: the one child-process wrapper (process group, stderr tail, terminate).
-//! - [`pipeline`]: segment -> zstd frames -> SHA-256 -> storage, and back.
+//! - [`pipeline`]: segment -> zstd frames (deltas for incrementals) -> SHA-256 -> storage, and back.
 //! - [`repo`]: repository layout and manifests; the only code that knows key names.
 //! - [`storage`]: storage targets behind one trait (local directory).
 //! - [`cli`], [`progress`], [`telemetry`], [`demo`]: presentation.
