@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod demo;
 pub mod jobs;

@@ -35,6 +35,24 @@ pub struct ListEntry<'a> {
     /// Seconds the last test restore took: the measured recovery time.
     pub restore_seconds: Option<f64>,
     pub warnings: &'a [String],
+    /// Null when not encrypted; else the mode and the recipients' fingerprints (the key it needs).
+    pub encryption: Option<ListEncryption<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListEncryption<'a> {
+    /// `recipients` (an age identity decrypts) or `passphrase`.
+    pub mode: &'a str,
+    pub recipients: &'a [String],
+}
+
+/// Which key a backup needs, in a word or a few fingerprints.
+pub fn key_needed(m: &crate::repo::Manifest) -> String {
+    match &m.encryption {
+        None => "-".into(),
+        Some(e) if e.mode == "passphrase" => "passphrase".into(),
+        Some(e) => e.recipients.join(","),
+    }
 }
 
 pub fn entry(l: &Listed) -> ListEntry<'_> {
@@ -63,6 +81,10 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
         test_restore_outcome: l.annotations.test_restore.as_ref().map(|t| t.outcome.as_str()),
         restore_seconds: l.annotations.test_restore.as_ref().map(|t| t.restore_seconds),
         warnings: &m.warnings,
+        encryption: m
+            .encryption
+            .as_ref()
+            .map(|e| ListEncryption { mode: e.mode.as_str(), recipients: e.recipients.as_slice() }),
     }
 }
 
@@ -91,14 +113,14 @@ pub fn print(backups: &[Listed], json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<36} {:<16} {:<11} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} STATUS",
-        "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256", "TARGETS"
+        "{:<36} {:<16} {:<11} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} {:<24} STATUS",
+        "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256", "TARGETS", "KEY"
     )?;
     for l in backups {
         let m = &l.manifest;
         writeln!(
             out,
-            "{:<36} {:<16} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} ok{}",
+            "{:<36} {:<16} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} ok{}",
             m.id,
             m.database,
             m.kind.name(),
@@ -108,6 +130,7 @@ pub fn print(backups: &[Listed], json: bool) -> Result<()> {
             human_bytes(m.data.stored_bytes),
             &m.data.raw_sha256[..12.min(m.data.raw_sha256.len())],
             l.targets.join(","),
+            key_needed(m),
             if m.warnings.is_empty() { String::new() } else { format!(" ({} warnings)", m.warnings.len()) }
         )?;
     }

@@ -228,7 +228,16 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
     let Some(path) = &cli.config else {
         bail!("no config file: pass --config PATH or set PGBACKD_CONFIG (see config/pgbackd.yaml)");
     };
-    Ok(Config::load(path)?)
+    let config = Config::load(path)?;
+    log_config_warnings(&config);
+    Ok(config)
+}
+
+/// Logs the config's warnings (once logging runs).
+pub fn log_config_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(problem = %w, "a file holding secrets is readable by others (strict: true makes this an error)");
+    }
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.
@@ -253,6 +262,10 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
         cancel_on_signals(cancel.clone());
     }
     let interactive = std::io::stderr().is_terminal();
+    // the daemon's config was read before logging started: its warnings are logged now
+    if let Some(c) = &daemon_config {
+        log_config_warnings(c);
+    }
     match &cli.command {
         Command::Run => {
             let config = match daemon_config {

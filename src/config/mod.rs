@@ -263,6 +263,24 @@ pub struct TestRestoreSettings {
     pub checks: Vec<RestoreCheck>,
 }
 
+/// `encryption:`: age encryption of everything stored (see docs/security.md).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EncryptionConfig {
+    pub enabled: bool,
+    /// X25519 recipients (`age1...`) new backups are encrypted to.
+    pub recipients: Vec<String>,
+    /// A file of recipients, one per line.
+    pub recipients_file: Option<PathBuf>,
+    /// Identities (`AGE-SECRET-KEY-1...`) that decrypt: needed where restores and checks run.
+    pub identity_file: Option<PathBuf>,
+    /// The reference config's key: an age identity file, or a passphrase (scrypt).
+    pub key_file: Option<PathBuf>,
+    /// scrypt work factor (log2 N) for passphrase mode.
+    pub passphrase_work_factor: u8,
+    /// Key files readable by group or others are an error, not a warning.
+    pub strict: bool,
+}
+
 /// `daemon:` settings of `pgbackd run`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
@@ -368,6 +386,13 @@ pub struct Config {
     pub log_file: Option<LogFile>,
     pub verification: VerificationSettings,
     pub test_restore: TestRestoreSettings,
+    pub encryption: EncryptionConfig,
+    /// Files holding secrets that the config names (checked for loose permissions).
+    pub secret_files: Vec<PathBuf>,
+    /// Config and key files readable by group or others are errors (else warnings).
+    pub strict: bool,
+    /// Problems worth a warning (loose permissions), logged once logging runs.
+    pub warnings: Vec<String>,
 }
 
 /// All problems found in a config file.
@@ -398,6 +423,24 @@ pub const DEFAULT_LEVEL: i32 = 1;
 /// few segments in flight keep memory well under 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 4 << 20;
 
+/// Files among `paths` that group or others may read, each with what to do about it.
+pub fn loose_permissions(paths: impl Iterator<Item = PathBuf>) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    paths
+        .filter_map(|p| {
+            let mode = std::fs::metadata(&p).ok()?.permissions().mode();
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "{} is readable by group or others (mode {:o}): chmod 600 {}",
+                    p.display(),
+                    mode & 0o777,
+                    p.display()
+                )
+            })
+        })
+        .collect()
+}
+
 /// The configuration the `demo` command runs on (a throwaway cluster on a unix socket).
 pub const EMBEDDED_DEMO: &str = include_str!("../../config/demo.yaml");
 
@@ -415,6 +458,17 @@ impl Config {
         let env = |name: &str| std::env::var(name).ok();
         let mut cfg = Config::from_yaml(&text, &path.display().to_string(), &env)?;
         cfg.path = Some(path.to_owned());
+        let loose = loose_permissions(std::iter::once(path.to_owned()).chain(cfg.secret_files.iter().cloned()));
+        if !loose.is_empty() && (cfg.strict || cfg.encryption.strict) {
+            return Err(ConfigErrors {
+                file: path.display().to_string(),
+                issues: loose
+                    .into_iter()
+                    .map(|message| ConfigIssue { path: "strict".into(), message, loc: None })
+                    .collect(),
+            });
+        }
+        cfg.warnings = loose;
         Ok(cfg)
     }
 
@@ -495,6 +549,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let log_file = read_logging(&mut top);
     let verification = read_verification(&mut top);
     let test_restore = read_test_restore(&mut top, &default_conn);
+    let encryption = read_encryption(&mut top);
+    let strict = top.opt::<bool>("strict").unwrap_or(false);
     read_not_yet_supported(&mut top);
     top.finish();
 
@@ -516,6 +572,10 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         log_file,
         verification: verification?,
         test_restore: test_restore?,
+        secret_files: ctx.secret_files(),
+        encryption,
+        strict,
+        warnings: Vec::new(),
     })
 }
 
@@ -579,7 +639,10 @@ pub(crate) fn read_secret(m: &mut MapReader<'_, '_>, key: &str) -> Option<Secret
         }
         (Some(v), None) => Some(Secret::new(v)),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
-            Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']))),
+            Ok(text) => {
+                m.ctx().note_secret_file(&path);
+                Some(Secret::new(text.trim_end_matches(['\n', '\r'])))
+            }
             Err(e) => {
                 m.ctx().error(
                     &m.child_path(&file_key),
@@ -946,6 +1009,63 @@ fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<Re
     Some(RestoreSettings { safety_backup, jobs, target })
 }
 
+fn read_encryption(top: &mut MapReader<'_, '_>) -> EncryptionConfig {
+    let Some(mut m) = top.map("encryption") else { return EncryptionConfig::default() };
+    let ctx = m.ctx();
+    let enabled = m.opt::<bool>("enabled").unwrap_or(false);
+    let recipients = m.opt::<Vec<String>>("recipients").unwrap_or_default();
+    let recipients_file = m.opt::<PathBuf>("recipients_file");
+    let identity_file = m.opt::<PathBuf>("identity_file");
+    let key_file = m.opt::<PathBuf>("key_file");
+    let passphrase_work_factor = m.opt::<u8>("passphrase_work_factor").unwrap_or(16);
+    if !(10..=22).contains(&passphrase_work_factor) {
+        ctx.error(
+            &m.child_path("passphrase_work_factor"),
+            "must be between 10 and 22",
+            Some(m.loc_of("passphrase_work_factor")),
+        );
+    }
+    let strict = m.opt::<bool>("strict").unwrap_or(false);
+    for r in &recipients {
+        if !r.starts_with("age1") {
+            ctx.error(
+                &m.child_path("recipients"),
+                format!("{r:?} is not an age recipient (age1...)"),
+                Some(m.loc_of("recipients")),
+            );
+        }
+    }
+    if enabled && recipients.is_empty() && recipients_file.is_none() && key_file.is_none() && identity_file.is_none() {
+        ctx.error(
+            &m.child_path("enabled"),
+            "encryption is enabled but there is nothing to encrypt to: set recipients (recommended), recipients_file \
+             or key_file",
+            Some(m.loc_of("enabled")),
+        );
+    }
+    if let Some(p) = &recipients_file
+        && enabled
+        && !p.exists()
+    {
+        let loc = Some(m.loc_of("recipients_file"));
+        ctx.error(&m.child_path("recipients_file"), format!("{} does not exist", p.display()), loc);
+    }
+    for (key, path) in [("identity_file", &identity_file), ("key_file", &key_file)] {
+        if let Some(p) = path {
+            if enabled && !p.exists() {
+                let hint = match key {
+                    "key_file" => "create it: `age-keygen -o FILE` (an identity), or a passphrase of 12+ characters",
+                    _ => "point it at the age identity (AGE-SECRET-KEY-1...) made with `age-keygen`",
+                };
+                ctx.error(&m.child_path(key), format!("{} does not exist: {hint}", p.display()), Some(m.loc_of(key)));
+            }
+            ctx.note_secret_file(p);
+        }
+    }
+    m.finish();
+    EncryptionConfig { enabled, recipients, recipients_file, identity_file, key_file, passphrase_work_factor, strict }
+}
+
 fn read_verification(top: &mut MapReader<'_, '_>) -> Option<VerificationSettings> {
     let mut m = top.map("verification")?;
     let mode = m.opt::<VerifyMode>("mode").unwrap_or(VerifyMode::Deep);
@@ -1078,18 +1198,6 @@ fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
             slack.finish();
         }
         n.finish();
-    }
-    if let Some(mut enc) = top.map("encryption") {
-        let enabled = enc.opt::<bool>("enabled").unwrap_or(false);
-        let _ = enc.opt::<PathBuf>("key_file");
-        if enabled {
-            enc.ctx().error(
-                &enc.child_path("enabled"),
-                "encryption is not supported yet by this version of pgbackd; set encryption.enabled: false (backups are stored unencrypted, with 0600 files)",
-                Some(enc.loc_of("enabled")),
-            );
-        }
-        enc.finish();
     }
 }
 

@@ -38,15 +38,25 @@ pub struct Ctx<'a> {
     issues: RefCell<Vec<ConfigIssue>>,
     /// Inside a section that is switched off, unset variables are not errors.
     lenient_vars: Cell<bool>,
+    secret_files: RefCell<Vec<PathBuf>>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(env: EnvLookup<'a>) -> Self {
-        Ctx { env, issues: RefCell::new(Vec::new()), lenient_vars: Cell::new(false) }
+        Ctx { env, issues: RefCell::new(Vec::new()), lenient_vars: Cell::new(false), secret_files: RefCell::default() }
     }
 
     pub fn error(&self, path: &str, message: impl Into<String>, loc: Option<Loc>) {
         self.issues.borrow_mut().push(ConfigIssue { path: path.to_owned(), message: message.into(), loc });
+    }
+
+    /// Remembers a file that holds a secret (its permissions are checked after loading).
+    pub fn note_secret_file(&self, path: &std::path::Path) {
+        self.secret_files.borrow_mut().push(path.to_owned());
+    }
+
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        self.secret_files.borrow().clone()
     }
 
     pub fn into_issues(self) -> Vec<ConfigIssue> {

@@ -51,8 +51,27 @@ pub async fn run(
         BackupKind::Incremental => repo.latest(&db.name, Some(BackupKind::Full)).await?,
         BackupKind::Full => None,
     };
+    // an encrypted base must be readable here (a recipients-only daemon cannot decrypt it)
+    let (base, unreadable_base) = match base {
+        Some(b) => match repo.authenticate(&b) {
+            Ok(_) => (Some(b), None),
+            Err(e) => {
+                let why = format!(
+                    "the newest full backup {} cannot be read here to base an incremental on ({e:#}): this is a full \
+                     backup; to take incrementals of encrypted backups the daemon needs encryption.identity_file \
+                     or key_file",
+                    b.id
+                );
+                tracing::warn!(warning = %why, "taking a full backup instead of an incremental");
+                (None, Some(why))
+            }
+        },
+        None => (None, None),
+    };
     let kind = if req.kind == BackupKind::Incremental && base.is_none() {
-        tracing::warn!("no full backup of this database yet: taking a full backup instead of an incremental");
+        if unreadable_base.is_none() {
+            tracing::warn!("no full backup of this database yet: taking a full backup instead of an incremental");
+        }
         BackupKind::Full
     } else {
         req.kind
@@ -60,7 +79,7 @@ pub async fn run(
     let id = repo::new_backup_id(now, kind);
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), "backup started");
 
-    let result = take(req, kind, base.as_ref(), repo, cancel, now, &id).await;
+    let result = take(req, kind, base.as_ref(), unreadable_base, repo, cancel, now, &id).await;
     match &result {
         Ok(m) => tracing::info!(
             backup_id = %m.id,
@@ -86,6 +105,7 @@ async fn take(
     req: &BackupRequest<'_>,
     kind: BackupKind,
     base: Option<&Manifest>,
+    unreadable_base: Option<String>,
     repo: &Repository,
     cancel: &CancellationToken,
     now: DateTime<Utc>,
@@ -141,10 +161,18 @@ async fn take(
             Ok((sql, warning)) => {
                 warnings.extend(warning);
                 let level = config.compression.enabled.then_some(config.compression.level);
-                let key = repo::globals_key(&db.name, id);
+                let key = repo::globals_key(&db.name, id, repo.crypto().is_some());
                 Some(
-                    pipeline::store_small_object(repo.targets(), &mut holding, &key, &sql, level, &mut warnings)
-                        .await?,
+                    pipeline::store_small_object(
+                        repo.targets(),
+                        &mut holding,
+                        &key,
+                        &sql,
+                        level,
+                        repo.crypto().map(|c| c.as_ref()),
+                        &mut warnings,
+                    )
+                    .await?,
                 )
             }
             Err(e) => {
@@ -166,7 +194,9 @@ async fn take(
             archive.archive_version
         ));
     }
-    if req.kind == BackupKind::Incremental && kind == BackupKind::Full {
+    if let Some(why) = unreadable_base {
+        warnings.push(why);
+    } else if req.kind == BackupKind::Incremental && kind == BackupKind::Full {
         warnings.push(
             "an incremental backup was asked for, but there was no full backup to base it on: this is a full backup"
                 .into(),
@@ -176,7 +206,14 @@ async fn take(
         RowCounts::Exact => archive.tables,
         RowCounts::Off => Vec::new(),
     };
-    let manifest = Manifest {
+    let (encryption, mac_key) = match repo.crypto() {
+        Some(c) => {
+            let (info, key) = c.new_backup_key().context("creating the backup's authentication key")?;
+            (Some(info), Some(key))
+        }
+        None => (None, None),
+    };
+    let mut manifest = Manifest {
         schema_version: repo::manifest::SCHEMA_VERSION,
         id: id.to_owned(),
         database: db.name.clone(),
@@ -208,7 +245,12 @@ async fn take(
         targets: holding,
         warnings,
         pgbackd_version: env!("CARGO_PKG_VERSION").to_owned(),
+        encryption,
+        mac: None,
     };
+    if let Some(key) = mac_key {
+        manifest.mac = Some(crate::crypto::mac(&key, &manifest.mac_input()));
+    }
     repo.write_manifest(&manifest).await?;
     Ok(manifest)
 }
@@ -240,8 +282,9 @@ async fn dump(
         Some(b) => {
             let store = repo.locate(b).await.with_context(|| format!("reading base {}", repo::describe(b)))?;
             let what = format!("base {} of the incremental {id}", repo::describe(b));
+            let decryption = repo.authenticate(b)?;
             Some(pipeline::Delta {
-                base: pipeline::ObjectReader::as_base(store, b.data.clone(), &what),
+                base: pipeline::ObjectReader::as_base(store, b.data.clone(), &what, decryption)?,
                 base_blocks: b.blocks.clone(),
                 new_blocks: new_blocks.clone(),
                 slack: config.backup.incremental_slack,
@@ -259,8 +302,9 @@ async fn dump(
         threads: config.compression_threads(),
         stall_timeout: config.backup.stall_timeout,
         delta,
+        encrypt: repo.crypto().cloned(),
     };
-    let key = repo::data_key(&db.name, id, level.is_some());
+    let key = repo::data_key(&db.name, id, level.is_some(), opts.encrypt.is_some());
     let moved = req.progress.clone();
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), Some(new_blocks));

@@ -216,7 +216,10 @@ pub async fn run(
     let tools = Tools::locate(config.pg_bin_dir.as_deref());
     if req.globals {
         match &m.globals {
-            Some(g) => report.warnings.extend(apply_globals(&tools, &repo.locate(m).await?, g, &target, &what).await?),
+            Some(g) => report.warnings.extend(
+                apply_globals(&tools, &repo.locate(m).await?, g, repo.authenticate(m)?.as_ref(), &target, &what)
+                    .await?,
+            ),
             None => bail!("{what} has no globals (roles, tablespaces) to restore"),
         }
     }
@@ -358,10 +361,11 @@ async fn apply_globals(
     tools: &Tools,
     store: &Arc<dyn Store>,
     g: &StoredObject,
+    decryption: Option<&pipeline::Decryption>,
     target: &Connection,
     what: &str,
 ) -> Result<Vec<String>> {
-    let sql = pipeline::read_small_object(store, g, what).await?;
+    let sql = pipeline::read_small_object(store, g, what, decryption).await?;
     let dir = tempfile::tempdir().context("creating a temp dir for globals")?;
     let path = dir.path().join("globals.sql");
     tokio::fs::write(&path, &sql).await?;

@@ -2,7 +2,8 @@
 //!
 //! Quick: the manifest parses with a known schema version, and every object it references is on
 //! the target with its recorded size; content is not read. Deep: every stored byte is read back;
-//! each frame's SHA-256, the whole stored object's and the raw stream's SHA-256 are checked, every
+//! each frame's SHA-256, the whole stored object's and the raw stream's SHA-256 are checked (for an
+//! encrypted backup: the manifest's authentication code, and every age chunk's tag), every
 //! zstd frame is decoded, and the archive is read whole by `pg_restore -f /dev/null`, which
 //! parses every TOC entry and data block (a dump truncated at 60 % passes `pg_restore --list` but
 //! not this). Results are recorded beside the manifest (`annotations.json`).
@@ -82,7 +83,7 @@ pub async fn verify(
         };
         let where_ = format!("{what} on target {name}");
         let result = match mode {
-            VerifyMode::Quick => quick(&target.store, listed, &where_).await.map(|()| 0),
+            VerifyMode::Quick => quick(&target.store, listed, &where_, repo).await.map(|()| 0),
             VerifyMode::Deep => deep(&target.store, listed, &where_, repo, &tools, cancel, progress).await,
         };
         targets.push(match result {
@@ -137,11 +138,16 @@ async fn check_size(store: &Arc<dyn Store>, key: &str, expected: u64, what: &str
     }
 }
 
-async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str) -> Result<()> {
+/// Quick: the manifest (authenticated, for an encrypted backup, where an identity is configured)
+/// and the size of every object.
+async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repository) -> Result<()> {
     let m = &listed.manifest;
     let key = crate::repo::manifest_key(&m.database, &m.id);
     let bytes = store.get(&key).await?.with_context(|| format!("{what}: the manifest is missing"))?;
-    crate::repo::Manifest::parse(&bytes, &key)?;
+    let on_target = crate::repo::Manifest::parse(&bytes, &key)?;
+    if on_target.encryption.is_some() && repo.crypto().is_some_and(|c| c.can_decrypt()) {
+        repo.authenticate(&on_target).with_context(|| format!("on target {}", store.name()))?;
+    }
     check_size(store, &m.data.key, m.data.stored_bytes, what).await?;
     if let Some(g) = &m.globals {
         check_size(store, &g.key, g.stored_bytes, what).await?;
@@ -158,10 +164,11 @@ async fn deep(
     cancel: &CancellationToken,
     progress: &Arc<Counter>,
 ) -> Result<u64> {
-    quick(store, listed, what).await?;
+    quick(store, listed, what, repo).await?;
     let m = &listed.manifest;
+    let decryption = repo.authenticate(m)?;
     if let Some(g) = &m.globals {
-        pipeline::read_small_object(store, g, what).await?;
+        pipeline::read_small_object(store, g, what, decryption.as_ref()).await?;
     }
     // pg_restore reads the whole archive and writes the SQL it would run to /dev/null
     let spec = ChildSpec::new(tools.path("pg_restore")).arg("--file=/dev/null").stdin(true).stdout(false);

@@ -15,6 +15,7 @@ use crate::storage::{ObjectWriter, Target};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,6 +31,61 @@ pub struct PipelineOptions {
     pub stall_timeout: Duration,
     /// For an incremental: compress each segment against the aligned region of this base.
     pub delta: Option<Delta>,
+    /// Encrypt what is stored (one age stream per object).
+    pub encrypt: Option<Arc<crate::crypto::Crypto>>,
+}
+
+/// Collects what the age stream writer emits, for the writer to send on.
+#[derive(Clone, Default)]
+struct CipherBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CipherBuffer {
+    fn take(&self) -> Bytes {
+        Bytes::from(std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner())))
+    }
+}
+
+impl std::io::Write for CipherBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `data` to every sink at once; an optional target that fails is dropped with a warning.
+async fn fan_out(
+    sinks: &mut Vec<Sink>,
+    data: Bytes,
+    cancel: &CancellationToken,
+    warnings: &mut Vec<String>,
+) -> Result<(), StreamError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    // every target gets the bytes before the next frame: the slowest sets the pace
+    let writes = sinks.iter_mut().map(|s| s.writer.write(data.clone()));
+    let results = tokio::select! {
+        _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+        r = futures_util::future::join_all(writes) => r,
+    };
+    let mut failed = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        if let Err(e) = r {
+            if sinks[i].required {
+                return Err(StreamError::Store(e.context(format!("writing to target {}", sinks[i].target))));
+            }
+            warnings.push(optional_target_warning(&sinks[i].target, &e));
+            failed.push(i);
+        }
+    }
+    for i in failed.into_iter().rev() {
+        let s = sinks.remove(i);
+        let _ = s.writer.abort().await;
+    }
+    Ok(())
 }
 
 /// How an incremental's segments find their reference in the base full.
@@ -443,16 +499,28 @@ pub async fn store_stream(
     let writer = async {
         let mut sinks = sinks;
         let mut warnings = Vec::new();
-        let mut sha = Sha256::new();
+        let mut frames_sha = Sha256::new();
+        let mut object_sha = Sha256::new();
         let mut frames = Vec::new();
-        let (mut raw_offset, mut stored_offset) = (0u64, 0u64);
+        let (mut raw_offset, mut stored_offset, mut written) = (0u64, 0u64, 0u64);
+        // with encryption, frames go through one age stream; what it emits is what is stored
+        let cipher = CipherBuffer::default();
+        let mut encryptor = match &opts.encrypt {
+            Some(c) => match c.encryptor().and_then(|e| Ok(e.wrap_output(cipher.clone())?)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    return (sinks, warnings, Err(StreamError::Store(e)), frames, String::new(), String::new(), 0);
+                }
+            },
+            None => None,
+        };
         let result: Result<(), StreamError> = async {
             while let Some((raw_len, job)) = frame_rx.recv().await {
                 let (stored, base_range) = job
                     .await
                     .map_err(|e| StreamError::Store(anyhow::anyhow!("compression task failed: {e}")))?
                     .map_err(|e| StreamError::Store(anyhow::anyhow!("compressing a segment: {e}")))?;
-                sha.update(&stored);
+                frames_sha.update(&stored);
                 frames.push(Frame {
                     raw_offset,
                     raw_len,
@@ -464,37 +532,33 @@ pub async fn store_stream(
                 });
                 raw_offset += raw_len;
                 stored_offset += stored.len() as u64;
-                // every target gets the frame before the next one: the slowest sets the pace
-                let writes = sinks.iter_mut().map(|s| s.writer.write(stored.clone()));
-                let results = tokio::select! {
-                    _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-                    r = futures_util::future::join_all(writes) => r,
-                };
-                let mut failed = Vec::new();
-                for (i, r) in results.into_iter().enumerate() {
-                    if let Err(e) = r {
-                        if sinks[i].required {
-                            return Err(StreamError::Store(
-                                e.context(format!("writing to target {}", sinks[i].target)),
-                            ));
-                        }
-                        warnings.push(optional_target_warning(&sinks[i].target, &e));
-                        failed.push(i);
+                let out = match encryptor.as_mut() {
+                    Some(w) => {
+                        w.write_all(&stored).map_err(|e| StreamError::Store(anyhow::anyhow!("encrypting: {e}")))?;
+                        cipher.take()
                     }
-                }
-                for i in failed.into_iter().rev() {
-                    let s = sinks.remove(i);
-                    let _ = s.writer.abort().await;
-                }
+                    None => stored,
+                };
+                object_sha.update(&out);
+                written += out.len() as u64;
+                fan_out(&mut sinks, out, cancel, &mut warnings).await?;
+            }
+            if let Some(w) = encryptor.take() {
+                w.finish().map_err(|e| StreamError::Store(anyhow::anyhow!("encrypting: {e}")))?;
+                let out = cipher.take();
+                object_sha.update(&out);
+                written += out.len() as u64;
+                fan_out(&mut sinks, out, cancel, &mut warnings).await?;
             }
             Ok(())
         }
         .await;
         drop(frame_rx);
-        (sinks, warnings, result, frames, hex::encode(sha.finalize()), stored_offset)
+        let frames_sha = hex::encode(frames_sha.finalize());
+        (sinks, warnings, result, frames, frames_sha, hex::encode(object_sha.finalize()), written)
     };
 
-    let (read_result, (sinks, warnings, write_result, frames, stored_sha256, stored_bytes)) =
+    let (read_result, (sinks, warnings, write_result, frames, frames_sha256, stored_sha256, stored_bytes)) =
         tokio::join!(reader, writer);
     drop(inspect_tx);
     let raw_sha256 = tokio::task::spawn_blocking(move || inspector.join())
@@ -523,6 +587,8 @@ pub async fn store_stream(
                 raw_sha256,
                 stored_sha256,
                 frames,
+                encrypted: opts.encrypt.is_some(),
+                frames_sha256: opts.encrypt.is_some().then_some(frames_sha256),
             },
             archive,
             sinks,
@@ -591,11 +657,16 @@ pub async fn store_small_object(
     key: &str,
     raw: &[u8],
     level: Option<i32>,
+    encrypt: Option<&crate::crypto::Crypto>,
     warnings: &mut Vec<String>,
 ) -> Result<StoredObject> {
-    let stored = match level {
+    let compressed = match level {
         Some(l) => Bytes::from(compress_frame(raw, l).context("compressing")?),
         None => Bytes::copy_from_slice(raw),
+    };
+    let stored = match encrypt {
+        Some(c) => Bytes::from(c.encrypt(&compressed).context("encrypting")?),
+        None => compressed.clone(),
     };
     let object = StoredObject {
         key: key.to_owned(),
@@ -606,6 +677,8 @@ pub async fn store_small_object(
         raw_sha256: hex::encode(Sha256::digest(raw)),
         stored_sha256: hex::encode(Sha256::digest(&stored)),
         frames: Vec::new(),
+        encrypted: encrypt.is_some(),
+        frames_sha256: encrypt.is_some().then(|| hex::encode(Sha256::digest(&compressed))),
     };
     put_on_targets(targets, holding, key, stored, warnings).await?;
     Ok(object)
@@ -613,7 +686,7 @@ pub async fn store_small_object(
 
 pub mod delta;
 mod read;
-pub use read::{ObjectReader, RawCheck, read_small_object, restore_stream};
+pub use read::{Decryption, ObjectReader, RawCheck, read_small_object, restore_stream};
 
 #[cfg(test)]
 mod tests {
@@ -628,6 +701,7 @@ mod tests {
             threads: 2,
             stall_timeout: Duration::from_secs(5),
             delta: None,
+            encrypt: None,
         }
     }
 
@@ -659,9 +733,105 @@ mod tests {
         let stored = std::fs::read(dir.path().join("db/b/data.zst")).unwrap();
         assert_eq!(zstd::stream::decode_all(&stored[..]).unwrap(), data);
         let mut out = Vec::new();
-        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b");
+        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b", None).unwrap();
         restore_stream(&reader, &mut out, RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap();
         assert_eq!(out, data);
+    }
+
+    fn crypto_with(dir: &std::path::Path, recipients: usize) -> (Arc<crate::crypto::Crypto>, Decryption) {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        let path = dir.join("identity.txt");
+        std::fs::write(&path, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        // more recipients than fit in the first fetch of the header
+        let others: Vec<String> =
+            (1..recipients).map(|_| age::x25519::Identity::generate().to_public().to_string()).collect();
+        let cfg = crate::config::EncryptionConfig {
+            enabled: true,
+            recipients: others.into_iter().chain([id.to_public().to_string()]).collect(),
+            identity_file: Some(path),
+            passphrase_work_factor: 10,
+            ..Default::default()
+        };
+        let crypto = crate::crypto::Crypto::load(&cfg).unwrap().unwrap();
+        let (info, _) = crypto.new_backup_key().unwrap();
+        (crypto.clone(), Decryption { crypto, info })
+    }
+
+    #[tokio::test]
+    async fn encrypted_objects_are_age_files_read_by_frame_in_any_order() {
+        for recipients in [1, 40] {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", &dir.path().join("repo")).unwrap());
+            let (crypto, decryption) = crypto_with(dir.path(), recipients);
+            let data = sample(1_500_000);
+            let cancel = CancellationToken::new();
+            let mut input = read_segments(std::io::Cursor::new(data.clone()), 100_000, Arc::default(), None);
+            let mut o = opts(Some(3));
+            o.encrypt = Some(crypto.clone());
+            let target = [Target { store: store.clone(), required: true }];
+            let staged = store_stream_to(&mut input, &target, "db/b/data.zst.age", &o, &cancel).await.unwrap();
+            let object = staged.commit().await.unwrap().object;
+            assert!(object.encrypted);
+            assert_eq!(object.raw_sha256, hex::encode(Sha256::digest(&data)));
+            // the stored object is one age file holding ordinary zstd frames
+            let stored = std::fs::read(dir.path().join("repo/db/b/data.zst.age")).unwrap();
+            assert_eq!(object.stored_bytes, stored.len() as u64);
+            assert_eq!(object.stored_sha256, hex::encode(Sha256::digest(&stored)));
+            let frames = crypto.decrypt_all(&stored, "backup b", &decryption.info).unwrap();
+            assert_eq!(object.frames_sha256(), hex::encode(Sha256::digest(&frames)));
+            assert_eq!(zstd::stream::decode_all(&frames[..]).unwrap(), data);
+
+            // ranges across frames and age chunks, out of order
+            let reader =
+                ObjectReader::new(store.clone(), object.clone(), "backup b", Some(decryption.clone())).unwrap();
+            for (a, b) in [(1_400_000u64, 1_500_000u64), (0, 10), (65_530, 200_000), (99_999, 100_001), (0, 1_500_000)]
+            {
+                assert_eq!(&reader.range(a, b).await.unwrap()[..], &data[a as usize..b as usize], "{a}..{b}");
+            }
+            let reader =
+                ObjectReader::new(store.clone(), object.clone(), "backup b", Some(decryption.clone())).unwrap();
+            let mut out = Vec::new();
+            restore_stream(&reader, &mut out, RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap();
+            assert_eq!(out, data);
+            assert_eq!(reader.encrypted_sha256().as_deref(), Some(object.stored_sha256.as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn damaged_ciphertext_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", &dir.path().join("repo")).unwrap());
+        let (crypto, decryption) = crypto_with(dir.path(), 1);
+        let data = sample(600_000);
+        let cancel = CancellationToken::new();
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 100_000, Arc::default(), None);
+        let mut o = opts(Some(1));
+        o.encrypt = Some(crypto);
+        let target = [Target { store: store.clone(), required: true }];
+        let staged = store_stream_to(&mut input, &target, "db/b/data.zst.age", &o, &cancel).await.unwrap();
+        let object = staged.commit().await.unwrap().object;
+        let path = dir.path().join("repo/db/b/data.zst.age");
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        let victim = good.len() / 2;
+        bad[victim] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
+        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b", Some(decryption.clone())).unwrap();
+        let mut out = Vec::new();
+        let err = restore_stream(&reader, &mut out, RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("backup b") && msg.contains("do not decrypt"), "{msg}");
+        assert!(out.len() < data.len());
+
+        // a wrong identity is named before anything is read
+        std::fs::write(&path, &good).unwrap();
+        let (_, wrong) = crypto_with(dir.path(), 1);
+        let wrong = Decryption { crypto: wrong.crypto, info: decryption.info.clone() };
+        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b", Some(wrong)).unwrap();
+        let err = reader.range(0, 10).await.unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("backup b") && msg.contains(&decryption.info.recipients[0]), "{msg}");
     }
 
     #[tokio::test]
@@ -687,7 +857,7 @@ mod tests {
         stored[victim] ^= 0x01;
         std::fs::write(&path, stored).unwrap();
         let mut out = Vec::new();
-        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b");
+        let reader = ObjectReader::new(store.clone(), object.clone(), "backup b", None).unwrap();
         let err = restore_stream(&reader, &mut out, RawCheck::Sha256, &cancel, &Counter::default()).await.unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("backup b") && msg.contains("frame 2"), "{msg}");

@@ -73,6 +73,19 @@ pub struct StoredObject {
     pub stored_sha256: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<Frame>,
+    /// Stored as one age stream; `stored_*` describe the ciphertext, the frames' offsets and
+    /// checksums the decrypted (compressed) stream, whose SHA-256 is `frames_sha256`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_sha256: Option<String>,
+}
+
+impl StoredObject {
+    /// The SHA-256 of the concatenated frames (the stored bytes themselves when not encrypted).
+    pub fn frames_sha256(&self) -> &str {
+        self.frames_sha256.as_deref().unwrap_or(&self.stored_sha256)
+    }
 }
 
 /// The connection a backup was taken from (no secrets).
@@ -117,6 +130,12 @@ pub struct Manifest {
     pub targets: Vec<String>,
     pub warnings: Vec<String>,
     pub pgbackd_version: String,
+    /// How the backup is encrypted (None: it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypto::EncryptionInfo>,
+    /// HMAC-SHA256 of this manifest (with `mac` unset) under the backup's authentication key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Manifest {
@@ -140,6 +159,13 @@ impl Manifest {
         let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
         v.push(b'\n');
         v
+    }
+
+    /// The bytes the MAC covers: the manifest as JSON with `mac` unset.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut copy = self.clone();
+        copy.mac = None;
+        serde_json::to_vec(&copy).expect("manifest serializes")
     }
 
     pub fn duration_seconds(&self) -> f64 {

@@ -7,7 +7,8 @@
 pub mod manifest;
 
 use crate::config::Config;
-use crate::pipeline::ObjectReader;
+use crate::crypto::Crypto;
+use crate::pipeline::{Decryption, ObjectReader};
 use crate::storage::{self, Store, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -39,12 +40,14 @@ pub fn backup_prefix(database: &str, id: &str) -> String {
     format!("{database}/{id}/")
 }
 
-pub fn data_key(database: &str, id: &str, compressed: bool) -> String {
-    format!("{database}/{id}/{}", if compressed { "data.zst" } else { "data.dump" })
+/// The archive's key: `data.zst` (or `data.dump` uncompressed), `.age` appended when encrypted.
+pub fn data_key(database: &str, id: &str, compressed: bool, encrypted: bool) -> String {
+    let name = if compressed { "data.zst" } else { "data.dump" };
+    format!("{database}/{id}/{name}{}", if encrypted { ".age" } else { "" })
 }
 
-pub fn globals_key(database: &str, id: &str) -> String {
-    format!("{database}/{id}/globals.sql.zst")
+pub fn globals_key(database: &str, id: &str, encrypted: bool) -> String {
+    format!("{database}/{id}/globals.sql.zst{}", if encrypted { ".age" } else { "" })
 }
 
 pub fn manifest_key(database: &str, id: &str) -> String {
@@ -59,6 +62,8 @@ pub fn annotations_key(database: &str, id: &str) -> String {
 #[derive(Clone)]
 pub struct Repository {
     targets: Vec<Target>,
+    /// What new backups are encrypted to, and what decrypts old ones (None: no encryption).
+    crypto: Option<Arc<Crypto>>,
 }
 
 /// A backup, the targets holding its manifest, and what was checked since.
@@ -71,11 +76,49 @@ pub struct Listed {
 
 impl Repository {
     pub async fn open(config: &Config) -> Result<Repository> {
-        Ok(Repository { targets: storage::open_targets(&config.targets).await? })
+        let crypto = Crypto::load(&config.encryption)?;
+        Ok(Repository { targets: storage::open_targets(&config.targets).await?, crypto })
     }
 
-    pub fn from_targets(targets: Vec<Target>) -> Repository {
-        Repository { targets }
+    pub fn from_targets(targets: Vec<Target>, crypto: Option<Arc<Crypto>>) -> Repository {
+        Repository { targets, crypto }
+    }
+
+    /// The encryption new backups get.
+    pub fn crypto(&self) -> Option<&Arc<Crypto>> {
+        self.crypto.as_ref()
+    }
+
+    /// Checks that backup `m`'s manifest is the one written with it (encrypted backups carry an
+    /// HMAC under a key only the identity can unwrap), and returns what decrypts its objects.
+    /// Unencrypted backups have nothing to check.
+    pub fn authenticate(&self, m: &Manifest) -> Result<Option<Decryption>> {
+        let what = describe(m);
+        let Some(info) = &m.encryption else {
+            if m.data.encrypted || m.globals.as_ref().is_some_and(|g| g.encrypted) || m.mac.is_some() {
+                bail!("{what}: the manifest lists encrypted objects but no encryption record: it was modified");
+            }
+            return Ok(None);
+        };
+        let Some(crypto) = &self.crypto else {
+            bail!(
+                "{what} is encrypted ({}) but encryption is not configured here: set encryption.enabled and \
+                 encryption.identity_file (or key_file)",
+                crate::crypto::needs(info)
+            );
+        };
+        let key = crypto.backup_key(info, &what)?;
+        let mac = m
+            .mac
+            .as_deref()
+            .with_context(|| format!("{what}: the manifest's authentication code is missing: it was modified"))?;
+        if !crate::crypto::mac_matches(&key, &m.mac_input(), mac) {
+            bail!(
+                "{what}: the manifest does not match its authentication code: it was modified after the backup \
+                 was written; do not trust this backup"
+            );
+        }
+        Ok(Some(Decryption { crypto: crypto.clone(), info: info.clone() }))
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -246,6 +289,7 @@ impl Repository {
             None => self.locate(m).await?,
         };
         let what = describe(m);
+        let decryption = self.authenticate(m)?;
         match (&m.kind, &m.base_id) {
             (BackupKind::Incremental, Some(base_id)) => {
                 let base = self
@@ -257,11 +301,12 @@ impl Repository {
                     _ => self.locate(&base).await?,
                 };
                 let base_what = format!("base {} of incremental {}", describe(&base), m.id);
-                let base_reader = ObjectReader::as_base(base_store, base.data.clone(), &base_what);
-                Ok(ObjectReader::with_base(store, m.data.clone(), &what, base_reader))
+                let base_decryption = self.authenticate(&base)?;
+                let base_reader = ObjectReader::as_base(base_store, base.data.clone(), &base_what, base_decryption)?;
+                ObjectReader::with_base(store, m.data.clone(), &what, decryption, base_reader)
             }
             (BackupKind::Incremental, None) => bail!("{what} is an incremental without a base backup id"),
-            _ => Ok(ObjectReader::new(store, m.data.clone(), &what)),
+            _ => ObjectReader::new(store, m.data.clone(), &what, decryption),
         }
     }
 

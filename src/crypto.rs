@@ -1,0 +1,349 @@
+//! Encryption at rest with age: what new backups are encrypted to, what can decrypt old ones, and
+//! manifest authentication.
+//!
+//! Two modes. `recipients:` (X25519 public keys): the daemon encrypts but cannot decrypt; restore,
+//! verify and test-restore need `identity_file:` where they run. `key_file:` (the reference
+//! config's key): an age identity file or a passphrase (scrypt), which both encrypts and decrypts.
+//!
+//! Manifests are authenticated: each backup has a random 32-byte key, encrypted with age to the
+//! same recipients and stored in the manifest, and an HMAC-SHA256 of the manifest under that key.
+//! Forging a manifest needs the recipients' public keys (never stored in the repository: manifests
+//! carry only fingerprints) or the passphrase; checking one needs the identity.
+
+use crate::config::{EncryptionConfig, Secret};
+use age::secrecy::SecretString;
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// How a backup was encrypted, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EncryptionInfo {
+    /// Always `age`.
+    pub format: String,
+    /// `recipients` (X25519) or `passphrase` (scrypt).
+    pub mode: String,
+    /// Fingerprints of the X25519 recipients (never the keys).
+    pub recipients: Vec<String>,
+    /// The manifest authentication key, age-encrypted to the same recipients (base64).
+    pub auth_key: String,
+}
+
+/// A recipient's fingerprint: the start of the SHA-256 of its `age1...` form.
+pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {
+    let hash = Sha256::digest(recipient.to_string().as_bytes());
+    format!("x25519:{}", &hex::encode(hash)[..16])
+}
+
+pub struct Crypto {
+    mode: &'static str,
+    recipients: Vec<age::x25519::Recipient>,
+    passphrase: Option<Secret>,
+    passphrase_work_factor: u8,
+    identities: Vec<age::x25519::Identity>,
+}
+
+impl std::fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crypto").field("mode", &self.mode).field("recipients", &self.fingerprints()).finish()
+    }
+}
+
+fn parse_identities(text: &str, source: &str) -> Result<Vec<age::x25519::Identity>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            age::x25519::Identity::from_str(l)
+                .map_err(|_| anyhow!("{source}: a line is not an age identity (AGE-SECRET-KEY-1...)"))
+        })
+        .collect()
+}
+
+fn read_key_file(path: &std::path::Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+impl Crypto {
+    /// The encryption of a config; `None` when encryption is off.
+    pub fn load(cfg: &EncryptionConfig) -> Result<Option<Arc<Crypto>>> {
+        if !cfg.enabled {
+            return Ok(None);
+        }
+        let mut c = Crypto {
+            mode: "recipients",
+            recipients: Vec::new(),
+            passphrase: None,
+            passphrase_work_factor: cfg.passphrase_work_factor,
+            identities: Vec::new(),
+        };
+        for r in &cfg.recipients {
+            c.recipients.push(
+                age::x25519::Recipient::from_str(r).map_err(|e| {
+                    anyhow!("encryption.recipients: {r:?} is not an age X25519 recipient (age1...): {e}")
+                })?,
+            );
+        }
+        if let Some(path) = &cfg.recipients_file {
+            for line in read_key_file(path, "recipients file")?.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                c.recipients.push(age::x25519::Recipient::from_str(line).map_err(|e| {
+                    anyhow!("{}: {line:?} is not an age X25519 recipient (age1...): {e}", path.display())
+                })?);
+            }
+        }
+        if let Some(path) = &cfg.identity_file {
+            c.identities = parse_identities(&read_key_file(path, "identity file")?, &path.display().to_string())?;
+        }
+        if let Some(path) = &cfg.key_file {
+            let text = read_key_file(path, "key file")?;
+            if text.trim_start().starts_with("AGE-SECRET-KEY-") || text.trim_start().starts_with('#') {
+                let ids = parse_identities(&text, &path.display().to_string())?;
+                c.recipients.extend(ids.iter().map(|i| i.to_public()));
+                c.identities.extend(ids);
+            } else {
+                let pass = text.trim_end_matches(['\n', '\r']).to_owned();
+                if pass.len() < 12 {
+                    bail!(
+                        "{}: a passphrase of {} characters is too short; use at least 12 (or an age identity)",
+                        path.display(),
+                        pass.len()
+                    );
+                }
+                c.passphrase = Some(Secret::new(pass));
+                c.mode = "passphrase";
+            }
+        }
+        if c.recipients.is_empty() && c.passphrase.is_none() {
+            // a host configured only to read (identity_file) encrypts new backups to that identity
+            c.recipients = c.identities.iter().map(|i| i.to_public()).collect();
+        }
+        if c.recipients.is_empty() && c.passphrase.is_none() {
+            bail!(
+                "encryption is enabled but there is nothing to encrypt to: set encryption.recipients, \
+                 recipients_file, key_file or identity_file"
+            );
+        }
+        if c.passphrase.is_some() && !c.recipients.is_empty() && c.mode == "passphrase" {
+            bail!("encryption: a passphrase key_file cannot be combined with recipients (age does not mix them)");
+        }
+        Ok(Some(Arc::new(c)))
+    }
+
+    pub fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.recipients.iter().map(fingerprint).collect()
+    }
+
+    /// Whether this configuration can decrypt (has an identity or the passphrase).
+    pub fn can_decrypt(&self) -> bool {
+        !self.identities.is_empty() || self.passphrase.is_some()
+    }
+
+    /// A new encryptor to the configured recipients (one per object).
+    pub fn encryptor(&self) -> Result<age::Encryptor> {
+        match &self.passphrase {
+            Some(p) => {
+                let mut r = age::scrypt::Recipient::new(SecretString::from(p.expose().to_owned()));
+                r.set_work_factor(self.passphrase_work_factor);
+                age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                    .map_err(|e| anyhow!("age: {e}"))
+            }
+            None => age::Encryptor::with_recipients(self.recipients.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| anyhow!("age: {e}")),
+        }
+    }
+
+    /// Encrypts a small buffer whole.
+    pub fn encrypt(&self, plain: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(plain.len() + 256);
+        let mut w = self.encryptor()?.wrap_output(&mut out)?;
+        w.write_all(plain)?;
+        w.finish()?;
+        Ok(out)
+    }
+
+    fn identities(&self) -> Vec<Box<dyn age::Identity>> {
+        let mut out: Vec<Box<dyn age::Identity>> = Vec::new();
+        for i in &self.identities {
+            out.push(Box::new(i.clone()));
+        }
+        if let Some(p) = &self.passphrase {
+            out.push(Box::new(age::scrypt::Identity::new(SecretString::from(p.expose().to_owned()))));
+        }
+        out
+    }
+
+    /// Opens an age stream for reading; `what` and `info` name the backup and its keys in errors.
+    pub fn decrypt<R: Read>(
+        &self,
+        input: R,
+        what: &str,
+        info: &EncryptionInfo,
+    ) -> Result<age::stream::StreamReader<R>> {
+        if !self.can_decrypt() {
+            bail!(
+                "{what} is encrypted ({}) and this configuration cannot decrypt it: set encryption.identity_file \
+                 (or key_file) where restores, verifications and test restores run",
+                needs(info)
+            );
+        }
+        let decryptor = age::Decryptor::new(input).map_err(|e| anyhow!("{what}: not a readable age file: {e}"))?;
+        let ids = self.identities();
+        decryptor.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys | age::DecryptError::DecryptionFailed => anyhow!(
+                "{what} needs {}; the configured identity ({}) does not decrypt it",
+                needs(info),
+                self.identity_description()
+            ),
+            other => anyhow!("{what}: cannot decrypt: {other}"),
+        })
+    }
+
+    /// Decrypts a small buffer whole.
+    pub fn decrypt_all(&self, cipher: &[u8], what: &str, info: &EncryptionInfo) -> Result<Vec<u8>> {
+        let mut r = self.decrypt(cipher, what, info)?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| anyhow!("{what}: the encrypted data is damaged or truncated: {e}"))?;
+        Ok(out)
+    }
+
+    fn identity_description(&self) -> String {
+        let mut parts: Vec<String> = self.identities.iter().map(|i| fingerprint(&i.to_public())).collect();
+        if self.passphrase.is_some() {
+            parts.push("a passphrase".into());
+        }
+        if parts.is_empty() { "none".into() } else { parts.join(", ") }
+    }
+
+    /// Encryption facts and the authentication key for a new backup's manifest.
+    pub fn new_backup_key(&self) -> Result<(EncryptionInfo, [u8; 32])> {
+        let key: [u8; 32] = rand::random();
+        let info = EncryptionInfo {
+            format: "age".into(),
+            mode: self.mode.into(),
+            recipients: self.fingerprints(),
+            auth_key: base64::engine::general_purpose::STANDARD.encode(self.encrypt(&key)?),
+        };
+        Ok((info, key))
+    }
+
+    /// The authentication key of a backup (needs an identity).
+    pub fn backup_key(&self, info: &EncryptionInfo, what: &str) -> Result<[u8; 32]> {
+        let cipher = base64::engine::general_purpose::STANDARD
+            .decode(&info.auth_key)
+            .map_err(|_| anyhow!("{what}: the manifest's authentication key is malformed"))?;
+        let plain = self.decrypt_all(&cipher, what, info)?;
+        plain.try_into().map_err(|_| anyhow!("{what}: the manifest's authentication key is malformed"))
+    }
+}
+
+/// Which key a backup needs, for messages.
+pub fn needs(info: &EncryptionInfo) -> String {
+    match info.mode.as_str() {
+        "passphrase" => "the passphrase (key_file)".into(),
+        _ => format!("the identity of one of these recipients: {}", info.recipients.join(", ")),
+    }
+}
+
+/// HMAC-SHA256 of `bytes` under `key`, hex.
+pub fn mac(key: &[u8; 32], bytes: &[u8]) -> String {
+    let mut m = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    m.update(bytes);
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// Checks an HMAC in constant time.
+pub fn mac_matches(key: &[u8; 32], bytes: &[u8], expected_hex: &str) -> bool {
+    let Ok(expected) = hex::decode(expected_hex) else { return false };
+    let mut m = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    m.update(bytes);
+    m.verify_slice(&expected).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EncryptionConfig;
+
+    fn config(
+        dir: &std::path::Path,
+        key_file: Option<&str>,
+        recipients: Vec<String>,
+        identity: Option<&str>,
+    ) -> EncryptionConfig {
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        EncryptionConfig {
+            enabled: true,
+            recipients,
+            recipients_file: None,
+            identity_file: identity.map(|t| write("identity.txt", t)),
+            key_file: key_file.map(|t| write("key", t)),
+            passphrase_work_factor: 10,
+            strict: false,
+        }
+    }
+
+    #[test]
+    fn recipients_encrypt_identities_decrypt_and_wrong_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        let other = age::x25519::Identity::generate();
+        use age::secrecy::ExposeSecret;
+        let writer = Crypto::load(&config(dir.path(), None, vec![id.to_public().to_string()], None)).unwrap().unwrap();
+        assert!(!writer.can_decrypt());
+        let (info, key) = writer.new_backup_key().unwrap();
+        assert_eq!(info.recipients, vec![fingerprint(&id.to_public())]);
+        let cipher = writer.encrypt(b"hello").unwrap();
+        let err = writer.decrypt_all(&cipher, "backup b", &info).unwrap_err().to_string();
+        assert!(err.contains("cannot decrypt it") && err.contains("identity_file"), "{err}");
+
+        let reader =
+            Crypto::load(&config(dir.path(), None, vec![], Some(id.to_string().expose_secret()))).unwrap().unwrap();
+        assert_eq!(reader.decrypt_all(&cipher, "backup b", &info).unwrap(), b"hello");
+        assert_eq!(reader.backup_key(&info, "backup b").unwrap(), key);
+
+        let wrong =
+            Crypto::load(&config(dir.path(), None, vec![], Some(other.to_string().expose_secret()))).unwrap().unwrap();
+        let err = wrong.decrypt_all(&cipher, "backup b", &info).unwrap_err().to_string();
+        assert!(err.contains(&fingerprint(&id.to_public())) && err.contains(&fingerprint(&other.to_public())), "{err}");
+    }
+
+    #[test]
+    fn a_key_file_is_an_identity_or_a_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        use age::secrecy::ExposeSecret;
+        let c = Crypto::load(&config(dir.path(), Some(id.to_string().expose_secret()), vec![], None)).unwrap().unwrap();
+        assert_eq!(c.mode(), "recipients");
+        assert!(c.can_decrypt());
+        let p =
+            Crypto::load(&config(dir.path(), Some("correct horse battery staple\n"), vec![], None)).unwrap().unwrap();
+        assert_eq!(p.mode(), "passphrase");
+        let (info, key) = p.new_backup_key().unwrap();
+        assert_eq!(p.backup_key(&info, "b").unwrap(), key);
+        assert!(Crypto::load(&config(dir.path(), Some("short"), vec![], None)).is_err());
+    }
+
+    #[test]
+    fn macs() {
+        let k = [7u8; 32];
+        let m = mac(&k, b"manifest");
+        assert!(mac_matches(&k, b"manifest", &m));
+        assert!(!mac_matches(&k, b"manifesT", &m));
+        assert!(!mac_matches(&[8u8; 32], b"manifest", &m));
+    }
+}
