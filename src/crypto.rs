@@ -40,6 +40,8 @@ pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {
 }
 
 pub struct Crypto {
+    /// Whether new backups are encrypted (false: only `--identity` files, to read backups).
+    encrypts: bool,
     mode: &'static str,
     recipients: Vec<age::x25519::Recipient>,
     passphrase: Option<Secret>,
@@ -72,9 +74,25 @@ impl Crypto {
     /// The encryption of a config; `None` when encryption is off.
     pub fn load(cfg: &EncryptionConfig) -> Result<Option<Arc<Crypto>>> {
         if !cfg.enabled {
-            return Ok(None);
+            if cfg.extra_identity_files.is_empty() {
+                return Ok(None);
+            }
+            let mut c = Crypto {
+                encrypts: false,
+                mode: "decrypt-only",
+                recipients: Vec::new(),
+                passphrase: None,
+                passphrase_work_factor: cfg.passphrase_work_factor,
+                identities: Vec::new(),
+            };
+            for path in &cfg.extra_identity_files {
+                c.identities
+                    .extend(parse_identities(&read_key_file(path, "identity file")?, &path.display().to_string())?);
+            }
+            return Ok(Some(Arc::new(c)));
         }
         let mut c = Crypto {
+            encrypts: true,
             mode: "recipients",
             recipients: Vec::new(),
             passphrase: None,
@@ -124,6 +142,9 @@ impl Crypto {
             // a host configured only to read (identity_file) encrypts new backups to that identity
             c.recipients = c.identities.iter().map(|i| i.to_public()).collect();
         }
+        for path in &cfg.extra_identity_files {
+            c.identities.extend(parse_identities(&read_key_file(path, "identity file")?, &path.display().to_string())?);
+        }
         if c.recipients.is_empty() && c.passphrase.is_none() {
             bail!(
                 "encryption is enabled but there is nothing to encrypt to: set encryption.recipients, \
@@ -134,6 +155,11 @@ impl Crypto {
             bail!("encryption: a passphrase key_file cannot be combined with recipients (age does not mix them)");
         }
         Ok(Some(Arc::new(c)))
+    }
+
+    /// Whether new backups are encrypted with this configuration.
+    pub fn encrypts(&self) -> bool {
+        self.encrypts
     }
 
     pub fn mode(&self) -> &'static str {
@@ -151,6 +177,9 @@ impl Crypto {
 
     /// A new encryptor to the configured recipients (one per object).
     pub fn encryptor(&self) -> Result<age::Encryptor> {
+        if !self.encrypts {
+            bail!("encryption is not enabled in this configuration (only --identity files to read backups)");
+        }
         match &self.passphrase {
             Some(p) => {
                 let mut r = age::scrypt::Recipient::new(SecretString::from(p.expose().to_owned()));
@@ -192,8 +221,8 @@ impl Crypto {
     ) -> Result<age::stream::StreamReader<R>> {
         if !self.can_decrypt() {
             bail!(
-                "{what} is encrypted ({}) and this configuration cannot decrypt it: set encryption.identity_file \
-                 (or key_file) where restores, verifications and test restores run",
+                "{what} is encrypted ({}) and this configuration cannot decrypt it: pass --identity FILE, or set \
+                 encryption.identity_file (or key_file) where restores, verifications and test restores run",
                 needs(info)
             );
         }
@@ -294,6 +323,7 @@ mod tests {
             key_file: key_file.map(|t| write("key", t)),
             passphrase_work_factor: 10,
             strict: false,
+            extra_identity_files: Vec::new(),
         }
     }
 

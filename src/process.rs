@@ -4,10 +4,13 @@
 //! termination reaches the child's own children); stdout is the data stream; stderr is drained
 //! concurrently into a bounded tail (a child flooding stderr can neither deadlock nor grow memory);
 //! the exit status is always collected with `wait()` after the stream ends; a non-zero exit or a
-//! death by signal is an error that carries the command, the status and the stderr tail. Secrets
-//! reach children only through their environment, never argv. Dropping a child that was not
+//! death by signal is an error that carries the command, the status and the stderr tail. A
+//! password reaches a child through a private password file (PGPASSFILE), never argv or the
+//! environment. Dropping a child that was not
 //! waited for kills its process group.
 
+use crate::config::Secret;
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
@@ -30,6 +33,9 @@ pub struct ChildSpec {
     pub env_remove: Vec<String>,
     pub stdin: bool,
     pub stdout: bool,
+    /// A libpq password: written to a private password file (mode 0600, removed when the child
+    /// is reaped) named by PGPASSFILE, so it is in neither the child's argv nor its environment.
+    pub password: Option<Secret>,
 }
 
 impl fmt::Debug for ChildSpec {
@@ -52,7 +58,13 @@ impl ChildSpec {
             env_remove: Vec::new(),
             stdin: false,
             stdout: true,
+            password: None,
         }
+    }
+
+    pub fn password(mut self, pw: &Secret) -> Self {
+        self.password = Some(pw.clone());
+        self
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -187,6 +199,39 @@ pub struct Running {
     stderr: Option<JoinHandle<()>>,
     tail: Arc<Mutex<Tail>>,
     reaped: bool,
+    /// The password file of `ChildSpec::password`, removed on drop.
+    _password_file: Option<tempfile::TempPath>,
+}
+
+/// Environment variables no child inherits: cloud credentials, and every variable holding a secret
+/// of a loaded config (e.g. `password: ${POSTGRES_PASSWORD}`), registered by
+/// [`withhold_env_holding`].
+static WITHHELD_ENV: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+const ALWAYS_WITHHELD: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
+/// Keeps the environment variables whose values hold any of `secrets` from every child started
+/// from now on (pg_dump needs none of them: its password comes in a password file).
+pub fn withhold_env_holding(secrets: &[&Secret]) {
+    let values: Vec<&str> = secrets.iter().map(|s| s.expose()).filter(|v| v.len() >= 4).collect();
+    let mut withheld = WITHHELD_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, value) in std::env::vars_os() {
+        if let (Some(name), Some(value)) = (name.to_str(), value.to_str())
+            && values.iter().any(|s| value.contains(s))
+        {
+            withheld.insert(name.to_owned());
+        }
+    }
+}
+
+/// A libpq password file holding `pw` for any host, port, database and user.
+fn password_file(pw: &Secret) -> std::io::Result<tempfile::TempPath> {
+    use std::io::Write;
+    let escaped = pw.expose().replace('\\', "\\\\").replace(':', "\\:");
+    // tempfile creates it with mode 0600
+    let mut f = tempfile::Builder::new().prefix("pgbackd-pgpass-").tempfile()?;
+    writeln!(f, "*:*:*:*:{escaped}")?;
+    f.flush()?;
+    Ok(f.into_temp_path())
 }
 
 impl Running {
@@ -198,12 +243,27 @@ impl Running {
             .stdout(if spec.stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .process_group(0);
+        for k in ALWAYS_WITHHELD {
+            cmd.env_remove(k);
+        }
+        for k in WITHHELD_ENV.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            cmd.env_remove(k);
+        }
         for k in &spec.env_remove {
             cmd.env_remove(k);
         }
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
+        let password_file = match &spec.password {
+            Some(pw) => {
+                let path =
+                    password_file(pw).map_err(|e| ProcessError::Spawn { command: command.clone(), source: e })?;
+                cmd.env_remove("PGPASSWORD").env("PGPASSFILE", &path);
+                Some(path)
+            }
+            None => None,
+        };
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 ProcessError::NotFound { program: spec.program_name(), path: spec.program.display().to_string() }
@@ -235,7 +295,7 @@ impl Running {
         if let Some(input) = child.stdin.as_ref() {
             enlarge_pipe(input);
         }
-        Ok(Running { command, child, pgid, stderr, tail, reaped: false })
+        Ok(Running { command, child, pgid, stderr, tail, reaped: false, _password_file: password_file })
     }
 
     pub fn command(&self) -> &str {
@@ -377,6 +437,24 @@ pub async fn run_capture(spec: &ChildSpec, max_stdout: usize) -> Result<Vec<u8>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_password_reaches_the_child_in_a_private_file_only() {
+        let pw = Secret::new(r"pa:ss\word");
+        let spec = ChildSpec::new("/bin/sh")
+            .args(["-c", r#"cat /proc/self/cmdline; tr '\0' '\n' < /proc/self/environ; echo; stat -c %a "$PGPASSFILE"; cat "$PGPASSFILE"; echo "$PGPASSFILE" >&2"#])
+            .env("PGPASSWORD", "inherited")
+            .password(&pw);
+        let mut running = Running::spawn(&spec).unwrap();
+        let mut out = String::new();
+        running.take_stdout().unwrap().read_to_string(&mut out).await.unwrap();
+        let path = running.wait().await.unwrap();
+        let (env, file) = out.split_once("\n600\n").expect(&out);
+        assert!(!env.contains("pa:ss") && !env.contains("PGPASSWORD"), "{env}");
+        assert_eq!(file, "*:*:*:*:pa\\:ss\\\\word\n");
+        // removed once the child is reaped
+        assert!(!std::path::Path::new(path.trim()).exists(), "{path}");
+    }
 
     #[test]
     fn tail_keeps_the_end() {

@@ -167,6 +167,28 @@ pub struct RestoreArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Keys that read encrypted backups, beside the config's.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// An age identity file (AGE-SECRET-KEY-1... lines) that decrypts encrypted backups; added to
+    /// encryption.identity_file, never encrypted to.
+    #[arg(long, env = "PGBACKD_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// Adds the identity file to `config` after checking it can be read.
+    fn apply(&self, config: &mut Config) -> Result<()> {
+        if let Some(path) = &self.identity {
+            std::fs::metadata(path).with_context(|| format!("--identity {}: cannot read it", path.display()))?;
+            config.encryption.extra_identity_files.push(path.clone());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +199,8 @@ pub struct CatArgs {
     pub latest: bool,
     #[arg(long)]
     pub database: Option<String>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +220,8 @@ pub struct VerifyArgs {
     pub deep: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -361,7 +387,8 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_OK))
         }
         Command::Restore(args) => {
-            let config = load_config(&cli)?;
+            let mut config = load_config(&cli)?;
+            args.keys.apply(&mut config)?;
             let repo = Repository::open(&config).await?;
             let m = crate::jobs::restore::resolve(
                 &selector(args.backup_id.as_deref(), args.database.clone()),
@@ -395,7 +422,8 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::Verify(args) => {
-            let config = load_config(&cli)?;
+            let mut config = load_config(&cli)?;
+            args.keys.apply(&mut config)?;
             let repo = Repository::open(&config).await?;
             let listed = repo.list_with_targets(args.database.as_deref()).await?;
             let chosen: Vec<&crate::repo::Listed> = match (&args.backup_id, args.latest) {
@@ -437,7 +465,8 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::TestRestore(args) => {
-            let config = load_config(&cli)?;
+            let mut config = load_config(&cli)?;
+            args.keys.apply(&mut config)?;
             let repo = Repository::open(&config).await?;
             let m = crate::jobs::restore::resolve(
                 &selector(args.backup_id.as_deref(), args.database.clone()),
@@ -493,7 +522,8 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if failed { EXIT_JOB_FAILED } else { EXIT_OK }))
         }
         Command::Cat(args) => {
-            let config = load_config(&cli)?;
+            let mut config = load_config(&cli)?;
+            args.keys.apply(&mut config)?;
             let repo = Repository::open(&config).await?;
             if std::io::stdout().is_terminal() {
                 bail!(

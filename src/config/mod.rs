@@ -279,6 +279,9 @@ pub struct EncryptionConfig {
     pub passphrase_work_factor: u8,
     /// Key files readable by group or others are an error, not a warning.
     pub strict: bool,
+    /// Identity files given on the command line (`--identity`): they decrypt, and are never
+    /// encrypted to; with `enabled: false` they make a decrypt-only configuration.
+    pub extra_identity_files: Vec<PathBuf>,
 }
 
 /// `daemon:` settings of `pgbackd run`.
@@ -469,7 +472,22 @@ impl Config {
             });
         }
         cfg.warnings = loose;
+        crate::process::withhold_env_holding(&cfg.secret_values());
         Ok(cfg)
+    }
+
+    /// Every secret value the config holds (database passwords, S3 keys).
+    pub fn secret_values(&self) -> Vec<&Secret> {
+        let mut out: Vec<&Secret> = Vec::new();
+        let connections = self.databases.iter().map(|d| &d.connection);
+        let others = [&self.restore.target, &self.test_restore.target].into_iter().flatten();
+        out.extend(connections.chain(others).filter_map(|c| c.password.as_ref()));
+        for t in &self.targets {
+            if let storage::TargetKind::S3(s3) = &t.kind {
+                out.extend(s3.access_key.iter().chain(s3.secret_key.iter()));
+            }
+        }
+        out
     }
 
     /// Validates YAML text; `file` names it in messages; `env` resolves `${VAR}`.
@@ -1063,7 +1081,16 @@ fn read_encryption(top: &mut MapReader<'_, '_>) -> EncryptionConfig {
         }
     }
     m.finish();
-    EncryptionConfig { enabled, recipients, recipients_file, identity_file, key_file, passphrase_work_factor, strict }
+    EncryptionConfig {
+        enabled,
+        recipients,
+        recipients_file,
+        identity_file,
+        key_file,
+        passphrase_work_factor,
+        strict,
+        extra_identity_files: Vec::new(),
+    }
 }
 
 fn read_verification(top: &mut MapReader<'_, '_>) -> Option<VerificationSettings> {

@@ -161,7 +161,7 @@ async fn take(
             Ok((sql, warning)) => {
                 warnings.extend(warning);
                 let level = config.compression.enabled.then_some(config.compression.level);
-                let key = repo::globals_key(&db.name, id, repo.crypto().is_some());
+                let key = repo::globals_key(&db.name, id, repo.encrypts_with().is_some());
                 Some(
                     pipeline::store_small_object(
                         repo.targets(),
@@ -169,7 +169,7 @@ async fn take(
                         &key,
                         &sql,
                         level,
-                        repo.crypto().map(|c| c.as_ref()),
+                        repo.encrypts_with().map(|c| c.as_ref()),
                         &mut warnings,
                     )
                     .await?,
@@ -206,7 +206,7 @@ async fn take(
         RowCounts::Exact => archive.tables,
         RowCounts::Off => Vec::new(),
     };
-    let (encryption, mac_key) = match repo.crypto() {
+    let (encryption, mac_key) = match repo.encrypts_with() {
         Some(c) => {
             let (info, key) = c.new_backup_key().context("creating the backup's authentication key")?;
             (Some(info), Some(key))
@@ -302,7 +302,7 @@ async fn dump(
         threads: config.compression_threads(),
         stall_timeout: config.backup.stall_timeout,
         delta,
-        encrypt: repo.crypto().cloned(),
+        encrypt: repo.encrypts_with().cloned(),
     };
     let key = repo::data_key(&db.name, id, level.is_some(), opts.encrypt.is_some());
     let moved = req.progress.clone();

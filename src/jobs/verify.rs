@@ -131,9 +131,7 @@ pub async fn verify(
 async fn check_size(store: &Arc<dyn Store>, key: &str, expected: u64, what: &str) -> Result<()> {
     match store.size(key).await.with_context(|| format!("{what}: checking {key}"))? {
         Some(size) if size == expected => Ok(()),
-        Some(size) => {
-            bail!("{what}: {key} has {size} bytes, the manifest says {expected}: it was truncated or changed")
-        }
+        Some(size) => bail!("{what}: {}", crate::repo::size_problem(key, size, expected)),
         None => bail!("{what}: {key} is missing"),
     }
 }

@@ -73,7 +73,8 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
 }
 
-/// Environment that points a libpq tool at `conn`: the password travels here, never in argv.
+/// Environment that points a libpq tool at `conn`; the password goes into a private password
+/// file (see [`ChildSpec::password`]), never into argv or the environment.
 pub fn conn_env(spec: ChildSpec, conn: &Connection) -> ChildSpec {
     let mut spec = spec
         .env("PGHOST", &conn.host)
@@ -83,7 +84,7 @@ pub fn conn_env(spec: ChildSpec, conn: &Connection) -> ChildSpec {
         .env_remove("PGSERVICE")
         .env_remove("PGDATABASE");
     if let Some(pw) = &conn.password {
-        spec = spec.env("PGPASSWORD", pw.expose());
+        spec = spec.password(pw);
     }
     spec
 }

@@ -89,6 +89,11 @@ impl Repository {
         self.crypto.as_ref()
     }
 
+    /// What new backups are encrypted with (`None`: they are not encrypted).
+    pub fn encrypts_with(&self) -> Option<&Arc<Crypto>> {
+        self.crypto.as_ref().filter(|c| c.encrypts())
+    }
+
     /// Checks that backup `m`'s manifest is the one written with it (encrypted backups carry an
     /// HMAC under a key only the identity can unwrap), and returns what decrypts its objects.
     /// Unencrypted backups have nothing to check.
@@ -98,12 +103,18 @@ impl Repository {
             if m.data.encrypted || m.globals.as_ref().is_some_and(|g| g.encrypted) || m.mac.is_some() {
                 bail!("{what}: the manifest lists encrypted objects but no encryption record: it was modified");
             }
+            if self.encrypts_with().is_some() {
+                tracing::warn!(
+                    backup_id = %m.id,
+                    "{what} is not encrypted, so its manifest is not authenticated (taken before encryption was enabled?)"
+                );
+            }
             return Ok(None);
         };
         let Some(crypto) = &self.crypto else {
             bail!(
-                "{what} is encrypted ({}) but encryption is not configured here: set encryption.enabled and \
-                 encryption.identity_file (or key_file)",
+                "{what} is encrypted ({}) but encryption is not configured here: pass --identity FILE, or set \
+                 encryption.enabled and encryption.identity_file (or key_file)",
                 crate::crypto::needs(info)
             );
         };
@@ -234,12 +245,9 @@ impl Repository {
                         Err(e) => problems.push(format!("{}: {e:#}", t.name())),
                     }
                 }
-                Ok(Some(size)) => problems.push(format!(
-                    "{}: {} has {size} bytes, {} recorded",
-                    t.name(),
-                    m.data.key,
-                    m.data.stored_bytes
-                )),
+                Ok(Some(size)) => {
+                    problems.push(format!("{}: {}", t.name(), size_problem(&m.data.key, size, m.data.stored_bytes)))
+                }
                 Ok(None) => problems.push(format!("{}: {} is missing", t.name(), m.data.key)),
                 Err(e) => problems.push(format!("{}: {e:#}", t.name())),
             }
@@ -370,6 +378,12 @@ async fn read_manifest_from(store: &Arc<dyn Store>, database: &str, id: &str) ->
         bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.database);
     }
     Ok(Some(m))
+}
+
+/// An object whose size is not the recorded one, for messages.
+pub fn size_problem(key: &str, size: u64, recorded: u64) -> String {
+    let what = if size < recorded { "it is truncated" } else { "bytes were added to it" };
+    format!("{key} has {size} bytes, the manifest records {recorded}: {what}")
 }
 
 #[cfg(test)]

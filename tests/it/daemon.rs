@@ -80,15 +80,30 @@ fn pgrep(pattern: &str) -> bool {
 
 #[test]
 fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
+    use age::secrecy::ExposeSecret;
     let env = TestEnv::new("daemon");
     env.psql("create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g;");
+    // every kind of secret the config can hold: the database password, S3 keys, an age identity
+    // and a passphrase
     let secret = "Daemon-Secret-Pa55word";
+    let s3 = crate::s3_servers::s3s();
+    let bucket = s3.bucket();
+    let identity = age::x25519::Identity::generate().to_string().expose_secret().to_owned();
+    let passphrase = "daemon test passphrase, long enough";
+    let (id_file, key_file) = (env.dir.path().join("identity.txt"), env.dir.path().join("passphrase"));
+    std::fs::write(&id_file, format!("{identity}\n")).unwrap();
+    std::fs::write(&key_file, format!("{passphrase}\n")).unwrap();
     let bin = env.fake_bin("pg_dump_record_argv.sh");
     let reports_dir = env.dir.path().join("reports");
     env.write_config(&format!(
-        "pg_bin_dir: {}\nschedules:\n  full_backup: \"*/3 * * * * *\"\ndaemon:\n  catch_up: false\nreports:\n  dir: {}\n",
+        "pg_bin_dir: {}\nschedules:\n  full_backup: \"*/3 * * * * *\"\n  verification: \"*/4 * * * * *\"\n\
+         \x20 test_restore: \"*/5 * * * * *\"\ndaemon:\n  catch_up: false\nreports:\n  dir: {}\nstorage:\n{}\
+         encryption:\n  enabled: true\n  key_file: {}\n  identity_file: {}\n  passphrase_work_factor: 10\n",
         bin.display(),
-        reports_dir.display()
+        reports_dir.display(),
+        s3.target_yaml("offsite", &bucket, ""),
+        key_file.display(),
+        id_file.display(),
     ));
     let secret_file = env.dir.path().join("pg_password");
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
@@ -98,16 +113,22 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
     );
     std::fs::write(&env.config, text).unwrap();
     let record = env.dir.path().to_string_lossy().into_owned();
-    let vars = [("RECORD_DIR", record.as_str()), ("EXPECTED_PASSWORD", secret)];
+    let expected = secret_file.to_string_lossy().into_owned();
+    let vars = [("RECORD_DIR", record.as_str()), ("EXPECTED_PASSWORD_FILE", expected.as_str())];
     let daemon = Daemon::start(&env, &vars);
 
     wait_until("two scheduled backups", Duration::from_secs(60), || env.list_json().len() >= 2);
     let list = env.list_json();
     assert!(list.iter().all(|b| b["trigger"] == "schedule"), "{list:?}");
+    assert!(list.iter().all(|b| b["encryption"]["mode"] == "passphrase"), "{list:?}");
     wait_until("two reports", Duration::from_secs(10), || reports(&reports_dir).len() >= 2);
     let r = reports(&reports_dir);
     assert!(r.iter().all(|r| r["outcome"] == "success" && r["job_kind"] == "full_backup"), "{r:?}");
     assert!(r.iter().any(|r| r["backup_id"] == list[0]["id"]));
+    let count = |sub: &str| files_under(&reports_dir.join(sub)).len();
+    wait_until("a verification and a test restore", Duration::from_secs(60), || {
+        count("backup_verification") >= 1 && count("database_restore") >= 1
+    });
 
     let status = env.run(&["status", "--json"]);
     assert!(status.status.success(), "{}", stderr(&status));
@@ -119,22 +140,51 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
     assert!(stdout(&human).contains("running"), "{}", stdout(&human));
     let health = env.run(&["healthcheck"]);
     assert!(health.status.success(), "{}", stdout(&health));
+    // the scheduled checks read the encrypted backups (with the passphrase)
+    let listed = env.list_json();
+    assert!(listed.iter().any(|b| b["verify_outcome"] == "passed"), "{listed:?}");
+    assert!(listed.iter().any(|b| b["test_restore_outcome"] == "passed"), "{listed:?}");
+    let listing = env.run(&["list"]);
+    let check = env.run(&["check-config"]);
 
     let (code, _, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("\"message\":\"daemon started\"") && log.contains("\"message\":\"job finished\""), "{log}");
     assert!(log.contains("\"run_id\""), "job events carry the run id: {log}");
     let argv = std::fs::read_to_string(env.dir.path().join("argv")).unwrap();
+    let environ = std::fs::read_to_string(env.dir.path().join("environ")).unwrap();
     assert_eq!(std::fs::read_to_string(env.dir.path().join("env")).unwrap().trim(), "ok");
-
-    // the password appears nowhere: logs, reports, status, children's argv, the repository
-    let mut haystacks =
-        vec![("log", log.clone()), ("argv", argv), ("status", stdout(&status)), ("status text", stdout(&human))];
-    for f in files_under(&reports_dir).into_iter().chain(env.repository_files()) {
-        haystacks.push(("file", String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned()));
+    for f in std::fs::read_to_string(env.dir.path().join("pgpassfiles")).unwrap().lines() {
+        assert!(!Path::new(f).exists(), "the password file {f} was left behind");
     }
-    for (what, text) in haystacks {
-        assert!(!text.contains(secret), "the password leaked into {what}");
+
+    // no secret appears anywhere: logs, reports, status, list, the children's argv and
+    // environment, the local repository and every object in the bucket
+    let mut haystacks = vec![
+        ("log".to_owned(), log.clone()),
+        ("argv".into(), argv),
+        ("environment".into(), environ),
+        ("status".into(), stdout(&status)),
+        ("status text".into(), stdout(&human)),
+        ("list".into(), stdout(&listing) + &stderr(&listing)),
+        ("check-config".into(), stdout(&check) + &stderr(&check)),
+    ];
+    for f in files_under(&reports_dir).into_iter().chain(env.repository_files()) {
+        haystacks.push((f.display().to_string(), String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned()));
+    }
+    let client = s3.client();
+    for key in s3.keys(&bucket) {
+        let body = crate::s3_servers::rt().block_on(async {
+            let o = client.get_object().bucket(&bucket).key(&key).send().await.unwrap();
+            o.body.collect().await.unwrap().into_bytes()
+        });
+        haystacks.push((format!("s3 {key}"), String::from_utf8_lossy(&body).into_owned()));
+    }
+    assert!(haystacks.len() > 12, "{:?}", haystacks.iter().map(|h| &h.0).collect::<Vec<_>>());
+    for value in [secret, s3.access_key, s3.secret_key, identity.as_str(), passphrase] {
+        for (what, text) in &haystacks {
+            assert!(!text.contains(value), "a secret ({}...) leaked into {what}", &value[..4]);
+        }
     }
 }
 

@@ -92,7 +92,7 @@ fn pg_dump_older_than_the_server_is_refused() {
 }
 
 #[test]
-fn password_reaches_pg_dump_only_through_its_environment() {
+fn password_reaches_pg_dump_only_through_a_private_password_file() {
     let env = TestEnv::new("secret");
     env.psql("create table t (id int); insert into t values (1);");
     let bin = env.fake_bin("pg_dump_record_argv.sh");
@@ -103,12 +103,22 @@ fn password_reaches_pg_dump_only_through_its_environment() {
         .replace("  username: postgres\n", "  username: postgres\n  password: ${TEST_DB_PASSWORD}\n");
     std::fs::write(&env.config, text).unwrap();
     let record = env.dir.path().to_string_lossy().into_owned();
-    let vars = [("TEST_DB_PASSWORD", secret), ("RECORD_DIR", record.as_str()), ("EXPECTED_PASSWORD", secret)];
+    let expected = env.dir.path().join("expected_password");
+    std::fs::write(&expected, secret).unwrap();
+    let expected = expected.to_string_lossy().into_owned();
+    let vars = [("TEST_DB_PASSWORD", secret), ("RECORD_DIR", record.as_str()), ("EXPECTED_PASSWORD_FILE", &expected)];
     let out = env.run_env(&["backup"], &vars);
     assert!(out.status.success(), "{}", stderr(&out));
     let argv = std::fs::read_to_string(env.dir.path().join("argv")).unwrap();
     assert!(argv.contains("--format=custom") && !argv.contains(secret), "argv: {argv}");
     assert_eq!(std::fs::read_to_string(env.dir.path().join("env")).unwrap().trim(), "ok");
+    let environ = std::fs::read_to_string(env.dir.path().join("environ")).unwrap();
+    // not even the variable the config took it from
+    assert!(environ.contains("PGPASSFILE=") && !environ.contains(secret), "environment: {environ}");
+    // the password file is gone once pg_dump has exited
+    for f in std::fs::read_to_string(env.dir.path().join("pgpassfiles")).unwrap().lines() {
+        assert!(!std::path::Path::new(f).exists(), "{f} was left behind");
+    }
     assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
     for f in env.repository_files() {
         let bytes = std::fs::read(&f).unwrap();

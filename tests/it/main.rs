@@ -3,6 +3,7 @@
 mod backup_restore;
 mod config_files;
 mod daemon;
+mod encryption;
 mod failures;
 mod fault_proxy;
 mod harness;
