@@ -10,9 +10,11 @@
 #   pg_dump -Fc pg_dump's own gzip compression
 #   zstd pipe   pg_dump -Fc -Z0 | zstd -3 -T0
 #   pgbackd     pgbackd backup (wall time, stored bytes, peak RSS)
-# and restore: pg_restore of an uncompressed local dump vs pgbackd restore of the backup.
+#   encrypted   pgbackd backup with age encryption to a recipient
+# and restore: pg_restore of an uncompressed local dump vs pgbackd restore of the backup (and of
+# the encrypted one).
 # Targets (issue 2): backup <= 1.15x limit, stored <= pg_dump -Fc, peak RSS <= 64 MiB at any
-# scale, restore <= 1.15x pg_restore.
+# scale, restore <= 1.15x pg_restore. Issue 9: encrypted backup <= 1.1x the unencrypted one.
 set -euo pipefail
 scale=${1:-30}; runs=${2:-3}
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
@@ -36,6 +38,13 @@ cat >"$work/pgbackd.yaml" <<YAML
 database: {host: 127.0.0.1, port: $port, username: postgres, database: $db}
 local_backup_dir: $work/repo
 backup: {min_size_ratio: 0}
+YAML
+"$pgbackd" keygen -o "$work/identity.txt" 2>/dev/null >"$work/recipient"
+cat >"$work/pgbackd-enc.yaml" <<YAML
+database: {host: 127.0.0.1, port: $port, username: postgres, database: $db}
+local_backup_dir: $work/repo-enc
+backup: {min_size_ratio: 0}
+encryption: {enabled: true, recipients: [$(cat "$work/recipient")]}
 YAML
 
 # one timed run of a shell command: prints "seconds maxrss_kib". Each run starts from the same
@@ -66,20 +75,24 @@ ratio() { awk "BEGIN{printf \"%.2fx\", $1 / $2}"; }
 measure_all limit "pg_dump -Fc -Z0 $db > /dev/null" \
             fc "pg_dump -Fc $db > $work/fc.dump" \
             zstd "pg_dump -Fc -Z0 $db | zstd -q -3 -T0 > $work/pipe.zst" \
-            pgb "rm -rf $work/repo; $pgbackd -c $work/pgbackd.yaml --log-level warn backup"
-t_limit=$limit_t t_fc=$fc_t t_zstd=$zstd_t t_pgb=$pgb_t rss_pgb=$pgb_rss
+            pgb "rm -rf $work/repo; $pgbackd -c $work/pgbackd.yaml --log-level warn backup" \
+            enc "rm -rf $work/repo-enc; $pgbackd -c $work/pgbackd-enc.yaml --log-level warn backup"
+t_limit=$limit_t t_fc=$fc_t t_zstd=$zstd_t t_pgb=$pgb_t rss_pgb=$pgb_rss t_enc=$enc_t rss_enc=$enc_rss
 raw=$(pg_dump -Fc -Z0 "$db" | tee "$work/raw.dump" | wc -c)
 s_fc=$(stat -c %s "$work/fc.dump"); s_zstd=$(stat -c %s "$work/pipe.zst")
 s_pgb=$(find "$work/repo" -name data.zst -printf '%s\n' | head -1)
-id=$("$pgbackd" -c "$work/pgbackd.yaml" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+s_enc=$(find "$work/repo-enc" -name data.zst.age -printf '%s\n' | head -1)
+last_id() { "$pgbackd" -c "$1" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])'; }
+id=$(last_id "$work/pgbackd.yaml"); enc_id=$(last_id "$work/pgbackd-enc.yaml")
 
 restore_plain="dropdb --if-exists r_plain; createdb r_plain; pg_restore -d r_plain $work/raw.dump"
 # pgbackd restore includes what plain pg_restore does not: checking every frame first and
 # counting every table's rows afterwards
 restore_pgb="dropdb --if-exists r_pgb; $pgbackd -c $work/pgbackd.yaml --log-level warn restore $id --target-database r_pgb --create"
-measure_all rplain "$restore_plain" rpgb "$restore_pgb"
-t_rplain=$rplain_t t_rpgb=$rpgb_t rss_rpgb=$rpgb_rss
-dropdb --if-exists r_plain; dropdb --if-exists r_pgb
+restore_enc="dropdb --if-exists r_enc; $pgbackd -c $work/pgbackd-enc.yaml --log-level warn restore $enc_id --identity $work/identity.txt --target-database r_enc --create"
+measure_all rplain "$restore_plain" rpgb "$restore_pgb" renc "$restore_enc"
+t_rplain=$rplain_t t_rpgb=$rpgb_t rss_rpgb=$rpgb_rss t_renc=$renc_t rss_renc=$renc_rss
+dropdb --if-exists r_plain; dropdb --if-exists r_pgb; dropdb --if-exists r_enc
 
 echo
 echo "scale $scale: raw dump $raw bytes; best of $runs runs; $(nproc) cores"
@@ -88,9 +101,12 @@ printf '%-34s %8s %8s %14s %10s\n' "pg_dump -Fc -Z0 > /dev/null (limit)" "$t_lim
 printf '%-34s %8s %8s %14s %10s\n' "pg_dump -Fc" "$t_fc" "$(ratio "$t_fc" "$t_limit")" "$s_fc" "-"
 printf '%-34s %8s %8s %14s %10s\n' "pg_dump -Fc -Z0 | zstd -3 -T0" "$t_zstd" "$(ratio "$t_zstd" "$t_limit")" "$s_zstd" "-"
 printf '%-34s %8s %8s %14s %10s\n' "pgbackd backup" "$t_pgb" "$(ratio "$t_pgb" "$t_limit")" "$s_pgb" "$((rss_pgb / 1024)) MiB"
+printf '%-34s %8s %8s %14s %10s\n' "pgbackd backup, encrypted (age)" "$t_enc" "$(ratio "$t_enc" "$t_limit")" "$s_enc" "$((rss_enc / 1024)) MiB"
 echo
 printf '%-34s %8s %8s %10s\n' "restore" "seconds" "vs plain" "peak RSS"
 printf '%-34s %8s %8s %10s\n' "pg_restore of a local -Z0 dump" "$t_rplain" "1.00x" "-"
 printf '%-34s %8s %8s %10s\n' "pgbackd restore" "$t_rpgb" "$(ratio "$t_rpgb" "$t_rplain")" "$((rss_rpgb / 1024)) MiB"
+printf '%-34s %8s %8s %10s\n' "pgbackd restore, encrypted" "$t_renc" "$(ratio "$t_renc" "$t_rplain")" "$((rss_renc / 1024)) MiB"
 echo
 echo "stored size vs pg_dump -Fc: $(ratio "$s_pgb" "$s_fc")"
+echo "encrypted backup time vs unencrypted: $(ratio "$t_enc" "$t_pgb") (target <= 1.10x); restore: $(ratio "$t_renc" "$t_rpgb")"

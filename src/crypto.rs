@@ -276,6 +276,30 @@ impl Crypto {
     }
 }
 
+/// Writes a new age identity to `path` (mode 0600, in age-keygen's format, never over an existing
+/// file) and returns its recipient (`age1...`).
+pub fn write_new_identity(path: &std::path::Path, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    use age::secrecy::ExposeSecret;
+    use std::os::unix::fs::OpenOptionsExt;
+    let id = age::x25519::Identity::generate();
+    let public = id.to_public().to_string();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating the identity file {} (an existing file is never replaced)", path.display()))?;
+    writeln!(
+        f,
+        "# created: {}\n# public key: {public}\n{}",
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        id.to_string().expose_secret()
+    )
+    .and_then(|_| f.sync_all())
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(public)
+}
+
 /// Which key a backup needs, for messages.
 pub fn needs(info: &EncryptionInfo) -> String {
     match info.mode.as_str() {
@@ -366,6 +390,22 @@ mod tests {
         let (info, key) = p.new_backup_key().unwrap();
         assert_eq!(p.backup_key(&info, "b").unwrap(), key);
         assert!(Crypto::load(&config(dir.path(), Some("short"), vec![], None)).is_err());
+    }
+
+    #[test]
+    fn keygen_writes_a_private_identity_that_decrypts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.txt");
+        let public = write_new_identity(&path, chrono::Utc::now()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(write_new_identity(&path, chrono::Utc::now()).is_err(), "overwrote an identity");
+        let writer = Crypto::load(&config(dir.path(), None, vec![public], None)).unwrap().unwrap();
+        let mut cfg = config(dir.path(), None, vec![], None);
+        cfg.identity_file = Some(path);
+        let reader = Crypto::load(&cfg).unwrap().unwrap();
+        let (info, key) = writer.new_backup_key().unwrap();
+        assert_eq!(reader.backup_key(&info, "b").unwrap(), key);
     }
 
     #[test]

@@ -74,6 +74,16 @@ pub enum Command {
     Healthcheck,
     /// Run a local demo: throwaway PostgreSQL, one backup, one verified restore.
     Demo(crate::demo::DemoArgs),
+    /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
+    /// recipient to put in encryption.recipients.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the identity (mode 0600; an existing file is never overwritten).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +336,12 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if verdict.is_ok() { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::Demo(args) => crate::demo::run(args, &cancel).await,
+        Command::Keygen(args) => {
+            let public = crate::crypto::write_new_identity(&args.output, chrono::Utc::now())?;
+            eprintln!("identity written to {} (keep it secret, keep a copy offline)", args.output.display());
+            println!("{public}");
+            Ok(ExitCode::from(EXIT_OK))
+        }
         Command::CheckConfig(args) => {
             let config = load_config(&cli)?;
             println!(
