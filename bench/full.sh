@@ -40,12 +40,14 @@ local_backup_dir: $work/repo
 backup: {min_size_ratio: 0}
 YAML
 "$pgbackd" keygen -o "$work/identity.txt" 2>/dev/null >"$work/recipient"
+chmod 600 "$work/pgbackd.yaml"
 cat >"$work/pgbackd-enc.yaml" <<YAML
 database: {host: 127.0.0.1, port: $port, username: postgres, database: $db}
 local_backup_dir: $work/repo-enc
 backup: {min_size_ratio: 0}
 encryption: {enabled: true, recipients: [$(cat "$work/recipient")]}
 YAML
+chmod 600 "$work/pgbackd-enc.yaml"
 
 # one timed run of a shell command: prints "seconds maxrss_kib". Each run starts from the same
 # state: no dirty buffers in PostgreSQL or the page cache left over from the previous one.

@@ -283,12 +283,9 @@ pub fn write_new_identity(path: &std::path::Path, now: chrono::DateTime<chrono::
     use std::os::unix::fs::OpenOptionsExt;
     let id = age::x25519::Identity::generate();
     let public = id.to_public().to_string();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating the identity file {} (an existing file is never replaced)", path.display()))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| {
+        format!("creating the identity file {} (an existing file is never replaced)", path.display())
+    })?;
     writeln!(
         f,
         "# created: {}\n# public key: {public}\n{}",
