@@ -2,7 +2,8 @@
 # Installs the S3-compatible servers the integration tests start (no Docker needed):
 #   - LocalStack's S3 (full API: multipart listing, checksums, versioning), in a Python >= 3.13 venv
 #     pinned by tests/s3/localstack-constraints.txt;
-#   - s3s-fs, a small Rust server that verifies SigV4 signatures (catches signing bugs).
+#   - s3s-fs, a small Rust server that verifies SigV4 signatures (catches signing bugs);
+#   - aiosmtpd, an SMTP server with STARTTLS, for the email notification tests.
 # Into ${PGBACKD_TEST_TOOLS:-$HOME/.cache/pgbackd-test}; idempotent.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,4 +31,9 @@ if [ ! -x "$tools/localstack/bin/python" ] || ! "$tools/localstack/bin/python" -
   "$py" -m venv "$tools/localstack"
   "$tools/localstack/bin/pip" install --quiet -c "$root/tests/s3/localstack-constraints.txt" "localstack-core[runtime]==2026.3.0"
 fi
-echo "S3 test servers ready in $tools"
+# an SMTP sink for the email notification tests (STARTTLS), in the same venv
+if ! "$tools/localstack/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+  echo "installing aiosmtpd (SMTP test server)"
+  "$tools/localstack/bin/pip" install --quiet "aiosmtpd==1.4.6"
+fi
+echo "S3 and SMTP test servers ready in $tools"

@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod demo;
 pub mod jobs;
+pub mod notify;
 pub mod pg;
 pub mod pipeline;
 pub mod process;

@@ -74,9 +74,19 @@ pub enum Command {
     Healthcheck,
     /// Run a local demo: throwaway PostgreSQL, one backup, one verified restore.
     Demo(crate::demo::DemoArgs),
+    /// Send a test message through every notification channel and ping (or the one named);
+    /// exit 1 if any fails.
+    NotifyTest(NotifyTestArgs),
     /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
     /// recipient to put in encryption.recipients.
     Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyTestArgs {
+    /// Only this channel (email, slack, a webhook's or a healthchecks entry's name).
+    #[arg(long)]
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +346,31 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if verdict.is_ok() { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::Demo(args) => crate::demo::run(args, &cancel).await,
+        Command::NotifyTest(args) => {
+            let config = load_config(&cli)?;
+            let names = config.notifications.channel_names();
+            if names.is_empty() {
+                bail!("no notification channel is configured (see notifications: in docs/monitoring.md)");
+            }
+            if let Some(c) = &args.channel
+                && !names.contains(c)
+            {
+                bail!("no channel named {c:?}; configured: {}", names.join(", "));
+            }
+            let notifier = crate::notify::Notifier::new(&config)?;
+            let results = notifier.test(args.channel.as_deref(), chrono::Utc::now()).await;
+            let mut failed = false;
+            for (name, r) in &results {
+                match r {
+                    Ok(()) => println!("ok      {name}"),
+                    Err(e) => {
+                        failed = true;
+                        println!("FAILED  {name}: {e:#}");
+                    }
+                }
+            }
+            Ok(ExitCode::from(if failed { EXIT_JOB_FAILED } else { EXIT_OK }))
+        }
         Command::Keygen(args) => {
             let public = crate::crypto::write_new_identity(&args.output, chrono::Utc::now())?;
             eprintln!("identity written to {} (keep it secret, keep a copy offline)", args.output.display());

@@ -1,6 +1,6 @@
 //! `pgbackd status` and `pgbackd healthcheck`: read the status file the daemon keeps.
 
-use crate::config::{Config, JobKind};
+use crate::config::Config;
 use crate::daemon::status::{self, Status};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -9,7 +9,7 @@ use std::io::Write;
 /// A status older than this means the daemon is gone (it refreshes every 30 seconds).
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::minutes(2);
 
-fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let s = (now - t).num_seconds();
     match s {
         s if s < 0 => "in the future".into(),
@@ -132,8 +132,8 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Healthy when the daemon is alive and every database with a full-backup schedule has a
-/// successful full backup younger than twice that schedule's period: freshness, not liveness.
+/// Healthy when the daemon is alive and every database is fresh ([`status::problems`]):
+/// freshness, not only liveness.
 pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
     let s: Status = status::read(&config.reports.dir).map_err(|e| vec![format!("{e:#}")])?;
     let mut problems = Vec::new();
@@ -142,27 +142,7 @@ pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
         Some(t) => problems.push(format!("the daemon's status was last updated {}: it is not running", ago(t, now))),
         None => problems.push("the daemon never wrote its status".into()),
     }
-    for sch in config.schedules.iter().filter(|s| s.kind == JobKind::FullBackup) {
-        let Some(period) = sch.schedule.period(now) else { continue };
-        let max_age = period * 2;
-        let dbs: Vec<String> = if sch.databases.is_empty() {
-            config.databases.iter().map(|d| d.name.clone()).collect()
-        } else {
-            sch.databases.clone()
-        };
-        for db in dbs {
-            let d = s.databases.get(&db);
-            match d.and_then(|d| d.last_full_success) {
-                None => problems.push(format!("database {db} has no successful full backup")),
-                Some(t) if now - t > max_age => problems.push(format!(
-                    "database {db}: the newest successful full backup is {} old, more than twice the schedule's period ({}h)",
-                    ago(t, now).trim_end_matches(" ago"),
-                    period.num_hours()
-                )),
-                Some(_) => {}
-            }
-        }
-    }
+    problems.extend(status::problems(&s, config, now).into_iter().map(|p| p.message));
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
@@ -193,9 +173,18 @@ mod tests {
         // a daily schedule: older than two days is stale
         let (_d, c) = setup(now, Some(now - chrono::Duration::hours(49)));
         let p = health(&c, now).unwrap_err();
-        assert!(p[0].contains("database app") && p[0].contains("2d old"), "{p:?}");
+        assert!(p[0].contains("database app") && p[0].contains("2d 1h old") && p[0].contains("allowed 2d 0h"), "{p:?}");
         let (_d, c) = setup(now, None);
         assert_eq!(health(&c, now).unwrap_err(), vec!["database app has no successful full backup".to_owned()]);
+        // the latest verification failed: unhealthy however fresh the backup
+        let (d, c) = setup(now, Some(now - chrono::Duration::hours(1)));
+        let mut s = crate::daemon::status::read(d.path()).unwrap();
+        let db = s.databases.get_mut("app").unwrap();
+        db.last_verification_outcome = Some(crate::jobs::report::Outcome::Failed);
+        db.last_verification_at = Some(now);
+        Board::new(d.path(), s).write(now).unwrap();
+        let p = health(&c, now).unwrap_err();
+        assert!(p[0].contains("latest verification failed"), "{p:?}");
         // the daemon stopped writing its status: not running, whatever the backups say
         let (_d, c) = setup(now - chrono::Duration::minutes(5), Some(now - chrono::Duration::hours(1)));
         assert!(health(&c, now).unwrap_err()[0].contains("not running"));

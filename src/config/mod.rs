@@ -8,6 +8,7 @@
 //! subset of this schema, every key keeping its meaning.
 
 pub mod node;
+pub mod notify;
 pub mod reader;
 pub mod secret;
 pub mod storage;
@@ -390,6 +391,8 @@ pub struct Config {
     pub verification: VerificationSettings,
     pub test_restore: TestRestoreSettings,
     pub encryption: EncryptionConfig,
+    pub notifications: notify::NotificationsConfig,
+    pub monitoring: notify::MonitoringConfig,
     /// Files holding secrets that the config names (checked for loose permissions).
     pub secret_files: Vec<PathBuf>,
     /// Config and key files readable by group or others are errors (else warnings).
@@ -487,6 +490,7 @@ impl Config {
                 out.extend(s3.access_key.iter().chain(s3.secret_key.iter()));
             }
         }
+        out.extend(self.notifications.secrets());
         out
     }
 
@@ -569,7 +573,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let test_restore = read_test_restore(&mut top, &default_conn);
     let encryption = read_encryption(&mut top);
     let strict = top.opt::<bool>("strict").unwrap_or(false);
-    read_not_yet_supported(&mut top);
+    let notifications = notify::read_notifications(&mut top);
+    let monitoring = notify::read_monitoring(&mut top);
     top.finish();
 
     Some(Config {
@@ -592,6 +597,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         test_restore: test_restore?,
         secret_files: ctx.secret_files(),
         encryption,
+        notifications,
+        monitoring,
         strict,
         warnings: Vec::new(),
     })
@@ -1184,48 +1191,6 @@ fn read_logging(top: &mut MapReader<'_, '_>) -> Option<LogFile> {
     };
     m.finish();
     file
-}
-
-/// Sections of the reference config whose features later releases add: parsed and validated now;
-/// turning one on is an error, never a silent no-op.
-fn read_not_yet_supported(top: &mut MapReader<'_, '_>) {
-    if let Some(mut n) = top.map("notifications") {
-        if let Some(mut email) = n.map("email") {
-            let enabled = email.opt::<bool>("enabled").unwrap_or(false);
-            email.ctx().lenient(!enabled, || {
-                for key in ["from", "smtp_server", "smtp_username"] {
-                    let _ = email.opt::<String>(key);
-                }
-                let _ = email.opt::<Vec<String>>("to");
-                let _ = email.opt::<u16>("smtp_port");
-                let _ = read_secret(&mut email, "smtp_password");
-            });
-            if enabled {
-                email.ctx().error(
-                    &email.child_path("enabled"),
-                    "email notifications are not supported yet by this version of pgbackd; set notifications.email.enabled: false",
-                    Some(email.loc_of("enabled")),
-                );
-            }
-            email.finish();
-        }
-        if let Some(mut slack) = n.map("slack") {
-            let enabled = slack.opt::<bool>("enabled").unwrap_or(false);
-            slack.ctx().lenient(!enabled, || {
-                let _ = read_secret(&mut slack, "webhook_url");
-                let _ = slack.opt::<String>("channel");
-            });
-            if enabled {
-                slack.ctx().error(
-                    &slack.child_path("enabled"),
-                    "Slack notifications are not supported yet by this version of pgbackd; set notifications.slack.enabled: false",
-                    Some(slack.loc_of("enabled")),
-                );
-            }
-            slack.finish();
-        }
-        n.finish();
-    }
 }
 
 #[cfg(test)]

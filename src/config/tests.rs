@@ -172,8 +172,8 @@ fn secrets_come_from_files() {
 #[case::both_password_forms(
     "database:\n  database: app\n  password: x\n  password_file: /nonexistent\nlocal_backup_dir: /r\n"
 )]
-#[case::features_not_built_yet(
-    "database:\n  database: app\nlocal_backup_dir: /r\naws:\n  enabled: true\n  bucket: b\nencryption:\n  enabled: true\n  key_file: k\nnotifications:\n  slack:\n    enabled: true\n    webhook_url: ${SLACK_WEBHOOK}\n"
+#[case::encryption_and_notification_errors(
+    "database:\n  database: app\nlocal_backup_dir: /r\nencryption:\n  enabled: true\n  key_file: k\nnotifications:\n  slack:\n    enabled: true\n    events: [failure, sometimes]\n  webhooks:\n    - name: ops\n      url: not-a-url-but-a-secret\n  healthchecks:\n    - job: backups\nmonitoring:\n  listen: nowhere\n"
 )]
 #[case::yaml_syntax("database: [unclosed\n")]
 #[case::not_a_mapping("- just\n- a list\n")]

@@ -7,12 +7,16 @@
 //! cancelled, which stops their children (SIGTERM, SIGKILL after 10 s), aborts uploads and
 //! removes partial data. Time comes from a [`Clock`], so the loop runs under `tokio::time::pause`.
 
+pub mod http;
+pub mod metrics;
 pub mod scheduler;
 pub mod status;
 
+use crate::config::notify::EventKind;
 use crate::config::{Config, JobKind, Overlap};
 use crate::jobs::backup::{self, BackupRequest};
 use crate::jobs::report::{self, Outcome, Report};
+use crate::notify::{Event, Notifier};
 use crate::pipeline::Counter;
 use crate::repo::manifest::Trigger;
 use crate::repo::{BackupKind, Repository};
@@ -20,8 +24,8 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use scheduler::{Scheduler, needs_catch_up};
-use status::{Board, DatabaseStatus, RunSummary, RunningStatus, ScheduleStatus, Status};
-use std::collections::{HashMap, HashSet};
+use status::{Board, DatabaseStatus, JobStats, RunSummary, RunningStatus, ScheduleStatus, Status, TargetStats};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +96,8 @@ pub struct JobResult {
     pub backup_id: Option<String>,
     pub raw_bytes: Option<u64>,
     pub stored_bytes: Option<u64>,
+    /// SHA-256 of a backup's raw stream.
+    pub raw_sha256: Option<String>,
     pub targets: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -109,6 +115,10 @@ pub trait JobHost: Send + Sync {
     ) -> JobResult;
     /// When the newest successful full backup of `database` started (for catch-up).
     async fn last_full_success(&self, config: &Config, database: &str) -> Result<Option<(DateTime<Utc>, String)>>;
+    /// Backups and bytes on each storage target, for metrics.
+    async fn target_stats(&self, _config: &Config) -> Result<BTreeMap<String, TargetStats>> {
+        Ok(BTreeMap::new())
+    }
 }
 
 /// The production host: real backups into the configured repository.
@@ -141,6 +151,7 @@ async fn run_backup(
             backup_id: Some(m.id.clone()),
             raw_bytes: Some(m.data.raw_bytes),
             stored_bytes: Some(m.data.stored_bytes),
+            raw_sha256: Some(m.data.raw_sha256.clone()),
             targets: m.targets.clone(),
             warnings: m.warnings.clone(),
             ..Default::default()
@@ -277,6 +288,21 @@ impl JobHost for RealHost {
         let repo = Repository::open(config).await?;
         Ok(repo.latest(database, Some(BackupKind::Full)).await?.map(|m| (m.started_at, m.id)))
     }
+
+    async fn target_stats(&self, config: &Config) -> Result<BTreeMap<String, TargetStats>> {
+        let repo = Repository::open(config).await?;
+        let mut out: BTreeMap<String, TargetStats> =
+            repo.targets().iter().map(|t| (t.name().to_owned(), TargetStats::default())).collect();
+        for l in repo.list_with_targets(None).await? {
+            let bytes = l.manifest.data.stored_bytes + l.manifest.globals.as_ref().map_or(0, |g| g.stored_bytes);
+            for t in &l.targets {
+                let s = out.entry(t.clone()).or_default();
+                s.backups += 1;
+                s.stored_bytes += bytes;
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub struct Deps {
@@ -325,6 +351,29 @@ struct Shared {
     tracker: TaskTracker,
     jobs_cancel: CancellationToken,
     done: mpsc::UnboundedSender<JobKey>,
+    notifier: Arc<Notifier>,
+    /// The config in force (replaced on reload), for the stats refresh and the HTTP endpoint.
+    config: Arc<std::sync::RwLock<Arc<Config>>>,
+}
+
+impl Shared {
+    /// Refreshes the per-target backup counts and sizes in the background.
+    fn refresh_target_stats(self: &Arc<Self>) {
+        let shared = self.clone();
+        let config = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        tokio::spawn(async move {
+            match shared.host.target_stats(&config).await {
+                Ok(stats) => {
+                    let now = shared.clock.now();
+                    shared.board.update(|s| {
+                        s.targets =
+                            stats.into_iter().map(|(k, v)| (k, TargetStats { updated_at: Some(now), ..v })).collect()
+                    });
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not list the repository for metrics"),
+            }
+        });
+    }
 }
 
 fn schedule_statuses(sched: &Scheduler, now: DateTime<Utc>, old: &[ScheduleStatus]) -> Vec<ScheduleStatus> {
@@ -366,6 +415,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     ));
     board.update(|s| s.schedules = schedule_statuses(&sched, started, &[]));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<JobKey>();
+    let notifier = Arc::new(Notifier::new(&config).context("setting up notifications")?);
     let shared = Arc::new(Shared {
         clock: clock.clone(),
         host: host.clone(),
@@ -375,7 +425,22 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
         tracker: TaskTracker::new(),
         jobs_cancel: CancellationToken::new(),
         done: done_tx,
+        notifier: notifier.clone(),
+        config: Arc::new(std::sync::RwLock::new(config.clone())),
     });
+    let http_stop = CancellationToken::new();
+    let http = match &config.monitoring.listen {
+        Some(addr) => {
+            let endpoint = http::Endpoint {
+                board: board.clone(),
+                clock: clock.clone(),
+                config: shared.config.clone(),
+                notifier: Some(notifier.clone()),
+            };
+            Some(http::start(addr, endpoint, http_stop.clone()).await?)
+        }
+        None => None,
+    };
     tracing::info!(
         schedules = sched.entries.len(),
         databases = config.databases.len(),
@@ -387,9 +452,10 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     // status older than two minutes a dead daemon)
     let writer_stop = CancellationToken::new();
     let writer = {
-        let (board, clock, stop) = (board.clone(), clock.clone(), writer_stop.clone());
+        let (board, clock, stop, notifier) = (board.clone(), clock.clone(), writer_stop.clone(), notifier.clone());
         tokio::spawn(async move {
             loop {
+                board.update(|s| s.notifications = notifier.counts());
                 if let Err(e) = board.write(clock.now()) {
                     tracing::warn!(error = %format!("{e:#}"), "could not write the status file");
                 }
@@ -409,23 +475,31 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     let mut running: HashSet<JobKey> = HashSet::new();
     let mut queued: HashSet<JobKey> = HashSet::new();
 
+    // what the repository holds: each database's newest full (freshness, catch-up), and sizes
+    let mut last_fulls = HashMap::new();
+    for db in config.databases.iter().map(|d| d.name.clone()) {
+        let last = match host.last_full_success(&config, &db).await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(database = %db, error = %format!("{e:#}"), "cannot read the repository");
+                None
+            }
+        };
+        if let Some((at, id)) = &last {
+            board.update(|s| {
+                let d = s.databases.entry(db.clone()).or_default();
+                d.last_full_success = Some(*at);
+                d.last_full_backup_id = Some(id.clone());
+            });
+        }
+        last_fulls.insert(db, last);
+    }
+    shared.refresh_target_stats();
+
     // catch-up: one run now for each database whose last success is older than a period
     for entry in sched.entries.clone().iter().filter(|e| e.catch_up && e.kind == JobKind::FullBackup) {
         for db in &entry.databases {
-            let last = match host.last_full_success(&config, db).await {
-                Ok(last) => last,
-                Err(e) => {
-                    tracing::warn!(database = %db, error = %format!("{e:#}"), "cannot read the repository for catch-up");
-                    None
-                }
-            };
-            if let Some((at, id)) = &last {
-                board.update(|s| {
-                    let d = s.databases.entry(db.clone()).or_default();
-                    d.last_full_success = Some(*at);
-                    d.last_full_backup_id = Some(id.clone());
-                });
-            }
+            let last = last_fulls.get(db).cloned().flatten();
             let key = (entry.kind, db.clone());
             if needs_catch_up(&entry.schedule, last.map(|l| l.0), clock.now()) && !running.contains(&key) {
                 tracing::info!(database = %db, job_kind = entry.kind.name(), "no recent successful run: catching up now");
@@ -445,17 +519,26 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
             }
         }
         board.update(|s| s.schedules = schedule_statuses(&sched, now, &s.schedules));
+        check_staleness(&board, &config, &notifier, now);
         let wait = sched
             .next_wake()
             .map(|t| (t - clock.now()).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(60))
-            .min(Duration::from_secs(60));
+            .min(Duration::from_secs(60))
+            .min(next_staleness(&board, &config, clock.now()).unwrap_or(Duration::MAX));
         tokio::select! {
             signal = signals.recv() => match signal {
                 Some(Signal::Reload) => {
                     match config_path.as_deref().map(Config::load) {
                         Some(Ok(new)) => {
+                            if let Err(e) = notifier.reconfigure(&new) {
+                                tracing::error!(error = %format!("{e:#}"), "notifications not reconfigured: keeping the previous channels");
+                            }
+                            if new.monitoring.listen != config.monitoring.listen {
+                                tracing::warn!("monitoring.listen changed: restart the daemon to serve on the new address");
+                            }
                             config = Arc::new(new);
+                            *shared.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
                             sched.reload(&config, clock.now());
                             tracing::info!(schedules = sched.entries.len(), next_run = ?sched.next_wake(), "configuration reloaded");
                         }
@@ -499,6 +582,12 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
             }
         }
         shared.tracker.wait().await;
+    }
+    // alerts about the last runs still go out
+    notifier.flush(Duration::from_secs(10)).await;
+    http_stop.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
     }
     writer_stop.cancel();
     let _ = writer.await;
@@ -575,6 +664,9 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         });
     });
     tracing::info!(trigger = spec.trigger, "job started");
+    if guards.is_some() {
+        shared.notifier.job_started(spec.kind, &spec.database);
+    }
     let _ = shared.board.write(started);
     let result = if guards.is_none() {
         JobResult { cancelled: true, failed: Some("cancelled before it started".into()), ..Default::default() }
@@ -630,6 +722,27 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         details: result.details.clone(),
     };
     report::record(&config.reports.dir, &report);
+    if outcome != Outcome::Cancelled {
+        let kind = if outcome == Outcome::Success { EventKind::Success } else { EventKind::Failure };
+        let mut event = Event::new(kind, spec.kind.name(), &spec.database, finished);
+        event.run_id = Some(spec.run_id.clone());
+        event.backup_id = result.backup_id.clone();
+        event.error = result.failed.clone();
+        event.raw_bytes = result.raw_bytes;
+        event.stored_bytes = result.stored_bytes;
+        event.duration_seconds = Some(duration);
+        event.mb_per_second = report.mb_per_second;
+        event.sha256 = result.raw_sha256.clone();
+        event.next_run = shared
+            .board
+            .update(|s| s.schedules.iter().filter(|x| x.kind == spec.kind.name()).filter_map(|x| x.next_run).min());
+        shared.notifier.job_finished(spec.kind, event);
+    }
+    if outcome == Outcome::Success
+        && matches!(spec.kind, JobKind::FullBackup | JobKind::IncrementalBackup | JobKind::Retention)
+    {
+        shared.refresh_target_stats();
+    }
     shared.board.untrack_progress(&spec.run_id);
     shared.board.update(|s| {
         s.running.retain(|r| r.run_id != spec.run_id);
@@ -651,6 +764,21 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         for sch in s.schedules.iter_mut().filter(|x| x.kind == spec.kind.name()) {
             sch.last_run = Some(summary.clone());
         }
+        let j: &mut JobStats =
+            s.jobs.entry(spec.database.clone()).or_default().entry(spec.kind.name().to_owned()).or_default();
+        j.runs += 1;
+        j.last_attempt_at = Some(started);
+        j.last_outcome = Some(outcome);
+        j.last_duration_seconds = Some(duration);
+        if outcome == Outcome::Success {
+            j.last_success_at = Some(started);
+            j.last_raw_bytes = result.raw_bytes;
+            j.last_stored_bytes = result.stored_bytes;
+            j.last_mb_per_second = report.mb_per_second;
+        } else {
+            j.failures += 1;
+        }
+        s.notifications = shared.notifier.counts();
         let d: &mut DatabaseStatus = s.databases.entry(spec.database.clone()).or_default();
         d.last_attempt_at = Some(started);
         d.last_outcome = Some(outcome);
@@ -673,6 +801,41 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
     });
     let _ = shared.board.write(finished);
     let _ = shared.done.send(key);
+}
+
+/// Sends one `stale` alert per database whose newest full backup is older than its max age
+/// (whether or not a job ran), and re-arms it once the database is fresh.
+fn check_staleness(board: &Board, config: &Config, notifier: &Notifier, now: DateTime<Utc>) {
+    let problems = board.update(|s| status::problems(s, config, now));
+    for db in &config.databases {
+        match problems.iter().find(|p| p.stale && p.database == db.name) {
+            Some(p) => {
+                let mut event = Event::new(EventKind::Stale, JobKind::FullBackup.name(), &db.name, now);
+                event.error = Some(p.message.clone());
+                event.next_run = board.update(|s| {
+                    s.schedules.iter().filter(|x| x.kind == JobKind::FullBackup.name()).filter_map(|x| x.next_run).min()
+                });
+                notifier.stale(event);
+            }
+            None => notifier.fresh(&db.name),
+        }
+    }
+}
+
+/// How long until the next database becomes stale (its newest full, or the daemon's start when
+/// it has none, plus its max age), so the alert is not late by up to the loop's minute.
+fn next_staleness(board: &Board, config: &Config, now: DateTime<Utc>) -> Option<Duration> {
+    board.update(|s| {
+        config
+            .databases
+            .iter()
+            .filter_map(|db| {
+                let since = s.databases.get(&db.name).and_then(|d| d.last_full_success).or(s.started_at)?;
+                let due = since + status::max_age_for(config, &db.name, now)? + chrono::Duration::milliseconds(100);
+                (due > now).then(|| (due - now).to_std().ok()).flatten()
+            })
+            .min()
+    })
 }
 
 /// Forwards SIGTERM/SIGINT and SIGHUP to the daemon.

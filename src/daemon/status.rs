@@ -1,6 +1,7 @@
 //! What the daemon is doing, for `pgbackd status` and `pgbackd healthcheck`: written to
 //! `<reports.dir>/status.json` every 30 seconds and on every job start and end.
 
+use crate::config::{Config, JobKind};
 use crate::jobs::report::Outcome;
 use crate::pipeline::Counter;
 use anyhow::{Context, Result};
@@ -24,6 +25,35 @@ pub struct Status {
     pub running: Vec<RunningStatus>,
     pub databases: BTreeMap<String, DatabaseStatus>,
     pub counters: Counters,
+    /// The last run of each job kind per database: `jobs[database][kind]`.
+    #[serde(default)]
+    pub jobs: BTreeMap<String, BTreeMap<String, JobStats>>,
+    /// Size and count of the backups on each storage target (refreshed after backups and
+    /// retention runs).
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetStats>,
+    #[serde(default)]
+    pub notifications: crate::notify::DeliveryCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct JobStats {
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_outcome: Option<Outcome>,
+    pub last_duration_seconds: Option<f64>,
+    pub last_raw_bytes: Option<u64>,
+    pub last_stored_bytes: Option<u64>,
+    pub last_mb_per_second: Option<f64>,
+    pub runs: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct TargetStats {
+    pub backups: u64,
+    pub stored_bytes: u64,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +167,85 @@ impl Board {
         f.write_all(&serde_json::to_vec_pretty(&status)?)?;
         std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
     }
+}
+
+/// How old `database`'s newest successful full backup may be: `monitoring.max_age`, else twice
+/// the period of the full_backup schedule that covers it; `None`: not checked.
+pub fn max_age_for(config: &Config, database: &str, now: DateTime<Utc>) -> Option<chrono::Duration> {
+    if let Some(m) = config.monitoring.max_age {
+        return chrono::Duration::from_std(m).ok();
+    }
+    config
+        .schedules
+        .iter()
+        .filter(|s| s.kind == JobKind::FullBackup)
+        .filter(|s| s.databases.is_empty() || s.databases.iter().any(|d| d == database))
+        .filter_map(|s| s.schedule.period(now))
+        .min()
+        .map(|p| p * 2)
+}
+
+/// Why a database is not healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub database: String,
+    /// No successful full backup for longer than the max age (counting from the daemon's start
+    /// when there never was one): the `stale` alert.
+    pub stale: bool,
+    pub message: String,
+}
+
+fn human(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Freshness of every configured database: its newest successful full backup is younger than
+/// its max age, and its latest verification did not fail.
+pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for db in config.databases.iter().map(|d| d.name.as_str()) {
+        let d = s.databases.get(db);
+        if let Some(max_age) = max_age_for(config, db, now) {
+            match d.and_then(|d| d.last_full_success) {
+                None => out.push(Problem {
+                    database: db.to_owned(),
+                    stale: s.started_at.is_some_and(|t| now - t > max_age),
+                    message: format!("database {db} has no successful full backup"),
+                }),
+                Some(t) if now - t > max_age => out.push(Problem {
+                    database: db.to_owned(),
+                    stale: true,
+                    message: format!(
+                        "database {db}: the newest successful full backup is {} old, more than the allowed {} \
+                         (monitoring.max_age, default twice the full_backup schedule's period)",
+                        human(now - t),
+                        human(max_age)
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+        if let Some(d) = d
+            && d.last_verification_outcome == Some(Outcome::Failed)
+        {
+            out.push(Problem {
+                database: db.to_owned(),
+                stale: false,
+                message: format!(
+                    "database {db}: the latest verification failed ({}): see `pgbackd verify --latest --deep`",
+                    d.last_verification_at
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// Reads the status file a daemon writes.

@@ -49,7 +49,7 @@ struct World {
 
 fn yaml(dir: &std::path::Path, schedules: &str, extra: &str) -> String {
     format!(
-        "databases: [app]\nlocal_backup_dir: /unused\nreports:\n  dir: {}\nschedules:\n{schedules}{extra}",
+        "databases: [app]\nlocal_backup_dir: /unused\nmonitoring:\n  listen: off\nreports:\n  dir: {}\nschedules:\n{schedules}{extra}",
         dir.join("reports").display()
     )
 }
@@ -251,7 +251,7 @@ async fn max_concurrent_jobs_serialises_databases() {
     let schedules = "  full_backup: \"*/30 * * * * *\"\n";
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "databases: [app, crm]\nlocal_backup_dir: /unused\nreports:\n  dir: {}\nschedules:\n{schedules}\
+        "databases: [app, crm]\nlocal_backup_dir: /unused\nmonitoring:\n  listen: off\nreports:\n  dir: {}\nschedules:\n{schedules}\
          daemon:\n  catch_up: false\n  max_concurrent_jobs: 1\n",
         dir.path().display()
     );

@@ -76,6 +76,9 @@ impl TestEnv {
         } else {
             format!("reports:\n  dir: {}\n", self.dir.path().join("reports").display())
         };
+        // daemons in parallel tests must not all listen on the default port
+        let reports =
+            if extra.contains("monitoring:") { reports } else { format!("{reports}monitoring:\n  listen: off\n") };
         let text = format!(
             "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\n{local}{reports}{extra}",
             c.socket_dir(),

@@ -8,6 +8,7 @@ mod failures;
 mod fault_proxy;
 mod harness;
 mod incremental;
+mod notify;
 mod retention;
 mod s3;
 mod s3_servers;

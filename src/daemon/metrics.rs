@@ -1,0 +1,155 @@
+//! `/metrics`: the daemon's status in Prometheus text format (version 0.0.4). Labels are bounded:
+//! database, job kind, target and channel names from the config.
+
+use super::status::{Problem, Status};
+use crate::config::Config;
+use crate::config::storage::TargetKind;
+use chrono::{DateTime, Utc};
+use std::fmt::Write;
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    /// Starts a metric family.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP pgbackd_{name} {help}\n# TYPE pgbackd_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+        let _ = writeln!(self.text, "pgbackd_{name}{labels} {value}");
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+/// Renders the metrics of `s` as of `now`; `problems` decides `pgbackd_ready`.
+pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<Utc>) -> String {
+    let mut o = Out { text: String::new() };
+    o.family("up", "gauge", "1 while the daemon runs.");
+    o.sample("up", &[], 1.0);
+    o.family("ready", "gauge", "1 when every database is fresh and its latest verification passed (/readyz).");
+    o.sample("ready", &[], if problems.is_empty() { 1.0 } else { 0.0 });
+    o.family("database_ready", "gauge", "1 when this database is fresh and its latest verification passed.");
+    for db in &config.databases {
+        let ok = !problems.iter().any(|p| p.database == db.name);
+        o.sample("database_ready", &[("database", &db.name)], if ok { 1.0 } else { 0.0 });
+    }
+
+    // per database and job kind: the last run
+    type Get = fn(&super::status::JobStats) -> Option<f64>;
+    let per_job: [(&str, &str, &str, Get); 7] = [
+        ("last_success_timestamp_seconds", "gauge", "When the last successful run started (Unix time).", |j| {
+            j.last_success_at.map(ts)
+        }),
+        ("last_attempt_timestamp_seconds", "gauge", "When the last run started (Unix time).", |j| {
+            j.last_attempt_at.map(ts)
+        }),
+        ("last_attempt_success", "gauge", "1 if the last run succeeded, 0 if it failed or was cancelled.", |j| {
+            j.last_outcome.map(|o| if o == crate::jobs::report::Outcome::Success { 1.0 } else { 0.0 })
+        }),
+        ("last_duration_seconds", "gauge", "How long the last run took.", |j| j.last_duration_seconds),
+        ("last_raw_bytes", "gauge", "Raw (uncompressed) bytes of the last successful run.", |j| {
+            j.last_raw_bytes.map(|b| b as f64)
+        }),
+        ("last_stored_bytes", "gauge", "Stored bytes of the last successful backup.", |j| {
+            j.last_stored_bytes.map(|b| b as f64)
+        }),
+        ("last_throughput_bytes_per_second", "gauge", "Raw bytes per second of the last successful run.", |j| {
+            j.last_mb_per_second.map(|m| m * 1e6)
+        }),
+    ];
+    for (name, kind, help, get) in per_job {
+        o.family(name, kind, help);
+        for (db, kinds) in &s.jobs {
+            for (job, stats) in kinds {
+                if let Some(v) = get(stats) {
+                    o.sample(name, &[("database", db), ("job", job)], v);
+                }
+            }
+        }
+    }
+    o.family("job_runs_total", "counter", "Runs since the daemon started.");
+    o.family("job_failures_total", "counter", "Failed runs since the daemon started.");
+    for (db, kinds) in &s.jobs {
+        for (job, stats) in kinds {
+            o.sample("job_runs_total", &[("database", db), ("job", job)], stats.runs as f64);
+            o.sample("job_failures_total", &[("database", db), ("job", job)], stats.failures as f64);
+        }
+    }
+
+    // per database: freshness, verification, measured restore time
+    o.family("full_backup_timestamp_seconds", "gauge", "When the newest successful full backup started (Unix time).");
+    o.family("full_backup_age_seconds", "gauge", "Age of the newest successful full backup.");
+    o.family("verification_success", "gauge", "1 if the latest verification passed, 0 if it failed.");
+    o.family("test_restore_success", "gauge", "1 if the latest test restore passed, 0 if it failed.");
+    o.family("restore_duration_seconds", "gauge", "Restore time of the latest test restore (measured RTO).");
+    for (db, d) in &s.databases {
+        let l = [("database", db.as_str())];
+        if let Some(t) = d.last_full_success {
+            o.sample("full_backup_timestamp_seconds", &l, ts(t));
+            o.sample("full_backup_age_seconds", &l, (now - t).num_milliseconds() as f64 / 1000.0);
+        }
+        let ok = |x: crate::jobs::report::Outcome| if x == crate::jobs::report::Outcome::Success { 1.0 } else { 0.0 };
+        if let Some(v) = d.last_verification_outcome {
+            o.sample("verification_success", &l, ok(v));
+        }
+        if let Some(v) = d.last_test_restore_outcome {
+            o.sample("test_restore_success", &l, ok(v));
+        }
+        if let Some(v) = d.last_restore_seconds {
+            o.sample("restore_duration_seconds", &l, v);
+        }
+    }
+
+    // per target: what the repository holds, and local free space
+    o.family("repository_backups", "gauge", "Backups held by a storage target.");
+    o.family("repository_bytes", "gauge", "Stored bytes of the backups held by a storage target.");
+    for (t, st) in &s.targets {
+        o.sample("repository_backups", &[("target", t)], st.backups as f64);
+        o.sample("repository_bytes", &[("target", t)], st.stored_bytes as f64);
+    }
+    o.family("local_free_bytes", "gauge", "Free bytes on the filesystem of a local target.");
+    o.family("local_size_bytes", "gauge", "Size of the filesystem of a local target.");
+    for t in &config.targets {
+        if let TargetKind::Local { path } = &t.kind
+            && let Some((free, total)) = crate::storage::local::free_space(path)
+        {
+            o.sample("local_free_bytes", &[("target", &t.name)], free as f64);
+            o.sample("local_size_bytes", &[("target", &t.name)], total as f64);
+        }
+    }
+
+    // the daemon
+    o.family("jobs_running", "gauge", "Jobs running now.");
+    o.sample("jobs_running", &[], s.running.len() as f64);
+    o.family("jobs_skipped_overlap_total", "counter", "Runs skipped because the previous run was still going.");
+    o.sample("jobs_skipped_overlap_total", &[], s.counters.overlap_skipped as f64);
+    o.family("jobs_queued_overlap_total", "counter", "Runs queued behind the previous run.");
+    o.sample("jobs_queued_overlap_total", &[], s.counters.overlap_queued as f64);
+    let n = &s.notifications;
+    o.family("notifications_sent_total", "counter", "Notifications and pings delivered, per channel.");
+    for (c, v) in &n.sent {
+        o.sample("notifications_sent_total", &[("channel", c)], *v as f64);
+    }
+    o.family("notification_failures_total", "counter", "Notifications and pings not delivered after every retry.");
+    for (c, v) in &n.failed {
+        o.sample("notification_failures_total", &[("channel", c)], *v as f64);
+    }
+    o.family("notifications_rate_limited_total", "counter", "Notifications dropped by max_per_hour.");
+    for (c, v) in &n.rate_limited {
+        o.sample("notifications_rate_limited_total", &[("channel", c)], *v as f64);
+    }
+    o.family("notifications_suppressed_total", "counter", "Repeated failure alerts not sent (one per failing job).");
+    o.sample("notifications_suppressed_total", &[], n.suppressed as f64);
+    o.text
+}
