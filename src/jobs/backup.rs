@@ -125,6 +125,11 @@ async fn take(
         Some(b) => Some(b.clone()),
         None => repo.latest(&db.name, Some(BackupKind::Full)).await?,
     };
+    let previous_same = match kind {
+        BackupKind::Full => previous_full.clone(),
+        BackupKind::Incremental => repo.latest(&db.name, Some(BackupKind::Incremental)).await?,
+    };
+    let space_warnings = check_disk_space(config, previous_same.as_ref())?;
 
     // the job's own cancellation: the caller's, plus the hard timeout
     let job_cancel = cancel.child_token();
@@ -150,6 +155,7 @@ async fn take(
         Err(e) => return Err(e),
     };
     let pipeline::Committed { object: data, targets: mut holding, mut warnings } = committed;
+    warnings.extend(space_warnings);
     check_size(data.raw_bytes, config, previous_full.as_ref(), req.allow_shrink)?;
 
     if !dump_stderr.trim().is_empty() {
@@ -253,6 +259,64 @@ async fn take(
     }
     repo.write_manifest(&manifest).await?;
     Ok(manifest)
+}
+
+/// The disk guard: before a backup to a local target, the space it needs is estimated from the
+/// previous backup of the same kind (plus `monitoring.min_free_space`). Too little free space on
+/// a required target fails the backup at once, instead of filling the disk; less than
+/// `warn_free_percent` left afterwards is a warning. Returns the warnings.
+fn check_disk_space(config: &Config, previous: Option<&Manifest>) -> Result<Vec<String>> {
+    let estimate = previous.map_or(0, |m| m.data.stored_bytes + m.globals.as_ref().map_or(0, |g| g.stored_bytes));
+    let mut warnings = Vec::new();
+    for t in &config.targets {
+        let crate::config::storage::TargetKind::Local { path } = &t.kind else { continue };
+        let Some((free, total)) = crate::storage::local::free_space(path) else { continue };
+        match disk_verdict(free, total, estimate, &config.monitoring) {
+            Ok(None) => {}
+            Ok(Some(w)) => {
+                let w = format!("local target {} ({}): {w}", t.name, path.display());
+                tracing::warn!(warning = %w, "low disk space");
+                warnings.push(w);
+            }
+            Err(e) if t.required => bail!(
+                "local target {} ({}): {e}; free space there, lower the retention, or move local_backup_dir",
+                t.name,
+                path.display()
+            ),
+            Err(e) => {
+                let w = format!("optional local target {} ({}): {e}; it will likely fail", t.name, path.display());
+                tracing::warn!(warning = %w, "low disk space");
+                warnings.push(w);
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// `Err`: not enough space for the estimate; `Ok(Some)`: enough, but little left afterwards.
+fn disk_verdict(
+    free: u64,
+    total: u64,
+    estimate: u64,
+    m: &crate::config::notify::MonitoringConfig,
+) -> std::result::Result<Option<String>, String> {
+    let mib = |b: u64| format!("{} MiB", b / (1024 * 1024));
+    let need = estimate + m.min_free_space;
+    if free < need {
+        return Err(format!(
+            "only {} free, and this backup needs about {} (the previous one's size, {}, plus monitoring.min_free_space)",
+            mib(free),
+            mib(need),
+            mib(estimate)
+        ));
+    }
+    let left = (free - estimate) as f64 / total.max(1) as f64 * 100.0;
+    Ok((left < m.warn_free_percent).then(|| {
+        format!(
+            "about {left:.1}% of the filesystem will be free after this backup (below monitoring.warn_free_percent, {}%)",
+            m.warn_free_percent
+        )
+    }))
 }
 
 /// Runs pg_dump into the pipeline; commits the data object only if pg_dump succeeded.
@@ -420,5 +484,27 @@ async fn dump_globals(
             ))
         }
         Err(e) => Err(anyhow!(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disk_verdict;
+    use crate::config::notify::MonitoringConfig;
+
+    #[test]
+    fn the_disk_guard_fails_early_and_warns_when_little_is_left() {
+        const MIB: u64 = 1024 * 1024;
+        let m = MonitoringConfig { min_free_space: 64 * MIB, warn_free_percent: 10.0, ..Default::default() };
+        // plenty of room
+        assert_eq!(disk_verdict(500 * MIB, 1000 * MIB, 100 * MIB, &m), Ok(None));
+        // room, but 7 % left afterwards
+        let w = disk_verdict(250 * MIB, 1000 * MIB, 180 * MIB, &m).unwrap().unwrap();
+        assert!(w.contains("7.0%") && w.contains("warn_free_percent"), "{w}");
+        // the previous backup plus the margin does not fit
+        let e = disk_verdict(250 * MIB, 1000 * MIB, 190 * MIB, &m).unwrap_err();
+        assert!(e.contains("only 250 MiB free") && e.contains("254 MiB"), "{e}");
+        // no previous backup: only the margin counts
+        assert!(disk_verdict(32 * MIB, 1000 * MIB, 0, &m).is_err());
     }
 }

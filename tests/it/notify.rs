@@ -412,3 +412,19 @@ fn a_stale_database_is_alerted_once_even_without_jobs() {
     let (code, text) = http_get(port, "/readyz").unwrap();
     assert_eq!(code, 503, "{text}");
 }
+
+#[test]
+fn the_disk_guard_fails_a_backup_that_cannot_fit_before_it_starts() {
+    let env = TestEnv::new("diskguard");
+    env.psql("create table t (id int); insert into t values (1);");
+    env.backup();
+    env.write_config("monitoring:\n  listen: off\n  min_free_space: 1000000TiB\n");
+    let out = env.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("local target local") && err.contains("min_free_space") && err.contains("free space there"),
+        "{err}"
+    );
+    assert_eq!(env.list_json().len(), 1, "the failed backup left a manifest");
+}
