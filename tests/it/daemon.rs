@@ -90,6 +90,11 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
     let bucket = s3.bucket();
     let identity = age::x25519::Identity::generate().to_string().expose_secret().to_owned();
     let passphrase = "daemon test passphrase, long enough";
+    // notification URLs and tokens are secrets too (deliveries fail here: nothing listens)
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let slack_url = format!("http://127.0.0.1:{dead}/services/T0/B0/Slack-Secret-Path");
+    let hook_token = "Webhook-Secret-Token";
+    let mport = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (id_file, key_file) = (env.dir.path().join("identity.txt"), env.dir.path().join("passphrase"));
     std::fs::write(&id_file, format!("{identity}\n")).unwrap();
     std::fs::write(&key_file, format!("{passphrase}\n")).unwrap();
@@ -98,7 +103,10 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
     env.write_config(&format!(
         "pg_bin_dir: {}\nschedules:\n  full_backup: \"*/3 * * * * *\"\n  verification: \"*/4 * * * * *\"\n\
          \x20 test_restore: \"*/5 * * * * *\"\ndaemon:\n  catch_up: false\nreports:\n  dir: {}\nstorage:\n{}\
-         encryption:\n  enabled: true\n  key_file: {}\n  identity_file: {}\n  passphrase_work_factor: 10\n",
+         encryption:\n  enabled: true\n  key_file: {}\n  identity_file: {}\n  passphrase_work_factor: 10\n\
+         notifications:\n  attempts: 1\n  slack:\n    enabled: true\n    webhook_url: {slack_url}\n    events: [success]\n\
+         \x20 webhooks:\n    - name: ops\n      url: {slack_url}\n      headers: {{Authorization: \"Bearer {hook_token}\"}}\n\
+         \x20     events: [success]\nmonitoring:\n  listen: 127.0.0.1:{mport}\n",
         bin.display(),
         reports_dir.display(),
         s3.target_yaml("offsite", &bucket, ""),
@@ -142,6 +150,9 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
     assert!(stdout(&human).contains("running"), "{}", stdout(&human));
     let health = env.run(&["healthcheck"]);
     assert!(health.status.success(), "{}", stdout(&health));
+    let metrics = crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/metrics").unwrap_or_default();
+    assert!(metrics.contains("pgbackd_up 1"), "{metrics}");
+    let status_http = crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/status").unwrap_or_default();
     let listing = env.run(&["list"]);
     let check = env.run(&["check-config"]);
 
@@ -166,6 +177,8 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
         ("status text".into(), stdout(&human)),
         ("list".into(), stdout(&listing) + &stderr(&listing)),
         ("check-config".into(), stdout(&check) + &stderr(&check)),
+        ("metrics".into(), metrics),
+        ("status endpoint".into(), status_http),
     ];
     for f in files_under(&reports_dir).into_iter().chain(env.repository_files()) {
         haystacks.push((f.display().to_string(), String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned()));
@@ -179,7 +192,9 @@ fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
         haystacks.push((format!("s3 {key}"), String::from_utf8_lossy(&body).into_owned()));
     }
     assert!(haystacks.len() > 12, "{:?}", haystacks.iter().map(|h| &h.0).collect::<Vec<_>>());
-    for value in [secret, s3.access_key, s3.secret_key, identity.as_str(), passphrase] {
+    assert!(log.contains("notification failed"), "{log}");
+    for value in [secret, s3.access_key, s3.secret_key, identity.as_str(), passphrase, "Slack-Secret-Path", hook_token]
+    {
         for (what, text) in &haystacks {
             assert!(!text.contains(value), "a secret ({}...) leaked into {what}", &value[..4]);
         }
