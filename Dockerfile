@@ -23,6 +23,8 @@ RUN apt-get update \
 COPY --from=build /src/target/release/pgbackd /usr/local/bin/pgbackd
 # pg_bin_dir defaults to the newest /usr/lib/postgresql/*/bin: the client installed above
 ENV PGBACKD_CONFIG=/etc/pgbackd/pgbackd.yaml
+# /healthz /readyz /metrics /status (monitoring.listen; 127.0.0.1 by default: set 0.0.0.0:9187 to scrape)
+EXPOSE 9187
 USER pgbackd
 WORKDIR /var/lib/pgbackd
 VOLUME ["/var/lib/pgbackd"]

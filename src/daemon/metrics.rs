@@ -153,3 +153,51 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
     o.sample("notifications_suppressed_total", &[], n.suppressed as f64);
     o.text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metric families `render` can emit (from its `# TYPE` lines).
+    fn families() -> Vec<String> {
+        let yaml = "databases: [app]\nlocal_backup_dir: /tmp\n";
+        let config = Config::from_yaml(yaml, "t", &|_| None).unwrap();
+        render(&Status::default(), &config, &[], Utc::now())
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_the_alert_rules_and_the_docs_name_only_metrics_that_exist() {
+        let known = families();
+        for (file, text) in [
+            ("deploy/grafana-dashboard.json", include_str!("../../deploy/grafana-dashboard.json")),
+            ("deploy/prometheus-alerts.yml", include_str!("../../deploy/prometheus-alerts.yml")),
+            ("docs/monitoring.md", include_str!("../../docs/monitoring.md")),
+        ] {
+            let mut rest = text;
+            let mut seen = 0;
+            while let Some(i) = rest.find("pgbackd_") {
+                let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[i + name.len()..];
+                if name == "pgbackd_" || name.starts_with("pgbackd_restore_app") {
+                    continue;
+                }
+                seen += 1;
+                assert!(known.contains(&name), "{file} names {name}, which /metrics does not have");
+            }
+            assert!(seen > 5, "{file}");
+        }
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        let yaml = "databases: [\"we\\\"ird\"]\nlocal_backup_dir: /tmp\n";
+        let config = Config::from_yaml(yaml, "t", &|_| None).unwrap();
+        let text = render(&Status::default(), &config, &[], Utc::now());
+        assert!(text.contains(r#"pgbackd_database_ready{database="we\"ird"} 1"#), "{text}");
+    }
+}

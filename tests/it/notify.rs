@@ -428,3 +428,23 @@ fn the_disk_guard_fails_a_backup_that_cannot_fit_before_it_starts() {
     );
     assert_eq!(env.list_json().len(), 1, "the failed backup left a manifest");
 }
+
+#[test]
+fn a_busy_monitoring_address_stops_the_daemon_at_start_with_a_clear_error() {
+    let env = TestEnv::new("busyport");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    env.write_config(&format!("monitoring:\n  listen: 127.0.0.1:{port}\n"));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains(&format!("monitoring.listen 127.0.0.1:{port}: cannot listen")), "{text}");
+    drop(taken);
+}
