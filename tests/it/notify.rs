@@ -132,6 +132,36 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Every line of `text` is a `# HELP`/`# TYPE` comment or `name{labels} value`, every family is
+/// typed before its samples, and no family is declared twice.
+fn assert_prometheus_text(text: &str) {
+    let mut typed = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().unwrap().to_owned();
+            assert!(matches!(parts.next(), Some("gauge" | "counter")), "{line}");
+            assert!(!typed.contains(&name), "{name} declared twice");
+            typed.push(name);
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "{line:?}");
+        let name = series.split('{').next().unwrap();
+        assert!(typed.iter().any(|t| t == name), "{name} has no # TYPE before it");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+            for pair in labels[1..labels.len() - 1].split("\",") {
+                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !v.is_empty(), "{line:?}");
+            }
+        }
+    }
+}
+
 /// The value of one series in Prometheus text, e.g. `pgbackd_up` or `pgbackd_x{a="b"}`.
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
@@ -217,6 +247,7 @@ fn failures_alert_once_then_recover_through_slack_webhook_pings_and_metrics() {
     assert_eq!(listed.len(), 1);
     let (code, m) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
+    assert_prometheus_text(&m);
     let series = |name: &str| format!("pgbackd_{name}{{database=\"{}\",job=\"full_backup\"}}", env.db);
     assert_eq!(metric(&m, &series("last_raw_bytes")), listed[0]["raw_bytes"].as_f64(), "{m}");
     assert_eq!(metric(&m, &series("last_stored_bytes")), listed[0]["stored_bytes"].as_f64(), "{m}");
