@@ -17,6 +17,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod demo;
+pub mod fileset;
 pub mod jobs;
 pub mod notify;
 pub mod pg;

@@ -7,6 +7,7 @@
 //! `retention:`, `schedules:`, `aws:`, `notifications:`, `compression:`, `encryption:`) is a
 //! subset of this schema, every key keeping its meaning.
 
+pub mod files;
 pub mod node;
 pub mod notify;
 pub mod reader;
@@ -15,6 +16,7 @@ pub mod storage;
 
 use crate::schedule::{self, Schedule};
 use chrono_tz::Tz;
+pub use files::FileSetConfig;
 use node::{Node, Value};
 use reader::{ByteSize, ConfigIssue, Ctx, Dur, MapReader};
 pub use secret::Secret;
@@ -393,6 +395,9 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub notifications: notify::NotificationsConfig,
     pub monitoring: notify::MonitoringConfig,
+    /// Source sets of file backups (`file_backup`) and configuration backups (`config_backup`).
+    pub files: Vec<FileSetConfig>,
+    pub configs: Vec<FileSetConfig>,
     /// Files holding secrets that the config names (checked for loose permissions).
     pub secret_files: Vec<PathBuf>,
     /// Config and key files readable by group or others are errors (else warnings).
@@ -575,6 +580,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let strict = top.opt::<bool>("strict").unwrap_or(false);
     let notifications = notify::read_notifications(&mut top);
     let monitoring = notify::read_monitoring(&mut top);
+    let files = files::read_sets(&mut top, "files");
+    let configs = files::read_sets(&mut top, "configs");
     top.finish();
 
     Some(Config {
@@ -599,6 +606,8 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         encryption,
         notifications,
         monitoring,
+        files,
+        configs,
         strict,
         warnings: Vec::new(),
     })

@@ -6,6 +6,7 @@ mod daemon;
 mod encryption;
 mod failures;
 mod fault_proxy;
+mod files;
 mod harness;
 mod incremental;
 mod notify;

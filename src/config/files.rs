@@ -1,0 +1,96 @@
+//! `files:` and `configs:`: the source sets of file and configuration backups.
+
+use super::node::{Node, Value};
+use super::reader::{Ctx, MapReader};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// One source set: paths backed up together as one archive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSetConfig {
+    pub name: String,
+    pub paths: Vec<PathBuf>,
+    /// Globs: matched against the whole path and the path below its source (`*.tmp`,
+    /// `cache/**`, `/srv/app/uploads/tmp/**`).
+    pub exclude: Vec<String>,
+    /// Do not descend into other filesystems (mounts) below a source path.
+    pub one_file_system: bool,
+    /// Back up what symlinks point to instead of the links.
+    pub follow_symlinks: bool,
+}
+
+impl FileSetConfig {
+    pub fn sources(&self) -> Result<crate::fileset::archive::Sources> {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in &self.exclude {
+            b.add(globset::Glob::new(g).with_context(|| format!("{}: exclude glob {g:?}", self.name))?);
+        }
+        Ok(crate::fileset::archive::Sources {
+            paths: self.paths.clone(),
+            exclude: b.build()?,
+            one_file_system: self.one_file_system,
+            follow_symlinks: self.follow_symlinks,
+        })
+    }
+}
+
+fn read_set(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<FileSetConfig> {
+    let mut m = ctx.map(node, path)?;
+    let name = m.req::<String>("name");
+    let paths = m.req::<Vec<PathBuf>>("paths").unwrap_or_default();
+    if paths.is_empty() {
+        m.ctx().error(&m.child_path("paths"), "list at least one path", Some(m.loc()));
+    }
+    for p in &paths {
+        if !p.is_absolute() {
+            m.ctx().error(
+                &m.child_path("paths"),
+                format!("{} is not an absolute path", p.display()),
+                Some(m.loc_of("paths")),
+            );
+        }
+    }
+    let exclude = m.opt::<Vec<String>>("exclude").unwrap_or_default();
+    for g in &exclude {
+        if let Err(e) = globset::Glob::new(g) {
+            m.ctx().error(
+                &m.child_path("exclude"),
+                format!("{g:?} is not a valid glob: {e}"),
+                Some(m.loc_of("exclude")),
+            );
+        }
+    }
+    let one_file_system = m.opt::<bool>("one_file_system").unwrap_or(false);
+    let follow_symlinks = m.opt::<bool>("follow_symlinks").unwrap_or(false);
+    m.finish();
+    let name = name?;
+    if name.is_empty() || name.contains('/') {
+        ctx.error(&format!("{path}.name"), "a name without slashes is needed", Some(node.loc));
+        return None;
+    }
+    Some(FileSetConfig { name, paths, exclude, one_file_system, follow_symlinks })
+}
+
+/// Reads `files:` or `configs:` (a list of source sets).
+pub fn read_sets(top: &mut MapReader<'_, '_>, key: &str) -> Vec<FileSetConfig> {
+    let ctx = top.ctx();
+    let mut out: Vec<FileSetConfig> = Vec::new();
+    if let Some(list) = top.node(key) {
+        match &list.value {
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{key}[{i}]");
+                    if let Some(s) = read_set(ctx, item, &path) {
+                        if out.iter().any(|o| o.name == s.name) {
+                            ctx.error(&format!("{path}.name"), format!("{:?} is used twice", s.name), Some(item.loc));
+                        } else {
+                            out.push(s);
+                        }
+                    }
+                }
+            }
+            other => ctx.error(key, format!("expected a list, found {}", other.kind()), Some(list.loc)),
+        }
+    }
+    out
+}

@@ -1,0 +1,331 @@
+//! File and configuration backups: a set of paths streamed as a tar archive through the same
+//! segment -> zstd -> (age) -> SHA-256 -> storage pipeline as database dumps, committed by a
+//! manifest written last that lists every file with its SHA-256. Files that change or vanish
+//! while read are warnings; unreadable ones make the backup `partial`, never a silent success.
+//!
+//! Layout: `<files|configs>/<set>/<id>/data.tar.zst[.age]` and `manifest.json`, in
+//! `file_backup_dir` / `config_backup_dir` when set, else in the repository's targets.
+
+pub mod archive;
+pub mod restore;
+
+use crate::config::{Config, FileSetConfig};
+use crate::crypto::EncryptionInfo;
+use crate::pipeline::{self, PipelineOptions};
+use crate::repo::manifest::{StoredObject, Trigger};
+use crate::storage::{Store, Target};
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio_util::sync::CancellationToken;
+
+pub const MANIFEST_SCHEMA: u32 = 1;
+
+/// Application files (`files:`, job `file_backup`) or configuration (`configs:`, `config_backup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKind {
+    Files,
+    Configs,
+}
+
+impl SetKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            SetKind::Files => "files",
+            SetKind::Configs => "configs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    HardLink,
+}
+
+/// One archived path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The name in the archive (the absolute path without its leading `/`).
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// A symlink's target, or the first name of a hard-linked file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// A file that changed, vanished (warnings) or could not be read (`error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileProblem {
+    pub path: String,
+    pub problem: String,
+    pub error: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileManifest {
+    pub schema_version: u32,
+    pub id: String,
+    pub kind: SetKind,
+    /// The `name` of the source set.
+    pub set: String,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub host: String,
+    pub sources: Vec<String>,
+    pub data: StoredObject,
+    pub file_count: u64,
+    pub total_bytes: u64,
+    /// `success`, or `partial` when a file could not be read, vanished or changed while read.
+    pub outcome: String,
+    pub problems: Vec<FileProblem>,
+    pub files: Vec<FileRecord>,
+    pub targets: Vec<String>,
+    pub pgbackd_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl FileManifest {
+    /// The bytes the MAC covers: the manifest without its MAC.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut m = self.clone();
+        m.mac = None;
+        serde_json::to_vec(&m).expect("manifest serializes")
+    }
+}
+
+/// Where a kind of file backup is stored: its own directory when configured, else the
+/// repository's targets.
+pub fn targets(config: &Config, kind: SetKind, repo: &crate::repo::Repository) -> Result<Vec<Target>> {
+    let dir = match kind {
+        SetKind::Files => &config.file_backup_dir,
+        SetKind::Configs => &config.config_backup_dir,
+    };
+    match dir {
+        Some(d) => Ok(vec![Target {
+            store: Arc::new(crate::storage::local::LocalStore::new(kind.prefix(), d)?),
+            required: true,
+        }]),
+        None => Ok(repo.targets().to_vec()),
+    }
+}
+
+fn prefix(kind: SetKind, set: &str, id: &str) -> String {
+    format!("{}/{set}/{id}", kind.prefix())
+}
+
+fn new_id(now: DateTime<Utc>, kind: SetKind) -> String {
+    format!("{}-{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), kind.prefix(), rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Backs up source set `set`; `Ok` also for a partial backup (see `outcome` and `problems`).
+pub async fn backup(
+    config: &Config,
+    set: &FileSetConfig,
+    kind: SetKind,
+    trigger: Trigger,
+    cancel: &CancellationToken,
+    now: DateTime<Utc>,
+) -> Result<FileManifest> {
+    let repo = crate::repo::Repository::open(config).await?;
+    let targets = targets(config, kind, &repo)?;
+    let id = new_id(now, kind);
+    let started = std::time::Instant::now();
+    tracing::info!(set = %set.name, backup_id = %id, "file backup started");
+    let result = take(config, set, kind, trigger, &repo, &targets, cancel, now, &id).await;
+    match &result {
+        Ok(m) => tracing::info!(
+            backup_id = %m.id,
+            files = m.file_count,
+            raw_bytes = m.data.raw_bytes,
+            stored_bytes = m.data.stored_bytes,
+            outcome = %m.outcome,
+            duration_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "file backup finished"
+        ),
+        Err(e) => {
+            tracing::error!(backup_id = %id, error = %format!("{e:#}"), "file backup failed");
+            for t in &targets {
+                let p = format!("{}/", prefix(kind, &set.name, &id));
+                if let Ok(objs) = t.store.list(&p).await {
+                    let keys: Vec<String> = objs.into_iter().map(|o| o.key).collect();
+                    let _ = t.store.delete(&keys).await;
+                }
+            }
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn take(
+    config: &Config,
+    set: &FileSetConfig,
+    kind: SetKind,
+    trigger: Trigger,
+    repo: &crate::repo::Repository,
+    targets: &[Target],
+    cancel: &CancellationToken,
+    now: DateTime<Utc>,
+    id: &str,
+) -> Result<FileManifest> {
+    let sources = set.sources()?;
+    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let walker = {
+        let (sources, stop) = (sources.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("pgbackd-tar".into())
+            .spawn(move || archive::write(&sources, writer, stop))
+            .context("starting the archive thread")?
+    };
+    let level = config.compression.enabled.then_some(config.compression.level);
+    let opts = PipelineOptions {
+        segment_size: config.backup.segment_size as usize,
+        level,
+        threads: config.compression_threads(),
+        stall_timeout: config.backup.stall_timeout,
+        delta: None,
+        encrypt: repo.encrypts_with().cloned(),
+    };
+    let key = format!(
+        "{}/data.tar{}{}",
+        prefix(kind, &set.name, id),
+        if level.is_some() { ".zst" } else { "" },
+        if opts.encrypt.is_some() { ".age" } else { "" }
+    );
+    let mut segments = pipeline::read_segments(reader, opts.segment_size, Arc::default(), None);
+    let streamed = pipeline::store_stream_to(&mut segments, targets, &key, &opts, cancel).await;
+    drop(segments);
+    if streamed.is_err() {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let archived = tokio::task::spawn_blocking(move || walker.join())
+        .await
+        .context("archive thread")?
+        .map_err(|_| anyhow!("the archive thread panicked"))?;
+    let staged = streamed.map_err(|e| anyhow!(e).context("storing the archive"))?;
+    let archived = match archived {
+        Ok(a) => a,
+        Err(e) => {
+            staged.abort().await;
+            bail!("writing the archive of {}: {e}", set.name);
+        }
+    };
+    let committed = staged.commit().await?;
+    let (encryption, mac_key) = match repo.encrypts_with() {
+        Some(c) => {
+            let (info, key) = c.new_backup_key()?;
+            (Some(info), Some(key))
+        }
+        None => (None, None),
+    };
+    // a file not captured as it was (unreadable, vanished, changed while read) makes it partial
+    let partial = !archived.problems.is_empty();
+    let mut m = FileManifest {
+        schema_version: MANIFEST_SCHEMA,
+        id: id.to_owned(),
+        kind,
+        set: set.name.clone(),
+        trigger,
+        started_at: now,
+        finished_at: Utc::now().max(now),
+        host: crate::notify::hostname(),
+        sources: set.paths.iter().map(|p| p.display().to_string()).collect(),
+        file_count: archived.records.iter().filter(|r| r.kind == FileKind::File).count() as u64,
+        total_bytes: archived.total_bytes,
+        outcome: if partial { "partial".into() } else { "success".into() },
+        problems: archived.problems,
+        files: archived.records,
+        data: committed.object,
+        targets: committed.targets,
+        pgbackd_version: env!("CARGO_PKG_VERSION").to_owned(),
+        encryption,
+        mac: None,
+    };
+    if let Some(k) = mac_key {
+        m.mac = Some(crate::crypto::mac(&k, &m.mac_input()));
+    }
+    let bytes = Bytes::from(serde_json::to_vec_pretty(&m)?);
+    let manifest_key = format!("{}/{}", prefix(kind, &set.name, id), crate::repo::MANIFEST_FILE);
+    for t in targets.iter().filter(|t| m.targets.iter().any(|n| n == t.name())) {
+        t.store.put(&manifest_key, bytes.clone()).await.with_context(|| format!("writing {manifest_key}"))?;
+    }
+    Ok(m)
+}
+
+/// Every file backup of `set`, oldest first (from the first target that lists it).
+pub async fn list(targets: &[Target], kind: SetKind, set: &str) -> Result<Vec<FileManifest>> {
+    let mut out: Vec<FileManifest> = Vec::new();
+    for t in targets {
+        let objects = t.store.list(&format!("{}/{set}/", kind.prefix())).await?;
+        for o in objects.iter().filter(|o| o.key.ends_with(&format!("/{}", crate::repo::MANIFEST_FILE))) {
+            if let Some(bytes) = t.store.get(&o.key).await? {
+                let m: FileManifest =
+                    serde_json::from_slice(&bytes).with_context(|| format!("reading {} on {}", o.key, t.name()))?;
+                if !out.iter().any(|x| x.id == m.id) {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// The store holding backup `m` whole (its data object at the recorded size).
+pub async fn locate(targets: &[Target], m: &FileManifest) -> Result<Arc<dyn Store>> {
+    let mut problems = Vec::new();
+    for t in targets {
+        match t.store.size(&m.data.key).await {
+            Ok(Some(s)) if s == m.data.stored_bytes => return Ok(t.store.clone()),
+            Ok(Some(s)) => problems.push(format!(
+                "{}: {}",
+                t.name(),
+                crate::repo::size_problem(&m.data.key, s, m.data.stored_bytes)
+            )),
+            Ok(None) => problems.push(format!("{}: {} is missing", t.name(), m.data.key)),
+            Err(e) => problems.push(format!("{}: {e:#}", t.name())),
+        }
+    }
+    bail!("file backup {} of {} is not readable on any target ({})", m.id, m.set, problems.join("; "))
+}
+
+/// Checks an encrypted file backup's manifest MAC and returns what decrypts its data.
+pub fn authenticate(repo: &crate::repo::Repository, m: &FileManifest) -> Result<Option<crate::pipeline::Decryption>> {
+    let what = format!("file backup {} of {}", m.id, m.set);
+    let Some(info) = &m.encryption else {
+        if m.data.encrypted || m.mac.is_some() {
+            bail!("{what}: the manifest lists encrypted data but no encryption record: it was modified");
+        }
+        return Ok(None);
+    };
+    let crypto = repo.crypto().with_context(|| {
+        format!("{what} is encrypted ({}): pass --identity FILE or configure encryption", crate::crypto::needs(info))
+    })?;
+    let key = crypto.backup_key(info, &what)?;
+    let mac = m.mac.as_deref().with_context(|| format!("{what}: the manifest's authentication code is missing"))?;
+    if !crate::crypto::mac_matches(&key, &m.mac_input(), mac) {
+        bail!("{what}: the manifest does not match its authentication code: it was modified; do not trust it");
+    }
+    Ok(Some(crate::pipeline::Decryption { crypto: crypto.clone(), info: info.clone() }))
+}

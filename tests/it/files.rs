@@ -1,0 +1,254 @@
+//! File backups: a tree with everything awkward round-trips exactly; files that change or vanish
+//! mid-backup make it partial, named; restores refuse non-empty directories and damaged data.
+
+use crate::harness::*;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a restored tree must reproduce, per relative path.
+#[derive(Debug, PartialEq)]
+struct Facts {
+    kind: &'static str,
+    sha256: Option<String>,
+    mode: u32,
+    mtime: (i64, i64),
+    link: Option<String>,
+    /// For hard links: the other names of the same inode.
+    links: u64,
+}
+
+fn facts(root: &Path) -> BTreeMap<String, Facts> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, p: &Path, out: &mut BTreeMap<String, Facts>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let path = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let (kind, sha256, link) = if m.file_type().is_symlink() {
+                ("symlink", None, Some(std::fs::read_link(&path).unwrap().to_string_lossy().into_owned()))
+            } else if m.is_dir() {
+                walk(root, &path, out);
+                ("dir", None, None)
+            } else {
+                ("file", Some(hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()))), None)
+            };
+            let mtime = (m.mtime(), m.mtime_nsec());
+            let links = if m.is_file() { m.nlink() } else { 1 };
+            out.insert(rel, Facts { kind, sha256, mode: m.mode() & 0o7777, mtime, link, links });
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn files_config(env: &TestEnv, paths: &[&Path], extra: &str) {
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    env.write_config(&format!("files:\n  - name: uploads\n    paths: [{}]\n{extra}", list.join(", ")));
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+/// Nested directories, unicode and very long names, symlinks (relative, absolute, dangling),
+/// hard links, empty files, a 200 MB mostly-sparse file, restrictive modes, sub-second mtimes.
+fn awkward_tree(root: &Path) {
+    write(&root.join("a/b/c/d/nested.txt"), b"nested\n");
+    write(&root.join("unicode/ünïcödé ✓ 文件.txt"), "ünï\n".as_bytes());
+    // a path over 300 characters: a 200-character directory and a 250-character file name
+    let long = root.join("d".repeat(200)).join(format!("{}.bin", "f".repeat(246)));
+    write(&long, b"long name\n");
+    write(&root.join("empty"), b"");
+    write(&root.join("links/target.txt"), b"target\n");
+    std::os::unix::fs::symlink("target.txt", root.join("links/relative")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("links/absolute")).unwrap();
+    std::os::unix::fs::symlink("does-not-exist", root.join("links/dangling")).unwrap();
+    std::fs::hard_link(root.join("links/target.txt"), root.join("links/hard")).unwrap();
+    // 200 MB, mostly holes, with data at the start, the middle and the end
+    let sparse = root.join("big/sparse.img");
+    write(&sparse, b"");
+    let f = std::fs::OpenOptions::new().write(true).open(&sparse).unwrap();
+    f.set_len(200 * 1024 * 1024).unwrap();
+    use std::os::unix::fs::FileExt;
+    for (i, off) in [0u64, 100 * 1024 * 1024 + 123, 200 * 1024 * 1024 - 4096].iter().enumerate() {
+        f.write_all_at(format!("block {i} ").repeat(200).as_bytes(), *off).unwrap();
+    }
+    drop(f);
+    write(&root.join("secret/key.pem"), b"-----BEGIN KEY-----\n");
+    std::fs::set_permissions(root.join("secret/key.pem"), std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::set_permissions(root.join("secret"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(root.join("unicode/ünïcödé ✓ 文件.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    // sub-second mtimes on a file and a directory
+    let t = filetime::FileTime::from_unix_time(1_700_000_000, 123_456_789);
+    filetime::set_file_times(root.join("a/b/c/d/nested.txt"), t, t).unwrap();
+    filetime::set_file_times(root.join("a/b"), t, t).unwrap();
+}
+
+#[test]
+fn an_awkward_tree_round_trips_exactly() {
+    let env = TestEnv::new("files");
+    let src = env.dir.path().join("src");
+    awkward_tree(&src);
+    files_config(&env, &[&src], "");
+    let out = env.run(&["backup-files", "--name", "uploads"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_owned();
+    assert!(stderr(&out).contains("outcome success"), "{}", stderr(&out));
+
+    let list = env.run(&["list-files", "--name", "uploads", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["files"], 7, "{list}");
+    // the holes compress to nothing
+    assert!(list[0]["stored_bytes"].as_u64().unwrap() < 1024 * 1024, "{list}");
+
+    let to = env.dir.path().join("restored");
+    let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("7 files checked against their SHA-256"), "{}", stdout(&out));
+    let restored = to.join(src.strip_prefix("/").unwrap());
+    let (a, b) = (facts(&src), facts(&restored));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert_eq!(Some(v), b.get(k), "{k}");
+    }
+    // the hard link is a link again, and the sparse file has holes
+    let (t, h) = (
+        std::fs::metadata(restored.join("links/target.txt")).unwrap(),
+        std::fs::metadata(restored.join("links/hard")).unwrap(),
+    );
+    assert_eq!(t.ino(), h.ino());
+    assert!(std::fs::metadata(restored.join("big/sparse.img")).unwrap().blocks() * 512 < 10 * 1024 * 1024);
+}
+
+#[test]
+fn only_matching_paths_and_dry_runs_and_excludes() {
+    let env = TestEnv::new("filesglob");
+    let src = env.dir.path().join("src");
+    write(&src.join("2025/a.jpg"), b"a");
+    write(&src.join("2026/b.jpg"), b"b");
+    write(&src.join("2026/c.tmp"), b"c");
+    write(&src.join("cache/x"), b"x");
+    files_config(&env, &[&src], "    exclude: [\"*.tmp\", \"cache/**\"]\n");
+    let id = stdout(&env.run(&["backup-files", "--name", "uploads"])).trim().to_owned();
+    let to = env.dir.path().join("partial-restore");
+    let glob = format!("{}/2026/**", src.strip_prefix("/").unwrap().display());
+    let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", to.to_str().unwrap(), "--path", &glob]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let restored = to.join(src.strip_prefix("/").unwrap());
+    assert!(restored.join("2026/b.jpg").exists());
+    assert!(!restored.join("2025/a.jpg").exists());
+    assert!(!restored.join("2026/c.tmp").exists() && !restored.join("cache").exists(), "excluded files came back");
+    let dry = env.dir.path().join("dry");
+    let out = env.run(&["restore-files", "--latest", "--name", "uploads", "--to", dry.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success() && stdout(&out).contains("2 files checked"), "{}", stdout(&out));
+    assert!(!dry.exists(), "a dry run wrote");
+}
+
+/// The pids' open files, to act while a given file is being read.
+fn reading(pid: u32, file: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == file)))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_file_deleted_and_one_growing_during_the_backup_make_it_partial_and_are_named() {
+    let env = TestEnv::new("filesrace");
+    let src = env.dir.path().join("src");
+    // read first (sorted), and long enough to act while it is open
+    let growing = src.join("a_growing.log");
+    write(&growing, &vec![7u8; 64 * 1024 * 1024]);
+    let victim = src.join("z_victim.txt");
+    write(&victim, b"about to vanish");
+    files_config(&env, &[&src], "");
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["backup-files", "--name", "uploads"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !reading(child.id(), &growing) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the backup never opened {}", growing.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // the directory was listed before its first file was opened: the victim is expected
+    std::fs::remove_file(&victim).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(&growing).unwrap().write_all(b"more log lines\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("outcome partial"), "{err}");
+    assert!(err.contains("a_growing.log: changed while being read"), "{err}");
+    assert!(err.contains("z_victim.txt: vanished before it was read"), "{err}");
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["outcome"], "partial");
+    assert_eq!(list[0]["problems"].as_array().unwrap().len(), 2, "{list}");
+    // what was captured restores, and checks out
+    let to = env.dir.path().join("restored");
+    let out = env.run(&["restore-files", "--latest", "--name", "uploads", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreadable_file_is_an_error_in_a_partial_backup() {
+    // root reads everything: run the check only where permissions bind
+    let env = TestEnv::new("filesperm");
+    let src = env.dir.path().join("src");
+    write(&src.join("ok.txt"), b"ok");
+    write(&src.join("locked.txt"), b"locked");
+    std::fs::set_permissions(src.join("locked.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    files_config(&env, &[&src, Path::new("/nonexistent/source")], "");
+    let out = env.run(&["backup-files", "--name", "uploads"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("ERROR") && err.contains("/nonexistent/source: the source path cannot be read"), "{err}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(err.contains("locked.txt: cannot be read"), "{err}");
+    }
+}
+
+#[test]
+fn restores_refuse_a_non_empty_directory_and_a_flipped_byte() {
+    let env = TestEnv::new("filesrefuse");
+    let src = env.dir.path().join("src");
+    write(&src.join("doc.txt"), &b"some content ".repeat(10_000));
+    files_config(&env, &[&src], "");
+    let id = stdout(&env.run(&["backup-files", "--name", "uploads"])).trim().to_owned();
+    let to = env.dir.path().join("busy");
+    write(&to.join("keep.txt"), b"mine");
+    let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not empty") && stderr(&out).contains("--overwrite"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&to).unwrap().count(), 1);
+    let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", to.to_str().unwrap(), "--overwrite"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(to.join("keep.txt")).unwrap(), b"mine");
+
+    let data: PathBuf = files_under(&env.repository().join("files/uploads").join(&id))
+        .into_iter()
+        .find(|f| f.file_name().unwrap().to_string_lossy().starts_with("data.tar"))
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&data, &bytes).unwrap();
+    let fresh = env.dir.path().join("fresh");
+    let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", fresh.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&id) && err.contains("corrupt"), "{err}");
+    assert!(!fresh.exists(), "a damaged backup wrote files");
+}
