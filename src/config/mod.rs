@@ -190,6 +190,8 @@ impl JobKind {
                 | JobKind::Verification
                 | JobKind::TestRestore
                 | JobKind::Retention
+                | JobKind::FileBackup
+                | JobKind::ConfigBackup
         )
     }
 }
@@ -582,6 +584,20 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let monitoring = notify::read_monitoring(&mut top);
     let files = files::read_sets(&mut top, "files");
     let configs = files::read_sets(&mut top, "configs");
+    for (kind, sets, key) in [(JobKind::FileBackup, &files, "files"), (JobKind::ConfigBackup, &configs, "configs")] {
+        if sets.is_empty() && schedules.iter().any(|s| s.kind == kind) {
+            let dir = if kind == JobKind::FileBackup { "file_backup_dir" } else { "config_backup_dir" };
+            ctx.error(
+                &format!("schedules.{}", kind.name()),
+                format!(
+                    "the {} job backs up the source sets under {key}:, and there are none: add {key}: [{{name: NAME, \
+                     paths: [/abs/path, ...]}}] (stored in {dir} when set), or remove this schedule",
+                    kind.name()
+                ),
+                None,
+            );
+        }
+    }
     top.finish();
 
     Some(Config {

@@ -98,6 +98,8 @@ pub struct JobResult {
     pub stored_bytes: Option<u64>,
     /// SHA-256 of a backup's raw stream.
     pub raw_sha256: Option<String>,
+    /// Stored, with problems (`failed` says which): a partial file backup.
+    pub partial: bool,
     pub targets: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -156,6 +158,45 @@ async fn run_backup(
             warnings: m.warnings.clone(),
             ..Default::default()
         },
+        Err(e) => JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() },
+    }
+}
+
+/// Backs up one source set of `files:` or `configs:` (`job.database` is the set's name).
+async fn run_file_backup(
+    job: &JobSpec,
+    config: Arc<Config>,
+    kind: crate::fileset::SetKind,
+    cancel: CancellationToken,
+) -> JobResult {
+    let sets = match kind {
+        crate::fileset::SetKind::Files => &config.files,
+        crate::fileset::SetKind::Configs => &config.configs,
+    };
+    let Some(set) = sets.iter().find(|s| s.name == job.database) else {
+        return JobResult { failed: Some(format!("no source set {:?}", job.database)), ..Default::default() };
+    };
+    match crate::fileset::backup(&config, set, kind, Trigger::Schedule, &cancel, Utc::now()).await {
+        Ok(m) => {
+            let problems: Vec<String> = m.problems.iter().map(|p| format!("{}: {}", p.path, p.problem)).collect();
+            JobResult {
+                failed: (!problems.is_empty()).then(|| {
+                    format!(
+                        "partial: {} of the files were not captured as they were: {}",
+                        problems.len(),
+                        problems.join("; ")
+                    )
+                }),
+                partial: !problems.is_empty(),
+                backup_id: Some(m.id.clone()),
+                raw_bytes: Some(m.total_bytes),
+                stored_bytes: Some(m.data.stored_bytes),
+                raw_sha256: Some(m.data.raw_sha256.clone()),
+                targets: m.targets.clone(),
+                warnings: problems,
+                ..Default::default()
+            }
+        }
         Err(e) => JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() },
     }
 }
@@ -277,10 +318,8 @@ impl JobHost for RealHost {
             JobKind::Verification => run_verification(job, config, progress, cancel).await,
             JobKind::TestRestore => run_test_restore(job, config, cancel).await,
             JobKind::Retention => run_retention(job, config).await,
-            other => JobResult {
-                failed: Some(format!("the {} job is not supported by this version of pgbackd", other.name())),
-                ..Default::default()
-            },
+            JobKind::FileBackup => run_file_backup(job, config, crate::fileset::SetKind::Files, cancel).await,
+            JobKind::ConfigBackup => run_file_backup(job, config, crate::fileset::SetKind::Configs, cancel).await,
         }
     }
 
@@ -688,6 +727,7 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
     drop(guards);
     let finished = shared.clock.now();
     let outcome = match (&result.failed, result.cancelled) {
+        (Some(_), false) if result.partial => Outcome::Partial,
         (None, _) => Outcome::Success,
         (Some(_), true) => Outcome::Cancelled,
         (Some(_), false) => Outcome::Failed,
@@ -748,7 +788,7 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         s.running.retain(|r| r.run_id != spec.run_id);
         match outcome {
             Outcome::Success => s.counters.jobs_succeeded += 1,
-            Outcome::Failed => s.counters.jobs_failed += 1,
+            Outcome::Failed | Outcome::Partial => s.counters.jobs_failed += 1,
             Outcome::Cancelled => s.counters.jobs_cancelled += 1,
         }
         let summary = RunSummary {

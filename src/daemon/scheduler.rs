@@ -20,10 +20,12 @@ pub struct Entry {
 
 impl Entry {
     fn from_config(s: &ScheduleConfig, config: &Config, now: DateTime<Utc>) -> Entry {
-        let databases = if s.databases.is_empty() {
-            config.databases.iter().map(|d| d.name.clone()).collect()
-        } else {
-            s.databases.clone()
+        // file and configuration backups run once per source set
+        let databases = match s.kind {
+            crate::config::JobKind::FileBackup => config.files.iter().map(|f| f.name.clone()).collect(),
+            crate::config::JobKind::ConfigBackup => config.configs.iter().map(|f| f.name.clone()).collect(),
+            _ if s.databases.is_empty() => config.databases.iter().map(|d| d.name.clone()).collect(),
+            _ => s.databases.clone(),
         };
         Entry {
             kind: s.kind,

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Success,
+    /// Stored, but not everything was captured as it was (a file backup with unreadable,
+    /// vanished or changed files): never reported as a success.
+    Partial,
     Failed,
     Cancelled,
 }
@@ -174,6 +177,8 @@ pub fn subdir(job_kind: &str) -> &'static str {
         "verification" => "backup_verification",
         "test_restore" | "restore" => "database_restore",
         "retention" => "backup_retention",
+        "file_backup" => "file_backup",
+        "config_backup" => "config_backup",
         _ => "backup",
     }
 }
@@ -239,7 +244,8 @@ pub fn read_all(dir: &Path, sub: &str) -> Vec<Report> {
 pub fn prune(dir: &Path, keep: std::time::Duration, now: DateTime<Utc>) -> usize {
     let cutoff = now - chrono::Duration::from_std(keep).unwrap_or_default();
     let mut removed = 0;
-    for sub in ["backup", "backup_verification", "database_restore", "backup_retention"] {
+    for sub in ["backup", "backup_verification", "database_restore", "backup_retention", "file_backup", "config_backup"]
+    {
         for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
             let path = entry.path();
             let old = std::fs::read(&path)

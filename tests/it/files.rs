@@ -252,3 +252,52 @@ fn restores_refuse_a_non_empty_directory_and_a_flipped_byte() {
     assert!(err.contains(&id) && err.contains("corrupt"), "{err}");
     assert!(!fresh.exists(), "a damaged backup wrote files");
 }
+
+#[test]
+fn the_daemon_runs_file_and_config_backups_and_reports_partial_ones() {
+    let env = TestEnv::new("filesdaemon");
+    let src = env.dir.path().join("src");
+    write(&src.join("upload.bin"), b"uploaded");
+    let etc = env.dir.path().join("etc");
+    write(&etc.join("app.conf"), b"setting = 1\n");
+    let reports = env.dir.path().join("reports");
+    env.write_config(&format!(
+        "file_backup_dir: {}\nconfig_backup_dir: {}\nfiles:\n  - name: uploads\n    paths: [{}, /nonexistent/uploads]\n\
+         configs:\n  - name: etc\n    paths: [{}]\nschedules:\n  file_backup: \"*/2 * * * * *\"\n  config_backup: \"*/2 * * * * *\"\n\
+         daemon:\n  catch_up: false\n",
+        env.dir.path().join("file-repo").display(),
+        env.dir.path().join("config-repo").display(),
+        src.display(),
+        etc.display()
+    ));
+    let mut daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let report = |kind: &str| -> Option<serde_json::Value> {
+        files_under(&reports.join(kind)).iter().find_map(|f| serde_json::from_slice(&std::fs::read(f).ok()?).ok())
+    };
+    let start = Instant::now();
+    while report("file_backup").is_none() || report("config_backup").is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no reports in {}", reports.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signals the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+    let files = report("file_backup").unwrap();
+    assert_eq!(files["outcome"], "partial", "{files}");
+    assert!(files["error"].as_str().unwrap().contains("/nonexistent/uploads"), "{files}");
+    let configs = report("config_backup").unwrap();
+    assert_eq!(configs["outcome"], "success", "{configs}");
+    // stored where the reference config's directories say
+    assert!(files_under(&env.dir.path().join("config-repo/configs/etc")).iter().any(|f| f.ends_with("manifest.json")));
+    let out = env.run(&["list-files", "--configs", "--name", "etc", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["files"], 1, "{list}");
+}
