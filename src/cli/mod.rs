@@ -430,6 +430,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                         serde_json::json!({
                             "id": m.id, "set": m.set, "kind": m.kind, "started_at": m.started_at,
                             "outcome": m.outcome, "files": m.file_count, "bytes": m.total_bytes,
+                            "incremental": m.incremental, "holders": m.holders,
                             "stored_bytes": m.data.stored_bytes, "problems": m.problems, "targets": m.targets,
                         })
                     })
@@ -462,15 +463,13 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                 })?,
                 None => list.last().with_context(|| format!("{} has no file backups yet", args.set.name))?,
             };
-            let decryption = crate::fileset::authenticate(&repo, m)?;
-            let store = crate::fileset::locate(&targets, m).await?;
             let req = crate::fileset::restore::Request {
                 to: args.to.clone(),
                 globs: args.paths.clone(),
                 dry_run: args.dry_run,
                 overwrite: args.overwrite,
             };
-            let r = crate::fileset::restore::run(m, store, decryption, &req, &cancel)
+            let r = crate::fileset::restore::run(m, &list, &targets, &repo, &req, &cancel)
                 .await
                 .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             if args.json {

@@ -17,6 +17,8 @@ pub struct FileSetConfig {
     pub one_file_system: bool,
     /// Back up what symlinks point to instead of the links.
     pub follow_symlinks: bool,
+    /// Every Nth backup archives every file; the others only what changed (1: always full).
+    pub full_every: u32,
 }
 
 impl FileSetConfig {
@@ -62,13 +64,17 @@ fn read_set(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<FileSetConfig> {
     }
     let one_file_system = m.opt::<bool>("one_file_system").unwrap_or(false);
     let follow_symlinks = m.opt::<bool>("follow_symlinks").unwrap_or(false);
+    let full_every = m.opt::<u32>("full_every").unwrap_or(7);
+    if full_every == 0 {
+        m.ctx().error(&m.child_path("full_every"), "must be 1 (always full) or more", Some(m.loc_of("full_every")));
+    }
     m.finish();
     let name = name?;
     if name.is_empty() || name.contains('/') {
         ctx.error(&format!("{path}.name"), "a name without slashes is needed", Some(node.loc));
         return None;
     }
-    Some(FileSetConfig { name, paths, exclude, one_file_system, follow_symlinks })
+    Some(FileSetConfig { name, paths, exclude, one_file_system, follow_symlinks, full_every })
 }
 
 /// Reads `files:` or `configs:` (a list of source sets).

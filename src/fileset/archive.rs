@@ -22,6 +22,13 @@ pub struct Sources {
     pub follow_symlinks: bool,
 }
 
+/// A file as the previous backup of the set recorded it, and which backup holds its content.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub record: FileRecord,
+    pub holder: String,
+}
+
 /// What was archived, and what went wrong on the way.
 #[derive(Debug, Default)]
 pub struct Archived {
@@ -29,6 +36,8 @@ pub struct Archived {
     pub problems: Vec<FileProblem>,
     /// Bytes of file content.
     pub total_bytes: u64,
+    /// Bytes of content in this archive (less than `total_bytes` in an incremental).
+    pub archived_bytes: u64,
 }
 
 /// The name a path has in the archive: absolute paths lose their leading `/` (as tar does).
@@ -43,6 +52,8 @@ struct Writer<W: Write> {
     /// (device, inode) of files with several links -> their first archive name.
     links: HashMap<(u64, u64), String>,
     cancel: Arc<AtomicBool>,
+    /// For an incremental: the previous backup's files by path.
+    previous: HashMap<String, Previous>,
 }
 
 /// Reads exactly `len` bytes: a file that shrank is padded with zeros (and reported), one that
@@ -153,6 +164,8 @@ impl<W: Write> Writer<W> {
             uid: meta.uid(),
             gid: meta.gid(),
             target: None,
+            stored_in: None,
+            inode: meta.ino(),
         }
     }
 
@@ -249,6 +262,24 @@ impl<W: Write> Writer<W> {
     }
 
     fn file(&mut self, path: &Path, name: String, meta: &std::fs::Metadata) -> io::Result<()> {
+        // unchanged since the previous backup (same size, mtime to the nanosecond, inode and
+        // mode): recorded with the previous hash, its content left where it is stored
+        if let Some(p) = self.previous.get(&name).cloned()
+            && p.record.kind == FileKind::File
+            && p.record.size == meta.len()
+            && p.record.mtime == meta.mtime()
+            && p.record.mtime_nsec == meta.mtime_nsec() as u32
+            && p.record.inode == meta.ino()
+            && p.record.mode == meta.mode() & 0o7777
+        {
+            let mut r = self.record(name, FileKind::File, meta);
+            r.size = meta.len();
+            r.sha256 = p.record.sha256.clone();
+            r.stored_in = Some(p.holder);
+            self.out.total_bytes += r.size;
+            self.out.records.push(r);
+            return Ok(());
+        }
         let f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -271,6 +302,7 @@ impl<W: Write> Writer<W> {
         r.size = size;
         r.sha256 = Some(sha);
         self.out.total_bytes += size;
+        self.out.archived_bytes += size;
         self.out.records.push(r);
         let after = std::fs::symlink_metadata(path);
         if short {
@@ -291,13 +323,20 @@ impl<W: Write> Writer<W> {
 }
 
 /// Writes `sources` as a tar stream to `out`; stops early (an error) when `cancel` is set.
-pub fn write<W: Write>(sources: &Sources, out: W, cancel: Arc<AtomicBool>) -> io::Result<Archived> {
+/// With `previous` (an incremental), unchanged files are recorded but not archived again.
+pub fn write<W: Write>(
+    sources: &Sources,
+    out: W,
+    cancel: Arc<AtomicBool>,
+    previous: HashMap<String, Previous>,
+) -> io::Result<Archived> {
     let mut w = Writer {
         tar: tar::Builder::new(out),
         sources: sources.clone(),
         out: Archived::default(),
         links: HashMap::new(),
         cancel,
+        previous,
     };
     for root in &sources.paths {
         match std::fs::metadata(root) {

@@ -67,6 +67,13 @@ pub struct FileRecord {
     /// A symlink's target, or the first name of a hard-linked file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The earlier backup whose archive holds this (unchanged) file's content; `None`: this
+    /// backup's own archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_in: Option<String>,
+    /// For change detection by the next backup.
+    #[serde(default)]
+    pub inode: u64,
 }
 
 /// A file that changed, vanished (warnings) or could not be read (`error`).
@@ -92,9 +99,18 @@ pub struct FileManifest {
     pub data: StoredObject,
     pub file_count: u64,
     pub total_bytes: u64,
+    /// Unchanged files were left in earlier backups (`holders`), not archived again.
+    #[serde(default)]
+    pub incremental: bool,
+    /// The earlier backups holding content of this one: restore reads them too, retention
+    /// keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<String>,
     /// `success`, or `partial` when a file could not be read, vanished or changed while read.
     pub outcome: String,
     pub problems: Vec<FileProblem>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub files: Vec<FileRecord>,
     pub targets: Vec<String>,
     pub pgbackd_version: String,
@@ -189,13 +205,36 @@ async fn take(
     id: &str,
 ) -> Result<FileManifest> {
     let sources = set.sources()?;
+    // an incremental against the newest backup of the set, up to full_every - 1 in a row
+    let history = list(targets, kind, &set.name).await.unwrap_or_default();
+    let in_a_row = history.iter().rev().take_while(|m| m.incremental).count() as u32;
+    let mut warnings = Vec::new();
+    let previous: std::collections::HashMap<String, archive::Previous> = match history.last() {
+        Some(prev) if set.full_every > 1 && in_a_row + 1 < set.full_every => match authenticate(repo, prev) {
+            Ok(_) => prev
+                .files
+                .iter()
+                .filter(|r| r.kind == FileKind::File && r.sha256.is_some())
+                .map(|r| {
+                    let holder = r.stored_in.clone().unwrap_or_else(|| prev.id.clone());
+                    (r.path.clone(), archive::Previous { record: r.clone(), holder })
+                })
+                .collect(),
+            Err(e) => {
+                warnings.push(format!("the previous backup {} cannot be read here ({e:#}): this one is full", prev.id));
+                Default::default()
+            }
+        },
+        _ => Default::default(),
+    };
+    let incremental = !previous.is_empty();
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     let stop = Arc::new(AtomicBool::new(false));
     let walker = {
         let (sources, stop) = (sources.clone(), stop.clone());
         std::thread::Builder::new()
             .name("pgbackd-tar".into())
-            .spawn(move || archive::write(&sources, writer, stop))
+            .spawn(move || archive::write(&sources, writer, stop, previous))
             .context("starting the archive thread")?
     };
     let level = config.compression.enabled.then_some(config.compression.level);
@@ -241,6 +280,9 @@ async fn take(
     };
     // a file not captured as it was (unreadable, vanished, changed while read) makes it partial
     let partial = !archived.problems.is_empty();
+    let mut holders: Vec<String> = archived.records.iter().filter_map(|r| r.stored_in.clone()).collect();
+    holders.sort();
+    holders.dedup();
     let mut m = FileManifest {
         schema_version: MANIFEST_SCHEMA,
         id: id.to_owned(),
@@ -253,8 +295,11 @@ async fn take(
         sources: set.paths.iter().map(|p| p.display().to_string()).collect(),
         file_count: archived.records.iter().filter(|r| r.kind == FileKind::File).count() as u64,
         total_bytes: archived.total_bytes,
+        incremental,
+        holders,
         outcome: if partial { "partial".into() } else { "success".into() },
         problems: archived.problems,
+        warnings,
         files: archived.records,
         data: committed.object,
         targets: committed.targets,

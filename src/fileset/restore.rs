@@ -4,7 +4,7 @@
 //! left as holes. Refuses a non-empty directory unless told to overwrite.
 
 use super::{FileKind, FileManifest, FileRecord};
-use crate::pipeline::{Counter, Decryption, ObjectReader, RawCheck};
+use crate::pipeline::{Counter, ObjectReader, RawCheck};
 use crate::storage::Store;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
@@ -94,150 +94,220 @@ fn set_owner(path: &Path, rec: &FileRecord) {
     }
 }
 
-/// Unpacks the tar stream `input` below `req.to`, checking against `m`.
-fn unpack(input: impl Read, m: &FileManifest, req: &Request, what: &str) -> Result<Restored> {
-    let globs = {
+/// Unpacks one or more archives of a backup (the holders of its unchanged files first, its own
+/// last) below `req.to`, checking every file against the backup's manifest.
+struct Unpacker {
+    m: FileManifest,
+    req: Request,
+    globs: globset::GlobSet,
+    records: HashMap<String, FileRecord>,
+    out: Restored,
+    dirs: Vec<(PathBuf, FileRecord)>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Unpacker {
+    fn new(m: &FileManifest, req: &Request) -> Result<Unpacker> {
         let mut b = globset::GlobSetBuilder::new();
         for g in &req.globs {
             b.add(globset::Glob::new(g).with_context(|| format!("--path {g:?} is not a valid glob"))?);
         }
-        b.build()?
-    };
-    let wanted = |name: &str| req.globs.is_empty() || globs.is_match(name) || globs.is_match(format!("/{name}"));
-    let records: HashMap<&str, &FileRecord> = m.files.iter().map(|r| (r.path.as_str(), r)).collect();
-    let mut out = Restored {
-        backup_id: m.id.clone(),
-        to: req.to.display().to_string(),
-        dry_run: req.dry_run,
-        ..Default::default()
-    };
-    let mut dirs: Vec<(PathBuf, &FileRecord)> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut archive = tar::Archive::new(input);
-    for entry in archive.entries().with_context(|| format!("{what}: reading the archive"))? {
-        let mut entry = entry.with_context(|| format!("{what}: reading the archive"))?;
-        let name = entry
-            .path()
-            .with_context(|| format!("{what}: an entry's name"))?
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_owned();
-        let rel = safe_relative(Path::new(&name))?;
-        let Some(rec) = records.get(name.as_str()).copied() else {
-            bail!("{what}: the archive holds {name}, which the manifest does not list: the backup was modified");
-        };
-        seen.insert(name.clone());
-        let dest = req.to.join(&rel);
-        match rec.kind {
-            // directories: made as they come (or as parents of what matches --path); their modes
-            // and times are set at the end
-            FileKind::Dir if !req.dry_run && wanted(&name) => {
-                std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
-                dirs.push((dest, rec));
-                out.directories += 1;
+        Ok(Unpacker {
+            m: m.clone(),
+            req: req.clone(),
+            globs: b.build()?,
+            records: m.files.iter().map(|r| (r.path.clone(), r.clone())).collect(),
+            out: Restored {
+                backup_id: m.id.clone(),
+                to: req.to.display().to_string(),
+                dry_run: req.dry_run,
+                ..Default::default()
+            },
+            dirs: Vec::new(),
+            seen: Default::default(),
+        })
+    }
+
+    fn wanted(&self, name: &str) -> bool {
+        self.req.globs.is_empty() || self.globs.is_match(name) || self.globs.is_match(format!("/{name}"))
+    }
+
+    /// One archive: the backup's own (`holder` = its id), or an earlier one holding some of its
+    /// unchanged files (only those are taken from it).
+    fn archive(&mut self, input: impl Read, holder: &str, what: &str) -> Result<()> {
+        let own = holder == self.m.id;
+        let req = self.req.clone();
+        let mut archive = tar::Archive::new(input);
+        for entry in archive.entries().with_context(|| format!("{what}: reading the archive"))? {
+            let mut entry = entry.with_context(|| format!("{what}: reading the archive"))?;
+            let name = entry
+                .path()
+                .with_context(|| format!("{what}: an entry's name"))?
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned();
+            let rel = safe_relative(Path::new(&name))?;
+            let rec = match self.records.get(&name) {
+                Some(r) if own || r.stored_in.as_deref() == Some(holder) => r.clone(),
+                // an earlier backup's file that changed or went since: not this backup's
+                _ if !own => continue,
+                _ => {
+                    bail!("{what}: the archive holds {name}, which the manifest does not list: the backup was modified")
+                }
+            };
+            if own && rec.stored_in.is_some() {
+                continue;
             }
-            FileKind::File => {
-                let mut sha = Sha256::new();
-                let bytes = if req.dry_run || !wanted(&name) {
-                    let mut sink = std::io::sink();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut n = 0u64;
-                    loop {
-                        let k = entry.read(&mut buf)?;
-                        if k == 0 {
-                            break;
+            self.seen.insert(name.clone());
+            let dest = req.to.join(&rel);
+            let wanted = self.wanted(&name);
+            match rec.kind {
+                // directories: made as they come (or as parents of what matches --path); their
+                // modes and times are set at the end
+                FileKind::Dir if !req.dry_run && wanted => {
+                    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+                    self.dirs.push((dest, rec.clone()));
+                    self.out.directories += 1;
+                }
+                FileKind::File => {
+                    let mut sha = Sha256::new();
+                    let bytes = if req.dry_run || !wanted {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut n = 0u64;
+                        loop {
+                            let k = entry.read(&mut buf)?;
+                            if k == 0 {
+                                break;
+                            }
+                            sha.update(&buf[..k]);
+                            n += k as u64;
                         }
-                        sha.update(&buf[..k]);
-                        sink.write_all(&buf[..k])?;
-                        n += k as u64;
+                        n
+                    } else {
+                        if let Some(parent) = dest.parent() {
+                            std::fs::create_dir_all(parent)
+                                .with_context(|| format!("creating {}", parent.display()))?;
+                        }
+                        if req.overwrite && dest.symlink_metadata().is_ok() {
+                            std::fs::remove_file(&dest).with_context(|| format!("replacing {}", dest.display()))?;
+                        }
+                        let mut f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&dest)
+                            .with_context(|| format!("creating {}", dest.display()))?;
+                        write_sparse(&mut entry, &mut f, &mut sha)
+                            .with_context(|| format!("writing {}", dest.display()))?
+                    };
+                    let got = hex::encode(sha.finalize());
+                    if Some(&got) != rec.sha256.as_ref() || bytes != rec.size {
+                        bail!(
+                            "{what}: {name} does not match the manifest ({bytes} bytes with SHA-256 {got}; recorded {} \
+                             bytes, {}): the backup is damaged",
+                            rec.size,
+                            rec.sha256.as_deref().unwrap_or("-")
+                        );
                     }
-                    n
-                } else {
+                    self.out.checked += 1;
+                    if req.dry_run || !wanted {
+                        continue;
+                    }
+                    std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(rec.mode))?;
+                    set_owner(&dest, &rec);
+                    set_times(&dest, &rec, false)?;
+                    self.out.files += 1;
+                    self.out.bytes += bytes;
+                    self.out.written.push(name.clone());
+                }
+                FileKind::Symlink if !req.dry_run && wanted => {
+                    let target = rec.target.as_deref().context("a symlink without a target")?;
                     if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                        std::fs::create_dir_all(parent)?;
                     }
                     if req.overwrite && dest.symlink_metadata().is_ok() {
-                        std::fs::remove_file(&dest).with_context(|| format!("replacing {}", dest.display()))?;
+                        std::fs::remove_file(&dest)?;
                     }
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&dest)
-                        .with_context(|| format!("creating {}", dest.display()))?;
-                    write_sparse(&mut entry, &mut f, &mut sha).with_context(|| format!("writing {}", dest.display()))?
-                };
-                let got = hex::encode(sha.finalize());
-                if Some(&got) != rec.sha256.as_ref() || bytes != rec.size {
-                    bail!(
-                        "{what}: {name} does not match the manifest ({bytes} bytes with SHA-256 {got}; recorded {} bytes, {}): \
-                         the backup is damaged",
-                        rec.size,
-                        rec.sha256.as_deref().unwrap_or("-")
-                    );
+                    std::os::unix::fs::symlink(target, &dest)
+                        .with_context(|| format!("creating the link {}", dest.display()))?;
+                    set_owner(&dest, &rec);
+                    let _ = set_times(&dest, &rec, true);
+                    self.out.symlinks += 1;
+                    self.out.written.push(name.clone());
                 }
-                out.checked += 1;
-                if req.dry_run || !wanted(&name) {
-                    continue;
+                FileKind::HardLink if !req.dry_run && wanted => {
+                    let first = req.to.join(safe_relative(Path::new(
+                        rec.target.as_deref().context("a hard link without a target")?,
+                    ))?);
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    if req.overwrite && dest.symlink_metadata().is_ok() {
+                        std::fs::remove_file(&dest)?;
+                    }
+                    std::fs::hard_link(&first, &dest).with_context(|| {
+                        format!("linking {} to {} (add the first name to --path too)", dest.display(), first.display())
+                    })?;
+                    self.out.hard_links += 1;
+                    self.out.written.push(name.clone());
                 }
-                std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(rec.mode))?;
-                set_owner(&dest, rec);
-                set_times(&dest, rec, false)?;
-                out.files += 1;
-                out.bytes += bytes;
-                out.written.push(name.clone());
+                _ => {}
             }
-            FileKind::Symlink if !req.dry_run && wanted(&name) => {
-                let target = rec.target.as_deref().context("a symlink without a target")?;
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                if req.overwrite && dest.symlink_metadata().is_ok() {
-                    std::fs::remove_file(&dest)?;
-                }
-                std::os::unix::fs::symlink(target, &dest)
-                    .with_context(|| format!("creating the link {}", dest.display()))?;
-                set_owner(&dest, rec);
-                let _ = set_times(&dest, rec, true);
-                out.symlinks += 1;
-                out.written.push(name.clone());
-            }
-            FileKind::HardLink if !req.dry_run && wanted(&name) => {
-                let first = req
-                    .to
-                    .join(safe_relative(Path::new(rec.target.as_deref().context("a hard link without a target")?))?);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                if req.overwrite && dest.symlink_metadata().is_ok() {
-                    std::fs::remove_file(&dest)?;
-                }
-                std::fs::hard_link(&first, &dest).with_context(|| {
-                    format!("linking {} to {} (add the first name to --path too)", dest.display(), first.display())
-                })?;
-                out.hard_links += 1;
-                out.written.push(name.clone());
-            }
-            _ => {}
         }
+        Ok(())
     }
-    if let Some(missing) = m.files.iter().find(|r| !seen.contains(&r.path)) {
-        bail!("{what}: the archive ends before {}: the backup is truncated", missing.path);
+
+    fn finish(mut self, what: &str) -> Result<Restored> {
+        if let Some(missing) = self.m.files.iter().find(|r| !self.seen.contains(&r.path)) {
+            let place = missing.stored_in.as_deref().unwrap_or("its own archive");
+            bail!("{what}: {} is missing from {place}: the backup is truncated or damaged", missing.path);
+        }
+        // deepest first, so that setting a parent's mtime is not undone by its children
+        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
+        for (path, rec) in &self.dirs {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(rec.mode))?;
+            set_owner(path, rec);
+            set_times(path, rec, false)?;
+        }
+        Ok(self.out)
     }
-    // deepest first, so that setting a parent's mtime is not undone by its children
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
-    for (path, rec) in dirs {
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(rec.mode))?;
-        set_owner(&path, rec);
-        set_times(&path, rec, false)?;
-    }
-    Ok(out)
 }
 
-/// Restores backup `m` (stored on `store`) as `req` asks.
+/// Streams one stored archive into the unpacker (in a blocking task) and gets it back.
+async fn unpack_one(
+    mut u: Unpacker,
+    reader: Arc<ObjectReader>,
+    holder: String,
+    what: String,
+    cancel: &CancellationToken,
+) -> Result<Unpacker> {
+    let (pipe_r, pipe_w) = std::io::pipe()?;
+    let task = tokio::task::spawn_blocking(move || {
+        let r = u.archive(pipe_r, &holder, &what);
+        (u, r)
+    });
+    let mut w = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(pipe_w)));
+    let streamed = async {
+        crate::pipeline::restore_stream(&reader, &mut w, RawCheck::Sha256, cancel, &Counter::default()).await?;
+        tokio::io::AsyncWriteExt::flush(&mut w).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    drop(w);
+    let (u, unpacked) = task.await.map_err(|e| anyhow!("the unpacking task failed: {e}"))?;
+    // the unpacker's error is the precise one (the stream then fails on a closed pipe)
+    unpacked?;
+    streamed?;
+    Ok(u)
+}
+
+/// Restores backup `m` as `req` asks. `all` are the set's backups (for the holders of an
+/// incremental's unchanged files); every stored frame of every archive needed is checked before
+/// anything is written.
 pub async fn run(
     m: &FileManifest,
-    store: Arc<dyn Store>,
-    decryption: Option<Decryption>,
+    all: &[FileManifest],
+    targets: &[crate::storage::Target],
+    repo: &crate::repo::Repository,
     req: &Request,
     cancel: &CancellationToken,
 ) -> Result<Restored> {
@@ -252,28 +322,31 @@ pub async fn run(
             );
         }
     }
-    let reader = ObjectReader::new(store, m.data.clone(), &what, decryption)?;
-    // every stored frame is checked before anything is written
-    reader.check_stored().await?;
+    // the holders of unchanged files (oldest first), then the backup itself
+    let mut chain: Vec<&FileManifest> = Vec::new();
+    for h in &m.holders {
+        let holder = all.iter().find(|x| &x.id == h).with_context(|| {
+            format!("{what}: backup {h}, which holds some of its unchanged files, is gone: restore another backup")
+        })?;
+        chain.push(holder);
+    }
+    chain.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    chain.push(m);
+    let mut readers = Vec::new();
+    for b in &chain {
+        let bwhat = format!("file backup {} of {}", b.id, b.set);
+        let decryption = super::authenticate(repo, b)?;
+        let store: Arc<dyn Store> = super::locate(targets, b).await?;
+        let reader = ObjectReader::new(store, b.data.clone(), &bwhat, decryption)?;
+        reader.check_stored().await?;
+        readers.push((b.id.clone(), bwhat, reader));
+    }
     if !req.dry_run {
         std::fs::create_dir_all(&req.to).with_context(|| format!("creating {}", req.to.display()))?;
     }
-    let (pipe_r, pipe_w) = std::io::pipe()?;
-    let unpacker = {
-        let (m, req, what) = (m.clone(), req.clone(), what.clone());
-        tokio::task::spawn_blocking(move || unpack(pipe_r, &m, &req, &what))
-    };
-    let mut w = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(pipe_w)));
-    let streamed = async {
-        crate::pipeline::restore_stream(&reader, &mut w, RawCheck::Sha256, cancel, &Counter::default()).await?;
-        tokio::io::AsyncWriteExt::flush(&mut w).await?;
-        anyhow::Ok(())
+    let mut u = Unpacker::new(m, req)?;
+    for (id, bwhat, reader) in readers {
+        u = unpack_one(u, reader, id, bwhat, cancel).await?;
     }
-    .await;
-    drop(w);
-    let unpacked = unpacker.await.map_err(|e| anyhow!("the unpacking task failed: {e}"))?;
-    // the unpacker's error is the precise one (the stream then fails on a closed pipe)
-    let restored = unpacked?;
-    streamed?;
-    Ok(restored)
+    u.finish(&what)
 }

@@ -301,3 +301,57 @@ fn the_daemon_runs_file_and_config_backups_and_reports_partial_ones() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list[0]["files"], 1, "{list}");
 }
+
+#[test]
+fn a_daily_backup_of_a_mostly_unchanged_tree_stores_only_what_changed() {
+    let env = TestEnv::new("filesinc");
+    let src = env.dir.path().join("src");
+    for i in 0..40 {
+        let data: Vec<u8> =
+            (0..100_000u32).map(|j| (j.wrapping_mul(2654435761).wrapping_add(i * 7919) >> 13) as u8).collect();
+        write(&src.join(format!("uploads/{:02}/photo-{i}.jpg", i % 5)), &data);
+    }
+    files_config(&env, &[&src], "    full_every: 3\n");
+    let backup = |env: &TestEnv| {
+        let out = env.run(&["backup-files", "--name", "uploads"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let first = backup(&env);
+    let snapshot = facts(&src);
+    // a day's change: one edited, one new, one deleted
+    write(&src.join("uploads/00/photo-0.jpg"), b"edited");
+    write(&src.join("uploads/new.jpg"), b"new upload");
+    std::fs::remove_file(src.join("uploads/01/photo-1.jpg")).unwrap();
+    let second = backup(&env);
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
+    let (a, b) = (&list[0], &list[1]);
+    assert_eq!((a["incremental"].as_bool(), b["incremental"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(b["holders"], serde_json::json!([first]));
+    assert_eq!(b["files"], 40, "{b}");
+    let (full, inc) = (a["stored_bytes"].as_u64().unwrap(), b["stored_bytes"].as_u64().unwrap());
+    assert!(inc * 50 < full, "the incremental stored {inc} bytes, the full {full}");
+
+    // the incremental restores to today's tree, the full to yesterday's
+    for (id, expected) in [(&second, facts(&src)), (&first, snapshot)] {
+        let to = env.dir.path().join(format!("restore-{id}"));
+        let out = env.run(&["restore-files", id, "--name", "uploads", "--to", to.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let got = facts(&to.join(src.strip_prefix("/").unwrap()));
+        assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{id}");
+        for (k, v) in &expected {
+            assert_eq!(Some(v), got.get(k), "{id}: {k}");
+        }
+    }
+    // full_every: 3 -> the third in a row is full again
+    let third = backup(&env);
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
+    assert_eq!(list[2]["id"], third.as_str());
+    assert_eq!(list[2]["incremental"], true);
+    let fourth = backup(&env);
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
+    assert_eq!((list[3]["id"].as_str(), list[3]["incremental"].as_bool()), (Some(fourth.as_str()), Some(false)));
+}
