@@ -330,7 +330,7 @@ pub async fn run(
         })?;
         chain.push(holder);
     }
-    chain.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    chain.sort_by_key(|b| b.started_at);
     chain.push(m);
     let mut readers = Vec::new();
     for b in &chain {
