@@ -711,6 +711,26 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                 }
                 runs.push(run);
             }
+            // the file and configuration sets too, unless one database was asked for
+            let sets = config
+                .files
+                .iter()
+                .map(|s| (crate::fileset::SetKind::Files, s))
+                .chain(config.configs.iter().map(|s| (crate::fileset::SetKind::Configs, s)));
+            for (kind, set) in sets.filter(|_| args.database.is_none()) {
+                let run_id = crate::jobs::report::new_run_id();
+                let started = chrono::Utc::now();
+                let run = crate::fileset::retention(&config, &repo, kind, &set.name, now, args.dry_run)
+                    .await
+                    .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+                if !args.dry_run {
+                    crate::jobs::report::record(
+                        &config.reports.dir,
+                        &crate::jobs::report::Report::of_retention(&run_id, "manual", started, &run),
+                    );
+                }
+                runs.push(run);
+            }
             retention_out::print(&runs, args.json)?;
             let failed = runs.iter().any(|r| r.applied.as_ref().is_some_and(|a| !a.errors.is_empty()));
             Ok(ExitCode::from(if failed { EXIT_JOB_FAILED } else { EXIT_OK }))

@@ -209,6 +209,31 @@ async fn run_verification(
     cancel: CancellationToken,
 ) -> JobResult {
     use crate::config::VerifyScope;
+    if let Some((kind, set)) = job
+        .database
+        .strip_prefix("files:")
+        .map(|s| (crate::fileset::SetKind::Files, s))
+        .or_else(|| job.database.strip_prefix("configs:").map(|s| (crate::fileset::SetKind::Configs, s)))
+    {
+        let deep = config.verification.mode == crate::config::VerifyMode::Deep;
+        let all = config.verification.scope == VerifyScope::All;
+        let result = async {
+            let repo = Repository::open(&config).await?;
+            crate::fileset::verify(&config, &repo, kind, set, deep, all, &cancel).await
+        }
+        .await;
+        return match result {
+            Ok((ids, bytes)) => JobResult {
+                backup_id: ids.last().cloned(),
+                raw_bytes: Some(bytes),
+                warnings: vec![format!("{} file backups verified", ids.len())],
+                ..Default::default()
+            },
+            Err(e) => {
+                JobResult { failed: Some(format!("{e:#}")), cancelled: cancel.is_cancelled(), ..Default::default() }
+            }
+        };
+    }
     let listed = async {
         let repo = Repository::open(&config).await?;
         let listed = repo.list_with_targets(Some(&job.database)).await?;
@@ -260,7 +285,19 @@ async fn run_retention(job: &JobSpec, config: Arc<Config>) -> JobResult {
     let started = Utc::now();
     let result = async {
         let repo = Repository::open(&config).await?;
-        crate::jobs::retention::run_for_database(&config, &repo, &job.database, started, false, &HashSet::new()).await
+        let set = |p: &str| job.database.strip_prefix(p).map(str::to_owned);
+        match (set("files:"), set("configs:")) {
+            (Some(s), _) => {
+                crate::fileset::retention(&config, &repo, crate::fileset::SetKind::Files, &s, started, false).await
+            }
+            (_, Some(s)) => {
+                crate::fileset::retention(&config, &repo, crate::fileset::SetKind::Configs, &s, started, false).await
+            }
+            _ => {
+                crate::jobs::retention::run_for_database(&config, &repo, &job.database, started, false, &HashSet::new())
+                    .await
+            }
+        }
     }
     .await;
     match result {

@@ -24,6 +24,17 @@ impl Entry {
         let databases = match s.kind {
             crate::config::JobKind::FileBackup => config.files.iter().map(|f| f.name.clone()).collect(),
             crate::config::JobKind::ConfigBackup => config.configs.iter().map(|f| f.name.clone()).collect(),
+            // retention and verification also cover the file and configuration sets
+            // ("files:NAME", "configs:NAME")
+            crate::config::JobKind::Retention | crate::config::JobKind::Verification if s.databases.is_empty() => {
+                config
+                    .databases
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .chain(config.files.iter().map(|f| format!("files:{}", f.name)))
+                    .chain(config.configs.iter().map(|f| format!("configs:{}", f.name)))
+                    .collect()
+            }
             _ if s.databases.is_empty() => config.databases.iter().map(|d| d.name.clone()).collect(),
             _ => s.databases.clone(),
         };

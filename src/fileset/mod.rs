@@ -18,6 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tokio_util::sync::CancellationToken;
@@ -373,4 +374,150 @@ pub fn authenticate(repo: &crate::repo::Repository, m: &FileManifest) -> Result<
         bail!("{what}: the manifest does not match its authentication code: it was modified; do not trust it");
     }
     Ok(Some(crate::pipeline::Decryption { crypto: crypto.clone(), info: info.clone() }))
+}
+
+/// Retention of one source set: the database plan (the kind's policy, `retention.file_backup`
+/// or `config_backup`; a set without one keeps everything) plus a floor: every backup that
+/// holds unchanged files of a kept backup is kept too. Applied manifest first, like backups.
+pub async fn retention(
+    config: &Config,
+    repo: &crate::repo::Repository,
+    kind: SetKind,
+    set: &str,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<crate::jobs::retention::RetentionRun> {
+    use crate::jobs::retention::{Candidate, RetentionRun, plan};
+    let targets = targets(config, kind, repo)?;
+    let mut run = RetentionRun {
+        database: format!("{}:{set}", kind.prefix()),
+        at: now,
+        dry_run,
+        skipped: None,
+        decisions: Vec::new(),
+        applied: None,
+    };
+    let job = match kind {
+        SetKind::Files => "file_backup",
+        SetKind::Configs => "config_backup",
+    };
+    if config.retention.skip_after_failure {
+        let attempts = crate::jobs::report::read_all(&config.reports.dir, job);
+        if let Some(r) = attempts.iter().rfind(|r| r.database == set)
+            && r.outcome == crate::jobs::report::Outcome::Failed
+        {
+            run.skipped = Some(format!(
+                "the newest {job} of {set} (run {}) failed: retention is skipped so that no good backup is deleted \
+                 while backups fail (retention.skip_after_failure)",
+                r.run_id
+            ));
+            return Ok(run);
+        }
+    }
+    let backups = list(&targets, kind, set).await?;
+    let candidates: Vec<Candidate> = backups
+        .iter()
+        .map(|m| Candidate {
+            id: m.id.clone(),
+            kind: crate::repo::BackupKind::Full,
+            started_at: m.started_at,
+            stored_bytes: m.data.stored_bytes,
+            base_id: None,
+            deep_verified: false,
+            in_use: false,
+        })
+        .collect();
+    let policy = match kind {
+        SetKind::Files => config.retention.file_backup.clone(),
+        SetKind::Configs => config.retention.config_backup.clone(),
+    };
+    let rules = crate::config::Retention { full_backup: policy, incremental_backup: None, ..config.retention.clone() };
+    run.decisions = plan(&candidates, &rules, config.timezone, now);
+    // the floor: holders of kept backups' unchanged files
+    let kept: Vec<String> = run.decisions.iter().filter(|d| d.keep).map(|d| d.id.clone()).collect();
+    for id in kept {
+        let Some(m) = backups.iter().find(|m| m.id == id) else { continue };
+        for h in &m.holders {
+            if let Some(d) = run.decisions.iter_mut().find(|d| &d.id == h) {
+                if !d.keep {
+                    d.reasons.clear();
+                }
+                d.keep = true;
+                d.reasons.push(format!("floor: holds unchanged files of kept backup {id}"));
+            }
+        }
+    }
+    for d in &mut run.decisions {
+        if let Some(r) = d.reasons.iter_mut().find(|r| r.contains("full backups")) {
+            *r = r.replace("full backups", &format!("{job}s"));
+        }
+    }
+    if dry_run {
+        return Ok(run);
+    }
+    let mut applied = crate::jobs::retention::Applied::default();
+    for d in run.decisions.iter().filter(|d| !d.keep) {
+        let dir = prefix(kind, set, &d.id);
+        for t in &targets {
+            let result: Result<u64> = async {
+                let objects = t.store.list(&format!("{dir}/")).await?;
+                let bytes = objects.iter().map(|o| o.size).sum();
+                t.store.delete(&[format!("{dir}/{}", crate::repo::MANIFEST_FILE)]).await?;
+                t.store.delete(&objects.into_iter().map(|o| o.key).collect::<Vec<_>>()).await?;
+                Ok(bytes)
+            }
+            .await;
+            match result {
+                Ok(bytes) => {
+                    let e = applied.per_target.entry(t.name().to_owned()).or_default();
+                    e.0 += 1;
+                    e.1 += bytes;
+                    applied.bytes_freed += bytes;
+                }
+                Err(e) => applied.errors.push(format!("deleting {} from {}: {e:#}", d.id, t.store.describe())),
+            }
+        }
+        tracing::info!(backup_id = %d.id, set = %set, reasons = %d.reasons.join("; "), "file backup deleted by retention");
+        applied.deleted.push(d.id.clone());
+    }
+    run.applied = Some(applied);
+    Ok(run)
+}
+
+/// Verifies the newest backup of a set (every backup with `all`): quick, every archive present
+/// at its recorded size; deep, every frame and every file's SHA-256 read back (a dry-run
+/// restore, which also reads the holders of an incremental's unchanged files).
+pub async fn verify(
+    config: &Config,
+    repo: &crate::repo::Repository,
+    kind: SetKind,
+    set: &str,
+    deep: bool,
+    all: bool,
+    cancel: &CancellationToken,
+) -> Result<(Vec<String>, u64)> {
+    let targets = targets(config, kind, repo)?;
+    let backups = list(&targets, kind, set).await?;
+    let chosen: Vec<&FileManifest> = if all { backups.iter().collect() } else { backups.last().into_iter().collect() };
+    if chosen.is_empty() {
+        bail!("{set} has no file backups to verify");
+    }
+    let mut verified = Vec::new();
+    let mut bytes = 0;
+    for m in chosen {
+        authenticate(repo, m)?;
+        locate(&targets, m).await?;
+        if deep {
+            let req = restore::Request {
+                to: PathBuf::from("/nonexistent"),
+                globs: Vec::new(),
+                dry_run: true,
+                overwrite: false,
+            };
+            let r = restore::run(m, &backups, &targets, repo, &req, cancel).await?;
+            bytes += r.bytes;
+        }
+        verified.push(m.id.clone());
+    }
+    Ok((verified, bytes))
 }

@@ -264,7 +264,7 @@ fn the_daemon_runs_file_and_config_backups_and_reports_partial_ones() {
     env.write_config(&format!(
         "file_backup_dir: {}\nconfig_backup_dir: {}\nfiles:\n  - name: uploads\n    paths: [{}, /nonexistent/uploads]\n\
          configs:\n  - name: etc\n    paths: [{}]\nschedules:\n  file_backup: \"*/2 * * * * *\"\n  config_backup: \"*/2 * * * * *\"\n\
-         daemon:\n  catch_up: false\n",
+         \x20 verification: \"*/3 * * * * *\"\ndaemon:\n  catch_up: false\n",
         env.dir.path().join("file-repo").display(),
         env.dir.path().join("config-repo").display(),
         src.display(),
@@ -282,8 +282,14 @@ fn the_daemon_runs_file_and_config_backups_and_reports_partial_ones() {
     let report = |kind: &str| -> Option<serde_json::Value> {
         files_under(&reports.join(kind)).iter().find_map(|f| serde_json::from_slice(&std::fs::read(f).ok()?).ok())
     };
+    let verified = || -> Option<serde_json::Value> {
+        files_under(&reports.join("backup_verification"))
+            .iter()
+            .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).ok()?).ok())
+            .find(|r| r["database"] == "configs:etc" && r["outcome"] == "success")
+    };
     let start = Instant::now();
-    while report("file_backup").is_none() || report("config_backup").is_none() {
+    while report("file_backup").is_none() || report("config_backup").is_none() || verified().is_none() {
         assert!(start.elapsed() < Duration::from_secs(60), "no reports in {}", reports.display());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -354,4 +360,101 @@ fn a_daily_backup_of_a_mostly_unchanged_tree_stores_only_what_changed() {
     let list: serde_json::Value =
         serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
     assert_eq!((list[3]["id"].as_str(), list[3]["incremental"].as_bool()), (Some(fourth.as_str()), Some(false)));
+}
+
+#[test]
+fn retention_keeps_the_backups_holding_a_kept_incrementals_files() {
+    let env = TestEnv::new("filesret");
+    let src = env.dir.path().join("src");
+    write(&src.join("a.bin"), &vec![1u8; 50_000]);
+    write(&src.join("b.bin"), &vec![2u8; 50_000]);
+    files_config(&env, &[&src], "    full_every: 2\nretention:\n  file_backup:\n    keep_last: 1\n    min_keep: 1\n");
+    let backup = |env: &TestEnv| stdout(&env.run(&["backup-files", "--name", "uploads"])).trim().to_owned();
+    let first = backup(&env);
+    write(&src.join("b.bin"), b"changed");
+    let second = backup(&env);
+    let plan = |env: &TestEnv| -> serde_json::Value {
+        let out = env.run(&["retention", "--dry-run", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        runs.as_array().unwrap().iter().find(|r| r["database"] == "files:uploads").unwrap().clone()
+    };
+    let p = plan(&env);
+    let d = |p: &serde_json::Value, id: &str| {
+        p["decisions"].as_array().unwrap().iter().find(|d| d["id"] == id).unwrap().clone()
+    };
+    assert_eq!(d(&p, &second)["keep"], true);
+    let f = d(&p, &first);
+    assert_eq!(f["keep"], true, "{f}");
+    assert!(f["reasons"].to_string().contains(&format!("holds unchanged files of kept backup {second}")), "{f}");
+
+    // a new full: the incremental and what it needed go
+    let third = backup(&env);
+    let out = env.run(&["retention"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], third.as_str());
+    assert_eq!(list[0]["incremental"], false);
+    let to = env.dir.path().join("restored");
+    let out = env.run(&["restore-files", "--latest", "--name", "uploads", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(to.join(src.strip_prefix("/").unwrap()).join("b.bin")).unwrap(), b"changed");
+    assert!(!env.repository().join("files/uploads").join(&first).exists());
+}
+
+#[test]
+fn encrypted_file_backups_round_trip_and_edited_manifests_are_refused() {
+    let env = TestEnv::new("filesenc");
+    let src = env.dir.path().join("src");
+    write(&src.join("contract.pdf"), &b"confidential ".repeat(5000));
+    let key = env.dir.path().join("identity.txt");
+    let out = Command::new(BIN).args(["keygen", "-o"]).arg(&key).output().unwrap();
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    files_config(&env, &[&src], "");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{text}encryption:\n  enabled: true\n  recipients: [{public}]\n")).unwrap();
+    let id = stdout(&env.run(&["backup-files", "--name", "uploads"])).trim().to_owned();
+    let dir = env.repository().join("files/uploads").join(&id);
+    let data = files_under(&dir).into_iter().find(|f| f.to_string_lossy().ends_with("data.tar.zst.age")).unwrap();
+    assert!(std::fs::read(&data).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    // without the identity: refused, naming the key
+    let to = env.dir.path().join("out");
+    let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot decrypt it") && stderr(&out).contains("x25519:"), "{}", stderr(&out));
+    assert!(!to.exists(), "a refused restore created the directory");
+    let out = env.run(&[
+        "restore-files",
+        &id,
+        "--name",
+        "uploads",
+        "--to",
+        to.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(to.join(src.strip_prefix("/").unwrap()).join("contract.pdf")).unwrap(),
+        b"confidential ".repeat(5000)
+    );
+    // a manifest edited to hide a file
+    let manifest = dir.join("manifest.json");
+    let edited = std::fs::read_to_string(&manifest).unwrap().replace("\"file_count\": 1", "\"file_count\": 2");
+    std::fs::write(&manifest, edited).unwrap();
+    let again = env.dir.path().join("again");
+    let out = env.run(&[
+        "restore-files",
+        &id,
+        "--name",
+        "uploads",
+        "--to",
+        again.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("authentication code"), "{}", stderr(&out));
 }
