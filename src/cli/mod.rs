@@ -403,9 +403,14 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
         Command::BackupFiles(args) => {
             let config = load_config(&cli)?;
             let (kind, set) = file_set(&config, &args.name, args.configs)?;
-            let m = crate::fileset::backup(&config, set, kind, Trigger::Manual, &cancel, chrono::Utc::now())
-                .await
-                .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+            let started = chrono::Utc::now();
+            let result = crate::fileset::backup(&config, set, kind, Trigger::Manual, &cancel, started).await;
+            let run_id = crate::jobs::report::new_run_id();
+            crate::jobs::report::record(
+                &config.reports.dir,
+                &crate::jobs::report::Report::of_file_backup(&run_id, "manual", started, kind, &set.name, &result),
+            );
+            let m = result.map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             println!("{}", m.id);
             eprintln!(
                 "{}: {} files, {} bytes, {} stored bytes, outcome {}",

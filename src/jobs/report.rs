@@ -99,6 +99,42 @@ impl Report {
         }
     }
 
+    /// The report of a file or configuration backup (`partial` when files were not captured).
+    pub fn of_file_backup(
+        run_id: &str,
+        trigger: &str,
+        started_at: DateTime<Utc>,
+        kind: crate::fileset::SetKind,
+        set: &str,
+        result: &Result<crate::fileset::FileManifest>,
+    ) -> Report {
+        let job = match kind {
+            crate::fileset::SetKind::Files => "file_backup",
+            crate::fileset::SetKind::Configs => "config_backup",
+        };
+        let mut rep = Report::blank(run_id, job, set, trigger, started_at);
+        match result {
+            Ok(m) => {
+                rep.backup_id = Some(m.id.clone());
+                rep.raw_bytes = Some(m.total_bytes);
+                rep.stored_bytes = Some(m.data.stored_bytes);
+                rep.mb_per_second = Some(m.data.raw_bytes as f64 / rep.duration_seconds.max(0.001) / 1e6);
+                rep.targets = m.targets.clone();
+                rep.warnings = m.warnings.clone();
+                if !m.problems.is_empty() {
+                    rep.outcome = Outcome::Partial;
+                    let p: Vec<String> = m.problems.iter().map(|p| format!("{}: {}", p.path, p.problem)).collect();
+                    rep.error = Some(format!("partial: {}", p.join("; ")));
+                }
+            }
+            Err(e) => {
+                rep.outcome = Outcome::Failed;
+                rep.error = Some(format!("{e:#}"));
+            }
+        }
+        rep
+    }
+
     /// The report of a retention run.
     pub fn of_retention(
         run_id: &str,
