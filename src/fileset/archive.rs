@@ -54,6 +54,9 @@ struct Writer<W: Write> {
     cancel: Arc<AtomicBool>,
     /// For an incremental: the previous backup's files by path.
     previous: HashMap<String, Previous>,
+    /// (device, inode) of the directories being walked: a followed symlink back to one of them
+    /// would loop.
+    ancestors: std::collections::HashSet<(u64, u64)>,
 }
 
 /// Reads exactly `len` bytes: a file that shrank is padded with zeros (and reported), one that
@@ -206,24 +209,13 @@ impl<W: Write> Writer<W> {
         let name = archive_name(path);
         let ft = meta.file_type();
         if ft.is_dir() {
-            let h = self.header(&meta, tar::EntryType::Directory, 0);
-            self.emit(h, &format!("{name}/"), None, &meta, io::empty())?;
-            let r = self.record(name, FileKind::Dir, &meta);
-            self.out.records.push(r);
-            if self.sources.one_file_system && meta.dev() != root_dev {
+            if !self.ancestors.insert((meta.dev(), meta.ino())) {
+                self.problem(path, "a symlink loop (it leads back to a directory above it): skipped".into(), false);
                 return Ok(());
             }
-            let mut children: Vec<PathBuf> = match std::fs::read_dir(path) {
-                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-                Err(e) => {
-                    self.problem(path, format!("cannot list the directory: {e}"), true);
-                    return Ok(());
-                }
-            };
-            children.sort();
-            for c in children {
-                self.walk(&c, root, root_dev)?;
-            }
+            let walked = self.dir(path, root, root_dev, name, &meta);
+            self.ancestors.remove(&(meta.dev(), meta.ino()));
+            walked?;
         } else if ft.is_symlink() {
             let target = match std::fs::read_link(path) {
                 Ok(t) => t.to_string_lossy().into_owned(),
@@ -257,6 +249,36 @@ impl<W: Write> Writer<W> {
                 "not a regular file, directory or symlink (socket, fifo or device): skipped".into(),
                 false,
             );
+        }
+        Ok(())
+    }
+
+    fn dir(
+        &mut self,
+        path: &Path,
+        root: &Path,
+        root_dev: u64,
+        name: String,
+        meta: &std::fs::Metadata,
+    ) -> io::Result<()> {
+        let meta = meta.clone();
+        let h = self.header(&meta, tar::EntryType::Directory, 0);
+        self.emit(h, &format!("{name}/"), None, &meta, io::empty())?;
+        let r = self.record(name, FileKind::Dir, &meta);
+        self.out.records.push(r);
+        if self.sources.one_file_system && meta.dev() != root_dev {
+            return Ok(());
+        }
+        let mut children: Vec<PathBuf> = match std::fs::read_dir(path) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => {
+                self.problem(path, format!("cannot list the directory: {e}"), true);
+                return Ok(());
+            }
+        };
+        children.sort();
+        for c in children {
+            self.walk(&c, root, root_dev)?;
         }
         Ok(())
     }
@@ -337,6 +359,7 @@ pub fn write<W: Write>(
         links: HashMap::new(),
         cancel,
         previous,
+        ancestors: Default::default(),
     };
     for root in &sources.paths {
         match std::fs::metadata(root) {

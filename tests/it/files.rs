@@ -458,3 +458,37 @@ fn encrypted_file_backups_round_trip_and_edited_manifests_are_refused() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("authentication code"), "{}", stderr(&out));
 }
+
+#[test]
+fn follow_symlinks_backs_up_what_links_point_to() {
+    let env = TestEnv::new("filesfollow");
+    let src = env.dir.path().join("src");
+    let outside = env.dir.path().join("outside");
+    write(&outside.join("shared/logo.png"), b"logo");
+    write(&src.join("own.txt"), b"own");
+    std::os::unix::fs::symlink(outside.join("shared"), src.join("shared")).unwrap();
+    // a link back up the tree: followed, it would never end
+    std::os::unix::fs::symlink("..", src.join("own-parent")).unwrap();
+    for (follow, expect_dir) in [(false, false), (true, true)] {
+        files_config(&env, &[&src], &format!("    follow_symlinks: {follow}\n    full_every: 1\n"));
+        let out = env.run(&["backup-files", "--name", "uploads"]);
+        let id = stdout(&out).trim().to_owned();
+        if follow {
+            assert_eq!(out.status.code(), Some(1));
+            assert!(stderr(&out).contains("own-parent/src: a symlink loop"), "{}", stderr(&out));
+        } else {
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let to = env.dir.path().join(format!("restored-{follow}"));
+        let out = env.run(&["restore-files", &id, "--name", "uploads", "--to", to.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let shared = to.join(src.strip_prefix("/").unwrap()).join("shared");
+        let meta = std::fs::symlink_metadata(&shared).unwrap();
+        assert_eq!(meta.is_dir(), expect_dir, "follow_symlinks: {follow}");
+        if follow {
+            assert_eq!(std::fs::read(shared.join("logo.png")).unwrap(), b"logo");
+        } else {
+            assert_eq!(std::fs::read_link(&shared).unwrap(), outside.join("shared"));
+        }
+    }
+}
