@@ -696,7 +696,6 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             };
             let mut runs = Vec::new();
             for db in &databases {
-                let run_id = crate::jobs::report::new_run_id();
                 let started = chrono::Utc::now();
                 let run = crate::jobs::retention::run_for_database(
                     &config,
@@ -708,12 +707,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                 )
                 .await
                 .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
-                if !args.dry_run {
-                    crate::jobs::report::record(
-                        &config.reports.dir,
-                        &crate::jobs::report::Report::of_retention(&run_id, "manual", started, &run),
-                    );
-                }
+                record_retention(&config, started, &run);
                 runs.push(run);
             }
             // the file and configuration sets too, unless one database was asked for
@@ -723,17 +717,11 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                 .map(|s| (crate::fileset::SetKind::Files, s))
                 .chain(config.configs.iter().map(|s| (crate::fileset::SetKind::Configs, s)));
             for (kind, set) in sets.filter(|_| args.database.is_none()) {
-                let run_id = crate::jobs::report::new_run_id();
                 let started = chrono::Utc::now();
                 let run = crate::fileset::retention(&config, &repo, kind, &set.name, now, args.dry_run)
                     .await
                     .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
-                if !args.dry_run {
-                    crate::jobs::report::record(
-                        &config.reports.dir,
-                        &crate::jobs::report::Report::of_retention(&run_id, "manual", started, &run),
-                    );
-                }
+                record_retention(&config, started, &run);
                 runs.push(run);
             }
             retention_out::print(&runs, args.json)?;
@@ -762,6 +750,21 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
                 .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
             Ok(ExitCode::from(EXIT_OK))
         }
+    }
+}
+
+/// Writes the report of an applied (not dry-run) retention run.
+fn record_retention(
+    config: &Config,
+    started: chrono::DateTime<chrono::Utc>,
+    run: &crate::jobs::retention::RetentionRun,
+) {
+    if !run.dry_run {
+        let run_id = crate::jobs::report::new_run_id();
+        crate::jobs::report::record(
+            &config.reports.dir,
+            &crate::jobs::report::Report::of_retention(&run_id, "manual", started, run),
+        );
     }
 }
 
