@@ -53,6 +53,24 @@ fn safe_relative(name: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Refuses to write below a symlink inside the target: an archive holding `a -> /etc` and then
+/// `a/passwd` must not write outside it.
+fn no_symlink_between(to: &Path, rel: &Path) -> Result<()> {
+    let mut p = to.to_path_buf();
+    let parents: Vec<_> = rel.components().collect();
+    for c in parents.iter().take(parents.len().saturating_sub(1)) {
+        p.push(c);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "refusing to write {}: {} is a symlink (it could lead outside the target)",
+                rel.display(),
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes `r` to `f`, leaving runs of 64 KiB of zeros as holes; returns the bytes and SHA-256.
 fn write_sparse(r: &mut impl Read, f: &mut std::fs::File, sha: &mut Sha256) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -159,6 +177,9 @@ impl Unpacker {
                 continue;
             }
             self.seen.insert(name.clone());
+            if !req.dry_run {
+                no_symlink_between(&req.to, &rel)?;
+            }
             let dest = req.to.join(&rel);
             let wanted = self.wanted(&name);
             match rec.kind {
@@ -349,4 +370,42 @@ pub async fn run(
         u = unpack_one(u, reader, id, bwhat, cancel).await?;
     }
     u.finish(&what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_paths_cannot_leave_the_target() {
+        assert_eq!(safe_relative(Path::new("srv/app/a.jpg")).unwrap(), PathBuf::from("srv/app/a.jpg"));
+        assert_eq!(safe_relative(Path::new("/etc/app.conf")).unwrap(), PathBuf::from("etc/app.conf"));
+        assert!(safe_relative(Path::new("srv/../../etc/passwd")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("evil")).unwrap();
+        assert!(no_symlink_between(dir.path(), Path::new("real/file")).is_ok());
+        let err = no_symlink_between(dir.path(), Path::new("evil/passwd")).unwrap_err().to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+        // the link itself may be restored (its own name is the last component)
+        assert!(no_symlink_between(dir.path(), Path::new("evil")).is_ok());
+    }
+
+    #[test]
+    fn zeros_become_holes_and_the_hash_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let mut data = vec![0u8; 10 * 64 * 1024];
+        data[5] = 1;
+        data[9 * 64 * 1024 + 7] = 2;
+        let mut f = std::fs::File::create(&path).unwrap();
+        let mut sha = Sha256::new();
+        let n = write_sparse(&mut &data[..], &mut f, &mut sha).unwrap();
+        drop(f);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert_eq!(hex::encode(sha.finalize()), hex::encode(Sha256::digest(&data)));
+        use std::os::unix::fs::MetadataExt;
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 < data.len() as u64);
+    }
 }
