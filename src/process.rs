@@ -387,7 +387,7 @@ fn signal_group(pgid: i32, sig: i32) {
 
 /// Larger pipe buffers between a child and us: fewer context switches per byte (best effort;
 /// 1 MiB is the default limit for unprivileged processes).
-fn enlarge_pipe(pipe: &impl std::os::fd::AsRawFd) {
+pub fn enlarge_pipe(pipe: &impl std::os::fd::AsRawFd) {
     // SAFETY: fcntl on a valid, owned pipe fd; failure is harmless and ignored.
     unsafe {
         libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);

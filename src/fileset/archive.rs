@@ -367,6 +367,7 @@ pub fn write<W: Write>(
             Err(e) => w.problem(root, format!("the source path cannot be read: {e}"), true),
         }
     }
-    w.tar.finish()?;
+    // the end-of-archive blocks, and whatever a buffered `out` still holds
+    w.tar.into_inner()?.flush()?;
     Ok(w.out)
 }

@@ -230,6 +230,9 @@ async fn take(
     };
     let incremental = !previous.is_empty();
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    crate::process::enlarge_pipe(&writer);
+    // tar writes headers of 512 bytes and data in small pieces: batch them
+    let writer = std::io::BufWriter::with_capacity(1 << 20, writer);
     let stop = Arc::new(AtomicBool::new(false));
     let walker = {
         let (sources, stop) = (sources.clone(), stop.clone());

@@ -302,8 +302,10 @@ async fn unpack_one(
     cancel: &CancellationToken,
 ) -> Result<Unpacker> {
     let (pipe_r, pipe_w) = std::io::pipe()?;
+    crate::process::enlarge_pipe(&pipe_w);
     let task = tokio::task::spawn_blocking(move || {
-        let r = u.archive(pipe_r, &holder, &what);
+        // tar reads 512-byte headers: read the pipe in large pieces
+        let r = u.archive(std::io::BufReader::with_capacity(1 << 20, pipe_r), &holder, &what);
         (u, r)
     });
     let mut w = tokio::fs::File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(pipe_w)));
