@@ -286,7 +286,7 @@ fn the_daemon_runs_file_and_config_backups_and_reports_partial_ones() {
         files_under(&reports.join("backup_verification"))
             .iter()
             .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).ok()?).ok())
-            .find(|r| r["database"] == "configs:etc" && r["outcome"] == "success")
+            .find(|r| r["database"] == "configs:etc" && r["outcome"] == "success" && r["backup_id"].is_string())
     };
     let start = Instant::now();
     while report("file_backup").is_none() || report("config_backup").is_none() || verified().is_none() {
