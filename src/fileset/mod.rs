@@ -207,7 +207,7 @@ async fn take(
 ) -> Result<FileManifest> {
     let sources = set.sources()?;
     // an incremental against the newest backup of the set, up to full_every - 1 in a row
-    let history = list(targets, kind, &set.name).await.unwrap_or_default();
+    let history = list_newest(targets, kind, &set.name, set.full_every as usize).await.unwrap_or_default();
     let in_a_row = history.iter().rev().take_while(|m| m.incremental).count() as u32;
     let mut warnings = Vec::new();
     let previous: std::collections::HashMap<String, archive::Previous> = match history.last() {
@@ -324,13 +324,28 @@ async fn take(
 
 /// Every file backup of `set`, oldest first (from the first target that lists it).
 pub async fn list(targets: &[Target], kind: SetKind, set: &str) -> Result<Vec<FileManifest>> {
+    list_newest(targets, kind, set, usize::MAX).await
+}
+
+/// The newest `n` file backups of `set`, oldest first: only their manifests are read (ids start
+/// with their UTC time, so they sort in time order).
+pub async fn list_newest(targets: &[Target], kind: SetKind, set: &str, n: usize) -> Result<Vec<FileManifest>> {
     let mut out: Vec<FileManifest> = Vec::new();
     for t in targets {
         let objects = t.store.list(&format!("{}/{set}/", kind.prefix())).await?;
-        for o in objects.iter().filter(|o| o.key.ends_with(&format!("/{}", crate::repo::MANIFEST_FILE))) {
-            if let Some(bytes) = t.store.get(&o.key).await? {
+        let mut keys: Vec<&String> = objects
+            .iter()
+            .map(|o| &o.key)
+            .filter(|k| k.ends_with(&format!("/{}", crate::repo::MANIFEST_FILE)))
+            .collect();
+        keys.sort();
+        for key in keys.iter().rev().take(n) {
+            if out.iter().any(|m| key.contains(&format!("/{}/", m.id))) {
+                continue;
+            }
+            if let Some(bytes) = t.store.get(key).await? {
                 let m: FileManifest =
-                    serde_json::from_slice(&bytes).with_context(|| format!("reading {} on {}", o.key, t.name()))?;
+                    serde_json::from_slice(&bytes).with_context(|| format!("reading {key} on {}", t.name()))?;
                 if !out.iter().any(|x| x.id == m.id) {
                     out.push(m);
                 }
@@ -338,7 +353,8 @@ pub async fn list(targets: &[Target], kind: SetKind, set: &str) -> Result<Vec<Fi
         }
     }
     out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
-    Ok(out)
+    let skip = out.len().saturating_sub(n);
+    Ok(out.split_off(skip))
 }
 
 /// The store holding backup `m` whole (its data object at the recorded size).
