@@ -5,6 +5,7 @@
 use crate::harness::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -318,7 +319,10 @@ fn notify_test_reports_each_channel() {
     assert!(stderr(&out).contains("no channel named \"nope\"; configured: good, bad"), "{}", stderr(&out));
 }
 
-/// aiosmtpd with STARTTLS required, saving to a maildir.
+const SMTP_USER: &str = "alerts@example.com";
+const SMTP_PASSWORD: &str = "Smtp-Secret-Pa55";
+
+/// aiosmtpd with STARTTLS and AUTH required, saving to a maildir (tests/fixtures/smtp_server.py).
 struct Smtp {
     child: Child,
     port: u16,
@@ -352,13 +356,14 @@ fn smtp(dir: &std::path::Path) -> Smtp {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let maildir = dir.join("mail");
     let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smtp_server.py");
     let child = Command::new(python)
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "--tlscert"])
+        .arg(script)
+        .arg(port.to_string())
         .arg(&cert)
-        .arg("--tlskey")
         .arg(&key)
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
         .arg(&maildir)
+        .args([SMTP_USER, SMTP_PASSWORD])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -371,16 +376,21 @@ fn smtp(dir: &std::path::Path) -> Smtp {
 }
 
 #[test]
-fn email_over_starttls_carries_subject_and_body() {
+fn email_over_starttls_with_auth_carries_subject_and_body() {
     let env = TestEnv::new("alertsmail");
     env.psql("create table t (id int); insert into t values (1);");
     let server = smtp(env.dir.path());
     let failing = env.fake_bin("pg_dump_half_then_fail.sh");
+    let password_file = env.dir.path().join("smtp_password");
+    std::fs::write(&password_file, SMTP_PASSWORD).unwrap();
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let email = format!(
-        "notifications:\n  email:\n    enabled: true\n    from: backup@example.com\n    to: [admin@example.com, ops@example.com]\n\
-         \x20   smtp_server: localhost\n    smtp_port: {}\n    tls: starttls\n    ca_file: {}\n",
+        "notifications:\n  timeout: 5s\n  email:\n    enabled: true\n    from: backup@example.com\n    to: [admin@example.com, ops@example.com]\n\
+         \x20   smtp_server: localhost\n    smtp_port: {}\n    tls: starttls\n    ca_file: {}\n\
+         \x20   smtp_username: {SMTP_USER}\n    smtp_password_file: {}\n",
         server.port,
-        server.cert.display()
+        server.cert.display(),
+        password_file.display()
     );
     let schedule = "schedules:\n  full_backup: \"0 1 * * *\"\n";
     env.write_config(&format!("pg_bin_dir: {}\n{schedule}{email}", failing.display()));
@@ -405,6 +415,14 @@ fn email_over_starttls_carries_subject_and_body() {
         alert.contains(&env.db) && alert.contains("PQgetResult() failed") && alert.contains("To: admin@example.com"),
         "{alert}"
     );
+    // a wrong password is refused (aiosmtpd answers slowly: the 5 s timeout ends it): the
+    // channel is named, the password is not printed
+    std::fs::write(&password_file, "wrong-password").unwrap();
+    let out = env.run(&["notify-test"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out) + &stderr(&out);
+    assert!(text.contains("FAILED  email") && !text.contains("wrong-password"), "{text}");
+    std::fs::write(&password_file, SMTP_PASSWORD).unwrap();
     // without the CA, STARTTLS does not trust the server: the test fails, naming email
     env.write_config(&format!(
         "pg_bin_dir: {}\n{schedule}{}",
