@@ -492,3 +492,35 @@ fn follow_symlinks_backs_up_what_links_point_to() {
         }
     }
 }
+
+#[test]
+fn one_file_system_stays_on_the_source_filesystem() {
+    // /dev/shm is its own tmpfs almost everywhere: reached through a followed link from the
+    // test's directory, it is another filesystem below the source path
+    let env = TestEnv::new("filesonefs");
+    let src = env.dir.path().join("src");
+    write(&src.join("local.txt"), b"local");
+    let other = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
+    assert_ne!(
+        std::fs::metadata(&src).unwrap().dev(),
+        std::fs::metadata(other.path()).unwrap().dev(),
+        "this test needs /dev/shm on another filesystem than {}",
+        src.display()
+    );
+    write(&other.path().join("elsewhere.txt"), b"elsewhere");
+    std::os::unix::fs::symlink(other.path(), src.join("mounted")).unwrap();
+    for one in [true, false] {
+        files_config(
+            &env,
+            &[&src],
+            &format!("    follow_symlinks: true\n    one_file_system: {one}\n    full_every: 1\n"),
+        );
+        let out = env.run(&["backup-files", "--name", "uploads"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let id = stdout(&out).trim().to_owned();
+        let manifest =
+            std::fs::read_to_string(env.repository().join("files/uploads").join(&id).join("manifest.json")).unwrap();
+        assert!(manifest.contains("mounted\""), "the mount point itself is recorded");
+        assert_eq!(manifest.contains("mounted/elsewhere.txt"), !one, "one_file_system: {one}");
+    }
+}
