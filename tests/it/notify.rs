@@ -229,7 +229,7 @@ fn failures_alert_once_then_recover_through_slack_webhook_pings_and_metrics() {
     // fixed (real pg_dump), one run: one "recovered" message, a success ping
     env.write_config(&format!(
         "schedules:\n  full_backup: \"{}\"\ndaemon:\n  catch_up: false\n{notifications}",
-        once_in(3)
+        once_in(6)
     ));
     daemon.signal(libc::SIGHUP);
     wait_until("the recovery message", Duration::from_secs(30), || rx.to("/slack/T000/SECRET").len() == 2);
