@@ -28,8 +28,9 @@ EXPOSE 9187
 USER pgbackd
 WORKDIR /var/lib/pgbackd
 VOLUME ["/var/lib/pgbackd"]
-# freshness, not liveness: unhealthy when the daemon is gone or a database's newest full backup
-# is older than twice its schedule's period (the first backup needs the start period)
+# freshness, not liveness: unhealthy when the daemon is gone, a database's newest full backup is
+# older than monitoring.max_age (default twice its schedule's period) or its latest verification
+# failed (the first backup needs the start period)
 HEALTHCHECK --interval=60s --timeout=10s --start-period=1h --retries=3 CMD ["/usr/local/bin/pgbackd", "healthcheck"]
 # tini as PID 1 reaps orphaned grandchildren and forwards SIGTERM/SIGHUP to pgbackd
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/pgbackd"]
