@@ -276,6 +276,15 @@ fn read_email(mut m: MapReader<'_, '_>) -> Option<EmailChannel> {
                 Some(m.loc()),
             );
         }
+        for (key, addr) in from.iter().map(|f| ("from", f)).chain(to.iter().flatten().map(|t| ("to", t))) {
+            if addr.parse::<lettre::message::Mailbox>().is_err() {
+                m.ctx().error(
+                    &m.child_path(key),
+                    format!("{addr:?} is not an email address (name@example.com, or Name <name@example.com>)"),
+                    Some(m.loc_of(key)),
+                );
+            }
+        }
         let events = read_events(&mut m);
         Some(EmailChannel {
             events,

@@ -175,6 +175,9 @@ fn secrets_come_from_files() {
 #[case::encryption_and_notification_errors(
     "database:\n  database: app\nlocal_backup_dir: /r\nencryption:\n  enabled: true\n  key_file: k\nnotifications:\n  slack:\n    enabled: true\n    events: [failure, sometimes]\n  webhooks:\n    - name: ops\n      url: not-a-url-but-a-secret\n  healthchecks:\n    - job: backups\nmonitoring:\n  listen: nowhere\n"
 )]
+#[case::email_and_file_sets(
+    "database:\n  database: app\nlocal_backup_dir: /r\nnotifications:\n  email:\n    enabled: true\n    from: not an address\n    to: [ok@example.com, also bad]\n    smtp_server: smtp.example.com\n    tls: ssl\n    smtp_username: u\nfiles:\n  - name: up/loads\n    paths: [relative/path]\n    exclude: [\"[unclosed\"]\n    full_every: 0\nschedules:\n  config_backup: \"0 3 * * 0\"\n"
+)]
 #[case::yaml_syntax("database: [unclosed\n")]
 #[case::not_a_mapping("- just\n- a list\n")]
 fn invalid_configs(#[case] yaml: &str) {
