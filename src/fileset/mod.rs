@@ -228,7 +228,6 @@ async fn take(
         },
         _ => Default::default(),
     };
-    let incremental = !previous.is_empty();
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     crate::process::enlarge_pipe(&writer);
     // tar writes headers of 512 bytes and data in small pieces: batch them
@@ -299,7 +298,8 @@ async fn take(
         sources: set.paths.iter().map(|p| p.display().to_string()).collect(),
         file_count: archived.records.iter().filter(|r| r.kind == FileKind::File).count() as u64,
         total_bytes: archived.total_bytes,
-        incremental,
+        // self-contained unless some file's content is left in an earlier backup
+        incremental: !holders.is_empty(),
         holders,
         outcome: if partial { "partial".into() } else { "success".into() },
         problems: archived.problems,
