@@ -209,14 +209,17 @@ pub struct Running {
 static WITHHELD_ENV: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 const ALWAYS_WITHHELD: [&str; 3] = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
-/// Keeps the environment variables whose values hold any of `secrets` from every child started
-/// from now on (pg_dump needs none of them: its password comes in a password file).
+/// Keeps the environment variables whose value is one of `secrets` (the `${VAR}`s a config took
+/// them from) from every child started from now on: pg_dump needs none of them, its password
+/// comes in a password file. Whole values only: a short password must not withhold `PATH` or
+/// `USER` because they happen to contain it.
 pub fn withhold_env_holding(secrets: &[&Secret]) {
-    let values: Vec<&str> = secrets.iter().map(|s| s.expose()).filter(|v| v.len() >= 4).collect();
+    let values: Vec<&str> = secrets.iter().map(|s| s.expose()).filter(|v| !v.is_empty()).collect();
     let mut withheld = WITHHELD_ENV.lock().unwrap_or_else(|e| e.into_inner());
     for (name, value) in std::env::vars_os() {
         if let (Some(name), Some(value)) = (name.to_str(), value.to_str())
-            && values.iter().any(|s| value.contains(s))
+            && !matches!(name, "PATH" | "HOME" | "USER" | "LOGNAME" | "LANG" | "TZ" | "TMPDIR")
+            && values.contains(&value)
         {
             withheld.insert(name.to_owned());
         }
