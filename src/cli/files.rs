@@ -4,7 +4,6 @@
 use super::{Cli, EXIT_JOB_FAILED, EXIT_OK, FilesArgs, ListFilesArgs, RestoreFilesArgs, load_config};
 use crate::config::Config;
 use crate::jobs::JobFailed;
-use crate::repo::Repository;
 use crate::repo::manifest::Trigger;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -33,10 +32,8 @@ pub async fn backup(cli: &Cli, args: &FilesArgs, cancel: &CancellationToken) -> 
 }
 
 pub async fn list(cli: &Cli, args: &ListFilesArgs) -> Result<ExitCode> {
-    let mut config = load_config(cli)?;
-    args.keys.apply(&mut config)?;
+    let (config, repo) = args.keys.open(cli).await?;
     let (kind, _) = file_set(&config, &args.set.name, args.set.configs)?;
-    let repo = Repository::open(&config).await?;
     let targets = crate::fileset::targets(&config, kind, &repo)?;
     let list = crate::fileset::list(&targets, kind, &args.set.name).await?;
     if args.json {
@@ -65,10 +62,8 @@ pub async fn list(cli: &Cli, args: &ListFilesArgs) -> Result<ExitCode> {
 }
 
 pub async fn restore(cli: &Cli, args: &RestoreFilesArgs, cancel: &CancellationToken) -> Result<ExitCode> {
-    let mut config = load_config(cli)?;
-    args.keys.apply(&mut config)?;
+    let (config, repo) = args.keys.open(cli).await?;
     let (kind, _) = file_set(&config, &args.set.name, args.set.configs)?;
-    let repo = Repository::open(&config).await?;
     let targets = crate::fileset::targets(&config, kind, &repo)?;
     let list = crate::fileset::list(&targets, kind, &args.set.name).await?;
     let m = match &args.backup_id {

@@ -256,13 +256,16 @@ pub struct KeyArgs {
 }
 
 impl KeyArgs {
-    /// Adds the identity file to `config` after checking it can be read.
-    fn apply(&self, config: &mut Config) -> Result<()> {
+    /// The config, with the identity file added after checking it can be read, and its
+    /// repository.
+    async fn open(&self, cli: &Cli) -> Result<(Config, Repository)> {
+        let mut config = load_config(cli)?;
         if let Some(path) = &self.identity {
             std::fs::metadata(path).with_context(|| format!("--identity {}: cannot read it", path.display()))?;
             config.encryption.extra_identity_files.push(path.clone());
         }
-        Ok(())
+        let repo = Repository::open(&config).await?;
+        Ok((config, repo))
     }
 }
 
@@ -496,9 +499,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_OK))
         }
         Command::Restore(args) => {
-            let mut config = load_config(&cli)?;
-            args.keys.apply(&mut config)?;
-            let repo = Repository::open(&config).await?;
+            let (config, repo) = args.keys.open(&cli).await?;
             let m = crate::jobs::restore::resolve(
                 &selector(args.backup_id.as_deref(), args.database.clone()),
                 &config,
@@ -531,9 +532,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::Verify(args) => {
-            let mut config = load_config(&cli)?;
-            args.keys.apply(&mut config)?;
-            let repo = Repository::open(&config).await?;
+            let (config, repo) = args.keys.open(&cli).await?;
             let listed = repo.list_with_targets(args.database.as_deref()).await?;
             let chosen: Vec<&crate::repo::Listed> = match (&args.backup_id, args.latest) {
                 (Some(id), _) => {
@@ -574,9 +573,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
         }
         Command::TestRestore(args) => {
-            let mut config = load_config(&cli)?;
-            args.keys.apply(&mut config)?;
-            let repo = Repository::open(&config).await?;
+            let (config, repo) = args.keys.open(&cli).await?;
             let m = crate::jobs::restore::resolve(
                 &selector(args.backup_id.as_deref(), args.database.clone()),
                 &config,
@@ -639,9 +636,7 @@ pub async fn run(cli: Cli, daemon_config: Option<Config>) -> Result<ExitCode> {
             Ok(ExitCode::from(if failed { EXIT_JOB_FAILED } else { EXIT_OK }))
         }
         Command::Cat(args) => {
-            let mut config = load_config(&cli)?;
-            args.keys.apply(&mut config)?;
-            let repo = Repository::open(&config).await?;
+            let (config, repo) = args.keys.open(&cli).await?;
             if std::io::stdout().is_terminal() {
                 bail!(
                     "refusing to write a binary archive to a terminal: redirect it, e.g. pgbackd cat ID > backup.dump"

@@ -1,7 +1,7 @@
 //! `files:` and `configs:`: the source sets of file and configuration backups.
 
-use super::node::{Node, Value};
-use super::reader::{Ctx, MapReader};
+use super::node::Node;
+use super::reader::{Ctx, MapReader, read_list};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -81,21 +81,12 @@ fn read_set(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<FileSetConfig> {
 pub fn read_sets(top: &mut MapReader<'_, '_>, key: &str) -> Vec<FileSetConfig> {
     let ctx = top.ctx();
     let mut out: Vec<FileSetConfig> = Vec::new();
-    if let Some(list) = top.node(key) {
-        match &list.value {
-            Value::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let path = format!("{key}[{i}]");
-                    if let Some(s) = read_set(ctx, item, &path) {
-                        if out.iter().any(|o| o.name == s.name) {
-                            ctx.error(&format!("{path}.name"), format!("{:?} is used twice", s.name), Some(item.loc));
-                        } else {
-                            out.push(s);
-                        }
-                    }
-                }
-            }
-            other => ctx.error(key, format!("expected a list, found {}", other.kind()), Some(list.loc)),
+    let read = read_list(top, key, |ctx, node, path| Some((path.to_owned(), node.loc, read_set(ctx, node, path)?)));
+    for (path, loc, s) in read {
+        if out.iter().any(|o| o.name == s.name) {
+            ctx.error(&format!("{path}.name"), format!("{:?} is used twice", s.name), Some(loc));
+        } else {
+            out.push(s);
         }
     }
     out

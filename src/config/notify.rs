@@ -2,7 +2,7 @@
 //! endpoint, freshness, the disk guard).
 
 use super::node::{Node, Value};
-use super::reader::{ByteSize, Ctx, Dur, MapReader};
+use super::reader::{ByteSize, Ctx, Dur, MapReader, read_list};
 use super::{JobKind, Secret, read_secret};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -397,23 +397,6 @@ fn read_ping(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<PingConfig> {
         success_url: success_url?,
         fail_url: fail_url?,
     })
-}
-
-fn read_list<T>(top: &mut MapReader<'_, '_>, key: &str, item: impl Fn(&Ctx<'_>, &Node, &str) -> Option<T>) -> Vec<T> {
-    let ctx = top.ctx();
-    let path = top.child_path(key);
-    let mut out = Vec::new();
-    if let Some(list) = top.node(key) {
-        match &list.value {
-            Value::Seq(items) => {
-                for (i, node) in items.iter().enumerate() {
-                    out.extend(item(ctx, node, &format!("{path}[{i}]")));
-                }
-            }
-            other => ctx.error(&path, format!("expected a list, found {}", other.kind()), Some(list.loc)),
-        }
-    }
-    out
 }
 
 pub fn read_notifications(top: &mut MapReader<'_, '_>) -> NotificationsConfig {

@@ -481,6 +481,29 @@ macro_rules! enum_from_node {
     };
 }
 
+/// The items of a list under `key`, each read by `item` with its path (`key[i]`); anything
+/// but a list is an error.
+pub fn read_list<T>(
+    top: &mut MapReader<'_, '_>,
+    key: &str,
+    item: impl Fn(&Ctx<'_>, &Node, &str) -> Option<T>,
+) -> Vec<T> {
+    let ctx = top.ctx();
+    let path = top.child_path(key);
+    let mut out = Vec::new();
+    if let Some(list) = top.node(key) {
+        match &list.value {
+            Value::Seq(items) => {
+                for (i, node) in items.iter().enumerate() {
+                    out.extend(item(ctx, node, &format!("{path}[{i}]")));
+                }
+            }
+            other => ctx.error(&path, format!("expected a list, found {}", other.kind()), Some(list.loc)),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

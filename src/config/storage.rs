@@ -1,7 +1,7 @@
 //! Storage targets: `storage:` entries, plus the reference config's `local_backup_dir` and `aws:`.
 
 use super::Secret;
-use super::node::Value;
+use super::reader::read_list;
 use super::reader::{ByteSize, Ctx, MapReader};
 use std::path::PathBuf;
 
@@ -155,25 +155,13 @@ pub fn read_targets(top: &mut MapReader<'_, '_>) -> Vec<TargetConfig> {
             out.push(TargetConfig { name: "s3".into(), required, kind: TargetKind::S3(s3) });
         }
     }
-    if let Some(list) = top.node("storage") {
-        match &list.value {
-            Value::Seq(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let path = format!("storage[{i}]");
-                    if let Some(t) = read_target(ctx, item, &path) {
-                        if out.iter().any(|o| o.name == t.name) {
-                            ctx.error(
-                                &format!("{path}.name"),
-                                format!("target name {:?} is used twice", t.name),
-                                Some(item.loc),
-                            );
-                        } else {
-                            out.push(t);
-                        }
-                    }
-                }
-            }
-            other => ctx.error("storage", format!("expected a list, found {}", other.kind()), Some(list.loc)),
+    let listed =
+        read_list(top, "storage", |ctx, node, path| Some((path.to_owned(), node.loc, read_target(ctx, node, path)?)));
+    for (path, loc, t) in listed {
+        if out.iter().any(|o| o.name == t.name) {
+            ctx.error(&format!("{path}.name"), format!("target name {:?} is used twice", t.name), Some(loc));
+        } else {
+            out.push(t);
         }
     }
     if out.is_empty() && !top.has("local_backup_dir") && !top.has("storage") {

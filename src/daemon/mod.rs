@@ -209,12 +209,7 @@ async fn run_verification(
     cancel: CancellationToken,
 ) -> JobResult {
     use crate::config::VerifyScope;
-    if let Some((kind, set)) = job
-        .database
-        .strip_prefix("files:")
-        .map(|s| (crate::fileset::SetKind::Files, s))
-        .or_else(|| job.database.strip_prefix("configs:").map(|s| (crate::fileset::SetKind::Configs, s)))
-    {
+    if let Some((kind, set)) = crate::fileset::SetKind::parse_target_name(&job.database) {
         let deep = config.verification.mode == crate::config::VerifyMode::Deep;
         let all = config.verification.scope == VerifyScope::All;
         let result = async {
@@ -285,15 +280,9 @@ async fn run_retention(job: &JobSpec, config: Arc<Config>) -> JobResult {
     let started = Utc::now();
     let result = async {
         let repo = Repository::open(&config).await?;
-        let set = |p: &str| job.database.strip_prefix(p).map(str::to_owned);
-        match (set("files:"), set("configs:")) {
-            (Some(s), _) => {
-                crate::fileset::retention(&config, &repo, crate::fileset::SetKind::Files, &s, started, false).await
-            }
-            (_, Some(s)) => {
-                crate::fileset::retention(&config, &repo, crate::fileset::SetKind::Configs, &s, started, false).await
-            }
-            _ => {
+        match crate::fileset::SetKind::parse_target_name(&job.database) {
+            Some((kind, set)) => crate::fileset::retention(&config, &repo, kind, set, started, false).await,
+            None => {
                 crate::jobs::retention::run_for_database(&config, &repo, &job.database, started, false, &HashSet::new())
                     .await
             }
@@ -810,9 +799,7 @@ async fn run_job(shared: Arc<Shared>, config: Arc<Config>, spec: JobSpec, timeou
         event.duration_seconds = Some(duration);
         event.mb_per_second = report.mb_per_second;
         event.sha256 = result.raw_sha256.clone();
-        event.next_run = shared
-            .board
-            .update(|s| s.schedules.iter().filter(|x| x.kind == spec.kind.name()).filter_map(|x| x.next_run).min());
+        event.next_run = shared.board.update(|s| s.next_run(spec.kind));
         shared.notifier.job_finished(spec.kind, event);
     }
     if outcome == Outcome::Success
@@ -889,9 +876,7 @@ fn check_staleness(board: &Board, config: &Config, notifier: &Notifier, now: Dat
             Some(p) => {
                 let mut event = Event::new(EventKind::Stale, JobKind::FullBackup.name(), &db.name, now);
                 event.error = Some(p.message.clone());
-                event.next_run = board.update(|s| {
-                    s.schedules.iter().filter(|x| x.kind == JobKind::FullBackup.name()).filter_map(|x| x.next_run).min()
-                });
+                event.next_run = board.update(|s| s.next_run(JobKind::FullBackup));
                 notifier.stale(event);
             }
             None => notifier.fresh(&db.name),

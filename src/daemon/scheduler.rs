@@ -31,8 +31,8 @@ impl Entry {
                     .databases
                     .iter()
                     .map(|d| d.name.clone())
-                    .chain(config.files.iter().map(|f| format!("files:{}", f.name)))
-                    .chain(config.configs.iter().map(|f| format!("configs:{}", f.name)))
+                    .chain(config.files.iter().map(|f| crate::fileset::SetKind::Files.target_name(&f.name)))
+                    .chain(config.configs.iter().map(|f| crate::fileset::SetKind::Configs.target_name(&f.name)))
                     .collect()
             }
             _ if s.databases.is_empty() => config.databases.iter().map(|d| d.name.clone()).collect(),

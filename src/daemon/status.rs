@@ -36,6 +36,13 @@ pub struct Status {
     pub notifications: crate::notify::DeliveryCounts,
 }
 
+impl Status {
+    /// The next scheduled run of a job kind (of any of its schedules).
+    pub fn next_run(&self, kind: JobKind) -> Option<DateTime<Utc>> {
+        self.schedules.iter().filter(|x| x.kind == kind.name()).filter_map(|x| x.next_run).min()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct JobStats {
     pub last_success_at: Option<DateTime<Utc>>,

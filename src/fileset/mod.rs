@@ -40,6 +40,19 @@ impl SetKind {
             SetKind::Configs => "configs",
         }
     }
+
+    /// The name a set's retention and verification runs go by beside the databases:
+    /// `files:NAME` or `configs:NAME`.
+    pub fn target_name(self, set: &str) -> String {
+        format!("{}:{set}", self.prefix())
+    }
+
+    /// The set a [`SetKind::target_name`] names; `None` for a database.
+    pub fn parse_target_name(name: &str) -> Option<(SetKind, &str)> {
+        [SetKind::Files, SetKind::Configs]
+            .into_iter()
+            .find_map(|k| name.strip_prefix(k.prefix()).and_then(|r| r.strip_prefix(':')).map(|set| (k, set)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,21 +391,7 @@ pub async fn locate(targets: &[Target], m: &FileManifest) -> Result<Arc<dyn Stor
 /// Checks an encrypted file backup's manifest MAC and returns what decrypts its data.
 pub fn authenticate(repo: &crate::repo::Repository, m: &FileManifest) -> Result<Option<crate::pipeline::Decryption>> {
     let what = format!("file backup {} of {}", m.id, m.set);
-    let Some(info) = &m.encryption else {
-        if m.data.encrypted || m.mac.is_some() {
-            bail!("{what}: the manifest lists encrypted data but no encryption record: it was modified");
-        }
-        return Ok(None);
-    };
-    let crypto = repo.crypto().with_context(|| {
-        format!("{what} is encrypted ({}): pass --identity FILE or configure encryption", crate::crypto::needs(info))
-    })?;
-    let key = crypto.backup_key(info, &what)?;
-    let mac = m.mac.as_deref().with_context(|| format!("{what}: the manifest's authentication code is missing"))?;
-    if !crate::crypto::mac_matches(&key, &m.mac_input(), mac) {
-        bail!("{what}: the manifest does not match its authentication code: it was modified; do not trust it");
-    }
-    Ok(Some(crate::pipeline::Decryption { crypto: crypto.clone(), info: info.clone() }))
+    repo.check_manifest(&what, m.encryption.as_ref(), m.data.encrypted, m.mac.as_deref(), || m.mac_input())
 }
 
 /// Retention of one source set: the database plan (the kind's policy, `retention.file_backup`
@@ -409,7 +408,7 @@ pub async fn retention(
     use crate::jobs::retention::{Candidate, RetentionRun, plan};
     let targets = targets(config, kind, repo)?;
     let mut run = RetentionRun {
-        database: format!("{}:{set}", kind.prefix()),
+        database: kind.target_name(set),
         at: now,
         dry_run,
         skipped: None,
@@ -474,31 +473,9 @@ pub async fn retention(
     if dry_run {
         return Ok(run);
     }
-    let mut applied = crate::jobs::retention::Applied::default();
-    for d in run.decisions.iter().filter(|d| !d.keep) {
-        let dir = prefix(kind, set, &d.id);
-        for t in &targets {
-            let result: Result<u64> = async {
-                let objects = t.store.list(&format!("{dir}/")).await?;
-                let bytes = objects.iter().map(|o| o.size).sum();
-                t.store.delete(&[format!("{dir}/{}", crate::repo::MANIFEST_FILE)]).await?;
-                t.store.delete(&objects.into_iter().map(|o| o.key).collect::<Vec<_>>()).await?;
-                Ok(bytes)
-            }
+    let applied =
+        crate::jobs::retention::delete_marked(&run.decisions, &targets, |id| format!("{}/", prefix(kind, set, id)))
             .await;
-            match result {
-                Ok(bytes) => {
-                    let e = applied.per_target.entry(t.name().to_owned()).or_default();
-                    e.0 += 1;
-                    e.1 += bytes;
-                    applied.bytes_freed += bytes;
-                }
-                Err(e) => applied.errors.push(format!("deleting {} from {}: {e:#}", d.id, t.store.describe())),
-            }
-        }
-        tracing::info!(backup_id = %d.id, set = %set, reasons = %d.reasons.join("; "), "file backup deleted by retention");
-        applied.deleted.push(d.id.clone());
-    }
     run.applied = Some(applied);
     Ok(run)
 }

@@ -254,10 +254,22 @@ pub async fn apply(
     retention: &Retention,
     now: DateTime<Utc>,
 ) -> Applied {
+    let mut out = delete_marked(decisions, repo.targets(), |id| repo::backup_prefix(database, id)).await;
+    out.orphans_removed = remove_orphans(database, repo, retention, now, &mut out.errors).await;
+    out
+}
+
+/// Deletes the backups `decisions` mark for deletion from `targets`, each stored under the
+/// directory `dir(id)` (ending in `/`): its manifest first, then the rest.
+pub async fn delete_marked(
+    decisions: &[Decision],
+    targets: &[crate::storage::Target],
+    dir: impl Fn(&str) -> String,
+) -> Applied {
     let mut out = Applied::default();
     for d in decisions.iter().filter(|d| !d.keep) {
-        for t in repo.targets() {
-            let prefix = repo::backup_prefix(database, &d.id);
+        for t in targets {
+            let prefix = dir(&d.id);
             let result: Result<u64> = async {
                 let objects = t.store.list(&prefix).await?;
                 if objects.is_empty() {
@@ -265,7 +277,7 @@ pub async fn apply(
                 }
                 let bytes: u64 = objects.iter().map(|o| o.size).sum();
                 // the manifest first: from here on the backup does not exist
-                t.store.delete(&[repo::manifest_key(database, &d.id)]).await?;
+                t.store.delete(&[format!("{prefix}{}", repo::MANIFEST_FILE)]).await?;
                 let rest: Vec<String> = objects.into_iter().map(|o| o.key).collect();
                 t.store.delete(&rest).await?;
                 Ok(bytes)
@@ -285,7 +297,6 @@ pub async fn apply(
         tracing::info!(backup_id = %d.id, reasons = %d.reasons.join("; "), "backup deleted by retention");
         out.deleted.push(d.id.clone());
     }
-    out.orphans_removed = remove_orphans(database, repo, retention, now, &mut out.errors).await;
     out
 }
 

@@ -62,8 +62,8 @@ impl Channel for Slack {
     fn name(&self) -> &str {
         "slack"
     }
-    fn wants(&self, kind: EventKind) -> bool {
-        kind == EventKind::Test || self.events.contains(&kind)
+    fn events(&self) -> &[EventKind] {
+        &self.events
     }
     async fn send(&self, e: &Event) -> Result<()> {
         let mut body = serde_json::json!({
@@ -119,8 +119,8 @@ impl Channel for Webhook {
     fn name(&self) -> &str {
         &self.cfg.name
     }
-    fn wants(&self, kind: EventKind) -> bool {
-        kind == EventKind::Test || self.cfg.events.contains(&kind)
+    fn events(&self) -> &[EventKind] {
+        &self.cfg.events
     }
     async fn send(&self, e: &Event) -> Result<()> {
         let method = reqwest::Method::from_bytes(self.cfg.method.as_bytes()).unwrap_or(reqwest::Method::POST);
@@ -184,8 +184,8 @@ impl Channel for Email {
     fn name(&self) -> &str {
         "email"
     }
-    fn wants(&self, kind: EventKind) -> bool {
-        kind == EventKind::Test || self.cfg.events.contains(&kind)
+    fn events(&self) -> &[EventKind] {
+        &self.cfg.events
     }
     async fn send(&self, e: &Event) -> Result<()> {
         use lettre::AsyncTransport;

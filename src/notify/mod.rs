@@ -134,7 +134,12 @@ impl Event {
 #[async_trait::async_trait]
 pub trait Channel: Send + Sync {
     fn name(&self) -> &str;
-    fn wants(&self, kind: EventKind) -> bool;
+    /// The events it was configured for.
+    fn events(&self) -> &[EventKind];
+    /// Whether it gets `kind` (test messages always).
+    fn wants(&self, kind: EventKind) -> bool {
+        kind == EventKind::Test || self.events().contains(&kind)
+    }
     async fn send(&self, event: &Event) -> Result<()>;
 }
 

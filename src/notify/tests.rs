@@ -13,8 +13,8 @@ impl Channel for Recorder {
     fn name(&self) -> &str {
         "recorder"
     }
-    fn wants(&self, kind: EventKind) -> bool {
-        self.events.contains(&kind)
+    fn events(&self) -> &[EventKind] {
+        &self.events
     }
     async fn send(&self, e: &Event) -> Result<()> {
         self.got.lock().unwrap().push((e.event, e.consecutive_failures));

@@ -99,15 +99,32 @@ impl Repository {
     /// Unencrypted backups have nothing to check.
     pub fn authenticate(&self, m: &Manifest) -> Result<Option<Decryption>> {
         let what = describe(m);
-        let Some(info) = &m.encryption else {
-            if m.data.encrypted || m.globals.as_ref().is_some_and(|g| g.encrypted) || m.mac.is_some() {
+        let encrypted_objects = m.data.encrypted || m.globals.as_ref().is_some_and(|g| g.encrypted);
+        let checked =
+            self.check_manifest(&what, m.encryption.as_ref(), encrypted_objects, m.mac.as_deref(), || m.mac_input())?;
+        if checked.is_none() && self.encrypts_with().is_some() {
+            tracing::warn!(
+                backup_id = %m.id,
+                "{what} is not encrypted, so its manifest is not authenticated (taken before encryption was enabled?)"
+            );
+        }
+        Ok(checked)
+    }
+
+    /// The check behind [`Repository::authenticate`], for any kind of manifest (`what` names it):
+    /// an encryption record with a MAC that the configured identity verifies, or no encryption at
+    /// all (then no object may claim to be encrypted).
+    pub fn check_manifest(
+        &self,
+        what: &str,
+        encryption: Option<&crate::crypto::EncryptionInfo>,
+        encrypted_objects: bool,
+        mac: Option<&str>,
+        mac_input: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Option<Decryption>> {
+        let Some(info) = encryption else {
+            if encrypted_objects || mac.is_some() {
                 bail!("{what}: the manifest lists encrypted objects but no encryption record: it was modified");
-            }
-            if self.encrypts_with().is_some() {
-                tracing::warn!(
-                    backup_id = %m.id,
-                    "{what} is not encrypted, so its manifest is not authenticated (taken before encryption was enabled?)"
-                );
             }
             return Ok(None);
         };
@@ -118,12 +135,10 @@ impl Repository {
                 crate::crypto::needs(info)
             );
         };
-        let key = crypto.backup_key(info, &what)?;
-        let mac = m
-            .mac
-            .as_deref()
-            .with_context(|| format!("{what}: the manifest's authentication code is missing: it was modified"))?;
-        if !crate::crypto::mac_matches(&key, &m.mac_input(), mac) {
+        let key = crypto.backup_key(info, what)?;
+        let mac =
+            mac.with_context(|| format!("{what}: the manifest's authentication code is missing: it was modified"))?;
+        if !crate::crypto::mac_matches(&key, &mac_input(), mac) {
             bail!(
                 "{what}: the manifest does not match its authentication code: it was modified after the backup \
                  was written; do not trust this backup"
