@@ -524,3 +524,36 @@ fn one_file_system_stays_on_the_source_filesystem() {
         assert_eq!(manifest.contains("mounted/elsewhere.txt"), !one, "one_file_system: {one}");
     }
 }
+
+#[test]
+fn file_backups_go_to_s3_and_restore_from_it_incrementals_too() {
+    let env = TestEnv::new("filess3");
+    let src = env.dir.path().join("src");
+    for i in 0..10 {
+        write(&src.join(format!("u/{i}.bin")), &vec![i as u8; 200_000]);
+    }
+    let server = crate::s3_servers::s3s();
+    let bucket = server.bucket();
+    // no local target, no file_backup_dir: the repository's S3 target holds the file backups
+    let storage = format!("storage:\n{}", server.target_yaml("offsite", &bucket, ""));
+    env.write_config_with(false, &format!("{storage}files:\n  - name: uploads\n    paths: [{}]\n", src.display()));
+    let first = stdout(&env.run(&["backup-files", "--name", "uploads"])).trim().to_owned();
+    write(&src.join("u/3.bin"), b"changed");
+    let out = env.run(&["backup-files", "--name", "uploads"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = stdout(&out).trim().to_owned();
+    let listed: serde_json::Value =
+        serde_json::from_slice(&env.run(&["list-files", "--name", "uploads", "--json"]).stdout).unwrap();
+    assert_eq!(listed[1]["id"], second.as_str());
+    assert_eq!(listed[1]["incremental"], true, "{listed}");
+    assert_eq!(listed[1]["holders"], serde_json::json!([first]));
+    let keys = server.keys(&bucket);
+    for id in [&first, &second] {
+        assert!(keys.iter().any(|k| k.ends_with(&format!("files/uploads/{id}/manifest.json"))), "{keys:?}");
+    }
+    let to = env.dir.path().join("restored");
+    let out = env.run(&["restore-files", &second, "--name", "uploads", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, b) = (facts(&src), facts(&to.join(src.strip_prefix("/").unwrap())));
+    assert_eq!(a, b);
+}
