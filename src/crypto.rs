@@ -10,7 +10,8 @@
 //! Forging a manifest needs the recipients' public keys (never stored in the repository: manifests
 //! carry only fingerprints) or the passphrase; checking one needs the identity.
 
-use crate::config::{EncryptionConfig, Secret};
+use crate::config::EncryptionConfig;
+use crate::secret::Secret;
 use age::secrecy::SecretString;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;

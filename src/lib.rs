@@ -26,5 +26,6 @@ pub mod process;
 pub mod progress;
 pub mod repo;
 pub mod schedule;
+pub mod secret;
 pub mod storage;
 pub mod telemetry;

@@ -9,7 +9,7 @@
 //! environment. Dropping a child that was not
 //! waited for kills its process group.
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;

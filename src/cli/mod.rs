@@ -333,6 +333,9 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
         bail!("no config file: pass --config PATH or set PGBACKD_CONFIG (see config/pgbackd.yaml)");
     };
     let config = Config::load(path)?;
+    // pg_dump and the other children get none of the environment variables the config took a
+    // secret from (their passwords come in a private password file)
+    crate::process::withhold_env_holding(&config.secret_values());
     log_config_warnings(&config);
     Ok(config)
 }

@@ -11,7 +11,6 @@ pub mod files;
 pub mod node;
 pub mod notify;
 pub mod reader;
-pub mod secret;
 pub mod storage;
 
 use crate::schedule::{self, Schedule};
@@ -19,7 +18,7 @@ use chrono_tz::Tz;
 pub use files::FileSetConfig;
 use node::{Node, Value};
 use reader::{ByteSize, ConfigIssue, Ctx, Dur, MapReader};
-pub use secret::Secret;
+use crate::secret::Secret;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -482,7 +481,6 @@ impl Config {
             });
         }
         cfg.warnings = loose;
-        crate::process::withhold_env_holding(&cfg.secret_values());
         Ok(cfg)
     }
 

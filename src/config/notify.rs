@@ -3,7 +3,8 @@
 
 use super::node::{Node, Value};
 use super::reader::{ByteSize, Ctx, Dur, MapReader, read_list};
-use super::{JobKind, Secret, read_secret};
+use super::{JobKind, read_secret};
+use crate::secret::Secret;
 use std::path::PathBuf;
 use std::time::Duration;
 

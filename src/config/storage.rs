@@ -1,6 +1,6 @@
 //! Storage targets: `storage:` entries, plus the reference config's `local_backup_dir` and `aws:`.
 
-use super::Secret;
+use crate::secret::Secret;
 use super::reader::read_list;
 use super::reader::{ByteSize, Ctx, MapReader};
 use std::path::PathBuf;

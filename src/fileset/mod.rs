@@ -268,7 +268,7 @@ async fn take(
         if level.is_some() { ".zst" } else { "" },
         if opts.encrypt.is_some() { ".age" } else { "" }
     );
-    let mut segments = pipeline::read_segments(reader, opts.segment_size, Arc::default(), None);
+    let mut segments = pipeline::read_segments(reader, opts.segment_size, Arc::default(), pipeline::Unfiltered);
     let streamed = pipeline::store_stream_to(&mut segments, targets, &key, &opts, cancel).await;
     drop(segments);
     if streamed.is_err() {

@@ -3,7 +3,7 @@
 //! written last. Any failure removes everything the attempt wrote.
 
 use crate::config::{Config, Connection, DatabaseConfig, RowCounts};
-use crate::pg::archive::ArchiveError;
+use crate::pg::archive::{ArchiveError, ArchiveFilter};
 use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, PipelineOptions, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running, run_capture};
@@ -371,13 +371,20 @@ async fn dump(
     let key = repo::data_key(&db.name, id, level.is_some(), opts.encrypt.is_some());
     let moved = req.progress.clone();
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
-    let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), Some(new_blocks));
+    let filter = ArchiveFilter::new().with_shared_blocks(new_blocks);
+    let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), filter);
     let streamed = pipeline::store_stream_to(&mut segments, repo.targets(), &key, &opts, cancel).await;
+    let archive = segments.summary();
     drop(tracker);
     drop(segments);
     let staged = match streamed {
         Ok(s) => s,
-        Err(StreamError::Archive(a)) => {
+        Err(StreamError::Filter(e)) => {
+            // the archive filter's errors are ArchiveErrors
+            let a = match e.downcast::<ArchiveError>() {
+                Ok(a) => *a,
+                Err(other) => return Err(anyhow!("reading pg_dump's output: {other}")),
+            };
             // The stream ended but is not a whole archive: pg_dump usually died. Its own exit
             // status and stderr say why; the archive error is the fallback.
             return Err(match tokio::time::timeout(KILL_GRACE, child.wait()).await {
@@ -418,7 +425,6 @@ async fn dump(
         staged.abort().await;
         bail!("pg_dump exited successfully but wrote nothing: refusing to record an empty backup");
     }
-    let archive = staged.archive.clone();
     let object = staged.commit().await?;
     Ok((object, archive, stderr))
 }

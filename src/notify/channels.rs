@@ -3,7 +3,8 @@
 
 use super::{Channel, Event};
 use crate::config::notify::{EmailChannel, EventKind, NotificationsConfig, PingConfig, SmtpTls, WebhookChannel};
-use crate::config::{JobKind, Secret};
+use crate::config::JobKind;
+use crate::secret::Secret;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::time::Duration;

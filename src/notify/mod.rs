@@ -319,7 +319,7 @@ impl Notifier {
         }
     }
 
-    fn spawn_ping(&self, ch: &Arc<Channels>, name: String, url: crate::config::Secret, body: Option<String>) {
+    fn spawn_ping(&self, ch: &Arc<Channels>, name: String, url: crate::secret::Secret, body: Option<String>) {
         let (counts, cfg, client) = (self.counts.clone(), ch.cfg.clone(), channels::http_client(ch.cfg.timeout));
         self.tracker.spawn(async move {
             let result = with_retries(&cfg, &name, || channels::ping(&client, &url, body.as_deref())).await;

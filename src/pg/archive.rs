@@ -53,13 +53,9 @@ pub struct ArchiveSummary {
     pub blocks: Vec<BlockStart>,
 }
 
-/// A data block's position in the archive: incremental backups align on these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlockStart {
-    /// `schema.table` for table data, `blobs#N` for the N-th large-object block.
-    pub key: String,
-    pub raw_offset: u64,
-}
+/// A data block's position in the archive (`schema.table` for table data, `blobs#N` for the N-th
+/// large-object block): incremental backups align on these.
+pub use crate::pipeline::delta::BlockStart;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArchiveError {
@@ -169,6 +165,17 @@ pub struct ArchiveFilter {
 impl Default for ArchiveFilter {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl crate::pipeline::Filter for ArchiveFilter {
+    type Summary = ArchiveSummary;
+    type Error = ArchiveError;
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        ArchiveFilter::feed(self, data, out)
+    }
+    fn finish(self) -> Result<ArchiveSummary, ArchiveError> {
+        ArchiveFilter::finish(self)
     }
 }
 

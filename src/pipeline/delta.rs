@@ -4,7 +4,6 @@
 //! the same table's data block (block starts are recorded in both manifests), with `slack` bytes
 //! on either side, so rows inserted or deleted earlier in the dump do not push the region off.
 
-use crate::pg::archive::BlockStart;
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
 /// Long-distance match length: shorter finds more, but costs more than it saves on dumps (at 16
@@ -41,6 +40,14 @@ pub fn decompress(stored: &[u8], reference: &[u8], raw_len: usize) -> Result<Vec
     let mut out = Vec::with_capacity(raw_len);
     dctx.decompress(&mut out, stored).map_err(|e| format!("zstd: {}", zstd::zstd_safe::get_error_name(e)))?;
     Ok(out)
+}
+
+/// Where a named region of a raw stream starts (a pg_dump data block: `schema.table`, or
+/// `blobs#N`): delta frames find their reference by position within the same region.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockStart {
+    pub key: String,
+    pub raw_offset: u64,
 }
 
 /// The base range to use as reference for the new segment `[offset, offset + len)`: the same

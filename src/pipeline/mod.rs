@@ -9,8 +9,7 @@
 //! never by the size of the dump. Nothing is committed here: [`Staged`] is finished or aborted by
 //! the caller once it knows the producer succeeded.
 
-use crate::pg::archive::{ArchiveError, ArchiveFilter, ArchiveSummary};
-use crate::repo::manifest::{CompressionAlgorithm, Frame, StoredObject};
+pub use object::{CompressionAlgorithm, Frame, StoredObject};
 use crate::storage::{ObjectWriter, Target};
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -93,9 +92,9 @@ async fn fan_out(
 pub struct Delta {
     pub base: Arc<ObjectReader>,
     /// Where each data block starts in the base (from its manifest).
-    pub base_blocks: Vec<crate::pg::archive::BlockStart>,
+    pub base_blocks: Vec<delta::BlockStart>,
     /// Where each data block starts in the new dump, filled in by the reader as it streams.
-    pub new_blocks: Arc<std::sync::Mutex<Vec<crate::pg::archive::BlockStart>>>,
+    pub new_blocks: Arc<std::sync::Mutex<Vec<delta::BlockStart>>>,
     /// Bytes of base taken on either side of the aligned position.
     pub slack: u64,
 }
@@ -109,8 +108,9 @@ pub enum StreamError {
     Stalled(Duration),
     #[error("reading the dump stream: {0}")]
     Read(#[source] std::io::Error),
+    /// The stream is not what its [`Filter`] expects (for a dump: not a whole pg_dump archive).
     #[error("{0}")]
-    Archive(#[from] ArchiveError),
+    Filter(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Store(anyhow::Error),
 }
@@ -138,8 +138,6 @@ pub struct Sink {
 /// A fully written but not yet committed object on every target.
 pub struct Staged {
     pub object: StoredObject,
-    /// Row counts and archive facts, when the stream was inspected.
-    pub archive: Option<ArchiveSummary>,
     sinks: Vec<Sink>,
     /// Optional targets dropped on the way, and why.
     pub warnings: Vec<String>,
@@ -236,185 +234,9 @@ pub fn compress_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     new_compressor(level)?.compress(data)
 }
 
-/// Segment buffers handed back when the last reference to a segment drops, so a backup reuses a
-/// few buffers instead of mapping (and page-faulting) fresh memory for every segment.
-#[derive(Clone, Default)]
-struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
-
-const POOL_MAX: usize = 4;
-
-impl BufferPool {
-    fn take(&self, capacity: usize) -> Vec<u8> {
-        let reused = self.0.lock().ok().and_then(|mut v| v.pop());
-        match reused {
-            Some(mut b) if b.capacity() >= capacity => {
-                b.clear();
-                b
-            }
-            _ => Vec::with_capacity(capacity),
-        }
-    }
-
-    fn freeze(&self, buf: Vec<u8>) -> Bytes {
-        Bytes::from_owner(Pooled { buf, pool: self.clone() })
-    }
-}
-
-struct Pooled {
-    buf: Vec<u8>,
-    pool: BufferPool,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Ok(mut v) = self.pool.0.lock()
-            && v.len() < POOL_MAX
-        {
-            v.push(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
-/// Raw segments of a stream, cut by a dedicated reader thread.
-pub struct Segments {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    moved: Arc<Counter>,
-    thread: Option<std::thread::JoinHandle<Result<Option<ArchiveSummary>, ArchiveError>>>,
-    summary: Option<Option<ArchiveSummary>>,
-}
-
-/// How a read buffer becomes segment bytes: copied, or through the archive filter.
-enum Transform {
-    Copy,
-    Archive(Box<ArchiveFilter>),
-}
-
-/// Reads `input` on its own thread with blocking reads, in segments of about `size` bytes. With
-/// `archive`, the input is a pg_dump custom archive: it goes through [`ArchiveFilter`] (row counts,
-/// re-chunking) and its summary is returned by [`Segments::finish`].
-///
-/// A thread instead of async reads: pg_dump writes in small pieces, and waking a task for each
-/// one costs more CPU than compressing the data. When a read returns little, the thread waits a
-/// fraction of a millisecond so the pipe fills and the next read takes a large piece.
-pub fn read_segments<R: std::io::Read + Send + 'static>(
-    mut input: R,
-    size: usize,
-    moved: Arc<Counter>,
-    archive: Option<Arc<std::sync::Mutex<Vec<crate::pg::archive::BlockStart>>>>,
-) -> Segments {
-    const READ_SIZE: usize = 1 << 20;
-    let (tx, rx) = mpsc::channel(2);
-    let counter = moved.clone();
-    let mut transform = match archive {
-        Some(blocks) => Transform::Archive(Box::new(ArchiveFilter::new().with_shared_blocks(blocks))),
-        None => Transform::Copy,
-    };
-    let spawned = std::thread::Builder::new().name("pgbackd-read".into()).spawn(move || {
-        let mut buf = vec![0u8; READ_SIZE];
-        let pool = BufferPool::default();
-        let mut seg: Vec<u8> = pool.take(size + READ_SIZE);
-        loop {
-            let want = size.saturating_sub(seg.len()).clamp(1, READ_SIZE);
-            let n = match input.read(&mut buf[..want]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return Ok(None);
-                }
-            };
-            counter.add(n as u64);
-            match &mut transform {
-                Transform::Copy => seg.extend_from_slice(&buf[..n]),
-                Transform::Archive(f) => f.feed(&buf[..n], &mut seg)?,
-            }
-            if seg.len() >= size || (n == 0 && !seg.is_empty()) {
-                let full = std::mem::replace(&mut seg, pool.take(size + READ_SIZE));
-                if tx.blocking_send(Ok(pool.freeze(full))).is_err() {
-                    return Ok(None); // the consumer stopped
-                }
-            }
-            if n == 0 {
-                return match transform {
-                    Transform::Copy => Ok(None),
-                    Transform::Archive(f) => f.finish().map(Some),
-                };
-            }
-            if n < 64 * 1024 {
-                std::thread::sleep(Duration::from_micros(300));
-            }
-        }
-    });
-    match spawned {
-        Ok(thread) => Segments { rx, moved, thread: Some(thread), summary: None },
-        Err(e) => {
-            let (tx, rx) = mpsc::channel(1);
-            let _ = tx.try_send(Err(e));
-            Segments { rx, moved, thread: None, summary: None }
-        }
-    }
-}
-
-impl Segments {
-    async fn thread_result(&mut self) -> Result<Result<Option<ArchiveSummary>, ArchiveError>, StreamError> {
-        let Some(thread) = self.thread.take() else {
-            return Ok(Ok(None));
-        };
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .ok_or_else(|| StreamError::Store(anyhow::anyhow!("the reader thread panicked")))
-    }
-
-    /// The archive summary, once the stream has ended.
-    pub fn summary(&mut self) -> Option<ArchiveSummary> {
-        self.summary.take().flatten()
-    }
-
-    /// The next segment; `None` at end of stream. Fails if no byte moved for `stall`.
-    async fn next(&mut self, stall: Duration, cancel: &CancellationToken) -> Result<Option<Bytes>, StreamError> {
-        let tick = (stall / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut last = self.moved.get();
-        let mut last_change = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-                item = self.rx.recv() => return match item {
-                    Some(Ok(b)) => Ok(Some(b)),
-                    Some(Err(e)) => Err(StreamError::Read(e)),
-                    // the reader ended: at end of input, or because the archive was malformed
-                    None => match self.thread_result().await? {
-                        Err(e) => Err(StreamError::Archive(e)),
-                        Ok(summary) => {
-                            self.summary = Some(summary);
-                            Ok(None)
-                        }
-                    },
-                },
-                _ = tokio::time::sleep(tick) => {
-                    let now = self.moved.get();
-                    if now != last {
-                        last = now;
-                        last_change = tokio::time::Instant::now();
-                    } else if last_change.elapsed() >= stall {
-                        return Err(StreamError::Stalled(stall));
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Streams `input` into `key` on every writer. Aborts every writer on failure.
-pub async fn store_stream(
-    input: &mut Segments,
+pub async fn store_stream<F: Filter>(
+    input: &mut Segments<F>,
     key: &str,
     opts: &PipelineOptions,
     sinks: Vec<Sink>,
@@ -570,10 +392,10 @@ pub async fn store_stream(
     let outcome = (|| {
         write_result?;
         let raw_bytes = read_result?;
-        Ok::<_, StreamError>((raw_bytes, raw_sha256?, input.summary()))
+        Ok::<_, StreamError>((raw_bytes, raw_sha256?))
     })();
     match outcome {
-        Ok((raw_bytes, raw_sha256, archive)) => Ok(Staged {
+        Ok((raw_bytes, raw_sha256)) => Ok(Staged {
             object: StoredObject {
                 key: key.to_owned(),
                 compression: match (&opts.delta, level) {
@@ -590,7 +412,6 @@ pub async fn store_stream(
                 encrypted: opts.encrypt.is_some(),
                 frames_sha256: opts.encrypt.is_some().then_some(frames_sha256),
             },
-            archive,
             sinks,
             warnings,
         }),
@@ -603,8 +424,8 @@ pub async fn store_stream(
 
 /// Opens `key` on every target and streams `input` into it. An optional target that cannot
 /// even start the object is left out with a warning.
-pub async fn store_stream_to(
-    input: &mut Segments,
+pub async fn store_stream_to<F: Filter>(
+    input: &mut Segments<F>,
     targets: &[Target],
     key: &str,
     opts: &PipelineOptions,
@@ -685,7 +506,10 @@ pub async fn store_small_object(
 }
 
 pub mod delta;
+pub mod object;
 mod read;
+mod segments;
+pub use segments::{Filter, Segments, Unfiltered, read_segments};
 pub use read::{Decryption, ObjectReader, RawCheck, read_small_object, restore_stream};
 
 #[cfg(test)]
@@ -715,7 +539,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(1_000_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), None);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), Unfiltered);
         let staged = store_stream_to(
             &mut input,
             &[Target { store: store.clone(), required: true }],
@@ -766,7 +590,7 @@ mod tests {
             let (crypto, decryption) = crypto_with(dir.path(), recipients);
             let data = sample(1_500_000);
             let cancel = CancellationToken::new();
-            let mut input = read_segments(std::io::Cursor::new(data.clone()), 100_000, Arc::default(), None);
+            let mut input = read_segments(std::io::Cursor::new(data.clone()), 100_000, Arc::default(), Unfiltered);
             let mut o = opts(Some(3));
             o.encrypt = Some(crypto.clone());
             let target = [Target { store: store.clone(), required: true }];
@@ -805,7 +629,7 @@ mod tests {
         let (crypto, decryption) = crypto_with(dir.path(), 1);
         let data = sample(600_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 100_000, Arc::default(), None);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 100_000, Arc::default(), Unfiltered);
         let mut o = opts(Some(1));
         o.encrypt = Some(crypto);
         let target = [Target { store: store.clone(), required: true }];
@@ -840,7 +664,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(300_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), None);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), Unfiltered);
         let staged = store_stream_to(
             &mut input,
             &[Target { store: store.clone(), required: true }],
@@ -871,7 +695,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
         let data = sample(100_000);
         let cancel = CancellationToken::new();
-        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), None);
+        let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), Unfiltered);
         let staged = store_stream_to(
             &mut input,
             &[Target { store: store.clone(), required: true }],
@@ -887,7 +711,7 @@ mod tests {
 
         // a producer that never writes trips the stall guard, and nothing is left behind
         let (reader, writer) = std::io::pipe().unwrap();
-        let mut input = read_segments(reader, 64 * 1024, Arc::default(), None);
+        let mut input = read_segments(reader, 64 * 1024, Arc::default(), Unfiltered);
         let mut o = opts(Some(1));
         o.stall_timeout = Duration::from_millis(100);
         let err = store_stream_to(

@@ -4,7 +4,7 @@
 use super::Counter;
 use super::delta;
 use crate::crypto::{Crypto, EncryptionInfo};
-use crate::repo::manifest::{CompressionAlgorithm, StoredObject};
+use super::object::{CompressionAlgorithm, StoredObject};
 use crate::storage::Store;
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};

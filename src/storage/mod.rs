@@ -1,8 +1,8 @@
 //! Storage targets behind one small trait: a repository only needs to create objects by streaming,
 //! put and get small ones atomically, read ranges, list by prefix and delete.
 //!
-//! Keys are `/`-separated relative paths (`app/20261122T010000Z-full-3f9a1c/data.zst`); only
-//! [`crate::repo`] decides them.
+//! Keys are `/`-separated relative paths (`app/20261122T010000Z-full-3f9a1c/data.zst`); only the
+//! repository module decides them.
 
 pub mod local;
 pub mod s3;
