@@ -26,12 +26,30 @@ use std::sync::Arc;
 pub struct EncryptionInfo {
     /// Always `age`.
     pub format: String,
-    /// `recipients` (X25519) or `passphrase` (scrypt).
-    pub mode: String,
+    pub mode: EncryptionMode,
     /// Fingerprints of the X25519 recipients (never the keys).
     pub recipients: Vec<String>,
     /// The manifest authentication key, age-encrypted to the same recipients (base64).
     pub auth_key: String,
+}
+
+/// How a backup's keys are wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionMode {
+    /// To X25519 recipients: an identity decrypts.
+    Recipients,
+    /// With a passphrase (scrypt): the same passphrase decrypts.
+    Passphrase,
+}
+
+impl EncryptionMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            EncryptionMode::Recipients => "recipients",
+            EncryptionMode::Passphrase => "passphrase",
+        }
+    }
 }
 
 /// A recipient's fingerprint: the start of the SHA-256 of its `age1...` form.
@@ -43,7 +61,7 @@ pub fn fingerprint(recipient: &age::x25519::Recipient) -> String {
 pub struct Crypto {
     /// Whether new backups are encrypted (false: only `--identity` files, to read backups).
     encrypts: bool,
-    mode: &'static str,
+    mode: EncryptionMode,
     recipients: Vec<age::x25519::Recipient>,
     passphrase: Option<Secret>,
     passphrase_work_factor: u8,
@@ -80,7 +98,7 @@ impl Crypto {
             }
             let mut c = Crypto {
                 encrypts: false,
-                mode: "decrypt-only",
+                mode: EncryptionMode::Recipients,
                 recipients: Vec::new(),
                 passphrase: None,
                 passphrase_work_factor: cfg.passphrase_work_factor,
@@ -94,7 +112,7 @@ impl Crypto {
         }
         let mut c = Crypto {
             encrypts: true,
-            mode: "recipients",
+            mode: EncryptionMode::Recipients,
             recipients: Vec::new(),
             passphrase: None,
             passphrase_work_factor: cfg.passphrase_work_factor,
@@ -136,7 +154,7 @@ impl Crypto {
                     );
                 }
                 c.passphrase = Some(Secret::new(pass));
-                c.mode = "passphrase";
+                c.mode = EncryptionMode::Passphrase;
             }
         }
         if c.recipients.is_empty() && c.passphrase.is_none() {
@@ -152,7 +170,7 @@ impl Crypto {
                  recipients_file, key_file or identity_file"
             );
         }
-        if c.passphrase.is_some() && !c.recipients.is_empty() && c.mode == "passphrase" {
+        if c.passphrase.is_some() && !c.recipients.is_empty() && c.mode == EncryptionMode::Passphrase {
             bail!("encryption: a passphrase key_file cannot be combined with recipients (age does not mix them)");
         }
         Ok(Some(Arc::new(c)))
@@ -163,7 +181,8 @@ impl Crypto {
         self.encrypts
     }
 
-    pub fn mode(&self) -> &'static str {
+    /// How new backups are encrypted (a decrypt-only configuration says `Recipients`).
+    pub fn mode(&self) -> EncryptionMode {
         self.mode
     }
 
@@ -260,7 +279,7 @@ impl Crypto {
         let key: [u8; 32] = rand::random();
         let info = EncryptionInfo {
             format: "age".into(),
-            mode: self.mode.into(),
+            mode: self.mode,
             recipients: self.fingerprints(),
             auth_key: base64::engine::general_purpose::STANDARD.encode(self.encrypt(&key)?),
         };
@@ -300,9 +319,11 @@ pub fn write_new_identity(path: &std::path::Path, now: chrono::DateTime<chrono::
 
 /// Which key a backup needs, for messages.
 pub fn needs(info: &EncryptionInfo) -> String {
-    match info.mode.as_str() {
-        "passphrase" => "the passphrase (key_file)".into(),
-        _ => format!("the identity of one of these recipients: {}", info.recipients.join(", ")),
+    match info.mode {
+        EncryptionMode::Passphrase => "the passphrase (key_file)".into(),
+        EncryptionMode::Recipients => {
+            format!("the identity of one of these recipients: {}", info.recipients.join(", "))
+        }
     }
 }
 
@@ -380,11 +401,11 @@ mod tests {
         let id = age::x25519::Identity::generate();
         use age::secrecy::ExposeSecret;
         let c = Crypto::load(&config(dir.path(), Some(id.to_string().expose_secret()), vec![], None)).unwrap().unwrap();
-        assert_eq!(c.mode(), "recipients");
+        assert_eq!(c.mode(), EncryptionMode::Recipients);
         assert!(c.can_decrypt());
         let p =
             Crypto::load(&config(dir.path(), Some("correct horse battery staple\n"), vec![], None)).unwrap().unwrap();
-        assert_eq!(p.mode(), "passphrase");
+        assert_eq!(p.mode(), EncryptionMode::Passphrase);
         let (info, key) = p.new_backup_key().unwrap();
         assert_eq!(p.backup_key(&info, "b").unwrap(), key);
         assert!(Crypto::load(&config(dir.path(), Some("short"), vec![], None)).is_err());

@@ -4,11 +4,13 @@
 //! compared (md5 of its ordered rows) with the original.
 
 use crate::config::{Config, EMBEDDED_DEMO};
-use crate::jobs::backup::{self, BackupRequest};
-use crate::jobs::restore::{self, RestoreRequest, TargetOverride};
+use crate::jobs::kind::JobKind;
+use crate::jobs::restore::{RestoreRequest, TargetOverride};
+use crate::jobs::run::{JobSpec, Produced, RestoreTo, RunOutcome, Select};
+use crate::jobs::{JobContext, JobFailed};
 use crate::pg::{self, cluster::Cluster};
 use crate::repo::manifest::Trigger;
-use crate::repo::{BackupKind, Repository};
+use crate::repo::{Repository, Subject};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::io::IsTerminal;
@@ -35,7 +37,7 @@ create table public.attachments (id int primary key, name text, data bytea);
 ";
 
 pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode> {
-    let repository = std::env::current_dir()?.join(&args.dir).join("repository");
+    let repository_dir = std::env::current_dir()?.join(&args.dir).join("repository");
     println!("pgbackd demo: starting a throwaway PostgreSQL cluster");
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(&std::env::temp_dir())).await??;
     println!("  cluster on port {} (socket in {})", cluster.port, cluster.socket_dir());
@@ -61,29 +63,34 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
     let env = |name: &str| match name {
         "DEMO_PGHOST" => Some(cluster.socket_dir()),
         "DEMO_PGPORT" => Some(cluster.port.to_string()),
-        "DEMO_REPOSITORY" => Some(repository.to_string_lossy().into_owned()),
+        "DEMO_REPOSITORY" => Some(repository_dir.to_string_lossy().into_owned()),
         _ => None,
     };
     let config = Config::from_yaml(EMBEDDED_DEMO, "embedded demo config", &env)?;
-    let repo = Repository::open(&config).await?;
-    let interactive = std::io::stderr().is_terminal();
-
-    println!("backing up database demo into {}", repository.display());
-    let breq = BackupRequest {
-        config: &config,
-        database: &config.databases[0],
-        kind: BackupKind::Full,
-        trigger: Trigger::Manual,
-        allow_shrink: false,
-        interactive,
+    let repository = Repository::open(&config).await?;
+    let ctx = JobContext {
+        config: std::sync::Arc::new(config),
+        repository: std::sync::Arc::new(repository),
+        clock: std::sync::Arc::new(crate::clock::SystemClock),
+        cancel: cancel.clone(),
         progress: Default::default(),
-        run_id: crate::jobs::report::new_run_id(),
+        interactive: std::io::stderr().is_terminal(),
     };
-    let m = backup::run(&breq, &repo, cancel, chrono::Utc::now()).await?;
+    let config = &ctx.config;
+
+    println!("backing up database demo into {}", repository_dir.display());
+    let subject = Subject::Database(config.databases[0].name.clone());
+    let run = crate::jobs::run(JobSpec::new(JobKind::FullBackup, subject.clone(), Trigger::Manual), &ctx).await;
+    let m = match (run.outcome, run.produced) {
+        (RunOutcome::Success, Produced::Backup(m)) => m,
+        (RunOutcome::Failed(e), _) => return Err(anyhow::Error::new(JobFailed(e))),
+        (other, _) => bail!("the backup did not succeed: {other:?}"),
+    };
+    let tables = m.dump().map(|d| d.tables.clone()).unwrap_or_default();
     println!(
         "  backup {}: {} tables, {} bytes raw, {} bytes stored, sha256 {}",
         m.id,
-        m.tables.len(),
+        tables.len(),
         m.data.raw_bytes,
         m.data.stored_bytes,
         &m.data.raw_sha256[..16]
@@ -102,12 +109,16 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
         no_owner: false,
         globals: false,
         dry_run: false,
-        interactive,
     };
-    let report = restore::run(&m, &rreq, &config, &repo, cancel).await?;
-    if !report.mismatches.is_empty() {
-        bail!("row counts differ after the restore: {:?}", report.mismatches);
-    }
+    let mut spec = JobSpec::new(JobKind::Restore, subject, Trigger::Manual);
+    spec.params.select = Select::Id(m.id.clone());
+    spec.params.restore = Some(RestoreTo::Database(rreq));
+    let run = crate::jobs::run(spec, &ctx).await;
+    let report = match (run.outcome, run.produced) {
+        (RunOutcome::Success, Produced::Restore(r)) => r,
+        (RunOutcome::Failed(e), _) => return Err(anyhow::Error::new(JobFailed(e))),
+        (other, _) => bail!("the restore did not succeed: {other:?}"),
+    };
     println!(
         "  restored in {:.1}s; row counts of all {} tables match the backup",
         report.duration_seconds, report.tables_checked
@@ -115,7 +126,7 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
 
     let source = pg::connect(&config.databases[0].connection).await?;
     let restored = pg::connect(&config.databases[0].connection.with_dbname("demo_restored")).await?;
-    for t in &m.tables {
+    for t in &tables {
         let a = pg::table_fingerprint(&source, &t.schema, &t.name).await?;
         let b = pg::table_fingerprint(&restored, &t.schema, &t.name).await?;
         if a != b {
@@ -125,6 +136,6 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
     }
     drop((source, restored));
     tokio::task::spawn_blocking(move || drop(cluster)).await.context("stopping the cluster")?;
-    println!("demo passed: the backup restores to identical data. Repository kept in {}", repository.display());
+    println!("demo passed: the backup restores to identical data. Repository kept in {}", repository_dir.display());
     Ok(ExitCode::SUCCESS)
 }

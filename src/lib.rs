@@ -13,6 +13,7 @@
 //! - [`cli`], [`progress`], [`telemetry`], [`demo`]: presentation.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
@@ -27,5 +28,7 @@ pub mod progress;
 pub mod repo;
 pub mod schedule;
 pub mod secret;
+pub mod status;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;

@@ -108,7 +108,8 @@ impl ChildSpec {
         s
     }
 
-    fn program_name(&self) -> String {
+    /// The program's file name (`pg_restore`).
+    pub fn program_name(&self) -> String {
         self.program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -1,12 +1,37 @@
-//! `check-config --connect`: reach every database and storage target and say what works.
+//! `check-config [--connect]`: the config is valid (every error at once, exit 78, comes from
+//! loading it); with `--connect`, reach every database and storage target and say what works.
 
+use super::args::CheckConfigArgs;
+use super::{EXIT_JOB_FAILED, EXIT_OK};
 use crate::config::Config;
+use crate::jobs::JobContext;
 use crate::pg::{self, Tools};
 use crate::repo::Repository;
 use crate::storage;
+use anyhow::Result;
+use std::process::ExitCode;
+
+pub async fn run(ctx: &JobContext, args: &CheckConfigArgs) -> Result<ExitCode> {
+    let config = &ctx.config;
+    println!("{}: configuration is valid", config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    for db in &config.databases {
+        println!("  database {:<20} {}", db.name, db.connection);
+    }
+    for s in &config.schedules {
+        println!("  schedule {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
+    }
+    for t in ctx.repository.targets() {
+        let kind = if t.required { "required" } else { "optional" };
+        println!("  target   {:<20} {} ({kind})", t.name(), t.store.describe());
+    }
+    if !args.connect {
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    Ok(ExitCode::from(if connect(config, &ctx.repository).await { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
 
 /// Probes everything; prints one line per check; true if all passed.
-pub async fn connect(config: &Config, repo: &Repository) -> bool {
+async fn connect(config: &Config, repo: &Repository) -> bool {
     let mut all_ok = true;
     let tools = Tools::locate(config.pg_bin_dir.as_deref());
     let dump = tools.version("pg_dump").await;

@@ -1,16 +1,66 @@
-//! `pgbackd list`: a table for people, a stable JSON array for scripts.
+//! `pgbackd list` and `list-files`: a table for people, a stable JSON array for scripts.
 
-use crate::repo::Listed;
+use super::EXIT_OK;
+use super::args::{ListArgs, ListFilesArgs};
+use crate::jobs::JobContext;
+use crate::repo::manifest::FilesOutcome;
+use crate::repo::{BackupKind, Listed, Subject};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::io::Write;
+use std::process::ExitCode;
+
+/// `pgbackd list [--database NAME]`: every backup in the repository, or one database's.
+pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
+    let subject = match &args.database {
+        Some(d) => Some(Subject::Database(ctx.config.select_database(Some(d))?.name.clone())),
+        None => None,
+    };
+    let backups = ctx.repository.list_with_targets(subject.as_ref()).await?;
+    print(&backups, args.json)?;
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pgbackd list-files --name SET [--configs]`.
+pub async fn files(ctx: &JobContext, args: &ListFilesArgs) -> Result<ExitCode> {
+    let (_, subject) = super::backup::set_subject(&args.set);
+    crate::jobs::file_backup::set_of(&ctx.config, &subject)?;
+    let list = ctx.repository.list(Some(&subject)).await?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = list
+            .iter()
+            .filter_map(|m| m.file_set().map(|f| (m, f)))
+            .map(|(m, f)| {
+                serde_json::json!({
+                    "id": m.id, "set": m.subject.name(), "kind": if matches!(m.subject, Subject::Configs(_)) { "configs" } else { "files" }, "started_at": m.started_at,
+                    "outcome": f.outcome, "files": f.file_count, "bytes": f.total_bytes,
+                    "incremental": m.kind == BackupKind::Incremental, "holders": m.depends_on,
+                    "stored_bytes": m.data.stored_bytes, "problems": f.problems, "targets": m.targets,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<40} {:<9} {:>8} {:>14} {:>14}", "ID", "OUTCOME", "FILES", "BYTES", "STORED");
+        for (m, f) in list.iter().filter_map(|m| m.file_set().map(|f| (m, f))) {
+            let outcome = if f.outcome == FilesOutcome::Success { "success" } else { "partial" };
+            println!(
+                "{:<40} {:<9} {:>8} {:>14} {:>14}",
+                m.id, outcome, f.file_count, f.total_bytes, m.data.stored_bytes
+            );
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
 
 /// One element of `list --json`. Stable: fields are only ever added.
 #[derive(Debug, Serialize)]
 pub struct ListEntry<'a> {
     pub id: &'a str,
-    pub database: &'a str,
+    /// The subject: a database's name, `files:NAME` or `configs:NAME`.
+    pub database: String,
+    pub subject: &'a Subject,
     pub kind: &'a str,
     pub base_id: Option<&'a str>,
     pub trigger: crate::repo::manifest::Trigger,
@@ -24,7 +74,8 @@ pub struct ListEntry<'a> {
     pub stored_sha256: &'a str,
     pub tables: usize,
     pub targets: &'a [String],
-    pub server_version: &'a str,
+    /// The server a dump was taken from (null for file sets).
+    pub server_version: Option<&'a str>,
     pub verified_at: Option<DateTime<Utc>>,
     /// `passed` or `failed`, null if never verified.
     pub verify_outcome: Option<&'a str>,
@@ -41,8 +92,7 @@ pub struct ListEntry<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct ListEncryption<'a> {
-    /// `recipients` (an age identity decrypts) or `passphrase`.
-    pub mode: &'a str,
+    pub mode: crate::crypto::EncryptionMode,
     pub recipients: &'a [String],
 }
 
@@ -50,7 +100,7 @@ pub struct ListEncryption<'a> {
 pub fn key_needed(m: &crate::repo::Manifest) -> String {
     match &m.encryption {
         None => "-".into(),
-        Some(e) if e.mode == "passphrase" => "passphrase".into(),
+        Some(e) if e.mode == crate::crypto::EncryptionMode::Passphrase => "passphrase".into(),
         Some(e) => e.recipients.join(","),
     }
 }
@@ -59,9 +109,10 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
     let m = &l.manifest;
     ListEntry {
         id: &m.id,
-        database: &m.database,
+        database: m.subject.to_string(),
+        subject: &m.subject,
         kind: m.kind.name(),
-        base_id: m.base_id.as_deref(),
+        base_id: m.base_id(),
         trigger: m.trigger,
         status: "ok",
         started_at: m.started_at,
@@ -71,20 +122,17 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
         stored_bytes: m.data.stored_bytes,
         raw_sha256: &m.data.raw_sha256,
         stored_sha256: &m.data.stored_sha256,
-        tables: m.tables.len(),
+        tables: m.dump().map_or(0, |d| d.tables.len()),
         targets: &l.targets,
-        server_version: &m.server_version,
+        server_version: m.dump().map(|d| d.server_version.as_str()),
         verified_at: l.annotations.verification.as_ref().map(|v| v.verified_at),
-        verify_outcome: l.annotations.verification.as_ref().map(|v| v.outcome.as_str()),
-        verify_mode: l.annotations.verification.as_ref().map(|v| v.mode.as_str()),
+        verify_outcome: l.annotations.verification.as_ref().map(|v| v.outcome.name()),
+        verify_mode: l.annotations.verification.as_ref().map(|v| v.mode.name()),
         test_restored_at: l.annotations.test_restore.as_ref().map(|t| t.tested_at),
-        test_restore_outcome: l.annotations.test_restore.as_ref().map(|t| t.outcome.as_str()),
+        test_restore_outcome: l.annotations.test_restore.as_ref().map(|t| t.outcome.name()),
         restore_seconds: l.annotations.test_restore.as_ref().map(|t| t.restore_seconds),
         warnings: &m.warnings,
-        encryption: m
-            .encryption
-            .as_ref()
-            .map(|e| ListEncryption { mode: e.mode.as_str(), recipients: e.recipients.as_slice() }),
+        encryption: m.encryption.as_ref().map(|e| ListEncryption { mode: e.mode, recipients: e.recipients.as_slice() }),
     }
 }
 
@@ -122,7 +170,7 @@ pub fn print(backups: &[Listed], json: bool) -> Result<()> {
             out,
             "{:<36} {:<16} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} ok{}",
             m.id,
-            m.database,
+            m.subject.to_string(),
             m.kind.name(),
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.duration_seconds(),

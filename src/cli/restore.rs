@@ -1,8 +1,117 @@
-//! `pgbackd restore` output.
+//! `pgbackd restore`, `restore-files` and `cat`.
 
-use crate::jobs::restore::RestoreReport;
-use anyhow::Result;
-use std::io::Write;
+use super::args::{CatArgs, RestoreArgs, RestoreFilesArgs};
+use super::{EXIT_JOB_FAILED, EXIT_OK, JobFailed, failure, run_job};
+use crate::jobs::JobContext;
+use crate::jobs::kind::JobKind;
+use crate::jobs::restore::{RestoreReport, RestoreRequest, TargetOverride};
+use crate::jobs::run::{JobSpec, Produced, RestoreTo, Select};
+use crate::repo::manifest::Trigger;
+use crate::repo::{Manifest, Subject};
+use anyhow::{Context, Result, bail};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+/// The backup a command names: its id, else the newest of `--database` (or of the only
+/// configured database).
+pub async fn named_backup(ctx: &JobContext, id: Option<&str>, database: Option<&str>) -> Result<Manifest> {
+    match id {
+        Some(id) => ctx.repository.find(id).await,
+        None => {
+            let db = ctx.config.select_database(database)?;
+            ctx.repository
+                .latest(&Subject::Database(db.name.clone()), None)
+                .await?
+                .with_context(|| format!("database {} has no backups yet in {}", db.name, ctx.repository.describe()))
+        }
+    }
+}
+
+pub async fn database(ctx: &JobContext, args: &RestoreArgs) -> Result<ExitCode> {
+    let m = named_backup(ctx, args.backup_id.as_deref(), args.database.as_deref()).await?;
+    let req = RestoreRequest {
+        target_database: args.target_database.clone(),
+        target: TargetOverride {
+            host: args.target_host.clone(),
+            port: args.target_port,
+            user: args.target_user.clone(),
+            server: None,
+        },
+        create: args.create,
+        clean: args.clean,
+        yes: args.yes,
+        jobs: args.jobs,
+        schemas: args.schemas.clone(),
+        tables: args.tables.clone(),
+        no_owner: args.no_owner,
+        globals: args.globals,
+        dry_run: args.dry_run,
+    };
+    let mut spec = JobSpec::new(JobKind::Restore, m.subject.clone(), Trigger::Manual);
+    spec.params.select = Select::Id(m.id.clone());
+    spec.params.restore = Some(RestoreTo::Database(req));
+    let run = run_job(ctx, spec).await;
+    let Produced::Restore(report) = &run.produced else { return Err(failure(run)) };
+    print(report, args.json)?;
+    Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+pub async fn files(ctx: &JobContext, args: &RestoreFilesArgs) -> Result<ExitCode> {
+    let (_, subject) = super::backup::set_subject(&args.set);
+    crate::jobs::file_backup::set_of(&ctx.config, &subject)?;
+    let name = &args.set.name;
+    let m = match &args.backup_id {
+        Some(id) => ctx
+            .repository
+            .find_in(Some(&subject), id)
+            .await
+            .with_context(|| format!("no file backup {id} of {name} (see pgbackd list-files --name {name})"))?,
+        None => {
+            ctx.repository.latest(&subject, None).await?.with_context(|| format!("{name} has no file backups yet"))?
+        }
+    };
+    let req = crate::fileset::restore::Request {
+        to: args.to.clone(),
+        globs: args.paths.clone(),
+        dry_run: args.dry_run,
+        overwrite: args.overwrite,
+    };
+    let mut spec = JobSpec::new(JobKind::Restore, subject, Trigger::Manual);
+    spec.params.select = Select::Id(m.id.clone());
+    spec.params.restore = Some(RestoreTo::Directory(req));
+    let run = run_job(ctx, spec).await;
+    let Produced::FilesRestored(r) = &run.produced else { return Err(failure(run)) };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(r.as_ref())?);
+    } else {
+        println!(
+            "{} {}: {} files ({} bytes), {} directories, {} symlinks, {} hard links; {} files checked against their SHA-256",
+            if r.dry_run { "checked (dry run)" } else { "restored into" },
+            r.to,
+            r.files,
+            r.bytes,
+            r.directories,
+            r.symlinks,
+            r.hard_links,
+            r.checked
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pgbackd cat`: the raw archive on stdout, verified frame by frame.
+pub async fn cat(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> {
+    if std::io::stdout().is_terminal() {
+        bail!("refusing to write a binary archive to a terminal: redirect it, e.g. pgbackd cat ID > backup.dump");
+    }
+    let m = named_backup(ctx, args.backup_id.as_deref(), args.database.as_deref()).await?;
+    let mut out = tokio::io::stdout();
+    crate::jobs::restore::cat(&m, &ctx.repository, &mut out, &ctx.cancel)
+        .await
+        .context("writing the archive to stdout")
+        .map_err(|e| anyhow::Error::new(JobFailed(e)))?;
+    Ok(ExitCode::from(EXIT_OK))
+}
 
 pub fn print(r: &RestoreReport, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();

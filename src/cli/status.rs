@@ -1,10 +1,30 @@
 //! `pgbackd status` and `pgbackd healthcheck`: read the status file the daemon keeps.
 
+use super::{EXIT_JOB_FAILED, EXIT_OK};
 use crate::config::Config;
-use crate::daemon::status::{self, Status};
+use crate::status::{self, Status};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use std::io::Write;
+use std::process::ExitCode;
+
+fn outcome(o: Option<crate::jobs::report::Outcome>) -> &'static str {
+    o.map_or("-", |o| o.name())
+}
+
+/// `pgbackd healthcheck`: exit 0 when healthy, 1 (with the reasons) otherwise.
+pub fn healthcheck(config: &Config) -> Result<ExitCode> {
+    let verdict = health(config, Utc::now());
+    match &verdict {
+        Ok(()) => println!("healthy"),
+        Err(problems) => {
+            for p in problems {
+                println!("unhealthy: {p}");
+            }
+        }
+    }
+    Ok(ExitCode::from(if verdict.is_ok() { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
 
 /// A status older than this means the daemon is gone (it refreshes every 30 seconds).
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::minutes(2);
@@ -20,7 +40,7 @@ pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-pub fn print(config: &Config, json: bool) -> Result<()> {
+pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
     let now = Utc::now();
     let mut out = std::io::stdout().lock();
     let status = status::read(&config.reports.dir);
@@ -32,7 +52,7 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
         };
         serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)?;
-        return Ok(());
+        return Ok(ExitCode::from(EXIT_OK));
     }
     let s = match status {
         Ok(s) => s,
@@ -48,7 +68,7 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
                     next.unwrap_or_default()
                 )?;
             }
-            return Ok(());
+            return Ok(ExitCode::from(EXIT_OK));
         }
     };
     let updated = s.updated_at.map(|t| ago(t, now)).unwrap_or_else(|| "never".into());
@@ -68,9 +88,9 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
             .as_ref()
             .map(|r| {
                 format!(
-                    "{} {:?} {} {}",
+                    "{} {} {} {}",
                     ago(r.finished_at, now),
-                    r.outcome,
+                    r.outcome.name(),
                     r.database,
                     r.backup_id.clone().or_else(|| r.error.clone()).unwrap_or_default()
                 )
@@ -79,7 +99,7 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
         writeln!(
             out,
             "{:<20} {:<18} {:<14} {:<22} {last}",
-            sch.kind,
+            sch.kind.name(),
             sch.cron,
             sch.timezone,
             sch.next_run.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "never".into())
@@ -92,9 +112,9 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
                 out,
                 "  {} {} on {} ({}), started {}, {} bytes so far",
                 r.run_id,
-                r.kind,
+                r.kind.name(),
                 r.database,
-                r.trigger,
+                r.trigger.name(),
                 ago(r.started_at, now),
                 r.bytes
             )?;
@@ -104,21 +124,21 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
     for (name, d) in &s.databases {
         writeln!(
             out,
-            "  {name:<20} last full backup {} {}, last attempt {:?}",
+            "  {name:<20} last full backup {} {}, last attempt {}",
             d.last_full_success.map(|t| ago(t, now)).unwrap_or_else(|| "never".into()),
             d.last_full_backup_id.as_deref().unwrap_or(""),
-            d.last_outcome
+            outcome(d.last_outcome)
         )?;
         if let Some(t) = d.last_verification_at {
-            writeln!(out, "  {:<20} last verification {} {:?}", "", ago(t, now), d.last_verification_outcome)?;
+            writeln!(out, "  {:<20} last verification {} {}", "", ago(t, now), outcome(d.last_verification_outcome))?;
         }
         if let Some(t) = d.last_test_restore_at {
             writeln!(
                 out,
-                "  {:<20} last test restore {} {:?}, restore time (RTO) {}",
+                "  {:<20} last test restore {} {}, restore time (RTO) {}",
                 "",
                 ago(t, now),
-                d.last_test_restore_outcome,
+                outcome(d.last_test_restore_outcome),
                 d.last_restore_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into())
             )?;
         }
@@ -129,7 +149,7 @@ pub fn print(config: &Config, json: bool) -> Result<()> {
         "\njobs: {} started, {} succeeded, {} failed, {} cancelled; overlaps: {} skipped, {} queued",
         c.jobs_started, c.jobs_succeeded, c.jobs_failed, c.jobs_cancelled, c.overlap_skipped, c.overlap_queued
     )?;
-    Ok(())
+    Ok(ExitCode::from(EXIT_OK))
 }
 
 /// Healthy when the daemon is alive and every database is fresh ([`status::problems`]):
@@ -149,7 +169,7 @@ pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::status::{Board, DatabaseStatus};
+    use crate::status::{Board, DatabaseStatus};
     use chrono::TimeZone;
 
     fn setup(updated: DateTime<Utc>, last_full: Option<DateTime<Utc>>) -> (tempfile::TempDir, Config) {
@@ -178,7 +198,7 @@ mod tests {
         assert_eq!(health(&c, now).unwrap_err(), vec!["database app has no successful full backup".to_owned()]);
         // the latest verification failed: unhealthy however fresh the backup
         let (d, c) = setup(now, Some(now - chrono::Duration::hours(1)));
-        let mut s = crate::daemon::status::read(d.path()).unwrap();
+        let mut s = crate::status::read(d.path()).unwrap();
         let db = s.databases.get_mut("app").unwrap();
         db.last_verification_outcome = Some(crate::jobs::report::Outcome::Failed);
         db.last_verification_at = Some(now);

@@ -13,12 +13,13 @@ pub mod notify;
 pub mod reader;
 pub mod storage;
 
+pub use crate::jobs::kind::JobKind;
 use crate::schedule::{self, Schedule};
+use crate::secret::Secret;
 use chrono_tz::Tz;
 pub use files::FileSetConfig;
 use node::{Node, Value};
 use reader::{ByteSize, ConfigIssue, Ctx, Dur, MapReader};
-use crate::secret::Secret;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,7 +57,9 @@ pub struct DatabaseConfig {
     pub connection: Connection,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether a backup records every table's row count (`exact`, counted in the dump's snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RowCounts {
     Exact,
     Off,
@@ -116,46 +119,6 @@ pub struct RestoreSettings {
     pub target: Option<Connection>,
 }
 
-/// Job kinds the `schedules:` block names (the reference config's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum JobKind {
-    FullBackup,
-    IncrementalBackup,
-    Verification,
-    TestRestore,
-    Retention,
-    FileBackup,
-    ConfigBackup,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 7] = [
-        JobKind::FullBackup,
-        JobKind::IncrementalBackup,
-        JobKind::Verification,
-        JobKind::TestRestore,
-        JobKind::Retention,
-        JobKind::FileBackup,
-        JobKind::ConfigBackup,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            JobKind::FullBackup => "full_backup",
-            JobKind::IncrementalBackup => "incremental_backup",
-            JobKind::Verification => "verification",
-            JobKind::TestRestore => "test_restore",
-            JobKind::Retention => "retention",
-            JobKind::FileBackup => "file_backup",
-            JobKind::ConfigBackup => "config_backup",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<JobKind> {
-        JobKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScheduleConfig {
     pub kind: JobKind,
@@ -179,23 +142,8 @@ pub enum Overlap {
 }
 crate::enum_from_node!(Overlap, "an overlap policy", { "skip" => Overlap::Skip, "queue" => Overlap::Queue });
 
-impl JobKind {
-    /// Whether this build can run the job (the others are rejected by check-config).
-    pub fn is_built(self) -> bool {
-        matches!(
-            self,
-            JobKind::FullBackup
-                | JobKind::IncrementalBackup
-                | JobKind::Verification
-                | JobKind::TestRestore
-                | JobKind::Retention
-                | JobKind::FileBackup
-                | JobKind::ConfigBackup
-        )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VerifyMode {
     /// Manifests parse; every object is on every target with its recorded size.
     Quick,
@@ -203,6 +151,15 @@ pub enum VerifyMode {
     Deep,
 }
 crate::enum_from_node!(VerifyMode, "a verification mode", { "quick" => VerifyMode::Quick, "deep" => VerifyMode::Deep });
+
+impl VerifyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyMode::Quick => "quick",
+            VerifyMode::Deep => "deep",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyScope {
@@ -887,12 +844,12 @@ fn read_schedules(
     for (key, value) in m.entries() {
         let name = key.key_text();
         let path = format!("{base}{name}");
-        let Some(kind) = JobKind::from_name(&name) else {
+        let Some(kind) = JobKind::scheduled(&name) else {
             ctx.error(
                 &path,
                 format!(
                     "unknown job kind; expected one of: {}",
-                    JobKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                    JobKind::SCHEDULED.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
                 ),
                 Some(key.loc),
             );
@@ -920,15 +877,6 @@ fn read_schedules(
         let Some(expr) = expr else { continue };
         let tz_text = tz_name.unwrap_or_else(|| default_tz.name().to_owned());
         match Schedule::parse(&expr, Some(&tz_text)) {
-            Ok(_) if !kind.is_built() => ctx.error(
-                &path,
-                format!(
-                    "the {} job is not supported yet by this version of pgbackd; remove this schedule \
-                     (the backup, verification, test_restore and retention jobs are available)",
-                    kind.name()
-                ),
-                Some(key.loc),
-            ),
             Ok(schedule) => {
                 for db in &dbs {
                     if !databases.iter().any(|d| &d.name == db) {

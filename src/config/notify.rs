@@ -362,7 +362,7 @@ fn read_webhook(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<WebhookChannel
 fn read_ping(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<PingConfig> {
     let mut m = ctx.map(node, path)?;
     let name = m.opt::<String>("name");
-    let job = m.req::<String>("job").and_then(|j| match JobKind::from_name(&j) {
+    let job = m.req::<String>("job").and_then(|j| match JobKind::scheduled(&j) {
         Some(k) => Some(k),
         None => {
             m.ctx().error(&m.child_path("job"), format!("unknown job kind {j:?}"), Some(m.loc_of("job")));

@@ -1,8 +1,8 @@
 //! Storage targets: `storage:` entries, plus the reference config's `local_backup_dir` and `aws:`.
 
-use crate::secret::Secret;
 use super::reader::read_list;
 use super::reader::{ByteSize, Ctx, MapReader};
+use crate::secret::Secret;
 use std::path::PathBuf;
 
 /// S3's limits: parts of 5 MiB to 5 GiB, at most 10,000 parts.

@@ -2,9 +2,9 @@
 //! `/readyz` (fresh: 503 with the reasons otherwise), `/metrics` (Prometheus text) and `/status`
 //! (the JSON of `pgbackd status --json`).
 
-use super::Clock;
-use super::status::{self, Board};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::status::{self, Board};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -86,7 +86,7 @@ pub async fn start(
         anyhow::anyhow!("monitoring.listen {addr}: cannot listen ({e}): choose another address, or set it to off")
     })?;
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz /readyz /metrics /status");
-    Ok(tokio::spawn(async move {
+    Ok(crate::tasks::spawn(async move {
         let served = axum::serve(listener, router(endpoint)).with_graceful_shutdown(stop.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the monitoring endpoint stopped");
@@ -97,7 +97,7 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::status::{DatabaseStatus, Status};
+    use crate::status::{DatabaseStatus, Status};
     use chrono::{DateTime, TimeZone, Utc};
     use std::sync::Mutex;
 

@@ -1,9 +1,9 @@
 //! `/metrics`: the daemon's status in Prometheus text format (version 0.0.4). Labels are bounded:
 //! database, job kind, target and channel names from the config.
 
-use super::status::{Problem, Status};
 use crate::config::Config;
 use crate::config::storage::TargetKind;
+use crate::status::{JobStats, Problem, Status};
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
 
@@ -46,7 +46,7 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
     }
 
     // per database and job kind: the last run
-    type Get = fn(&super::status::JobStats) -> Option<f64>;
+    type Get = fn(&JobStats) -> Option<f64>;
     let per_job: [(&str, &str, &str, Get); 7] = [
         ("last_success_timestamp_seconds", "gauge", "When the last successful run started (Unix time).", |j| {
             j.last_success_at.map(ts)
@@ -73,7 +73,7 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
         for (db, kinds) in &s.jobs {
             for (job, stats) in kinds {
                 if let Some(v) = get(stats) {
-                    o.sample(name, &[("database", db), ("job", job)], v);
+                    o.sample(name, &[("database", db), ("job", job.name())], v);
                 }
             }
         }
@@ -82,8 +82,8 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
     o.family("job_failures_total", "counter", "Failed runs since the daemon started.");
     for (db, kinds) in &s.jobs {
         for (job, stats) in kinds {
-            o.sample("job_runs_total", &[("database", db), ("job", job)], stats.runs as f64);
-            o.sample("job_failures_total", &[("database", db), ("job", job)], stats.failures as f64);
+            o.sample("job_runs_total", &[("database", db), ("job", job.name())], stats.runs as f64);
+            o.sample("job_failures_total", &[("database", db), ("job", job.name())], stats.failures as f64);
         }
     }
 

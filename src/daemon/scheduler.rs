@@ -1,6 +1,8 @@
 //! Which schedule is due when. Pure: the caller passes `now`.
 
-use crate::config::{Config, JobKind, Overlap, ScheduleConfig};
+use crate::config::{Config, Overlap, ScheduleConfig};
+use crate::jobs::kind::JobKind;
+use crate::repo::Subject;
 use crate::schedule::Schedule;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -9,8 +11,10 @@ use std::time::Duration;
 pub struct Entry {
     pub kind: JobKind,
     pub schedule: Schedule,
-    /// The databases it covers (all configured ones when the schedule names none).
-    pub databases: Vec<String>,
+    /// What it runs on: the databases it names (all configured ones when it names none); the
+    /// file or configuration sets for their backups; and, for retention and verification
+    /// covering every database, the sets too.
+    pub subjects: Vec<Subject>,
     pub overlap: Overlap,
     pub catch_up: bool,
     pub timeout: Option<Duration>,
@@ -20,28 +24,22 @@ pub struct Entry {
 
 impl Entry {
     fn from_config(s: &ScheduleConfig, config: &Config, now: DateTime<Utc>) -> Entry {
-        // file and configuration backups run once per source set
-        let databases = match s.kind {
-            crate::config::JobKind::FileBackup => config.files.iter().map(|f| f.name.clone()).collect(),
-            crate::config::JobKind::ConfigBackup => config.configs.iter().map(|f| f.name.clone()).collect(),
-            // retention and verification also cover the file and configuration sets
-            // ("files:NAME", "configs:NAME")
-            crate::config::JobKind::Retention | crate::config::JobKind::Verification if s.databases.is_empty() => {
-                config
-                    .databases
-                    .iter()
-                    .map(|d| d.name.clone())
-                    .chain(config.files.iter().map(|f| crate::fileset::SetKind::Files.target_name(&f.name)))
-                    .chain(config.configs.iter().map(|f| crate::fileset::SetKind::Configs.target_name(&f.name)))
-                    .collect()
+        let databases = || config.databases.iter().map(|d| Subject::Database(d.name.clone()));
+        let files = || config.files.iter().map(|f| Subject::Files(f.name.clone()));
+        let configs = || config.configs.iter().map(|f| Subject::Configs(f.name.clone()));
+        let subjects = match s.kind {
+            JobKind::FileBackup => files().collect(),
+            JobKind::ConfigBackup => configs().collect(),
+            JobKind::Retention | JobKind::Verification if s.databases.is_empty() => {
+                databases().chain(files()).chain(configs()).collect()
             }
-            _ if s.databases.is_empty() => config.databases.iter().map(|d| d.name.clone()).collect(),
-            _ => s.databases.clone(),
+            _ if s.databases.is_empty() => databases().collect(),
+            _ => s.databases.iter().map(|d| Subject::Database(d.clone())).collect(),
         };
         Entry {
             kind: s.kind,
             schedule: s.schedule.clone(),
-            databases,
+            subjects,
             overlap: s.overlap,
             catch_up: s.catch_up,
             timeout: s.timeout,

@@ -2,45 +2,44 @@
 //! covered by the process-level tests in tests/it/daemon.rs).
 
 use super::*;
+use crate::clock::TokioClock;
+use crate::jobs::JobContext;
+use crate::jobs::report::{Outcome, Report};
+use crate::jobs::run::{JobSpec, Produced};
+use crate::repo::Manifest;
+use async_trait::async_trait;
 use chrono::TimeZone;
 use std::sync::Mutex;
 
-/// Records every run; each run takes `duration` unless cancelled.
-struct FakeHost {
+/// Records every run; each run takes `duration` unless cancelled, and "stores" a backup named
+/// after its run.
+struct FakeJobs {
     clock: Arc<TokioClock>,
     duration: Duration,
     runs: Mutex<Vec<(DateTime<Utc>, String, &'static str)>>,
     cancelled: Mutex<Vec<String>>,
-    last_success: Option<DateTime<Utc>>,
 }
 
 #[async_trait]
-impl JobHost for FakeHost {
-    async fn run(
-        &self,
-        job: &JobSpec,
-        _c: Arc<Config>,
-        progress: Arc<Counter>,
-        cancel: CancellationToken,
-    ) -> JobResult {
-        self.runs.lock().unwrap().push((self.clock.now(), job.database.clone(), job.trigger));
-        progress.add(1);
+impl Arms for FakeJobs {
+    async fn perform(&self, job: &JobSpec, ctx: &JobContext) -> Result<Produced> {
+        self.runs.lock().unwrap().push((self.clock.now(), job.subject.to_string(), job.trigger.name()));
+        ctx.progress.add(1);
         tokio::select! {
-            _ = tokio::time::sleep(self.duration) => JobResult { backup_id: Some(format!("b-{}", job.run_id)), ..Default::default() },
-            _ = cancel.cancelled() => {
+            _ = tokio::time::sleep(self.duration) => {
+                let m = Manifest::for_tests(job.subject.clone(), &format!("b-{}", job.run_id), BackupKind::Full, self.clock.now());
+                Ok(Produced::Backup(Box::new(m)))
+            }
+            _ = ctx.cancel.cancelled() => {
                 self.cancelled.lock().unwrap().push(job.run_id.clone());
-                JobResult { failed: Some("cancelled".into()), cancelled: true, ..Default::default() }
+                anyhow::bail!("cancelled")
             }
         }
-    }
-
-    async fn last_full_success(&self, _c: &Config, _db: &str) -> Result<Option<(DateTime<Utc>, String)>> {
-        Ok(self.last_success.map(|t| (t, "b-previous".to_owned())))
     }
 }
 
 struct World {
-    host: Arc<FakeHost>,
+    host: Arc<FakeJobs>,
     tx: mpsc::Sender<Signal>,
     daemon: tokio::task::JoinHandle<Result<()>>,
     dir: tempfile::TempDir,
@@ -49,12 +48,13 @@ struct World {
 
 fn yaml(dir: &std::path::Path, schedules: &str, extra: &str) -> String {
     format!(
-        "databases: [app]\nlocal_backup_dir: /unused\nmonitoring:\n  listen: off\nreports:\n  dir: {}\nschedules:\n{schedules}{extra}",
+        "databases: [app]\nlocal_backup_dir: {}\nmonitoring:\n  listen: off\nreports:\n  dir: {}\nschedules:\n{schedules}{extra}",
+        dir.join("repository").display(),
         dir.join("reports").display()
     )
 }
 
-fn start(
+async fn start(
     at: DateTime<Utc>,
     schedules: &str,
     extra: &str,
@@ -66,23 +66,32 @@ fn start(
     let config_path = dir.path().join("pgbackd.yaml");
     std::fs::write(&config_path, &text).unwrap();
     let config = Config::from_yaml(&text, "t", &|_| None).unwrap();
+    if let Some(at) = last_success {
+        // a full backup taken before the daemon started
+        let repo = Repository::open(&config).await.unwrap();
+        let mut m =
+            Manifest::for_tests(Subject::Database("app".into()), "20261122T100000Z-full-000001", BackupKind::Full, at);
+        m.targets = vec!["local".into()];
+        repo.write_manifest(&m).await.unwrap();
+    }
     let clock = Arc::new(TokioClock::starting_at(at));
-    let host = Arc::new(FakeHost {
-        clock: clock.clone(),
-        duration,
-        runs: Mutex::default(),
-        cancelled: Mutex::default(),
-        last_success,
-    });
+    let host =
+        Arc::new(FakeJobs { clock: clock.clone(), duration, runs: Mutex::default(), cancelled: Mutex::default() });
     let (tx, rx) = mpsc::channel(4);
-    let deps = Deps { clock, host: host.clone(), signals: rx, config_path: Some(config_path.clone()) };
+    let deps = Deps {
+        clock,
+        arms: host.clone(),
+        signals: rx,
+        config_path: Some(config_path.clone()),
+        cancel: CancellationToken::new(),
+    };
     let daemon = tokio::spawn(run(config, deps));
     World { host, tx, daemon, dir, config_path }
 }
 
 impl World {
     /// Stops the daemon; its runs, final status, host and reports.
-    async fn stop(self) -> (Vec<(DateTime<Utc>, String, &'static str)>, Status, Arc<FakeHost>, Vec<Report>) {
+    async fn stop(self) -> (Vec<(DateTime<Utc>, String, &'static str)>, Status, Arc<FakeJobs>, Vec<Report>) {
         self.tx.send(Signal::Terminate).await.unwrap();
         self.daemon.await.unwrap().unwrap();
         let status = status::read(&self.dir.path().join("reports")).unwrap();
@@ -104,7 +113,7 @@ const NO_CATCH_UP: &str = "daemon:\n  catch_up: false\n";
 
 #[tokio::test(start_paused = true)]
 async fn six_field_schedule_fires_every_ten_seconds() {
-    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", NO_CATCH_UP, Duration::from_secs(1), None);
+    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", NO_CATCH_UP, Duration::from_secs(1), None).await;
     tokio::time::sleep(Duration::from_secs(36)).await;
     let (runs, status, _, _) = w.stop().await;
     let times: Vec<_> = runs.iter().map(|r| r.0).collect();
@@ -115,14 +124,14 @@ async fn six_field_schedule_fires_every_ten_seconds() {
 
 #[tokio::test(start_paused = true)]
 async fn five_field_schedule_and_macros() {
-    let w = start(t(12, 3, 0), "  full_backup: \"*/5 * * * *\"\n", NO_CATCH_UP, Duration::from_secs(1), None);
+    let w = start(t(12, 3, 0), "  full_backup: \"*/5 * * * *\"\n", NO_CATCH_UP, Duration::from_secs(1), None).await;
     tokio::time::sleep(Duration::from_secs(11 * 60)).await;
     let (runs, status, _, _) = w.stop().await;
     let times: Vec<_> = runs.iter().map(|r| r.0).collect();
     assert_eq!(times, [t(12, 5, 0), t(12, 10, 0)]);
     assert_eq!(status.schedules[0].next_run, Some(t(12, 15, 0)));
 
-    let w = start(t(12, 3, 0), "  full_backup: \"@hourly\"\n", NO_CATCH_UP, Duration::from_secs(1), None);
+    let w = start(t(12, 3, 0), "  full_backup: \"@hourly\"\n", NO_CATCH_UP, Duration::from_secs(1), None).await;
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     let (runs, _, _, _) = w.stop().await;
     assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), [t(13, 0, 0), t(14, 0, 0)]);
@@ -132,7 +141,7 @@ async fn five_field_schedule_and_macros() {
 async fn berlin_across_both_dst_switches() {
     let sched = "  full_backup:\n    cron: \"30 2 * * *\"\n    timezone: Europe/Berlin\n";
     let spring = Utc.with_ymd_and_hms(2026, 3, 27, 12, 0, 0).unwrap();
-    let w = start(spring, sched, NO_CATCH_UP, Duration::from_secs(60), None);
+    let w = start(spring, sched, NO_CATCH_UP, Duration::from_secs(60), None).await;
     tokio::time::sleep(Duration::from_secs(3 * 86400)).await;
     let (runs, _, _, _) = w.stop().await;
     let utc = |d, h, m| Utc.with_ymd_and_hms(2026, 3, d, h, m, 0).unwrap();
@@ -140,7 +149,7 @@ async fn berlin_across_both_dst_switches() {
     assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), [utc(28, 1, 30), utc(29, 1, 0), utc(30, 0, 30)]);
 
     let fall = Utc.with_ymd_and_hms(2026, 10, 23, 12, 0, 0).unwrap();
-    let w = start(fall, sched, NO_CATCH_UP, Duration::from_secs(60), None);
+    let w = start(fall, sched, NO_CATCH_UP, Duration::from_secs(60), None).await;
     tokio::time::sleep(Duration::from_secs(3 * 86400)).await;
     let (runs, _, _, _) = w.stop().await;
     let utc = |d, h, m| Utc.with_ymd_and_hms(2026, 10, d, h, m, 0).unwrap();
@@ -150,7 +159,7 @@ async fn berlin_across_both_dst_switches() {
 
 #[tokio::test(start_paused = true)]
 async fn overlapping_runs_are_skipped_and_counted() {
-    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", NO_CATCH_UP, Duration::from_secs(25), None);
+    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", NO_CATCH_UP, Duration::from_secs(25), None).await;
     tokio::time::sleep(Duration::from_secs(56)).await;
     let (runs, status, _, _) = w.stop().await;
     // 10 runs until 35; 20 and 30 are skipped; 40 runs until 65; 50 and 12:01:00 are skipped
@@ -161,7 +170,7 @@ async fn overlapping_runs_are_skipped_and_counted() {
 #[tokio::test(start_paused = true)]
 async fn overlapping_runs_can_queue_once() {
     let sched = "  full_backup:\n    cron: \"*/10 * * * * *\"\n    overlap: queue\n";
-    let w = start(t(12, 0, 5), sched, NO_CATCH_UP, Duration::from_secs(15), None);
+    let w = start(t(12, 0, 5), sched, NO_CATCH_UP, Duration::from_secs(15), None).await;
     tokio::time::sleep(Duration::from_secs(46)).await;
     let (runs, status, _, _) = w.stop().await;
     // 10-25; 20 queued, runs 25-40; 30 queued, runs 40-55; 40 and 50 find one already queued
@@ -174,7 +183,7 @@ async fn overlapping_runs_can_queue_once() {
 async fn catch_up_runs_once_at_start_only_when_needed() {
     let sched = "  full_backup: \"0 1 * * *\"\n";
     // never backed up: one run right away, then the schedule
-    let w = start(t(12, 0, 0), sched, "", Duration::from_secs(60), None);
+    let w = start(t(12, 0, 0), sched, "", Duration::from_secs(60), None).await;
     tokio::time::sleep(Duration::from_secs(14 * 3600)).await;
     let (runs, _, _, _) = w.stop().await;
     assert_eq!(runs.len(), 2);
@@ -182,7 +191,7 @@ async fn catch_up_runs_once_at_start_only_when_needed() {
     assert_eq!(runs[1].0, Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0).unwrap());
 
     // backed up two hours ago: nothing until the schedule
-    let w = start(t(12, 0, 0), sched, "", Duration::from_secs(60), Some(t(10, 0, 0)));
+    let w = start(t(12, 0, 0), sched, "", Duration::from_secs(60), Some(t(10, 0, 0))).await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let (runs, status, _, _) = w.stop().await;
     assert!(runs.is_empty(), "{runs:?}");
@@ -191,7 +200,7 @@ async fn catch_up_runs_once_at_start_only_when_needed() {
 
 #[tokio::test(start_paused = true)]
 async fn reload_changes_schedules_and_a_broken_config_keeps_the_old_ones() {
-    let w = start(t(12, 0, 5), "  full_backup: \"0 * * * *\"\n", NO_CATCH_UP, Duration::from_secs(1), None);
+    let w = start(t(12, 0, 5), "  full_backup: \"0 * * * *\"\n", NO_CATCH_UP, Duration::from_secs(1), None).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     // a broken config is refused
     std::fs::write(&w.config_path, "schedules: [this is not right\n").unwrap();
@@ -209,7 +218,7 @@ async fn reload_changes_schedules_and_a_broken_config_keeps_the_old_ones() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_the_grace_period_then_cancels() {
     let extra = "daemon:\n  catch_up: false\n  shutdown_grace: 30s\n";
-    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", extra, Duration::from_secs(3600), None);
+    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", extra, Duration::from_secs(3600), None).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let stop_at = tokio::time::Instant::now();
     let (runs, status, host, reports) = w.stop().await;
@@ -225,7 +234,7 @@ async fn shutdown_waits_for_the_grace_period_then_cancels() {
 #[tokio::test(start_paused = true)]
 async fn a_second_signal_cancels_at_once_and_a_job_timeout_fails_the_run() {
     let extra = "daemon:\n  catch_up: false\n  shutdown_grace: 1h\n";
-    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", extra, Duration::from_secs(3600), None);
+    let w = start(t(12, 0, 5), "  full_backup: \"*/10 * * * * *\"\n", extra, Duration::from_secs(3600), None).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     w.tx.send(Signal::Terminate).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -235,7 +244,7 @@ async fn a_second_signal_cancels_at_once_and_a_job_timeout_fails_the_run() {
     assert_eq!(status.counters.jobs_cancelled, 1);
 
     let sched = "  full_backup:\n    cron: \"*/10 * * * * *\"\n    timeout: 5s\n";
-    let w = start(t(12, 0, 5), sched, NO_CATCH_UP, Duration::from_secs(3600), None);
+    let w = start(t(12, 0, 5), sched, NO_CATCH_UP, Duration::from_secs(3600), None).await;
     tokio::time::sleep(Duration::from_secs(16)).await;
     assert_eq!(w.reports().len(), 1, "the 12:00:10 run timed out at 12:00:15");
     // the 12:00:20 run is still going: stopping waits for it, and it times out too
@@ -251,21 +260,22 @@ async fn max_concurrent_jobs_serialises_databases() {
     let schedules = "  full_backup: \"*/30 * * * * *\"\n";
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "databases: [app, crm]\nlocal_backup_dir: /unused\nmonitoring:\n  listen: off\nreports:\n  dir: {}\nschedules:\n{schedules}\
+        "databases: [app, crm]\nlocal_backup_dir: {}\nmonitoring:\n  listen: off\nreports:\n  dir: {}\nschedules:\n{schedules}\
          daemon:\n  catch_up: false\n  max_concurrent_jobs: 1\n",
+        dir.path().join("repository").display(),
         dir.path().display()
     );
     let config = Config::from_yaml(&text, "t", &|_| None).unwrap();
     let clock = Arc::new(TokioClock::starting_at(t(12, 0, 5)));
-    let host = Arc::new(FakeHost {
+    let host = Arc::new(FakeJobs {
         clock: clock.clone(),
         duration: Duration::from_secs(10),
         runs: Mutex::default(),
         cancelled: Mutex::default(),
-        last_success: None,
     });
     let (tx, rx) = mpsc::channel(4);
-    let daemon = tokio::spawn(run(config, Deps { clock, host: host.clone(), signals: rx, config_path: None }));
+    let deps = Deps { clock, arms: host.clone(), signals: rx, config_path: None, cancel: CancellationToken::new() };
+    let daemon = tokio::spawn(run(config, deps));
     tokio::time::sleep(Duration::from_secs(30)).await;
     tx.send(Signal::Terminate).await.unwrap();
     daemon.await.unwrap().unwrap();

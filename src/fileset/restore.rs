@@ -3,9 +3,8 @@
 //! modes, mtimes (and owners, as root) set, symlinks and hard links recreated, runs of zeros
 //! left as holes. Refuses a non-empty directory unless told to overwrite.
 
-use super::{FileKind, FileManifest, FileRecord};
+use super::{FileKind, FileRecord};
 use crate::pipeline::{Counter, ObjectReader, RawCheck};
-use crate::storage::Store;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -115,7 +114,10 @@ fn set_owner(path: &Path, rec: &FileRecord) {
 /// Unpacks one or more archives of a backup (the holders of its unchanged files first, its own
 /// last) below `req.to`, checking every file against the backup's manifest.
 struct Unpacker {
-    m: FileManifest,
+    /// The backup being restored (its own archive holds its changed files).
+    backup_id: String,
+    /// Every path it holds, as its manifest lists them.
+    files: Vec<FileRecord>,
     req: Request,
     globs: globset::GlobSet,
     records: HashMap<String, FileRecord>,
@@ -125,18 +127,19 @@ struct Unpacker {
 }
 
 impl Unpacker {
-    fn new(m: &FileManifest, req: &Request) -> Result<Unpacker> {
+    fn new(backup_id: &str, files: &[FileRecord], req: &Request) -> Result<Unpacker> {
         let mut b = globset::GlobSetBuilder::new();
         for g in &req.globs {
             b.add(globset::Glob::new(g).with_context(|| format!("--path {g:?} is not a valid glob"))?);
         }
         Ok(Unpacker {
-            m: m.clone(),
+            backup_id: backup_id.to_owned(),
+            files: files.to_vec(),
             req: req.clone(),
             globs: b.build()?,
-            records: m.files.iter().map(|r| (r.path.clone(), r.clone())).collect(),
+            records: files.iter().map(|r| (r.path.clone(), r.clone())).collect(),
             out: Restored {
-                backup_id: m.id.clone(),
+                backup_id: backup_id.to_owned(),
                 to: req.to.display().to_string(),
                 dry_run: req.dry_run,
                 ..Default::default()
@@ -153,7 +156,7 @@ impl Unpacker {
     /// One archive: the backup's own (`holder` = its id), or an earlier one holding some of its
     /// unchanged files (only those are taken from it).
     fn archive(&mut self, input: impl Read, holder: &str, what: &str) -> Result<()> {
-        let own = holder == self.m.id;
+        let own = holder == self.backup_id;
         let req = self.req.clone();
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries().with_context(|| format!("{what}: reading the archive"))? {
@@ -278,7 +281,7 @@ impl Unpacker {
     }
 
     fn finish(mut self, what: &str) -> Result<Restored> {
-        if let Some(missing) = self.m.files.iter().find(|r| !self.seen.contains(&r.path)) {
+        if let Some(missing) = self.files.iter().find(|r| !self.seen.contains(&r.path)) {
             let place = missing.stored_in.as_deref().unwrap_or("its own archive");
             bail!("{what}: {} is missing from {place}: the backup is truncated or damaged", missing.path);
         }
@@ -323,18 +326,26 @@ async fn unpack_one(
     Ok(u)
 }
 
-/// Restores backup `m` as `req` asks. `all` are the set's backups (for the holders of an
-/// incremental's unchanged files); every stored frame of every archive needed is checked before
-/// anything is written.
+/// One stored archive a restore reads: the backup's own, or an earlier backup's that holds some of
+/// its unchanged files.
+pub struct Archive {
+    pub backup_id: String,
+    /// Names the backup in errors.
+    pub what: String,
+    pub reader: Arc<ObjectReader>,
+}
+
+/// Restores backup `backup_id`, whose manifest lists `files`, as `req` asks, from `archives`: the
+/// holders of its unchanged files oldest first, its own last. Every stored frame of every archive
+/// is checked before anything is written.
 pub async fn run(
-    m: &FileManifest,
-    all: &[FileManifest],
-    targets: &[crate::storage::Target],
-    repo: &crate::repo::Repository,
+    backup_id: &str,
+    what: &str,
+    files: &[FileRecord],
+    archives: Vec<Archive>,
     req: &Request,
     cancel: &CancellationToken,
 ) -> Result<Restored> {
-    let what = format!("file backup {} of {}", m.id, m.set);
     if !req.dry_run {
         let non_empty = std::fs::read_dir(&req.to).map(|mut d| d.next().is_some()).unwrap_or(false);
         if non_empty && !req.overwrite {
@@ -345,33 +356,17 @@ pub async fn run(
             );
         }
     }
-    // the holders of unchanged files (oldest first), then the backup itself
-    let mut chain: Vec<&FileManifest> = Vec::new();
-    for h in &m.holders {
-        let holder = all.iter().find(|x| &x.id == h).with_context(|| {
-            format!("{what}: backup {h}, which holds some of its unchanged files, is gone: restore another backup")
-        })?;
-        chain.push(holder);
-    }
-    chain.sort_by_key(|b| b.started_at);
-    chain.push(m);
-    let mut readers = Vec::new();
-    for b in &chain {
-        let bwhat = format!("file backup {} of {}", b.id, b.set);
-        let decryption = super::authenticate(repo, b)?;
-        let store: Arc<dyn Store> = super::locate(targets, b).await?;
-        let reader = ObjectReader::new(store, b.data.clone(), &bwhat, decryption)?;
-        reader.check_stored().await?;
-        readers.push((b.id.clone(), bwhat, reader));
+    for a in &archives {
+        a.reader.check_stored().await?;
     }
     if !req.dry_run {
         std::fs::create_dir_all(&req.to).with_context(|| format!("creating {}", req.to.display()))?;
     }
-    let mut u = Unpacker::new(m, req)?;
-    for (id, bwhat, reader) in readers {
-        u = unpack_one(u, reader, id, bwhat, cancel).await?;
+    let mut u = Unpacker::new(backup_id, files, req)?;
+    for a in archives {
+        u = unpack_one(u, a.reader, a.backup_id, a.what, cancel).await?;
     }
-    u.finish(&what)
+    u.finish(what)
 }
 
 #[cfg(test)]

@@ -1,54 +1,44 @@
-//! A full logical backup of one database: `pg_dump --format=custom --compress=0` streamed through
-//! the pipeline into every storage target, `pg_dumpall --globals-only` beside it, the manifest
-//! written last. Any failure removes everything the attempt wrote.
+//! A logical backup of one database: `pg_dump --format=custom --compress=0` streamed through the
+//! pipeline into every storage target, `pg_dumpall --globals-only` beside it, the manifest
+//! written last. Any failure removes everything the attempt wrote. An incremental stores each
+//! segment as a delta against the newest full backup.
 
+use super::context::JobContext;
 use crate::config::{Config, Connection, DatabaseConfig, RowCounts};
-use crate::pg::archive::{ArchiveError, ArchiveFilter};
+use crate::pg::archive::{ArchiveError, ArchiveFilter, ArchiveSummary};
 use crate::pg::{self, Tools};
-use crate::pipeline::{self, Counter, PipelineOptions, StreamError};
+use crate::pipeline::{self, PipelineOptions, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running, run_capture};
 use crate::progress;
-use crate::repo::manifest::{Source, Trigger};
-use crate::repo::{self, BackupKind, Manifest, Repository};
+use crate::repo::manifest::{Content, Dump, Source, Trigger};
+use crate::repo::{BackupKind, Manifest, Subject, keys};
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long a child gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
-pub struct BackupRequest<'a> {
-    pub config: &'a Config,
+pub struct Request<'a> {
+    /// What to dump (a configured database, or a restore target before `--clean`).
     pub database: &'a DatabaseConfig,
     pub kind: BackupKind,
     pub trigger: Trigger,
     /// Accept a dump much smaller than the previous full (after a legitimate cleanup).
     pub allow_shrink: bool,
-    /// Show a progress bar on a terminal.
-    pub interactive: bool,
-    /// Raw bytes read so far (for status and progress reporting).
-    pub progress: Arc<Counter>,
-    /// The run this backup belongs to (in every log line).
-    pub run_id: String,
 }
 
-/// Takes a backup; returns its manifest. `now` is the backup's start time (and id).
-pub async fn run(
-    req: &BackupRequest<'_>,
-    repo: &Repository,
-    cancel: &CancellationToken,
-    now: DateTime<Utc>,
-) -> Result<Manifest> {
+/// Takes a backup; returns its manifest.
+pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
+    let repo = &ctx.repository;
     let db = req.database;
-    let span = tracing::info_span!("backup", database = %db.name, run_id = %req.run_id);
-    let _enter = span.enter();
+    let subject = Subject::Database(db.name.clone());
     let started = Instant::now();
+    let now = ctx.now();
     // an incremental is stored as deltas against the newest full: without one, take a full
     let base = match req.kind {
-        BackupKind::Incremental => repo.latest(&db.name, Some(BackupKind::Full)).await?,
+        BackupKind::Incremental => repo.latest(&subject, Some(BackupKind::Full)).await?,
         BackupKind::Full => None,
     };
     // an encrypted base must be readable here (a recipients-only daemon cannot decrypt it)
@@ -76,10 +66,11 @@ pub async fn run(
     } else {
         req.kind
     };
-    let id = repo::new_backup_id(now, kind);
+    let id = keys::new_backup_id(now, kind.name());
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), "backup started");
 
-    let result = take(req, kind, base.as_ref(), unreadable_base, repo, cancel, now, &id).await;
+    let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), id: &id, now };
+    let result = take(&attempt, unreadable_base).await;
     match &result {
         Ok(m) => tracing::info!(
             backup_id = %m.id,
@@ -87,12 +78,12 @@ pub async fn run(
             stored_bytes = m.data.stored_bytes,
             duration_s = format!("{:.1}", started.elapsed().as_secs_f64()),
             mb_per_s = format!("{:.1}", m.data.raw_bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6),
-            tables = m.tables.len(),
+            tables = m.dump().map_or(0, |d| d.tables.len()),
             "backup finished"
         ),
         Err(e) => {
             tracing::error!(backup_id = %id, error = %format!("{e:#}"), "backup failed");
-            if let Err(cleanup) = repo.remove_backup(&db.name, &id).await {
+            if let Err(cleanup) = repo.remove_failed(&subject, &id).await {
                 tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
             }
         }
@@ -100,19 +91,21 @@ pub async fn run(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn take(
-    req: &BackupRequest<'_>,
+/// One backup attempt: what it is and where it goes.
+struct Attempt<'a> {
+    ctx: &'a JobContext,
+    req: &'a Request<'a>,
+    subject: &'a Subject,
     kind: BackupKind,
-    base: Option<&Manifest>,
-    unreadable_base: Option<String>,
-    repo: &Repository,
-    cancel: &CancellationToken,
-    now: DateTime<Utc>,
-    id: &str,
-) -> Result<Manifest> {
+    base: Option<&'a Manifest>,
+    id: &'a str,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manifest> {
     let clock = Instant::now();
-    let config = req.config;
+    let (ctx, req) = (a.ctx, a.req);
+    let (config, repo) = (&*ctx.config, &*ctx.repository);
     let db = req.database;
     let conn = &db.connection;
     let tools = Tools::locate(config.pg_bin_dir.as_deref());
@@ -121,36 +114,34 @@ async fn take(
     let server = pg::server_info(&client).await?;
     drop(client);
     pg::check_dump_version(dump_major, &dump_version, &server, &tools)?;
-    let previous_full = match base {
+    let previous_full = match a.base {
         Some(b) => Some(b.clone()),
-        None => repo.latest(&db.name, Some(BackupKind::Full)).await?,
+        None => repo.latest(a.subject, Some(BackupKind::Full)).await?,
     };
-    let previous_same = match kind {
+    let previous_same = match a.kind {
         BackupKind::Full => previous_full.clone(),
-        BackupKind::Incremental => repo.latest(&db.name, Some(BackupKind::Incremental)).await?,
+        BackupKind::Incremental => repo.latest(a.subject, Some(BackupKind::Incremental)).await?,
     };
     let space_warnings = check_disk_space(config, previous_same.as_ref())?;
 
-    // the job's own cancellation: the caller's, plus the hard timeout
-    let job_cancel = cancel.child_token();
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let timer = {
-        let (t, c, limit) = (timed_out.clone(), job_cancel.clone(), config.backup.timeout);
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            t.store(true, Ordering::SeqCst);
-            c.cancel();
-        })
+    // the backup's own limit, backup.timeout, below the caller's cancellation
+    let cancel = ctx.cancel.child_token();
+    let limit = config.backup.timeout;
+    let (result, timed_out) = {
+        let work = dump(a, &tools, &cancel);
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => (r, false),
+            _ = tokio::time::sleep(limit) => {
+                cancel.cancel();
+                (work.await, true)
+            }
+        }
     };
-    let result = dump(req, base, repo, &tools, &job_cancel, id).await;
-    timer.abort();
     let (committed, archive, dump_stderr) = match result {
         Ok(v) => v,
-        Err(e) if timed_out.load(Ordering::SeqCst) => {
-            return Err(e.context(format!(
-                "the backup exceeded backup.timeout ({:?}) and was cancelled",
-                config.backup.timeout
-            )));
+        Err(e) if timed_out => {
+            return Err(e.context(format!("the backup exceeded backup.timeout ({limit:?}) and was cancelled")));
         }
         Err(e) => return Err(e),
     };
@@ -163,14 +154,14 @@ async fn take(
         warnings.push(format!("pg_dump: {}", dump_stderr.trim()));
     }
     let globals = if config.backup.globals {
-        match dump_globals(&tools, conn, cancel).await {
+        match dump_globals(&tools, conn, &ctx.cancel).await {
             Ok((sql, warning)) => {
                 warnings.extend(warning);
                 let level = config.compression.enabled.then_some(config.compression.level);
-                let key = repo::globals_key(&db.name, id, repo.encrypts_with().is_some());
+                let key = keys::globals(a.subject, a.id, repo.encrypts_with().is_some());
                 Some(
                     pipeline::store_small_object(
-                        repo.targets(),
+                        repo.targets_for(a.subject),
                         &mut holding,
                         &key,
                         &sql,
@@ -202,7 +193,7 @@ async fn take(
     }
     if let Some(why) = unreadable_base {
         warnings.push(why);
-    } else if req.kind == BackupKind::Incremental && kind == BackupKind::Full {
+    } else if req.kind == BackupKind::Incremental && a.kind == BackupKind::Full {
         warnings.push(
             "an incremental backup was asked for, but there was no full backup to base it on: this is a full backup"
                 .into(),
@@ -212,22 +203,7 @@ async fn take(
         RowCounts::Exact => archive.tables,
         RowCounts::Off => Vec::new(),
     };
-    let (encryption, mac_key) = match repo.encrypts_with() {
-        Some(c) => {
-            let (info, key) = c.new_backup_key().context("creating the backup's authentication key")?;
-            (Some(info), Some(key))
-        }
-        None => (None, None),
-    };
-    let mut manifest = Manifest {
-        schema_version: repo::manifest::SCHEMA_VERSION,
-        id: id.to_owned(),
-        database: db.name.clone(),
-        kind,
-        base_id: base.map(|b| b.id.clone()),
-        trigger: req.trigger,
-        started_at: now,
-        finished_at: now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default(),
+    let content = Content::Dump(Dump {
         source: Source {
             host: conn.host.clone(),
             port: conn.port,
@@ -239,26 +215,18 @@ async fn take(
         pg_dump_version: dump_version,
         archive_version: archive.archive_version,
         database_size: server.database_size,
-        row_counts: match config.backup.row_counts {
-            RowCounts::Exact => "exact".into(),
-            RowCounts::Off => "off".into(),
-        },
-        tables,
-        blocks: archive.blocks,
-        large_objects: archive.large_objects,
-        data,
         globals,
-        targets: holding,
-        warnings,
-        pgbackd_version: env!("CARGO_PKG_VERSION").to_owned(),
-        encryption,
-        mac: None,
-    };
-    if let Some(key) = mac_key {
-        manifest.mac = Some(crate::crypto::mac(&key, &manifest.mac_input()));
-    }
-    repo.write_manifest(&manifest).await?;
-    Ok(manifest)
+        row_counts: config.backup.row_counts,
+        tables,
+        large_objects: archive.large_objects,
+        blocks: archive.blocks,
+    });
+    let mut manifest = Manifest::new(a.id.to_owned(), a.subject.clone(), a.kind, req.trigger, a.now, data, content);
+    manifest.depends_on = a.base.map(|b| b.id.clone()).into_iter().collect();
+    manifest.finished_at = a.now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default();
+    manifest.targets = holding;
+    manifest.warnings = warnings;
+    repo.commit(manifest).await
 }
 
 /// The disk guard: before a backup to a local target, the space it needs is estimated from the
@@ -266,7 +234,7 @@ async fn take(
 /// a required target fails the backup at once, instead of filling the disk; less than
 /// `warn_free_percent` left afterwards is a warning. Returns the warnings.
 fn check_disk_space(config: &Config, previous: Option<&Manifest>) -> Result<Vec<String>> {
-    let estimate = previous.map_or(0, |m| m.data.stored_bytes + m.globals.as_ref().map_or(0, |g| g.stored_bytes));
+    let estimate = previous.map_or(0, Manifest::stored_bytes);
     let mut warnings = Vec::new();
     for t in &config.targets {
         let crate::config::storage::TargetKind::Local { path } = &t.kind else { continue };
@@ -321,15 +289,12 @@ fn disk_verdict(
 
 /// Runs pg_dump into the pipeline; commits the data object only if pg_dump succeeded.
 async fn dump(
-    req: &BackupRequest<'_>,
-    base: Option<&Manifest>,
-    repo: &Repository,
+    a: &Attempt<'_>,
     tools: &Tools,
     cancel: &CancellationToken,
-    id: &str,
-) -> Result<(pipeline::Committed, Option<pg::archive::ArchiveSummary>, String)> {
-    let config = req.config;
-    let db = req.database;
+) -> Result<(pipeline::Committed, Option<ArchiveSummary>, String)> {
+    let (config, repo) = (&*a.ctx.config, &*a.ctx.repository);
+    let db = a.req.database;
     let spec = pg::conn_env(
         ChildSpec::new(tools.path("pg_dump"))
             .args(["--format=custom", "--compress=0", "--no-password"])
@@ -342,14 +307,14 @@ async fn dump(
     let stdout = std::fs::File::from(stdout.into_owned_fd().context("taking pg_dump's stdout")?);
     crate::process::set_blocking(&stdout);
     let new_blocks = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let delta = match base {
+    let delta = match a.base {
         Some(b) => {
-            let store = repo.locate(b).await.with_context(|| format!("reading base {}", repo::describe(b)))?;
-            let what = format!("base {} of the incremental {id}", repo::describe(b));
+            let store = repo.locate(b).await.with_context(|| format!("reading base {}", b.describe()))?;
+            let what = format!("base {} of the incremental {}", b.describe(), a.id);
             let decryption = repo.authenticate(b)?;
             Some(pipeline::Delta {
                 base: pipeline::ObjectReader::as_base(store, b.data.clone(), &what, decryption)?,
-                base_blocks: b.blocks.clone(),
+                base_blocks: b.dump().map(|d| d.blocks.clone()).unwrap_or_default(),
                 new_blocks: new_blocks.clone(),
                 slack: config.backup.incremental_slack,
             })
@@ -368,12 +333,12 @@ async fn dump(
         delta,
         encrypt: repo.encrypts_with().cloned(),
     };
-    let key = repo::data_key(&db.name, id, level.is_some(), opts.encrypt.is_some());
-    let moved = req.progress.clone();
-    let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), req.interactive);
+    let key = keys::dump_data(a.subject, a.id, level.is_some(), opts.encrypt.is_some());
+    let moved = a.ctx.progress.clone();
+    let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), a.ctx.interactive);
     let filter = ArchiveFilter::new().with_shared_blocks(new_blocks);
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), filter);
-    let streamed = pipeline::store_stream_to(&mut segments, repo.targets(), &key, &opts, cancel).await;
+    let streamed = pipeline::store_stream_to(&mut segments, repo.targets_for(a.subject), &key, &opts, cancel).await;
     let archive = segments.summary();
     drop(tracker);
     drop(segments);

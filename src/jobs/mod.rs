@@ -1,15 +1,27 @@
-//! Jobs: the operations the CLI and (later) the daemon both run, so they cannot drift.
+//! Jobs: the operations, shared by the command line and the daemon so they cannot drift.
+//!
+//! [`run::run`]`(JobSpec, &JobContext) -> JobRun` is the only way any job runs; each kind is an
+//! arm: [`backup`] (database dumps), [`file_backup`] (file and configuration sets), [`verify`],
+//! [`test_restore`], [`retention`], [`restore`]. [`report`] stores the JSON report of a run.
 
 pub mod backup;
+pub mod context;
+pub mod file_backup;
+pub mod kind;
 pub mod report;
 pub mod restore;
 pub mod retention;
+pub mod run;
 pub mod test_restore;
 pub mod verify;
 
+pub use context::JobContext;
+pub use kind::JobKind;
+pub use run::{JobRun, JobSpec, Params, Produced, RestoreTo, RunOutcome, Select, run};
+
 use std::fmt;
 
-/// How a job ended, for exit codes: a job that ran and failed is exit 1.
+/// How a command ended, for exit codes: a job that ran and failed is exit 1.
 #[derive(Debug)]
 pub struct JobFailed(pub anyhow::Error);
 

@@ -1,12 +1,18 @@
 //! A JSON report per job run, in the reference layout: `reports/backup/`,
-//! `reports/backup_verification/`, `reports/database_restore/`, `reports/backup_retention/`.
-//! Reports are pruned after `reports.keep`.
+//! `reports/backup_verification/`, `reports/database_restore/`, `reports/backup_retention/`,
+//! `reports/file_backup/`, `reports/config_backup/`. Reports are pruned after `reports.keep`.
+//! What goes into a report is decided from the finished run (`telemetry::events`); this module
+//! only stores and reads them.
 
+use super::kind::JobKind;
+use crate::repo::Subject;
+use crate::repo::manifest::Trigger;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// How a run ended, as reports, the status file and metrics say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -18,14 +24,24 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub run_id: String,
-    /// Job kind (`full_backup`, `restore`, ...).
-    pub job_kind: String,
+    pub job_kind: JobKind,
+    /// The subject: a database's name, `files:NAME` or `configs:NAME`.
     pub database: String,
-    /// `schedule`, `catch_up`, `manual`.
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_seconds: f64,
@@ -43,191 +59,34 @@ pub struct Report {
     pub details: Option<serde_json::Value>,
 }
 
-impl Report {
-    /// The report of a backup run, from its result.
-    pub fn of_backup(
-        run_id: &str,
-        database: &str,
-        trigger: &str,
-        started_at: DateTime<Utc>,
-        result: &Result<crate::repo::Manifest>,
-    ) -> Report {
-        let finished_at = Utc::now();
-        let duration_seconds = (finished_at - started_at).num_milliseconds() as f64 / 1000.0;
-        let m = result.as_ref().ok();
-        Report {
-            run_id: run_id.to_owned(),
-            job_kind: "full_backup".into(),
-            database: database.to_owned(),
-            trigger: trigger.to_owned(),
-            started_at,
-            finished_at,
-            duration_seconds,
-            outcome: if m.is_some() { Outcome::Success } else { Outcome::Failed },
-            backup_id: m.map(|m| m.id.clone()),
-            raw_bytes: m.map(|m| m.data.raw_bytes),
-            stored_bytes: m.map(|m| m.data.stored_bytes),
-            mb_per_second: m.map(|m| m.data.raw_bytes as f64 / duration_seconds.max(0.001) / 1e6),
-            targets: m.map(|m| m.targets.clone()).unwrap_or_default(),
-            warnings: m.map(|m| m.warnings.clone()).unwrap_or_default(),
-            error: result.as_ref().err().map(|e| format!("{e:#}")),
-            details: None,
-        }
+/// The reference layout's directory for a job kind on a subject.
+pub fn subdir(kind: JobKind, subject: &Subject) -> &'static str {
+    match kind {
+        JobKind::FullBackup | JobKind::IncrementalBackup => "backup",
+        JobKind::Verification => "backup_verification",
+        JobKind::Restore if subject.is_file_set() => "file_restore",
+        JobKind::TestRestore | JobKind::Restore => "database_restore",
+        JobKind::Retention => "backup_retention",
+        JobKind::FileBackup => "file_backup",
+        JobKind::ConfigBackup => "config_backup",
     }
 }
 
-impl Report {
-    fn blank(run_id: &str, job_kind: &str, database: &str, trigger: &str, started_at: DateTime<Utc>) -> Report {
-        let finished_at = Utc::now();
-        Report {
-            run_id: run_id.to_owned(),
-            job_kind: job_kind.to_owned(),
-            database: database.to_owned(),
-            trigger: trigger.to_owned(),
-            started_at,
-            finished_at,
-            duration_seconds: (finished_at - started_at).num_milliseconds() as f64 / 1000.0,
-            outcome: Outcome::Success,
-            backup_id: None,
-            raw_bytes: None,
-            stored_bytes: None,
-            mb_per_second: None,
-            targets: Vec::new(),
-            warnings: Vec::new(),
-            error: None,
-            details: None,
-        }
-    }
+const SUBDIRS: [&str; 7] = [
+    "backup",
+    "backup_verification",
+    "database_restore",
+    "file_restore",
+    "backup_retention",
+    "file_backup",
+    "config_backup",
+];
 
-    /// The report of a file or configuration backup (`partial` when files were not captured).
-    pub fn of_file_backup(
-        run_id: &str,
-        trigger: &str,
-        started_at: DateTime<Utc>,
-        kind: crate::fileset::SetKind,
-        set: &str,
-        result: &Result<crate::fileset::FileManifest>,
-    ) -> Report {
-        let job = match kind {
-            crate::fileset::SetKind::Files => "file_backup",
-            crate::fileset::SetKind::Configs => "config_backup",
-        };
-        let mut rep = Report::blank(run_id, job, set, trigger, started_at);
-        match result {
-            Ok(m) => {
-                rep.backup_id = Some(m.id.clone());
-                rep.raw_bytes = Some(m.total_bytes);
-                rep.stored_bytes = Some(m.data.stored_bytes);
-                rep.mb_per_second = Some(m.data.raw_bytes as f64 / rep.duration_seconds.max(0.001) / 1e6);
-                rep.targets = m.targets.clone();
-                rep.warnings = m.warnings.clone();
-                if !m.problems.is_empty() {
-                    rep.outcome = Outcome::Partial;
-                    let p: Vec<String> = m.problems.iter().map(|p| format!("{}: {}", p.path, p.problem)).collect();
-                    rep.error = Some(format!("partial: {}", p.join("; ")));
-                }
-            }
-            Err(e) => {
-                rep.outcome = Outcome::Failed;
-                rep.error = Some(format!("{e:#}"));
-            }
-        }
-        rep
-    }
-
-    /// The report of a retention run.
-    pub fn of_retention(
-        run_id: &str,
-        trigger: &str,
-        started_at: DateTime<Utc>,
-        r: &crate::jobs::retention::RetentionRun,
-    ) -> Report {
-        let mut rep = Report::blank(run_id, "retention", &r.database, trigger, started_at);
-        if let Some(s) = &r.skipped {
-            rep.warnings.push(s.clone());
-        }
-        if let Some(a) = &r.applied {
-            rep.raw_bytes = Some(a.bytes_freed);
-            rep.targets = a.per_target.keys().cloned().collect();
-            if !a.errors.is_empty() {
-                rep.outcome = Outcome::Failed;
-                rep.error = Some(a.errors.join("; "));
-            }
-        }
-        let kept: Vec<&str> = r.decisions.iter().filter(|d| d.keep).map(|d| d.id.as_str()).collect();
-        rep.details = Some(serde_json::json!({
-            "dry_run": r.dry_run,
-            "kept": kept,
-            "deleted": r.applied.as_ref().map(|a| a.deleted.clone()).unwrap_or_default(),
-            "bytes_freed": r.applied.as_ref().map(|a| a.bytes_freed).unwrap_or(0),
-            "per_target": r.applied.as_ref().map(|a| a.per_target.clone()).unwrap_or_default(),
-            "orphans_removed": r.applied.as_ref().map(|a| a.orphans_removed.clone()).unwrap_or_default(),
-            "plan": r.decisions,
-        }));
-        rep
-    }
-
-    /// The report of a verification.
-    pub fn of_verification(
-        run_id: &str,
-        trigger: &str,
-        started_at: DateTime<Utc>,
-        v: &crate::jobs::verify::Verified,
-    ) -> Report {
-        let mut r = Report::blank(run_id, "verification", &v.database, trigger, started_at);
-        r.backup_id = Some(v.backup_id.clone());
-        r.targets = v.targets.iter().map(|t| t.target.clone()).collect();
-        r.raw_bytes = Some(v.targets.iter().map(|t| t.bytes_read).sum());
-        if !v.ok {
-            r.outcome = Outcome::Failed;
-            let errors: Vec<String> =
-                v.targets.iter().filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target))).collect();
-            r.error = Some(if errors.is_empty() { "no target holds the backup".into() } else { errors.join("; ") });
-        }
-        r.warnings = vec![format!("mode: {}", v.mode)];
-        r
-    }
-
-    /// The report of a test restore.
-    pub fn of_test_restore(
-        run_id: &str,
-        trigger: &str,
-        started_at: DateTime<Utc>,
-        t: &crate::jobs::test_restore::TestRestored,
-    ) -> Report {
-        let mut r = Report::blank(run_id, "test_restore", &t.database, trigger, started_at);
-        r.backup_id = Some(t.backup_id.clone());
-        r.raw_bytes = t.restored_bytes;
-        if !t.ok {
-            r.outcome = Outcome::Failed;
-            r.error = t.error.clone();
-        }
-        r.warnings = t.leftovers_dropped.iter().map(|d| format!("dropped leftover scratch database {d}")).collect();
-        r
-    }
-}
-
-/// The reference layout's directory for a job kind.
-pub fn subdir(job_kind: &str) -> &'static str {
-    match job_kind {
-        "verification" => "backup_verification",
-        "test_restore" | "restore" => "database_restore",
-        "retention" => "backup_retention",
-        "file_backup" => "file_backup",
-        "config_backup" => "config_backup",
-        _ => "backup",
-    }
-}
-
-pub fn new_run_id() -> String {
-    format!("{:08x}", rand::random::<u32>())
-}
-
-/// Writes `report` under `dir` (0600 file, 0700 directories); returns its path.
-pub fn write(dir: &Path, report: &Report) -> Result<PathBuf> {
+/// Writes `report` of a run on `subject` under `dir` (0600 file, 0700 directories); returns its path.
+pub fn write(dir: &Path, subject: &Subject, report: &Report) -> Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let sub = dir.join(subdir(&report.job_kind));
+    let sub = dir.join(subdir(report.job_kind, subject));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -236,7 +95,7 @@ pub fn write(dir: &Path, report: &Report) -> Result<PathBuf> {
     let name = format!(
         "{}-{}-{}-{}.json",
         report.started_at.format("%Y%m%dT%H%M%SZ"),
-        report.job_kind,
+        report.job_kind.name(),
         report.database,
         report.run_id
     );
@@ -255,13 +114,6 @@ pub fn write(dir: &Path, report: &Report) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes a report and logs (never fails the job) if it cannot.
-pub fn record(dir: &Path, report: &Report) {
-    if let Err(e) = write(dir, report) {
-        tracing::warn!(error = %format!("{e:#}"), "could not write the job report");
-    }
-}
-
 /// Every report of one subdirectory, oldest first.
 pub fn read_all(dir: &Path, sub: &str) -> Vec<Report> {
     let mut out: Vec<Report> = std::fs::read_dir(dir.join(sub))
@@ -276,12 +128,17 @@ pub fn read_all(dir: &Path, sub: &str) -> Vec<Report> {
     out
 }
 
+/// The newest report of a `kind` run on `subject`.
+pub fn newest(dir: &Path, kind: JobKind, subject: &Subject) -> Option<Report> {
+    let name = subject.to_string();
+    read_all(dir, subdir(kind, subject)).into_iter().rfind(|r| r.job_kind == kind && r.database == name)
+}
+
 /// Deletes reports that finished more than `keep` before `now`; returns how many.
 pub fn prune(dir: &Path, keep: std::time::Duration, now: DateTime<Utc>) -> usize {
     let cutoff = now - chrono::Duration::from_std(keep).unwrap_or_default();
     let mut removed = 0;
-    for sub in ["backup", "backup_verification", "database_restore", "backup_retention", "file_backup", "config_backup"]
-    {
+    for sub in SUBDIRS {
         for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
             let path = entry.path();
             let old = std::fs::read(&path)
@@ -303,10 +160,10 @@ mod tests {
 
     fn report(at: DateTime<Utc>) -> Report {
         Report {
-            run_id: new_run_id(),
-            job_kind: "full_backup".into(),
+            run_id: super::super::run::new_run_id(),
+            job_kind: JobKind::FullBackup,
             database: "app".into(),
-            trigger: "schedule".into(),
+            trigger: Trigger::Schedule,
             started_at: at,
             finished_at: at,
             duration_seconds: 0.0,
@@ -325,13 +182,16 @@ mod tests {
     #[test]
     fn write_read_prune() {
         let dir = tempfile::tempdir().unwrap();
+        let app = Subject::Database("app".into());
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
-        write(dir.path(), &report(now - chrono::Duration::days(40))).unwrap();
-        write(dir.path(), &report(now - chrono::Duration::days(1))).unwrap();
+        write(dir.path(), &app, &report(now - chrono::Duration::days(40))).unwrap();
+        write(dir.path(), &app, &report(now - chrono::Duration::days(1))).unwrap();
         assert_eq!(read_all(dir.path(), "backup").len(), 2);
         assert_eq!(prune(dir.path(), std::time::Duration::from_secs(30 * 86400), now), 1);
         let left = read_all(dir.path(), "backup");
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].started_at, now - chrono::Duration::days(1));
+        assert!(newest(dir.path(), JobKind::FullBackup, &app).is_some());
+        assert!(newest(dir.path(), JobKind::IncrementalBackup, &app).is_none());
     }
 }

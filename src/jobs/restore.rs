@@ -5,40 +5,34 @@
 //! Safety: a non-empty target is refused unless `--clean --yes`; with `--clean` a safety backup of
 //! the target is taken first (`restore.safety_backup`), and its id is reported.
 
+use super::backup::{self, KILL_GRACE};
+use super::context::JobContext;
+use super::context::Select;
 use crate::config::{Config, Connection, DatabaseConfig};
-use crate::jobs::backup::{self, BackupRequest, KILL_GRACE};
 use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
 use crate::process::{ChildSpec, Running};
 use crate::progress;
 use crate::repo::manifest::{StoredObject, Trigger};
-use crate::repo::{BackupKind, Manifest, Repository};
+use crate::repo::{BackupKind, Manifest, Repository, Subject};
 use crate::storage::Store;
-use anyhow::{Context, Result, anyhow, bail};
-use chrono::Utc;
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-/// Which backup: an id, or the newest of a database.
-#[derive(Debug, Clone)]
-pub enum Selector {
-    Id(String),
-    Latest { database: Option<String> },
-}
-
-pub async fn resolve(selector: &Selector, config: &Config, repo: &Repository) -> Result<Manifest> {
-    match selector {
-        Selector::Id(id) => repo.find(id).await,
-        Selector::Latest { database } => {
-            let db = config.select_database(database.as_deref())?;
-            repo.latest(&db.name, None)
-                .await?
-                .with_context(|| format!("database {} has no backups yet in {}", db.name, repo.describe()))
-        }
+/// The backup of `subject` a restore reads: the one named, else the newest.
+pub async fn choose(ctx: &JobContext, subject: &Subject, select: &Select) -> Result<Manifest> {
+    let repo = &ctx.repository;
+    match select {
+        Select::Id(id) => repo.find_in(Some(subject), id).await,
+        Select::Configured | Select::Latest => repo
+            .latest(subject, None)
+            .await?
+            .with_context(|| format!("{} has no backups yet in {}", subject.describe(), repo.describe())),
+        Select::All => bail!("a restore reads one backup: name it, or take the newest"),
     }
 }
 
@@ -64,7 +58,6 @@ pub struct RestoreRequest {
     pub no_owner: bool,
     pub globals: bool,
     pub dry_run: bool,
-    pub interactive: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,27 +86,28 @@ pub struct RestoreReport {
 
 /// The connection to restore into: CLI overrides, else `restore.target`, else the backup's own
 /// database entry, else the server recorded in the manifest.
-fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Connection {
+fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Result<Connection> {
+    let dump = m.dump().with_context(|| format!("{} is not a database backup", m.describe()))?;
     let base = req
         .target
         .server
         .clone()
         .or_else(|| config.restore.target.clone())
-        .or_else(|| config.database(&m.database).map(|d| d.connection.clone()))
+        .or_else(|| config.database(m.subject.name()).map(|d| d.connection.clone()))
         .unwrap_or_else(|| Connection {
-            host: m.source.host.clone(),
-            port: m.source.port,
-            user: m.source.user.clone(),
+            host: dump.source.host.clone(),
+            port: dump.source.port,
+            user: dump.source.user.clone(),
             password: None,
             dbname: String::new(),
         });
-    Connection {
+    Ok(Connection {
         host: req.target.host.clone().unwrap_or(base.host),
         port: req.target.port.unwrap_or(base.port),
         user: req.target.user.clone().unwrap_or(base.user),
         password: base.password,
         dbname: req.target_database.clone(),
-    }
+    })
 }
 
 /// Connects to the server's maintenance database (`postgres`, else `template1`).
@@ -124,21 +118,13 @@ pub async fn connect_admin(conn: &Connection) -> Result<tokio_postgres::Client> 
     }
 }
 
-pub use crate::repo::describe as describe_backup;
-
-/// Restores backup `m` (found with [`resolve`]).
-pub async fn run(
-    m: &Manifest,
-    req: &RestoreRequest,
-    config: &Config,
-    repo: &Repository,
-    cancel: &CancellationToken,
-) -> Result<RestoreReport> {
+/// Restores database backup `m` as `req` asks.
+pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result<RestoreReport> {
+    let (config, repo, cancel) = (&*ctx.config, &*ctx.repository, &ctx.cancel);
     let started = Instant::now();
-    let what = describe_backup(m);
-    let span = tracing::info_span!("job", job_kind = "restore", database = %m.database, backup_id = %m.id);
-    let _enter = span.enter();
-    let target = target_connection(req, config, m);
+    let what = m.describe();
+    let target = target_connection(req, config, m)?;
+    let dump = m.dump().with_context(|| format!("{what} is not a database backup"))?;
     let reader = repo.reader(m, None).await?;
 
     // Refuse early, before reading anything big.
@@ -169,7 +155,7 @@ pub async fn run(
     tracing::debug!(frames = m.data.frames.len(), "every stored frame checked");
     let mut report = RestoreReport {
         backup_id: m.id.clone(),
-        database: m.database.clone(),
+        database: m.subject.name().to_owned(),
         target: target.to_string(),
         dry_run: req.dry_run,
         created: false,
@@ -191,17 +177,13 @@ pub async fn run(
 
     if exists && req.clean && objects > 0 && config.restore.safety_backup {
         let safety_db = DatabaseConfig { name: req.target_database.clone(), connection: target.clone() };
-        let breq = BackupRequest {
-            config,
+        let breq = backup::Request {
             database: &safety_db,
             kind: BackupKind::Full,
             trigger: Trigger::SafetyBeforeRestore,
             allow_shrink: true,
-            interactive: req.interactive,
-            progress: Default::default(),
-            run_id: crate::jobs::report::new_run_id(),
         };
-        let safety = backup::run(&breq, repo, cancel, Utc::now())
+        let safety = backup::run(ctx, &breq)
             .await
             .context("the safety backup of the restore target failed, so nothing was restored")?;
         tracing::info!(safety_backup_id = %safety.id, "safety backup of the target taken");
@@ -215,7 +197,7 @@ pub async fn run(
 
     let tools = Tools::locate(config.pg_bin_dir.as_deref());
     if req.globals {
-        match &m.globals {
+        match &dump.globals {
             Some(g) => report.warnings.extend(
                 apply_globals(&tools, &repo.locate(m).await?, g, repo.authenticate(m)?.as_ref(), &target, &what)
                     .await?,
@@ -226,7 +208,7 @@ pub async fn run(
     if !req.schemas.is_empty() || !req.tables.is_empty() {
         ensure_schemas(m, req, &target).await?;
     }
-    pg_restore(req, config, &tools, &reader, m, &target, &what, cancel).await?;
+    pg_restore(ctx, req, &tools, &reader, m, &target).await?;
     tracing::debug!("pg_restore finished");
 
     let client = pg::connect(&target).await?;
@@ -277,24 +259,23 @@ fn selected_tables<'a>(
     m: &'a Manifest,
     req: &'a RestoreRequest,
 ) -> impl Iterator<Item = &'a crate::pg::archive::TableRows> {
-    m.tables.iter().filter(move |t| {
+    m.dump().map(|d| d.tables.as_slice()).unwrap_or_default().iter().filter(move |t| {
         (req.schemas.is_empty() || req.schemas.contains(&t.schema))
             && (req.tables.is_empty() || req.tables.contains(&t.name))
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn pg_restore(
+    ctx: &JobContext,
     req: &RestoreRequest,
-    config: &Config,
     tools: &Tools,
     reader: &Arc<ObjectReader>,
     m: &Manifest,
     target: &Connection,
-    what: &str,
-    cancel: &CancellationToken,
 ) -> Result<()> {
-    let jobs = if req.jobs > 0 { req.jobs } else { config.restore.jobs };
+    let what = m.describe();
+    let cancel = &ctx.cancel;
+    let jobs = if req.jobs > 0 { req.jobs } else { ctx.config.restore.jobs };
     let mut spec = ChildSpec::new(tools.path("pg_restore")).arg("--no-password").arg(pg::dbname_arg(&target.dbname));
     if req.clean {
         spec = spec.args(["--clean", "--if-exists"]);
@@ -308,8 +289,8 @@ async fn pg_restore(
     for t in &req.tables {
         spec = spec.arg(format!("--table={t}"));
     }
-    let moved = Arc::new(Counter::default());
-    let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), req.interactive);
+    let moved = ctx.progress.clone();
+    let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
     if jobs > 1 {
         // parallel pg_restore needs a seekable file: spool the verified stream (0600 temp file)
         let spool = tempfile::Builder::new()
@@ -329,27 +310,38 @@ async fn pg_restore(
         }
         return Ok(());
     }
-    let spec = pg::conn_env(spec, target).stdin(true).stdout(false);
+    let spec = pg::conn_env(spec, target);
+    stream_into(&spec, reader, RawCheck::FramesOnly, cancel, &moved)
+        .await
+        .with_context(|| format!("pg_restore of {what} into {:?} failed", target.dbname))?;
+    Ok(())
+}
+
+/// Runs `spec` (pg_restore) with the verified archive of `reader` on its stdin; returns its
+/// stderr. A stream that fails stops the child (its stderr tail goes into the error); a child
+/// that fails is the error.
+pub(super) async fn stream_into(
+    spec: &ChildSpec,
+    reader: &Arc<ObjectReader>,
+    check: RawCheck,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<String> {
+    let spec = spec.clone().stdin(true).stdout(false);
     let mut child = Running::spawn(&spec)?;
-    let mut stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let streamed = pipeline::restore_stream(reader, &mut stdin, RawCheck::FramesOnly, cancel, &moved).await;
+    let mut stdin = child.take_stdin().with_context(|| format!("{} has no stdin", spec.display()))?;
+    let streamed = pipeline::restore_stream(reader, &mut stdin, check, cancel, moved).await;
     let _ = stdin.shutdown().await;
     drop(stdin);
     match streamed {
-        Ok(()) => {
-            child
-                .wait()
-                .await
-                .map_err(|e| anyhow!(e).context(format!("pg_restore of {what} into {:?} failed", target.dbname)))?;
-            Ok(())
-        }
+        Ok(()) => Ok(child.wait().await?),
         Err(e) => {
             let tail = child.stderr_tail();
             let _ = child.terminate(KILL_GRACE).await;
             Err(if tail.trim().is_empty() {
                 e
             } else {
-                e.context(format!("pg_restore's stderr ends with:\n{}", tail.trim_end()))
+                e.context(format!("{}'s stderr ends with:\n{}", spec.program_name(), tail.trim_end()))
             })
         }
     }
@@ -396,4 +388,48 @@ pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(
     let reader = repo.reader(m, None).await?;
     reader.check_stored().await?;
     pipeline::restore_stream(&reader, out, RawCheck::Sha256, cancel, &Counter::default()).await
+}
+
+/// Restores file backup `m` into a directory: the holders of its unchanged files are read too
+/// (oldest first), every frame of every archive checked before anything is written.
+pub async fn files(
+    ctx: &JobContext,
+    m: &Manifest,
+    req: &crate::fileset::restore::Request,
+) -> Result<crate::fileset::restore::Restored> {
+    files_from(ctx, m, req, None).await
+}
+
+/// [`files`], reading `m`'s own archive from `store` (default: the first target holding it).
+pub async fn files_from(
+    ctx: &JobContext,
+    m: &Manifest,
+    req: &crate::fileset::restore::Request,
+    store: Option<Arc<dyn Store>>,
+) -> Result<crate::fileset::restore::Restored> {
+    let repo = &ctx.repository;
+    let what = m.describe();
+    let set = m.file_set().with_context(|| format!("{what} is not a file backup"))?;
+    let mut chain = Vec::new();
+    for h in &m.depends_on {
+        let holder = repo.find_in(Some(&m.subject), h).await.with_context(|| {
+            format!("{what}: backup {h}, which holds some of its unchanged files, is gone: restore another backup")
+        })?;
+        chain.push(holder);
+    }
+    chain.sort_by_key(|b| b.started_at);
+    let mut archives = Vec::new();
+    for b in &chain {
+        archives.push(crate::fileset::restore::Archive {
+            backup_id: b.id.clone(),
+            what: b.describe(),
+            reader: repo.reader(b, None).await?,
+        });
+    }
+    archives.push(crate::fileset::restore::Archive {
+        backup_id: m.id.clone(),
+        what: what.clone(),
+        reader: repo.reader(m, store).await?,
+    });
+    crate::fileset::restore::run(&m.id, &what, &set.files, archives, req, &ctx.cancel).await
 }

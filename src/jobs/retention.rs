@@ -1,21 +1,27 @@
-//! Retention: a pure, explained plan of which backups to keep, then its execution.
+//! Retention: a pure, explained plan of which backups to keep, then its execution, for every
+//! subject alike.
 //!
-//! [`plan`] takes the backups of one database, the policies and `now`, and returns a
-//! [`Decision`] per backup with the reasons. A backup is kept if any rule keeps it (restic
-//! `forget` semantics: `keep_last`, `keep_hourly` ... `keep_yearly` keep the newest backup of
-//! each of the last N periods that have one, in the configured timezone; `keep_within` keeps
-//! everything younger), and whatever the rules say, a floor is kept: the newest `min_keep`
-//! backups of each kind, the newest backup that passed deep verification, every full backup a
-//! kept incremental depends on, and any backup a running job reads. `max_total_size` then deletes
-//! the oldest backups kept only by count rules until the kind fits (the floor and `keep_within`
-//! are never deleted for size). A kind without a policy keeps all.
+//! [`plan`] takes the backups of one subject, its policies and `now`, and returns a [`Decision`]
+//! per backup with the reasons. A backup is kept if any rule keeps it (restic `forget` semantics:
+//! `keep_last`, `keep_hourly` ... `keep_yearly` keep the newest backup of each of the last N
+//! periods that have one, in the configured timezone; `keep_within` keeps everything younger),
+//! and whatever the rules say, a floor is kept: the newest `min_keep` backups of each group, the
+//! newest backup that passed deep verification, every backup a kept one depends on (an
+//! incremental dump's base full, the holders of a file backup's unchanged files), and any backup
+//! a running job reads. `max_total_size` then deletes the oldest backups kept only by count rules
+//! until the group fits (the floor and `keep_within` are never deleted for size). A group without
+//! a policy keeps all. Databases plan incrementals and fulls as two groups (`incremental_backup`,
+//! `full_backup`); a file or configuration set is one group (`file_backup`, `config_backup`).
 //!
-//! [`apply`] executes exactly a plan: manifest first (the backup disappears), then its data, on
-//! every target. A crash in between leaves data without a manifest, which a later run removes
-//! once it is older than `orphan_grace` (an upload in progress has no manifest yet either).
+//! [`apply`] executes exactly a plan through the repository: manifest first (the backup
+//! disappears), then its data, on every target. A crash in between leaves data without a
+//! manifest, which a later run removes once it is older than `orphan_grace` (an upload in
+//! progress has no manifest yet either).
 
+use super::context::JobContext;
+use super::kind::JobKind;
 use crate::config::{KindPolicy, Retention};
-use crate::repo::{self, BackupKind, Listed, Repository};
+use crate::repo::{BackupKind, Listed, Repository, Subject};
 use anyhow::Result;
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
@@ -29,8 +35,8 @@ pub struct Candidate {
     pub kind: BackupKind,
     pub started_at: DateTime<Utc>,
     pub stored_bytes: u64,
-    /// The full backup an incremental depends on.
-    pub base_id: Option<String>,
+    /// The backups it reads (an incremental dump's base full, holders of unchanged files).
+    pub depends_on: Vec<String>,
     /// Its last verification was deep and passed.
     pub deep_verified: bool,
     /// A running job reads it.
@@ -44,13 +50,9 @@ impl Candidate {
             id: m.id.clone(),
             kind: m.kind,
             started_at: m.started_at,
-            stored_bytes: m.data.stored_bytes + m.globals.as_ref().map(|g| g.stored_bytes).unwrap_or(0),
-            base_id: m.base_id.clone(),
-            deep_verified: l
-                .annotations
-                .verification
-                .as_ref()
-                .is_some_and(|v| v.mode == "deep" && v.outcome == "passed"),
+            stored_bytes: m.stored_bytes(),
+            depends_on: m.depends_on.clone(),
+            deep_verified: l.annotations.deep_verified(),
             in_use: in_use.contains(&m.id),
         }
     }
@@ -66,10 +68,48 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-fn policy_for(retention: &Retention, kind: BackupKind) -> Option<&KindPolicy> {
-    match kind {
-        BackupKind::Full => retention.full_backup.as_ref(),
-        BackupKind::Incremental => retention.incremental_backup.as_ref(),
+/// Backups planned together under one policy.
+pub struct Group<'a> {
+    /// Which backups (`None`: all of the subject's).
+    pub kind: Option<BackupKind>,
+    /// What they are, in reasons: `full backups`, `file_backups`.
+    pub label: &'static str,
+    pub policy: Option<&'a KindPolicy>,
+}
+
+/// A subject's policies: its groups in planning order, and the words for the dependency floor.
+pub struct Policies<'a> {
+    pub groups: Vec<Group<'a>>,
+    /// Why a backup a kept one depends on is kept (`base of kept incremental X`).
+    pub depended_on: fn(&str) -> String,
+}
+
+impl<'a> Policies<'a> {
+    /// Incrementals first, so the fulls they depend on join the floor before the full rules run.
+    pub fn database(r: &'a Retention) -> Policies<'a> {
+        Policies {
+            groups: vec![
+                Group {
+                    kind: Some(BackupKind::Incremental),
+                    label: "incremental backups",
+                    policy: r.incremental_backup.as_ref(),
+                },
+                Group { kind: Some(BackupKind::Full), label: "full backups", policy: r.full_backup.as_ref() },
+            ],
+            depended_on: |id| format!("base of kept incremental {id}"),
+        }
+    }
+
+    pub fn for_subject(subject: &Subject, r: &'a Retention) -> Policies<'a> {
+        let (label, policy) = match subject {
+            Subject::Database(_) => return Policies::database(r),
+            Subject::Files(_) => ("file_backups", r.file_backup.as_ref()),
+            Subject::Configs(_) => ("config_backups", r.config_backup.as_ref()),
+        };
+        Policies {
+            groups: vec![Group { kind: None, label, policy }],
+            depended_on: |id| format!("holds unchanged files of kept backup {id}"),
+        }
     }
 }
 
@@ -101,6 +141,11 @@ const FLOOR: &str = "floor:";
 
 /// Decides, for the backups of one database, which to keep and why. Pure: same inputs, same plan.
 pub fn plan(backups: &[Candidate], retention: &Retention, tz: Tz, now: DateTime<Utc>) -> Vec<Decision> {
+    plan_with(backups, &Policies::database(retention), tz, now)
+}
+
+/// Decides, for the backups of one subject, which to keep and why, under `policies`.
+pub fn plan_with(backups: &[Candidate], policies: &Policies<'_>, tz: Tz, now: DateTime<Utc>) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = backups
         .iter()
         .map(|b| Decision {
@@ -116,40 +161,73 @@ pub fn plan(backups: &[Candidate], retention: &Retention, tz: Tz, now: DateTime<
     decisions.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| b.id.cmp(&a.id)));
     let by_id: BTreeMap<String, &Candidate> = backups.iter().map(|b| (b.id.clone(), b)).collect();
 
-    // incrementals first: the fulls they depend on join the floor
-    for kind in [BackupKind::Incremental, BackupKind::Full] {
-        let idx: Vec<usize> = (0..decisions.len()).filter(|&i| decisions[i].kind == kind).collect();
+    for group in &policies.groups {
+        let idx: Vec<usize> =
+            (0..decisions.len()).filter(|&i| group.kind.is_none_or(|k| decisions[i].kind == k)).collect();
         if idx.is_empty() {
             continue;
         }
-        let Some(policy) = policy_for(retention, kind) else {
+        let Some(policy) = group.policy else {
             for &i in &idx {
                 decisions[i].keep = true;
-                decisions[i].reasons.push(format!("no retention policy for {} backups", kind.name()));
+                decisions[i].reasons.push(format!("no retention policy for {}", group.label));
             }
             continue;
         };
-        if kind == BackupKind::Full {
-            let bases: BTreeMap<String, String> = decisions
-                .iter()
-                .filter(|d| d.kind == BackupKind::Incremental && d.keep)
-                .filter_map(|d| by_id[&d.id].base_id.clone().map(|b| (b, d.id.clone())))
-                .collect();
-            for &i in &idx {
-                if let Some(inc) = bases.get(&decisions[i].id) {
-                    decisions[i].keep = true;
-                    decisions[i].reasons.push(format!("{FLOOR} base of kept incremental {inc}"));
-                }
-            }
-        }
+        // what the backups kept so far depend on is floor before this group's rules run
+        keep_dependencies(&mut decisions, &by_id, policies.depended_on, Some(&idx));
         apply_rules(&mut decisions, &idx, &by_id, policy, tz, now);
     }
+    // and what backups kept by their own group's rules depend on
+    keep_dependencies(&mut decisions, &by_id, policies.depended_on, None);
     for d in &mut decisions {
         if !d.keep && d.reasons.is_empty() {
             d.reasons.push("no rule keeps it".into());
         }
     }
     decisions
+}
+
+/// Keeps (as floor) every backup that a kept backup depends on, transitively; only among `only`
+/// when given.
+fn keep_dependencies(
+    decisions: &mut [Decision],
+    by_id: &BTreeMap<String, &Candidate>,
+    why: fn(&str) -> String,
+    only: Option<&[usize]>,
+) {
+    // one reason per backup: the oldest kept backup that depends on it
+    let already = format!("{FLOOR} {}", why(""));
+    loop {
+        let mut needed: BTreeMap<String, String> = BTreeMap::new();
+        for d in decisions.iter().filter(|d| d.keep) {
+            for dep in &by_id[&d.id].depends_on {
+                needed.insert(dep.clone(), d.id.clone());
+            }
+        }
+        let mut changed = false;
+        for (dep, by) in needed {
+            let Some(i) = decisions.iter().position(|d| d.id == dep) else { continue };
+            if only.is_some_and(|o| !o.contains(&i)) {
+                continue;
+            }
+            let reason = format!("{FLOOR} {}", why(&by));
+            let d = &mut decisions[i];
+            if d.keep && d.reasons.iter().any(|r| r.starts_with(&already)) {
+                continue;
+            }
+            if !d.keep {
+                // whatever had it deleted (the size cap) yields to the floor
+                d.reasons.clear();
+                changed = true;
+            }
+            d.keep = true;
+            d.reasons.push(reason);
+        }
+        if !changed {
+            break;
+        }
+    }
 }
 
 fn apply_rules(
@@ -244,109 +322,38 @@ pub struct Applied {
     pub errors: Vec<String>,
 }
 
-/// Executes `decisions` for `database`: deletes exactly the backups marked for deletion (manifest
+/// Executes `decisions` for `subject`: deletes exactly the backups marked for deletion (manifest
 /// first), then removes orphaned data older than the grace period. Running it twice deletes
 /// nothing more.
 pub async fn apply(
     decisions: &[Decision],
-    database: &str,
+    subject: &Subject,
     repo: &Repository,
     retention: &Retention,
     now: DateTime<Utc>,
 ) -> Applied {
-    let mut out = delete_marked(decisions, repo.targets(), |id| repo::backup_prefix(database, id)).await;
-    out.orphans_removed = remove_orphans(database, repo, retention, now, &mut out.errors).await;
-    out
-}
-
-/// Deletes the backups `decisions` mark for deletion from `targets`, each stored under the
-/// directory `dir(id)` (ending in `/`): its manifest first, then the rest.
-pub async fn delete_marked(
-    decisions: &[Decision],
-    targets: &[crate::storage::Target],
-    dir: impl Fn(&str) -> String,
-) -> Applied {
     let mut out = Applied::default();
     for d in decisions.iter().filter(|d| !d.keep) {
-        for t in targets {
-            let prefix = dir(&d.id);
-            let result: Result<u64> = async {
-                let objects = t.store.list(&prefix).await?;
-                if objects.is_empty() {
-                    return Ok(0);
-                }
-                let bytes: u64 = objects.iter().map(|o| o.size).sum();
-                // the manifest first: from here on the backup does not exist
-                t.store.delete(&[format!("{prefix}{}", repo::MANIFEST_FILE)]).await?;
-                let rest: Vec<String> = objects.into_iter().map(|o| o.key).collect();
-                t.store.delete(&rest).await?;
-                Ok(bytes)
-            }
-            .await;
+        for (target, result) in repo.delete(subject, &d.id).await {
             match result {
                 Ok(0) => {}
                 Ok(bytes) => {
-                    let e = out.per_target.entry(t.name().to_owned()).or_default();
+                    let e = out.per_target.entry(target).or_default();
                     e.0 += 1;
                     e.1 += bytes;
                     out.bytes_freed += bytes;
                 }
-                Err(e) => out.errors.push(format!("deleting {} from {}: {e:#}", d.id, t.store.describe())),
+                Err(e) => out.errors.push(format!("{}: {e:#}", d.id)),
             }
         }
         tracing::info!(backup_id = %d.id, reasons = %d.reasons.join("; "), "backup deleted by retention");
         out.deleted.push(d.id.clone());
     }
-    out
-}
-
-type DirSeen = (bool, Option<DateTime<Utc>>, Vec<String>);
-
-/// Removes backup directories with data but no manifest, older than the grace period.
-async fn remove_orphans(
-    database: &str,
-    repo: &Repository,
-    retention: &Retention,
-    now: DateTime<Utc>,
-    errors: &mut Vec<String>,
-) -> Vec<String> {
     let cutoff = now - chrono::Duration::from_std(retention.orphan_grace).unwrap_or_default();
-    let mut removed = Vec::new();
-    for t in repo.targets() {
-        let objects = match t.store.list(&format!("{database}/")).await {
-            Ok(o) => o,
-            Err(e) => {
-                errors.push(format!("listing {}: {e:#}", t.store.describe()));
-                continue;
-            }
-        };
-        // per backup directory: has a manifest, newest modification, its keys
-        let mut dirs: BTreeMap<String, DirSeen> = BTreeMap::new();
-        for o in objects {
-            let parts: Vec<&str> = o.key.split('/').collect();
-            if parts.len() != 3 || !repo::looks_like_backup_id(parts[1]) {
-                continue;
-            }
-            let e = dirs.entry(parts[1].to_owned()).or_default();
-            e.0 |= parts[2] == repo::MANIFEST_FILE;
-            e.1 = e.1.max(o.modified);
-            e.2.push(o.key.clone());
-        }
-        for (id, (has_manifest, newest, keys)) in dirs {
-            // no modification time: assume it is new, never delete it
-            if has_manifest || newest.is_none_or(|m| m > cutoff) {
-                continue;
-            }
-            match t.store.delete(&keys).await {
-                Ok(()) => {
-                    tracing::warn!(backup_id = %id, target_name = t.name(), "removed data without a manifest (an interrupted backup or deletion)");
-                    removed.push(format!("{}:{id}", t.name()));
-                }
-                Err(e) => errors.push(format!("removing orphan {id} from {}: {e:#}", t.store.describe())),
-            }
-        }
-    }
-    removed
+    let (removed, errors) = repo.remove_orphans(subject, cutoff).await;
+    out.orphans_removed = removed;
+    out.errors.extend(errors);
+    out
 }
 
 /// Parses `--at`: RFC 3339 (`2026-11-22T06:00:00Z`) or a date (`2026-11-22`, midnight UTC).
@@ -364,13 +371,15 @@ pub fn parse_at(text: &str) -> Result<DateTime<Utc>, String> {
 #[cfg(test)]
 mod tests;
 
-/// One database's retention run: the plan, and what applying it did.
+/// One subject's retention run: the plan, and what applying it did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetentionRun {
+    /// The subject (`app`, `files:uploads`).
     pub database: String,
+    pub subject: Subject,
     pub at: DateTime<Utc>,
     pub dry_run: bool,
-    /// Why retention did not run for this database, if it did not.
+    /// Why retention did not run for this subject, if it did not.
     pub skipped: Option<String>,
     pub decisions: Vec<Decision>,
     pub applied: Option<Applied>,
@@ -386,19 +395,23 @@ impl RetentionRun {
     }
 }
 
-/// Plans (and unless `dry_run`, applies) retention for one database as of `now`. Skipped when the
+/// The job whose failure stops retention of `subject` (`retention.skip_after_failure`).
+fn backup_job(subject: &Subject) -> JobKind {
+    match subject {
+        Subject::Database(_) => JobKind::FullBackup,
+        Subject::Files(_) => JobKind::FileBackup,
+        Subject::Configs(_) => JobKind::ConfigBackup,
+    }
+}
+
+/// Plans (and unless `dry_run`, applies) retention for one subject as of `now`. Skipped when the
 /// newest backup attempt failed and `retention.skip_after_failure` is on: the backups that exist
 /// may be the last good ones.
-pub async fn run_for_database(
-    config: &crate::config::Config,
-    repo: &Repository,
-    database: &str,
-    now: DateTime<Utc>,
-    dry_run: bool,
-    in_use: &HashSet<String>,
-) -> Result<RetentionRun> {
+pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_run: bool) -> Result<RetentionRun> {
+    let (config, repo) = (&*ctx.config, &*ctx.repository);
     let mut run = RetentionRun {
-        database: database.to_owned(),
+        database: subject.to_string(),
+        subject: subject.clone(),
         at: now,
         dry_run,
         skipped: None,
@@ -406,24 +419,26 @@ pub async fn run_for_database(
         applied: None,
     };
     if config.retention.skip_after_failure {
-        let attempts = crate::jobs::report::read_all(&config.reports.dir, "backup");
-        let newest = attempts.iter().rfind(|r| r.database == database && r.job_kind == "full_backup");
-        if let Some(r) = newest.filter(|r| r.outcome == crate::jobs::report::Outcome::Failed) {
+        let job = backup_job(subject);
+        let newest = super::report::newest(&config.reports.dir, job, subject);
+        if let Some(r) = newest.filter(|r| r.outcome == super::report::Outcome::Failed) {
             run.skipped = Some(format!(
-                "the newest backup attempt of {database} (run {} at {}) failed: retention is skipped so that no \
+                "the newest backup attempt of {subject} ({}, run {} at {}) failed: retention is skipped so that no \
                  good backup is deleted while backups fail (retention.skip_after_failure)",
+                job.name(),
                 r.run_id,
                 r.started_at.format("%Y-%m-%d %H:%M:%S UTC")
             ));
-            tracing::warn!(database = %database, "retention skipped: the newest backup attempt failed");
+            tracing::warn!(subject = %subject, "retention skipped: the newest backup attempt failed");
             return Ok(run);
         }
     }
-    let listed = repo.list_with_targets(Some(database)).await?;
-    let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, in_use)).collect();
-    run.decisions = plan(&candidates, &config.retention, config.timezone, now);
+    let listed = repo.list_with_targets(Some(subject)).await?;
+    let in_use = HashSet::new();
+    let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, &in_use)).collect();
+    run.decisions = plan_with(&candidates, &Policies::for_subject(subject, &config.retention), config.timezone, now);
     if !dry_run {
-        run.applied = Some(apply(&run.decisions, database, repo, &config.retention, now).await);
+        run.applied = Some(apply(&run.decisions, subject, repo, &config.retention, now).await);
     }
     Ok(run)
 }

@@ -6,15 +6,15 @@
 //! `test_restore.target`. Leftovers of a crashed run are recognised by that prefix and dropped on
 //! the next run; no other database is ever touched.
 
+use super::context::JobContext;
+use super::context::Select;
+use super::restore::{self, RestoreRequest, RowMismatch, TargetOverride};
 use crate::config::{Config, Connection, Pick, RestoreCheck};
-use crate::jobs::restore::{self, RestoreRequest, RowMismatch, TargetOverride};
 use crate::pg;
-use crate::repo::manifest::TestRestoreRecord;
-use crate::repo::{Manifest, Repository};
-use anyhow::{Context, Result};
-use chrono::Utc;
+use crate::repo::manifest::{self, TestRestoreRecord};
+use crate::repo::{Manifest, Subject};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 pub const SCRATCH_PREFIX: &str = "pgbackd_restore_";
 
@@ -58,7 +58,23 @@ fn scratch_prefix(database: &str) -> String {
 /// The scratch database name for a backup (lower case, within PostgreSQL's 63 bytes).
 pub fn scratch_name(m: &Manifest) -> String {
     let suffix: String = m.id.chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("{}{}", scratch_prefix(&m.database), suffix.to_ascii_lowercase())
+    format!("{}{}", scratch_prefix(m.subject.name()), suffix.to_ascii_lowercase())
+}
+
+/// The backup of `subject` a test restore takes: the one named, the newest, or as
+/// `test_restore.pick` says.
+pub async fn choose(ctx: &JobContext, subject: &Subject, select: &Select) -> Result<Manifest> {
+    let repo = &ctx.repository;
+    let none = || format!("{} has no backup to test-restore", subject.describe());
+    match select {
+        Select::Id(id) => repo.find_in(Some(subject), id).await,
+        Select::Latest => repo.latest(subject, None).await?.with_context(none),
+        Select::Configured => {
+            let backups = repo.list(Some(subject)).await?;
+            pick(&backups, ctx.config.test_restore.pick).cloned().with_context(none)
+        }
+        Select::All => bail!("a test restore takes one backup: name it, or let test_restore.pick choose"),
+    }
 }
 
 /// Picks the backup a scheduled test restore takes.
@@ -101,7 +117,7 @@ fn server(config: &Config, m: &Manifest) -> Option<Connection> {
         .target
         .clone()
         .or_else(|| config.restore.target.clone())
-        .or_else(|| config.database(&m.database).map(|d| d.connection.clone()))
+        .or_else(|| config.database(m.subject.name()).map(|d| d.connection.clone()))
 }
 
 /// Drops scratch databases left by interrupted test restores of the same database (only names
@@ -176,11 +192,12 @@ async fn run_checks(conn: &Connection, checks: &[RestoreCheck]) -> Result<Vec<Ch
 }
 
 /// Test-restores backup `m`; the scratch database is dropped whatever happens.
-pub async fn run(m: &Manifest, config: &Config, repo: &Repository, cancel: &CancellationToken) -> TestRestored {
+pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
+    let (config, repo, cancel) = (&*ctx.config, &*ctx.repository, &ctx.cancel);
     let scratch = scratch_name(m);
     let mut result = TestRestored {
         backup_id: m.id.clone(),
-        database: m.database.clone(),
+        database: m.subject.to_string(),
         scratch_database: scratch.clone(),
         ok: false,
         restore_seconds: 0.0,
@@ -194,14 +211,14 @@ pub async fn run(m: &Manifest, config: &Config, repo: &Repository, cancel: &Canc
     let Some(server) = server(config, m) else {
         result.error = Some(format!(
             "database {} is not in the config and no test_restore.target is set: nowhere to restore",
-            m.database
+            m.subject.name()
         ));
         return result;
     };
     let conn = server.with_dbname(&scratch);
     let outcome: Result<()> = async {
         let admin = restore::connect_admin(&conn).await?;
-        result.leftovers_dropped = drop_leftovers(&admin, &m.database).await;
+        result.leftovers_dropped = drop_leftovers(&admin, m.subject.name()).await;
         drop(admin);
         let req = RestoreRequest {
             target_database: scratch.clone(),
@@ -216,9 +233,8 @@ pub async fn run(m: &Manifest, config: &Config, repo: &Repository, cancel: &Canc
             no_owner: true,
             globals: false,
             dry_run: false,
-            interactive: false,
         };
-        let report = restore::run(m, &req, config, repo, cancel).await?;
+        let report = restore::run(ctx, m, &req).await?;
         result.restore_seconds = report.duration_seconds;
         result.tables_checked = report.tables_checked;
         result.mismatches = report.mismatches;
@@ -249,8 +265,8 @@ pub async fn run(m: &Manifest, config: &Config, repo: &Repository, cancel: &Canc
     result.ok = result.error.is_none();
     if !cancel.is_cancelled() {
         let record = TestRestoreRecord {
-            tested_at: Utc::now(),
-            outcome: if result.ok { "passed" } else { "failed" }.to_owned(),
+            tested_at: ctx.now(),
+            outcome: manifest::CheckOutcome::of(result.ok),
             restore_seconds: result.restore_seconds,
             restored_bytes: result.restored_bytes,
             tables_checked: result.tables_checked,

@@ -8,21 +8,18 @@
 //! parses every TOC entry and data block (a dump truncated at 60 % passes `pg_restore --list` but
 //! not this). Results are recorded beside the manifest (`annotations.json`).
 
-use crate::config::{Config, VerifyMode};
-use crate::jobs::backup::KILL_GRACE;
-use crate::jobs::restore::describe_backup;
+use super::context::JobContext;
+use super::context::Select;
+use crate::config::{VerifyMode, VerifyScope};
 use crate::pg::Tools;
-use crate::pipeline::{self, Counter, RawCheck};
-use crate::process::{ChildSpec, Running};
-use crate::repo::manifest::{TargetCheck, VerificationRecord};
-use crate::repo::{Listed, Repository};
+use crate::pipeline::{self, RawCheck};
+use crate::process::ChildSpec;
+use crate::repo::manifest::{CheckOutcome, Content, TargetCheck, VerificationRecord};
+use crate::repo::{Listed, Repository, Subject};
 use crate::storage::Store;
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::Utc;
 use serde::Serialize;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetOutcome {
@@ -36,33 +33,52 @@ pub struct TargetOutcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
     pub backup_id: String,
+    /// The subject (`app`, `files:uploads`).
     pub database: String,
-    pub mode: &'static str,
+    pub subject: Subject,
+    pub mode: VerifyMode,
     pub ok: bool,
     pub targets: Vec<TargetOutcome>,
     pub duration_seconds: f64,
 }
 
-pub fn mode_name(mode: VerifyMode) -> &'static str {
-    match mode {
-        VerifyMode::Quick => "quick",
-        VerifyMode::Deep => "deep",
+/// Verifies the backups of `subject` that `select` picks (by default `verification.scope`).
+pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: VerifyMode) -> Result<Vec<Verified>> {
+    let repo = &ctx.repository;
+    let listed = repo.list_with_targets(Some(subject)).await?;
+    let chosen: Vec<&Listed> = match select {
+        Select::Id(id) => match listed.iter().find(|l| &l.manifest.id == id) {
+            Some(l) => vec![l],
+            None => {
+                repo.find_in(Some(subject), id).await?;
+                bail!("backup {id} is not readable on any target")
+            }
+        },
+        Select::Latest => listed.last().into_iter().collect(),
+        Select::All => listed.iter().collect(),
+        Select::Configured => match ctx.config.verification.scope {
+            VerifyScope::All => listed.iter().collect(),
+            VerifyScope::Latest => listed.last().into_iter().collect(),
+            VerifyScope::Unverified => listed.iter().filter(|l| l.annotations.verification.is_none()).collect(),
+        },
+    };
+    let mut out = Vec::new();
+    for l in chosen {
+        if ctx.cancel.is_cancelled() {
+            bail!("cancelled after {} of the backups were verified", out.len());
+        }
+        out.push(verify(ctx, l, mode).await);
     }
+    Ok(out)
 }
 
 /// Verifies one backup on every target holding it and records the result.
-pub async fn verify(
-    listed: &Listed,
-    mode: VerifyMode,
-    config: &Config,
-    repo: &Repository,
-    cancel: &CancellationToken,
-    progress: &Arc<Counter>,
-) -> Verified {
+pub async fn verify(ctx: &JobContext, listed: &Listed, mode: VerifyMode) -> Verified {
+    let (repo, cancel) = (&*ctx.repository, &ctx.cancel);
     let started = std::time::Instant::now();
     let m = &listed.manifest;
-    let what = describe_backup(m);
-    let tools = Tools::locate(config.pg_bin_dir.as_deref());
+    let what = m.describe();
+    let tools = Tools::locate(ctx.config.pg_bin_dir.as_deref());
     let mut targets = Vec::new();
     // every target the backup was written to: a missing copy is a failure too
     let mut names: Vec<String> = m.targets.clone();
@@ -72,7 +88,7 @@ pub async fn verify(
         }
     }
     for name in names {
-        let Some(target) = repo.targets().iter().find(|t| t.name() == name) else {
+        let Some(store) = repo.store_named(m, &name) else {
             targets.push(TargetOutcome {
                 target: name.clone(),
                 ok: false,
@@ -83,8 +99,8 @@ pub async fn verify(
         };
         let where_ = format!("{what} on target {name}");
         let result = match mode {
-            VerifyMode::Quick => quick(&target.store, listed, &where_, repo).await.map(|()| 0),
-            VerifyMode::Deep => deep(&target.store, listed, &where_, repo, &tools, cancel, progress).await,
+            VerifyMode::Quick => quick(&store, listed, &where_, repo).await.map(|()| 0),
+            VerifyMode::Deep => deep(ctx, &store, listed, &where_, &tools).await,
         };
         targets.push(match result {
             Ok(bytes_read) => TargetOutcome { target: name, ok: true, error: None, bytes_read },
@@ -97,23 +113,24 @@ pub async fn verify(
     let ok = !targets.is_empty() && targets.iter().all(|t| t.ok);
     let verified = Verified {
         backup_id: m.id.clone(),
-        database: m.database.clone(),
-        mode: mode_name(mode),
+        database: m.subject.to_string(),
+        subject: m.subject.clone(),
+        mode,
         ok,
         targets,
         duration_seconds: started.elapsed().as_secs_f64(),
     };
     if !cancel.is_cancelled() {
         let record = VerificationRecord {
-            verified_at: Utc::now(),
-            mode: verified.mode.to_owned(),
-            outcome: if ok { "passed" } else { "failed" }.to_owned(),
+            verified_at: ctx.now(),
+            mode,
+            outcome: CheckOutcome::of(ok),
             targets: verified
                 .targets
                 .iter()
                 .map(|t| TargetCheck {
                     target: t.target.clone(),
-                    outcome: if t.ok { "passed" } else { "failed" }.to_owned(),
+                    outcome: CheckOutcome::of(t.ok),
                     error: t.error.clone(),
                 })
                 .collect(),
@@ -123,7 +140,7 @@ pub async fn verify(
         }
     }
     if ok {
-        tracing::info!(backup_id = %m.id, mode = verified.mode, duration_s = format!("{:.1}", verified.duration_seconds), "backup verified");
+        tracing::info!(backup_id = %m.id, mode = mode.name(), duration_s = format!("{:.1}", verified.duration_seconds), "backup verified");
     }
     verified
 }
@@ -140,53 +157,47 @@ async fn check_size(store: &Arc<dyn Store>, key: &str, expected: u64, what: &str
 /// and the size of every object.
 async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repository) -> Result<()> {
     let m = &listed.manifest;
-    let key = crate::repo::manifest_key(&m.database, &m.id);
+    let key = crate::repo::keys::manifest(&m.subject, &m.id);
     let bytes = store.get(&key).await?.with_context(|| format!("{what}: the manifest is missing"))?;
     let on_target = crate::repo::Manifest::parse(&bytes, &key)?;
     if on_target.encryption.is_some() && repo.crypto().is_some_and(|c| c.can_decrypt()) {
         repo.authenticate(&on_target).with_context(|| format!("on target {}", store.name()))?;
     }
-    check_size(store, &m.data.key, m.data.stored_bytes, what).await?;
-    if let Some(g) = &m.globals {
-        check_size(store, &g.key, g.stored_bytes, what).await?;
+    for o in m.objects() {
+        check_size(store, &o.key, o.stored_bytes, what).await?;
     }
     Ok(())
 }
 
-async fn deep(
-    store: &Arc<dyn Store>,
-    listed: &Listed,
-    what: &str,
-    repo: &Repository,
-    tools: &Tools,
-    cancel: &CancellationToken,
-    progress: &Arc<Counter>,
-) -> Result<u64> {
+/// Deep: quick, then every stored byte read back and decoded, and the content proven whole: a
+/// dump's archive read by `pg_restore -f /dev/null`, a file backup's every file checked against
+/// its SHA-256 (a dry-run restore, which reads the holders of unchanged files too).
+async fn deep(ctx: &JobContext, store: &Arc<dyn Store>, listed: &Listed, what: &str, tools: &Tools) -> Result<u64> {
+    let repo = &ctx.repository;
     quick(store, listed, what, repo).await?;
     let m = &listed.manifest;
     let decryption = repo.authenticate(m)?;
-    if let Some(g) = &m.globals {
-        pipeline::read_small_object(store, g, what, decryption.as_ref()).await?;
-    }
-    // pg_restore reads the whole archive and writes the SQL it would run to /dev/null
-    let spec = ChildSpec::new(tools.path("pg_restore")).arg("--file=/dev/null").stdin(true).stdout(false);
-    let mut child = Running::spawn(&spec)?;
-    let mut stdin = child.take_stdin().context("pg_restore has no stdin")?;
-    let reader = repo.reader(m, Some(store.clone())).await?;
-    let streamed = pipeline::restore_stream(&reader, &mut stdin, RawCheck::Sha256, cancel, progress).await;
-    let _ = stdin.shutdown().await;
-    drop(stdin);
-    match streamed {
-        Ok(()) => {
-            child
-                .wait()
+    match &m.content {
+        Content::Dump(d) => {
+            if let Some(g) = &d.globals {
+                pipeline::read_small_object(store, g, what, decryption.as_ref()).await?;
+            }
+            // pg_restore reads the whole archive and writes the SQL it would run to /dev/null
+            let spec = ChildSpec::new(tools.path("pg_restore")).arg("--file=/dev/null");
+            let reader = repo.reader(m, Some(store.clone())).await?;
+            super::restore::stream_into(&spec, &reader, RawCheck::Sha256, &ctx.cancel, &ctx.progress)
                 .await
                 .map_err(|e| anyhow!(e).context(format!("{what}: pg_restore cannot read the archive")))?;
-            Ok(m.data.stored_bytes + m.globals.as_ref().map(|g| g.stored_bytes).unwrap_or(0))
         }
-        Err(e) => {
-            let _ = child.terminate(KILL_GRACE).await;
-            Err(e)
+        Content::Files(_) => {
+            let req = crate::fileset::restore::Request {
+                to: std::path::PathBuf::from("/nonexistent"),
+                globs: Vec::new(),
+                dry_run: true,
+                overwrite: false,
+            };
+            super::restore::files_from(ctx, m, &req, Some(store.clone())).await?;
         }
     }
+    Ok(m.stored_bytes())
 }

@@ -2,8 +2,8 @@
 //! healthchecks.io-style pings.
 
 use super::{Channel, Event};
-use crate::config::notify::{EmailChannel, EventKind, NotificationsConfig, PingConfig, SmtpTls, WebhookChannel};
 use crate::config::JobKind;
+use crate::config::notify::{EmailChannel, EventKind, NotificationsConfig, PingConfig, SmtpTls, WebhookChannel};
 use crate::secret::Secret;
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;

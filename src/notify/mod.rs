@@ -174,7 +174,8 @@ pub struct Notifier {
     channels: RwLock<Arc<Channels>>,
     state: Mutex<State>,
     counts: Arc<Mutex<DeliveryCounts>>,
-    tracker: TaskTracker,
+    /// Deliveries in flight (spawned on the process's tracker, counted here for `flush`).
+    deliveries: TaskTracker,
 }
 
 impl Notifier {
@@ -183,7 +184,7 @@ impl Notifier {
             channels: RwLock::new(Arc::new(build(config)?)),
             state: Mutex::new(State::default()),
             counts: Default::default(),
-            tracker: TaskTracker::new(),
+            deliveries: TaskTracker::new(),
         })
     }
 
@@ -311,20 +312,20 @@ impl Notifier {
                 continue;
             }
             let (event, counts, cfg) = (event.clone(), self.counts.clone(), ch.cfg.clone());
-            self.tracker.spawn(async move {
+            crate::tasks::spawn(self.deliveries.track_future(async move {
                 let name = c.name().to_owned();
                 let result = with_retries(&cfg, &name, || c.send(&event)).await;
                 record(&counts, &name, &result, event.event.name());
-            });
+            }));
         }
     }
 
     fn spawn_ping(&self, ch: &Arc<Channels>, name: String, url: crate::secret::Secret, body: Option<String>) {
         let (counts, cfg, client) = (self.counts.clone(), ch.cfg.clone(), channels::http_client(ch.cfg.timeout));
-        self.tracker.spawn(async move {
+        crate::tasks::spawn(self.deliveries.track_future(async move {
             let result = with_retries(&cfg, &name, || channels::ping(&client, &url, body.as_deref())).await;
             record(&counts, &name, &result, "ping");
-        });
+        }));
     }
 
     /// `pgbackd notify-test`: one test message through each channel (or the one named), sent
@@ -350,8 +351,8 @@ impl Notifier {
 
     /// Waits (at most `limit`) for deliveries in flight, at shutdown.
     pub async fn flush(&self, limit: Duration) {
-        self.tracker.close();
-        let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+        self.deliveries.close();
+        let _ = tokio::time::timeout(limit, self.deliveries.wait()).await;
     }
 }
 

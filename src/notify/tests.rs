@@ -29,7 +29,7 @@ fn notifier(events: &[EventKind], fail: bool, cfg: NotificationsConfig) -> (Noti
         channels: RwLock::new(Arc::new(channels)),
         state: Mutex::new(State::default()),
         counts: Default::default(),
-        tracker: TaskTracker::new(),
+        deliveries: TaskTracker::new(),
     };
     (n, rec)
 }

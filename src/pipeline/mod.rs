@@ -9,10 +9,10 @@
 //! never by the size of the dump. Nothing is committed here: [`Staged`] is finished or aborted by
 //! the caller once it knows the producer succeeded.
 
-pub use object::{CompressionAlgorithm, Frame, StoredObject};
 use crate::storage::{ObjectWriter, Target};
 use anyhow::{Context, Result};
 use bytes::Bytes;
+pub use object::{CompressionAlgorithm, Frame, StoredObject};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::sync::Arc;
@@ -509,8 +509,8 @@ pub mod delta;
 pub mod object;
 mod read;
 mod segments;
-pub use segments::{Filter, Segments, Unfiltered, read_segments};
 pub use read::{Decryption, ObjectReader, RawCheck, read_small_object, restore_stream};
+pub use segments::{Filter, Segments, Unfiltered, read_segments};
 
 #[cfg(test)]
 mod tests {

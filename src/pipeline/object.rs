@@ -54,4 +54,3 @@ impl StoredObject {
         self.frames_sha256.as_deref().unwrap_or(&self.stored_sha256)
     }
 }
-

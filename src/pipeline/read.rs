@@ -3,8 +3,8 @@
 
 use super::Counter;
 use super::delta;
-use crate::crypto::{Crypto, EncryptionInfo};
 use super::object::{CompressionAlgorithm, StoredObject};
+use crate::crypto::{Crypto, EncryptionInfo};
 use crate::storage::Store;
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};

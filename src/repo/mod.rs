@@ -1,10 +1,13 @@
-//! The repository: which keys a backup is made of, and the catalog of backups (their manifests).
+//! The repository: every backup of every subject on every target, found through its manifest.
 //!
-//! Layout on every target: `<database>/<backup id>/{data.zst, globals.sql.zst, manifest.json}`.
-//! Backup ids sort by time: `20261122T010000Z-full-3f9a1c` (UTC start, kind, random suffix).
-//! This module is the only code that knows key names.
+//! One catalog for databases, file sets and configuration sets: listing, finding, locating,
+//! reading, committing, annotating, deleting and orphan cleanup work the same for all of them.
+//! Keys come from [`keys`] only; manifests are [`manifest::Manifest`]s only. One `Repository` is
+//! opened per configuration (the daemon replaces it on reload) and shared by every job.
 
+pub mod keys;
 pub mod manifest;
+pub mod subject;
 
 use crate::config::Config;
 use crate::crypto::Crypto;
@@ -14,54 +17,17 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 pub use manifest::{Annotations, BackupKind, Manifest};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const ANNOTATIONS_FILE: &str = "annotations.json";
-
-/// A new, sortable backup id.
-pub fn new_backup_id(now: DateTime<Utc>, kind: BackupKind) -> String {
-    let suffix: u32 = rand::random();
-    format!("{}-{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), kind.name(), suffix & 0xff_ffff)
-}
-
-/// Whether a string has the shape of a backup id (before looking it up).
-pub fn looks_like_backup_id(s: &str) -> bool {
-    let parts: Vec<&str> = s.splitn(3, '-').collect();
-    parts.len() == 3
-        && parts[0].len() == 16
-        && parts[0].ends_with('Z')
-        && matches!(parts[1], "full" | "incremental")
-        && parts[2].len() == 6
-        && parts[2].chars().all(|c| c.is_ascii_hexdigit())
-}
-
-pub fn backup_prefix(database: &str, id: &str) -> String {
-    format!("{database}/{id}/")
-}
-
-/// The archive's key: `data.zst` (or `data.dump` uncompressed), `.age` appended when encrypted.
-pub fn data_key(database: &str, id: &str, compressed: bool, encrypted: bool) -> String {
-    let name = if compressed { "data.zst" } else { "data.dump" };
-    format!("{database}/{id}/{name}{}", if encrypted { ".age" } else { "" })
-}
-
-pub fn globals_key(database: &str, id: &str, encrypted: bool) -> String {
-    format!("{database}/{id}/globals.sql.zst{}", if encrypted { ".age" } else { "" })
-}
-
-pub fn manifest_key(database: &str, id: &str) -> String {
-    format!("{database}/{id}/{MANIFEST_FILE}")
-}
-
-pub fn annotations_key(database: &str, id: &str) -> String {
-    format!("{database}/{id}/{ANNOTATIONS_FILE}")
-}
+pub use subject::Subject;
 
 /// The backups on every configured target.
-#[derive(Clone)]
 pub struct Repository {
+    /// Where databases (and, unless stored apart, file sets) go, in config order.
     targets: Vec<Target>,
+    /// `file_backup_dir` and `config_backup_dir`: file and configuration sets stored apart.
+    file_targets: Option<Vec<Target>>,
+    config_targets: Option<Vec<Target>>,
     /// What new backups are encrypted to, and what decrypts old ones (None: no encryption).
     crypto: Option<Arc<Crypto>>,
 }
@@ -74,14 +40,23 @@ pub struct Listed {
     pub annotations: Annotations,
 }
 
+/// What deleting one backup did on each target: bytes freed, or why not.
+pub type Deleted = Vec<(String, Result<u64>)>;
+
 impl Repository {
     pub async fn open(config: &Config) -> Result<Repository> {
         let crypto = Crypto::load(&config.encryption)?;
-        Ok(Repository { targets: storage::open_targets(&config.targets).await?, crypto })
-    }
-
-    pub fn from_targets(targets: Vec<Target>, crypto: Option<Arc<Crypto>>) -> Repository {
-        Repository { targets, crypto }
+        let apart = |name: &str, dir: &Option<std::path::PathBuf>| -> Result<Option<Vec<Target>>> {
+            let Some(d) = dir else { return Ok(None) };
+            let store = crate::storage::local::LocalStore::new(name, d)?;
+            Ok(Some(vec![Target { store: Arc::new(store), required: true }]))
+        };
+        Ok(Repository {
+            targets: storage::open_targets(&config.targets).await?,
+            file_targets: apart("files", &config.file_backup_dir)?,
+            config_targets: apart("configs", &config.config_backup_dir)?,
+            crypto,
+        })
     }
 
     /// The encryption new backups get.
@@ -94,37 +69,61 @@ impl Repository {
         self.crypto.as_ref().filter(|c| c.encrypts())
     }
 
+    /// The main targets (databases go there).
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Where the backups of `subject` are.
+    pub fn targets_for(&self, subject: &Subject) -> &[Target] {
+        let apart = match subject {
+            Subject::Database(_) => None,
+            Subject::Files(_) => self.file_targets.as_deref(),
+            Subject::Configs(_) => self.config_targets.as_deref(),
+        };
+        apart.unwrap_or(&self.targets)
+    }
+
+    /// Every place to list (a target and the key prefix to list there): those of `subject`, or
+    /// all of them.
+    fn places(&self, subject: Option<&Subject>) -> Vec<(&Target, String)> {
+        match subject {
+            Some(s) => self.targets_for(s).iter().map(|t| (t, keys::subject_prefix(s))).collect(),
+            None => {
+                let mut out: Vec<(&Target, String)> = self.targets.iter().map(|t| (t, String::new())).collect();
+                out.extend(self.file_targets.iter().flatten().map(|t| (t, "files/".to_owned())));
+                out.extend(self.config_targets.iter().flatten().map(|t| (t, "configs/".to_owned())));
+                out
+            }
+        }
+    }
+
+    fn target(&self, subject: &Subject, name: &str) -> Option<&Target> {
+        self.targets_for(subject).iter().find(|t| t.name() == name)
+    }
+
+    /// Where backups are, for messages.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<String> = self.places(None).iter().map(|(t, _)| t.store.describe()).collect();
+        names.dedup();
+        names.join(", ")
+    }
+
     /// Checks that backup `m`'s manifest is the one written with it (encrypted backups carry an
     /// HMAC under a key only the identity can unwrap), and returns what decrypts its objects.
     /// Unencrypted backups have nothing to check.
     pub fn authenticate(&self, m: &Manifest) -> Result<Option<Decryption>> {
-        let what = describe(m);
-        let encrypted_objects = m.data.encrypted || m.globals.as_ref().is_some_and(|g| g.encrypted);
-        let checked =
-            self.check_manifest(&what, m.encryption.as_ref(), encrypted_objects, m.mac.as_deref(), || m.mac_input())?;
-        if checked.is_none() && self.encrypts_with().is_some() {
-            tracing::warn!(
-                backup_id = %m.id,
-                "{what} is not encrypted, so its manifest is not authenticated (taken before encryption was enabled?)"
-            );
-        }
-        Ok(checked)
-    }
-
-    /// The check behind [`Repository::authenticate`], for any kind of manifest (`what` names it):
-    /// an encryption record with a MAC that the configured identity verifies, or no encryption at
-    /// all (then no object may claim to be encrypted).
-    pub fn check_manifest(
-        &self,
-        what: &str,
-        encryption: Option<&crate::crypto::EncryptionInfo>,
-        encrypted_objects: bool,
-        mac: Option<&str>,
-        mac_input: impl FnOnce() -> Vec<u8>,
-    ) -> Result<Option<Decryption>> {
-        let Some(info) = encryption else {
-            if encrypted_objects || mac.is_some() {
+        let what = m.describe();
+        let encrypted_objects = m.objects().iter().any(|o| o.encrypted);
+        let Some(info) = &m.encryption else {
+            if encrypted_objects || m.mac.is_some() {
                 bail!("{what}: the manifest lists encrypted objects but no encryption record: it was modified");
+            }
+            if self.encrypts_with().is_some() {
+                tracing::warn!(
+                    backup_id = %m.id,
+                    "{what} is not encrypted, so its manifest is not authenticated (taken before encryption was enabled?)"
+                );
             }
             return Ok(None);
         };
@@ -135,10 +134,12 @@ impl Repository {
                 crate::crypto::needs(info)
             );
         };
-        let key = crypto.backup_key(info, what)?;
-        let mac =
-            mac.with_context(|| format!("{what}: the manifest's authentication code is missing: it was modified"))?;
-        if !crate::crypto::mac_matches(&key, &mac_input(), mac) {
+        let key = crypto.backup_key(info, &what)?;
+        let mac = m
+            .mac
+            .as_deref()
+            .with_context(|| format!("{what}: the manifest's authentication code is missing: it was modified"))?;
+        if !crate::crypto::mac_matches(&key, &m.mac_input(), mac) {
             bail!(
                 "{what}: the manifest does not match its authentication code: it was modified after the backup \
                  was written; do not trust this backup"
@@ -147,23 +148,14 @@ impl Repository {
         Ok(Some(Decryption { crypto: crypto.clone(), info: info.clone() }))
     }
 
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
-    }
-
-    /// Where backups are, for messages.
-    pub fn describe(&self) -> String {
-        self.targets.iter().map(|t| t.store.describe()).collect::<Vec<_>>().join(", ")
-    }
-
-    /// Every backup (of one database, or all), oldest first, with the targets holding each.
+    /// Every backup (of one subject, or of all), oldest first, with the targets holding each.
     /// A target that cannot be listed is skipped with a warning, unless none can be.
-    pub async fn list_with_targets(&self, database: Option<&str>) -> Result<Vec<Listed>> {
-        let prefix = database.map(|d| format!("{d}/")).unwrap_or_default();
-        let mut by_id: std::collections::BTreeMap<String, Listed> = Default::default();
+    pub async fn list_with_targets(&self, subject: Option<&Subject>) -> Result<Vec<Listed>> {
+        let places = self.places(subject);
+        let mut by_id: BTreeMap<String, Listed> = BTreeMap::new();
         let mut failures = Vec::new();
-        for t in &self.targets {
-            let objects = match t.store.list(&prefix).await {
+        for (t, prefix) in &places {
+            let objects = match t.store.list(prefix).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "cannot list a storage target");
@@ -171,29 +163,31 @@ impl Repository {
                     continue;
                 }
             };
-            let annotated: std::collections::HashSet<String> = objects
+            let annotated: HashSet<&str> = objects
                 .iter()
-                .filter(|o| o.key.ends_with(&format!("/{ANNOTATIONS_FILE}")))
-                .filter_map(|o| o.key.split('/').nth(1).map(str::to_owned))
+                .filter_map(|o| o.key.strip_suffix(keys::ANNOTATIONS_FILE))
+                .filter_map(|dir| dir.strip_suffix('/'))
+                .filter_map(|dir| dir.rsplit('/').next())
                 .collect();
-            for obj in objects {
-                let parts: Vec<&str> = obj.key.split('/').collect();
-                if parts.len() != 3 || parts[2] != MANIFEST_FILE {
+            for obj in &objects {
+                let Some((found, id)) = keys::parse_manifest_key(&obj.key) else { continue };
+                // a database named `files` is listed under `files/`, beside the file sets
+                if subject.is_some_and(|s| *s != found) {
                     continue;
                 }
-                if let Some(listed) = by_id.get_mut(parts[1]) {
+                if let Some(listed) = by_id.get_mut(id) {
                     listed.targets.push(t.name().to_owned());
                     continue;
                 }
-                match read_manifest_from(&t.store, parts[0], parts[1]).await {
+                match read_manifest_from(&t.store, &found, id).await {
                     Ok(Some(m)) => {
-                        let annotations = if annotated.contains(parts[1]) {
-                            read_annotations_from(&t.store, parts[0], parts[1]).await
+                        let annotations = if annotated.contains(id) {
+                            read_annotations_from(&t.store, &found, id).await
                         } else {
                             Annotations::default()
                         };
                         by_id.insert(
-                            m.id.clone(),
+                            id.to_owned(),
                             Listed { manifest: m, targets: vec![t.name().to_owned()], annotations },
                         );
                     }
@@ -202,7 +196,7 @@ impl Repository {
                 }
             }
         }
-        if failures.len() == self.targets.len() {
+        if !places.is_empty() && failures.len() == places.len() {
             bail!("cannot list any storage target: {}", failures.join("; "));
         }
         let mut out: Vec<Listed> = by_id.into_values().collect();
@@ -212,49 +206,119 @@ impl Repository {
         Ok(out)
     }
 
-    /// Every backup (of one database, or all), oldest first.
-    pub async fn list(&self, database: Option<&str>) -> Result<Vec<Manifest>> {
-        Ok(self.list_with_targets(database).await?.into_iter().map(|l| l.manifest).collect())
+    /// Every backup (of one subject, or of all), oldest first.
+    pub async fn list(&self, subject: Option<&Subject>) -> Result<Vec<Manifest>> {
+        Ok(self.list_with_targets(subject).await?.into_iter().map(|l| l.manifest).collect())
     }
 
-    /// Finds a backup by id, whatever its database (reads only that backup's manifest).
-    pub async fn find(&self, id: &str) -> Result<Manifest> {
-        if !looks_like_backup_id(id) {
+    /// The subjects that have backups, in key order.
+    pub async fn subjects(&self) -> Result<Vec<Subject>> {
+        let mut out: Vec<Subject> = self.list(None).await?.into_iter().map(|m| m.subject).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Finds a backup by id, whatever its subject (or among those of `subject`).
+    pub async fn find_in(&self, subject: Option<&Subject>, id: &str) -> Result<Manifest> {
+        if !keys::looks_like_backup_id(id) {
             bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
         }
-        let suffix = format!("/{id}/{MANIFEST_FILE}");
-        for t in &self.targets {
-            let objects = match t.store.list("").await {
+        for (t, prefix) in self.places(subject) {
+            let objects = match t.store.list(&prefix).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "cannot list a storage target");
                     continue;
                 }
             };
-            if let Some(obj) = objects.iter().find(|o| o.key.ends_with(&suffix) && o.key.matches('/').count() == 2) {
-                let database = obj.key.split('/').next().unwrap_or_default();
-                if let Some(m) = read_manifest_from(&t.store, database, id).await? {
-                    return Ok(m);
-                }
+            let found = objects.iter().filter_map(|o| keys::parse_manifest_key(&o.key)).find(|(_, i)| *i == id);
+            if let Some((s, _)) = found
+                && let Some(m) = read_manifest_from(&t.store, &s, id).await?
+            {
+                return Ok(m);
             }
         }
         bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe())
     }
 
-    /// The newest backup of `database` (of `kind`, if given).
-    pub async fn latest(&self, database: &str, kind: Option<BackupKind>) -> Result<Option<Manifest>> {
-        let all = self.list(Some(database)).await?;
-        Ok(all.into_iter().rfind(|m| kind.is_none_or(|k| m.kind == k)))
+    /// Finds a backup by id, whatever its subject.
+    pub async fn find(&self, id: &str) -> Result<Manifest> {
+        self.find_in(None, id).await
+    }
+
+    /// The ids of `subject`'s backups (ids sort by time), each with the targets holding a
+    /// manifest; only keys are listed, no manifest is read.
+    async fn ids(&self, subject: &Subject) -> Result<Vec<(String, Vec<&Target>)>> {
+        let places = self.places(Some(subject));
+        let mut by_id: BTreeMap<String, Vec<&Target>> = BTreeMap::new();
+        let mut failures = Vec::new();
+        for (t, prefix) in &places {
+            match t.store.list(prefix).await {
+                Ok(objects) => {
+                    for (s, id) in objects.iter().filter_map(|o| keys::parse_manifest_key(&o.key)) {
+                        if s == *subject {
+                            by_id.entry(id.to_owned()).or_default().push(t);
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("{}: {e:#}", t.store.describe())),
+            }
+        }
+        if !places.is_empty() && failures.len() == places.len() {
+            bail!("cannot list any storage target: {}", failures.join("; "));
+        }
+        Ok(by_id.into_iter().collect())
+    }
+
+    /// Reads `subject`'s manifests newest first until `enough` says stop; returns them newest
+    /// first. Ids start with their start second, so only backups of the same second need their
+    /// manifests to be ordered (by start time, then id).
+    async fn newest_until(
+        &self,
+        subject: &Subject,
+        mut enough: impl FnMut(&[Manifest]) -> bool,
+    ) -> Result<Vec<Manifest>> {
+        let ids = self.ids(subject).await?;
+        let mut out: Vec<Manifest> = Vec::new();
+        let mut i = ids.len();
+        while i > 0 && !enough(&out) {
+            let second = &ids[i - 1].0[..16.min(ids[i - 1].0.len())];
+            let mut group = Vec::new();
+            while i > 0 && ids[i - 1].0.starts_with(second) {
+                let (id, targets) = &ids[i - 1];
+                group.extend(read_first(targets, subject, id).await);
+                i -= 1;
+            }
+            group.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| b.id.cmp(&a.id)));
+            out.extend(group);
+        }
+        Ok(out)
+    }
+
+    /// The newest `n` backups of `subject`, oldest first; only their manifests are read.
+    pub async fn newest(&self, subject: &Subject, n: usize) -> Result<Vec<Manifest>> {
+        let mut out = self.newest_until(subject, |got| got.len() >= n).await?;
+        out.truncate(n);
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest backup of `subject` (of `kind`, if given), reading manifests newest first.
+    pub async fn latest(&self, subject: &Subject, kind: Option<BackupKind>) -> Result<Option<Manifest>> {
+        let matches = |m: &Manifest| kind.is_none_or(|k| m.kind == k);
+        let found = self.newest_until(subject, |got| got.iter().any(matches)).await?;
+        Ok(found.into_iter().find(matches))
     }
 
     /// The first target (in config order) that holds backup `m` whole: its manifest and a data
     /// object of the recorded size.
     pub async fn locate(&self, m: &Manifest) -> Result<Arc<dyn Store>> {
         let mut problems = Vec::new();
-        for t in &self.targets {
+        for t in self.targets_for(&m.subject) {
             match t.store.size(&m.data.key).await {
                 Ok(Some(size)) if size == m.data.stored_bytes => {
-                    match t.store.get(&manifest_key(&m.database, &m.id)).await {
+                    match t.store.size(&keys::manifest(&m.subject, &m.id)).await {
                         Ok(Some(_)) => return Ok(t.store.clone()),
                         Ok(None) => problems.push(format!("{}: no manifest", t.name())),
                         Err(e) => problems.push(format!("{}: {e:#}", t.name())),
@@ -267,14 +331,19 @@ impl Repository {
                 Err(e) => problems.push(format!("{}: {e:#}", t.name())),
             }
         }
-        bail!("backup {} of {} is not readable on any target ({})", m.id, m.database, problems.join("; "))
+        bail!("{} is not readable on any target ({})", m.describe(), problems.join("; "))
+    }
+
+    /// The store of target `name` if it holds `m`'s subject.
+    pub fn store_named(&self, m: &Manifest, name: &str) -> Option<Arc<dyn Store>> {
+        self.target(&m.subject, name).map(|t| t.store.clone())
     }
 
     /// What was checked about a backup (from the first target that has a record).
     pub async fn annotations(&self, m: &Manifest) -> Annotations {
-        for t in &self.targets {
-            if let Ok(Some(_)) = t.store.size(&annotations_key(&m.database, &m.id)).await {
-                return read_annotations_from(&t.store, &m.database, &m.id).await;
+        for t in self.targets_for(&m.subject) {
+            if let Ok(Some(_)) = t.store.size(&keys::annotations(&m.subject, &m.id)).await {
+                return read_annotations_from(&t.store, &m.subject, &m.id).await;
             }
         }
         Annotations::default()
@@ -285,10 +354,10 @@ impl Repository {
         let mut current = self.annotations(m).await;
         change(&mut current);
         let bytes = Bytes::from(serde_json::to_vec_pretty(&current)?);
-        let key = annotations_key(&m.database, &m.id);
+        let key = keys::annotations(&m.subject, &m.id);
         let mut written = 0;
-        for t in &self.targets {
-            if !matches!(t.store.size(&manifest_key(&m.database, &m.id)).await, Ok(Some(_))) {
+        for t in self.targets_for(&m.subject) {
+            if !matches!(t.store.size(&keys::manifest(&m.subject, &m.id)).await, Ok(Some(_))) {
                 continue;
             }
             match t.store.put(&key, bytes.clone()).await {
@@ -299,45 +368,59 @@ impl Repository {
             }
         }
         if written == 0 {
-            bail!("could not record the result for backup {} on any target", m.id);
+            bail!("could not record the result for {} on any target", m.describe());
         }
         Ok(())
     }
 
-    /// A reader for backup `m`'s archive on `store` (default: the first target holding it); for an
-    /// incremental, with its base full (preferably from the same target).
+    /// A reader for backup `m`'s main object on `store` (default: the first target holding it);
+    /// for an incremental dump, with its base full (preferably from the same target).
     pub async fn reader(&self, m: &Manifest, store: Option<Arc<dyn Store>>) -> Result<Arc<ObjectReader>> {
         let store = match store {
             Some(s) => s,
             None => self.locate(m).await?,
         };
-        let what = describe(m);
+        let what = m.describe();
         let decryption = self.authenticate(m)?;
-        match (&m.kind, &m.base_id) {
-            (BackupKind::Incremental, Some(base_id)) => {
+        match (m.kind, m.dump(), m.base_id()) {
+            (BackupKind::Incremental, Some(_), Some(base_id)) => {
                 let base = self
-                    .find(base_id)
+                    .find_in(Some(&m.subject), base_id)
                     .await
                     .with_context(|| format!("{what} depends on full backup {base_id}, which cannot be read"))?;
                 let base_store = match store.size(&base.data.key).await {
                     Ok(Some(size)) if size == base.data.stored_bytes => store.clone(),
                     _ => self.locate(&base).await?,
                 };
-                let base_what = format!("base {} of incremental {}", describe(&base), m.id);
+                let base_what = format!("base {} of incremental {}", base.describe(), m.id);
                 let base_decryption = self.authenticate(&base)?;
                 let base_reader = ObjectReader::as_base(base_store, base.data.clone(), &base_what, base_decryption)?;
                 ObjectReader::with_base(store, m.data.clone(), &what, decryption, base_reader)
             }
-            (BackupKind::Incremental, None) => bail!("{what} is an incremental without a base backup id"),
+            (BackupKind::Incremental, Some(_), None) => bail!("{what} is an incremental without a base backup id"),
             _ => ObjectReader::new(store, m.data.clone(), &what, decryption),
         }
     }
 
-    /// Commits a backup: the manifest goes, last, to every target that holds its data.
+    /// Commits a new backup: authenticates its manifest when backups are encrypted (a per-backup
+    /// key age-encrypted to the recipients, an HMAC of the manifest under it), then writes it,
+    /// last, to every target holding the backup's objects. From then on the backup exists.
+    pub async fn commit(&self, mut manifest: Manifest) -> Result<Manifest> {
+        if let Some(c) = self.encrypts_with() {
+            let (info, key) = c.new_backup_key().context("creating the backup's authentication key")?;
+            manifest.encryption = Some(info);
+            manifest.mac = None;
+            manifest.mac = Some(crate::crypto::mac(&key, &manifest.mac_input()));
+        }
+        self.write_manifest(&manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Writes a manifest to every target that holds its backup's objects.
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
-        let key = manifest_key(&manifest.database, &manifest.id);
+        let key = keys::manifest(&manifest.subject, &manifest.id);
         let bytes = Bytes::from(manifest.to_json());
-        for t in self.targets.iter().filter(|t| manifest.targets.iter().any(|n| n == t.name())) {
+        for t in self.targets_for(&manifest.subject).iter().filter(|t| manifest.targets.iter().any(|n| n == t.name())) {
             t.store
                 .put(&key, bytes.clone())
                 .await
@@ -346,36 +429,99 @@ impl Repository {
         Ok(())
     }
 
-    /// Removes whatever exists of a backup on every target (manifest first). Used when a backup
-    /// fails; an unreachable optional target is reported, not fatal.
-    pub async fn remove_backup(&self, database: &str, id: &str) -> Result<()> {
-        let prefix = backup_prefix(database, id);
-        for t in &self.targets {
-            let result: Result<()> = async {
-                t.store.delete(&[manifest_key(database, id)]).await?;
-                let keys: Vec<String> = t.store.list(&prefix).await?.into_iter().map(|o| o.key).collect();
-                t.store.delete(&keys).await
+    /// Deletes backup `id` of `subject` from every target: its manifest first (from then on the
+    /// backup does not exist), then the rest of its directory. A crash in between leaves data
+    /// without a manifest, which [`Repository::remove_orphans`] removes later.
+    pub async fn delete(&self, subject: &Subject, id: &str) -> Deleted {
+        let dir = keys::backup_dir(subject, id);
+        let mut out = Vec::new();
+        for t in self.targets_for(subject) {
+            let result: Result<u64> = async {
+                let objects = t.store.list(&dir).await?;
+                if objects.is_empty() {
+                    return Ok(0);
+                }
+                let bytes: u64 = objects.iter().map(|o| o.size).sum();
+                t.store.delete(&[keys::manifest(subject, id)]).await?;
+                let rest: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+                t.store.delete(&rest).await?;
+                Ok(bytes)
             }
             .await;
+            out.push((
+                t.name().to_owned(),
+                result.with_context(|| format!("deleting {dir} from {}", t.store.describe())),
+            ));
+        }
+        out
+    }
+
+    /// Removes whatever a failed backup wrote; an optional target that cannot be reached is
+    /// reported, not fatal.
+    pub async fn remove_failed(&self, subject: &Subject, id: &str) -> Result<()> {
+        for (name, result) in self.delete(subject, id).await {
+            let required = self.target(subject, &name).is_none_or(|t| t.required);
             match result {
-                Ok(()) => {}
-                Err(e) if !t.required => {
-                    tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "could not remove a failed backup from an optional target")
+                Ok(_) => {}
+                Err(e) if !required => {
+                    tracing::warn!(target_name = %name, error = %format!("{e:#}"), "could not remove a failed backup from an optional target")
                 }
-                Err(e) => return Err(e.context(format!("removing {prefix} from {}", t.store.describe()))),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
+
+    /// Removes the backup directories of `subject` that have data but no manifest (interrupted
+    /// uploads and deletions) and were last modified before `cutoff`; a directory without
+    /// modification times is never removed. Returns `target:id` of each, and the errors.
+    pub async fn remove_orphans(&self, subject: &Subject, cutoff: DateTime<Utc>) -> (Vec<String>, Vec<String>) {
+        let prefix = keys::subject_prefix(subject);
+        let (mut removed, mut errors) = (Vec::new(), Vec::new());
+        for t in self.targets_for(subject) {
+            let objects = match t.store.list(&prefix).await {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(format!("listing {}: {e:#}", t.store.describe()));
+                    continue;
+                }
+            };
+            let mut dirs: BTreeMap<&str, BackupDir> = BTreeMap::new();
+            for o in &objects {
+                let Some((id, file)) = keys::backup_file(&prefix, &o.key) else { continue };
+                let e = dirs.entry(id).or_default();
+                e.has_manifest |= file == keys::MANIFEST_FILE;
+                e.newest = e.newest.max(o.modified);
+                e.keys.push(o.key.clone());
+            }
+            for (id, BackupDir { has_manifest, newest, keys }) in dirs {
+                if has_manifest || newest.is_none_or(|m| m > cutoff) {
+                    continue;
+                }
+                match t.store.delete(&keys).await {
+                    Ok(()) => {
+                        tracing::warn!(backup_id = %id, target_name = t.name(), "removed data without a manifest (an interrupted backup or deletion)");
+                        removed.push(format!("{}:{id}", t.name()));
+                    }
+                    Err(e) => errors.push(format!("removing orphan {id} from {}: {e:#}", t.store.describe())),
+                }
+            }
+        }
+        (removed, errors)
+    }
 }
 
-/// Names a backup in messages.
-pub fn describe(m: &Manifest) -> String {
-    format!("backup {} of database {}", m.id, m.database)
+/// What a listing shows of one backup directory.
+#[derive(Default)]
+struct BackupDir {
+    has_manifest: bool,
+    /// The newest modification time of its objects.
+    newest: Option<DateTime<Utc>>,
+    keys: Vec<String>,
 }
 
-async fn read_annotations_from(store: &Arc<dyn Store>, database: &str, id: &str) -> Annotations {
-    let key = annotations_key(database, id);
+async fn read_annotations_from(store: &Arc<dyn Store>, subject: &Subject, id: &str) -> Annotations {
+    let key = keys::annotations(subject, id);
     match store.get(&key).await {
         Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!(key = %key, error = %e, "ignoring unreadable annotations");
@@ -385,35 +531,34 @@ async fn read_annotations_from(store: &Arc<dyn Store>, database: &str, id: &str)
     }
 }
 
-async fn read_manifest_from(store: &Arc<dyn Store>, database: &str, id: &str) -> Result<Option<Manifest>> {
-    let key = manifest_key(database, id);
+/// Reads the manifest of backup `id` of `subject` from `store`; `Ok(None)` if there is none.
+pub async fn read_manifest_from(store: &Arc<dyn Store>, subject: &Subject, id: &str) -> Result<Option<Manifest>> {
+    let key = keys::manifest(subject, id);
     let Some(bytes) = store.get(&key).await? else { return Ok(None) };
     let m = Manifest::parse(&bytes, &format!("{key} on {}", store.name()))?;
-    if m.id != id || m.database != database {
-        bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.database);
+    if m.id != id || m.subject != *subject {
+        bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.subject);
     }
     Ok(Some(m))
+}
+
+/// The manifest of backup `id` from the first of `targets` that reads it (an unreadable one is
+/// logged and skipped, as listing does).
+async fn read_first(targets: &[&Target], subject: &Subject, id: &str) -> Option<Manifest> {
+    for t in targets {
+        match read_manifest_from(&t.store, subject, id).await {
+            Ok(Some(m)) => return Some(m),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(backup_id = %id, target_name = t.name(), error = %format!("{e:#}"), "skipping unreadable manifest")
+            }
+        }
+    }
+    None
 }
 
 /// An object whose size is not the recorded one, for messages.
 pub fn size_problem(key: &str, size: u64, recorded: u64) -> String {
     let what = if size < recorded { "it is truncated" } else { "bytes were added to it" };
     format!("{key} has {size} bytes, the manifest records {recorded}: {what}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn ids_sort_by_time_and_are_recognised() {
-        let a = new_backup_id(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(), BackupKind::Full);
-        let b = new_backup_id(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap(), BackupKind::Incremental);
-        assert!(a.starts_with("20260102T030405Z-full-"), "{a}");
-        assert!(a < b);
-        assert!(looks_like_backup_id(&a) && looks_like_backup_id(&b));
-        assert!(!looks_like_backup_id("latest"));
-        assert!(!looks_like_backup_id("../../etc"));
-    }
 }

@@ -17,7 +17,7 @@ fn full(days_ago: i64, hour: u32) -> Candidate {
         kind: BackupKind::Full,
         started_at: t,
         stored_bytes: 100,
-        base_id: None,
+        depends_on: Vec::new(),
         deep_verified: false,
         in_use: false,
     }
@@ -122,7 +122,7 @@ fn a_kept_incremental_keeps_its_base_full() {
     let mut inc = full(2, 7);
     inc.id = "20261120T0700-incr".into();
     inc.kind = BackupKind::Incremental;
-    inc.base_id = Some(base.id.clone());
+    inc.depends_on = vec![base.id.clone()];
     backups.push(inc);
     let r = Retention {
         full_backup: Some(KindPolicy { keep_last: Some(1), min_keep: 1, ..Default::default() }),
@@ -180,7 +180,7 @@ fn arb_history() -> impl Strategy<Value = Vec<Candidate>> {
                     kind,
                     started_at,
                     stored_bytes: size,
-                    base_id: if kind == BackupKind::Incremental { base } else { None },
+                    depends_on: if kind == BackupKind::Incremental { base.into_iter().collect() } else { Vec::new() },
                     deep_verified: verified,
                     in_use,
                 });
@@ -245,7 +245,7 @@ proptest! {
                 prop_assert!(keep[c.id.as_str()], "in-use {} deleted", c.id);
             }
             if c.kind == BackupKind::Incremental && keep[c.id.as_str()] {
-                let base = c.base_id.as_deref().unwrap();
+                let base = c.depends_on[0].as_str();
                 prop_assert!(keep[base], "base {} of kept {} deleted", base, c.id);
             }
         }

@@ -1,9 +1,12 @@
-//! What the daemon is doing, for `pgbackd status` and `pgbackd healthcheck`: written to
-//! `<reports.dir>/status.json` every 30 seconds and on every job start and end.
+//! What the daemon is doing, for `pgbackd status`, `pgbackd healthcheck`, `/readyz` and
+//! `/metrics`: the live status board, written to `<reports.dir>/status.json` every 30 seconds and
+//! on every job start and end, and the freshness rules that judge it.
 
-use crate::config::{Config, JobKind};
+use crate::config::Config;
+use crate::jobs::kind::JobKind;
 use crate::jobs::report::Outcome;
 use crate::pipeline::Counter;
+use crate::repo::manifest::Trigger;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -25,9 +28,9 @@ pub struct Status {
     pub running: Vec<RunningStatus>,
     pub databases: BTreeMap<String, DatabaseStatus>,
     pub counters: Counters,
-    /// The last run of each job kind per database: `jobs[database][kind]`.
+    /// The last run of each job kind per subject: `jobs[subject][kind]`.
     #[serde(default)]
-    pub jobs: BTreeMap<String, BTreeMap<String, JobStats>>,
+    pub jobs: BTreeMap<String, BTreeMap<JobKind, JobStats>>,
     /// Size and count of the backups on each storage target (refreshed after backups and
     /// retention runs).
     #[serde(default)]
@@ -39,7 +42,7 @@ pub struct Status {
 impl Status {
     /// The next scheduled run of a job kind (of any of its schedules).
     pub fn next_run(&self, kind: JobKind) -> Option<DateTime<Utc>> {
-        self.schedules.iter().filter(|x| x.kind == kind.name()).filter_map(|x| x.next_run).min()
+        self.schedules.iter().filter(|x| x.kind == kind).filter_map(|x| x.next_run).min()
     }
 }
 
@@ -65,7 +68,7 @@ pub struct TargetStats {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScheduleStatus {
-    pub kind: String,
+    pub kind: JobKind,
     pub cron: String,
     pub timezone: String,
     pub databases: Vec<String>,
@@ -78,8 +81,9 @@ pub struct ScheduleStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: String,
+    /// The subject (`app`, `files:uploads`).
     pub database: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub outcome: Outcome,
@@ -90,9 +94,10 @@ pub struct RunSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunningStatus {
     pub run_id: String,
-    pub kind: String,
+    pub kind: JobKind,
+    /// The subject (`app`, `files:uploads`).
     pub database: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
     pub bytes: u64,
 }

@@ -1,9 +1,50 @@
-//! `pgbackd retention` output: the plan as a table, with the reasons.
+//! `pgbackd retention`: one retention job per subject, and the plans as a table with the reasons.
 
-use crate::cli::list::human_bytes;
+use super::args::RetentionArgs;
+use super::list::human_bytes;
+use super::{EXIT_JOB_FAILED, EXIT_OK, failure, run_job};
+use crate::jobs::JobContext;
+use crate::jobs::kind::JobKind;
 use crate::jobs::retention::RetentionRun;
+use crate::jobs::run::{JobSpec, Produced};
+use crate::repo::Subject;
+use crate::repo::manifest::Trigger;
 use anyhow::Result;
 use std::io::Write;
+use std::process::ExitCode;
+
+/// Every configured database, file set and configuration set (or the one `--database` names).
+pub async fn run(ctx: &JobContext, args: &RetentionArgs) -> Result<ExitCode> {
+    let config = &ctx.config;
+    let at = match &args.at {
+        Some(t) => Some(crate::jobs::retention::parse_at(t).map_err(|e| anyhow::anyhow!("--at: {e}"))?),
+        None => None,
+    };
+    let subjects: Vec<Subject> = match &args.database {
+        Some(d) => vec![Subject::Database(config.select_database(Some(d))?.name.clone())],
+        None => config
+            .databases
+            .iter()
+            .map(|d| Subject::Database(d.name.clone()))
+            .chain(config.files.iter().map(|s| Subject::Files(s.name.clone())))
+            .chain(config.configs.iter().map(|s| Subject::Configs(s.name.clone())))
+            .collect(),
+    };
+    let mut runs = Vec::new();
+    for subject in subjects {
+        let mut spec = JobSpec::new(JobKind::Retention, subject, Trigger::Manual);
+        spec.params.dry_run = args.dry_run;
+        spec.params.at = at;
+        let run = run_job(ctx, spec).await;
+        match run.produced {
+            Produced::Retention(r) => runs.push(*r),
+            _ => return Err(failure(run)),
+        }
+    }
+    print(&runs, args.json)?;
+    let failed = runs.iter().any(|r| r.applied.as_ref().is_some_and(|a| !a.errors.is_empty()));
+    Ok(ExitCode::from(if failed { EXIT_JOB_FAILED } else { EXIT_OK }))
+}
 
 fn age(d: chrono::Duration) -> String {
     match d.num_hours() {
@@ -22,7 +63,7 @@ pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
     }
     for r in runs {
         let mode = if r.dry_run { "plan (dry run, nothing deleted)" } else { "plan, applied" };
-        writeln!(out, "database {} as of {}: {mode}", r.database, r.at.format("%Y-%m-%d %H:%M:%S UTC"))?;
+        writeln!(out, "{} as of {}: {mode}", r.subject.describe(), r.at.format("%Y-%m-%d %H:%M:%S UTC"))?;
         if let Some(s) = &r.skipped {
             writeln!(out, "  SKIPPED: {s}")?;
             continue;

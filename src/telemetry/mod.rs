@@ -1,7 +1,10 @@
 //! Logging: tracing to stdout for the daemon and to stderr for one-shot commands (whose stdout
 //! carries ids, JSON and archives), JSON lines when that stream is not a terminal, human-readable
 //! otherwise, plus an optional rolling JSON file (`logging.file`). `RUST_LOG` overrides
-//! `--log-level`. Messages are constant sentences; data goes in fields.
+//! `--log-level`. Messages are constant sentences; data goes in fields. [`events`]: what a job run
+//! causes (log line, report, status, notification), in one place.
+
+pub mod events;
 
 use crate::config::{LogFile, Rotation};
 use std::io::IsTerminal;

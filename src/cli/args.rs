@@ -1,0 +1,278 @@
+//! The command-line tree (clap derive): every subcommand and its arguments.
+
+use crate::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "pgbackd", version, about = "PostgreSQL backups you can prove restore")]
+pub struct Cli {
+    /// The YAML config file.
+    #[arg(long, short = 'c', env = "PGBACKD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info", global = true)]
+    pub log_level: String,
+    /// Log format: JSON lines when stderr is not a terminal (auto), or forced.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and print every error at once (exit 78 if any).
+    CheckConfig(CheckConfigArgs),
+    /// Take a backup now and print its id.
+    Backup(BackupArgs),
+    /// List backups.
+    List(ListArgs),
+    /// Restore a backup into a database and check its row counts.
+    Restore(RestoreArgs),
+    /// Write a backup's raw pg_dump archive to stdout (for a manual pg_restore).
+    Cat(CatArgs),
+    /// Check backups on every target: quick (present, right sizes) or --deep (every byte read,
+    /// every checksum and frame checked, the archive read by pg_restore).
+    Verify(VerifyArgs),
+    /// Restore a backup into a scratch database, compare row counts, run the configured checks,
+    /// measure the restore time, and drop the scratch database.
+    TestRestore(CatArgs),
+    /// Apply the retention policies: print the plan (keep/delete and why) and execute it.
+    Retention(RetentionArgs),
+    /// Run as a service: schedules, reload on SIGHUP, graceful stop on SIGTERM.
+    Run,
+    /// What the running daemon is doing: next and last run of every schedule, running jobs.
+    Status(StatusArgs),
+    /// Exit 0 if the daemon is alive and every database has a recent enough full backup, else 1
+    /// (for Docker's HEALTHCHECK).
+    Healthcheck,
+    /// Run a local demo: throwaway PostgreSQL, one backup, one verified restore.
+    Demo(crate::demo::DemoArgs),
+    /// Back up a source set of `files:` (or of `configs:` with --configs) now; prints the backup
+    /// id; exit 1 when the backup is partial (files unreadable, vanished or changed).
+    BackupFiles(FilesArgs),
+    /// List the file backups of a source set.
+    ListFiles(ListFilesArgs),
+    /// Restore a file backup into an empty or new directory, checking every file's SHA-256.
+    RestoreFiles(RestoreFilesArgs),
+    /// Send a test message through every notification channel and ping (or the one named);
+    /// exit 1 if any fails.
+    NotifyTest(NotifyTestArgs),
+    /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
+    /// recipient to put in encryption.recipients.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// The source set's name.
+    #[arg(long)]
+    pub name: String,
+    /// A set of `configs:` (job config_backup) instead of `files:`.
+    #[arg(long)]
+    pub configs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListFilesArgs {
+    #[command(flatten)]
+    pub set: FilesArgs,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
+pub struct RestoreFilesArgs {
+    pub backup_id: Option<String>,
+    /// The newest backup of the set.
+    #[arg(long)]
+    pub latest: bool,
+    #[command(flatten)]
+    pub set: FilesArgs,
+    /// The directory to restore into (created; must be empty unless --overwrite).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Only paths matching this glob (repeatable), e.g. 'srv/app/uploads/2026/**'.
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+    /// Read and check everything, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace files that exist in the target directory.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyTestArgs {
+    /// Only this channel (email, slack, a webhook's or a healthchecks entry's name).
+    #[arg(long)]
+    pub channel: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the identity (mode 0600; an existing file is never overwritten).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Also connect: each database (server version, pg_dump compatibility) and each storage
+    /// target (write, read, list, delete a small object). Exit 1 if anything fails.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    Full,
+    Incremental,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[arg(long, value_enum, default_value = "full")]
+    pub kind: KindArg,
+    /// The database to back up (default: the only configured one).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Accept a dump much smaller than the previous full backup (after a real cleanup).
+    #[arg(long)]
+    pub allow_shrink: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub database: Option<String>,
+    /// A JSON array (a stable format; see docs/operations.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
+pub struct RestoreArgs {
+    /// The backup to restore (see `pgbackd list`).
+    pub backup_id: Option<String>,
+    /// Restore the newest backup of --database (or of the only configured database).
+    #[arg(long)]
+    pub latest: bool,
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The database to restore into.
+    #[arg(long)]
+    pub target_database: String,
+    /// Target server host (default: restore.target, else the backup's own server).
+    #[arg(long)]
+    pub target_host: Option<String>,
+    #[arg(long)]
+    pub target_port: Option<u16>,
+    #[arg(long)]
+    pub target_user: Option<String>,
+    /// Create the target database when it does not exist.
+    #[arg(long)]
+    pub create: bool,
+    /// Drop the target's objects before restoring them (needs --yes).
+    #[arg(long)]
+    pub clean: bool,
+    /// Confirm --clean.
+    #[arg(long)]
+    pub yes: bool,
+    /// Parallel pg_restore jobs (spools the archive to a temp file when > 1).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: u32,
+    /// Restore only this schema (repeatable).
+    #[arg(long = "schema")]
+    pub schemas: Vec<String>,
+    /// Restore only this table (repeatable).
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// Do not restore object ownership (pg_restore --no-owner).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Also replay the saved roles and tablespaces (pg_dumpall --globals-only) first.
+    #[arg(long)]
+    pub globals: bool,
+    /// Check everything and verify the backup's content, but change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Keys that read encrypted backups, beside the config's.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// An age identity file (AGE-SECRET-KEY-1... lines) that decrypts encrypted backups; added to
+    /// encryption.identity_file, never encrypted to.
+    #[arg(long, env = "PGBACKD_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
+pub struct CatArgs {
+    pub backup_id: Option<String>,
+    #[arg(long)]
+    pub latest: bool,
+    #[arg(long)]
+    pub database: Option<String>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest", "all"])))]
+pub struct VerifyArgs {
+    pub backup_id: Option<String>,
+    /// The newest backup of --database (or of every configured database).
+    #[arg(long)]
+    pub latest: bool,
+    /// Every backup (of --database, or all).
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Read and check every stored byte (default: quick, objects and sizes only).
+    #[arg(long)]
+    pub deep: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Only one database (default: every configured one).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Print the plan, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Plan as of this time (2026-11-22 or 2026-11-22T06:00:00Z); needs --dry-run.
+    #[arg(long, requires = "dry_run")]
+    pub at: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}

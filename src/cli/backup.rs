@@ -1,0 +1,60 @@
+//! `pgbackd backup` and `pgbackd backup-files`: one backup now; its id on stdout.
+
+use super::args::{BackupArgs, FilesArgs, KindArg};
+use super::{EXIT_JOB_FAILED, EXIT_OK, failure, run_job};
+use crate::jobs::JobContext;
+use crate::jobs::kind::JobKind;
+use crate::jobs::run::{JobSpec, RunOutcome};
+use crate::repo::Subject;
+use crate::repo::manifest::Trigger;
+use anyhow::Result;
+use std::process::ExitCode;
+
+pub async fn database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
+    let db = ctx.config.select_database(args.database.as_deref())?;
+    let kind = match args.kind {
+        KindArg::Full => JobKind::FullBackup,
+        KindArg::Incremental => JobKind::IncrementalBackup,
+    };
+    let mut spec = JobSpec::new(kind, Subject::Database(db.name.clone()), Trigger::Manual);
+    spec.params.allow_shrink = args.allow_shrink;
+    let run = run_job(ctx, spec).await;
+    match (&run.outcome, run.backup()) {
+        (RunOutcome::Success, Some(m)) => {
+            println!("{}", m.id);
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        _ => Err(failure(run)),
+    }
+}
+
+/// A file or configuration set; exit 1 when the backup is partial (its id is still printed).
+pub async fn files(ctx: &JobContext, args: &FilesArgs) -> Result<ExitCode> {
+    let (kind, subject) = set_subject(args);
+    crate::jobs::file_backup::set_of(&ctx.config, &subject)?;
+    let run = run_job(ctx, JobSpec::new(kind, subject, Trigger::Manual)).await;
+    let Some(m) = run.backup() else { return Err(failure(run)) };
+    let set = m.file_set();
+    println!("{}", m.id);
+    eprintln!(
+        "{}: {} files, {} bytes, {} stored bytes, outcome {}",
+        m.id,
+        set.map_or(0, |f| f.file_count),
+        m.raw_bytes(),
+        m.data.stored_bytes,
+        run.status().name()
+    );
+    for p in m.problems() {
+        eprintln!("  {} {}: {}", if p.error { "ERROR  " } else { "WARNING" }, p.path, p.problem);
+    }
+    Ok(ExitCode::from(if matches!(run.outcome, RunOutcome::Success) { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+/// The job and subject of `--name SET [--configs]`.
+pub fn set_subject(args: &FilesArgs) -> (JobKind, Subject) {
+    if args.configs {
+        (JobKind::ConfigBackup, Subject::Configs(args.name.clone()))
+    } else {
+        (JobKind::FileBackup, Subject::Files(args.name.clone()))
+    }
+}

@@ -1,0 +1,126 @@
+//! `pgbackd verify` and `pgbackd test-restore`.
+
+use super::args::{CatArgs, VerifyArgs};
+use super::{EXIT_JOB_FAILED, EXIT_OK, failure, run_job};
+use crate::config::VerifyMode;
+use crate::jobs::JobContext;
+use crate::jobs::kind::JobKind;
+use crate::jobs::run::{JobSpec, Produced, Select};
+use crate::jobs::test_restore::TestRestored;
+use crate::jobs::verify::Verified;
+use crate::repo::Subject;
+use crate::repo::manifest::Trigger;
+use anyhow::{Result, bail};
+use std::io::Write;
+use std::process::ExitCode;
+
+/// One verification job per subject: the backup named, the newest of each configured database
+/// (`--latest`), or every backup (`--all`), of `--database` or all.
+pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
+    let database = match &args.database {
+        Some(d) => Some(Subject::Database(ctx.config.select_database(Some(d))?.name.clone())),
+        None => None,
+    };
+    let jobs: Vec<(Subject, Select)> = match (&args.backup_id, args.latest) {
+        (Some(id), _) => vec![(ctx.repository.find(id).await?.subject, Select::Id(id.clone()))],
+        (None, true) => match database {
+            Some(s) => vec![(s, Select::Latest)],
+            None => ctx.config.databases.iter().map(|d| (Subject::Database(d.name.clone()), Select::Latest)).collect(),
+        },
+        (None, false) => match database {
+            Some(s) => vec![(s, Select::All)],
+            None => ctx.repository.subjects().await?.into_iter().map(|s| (s, Select::All)).collect(),
+        },
+    };
+    let mode = if args.deep { VerifyMode::Deep } else { VerifyMode::Quick };
+    let mut results = Vec::new();
+    for (subject, select) in jobs {
+        let mut spec = JobSpec::new(JobKind::Verification, subject, Trigger::Manual);
+        spec.params.select = select;
+        spec.params.verify_mode = Some(mode);
+        let run = run_job(ctx, spec).await;
+        match run.produced {
+            Produced::Verified(v) => results.extend(v),
+            _ => return Err(failure(run)),
+        }
+    }
+    if results.is_empty() {
+        bail!("no backups to verify in {}", ctx.repository.describe());
+    }
+    print(&results, args.json)?;
+    Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+pub async fn test_restore(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> {
+    let m = super::restore::named_backup(ctx, args.backup_id.as_deref(), args.database.as_deref()).await?;
+    let mut spec = JobSpec::new(JobKind::TestRestore, m.subject.clone(), Trigger::Manual);
+    spec.params.select = Select::Id(m.id.clone());
+    let run = run_job(ctx, spec).await;
+    let Produced::TestRestore(t) = &run.produced else { return Err(failure(run)) };
+    print_test_restore(t)?;
+    Ok(ExitCode::from(if t.ok { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+pub fn print(results: &[Verified], json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, results)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for v in results {
+        let scope = match (v.mode, v.subject.is_file_set()) {
+            (VerifyMode::Quick, _) => "quick: manifest and objects present with their recorded sizes; content not read",
+            (VerifyMode::Deep, false) => {
+                "deep: every byte read, every checksum and frame checked, archive read by pg_restore"
+            }
+            (VerifyMode::Deep, true) => {
+                "deep: every byte read, every checksum and frame checked, every file's SHA-256 checked"
+            }
+        };
+        writeln!(out, "{} {} ({}): {}", if v.ok { "PASSED" } else { "FAILED" }, v.backup_id, v.database, scope)?;
+        for t in &v.targets {
+            match &t.error {
+                None => writeln!(out, "  ok      target {}", t.target)?,
+                Some(e) => writeln!(out, "  FAILED  target {}: {e}", t.target)?,
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    writeln!(out, "{} verified, {failed} failed", results.len())?;
+    Ok(())
+}
+
+pub fn print_test_restore(t: &TestRestored) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} test restore of {} ({}) into {}: {:.1}s, {} bytes restored, {} tables checked",
+        if t.ok { "PASSED" } else { "FAILED" },
+        t.backup_id,
+        t.database,
+        t.scratch_database,
+        t.restore_seconds,
+        t.restored_bytes.unwrap_or(0),
+        t.tables_checked
+    )?;
+    for m in &t.mismatches {
+        let found = m.found.map(|n| n.to_string()).unwrap_or_else(|| "table missing".into());
+        writeln!(out, "  ROW COUNT MISMATCH {}.{}: expected {}, found {found}", m.schema, m.table, m.expected)?;
+    }
+    for c in &t.checks {
+        let got = c.got.clone().or_else(|| c.error.clone()).unwrap_or_else(|| "no row".into());
+        writeln!(
+            out,
+            "  {}  check {}: got {got}, expected {}",
+            if c.ok { "ok    " } else { "FAILED" },
+            c.name,
+            c.expect
+        )?;
+    }
+    if let Some(e) = &t.error {
+        writeln!(out, "  error: {e}")?;
+    }
+    writeln!(out, "  scratch database dropped")?;
+    Ok(())
+}

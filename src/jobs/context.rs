@@ -1,0 +1,46 @@
+//! What every job runs with: the configuration and repository of the moment, the clock, its
+//! cancellation and its progress counter.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::pipeline::Counter;
+use crate::repo::Repository;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct JobContext {
+    pub config: Arc<Config>,
+    /// Opened once per configuration and shared by every job of it.
+    pub repository: Arc<Repository>,
+    pub clock: Arc<dyn Clock>,
+    /// Cancelled when the job must stop (a signal, the daemon's shutdown, a timeout).
+    pub cancel: CancellationToken,
+    /// Bytes moved so far, for status and progress reporting.
+    pub progress: Arc<Counter>,
+    /// Show progress bars (a one-shot command on a terminal).
+    pub interactive: bool,
+}
+
+impl JobContext {
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The same context with another cancellation token (a job's own, below the caller's).
+    pub fn with_cancel(&self, cancel: CancellationToken) -> JobContext {
+        JobContext { cancel, ..self.clone() }
+    }
+}
+
+/// Which backups of the subject a job reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Select {
+    /// What the config says: `verification.scope`, `test_restore.pick`; the newest for a restore.
+    #[default]
+    Configured,
+    Id(String),
+    Latest,
+    All,
+}

@@ -1,0 +1,164 @@
+//! A file or configuration backup: the set's paths streamed as a tar archive through the same
+//! segment -> zstd -> (age) -> SHA-256 -> storage pipeline as dumps, committed by a manifest that
+//! lists every file with its SHA-256. Files that change or vanish while read, or cannot be read,
+//! make the backup `partial`, never a silent success. An incremental leaves files whose metadata
+//! did not change in the earlier backup that holds them (up to `full_every - 1` in a row).
+
+use super::context::JobContext;
+use crate::config::FileSetConfig;
+use crate::fileset::{FileKind, archive};
+use crate::pipeline::{self, PipelineOptions};
+use crate::repo::manifest::{Content, FileSet, FilesOutcome, Trigger};
+use crate::repo::{BackupKind, Manifest, Subject, keys};
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// The source set a subject names.
+pub fn set_of<'c>(config: &'c crate::config::Config, subject: &Subject) -> Result<&'c FileSetConfig> {
+    let (sets, key) = match subject {
+        Subject::Files(_) => (&config.files, "files"),
+        Subject::Configs(_) => (&config.configs, "configs"),
+        Subject::Database(_) => bail!("{} is not a file set", subject.describe()),
+    };
+    let name = subject.name();
+    sets.iter().find(|s| s.name == name).with_context(|| {
+        let names: Vec<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+        format!(
+            "no source set {name:?} under {key}: (configured: {})",
+            if names.is_empty() { "none".into() } else { names.join(", ") }
+        )
+    })
+}
+
+/// Backs up the set `subject` names; `Ok` also for a partial backup (see its problems).
+pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger) -> Result<Manifest> {
+    let set = set_of(&ctx.config, subject)?;
+    let now = ctx.now();
+    let tag = if matches!(subject, Subject::Configs(_)) { "configs" } else { "files" };
+    let id = keys::new_backup_id(now, tag);
+    let started = std::time::Instant::now();
+    tracing::info!(backup_id = %id, "file backup started");
+    let result = take(ctx, set, subject, trigger, &id).await;
+    match &result {
+        Ok(m) => tracing::info!(
+            backup_id = %m.id,
+            files = m.file_set().map_or(0, |f| f.file_count),
+            raw_bytes = m.data.raw_bytes,
+            stored_bytes = m.data.stored_bytes,
+            partial = !m.problems().is_empty(),
+            duration_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "file backup finished"
+        ),
+        Err(e) => {
+            tracing::error!(backup_id = %id, error = %format!("{e:#}"), "file backup failed");
+            if let Err(cleanup) = ctx.repository.remove_failed(subject, &id).await {
+                tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
+            }
+        }
+    }
+    result
+}
+
+async fn take(
+    ctx: &JobContext,
+    set: &FileSetConfig,
+    subject: &Subject,
+    trigger: Trigger,
+    id: &str,
+) -> Result<Manifest> {
+    let (config, repo) = (&*ctx.config, &*ctx.repository);
+    let now = ctx.now();
+    let sources = set.sources()?;
+    // an incremental against the newest backup of the set, up to full_every - 1 in a row
+    // (only the newest full_every manifests are read)
+    let recent = repo.newest(subject, set.full_every as usize).await.unwrap_or_default();
+    let in_a_row = recent.iter().rev().take_while(|m| m.kind == BackupKind::Incremental).count() as u32;
+    let mut warnings = Vec::new();
+    let previous: HashMap<String, archive::Previous> = match (recent.last(), recent.last().and_then(|m| m.file_set())) {
+        (Some(prev), Some(files)) if set.full_every > 1 && in_a_row + 1 < set.full_every => {
+            match repo.authenticate(prev) {
+                Ok(_) => files
+                    .files
+                    .iter()
+                    .filter(|r| r.kind == FileKind::File && r.sha256.is_some())
+                    .map(|r| {
+                        let holder = r.stored_in.clone().unwrap_or_else(|| prev.id.clone());
+                        (r.path.clone(), archive::Previous { record: r.clone(), holder })
+                    })
+                    .collect(),
+                Err(e) => {
+                    warnings
+                        .push(format!("the previous backup {} cannot be read here ({e:#}): this one is full", prev.id));
+                    HashMap::new()
+                }
+            }
+        }
+        _ => HashMap::new(),
+    };
+    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    crate::process::enlarge_pipe(&writer);
+    // tar writes headers of 512 bytes and data in small pieces: batch them
+    let writer = std::io::BufWriter::with_capacity(1 << 20, writer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let walker = {
+        let (sources, stop) = (sources.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("pgbackd-tar".into())
+            .spawn(move || archive::write(&sources, writer, stop, previous))
+            .context("starting the archive thread")?
+    };
+    let level = config.compression.enabled.then_some(config.compression.level);
+    let opts = PipelineOptions {
+        segment_size: config.backup.segment_size as usize,
+        level,
+        threads: config.compression_threads(),
+        stall_timeout: config.backup.stall_timeout,
+        delta: None,
+        encrypt: repo.encrypts_with().cloned(),
+    };
+    let key = keys::tar_data(subject, id, level.is_some(), opts.encrypt.is_some());
+    let targets = repo.targets_for(subject);
+    let mut segments = pipeline::read_segments(reader, opts.segment_size, ctx.progress.clone(), pipeline::Unfiltered);
+    let streamed = pipeline::store_stream_to(&mut segments, targets, &key, &opts, &ctx.cancel).await;
+    drop(segments);
+    if streamed.is_err() {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let archived = tokio::task::spawn_blocking(move || walker.join())
+        .await
+        .context("archive thread")?
+        .map_err(|_| anyhow!("the archive thread panicked"))?;
+    let staged = streamed.map_err(|e| anyhow!(e).context("storing the archive"))?;
+    let archived = match archived {
+        Ok(a) => a,
+        Err(e) => {
+            staged.abort().await;
+            bail!("writing the archive of {}: {e}", set.name);
+        }
+    };
+    let committed = staged.commit().await?;
+    warnings.extend(committed.warnings);
+    let mut holders: Vec<String> = archived.records.iter().filter_map(|r| r.stored_in.clone()).collect();
+    holders.sort();
+    holders.dedup();
+    let content = Content::Files(FileSet {
+        host: crate::notify::hostname(),
+        sources: set.paths.iter().map(|p| p.display().to_string()).collect(),
+        file_count: archived.records.iter().filter(|r| r.kind == FileKind::File).count() as u64,
+        total_bytes: archived.total_bytes,
+        // a file not captured as it was (unreadable, vanished, changed while read) makes it partial
+        outcome: if archived.problems.is_empty() { FilesOutcome::Success } else { FilesOutcome::Partial },
+        problems: archived.problems,
+        files: archived.records,
+    });
+    // self-contained unless some file's content is left in an earlier backup
+    let kind = if holders.is_empty() { BackupKind::Full } else { BackupKind::Incremental };
+    let mut m = Manifest::new(id.to_owned(), subject.clone(), kind, trigger, now, committed.object, content);
+    m.depends_on = holders;
+    m.finished_at = ctx.now().max(now);
+    m.targets = committed.targets;
+    m.warnings = warnings;
+    repo.commit(m).await
+}

@@ -1,0 +1,69 @@
+//! The kinds of job, named as the `schedules:` block and the reports name them. A leaf: the config
+//! reads schedules by these names without knowing how jobs run.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    FullBackup,
+    IncrementalBackup,
+    Verification,
+    TestRestore,
+    Retention,
+    FileBackup,
+    ConfigBackup,
+    /// A restore asked for on the command line (never scheduled).
+    Restore,
+}
+
+impl JobKind {
+    /// The kinds a schedule can name.
+    pub const SCHEDULED: [JobKind; 7] = [
+        JobKind::FullBackup,
+        JobKind::IncrementalBackup,
+        JobKind::Verification,
+        JobKind::TestRestore,
+        JobKind::Retention,
+        JobKind::FileBackup,
+        JobKind::ConfigBackup,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::FullBackup => "full_backup",
+            JobKind::IncrementalBackup => "incremental_backup",
+            JobKind::Verification => "verification",
+            JobKind::TestRestore => "test_restore",
+            JobKind::Retention => "retention",
+            JobKind::FileBackup => "file_backup",
+            JobKind::ConfigBackup => "config_backup",
+            JobKind::Restore => "restore",
+        }
+    }
+
+    /// The kind a schedule names (`restore` cannot be scheduled).
+    pub fn scheduled(name: &str) -> Option<JobKind> {
+        JobKind::SCHEDULED.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether it stores a new backup.
+    pub fn is_backup(self) -> bool {
+        matches!(self, JobKind::FullBackup | JobKind::IncrementalBackup | JobKind::FileBackup | JobKind::ConfigBackup)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_match_serde() {
+        for k in JobKind::SCHEDULED {
+            assert_eq!(JobKind::scheduled(k.name()), Some(k));
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
+        }
+        assert_eq!(JobKind::scheduled("restore"), None);
+        assert_eq!(serde_json::to_string(&JobKind::Restore).unwrap(), "\"restore\"");
+    }
+}

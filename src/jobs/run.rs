@@ -1,0 +1,306 @@
+//! The one way a job runs, from the command line and from the daemon alike:
+//! [`run`]`(JobSpec, &JobContext) -> JobRun`. It opens the job's span, enforces its timeout, runs
+//! the arm for its kind and subject, and classifies the result; what the finished run then
+//! causes (log line, metrics, report, status, notification) is `telemetry::events`' job.
+
+use super::context::JobContext;
+pub use super::context::Select;
+use super::kind::JobKind;
+use super::report::Outcome;
+use super::restore::{RestoreReport, RestoreRequest};
+use super::retention::RetentionRun;
+use super::test_restore::TestRestored;
+use super::verify::Verified;
+use super::{backup, file_backup, restore, retention, test_restore, verify};
+use crate::config::VerifyMode;
+use crate::fileset::restore::{Request as FilesRequest, Restored};
+use crate::repo::manifest::Trigger;
+use crate::repo::{BackupKind, Manifest, Subject};
+use anyhow::{Result, anyhow, bail};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use tracing::Instrument;
+
+/// One run of a job: what, of what, why, and how.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    pub subject: Subject,
+    pub trigger: Trigger,
+    /// In every log line, report and notification of the run.
+    pub run_id: String,
+    pub params: Params,
+}
+
+impl JobSpec {
+    /// A run with the configured behaviour (what the daemon's schedules run).
+    pub fn new(kind: JobKind, subject: Subject, trigger: Trigger) -> JobSpec {
+        JobSpec { kind, subject, trigger, run_id: new_run_id(), params: Params::default() }
+    }
+}
+
+/// What a command line says beyond kind and subject; the defaults are the configured behaviour.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    /// Which backups a verification, test restore or restore reads.
+    pub select: Select,
+    /// Verification depth (default: `verification.mode`).
+    pub verify_mode: Option<VerifyMode>,
+    /// Backups: accept a dump much smaller than the previous full.
+    pub allow_shrink: bool,
+    /// Retention: plan only.
+    pub dry_run: bool,
+    /// Retention: plan as of this time instead of now.
+    pub at: Option<DateTime<Utc>>,
+    /// Restore: where to, and how.
+    pub restore: Option<RestoreTo>,
+    /// Cancel the job after this long (the daemon's per-schedule timeout).
+    pub timeout: Option<Duration>,
+}
+
+/// Where a restore writes.
+#[derive(Debug, Clone)]
+pub enum RestoreTo {
+    Database(RestoreRequest),
+    Directory(FilesRequest),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    Success,
+    /// Stored, but not everything was captured as it was (a file backup): why.
+    Partial(String),
+    Failed(anyhow::Error),
+    /// Stopped by a signal or the daemon's shutdown: what the job said.
+    Cancelled(String),
+}
+
+/// What a run produced, for printing and for its report.
+#[derive(Debug)]
+pub enum Produced {
+    Nothing,
+    Backup(Box<Manifest>),
+    Verified(Vec<Verified>),
+    TestRestore(Box<TestRestored>),
+    Retention(Box<RetentionRun>),
+    Restore(Box<RestoreReport>),
+    FilesRestored(Box<Restored>),
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct JobRun {
+    pub spec: JobSpec,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: RunOutcome,
+    pub produced: Produced,
+    /// The run's span (`job{kind, subject, run_id}`), for what is logged about it afterwards.
+    pub span: tracing::Span,
+}
+
+impl JobRun {
+    /// A run that never started (cancelled while waiting for its turn).
+    pub fn not_started(spec: JobSpec, at: DateTime<Utc>, why: &str) -> JobRun {
+        let span = job_span(&spec);
+        JobRun {
+            spec,
+            started_at: at,
+            finished_at: at,
+            outcome: RunOutcome::Cancelled(why.to_owned()),
+            produced: Produced::Nothing,
+            span,
+        }
+    }
+
+    pub fn status(&self) -> Outcome {
+        match self.outcome {
+            RunOutcome::Success => Outcome::Success,
+            RunOutcome::Partial(_) => Outcome::Partial,
+            RunOutcome::Failed(_) => Outcome::Failed,
+            RunOutcome::Cancelled(_) => Outcome::Cancelled,
+        }
+    }
+
+    /// The whole error chain, when the run did not succeed.
+    pub fn error(&self) -> Option<String> {
+        match &self.outcome {
+            RunOutcome::Success => None,
+            RunOutcome::Partial(why) | RunOutcome::Cancelled(why) => Some(why.clone()),
+            RunOutcome::Failed(e) => Some(format!("{e:#}")),
+        }
+    }
+
+    pub fn duration_seconds(&self) -> f64 {
+        (self.finished_at - self.started_at).num_milliseconds() as f64 / 1000.0
+    }
+
+    /// The backup a backup job stored.
+    pub fn backup(&self) -> Option<&Manifest> {
+        match &self.produced {
+            Produced::Backup(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+pub fn new_run_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+fn job_span(spec: &JobSpec) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        job_kind = spec.kind.name(),
+        subject = %spec.subject,
+        run_id = %spec.run_id,
+        trigger = spec.trigger.name()
+    )
+}
+
+/// The work of each kind of job. [`Jobs`] is the real one; the daemon's scheduling tests put a
+/// fake here and keep everything around it.
+#[async_trait]
+pub trait Arms: Send + Sync {
+    async fn perform(&self, spec: &JobSpec, ctx: &JobContext) -> Result<Produced>;
+}
+
+/// The real jobs.
+pub struct Jobs;
+
+/// Runs a job.
+pub async fn run(spec: JobSpec, ctx: &JobContext) -> JobRun {
+    run_with(&Jobs, spec, ctx).await
+}
+
+/// Runs a job with these arms (see [`Arms`]).
+pub async fn run_with(arms: &dyn Arms, spec: JobSpec, ctx: &JobContext) -> JobRun {
+    let span = job_span(&spec);
+    let started_at = ctx.now();
+    let cancel = ctx.cancel.child_token();
+    let job_ctx = ctx.with_cancel(cancel.clone());
+    let (result, timed_out) = async {
+        let work = arms.perform(&spec, &job_ctx);
+        let Some(limit) = spec.params.timeout else { return (work.await, None) };
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => (r, None),
+            _ = tokio::time::sleep(limit) => {
+                // let the job clean up (children stopped, uploads aborted) before reporting
+                cancel.cancel();
+                (work.await, Some(limit))
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let (outcome, produced) = match result {
+        Ok(p) => (classify(&p), p),
+        Err(e) => (RunOutcome::Failed(e), Produced::Nothing),
+    };
+    let outcome = match (outcome, timed_out) {
+        (RunOutcome::Success, _) => RunOutcome::Success,
+        (RunOutcome::Failed(e), Some(limit)) => {
+            RunOutcome::Failed(e.context(format!("exceeded the job timeout ({limit:?}) and was cancelled")))
+        }
+        (RunOutcome::Partial(why), Some(limit)) => RunOutcome::Failed(
+            anyhow!("{why}").context(format!("exceeded the job timeout ({limit:?}) and was cancelled")),
+        ),
+        // stopped from outside: a signal, the daemon's shutdown
+        (RunOutcome::Failed(e), None) if ctx.cancel.is_cancelled() => RunOutcome::Cancelled(format!("{e:#}")),
+        (other, _) => other,
+    };
+    JobRun { spec, started_at, finished_at: ctx.now().max(started_at), outcome, produced, span }
+}
+
+/// Whether what a job produced is a success.
+fn classify(p: &Produced) -> RunOutcome {
+    match p {
+        Produced::Backup(m) if !m.problems().is_empty() => {
+            let problems: Vec<String> = m.problems().iter().map(|p| format!("{}: {}", p.path, p.problem)).collect();
+            RunOutcome::Partial(format!(
+                "partial: {} of the files were not captured as they were: {}",
+                problems.len(),
+                problems.join("; ")
+            ))
+        }
+        Produced::Verified(vs) => {
+            let failures: Vec<String> = vs
+                .iter()
+                .filter(|v| !v.ok)
+                .map(|v| {
+                    let why: Vec<String> = v
+                        .targets
+                        .iter()
+                        .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)))
+                        .collect();
+                    let why = if why.is_empty() { "no target holds the backup".to_owned() } else { why.join("; ") };
+                    format!("{}: {why}", v.backup_id)
+                })
+                .collect();
+            if failures.is_empty() {
+                RunOutcome::Success
+            } else {
+                RunOutcome::Failed(anyhow!("{}", failures.join("; ")))
+            }
+        }
+        Produced::TestRestore(t) => match &t.error {
+            None => RunOutcome::Success,
+            Some(e) => RunOutcome::Failed(anyhow!("{e}")),
+        },
+        Produced::Retention(r) => match r.applied.as_ref().filter(|a| !a.errors.is_empty()) {
+            None => RunOutcome::Success,
+            Some(a) => RunOutcome::Failed(anyhow!("{}", a.errors.join("; "))),
+        },
+        Produced::Restore(r) if !r.mismatches.is_empty() => {
+            let tables: Vec<String> = r.mismatches.iter().map(|m| format!("{}.{}", m.schema, m.table)).collect();
+            RunOutcome::Failed(anyhow!("row counts differ from the backup in: {}", tables.join(", ")))
+        }
+        _ => RunOutcome::Success,
+    }
+}
+
+#[async_trait]
+impl Arms for Jobs {
+    async fn perform(&self, spec: &JobSpec, ctx: &JobContext) -> Result<Produced> {
+        let p = &spec.params;
+        match (spec.kind, &spec.subject) {
+            (JobKind::FullBackup | JobKind::IncrementalBackup, Subject::Database(name)) => {
+                let kind = if spec.kind == JobKind::FullBackup { BackupKind::Full } else { BackupKind::Incremental };
+                let db = ctx.config.select_database(Some(name))?.clone();
+                let req = backup::Request { database: &db, kind, trigger: spec.trigger, allow_shrink: p.allow_shrink };
+                Ok(Produced::Backup(Box::new(backup::run(ctx, &req).await?)))
+            }
+            (JobKind::FileBackup, s @ Subject::Files(_)) | (JobKind::ConfigBackup, s @ Subject::Configs(_)) => {
+                Ok(Produced::Backup(Box::new(file_backup::run(ctx, s, spec.trigger).await?)))
+            }
+            (JobKind::Verification, s) => {
+                let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);
+                Ok(Produced::Verified(verify::run(ctx, s, &p.select, mode).await?))
+            }
+            (JobKind::TestRestore, s @ Subject::Database(_)) => {
+                let m = test_restore::choose(ctx, s, &p.select).await?;
+                Ok(Produced::TestRestore(Box::new(test_restore::run(ctx, &m).await)))
+            }
+            (JobKind::Retention, s) => {
+                let at = p.at.unwrap_or_else(|| ctx.now());
+                Ok(Produced::Retention(Box::new(retention::run(ctx, s, at, p.dry_run).await?)))
+            }
+            (JobKind::Restore, s) => {
+                let m = restore::choose(ctx, s, &p.select).await?;
+                match &p.restore {
+                    Some(RestoreTo::Database(req)) => {
+                        Ok(Produced::Restore(Box::new(restore::run(ctx, &m, req).await?)))
+                    }
+                    Some(RestoreTo::Directory(req)) => {
+                        Ok(Produced::FilesRestored(Box::new(restore::files(ctx, &m, req).await?)))
+                    }
+                    None => bail!("a restore needs a target (a database or a directory)"),
+                }
+            }
+            (kind, s) => bail!("a {} job cannot run on {}", kind.name(), s.describe()),
+        }
+    }
+}

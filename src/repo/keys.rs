@@ -1,0 +1,136 @@
+//! Every key of the repository, built from a [`Subject`] and a backup id; nothing else in
+//! pgbackd writes a key name.
+//!
+//! ```text
+//! <database>/<id>/{data.zst, globals.sql.zst, manifest.json, annotations.json}   (.age when encrypted)
+//! files/<set>/<id>/{data.tar.zst, manifest.json, annotations.json}
+//! configs/<set>/<id>/...
+//! ```
+//!
+//! Ids sort by time: `20261122T010000Z-full-3f9a1c` (UTC start, what it is, random suffix);
+//! `full`/`incremental` for dumps, `files`/`configs` for file sets. Database names cannot hold
+//! a `/`, so `files/<id>/...` (a database named `files`) and `files/<set>/<id>/...` differ by depth.
+
+use super::subject::Subject;
+use chrono::{DateTime, Utc};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const ANNOTATIONS_FILE: &str = "annotations.json";
+
+/// The words an id can carry between its time and its suffix.
+const ID_TAGS: [&str; 4] = ["full", "incremental", "files", "configs"];
+
+/// A new, sortable backup id; `tag` says what it is (`full`, `incremental`, `files`, `configs`).
+pub fn new_backup_id(now: DateTime<Utc>, tag: &str) -> String {
+    debug_assert!(ID_TAGS.contains(&tag), "{tag}");
+    let suffix: u32 = rand::random();
+    format!("{}-{tag}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), suffix & 0xff_ffff)
+}
+
+/// Whether a string has the shape of a backup id (before looking it up).
+pub fn looks_like_backup_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(3, '-').collect();
+    parts.len() == 3
+        && parts[0].len() == 16
+        && parts[0].ends_with('Z')
+        && ID_TAGS.contains(&parts[1])
+        && parts[2].len() == 6
+        && parts[2].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Where every backup of `subject` lives: `app/`, `files/uploads/`.
+pub fn subject_prefix(subject: &Subject) -> String {
+    match subject {
+        Subject::Database(n) => format!("{n}/"),
+        Subject::Files(n) => format!("files/{n}/"),
+        Subject::Configs(n) => format!("configs/{n}/"),
+    }
+}
+
+/// The directory of one backup, ending in `/`.
+pub fn backup_dir(subject: &Subject, id: &str) -> String {
+    format!("{}{id}/", subject_prefix(subject))
+}
+
+pub fn manifest(subject: &Subject, id: &str) -> String {
+    format!("{}{MANIFEST_FILE}", backup_dir(subject, id))
+}
+
+pub fn annotations(subject: &Subject, id: &str) -> String {
+    format!("{}{ANNOTATIONS_FILE}", backup_dir(subject, id))
+}
+
+fn age(encrypted: bool) -> &'static str {
+    if encrypted { ".age" } else { "" }
+}
+
+/// A dump's archive: `data.zst` (or `data.dump` uncompressed).
+pub fn dump_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool) -> String {
+    let name = if compressed { "data.zst" } else { "data.dump" };
+    format!("{}{name}{}", backup_dir(subject, id), age(encrypted))
+}
+
+/// A dump's roles and tablespaces (`pg_dumpall --globals-only`).
+pub fn globals(subject: &Subject, id: &str, encrypted: bool) -> String {
+    format!("{}globals.sql.zst{}", backup_dir(subject, id), age(encrypted))
+}
+
+/// A file set's tar archive: `data.tar.zst` (or `data.tar` uncompressed).
+pub fn tar_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool) -> String {
+    let zst = if compressed { ".zst" } else { "" };
+    format!("{}data.tar{zst}{}", backup_dir(subject, id), age(encrypted))
+}
+
+/// A key below `prefix` that is one file of one backup: its id and file name.
+pub fn backup_file<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)> {
+    let (id, file) = key.strip_prefix(prefix)?.split_once('/')?;
+    (looks_like_backup_id(id) && !file.is_empty() && !file.contains('/')).then_some((id, file))
+}
+
+/// The subject and id a manifest key belongs to (any subject), `None` for other keys.
+pub fn parse_manifest_key(key: &str) -> Option<(Subject, &str)> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let (subject, id) = match parts.as_slice() {
+        [db, id, MANIFEST_FILE] => (Subject::Database((*db).to_owned()), *id),
+        ["files", set, id, MANIFEST_FILE] => (Subject::Files((*set).to_owned()), *id),
+        ["configs", set, id, MANIFEST_FILE] => (Subject::Configs((*set).to_owned()), *id),
+        _ => return None,
+    };
+    looks_like_backup_id(id).then_some((subject, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn ids_sort_by_time_and_are_recognised() {
+        let a = new_backup_id(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(), "full");
+        let b = new_backup_id(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap(), "incremental");
+        let f = new_backup_id(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 6).unwrap(), "files");
+        assert!(a.starts_with("20260102T030405Z-full-"), "{a}");
+        assert!(a < b);
+        assert!(looks_like_backup_id(&a) && looks_like_backup_id(&b) && looks_like_backup_id(&f));
+        assert!(!looks_like_backup_id("latest"));
+        assert!(!looks_like_backup_id("../../etc"));
+        assert!(!looks_like_backup_id("20260102T030405Z-wal-abcdef"));
+    }
+
+    #[test]
+    fn keys_of_every_subject() {
+        let id = "20260102T030405Z-full-3f9a1c";
+        let db = Subject::Database("app".into());
+        let set = Subject::Files("uploads".into());
+        assert_eq!(dump_data(&db, id, true, true), format!("app/{id}/data.zst.age"));
+        assert_eq!(tar_data(&set, id, true, false), format!("files/uploads/{id}/data.tar.zst"));
+        assert_eq!(manifest(&Subject::Configs("etc".into()), id), format!("configs/etc/{id}/manifest.json"));
+        assert_eq!(parse_manifest_key(&manifest(&set, id)), Some((set.clone(), id)));
+        // a database named `files` is not a file set
+        let files_db = Subject::Database("files".into());
+        assert_eq!(parse_manifest_key(&manifest(&files_db, id)), Some((files_db, id)));
+        assert_eq!(parse_manifest_key(&format!("app/{id}/data.zst")), None);
+        assert_eq!(backup_file("files/uploads/", &tar_data(&set, id, true, false)), Some((id, "data.tar.zst")));
+        assert_eq!(backup_file("files/", &tar_data(&set, id, true, false)), None);
+    }
+}
