@@ -279,7 +279,7 @@ impl Running {
         let tail = Arc::new(Mutex::new(Tail::default()));
         let stderr = child.stderr.take().map(|mut err| {
             let tail = tail.clone();
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 loop {
                     match err.read(&mut buf).await {

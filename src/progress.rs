@@ -27,7 +27,7 @@ pub fn track(label: &str, counter: Arc<Counter>, interactive: bool) -> Tracker {
     });
     let label = label.to_owned();
     let b = bar.clone();
-    let task = tokio::spawn(async move {
+    let task = crate::tasks::spawn(async move {
         let start = Instant::now();
         let mut last_log = Instant::now();
         let mut last_bytes = 0u64;

@@ -1,7 +1,9 @@
 //! Config validation tables: each invalid config gives every error with its path and location.
 
 use super::*;
+use crate::schedule::Schedule;
 use rstest::rstest;
+use std::time::Duration;
 
 fn env(name: &str) -> Option<String> {
     match name {

@@ -103,7 +103,6 @@ struct Attempt<'a> {
 }
 
 async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manifest> {
-    let clock = Instant::now();
     let (ctx, req) = (a.ctx, a.req);
     let (config, repo) = (&*ctx.config, &*ctx.repository);
     let db = req.database;
@@ -223,7 +222,7 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     });
     let mut manifest = Manifest::new(a.id.to_owned(), a.subject.clone(), a.kind, req.trigger, a.now, data, content);
     manifest.depends_on = a.base.map(|b| b.id.clone()).into_iter().collect();
-    manifest.finished_at = a.now + chrono::Duration::from_std(clock.elapsed()).unwrap_or_default();
+    manifest.finished_at = ctx.now().max(a.now);
     manifest.targets = holding;
     manifest.warnings = warnings;
     repo.commit(manifest).await

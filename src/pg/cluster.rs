@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -205,16 +205,4 @@ fn chown_postgres(dir: &Path) -> Result<()> {
         bail!("cannot give {} to the postgres user (is there a postgres OS user?)", dir.display());
     }
     Ok(())
-}
-
-/// Waits until `f` succeeds or `timeout` passes.
-pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }

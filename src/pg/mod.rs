@@ -124,7 +124,7 @@ pub async fn connect(conn: &Connection) -> Result<Client> {
     }
     let (client, connection) =
         cfg.connect(NoTls).await.with_context(|| format!("connecting to PostgreSQL at {conn}"))?;
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
         }

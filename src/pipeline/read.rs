@@ -2,15 +2,15 @@
 //! incremental's frames decoded with the matching region of its base full as reference.
 
 use super::Counter;
+use super::decrypt::Decrypting;
+pub use super::decrypt::Decryption;
 use super::delta;
 use super::object::{CompressionAlgorithm, StoredObject};
-use crate::crypto::{Crypto, EncryptionInfo};
 use crate::storage::Store;
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -18,91 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Decoded frames kept by a base reader: consecutive delta frames use overlapping base regions.
 const BASE_CACHE_FRAMES: usize = 8;
-
-/// The age STREAM chunk: 64 KiB of plaintext, stored with a 16-byte tag.
-const AGE_CHUNK: u64 = 64 * 1024;
-const AGE_STORED_CHUNK: u64 = AGE_CHUNK + 16;
-
-/// What decrypts an encrypted backup's objects.
-#[derive(Clone)]
-pub struct Decryption {
-    pub crypto: Arc<Crypto>,
-    pub info: EncryptionInfo,
-}
-
-/// The fetched part of an encrypted object, seen by the (blocking) age reader as the whole file:
-/// a read outside it is an error, never a short read (age would take it for the last chunk).
-/// The last chunk is kept too: age reads it to learn the length when seeking to a chunk start.
-struct Window {
-    size: u64,
-    start: u64,
-    data: Bytes,
-    tail_start: u64,
-    tail: Bytes,
-    pos: u64,
-}
-
-#[derive(Clone)]
-struct WindowHandle(Arc<std::sync::Mutex<Window>>);
-
-impl WindowHandle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Read for WindowHandle {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let mut w = self.lock();
-        if w.pos >= w.size {
-            return Ok(0);
-        }
-        let pos = w.pos;
-        let inside = |start: u64, data: &Bytes| pos >= start && pos < start + data.len() as u64;
-        let (start, data) = if inside(w.start, &w.data) {
-            (w.start, w.data.clone())
-        } else if inside(w.tail_start, &w.tail) {
-            (w.tail_start, w.tail.clone())
-        } else {
-            return Err(std::io::Error::other(OUTSIDE_WINDOW));
-        };
-        let from = (pos - start) as usize;
-        let n = buf.len().min(data.len() - from);
-        buf[..n].copy_from_slice(&data[from..from + n]);
-        w.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for WindowHandle {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        let mut w = self.lock();
-        let target = match pos {
-            SeekFrom::Start(n) => Some(n),
-            SeekFrom::End(d) => w.size.checked_add_signed(d),
-            SeekFrom::Current(d) => w.pos.checked_add_signed(d),
-        };
-        w.pos = target.ok_or_else(|| std::io::Error::other("seek before the start"))?;
-        Ok(w.pos)
-    }
-}
-
-const OUTSIDE_WINDOW: &str = "read outside the fetched range";
-
-/// The first fetch of an age header; it grows ×4 while the recipients' stanzas do not fit.
-/// (Small in tests, so that a few recipients exercise the growth.)
-const HEADER_FETCH: u64 = if cfg!(test) { 1024 } else { 64 * 1024 };
-
-/// An encrypted object's age stream, opened once (the key unwrap can be an scrypt), read by range.
-struct Decrypting {
-    d: Decryption,
-    window: WindowHandle,
-    stream: Arc<std::sync::Mutex<Option<age::stream::StreamReader<WindowHandle>>>>,
-    /// Where the encrypted chunks start (after the age header).
-    payload_start: tokio::sync::OnceCell<u64>,
-    /// SHA-256 of the stored (encrypted) bytes fetched so far, while they are fetched in order.
-    stored_sha: std::sync::Mutex<Option<(u64, Sha256)>>,
-}
 
 /// Reads one stored object: frames checked and decoded, raw ranges assembled.
 pub struct ObjectReader {
@@ -140,20 +55,7 @@ impl ObjectReader {
             (true, None) => {
                 anyhow::bail!("{what}: {} is encrypted but the manifest has no encryption record", object.key)
             }
-            (true, Some(d)) => Some(Decrypting {
-                d,
-                window: WindowHandle(Arc::new(std::sync::Mutex::new(Window {
-                    size: object.stored_bytes,
-                    start: 0,
-                    data: Bytes::new(),
-                    tail_start: 0,
-                    tail: Bytes::new(),
-                    pos: 0,
-                }))),
-                stream: Default::default(),
-                payload_start: Default::default(),
-                stored_sha: std::sync::Mutex::new(Some((0, Sha256::new()))),
-            }),
+            (true, Some(d)) => Some(Decrypting::new(d, object.stored_bytes)),
         };
         Ok(ObjectReader {
             store,
@@ -200,7 +102,7 @@ impl ObjectReader {
         let f = &self.object.frames[index];
         let stored = match &self.decrypting {
             None => self.store.read_range(&self.object.key, f.stored_offset, f.stored_len).await,
-            Some(d) => self.decrypt_range(d, f.stored_offset, f.stored_len).await,
+            Some(d) => d.range(&self.store, &self.object.key, &self.what, f.stored_offset, f.stored_len).await,
         }
         .with_context(|| format!("{}: reading frame {index} at stored offset {}", self.what, f.stored_offset))?;
         let got = hex::encode(Sha256::digest(&stored));
@@ -215,103 +117,9 @@ impl ObjectReader {
         Ok(stored)
     }
 
-    /// Opens the age stream: fetches the header (growing the fetch if it has many recipients)
-    /// and unwraps the file key; returns where the encrypted chunks start.
-    async fn open(&self, d: &Decrypting) -> Result<u64> {
-        let size = self.object.stored_bytes;
-        let open = async {
-            let mut len = size.min(HEADER_FETCH);
-            loop {
-                let prefix = self.store.read_range(&self.object.key, 0, len).await?;
-                {
-                    let mut w = d.window.lock();
-                    (w.start, w.data, w.pos) = (0, prefix.clone(), 0);
-                }
-                let (window, dec, what) = (d.window.clone(), d.d.clone(), self.what.clone());
-                let opened = tokio::task::spawn_blocking(move || {
-                    let stream = dec.crypto.decrypt(window.clone(), &what, &dec.info)?;
-                    let start = window.lock().pos;
-                    Ok::<_, anyhow::Error>((stream, start))
-                })
-                .await
-                .context("decryption task failed")?;
-                match opened {
-                    Ok((stream, start)) => {
-                        if size > start {
-                            let tail_start = start + (size - start - 1) / AGE_STORED_CHUNK * AGE_STORED_CHUNK;
-                            let tail = self.store.read_range(&self.object.key, tail_start, size - tail_start).await?;
-                            let mut w = d.window.lock();
-                            (w.tail_start, w.tail) = (tail_start, tail);
-                        }
-                        *d.stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
-                        if let Some((upto, sha)) = d.stored_sha.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                            sha.update(&prefix[..start as usize]);
-                            *upto = start;
-                        }
-                        return Ok(start);
-                    }
-                    Err(e) if len < size && format!("{e:#}").contains(OUTSIDE_WINDOW) => len = size.min(len * 4),
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        d.payload_start.get_or_try_init(|| open).await.copied()
-    }
-
-    /// `len` bytes at `offset` of an encrypted object's plaintext: fetches the age chunks that
-    /// hold them, decrypts (each chunk is authenticated) and cuts.
-    async fn decrypt_range(&self, d: &Decrypting, offset: u64, len: u64) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let payload = self.open(d).await?;
-        let size = self.object.stored_bytes;
-        let (first, last) = (offset / AGE_CHUNK, (offset + len - 1) / AGE_CHUNK);
-        let start = payload + first * AGE_STORED_CHUNK;
-        let end = (payload + (last + 1) * AGE_STORED_CHUNK).min(size);
-        anyhow::ensure!(
-            start < end,
-            "{}: plaintext bytes {offset}..{} lie past the end of the {size} encrypted bytes: the object is truncated",
-            self.what,
-            offset + len
-        );
-        let data = self.store.read_range(&self.object.key, start, end - start).await?;
-        if let Ok(mut guard) = d.stored_sha.lock()
-            && let Some((upto, sha)) = guard.as_mut()
-        {
-            if start <= *upto && *upto < end {
-                sha.update(&data[(*upto - start) as usize..]);
-                *upto = end;
-            } else if start > *upto {
-                *guard = None; // not read in order: no whole-object hash
-            }
-        }
-        let (window, stream, what) = (d.window.clone(), d.stream.clone(), self.what.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
-            let stream = stream.as_mut().context("the age stream is not open")?;
-            {
-                let mut w = window.lock();
-                (w.start, w.data) = (start, data);
-            }
-            let mut out = vec![0u8; len as usize];
-            stream.seek(SeekFrom::Start(offset)).and_then(|_| stream.read_exact(&mut out)).map_err(|e| {
-                anyhow::anyhow!(
-                    "{what}: the encrypted bytes {start}..{end} do not decrypt ({e}): the stored data is damaged or was modified"
-                )
-            })?;
-            Ok(Bytes::from(out))
-        })
-        .await
-        .context("decryption task failed")?
-    }
-
     /// The SHA-256 of the whole stored (encrypted) object, when it was read in full and in order.
     pub fn encrypted_sha256(&self) -> Option<String> {
-        let d = self.decrypting.as_ref()?;
-        let guard = d.stored_sha.lock().ok()?;
-        let (upto, sha) = guard.as_ref()?;
-        (*upto == self.object.stored_bytes).then(|| hex::encode(sha.clone().finalize()))
+        self.decrypting.as_ref()?.stored_sha256(self.object.stored_bytes)
     }
 
     /// Decodes frame `index` from its (checked) stored bytes.
@@ -475,7 +283,7 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
             }
         }
     };
-    let fetcher = tokio::spawn(fetch);
+    let fetcher = crate::tasks::spawn(fetch);
     let mut sha = Sha256::new();
     let mut frames = 0usize;
     let result: Result<()> = async {

@@ -20,15 +20,14 @@
 //! and the bytes. Supported archive versions: 1.12 to 1.16 (PostgreSQL 9.0 to 17+); a newer
 //! version passes through unchanged, without row counts.
 
+mod format;
+
+use format::{Header, Parse, parse_header};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
-
-const fn ver(major: u8, minor: u8) -> u32 {
-    ((major as u32) << 16) | ((minor as u32) << 8)
-}
 
 /// Rows of one table as of the dump's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,17 +68,6 @@ pub enum ArchiveError {
     Malformed(String),
     #[error("the dump ended early, {0}: it is truncated")]
     Truncated(&'static str),
-}
-
-#[derive(Debug)]
-struct Header {
-    version_text: String,
-    int_size: usize,
-    database: String,
-    server_version: String,
-    dump_version: String,
-    /// dump id -> (schema, table) for TABLE DATA entries
-    tables: HashMap<i64, (String, String)>,
 }
 
 /// Incremental integer reader (sign byte + `int_size` bytes), tolerant of any split.
@@ -495,126 +483,9 @@ fn note_line_bytes(c: &mut Counting, bytes: &[u8]) {
     c.line_len += (bytes.len() - i) as u64;
 }
 
-enum Parse {
-    NeedMore,
-    Bad(ArchiveError),
-}
-
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-    int_size: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Parse> {
-        if self.pos + n > self.data.len() {
-            return Err(Parse::NeedMore);
-        }
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-
-    fn byte(&mut self) -> Result<u8, Parse> {
-        Ok(self.bytes(1)?[0])
-    }
-
-    fn int(&mut self) -> Result<i64, Parse> {
-        let sign = self.byte()?;
-        let raw = self.bytes(self.int_size)?;
-        let mut v: i64 = 0;
-        for (i, b) in raw.iter().enumerate() {
-            v |= (*b as i64) << (8 * i);
-        }
-        Ok(if sign != 0 { -v } else { v })
-    }
-
-    fn string(&mut self) -> Result<Option<String>, Parse> {
-        let len = self.int()?;
-        if len < 0 {
-            return Ok(None);
-        }
-        if len > (1 << 30) {
-            return Err(Parse::Bad(ArchiveError::Malformed(format!("string of {len} bytes in the TOC"))));
-        }
-        Ok(Some(String::from_utf8_lossy(self.bytes(len as usize)?).into_owned()))
-    }
-}
-
-fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
-    if data.len() >= 5 && &data[..5] != b"PGDMP" {
-        return Err(Parse::Bad(ArchiveError::NotCustomFormat));
-    }
-    let mut c = Cursor { data, pos: 0, int_size: 4 };
-    c.bytes(5)?;
-    let (vmaj, vmin, vrev) = (c.byte()?, c.byte()?, c.byte()?);
-    let version = ver(vmaj, vmin) | vrev as u32;
-    let version_text = format!("{vmaj}.{vmin}.{vrev}");
-    if version < ver(1, 12) || version >= ver(1, 17) {
-        return Err(Parse::Bad(ArchiveError::UnsupportedVersion(version_text)));
-    }
-    let int_size = c.byte()? as usize;
-    let off_size = c.byte()? as usize;
-    if !(1..=8).contains(&int_size) || !(1..=8).contains(&off_size) {
-        return Err(Parse::Bad(ArchiveError::Malformed(format!("integer size {int_size}, offset size {off_size}"))));
-    }
-    c.int_size = int_size;
-    let format = c.byte()?;
-    if format != 1 {
-        return Err(Parse::Bad(ArchiveError::Malformed(format!("archive format {format} is not custom (1)"))));
-    }
-    if version >= ver(1, 15) {
-        c.byte()?; // compression algorithm
-    } else {
-        c.int()?; // compression level
-    }
-    for _ in 0..7 {
-        c.int()?; // creation time fields
-    }
-    let database = c.string()?.unwrap_or_default();
-    let server_version = c.string()?.unwrap_or_default();
-    let dump_version = c.string()?.unwrap_or_default();
-
-    let entries = c.int()?;
-    if entries < 0 {
-        return Err(Parse::Bad(ArchiveError::Malformed(format!("{entries} TOC entries"))));
-    }
-    let mut tables = HashMap::new();
-    for _ in 0..entries {
-        let dump_id = c.int()?;
-        let _had_dumper = c.int()?;
-        let _table_oid = c.string()?;
-        let _oid = c.string()?;
-        let tag = c.string()?.unwrap_or_default();
-        let desc = c.string()?.unwrap_or_default();
-        let _section = c.int()?;
-        let _defn = c.string()?;
-        let _drop = c.string()?;
-        let _copy = c.string()?;
-        let namespace = c.string()?.unwrap_or_default();
-        let _tablespace = c.string()?;
-        if version >= ver(1, 14) {
-            let _tableam = c.string()?;
-        }
-        if version >= ver(1, 16) {
-            let _relkind = c.int()?;
-        }
-        let _owner = c.string()?;
-        let _with_oids = c.string()?;
-        while c.string()?.is_some() {} // dependencies
-        // custom format: data offset (flag byte + off_size bytes)
-        c.byte()?;
-        c.bytes(off_size)?;
-        if desc == "TABLE DATA" {
-            tables.insert(dump_id, (namespace, tag));
-        }
-    }
-    Ok((Header { version_text, int_size, database, server_version, dump_version, tables }, c.pos))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::format::Cursor;
     use super::*;
 
     /// A tiny archive built by hand: version 1.14, one table with 3 rows, one large object.

@@ -1,0 +1,381 @@
+//! The typed configuration: what the YAML means once validated (durations, schedules, secrets,
+//! policies as types). The readers beside this module build it.
+
+use super::node::{Node, Value};
+use super::reader::{self, ConfigIssue, Ctx};
+use super::{FileSetConfig, notify, storage};
+pub use crate::jobs::kind::JobKind;
+use crate::schedule::Schedule;
+use crate::secret::Secret;
+use chrono_tz::Tz;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach one PostgreSQL database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    /// Host name, IP address, or a directory holding the server's unix socket.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    /// The database name on the server.
+    pub dbname: String,
+}
+
+impl Connection {
+    /// Same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> Connection {
+        Connection { dbname: dbname.to_owned(), ..self.clone() }
+    }
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+/// One database pgbackd backs up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    /// The name backups are filed under in the repository (defaults to the database name).
+    pub name: String,
+    pub connection: Connection,
+}
+
+/// Whether a backup records every table's row count (`exact`, counted in the dump's snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowCounts {
+    Exact,
+    Off,
+}
+impl reader::FromNode for RowCounts {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        // YAML 1.1 readers turn a bare `off` into the boolean false: both mean off
+        if let Value::Bool(false) = node.value {
+            return Ok(Some(RowCounts::Off));
+        }
+        match <String as reader::FromNode>::from_node(node, ctx)?.as_deref() {
+            None => Ok(None),
+            Some("exact") => Ok(Some(RowCounts::Exact)),
+            Some("off") => Ok(Some(RowCounts::Off)),
+            Some(other) => Err(format!("expected a row-count mode (one of: exact, off), found {other:?}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    pub enabled: bool,
+    /// zstd level (1-19 normal, 20-22 need a lot of memory, negative levels are faster).
+    pub level: i32,
+    /// Compression threads; 0 means one per CPU core.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSettings {
+    /// Raw bytes per independently compressed frame.
+    pub segment_size: u64,
+    /// A dump smaller than this fails.
+    pub min_size: u64,
+    /// A full dump smaller than this fraction of the previous full's raw size fails (0 = off).
+    pub min_size_ratio: f64,
+    pub row_counts: RowCounts,
+    /// Store `pg_dumpall --globals-only` (roles, tablespaces) with each full backup.
+    pub globals: bool,
+    /// Hard limit on one backup job.
+    pub timeout: Duration,
+    /// A dump whose stream moves no bytes for this long is cancelled.
+    pub stall_timeout: Duration,
+    /// Raw bytes per delta frame of an incremental.
+    pub incremental_segment_size: u64,
+    /// Bytes of the base taken on either side of a segment's aligned position as its reference.
+    pub incremental_slack: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreSettings {
+    /// Take a backup of the target before `--clean` overwrites it.
+    pub safety_backup: bool,
+    /// Default `pg_restore --jobs`.
+    pub jobs: u32,
+    /// Server to restore into, when not the backup's own server (database name comes from the CLI).
+    pub target: Option<Connection>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    pub kind: JobKind,
+    pub schedule: Schedule,
+    /// Databases this schedule covers (empty = all).
+    pub databases: Vec<String>,
+    /// What to do when the previous run of this job on a database is still going.
+    pub overlap: Overlap,
+    /// On start, run a missed backup now (at most one per database).
+    pub catch_up: bool,
+    /// Hard limit on one run (default: `backup.timeout` for backups).
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Skip the new run, with a warning and a counter.
+    Skip,
+    /// Run it once the running one ends (at most one waits).
+    Queue,
+}
+crate::enum_from_node!(Overlap, "an overlap policy", { "skip" => Overlap::Skip, "queue" => Overlap::Queue });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Manifests parse; every object is on every target with its recorded size.
+    Quick,
+    /// Every stored byte re-read, every checksum and frame checked, the archive read by pg_restore.
+    Deep,
+}
+crate::enum_from_node!(VerifyMode, "a verification mode", { "quick" => VerifyMode::Quick, "deep" => VerifyMode::Deep });
+
+impl VerifyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifyMode::Quick => "quick",
+            VerifyMode::Deep => "deep",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyScope {
+    /// Backups never verified (new ones).
+    Unverified,
+    /// The newest backup of each database.
+    Latest,
+    /// Every backup.
+    All,
+}
+crate::enum_from_node!(VerifyScope, "a verification scope", {
+    "unverified" => VerifyScope::Unverified, "latest" => VerifyScope::Latest, "all" => VerifyScope::All
+});
+
+/// `verification:`: what the scheduled `verification` job checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerificationSettings {
+    pub mode: VerifyMode,
+    pub scope: VerifyScope,
+}
+
+/// Which backup a scheduled test restore takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Latest,
+    /// One of the newest N, at random (so every backup gets a chance).
+    RandomRecent(usize),
+}
+
+impl reader::FromNode for Pick {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        let Some(text) = <String as reader::FromNode>::from_node(node, ctx)? else { return Ok(None) };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["latest"] => Ok(Some(Pick::Latest)),
+            ["random_recent", n] => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Some(Pick::RandomRecent(n))),
+                _ => Err(format!("expected random_recent N with N >= 1, found {text:?}")),
+            },
+            _ => Err(format!("expected latest or random_recent N, found {text:?}")),
+        }
+    }
+}
+
+/// A user check run in the scratch database after a test restore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreCheck {
+    pub name: String,
+    pub sql: String,
+    /// The first column of the first row, as text: exact (`42`, `ok`) or a comparison
+    /// (`> 0`, `>= 1000`, `!= 0`, `< 5`).
+    pub expect: String,
+}
+
+/// `test_restore:`: the scheduled restore that proves a backup restores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestRestoreSettings {
+    pub pick: Pick,
+    pub jobs: u32,
+    /// Server for the scratch database (default `restore.target`, else the source server).
+    pub target: Option<Connection>,
+    pub checks: Vec<RestoreCheck>,
+}
+
+/// `encryption:`: age encryption of everything stored (see docs/security.md).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EncryptionConfig {
+    pub enabled: bool,
+    /// X25519 recipients (`age1...`) new backups are encrypted to.
+    pub recipients: Vec<String>,
+    /// A file of recipients, one per line.
+    pub recipients_file: Option<PathBuf>,
+    /// Identities (`AGE-SECRET-KEY-1...`) that decrypt: needed where restores and checks run.
+    pub identity_file: Option<PathBuf>,
+    /// The reference config's key: an age identity file, or a passphrase (scrypt).
+    pub key_file: Option<PathBuf>,
+    /// scrypt work factor (log2 N) for passphrase mode.
+    pub passphrase_work_factor: u8,
+    /// Key files readable by group or others are an error, not a warning.
+    pub strict: bool,
+    /// Identity files given on the command line (`--identity`): they decrypt, and are never
+    /// encrypted to; with `enabled: false` they make a decrypt-only configuration.
+    pub extra_identity_files: Vec<PathBuf>,
+}
+
+/// `daemon:` settings of `pgbackd run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    pub max_concurrent_jobs: usize,
+    /// On SIGTERM, how long running jobs may finish before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// Default of each schedule's `catch_up`.
+    pub catch_up: bool,
+}
+
+/// Where per-run JSON reports and the daemon's status file go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub dir: PathBuf,
+    /// Reports older than this are deleted.
+    pub keep: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Hourly,
+    Daily,
+    Never,
+}
+crate::enum_from_node!(Rotation, "a log rotation", { "hourly" => Rotation::Hourly, "daily" => Rotation::Daily, "never" => Rotation::Never });
+
+/// `logging.file`: a rolling log file beside stdout/stderr.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogFile {
+    pub dir: PathBuf,
+    pub rotation: Rotation,
+    /// Files kept.
+    pub keep: usize,
+}
+
+/// Retention rules for one kind of backup (restic `forget` semantics): a backup is kept if any
+/// rule keeps it; the floor (`min_keep`) is kept whatever the rules say.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KindPolicy {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// Keep everything younger than this (the reference config's number of days).
+    pub keep_within: Option<Duration>,
+    /// Delete the oldest kept backups until the kind's total stored size is under this (never
+    /// below the floor).
+    pub max_total_size: Option<u64>,
+    /// The newest this many successful backups are always kept.
+    pub min_keep: u32,
+}
+
+/// `retention:`: a policy per backup kind (`full_backup: 30` days, or the long form).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    pub full_backup: Option<KindPolicy>,
+    pub incremental_backup: Option<KindPolicy>,
+    pub file_backup: Option<KindPolicy>,
+    pub config_backup: Option<KindPolicy>,
+    /// Skip retention for a database whose newest backup attempt failed.
+    pub skip_after_failure: bool,
+    /// Data with no manifest is removed only when older than this (an upload in progress has none).
+    pub orphan_grace: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            full_backup: None,
+            incremental_backup: None,
+            file_backup: None,
+            config_backup: None,
+            skip_after_failure: true,
+            orphan_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (None for the embedded demo config).
+    pub path: Option<PathBuf>,
+    pub databases: Vec<DatabaseConfig>,
+    /// Directory holding pg_dump, pg_restore, pg_dumpall, psql (default: newest under
+    /// /usr/lib/postgresql, else $PATH).
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Where backups are stored: `local_backup_dir` (target `local`), `aws:` (target `s3`) and
+    /// `storage:` entries, in that order. Reads prefer the first target holding a backup.
+    pub targets: Vec<storage::TargetConfig>,
+    pub file_backup_dir: Option<PathBuf>,
+    pub config_backup_dir: Option<PathBuf>,
+    pub retention: Retention,
+    pub timezone: Tz,
+    pub schedules: Vec<ScheduleConfig>,
+    pub compression: Compression,
+    pub backup: BackupSettings,
+    pub restore: RestoreSettings,
+    pub daemon: DaemonSettings,
+    pub reports: ReportSettings,
+    pub log_file: Option<LogFile>,
+    pub verification: VerificationSettings,
+    pub test_restore: TestRestoreSettings,
+    pub encryption: EncryptionConfig,
+    pub notifications: notify::NotificationsConfig,
+    pub monitoring: notify::MonitoringConfig,
+    /// Source sets of file backups (`file_backup`) and configuration backups (`config_backup`).
+    pub files: Vec<FileSetConfig>,
+    pub configs: Vec<FileSetConfig>,
+    /// Files holding secrets that the config names (checked for loose permissions).
+    pub secret_files: Vec<PathBuf>,
+    /// Config and key files readable by group or others are errors (else warnings).
+    pub strict: bool,
+    /// Problems worth a warning (loose permissions), logged once logging runs.
+    pub warnings: Vec<String>,
+}
+
+/// All problems found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(f, "{}: {n} configuration error{}", self.file, if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// zstd level 1: on pg_dump archives it is both faster and smaller than level 3 (measured in
+/// docs/performance.md); higher levels trade CPU for size.
+pub const DEFAULT_LEVEL: i32 = 1;
+
+/// Raw bytes per zstd frame: large enough for zstd's window at normal levels, small enough that a
+/// few segments in flight keep memory well under 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 4 << 20;

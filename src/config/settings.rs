@@ -1,0 +1,196 @@
+//! Readers of the settings sections: `compression:`, `backup:`, `encryption:`,
+//! `verification:`, `daemon:`, `reports:`, `logging:`.
+
+use super::model::*;
+use super::reader::{ByteSize, Dur, MapReader};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub(super) fn read_compression(top: &mut MapReader<'_, '_>) -> Option<Compression> {
+    let mut m = top.map("compression")?;
+    let enabled = m.opt::<bool>("enabled").unwrap_or(true);
+    let level_node = m.node("level");
+    let level = match level_node {
+        Some(node) => {
+            let path = m.child_path("level");
+            let level = m.ctx().read::<i32>(node, &path).unwrap_or(DEFAULT_LEVEL);
+            if !(-7..=22).contains(&level) || level == 0 {
+                m.ctx().error(
+                    &path,
+                    format!("zstd level {level} is out of range: use 1-19 (20-22 need much memory; -7..-1 are faster)"),
+                    Some(node.loc),
+                );
+            }
+            level
+        }
+        None => DEFAULT_LEVEL,
+    };
+    let threads = m.opt::<usize>("threads").unwrap_or(0);
+    m.finish();
+    Some(Compression { enabled, level, threads })
+}
+
+pub(super) fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings> {
+    let mut m = top.map("backup")?;
+    let ctx = m.ctx();
+    let segment_size = m.opt::<ByteSize>("segment_size").map(|b| b.0).unwrap_or(DEFAULT_SEGMENT_SIZE);
+    if !((64 << 10)..=(256 << 20)).contains(&segment_size) {
+        ctx.error(
+            &m.child_path("segment_size"),
+            "must be between 64KiB and 256MiB (4MiB is a good default)",
+            Some(m.loc_of("segment_size")),
+        );
+    }
+    let min_size = m.opt::<ByteSize>("min_size").map(|b| b.0).unwrap_or(1024);
+    let min_size_ratio = m.opt::<f64>("min_size_ratio").unwrap_or(0.1);
+    if !(0.0..=1.0).contains(&min_size_ratio) {
+        ctx.error(&m.child_path("min_size_ratio"), "must be between 0 (off) and 1", Some(m.loc_of("min_size_ratio")));
+    }
+    let row_counts = m.opt::<RowCounts>("row_counts").unwrap_or(RowCounts::Exact);
+    let globals = m.opt::<bool>("globals").unwrap_or(true);
+    let timeout = m.opt::<Dur>("timeout").map(|d| d.0).unwrap_or(Duration::from_secs(12 * 3600));
+    let stall_timeout = m.opt::<Dur>("stall_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(600));
+    let incremental_segment_size = m.opt::<ByteSize>("incremental_segment_size").map(|b| b.0).unwrap_or(8 << 20);
+    let incremental_slack = m.opt::<ByteSize>("incremental_slack").map(|b| b.0).unwrap_or(4 << 20);
+    if !((1 << 20)..=(64 << 20)).contains(&incremental_segment_size) {
+        ctx.error(
+            &m.child_path("incremental_segment_size"),
+            "must be between 1MiB and 64MiB (8MiB is a good default)",
+            Some(m.loc_of("incremental_segment_size")),
+        );
+    }
+    if incremental_slack > (256 << 20) {
+        ctx.error(&m.child_path("incremental_slack"), "must be at most 256MiB", Some(m.loc_of("incremental_slack")));
+    }
+    for (key, d) in [("timeout", timeout), ("stall_timeout", stall_timeout)] {
+        if d.is_zero() {
+            ctx.error(&m.child_path(key), "must be greater than zero", Some(m.loc_of(key)));
+        }
+    }
+    m.finish();
+    Some(BackupSettings {
+        segment_size,
+        min_size,
+        min_size_ratio,
+        row_counts,
+        globals,
+        timeout,
+        stall_timeout,
+        incremental_segment_size,
+        incremental_slack,
+    })
+}
+
+pub(super) fn read_encryption(top: &mut MapReader<'_, '_>) -> EncryptionConfig {
+    let Some(mut m) = top.map("encryption") else { return EncryptionConfig::default() };
+    let ctx = m.ctx();
+    let enabled = m.opt::<bool>("enabled").unwrap_or(false);
+    let recipients = m.opt::<Vec<String>>("recipients").unwrap_or_default();
+    let recipients_file = m.opt::<PathBuf>("recipients_file");
+    let identity_file = m.opt::<PathBuf>("identity_file");
+    let key_file = m.opt::<PathBuf>("key_file");
+    let passphrase_work_factor = m.opt::<u8>("passphrase_work_factor").unwrap_or(16);
+    if !(10..=22).contains(&passphrase_work_factor) {
+        ctx.error(
+            &m.child_path("passphrase_work_factor"),
+            "must be between 10 and 22",
+            Some(m.loc_of("passphrase_work_factor")),
+        );
+    }
+    let strict = m.opt::<bool>("strict").unwrap_or(false);
+    for r in &recipients {
+        if !r.starts_with("age1") {
+            ctx.error(
+                &m.child_path("recipients"),
+                format!("{r:?} is not an age recipient (age1...)"),
+                Some(m.loc_of("recipients")),
+            );
+        }
+    }
+    if enabled && recipients.is_empty() && recipients_file.is_none() && key_file.is_none() && identity_file.is_none() {
+        ctx.error(
+            &m.child_path("enabled"),
+            "encryption is enabled but there is nothing to encrypt to: set recipients (recommended), recipients_file \
+             or key_file",
+            Some(m.loc_of("enabled")),
+        );
+    }
+    if let Some(p) = &recipients_file
+        && enabled
+        && !p.exists()
+    {
+        let loc = Some(m.loc_of("recipients_file"));
+        ctx.error(&m.child_path("recipients_file"), format!("{} does not exist", p.display()), loc);
+    }
+    for (key, path) in [("identity_file", &identity_file), ("key_file", &key_file)] {
+        if let Some(p) = path {
+            if enabled && !p.exists() {
+                let hint = match key {
+                    "key_file" => "create it: `age-keygen -o FILE` (an identity), or a passphrase of 12+ characters",
+                    _ => "point it at the age identity (AGE-SECRET-KEY-1...) made with `age-keygen`",
+                };
+                ctx.error(&m.child_path(key), format!("{} does not exist: {hint}", p.display()), Some(m.loc_of(key)));
+            }
+            ctx.note_secret_file(p);
+        }
+    }
+    m.finish();
+    EncryptionConfig {
+        enabled,
+        recipients,
+        recipients_file,
+        identity_file,
+        key_file,
+        passphrase_work_factor,
+        strict,
+        extra_identity_files: Vec::new(),
+    }
+}
+
+pub(super) fn read_verification(top: &mut MapReader<'_, '_>) -> Option<VerificationSettings> {
+    let mut m = top.map("verification")?;
+    let mode = m.opt::<VerifyMode>("mode").unwrap_or(VerifyMode::Deep);
+    let scope = m.opt::<VerifyScope>("scope").unwrap_or(VerifyScope::Unverified);
+    m.finish();
+    Some(VerificationSettings { mode, scope })
+}
+
+pub(super) fn read_daemon(top: &mut MapReader<'_, '_>) -> Option<DaemonSettings> {
+    let mut m = top.map("daemon")?;
+    let max_concurrent_jobs = m.opt::<usize>("max_concurrent_jobs").unwrap_or(2);
+    if max_concurrent_jobs == 0 {
+        m.ctx().error(
+            &m.child_path("max_concurrent_jobs"),
+            "must be at least 1",
+            Some(m.loc_of("max_concurrent_jobs")),
+        );
+    }
+    let shutdown_grace = m.opt::<Dur>("shutdown_grace").map(|d| d.0).unwrap_or(Duration::from_secs(300));
+    let catch_up = m.opt::<bool>("catch_up").unwrap_or(true);
+    m.finish();
+    Some(DaemonSettings { max_concurrent_jobs: max_concurrent_jobs.max(1), shutdown_grace, catch_up })
+}
+
+pub(super) fn read_reports(top: &mut MapReader<'_, '_>) -> Option<ReportSettings> {
+    let mut m = top.map("reports")?;
+    let dir = m.opt::<PathBuf>("dir").unwrap_or_else(|| PathBuf::from("reports"));
+    let keep = m.opt::<Dur>("keep").map(|d| d.0).unwrap_or(Duration::from_secs(30 * 86400));
+    m.finish();
+    Some(ReportSettings { dir, keep })
+}
+
+pub(super) fn read_logging(top: &mut MapReader<'_, '_>) -> Option<LogFile> {
+    let mut m = top.map("logging")?;
+    let file = if m.has("file") {
+        let mut f = m.map("file")?;
+        let dir = f.req::<PathBuf>("dir");
+        let rotation = f.opt::<Rotation>("rotation").unwrap_or(Rotation::Daily);
+        let keep = f.opt::<usize>("keep").unwrap_or(14).max(1);
+        f.finish();
+        dir.map(|dir| LogFile { dir, rotation, keep })
+    } else {
+        None
+    };
+    m.finish();
+    file
+}
