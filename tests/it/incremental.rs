@@ -174,3 +174,23 @@ fn retention_keeps_the_base_of_a_kept_incremental() {
     assert!(base_d["reasons"].to_string().contains("base of kept incremental"));
     assert_eq!(d.iter().find(|x| x["id"] == newer.as_str()).unwrap()["keep"], true);
 }
+
+/// Each run's report says what ran: a manual incremental is an `incremental_backup`, a full a
+/// `full_backup`, both with the backup they stored.
+#[test]
+fn reports_name_the_kind_of_backup_that_ran() {
+    let env = TestEnv::new("increport");
+    env.psql("create table t (id int primary key); insert into t select generate_series(1, 1000)");
+    let full = env.backup();
+    let out = env.run(&["backup", "--kind", "incremental"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inc = stdout(&out).trim().to_owned();
+    let reports: Vec<serde_json::Value> = files_under(&env.dir.path().join("reports/backup"))
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .collect();
+    let kind_of = |id: &str| reports.iter().find(|r| r["backup_id"] == id).map(|r| r["job_kind"].clone());
+    assert_eq!(kind_of(&full), Some("full_backup".into()), "{reports:?}");
+    assert_eq!(kind_of(&inc), Some("incremental_backup".into()), "{reports:?}");
+    assert!(reports.iter().all(|r| r["trigger"] == "manual" && r["outcome"] == "success"), "{reports:?}");
+}
