@@ -344,17 +344,17 @@ impl Running {
     /// Stops the child: SIGTERM to its process group, SIGKILL after `grace`. Always reaps it.
     pub async fn terminate(mut self, grace: Duration) -> ProcessError {
         if !self.reaped {
-            signal_group(self.pgid, libc::SIGTERM);
+            signal_group(self.pgid, rustix::process::Signal::TERM);
             match tokio::time::timeout(grace, self.child.wait()).await {
                 Ok(_) => {}
                 Err(_) => {
-                    signal_group(self.pgid, libc::SIGKILL);
+                    signal_group(self.pgid, rustix::process::Signal::KILL);
                     let _ = self.child.wait().await;
                 }
             }
             self.reaped = true;
             // grandchildren that ignored SIGTERM
-            signal_group(self.pgid, libc::SIGKILL);
+            signal_group(self.pgid, rustix::process::Signal::KILL);
         }
         ProcessError::Cancelled { command: self.command.clone() }
     }
@@ -363,7 +363,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped {
-            signal_group(self.pgid, libc::SIGKILL);
+            signal_group(self.pgid, rustix::process::Signal::KILL);
             let _ = self.child.start_kill();
         }
     }
@@ -380,34 +380,24 @@ fn check_status(command: &str, status: ExitStatus, stderr_tail: String) -> Resul
     Err(ProcessError::Failed { command: command.to_owned(), code: status.code().unwrap_or(-1), stderr_tail })
 }
 
-fn signal_group(pgid: i32, sig: i32) {
-    if pgid > 0 {
-        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-        unsafe {
-            libc::kill(-pgid, sig);
-        }
+fn signal_group(pgid: i32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        // the group may be gone already: nothing to do then
+        let _ = rustix::process::kill_process_group(pid, sig);
     }
 }
 
 /// Larger pipe buffers between a child and us: fewer context switches per byte (best effort;
 /// 1 MiB is the default limit for unprivileged processes).
-pub fn enlarge_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    // SAFETY: fcntl on a valid, owned pipe fd; failure is harmless and ignored.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
+pub fn enlarge_pipe(pipe: &impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(pipe, 1 << 20);
 }
 
 /// Clears O_NONBLOCK on a pipe taken from the async runtime, for blocking reads on a thread.
 pub fn set_blocking(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a valid, owned fd; only the O_NONBLOCK flag changes.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    if let Ok(flags) = fcntl_getfl(file) {
+        let _ = fcntl_setfl(file, flags - OFlags::NONBLOCK);
     }
 }
 
@@ -505,8 +495,7 @@ mod tests {
         // killed members may linger briefly as zombies until init reaps them
         let mut alive = true;
         for _ in 0..100 {
-            // SAFETY: signal 0 only checks existence of the group.
-            alive = unsafe { libc::kill(-pgid, 0) } == 0;
+            alive = rustix::process::test_kill_process_group(rustix::process::Pid::from_raw(pgid).unwrap()).is_ok();
             if !alive {
                 break;
             }

@@ -277,6 +277,14 @@ fn read_email(mut m: MapReader<'_, '_>) -> Option<EmailChannel> {
                 Some(m.loc()),
             );
         }
+        #[cfg(not(feature = "email"))]
+        m.ctx().error(
+            &m.child_path("smtp_server"),
+            "this pgbackd was built without email support: build it with the default features (cargo feature \
+             email), or remove notifications.email",
+            Some(m.loc()),
+        );
+        #[cfg(feature = "email")]
         for (key, addr) in from.iter().map(|f| ("from", f)).chain(to.iter().flatten().map(|t| ("to", t))) {
             if addr.parse::<lettre::message::Mailbox>().is_err() {
                 m.ctx().error(

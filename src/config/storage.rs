@@ -164,6 +164,19 @@ pub fn read_targets(top: &mut MapReader<'_, '_>) -> Vec<TargetConfig> {
             out.push(t);
         }
     }
+    if !cfg!(feature = "s3")
+        && let Some(t) = out.iter().find(|t| matches!(t.kind, TargetKind::S3(_)))
+    {
+        ctx.error(
+            if t.name == "s3" { "aws" } else { "storage" },
+            format!(
+                "target {}: this pgbackd was built without S3 support: build it with the default features \
+                 (cargo feature s3), or remove this target",
+                t.name
+            ),
+            Some(top.loc()),
+        );
+    }
     if out.is_empty() && !top.has("local_backup_dir") && !top.has("storage") {
         ctx.error(
             "local_backup_dir",

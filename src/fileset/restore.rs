@@ -105,8 +105,7 @@ fn set_times(path: &Path, rec: &FileRecord, symlink: bool) -> std::io::Result<()
 
 fn set_owner(path: &Path, rec: &FileRecord) {
     // only root can give files away; others keep their own ownership
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         let _ = std::os::unix::fs::lchown(path, Some(rec.uid), Some(rec.gid));
     }
 }

@@ -8,6 +8,8 @@
 //! them (reqwest's URL is stripped).
 
 mod channels;
+#[cfg(feature = "email")]
+mod email;
 
 use crate::config::notify::{EventKind, NotificationsConfig};
 use crate::config::{Config, JobKind};

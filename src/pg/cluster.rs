@@ -21,8 +21,7 @@ pub struct Cluster {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 fn free_port() -> Result<u16> {
@@ -154,14 +153,8 @@ impl Cluster {
         );
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: setsid in the child before exec; no allocation or locking happens there.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        // its own process group: a Ctrl-C meant for the tests does not stop the watchdog
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.spawn().context("starting the cluster watchdog")?;
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! repository module decides them.
 
 pub mod local;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use anyhow::Result;
@@ -33,7 +34,11 @@ pub async fn open_targets(configs: &[crate::config::storage::TargetConfig]) -> R
     for t in configs {
         let store: Arc<dyn Store> = match &t.kind {
             TargetKind::Local { path } => Arc::new(local::LocalStore::new(&t.name, path)?),
+            #[cfg(feature = "s3")]
             TargetKind::S3(cfg) => Arc::new(s3::S3Store::new(&t.name, cfg).await?),
+            // refused when the config is read
+            #[cfg(not(feature = "s3"))]
+            TargetKind::S3(_) => anyhow::bail!("target {}: this pgbackd was built without S3 support", t.name),
         };
         out.push(Target { store, required: t.required });
     }

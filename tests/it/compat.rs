@@ -126,7 +126,8 @@ fn an_encrypted_schema_1_repository_authenticates_and_an_edit_is_refused() {
     ok(&env.run(&[&["restore", ENCRYPTED_FULL, "--target-database", &target, "--create"][..], &key].concat()));
     assert_restored_rows(&target);
     let to = env.dir.path().join("restored-files");
-    ok(&env.run(&[&["restore-files", "--latest", "--name", "uploads", "--to", to.to_str().unwrap()][..], &key].concat()));
+    ok(&env
+        .run(&[&["restore-files", "--latest", "--name", "uploads", "--to", to.to_str().unwrap()][..], &key].concat()));
     assert_restored_files(&to);
 
     // one row count edited in the old manifest: its MAC no longer matches
@@ -134,7 +135,9 @@ fn an_encrypted_schema_1_repository_authenticates_and_an_edit_is_refused() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"rows\": 2000"));
     std::fs::write(&path, text.replace("\"rows\": 2000", "\"rows\": 2001")).unwrap();
-    let out = env.run(&[&["restore", ENCRYPTED_FULL, "--target-database", &unique("compat_edit"), "--create"][..], &key].concat());
+    let out = env.run(
+        &[&["restore", ENCRYPTED_FULL, "--target-database", &unique("compat_edit"), "--create"][..], &key].concat(),
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("does not match its authentication code"), "{}", stderr(&out));
 }

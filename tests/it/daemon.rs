@@ -29,10 +29,7 @@ impl Daemon {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: signals the daemon process this test started.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        send_signal(self.child.id(), sig, false);
     }
 
     /// SIGTERM, then the exit code and how long the stop took.

@@ -214,8 +214,7 @@ fn an_unreadable_file_is_an_error_in_a_partial_backup() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("ERROR") && err.contains("/nonexistent/source: the source path cannot be read"), "{err}");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         assert!(err.contains("locked.txt: cannot be read"), "{err}");
     }
 }
@@ -293,8 +292,7 @@ fn the_daemon_runs_file_and_config_backups_and_reports_partial_ones() {
         assert!(start.elapsed() < Duration::from_secs(60), "no reports in {}", reports.display());
         std::thread::sleep(Duration::from_millis(100));
     }
-    // SAFETY: signals the daemon this test started.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    send_signal(daemon.id(), libc::SIGTERM, false);
     daemon.wait().unwrap();
     let files = report("file_backup").unwrap();
     assert_eq!(files["outcome"], "partial", "{files}");

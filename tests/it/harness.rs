@@ -19,11 +19,20 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let c = Cluster::start(&std::env::temp_dir()).expect("starting the test cluster");
         // SAFETY: registers a plain extern "C" function; it only reads a initialized static.
+        // (atexit has no safe wrapper: one of the reviewed unsafe blocks.)
+        #[allow(unsafe_code)]
         unsafe {
             libc::atexit(stop_cluster_at_exit);
         }
         c
     })
+}
+
+/// Sends signal `sig` (`libc::SIGTERM`, ...) to process `pid`, or to its group with `group`.
+pub fn send_signal(pid: u32, sig: i32, group: bool) {
+    use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+    let (pid, sig) = (Pid::from_raw(pid as i32).expect("a pid"), Signal::from_named_raw(sig).expect("a signal"));
+    let _ = if group { kill_process_group(pid, sig) } else { kill_process(pid, sig) };
 }
 
 pub fn unique(prefix: &str) -> String {

@@ -105,10 +105,7 @@ impl Daemon {
     }
 
     fn signal(&self, sig: i32) {
-        // SAFETY: signals the daemon this test started.
-        unsafe {
-            libc::kill(self.0.id() as i32, sig);
-        }
+        send_signal(self.0.id(), sig, false);
     }
 }
 

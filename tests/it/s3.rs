@@ -188,10 +188,7 @@ fn a_cancelled_backup_aborts_its_multipart_upload() {
         assert!(start.elapsed() < std::time::Duration::from_secs(60), "no multipart upload started");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // SAFETY: sends SIGTERM to the child we started.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    send_signal(child.id(), libc::SIGTERM, false);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));

@@ -24,10 +24,7 @@ static S3S: OnceLock<S3Server> = OnceLock::new();
 extern "C" fn stop_servers_at_exit() {
     if let Ok(mut children) = CHILDREN.lock() {
         for c in children.iter_mut() {
-            // SAFETY: signals the process group the server leads; no memory involved.
-            unsafe {
-                libc::kill(-(c.id() as i32), libc::SIGKILL);
-            }
+            crate::harness::send_signal(c.id(), libc::SIGKILL, true);
             let _ = c.wait();
         }
     }
@@ -58,7 +55,8 @@ fn spawn(mut cmd: Command) -> u32 {
     w.spawn().expect("starting the S3 server watchdog");
     let mut children = CHILDREN.lock().unwrap();
     if children.is_empty() {
-        // SAFETY: registers a plain extern "C" function once.
+        // SAFETY: registers a plain extern "C" function once (atexit has no safe wrapper).
+        #[allow(unsafe_code)]
         unsafe {
             libc::atexit(stop_servers_at_exit);
         }
