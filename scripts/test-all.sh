@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 ./scripts/s3-tools.sh
 cargo fmt --check
 cargo clippy --locked --all-targets --quiet -- -D warnings
+# the build without the optional features (S3, email) stays honest
+cargo check --locked --quiet --no-default-features --lib --bins
 cargo test --locked --all-targets

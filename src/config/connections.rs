@@ -163,25 +163,27 @@ fn push_database(
     out.push(DatabaseConfig { name, connection });
 }
 
+/// A `target:` server (every connection field but the database, which `no_database` says where
+/// it comes from); `Some(None)` when there is none, `None` when it is not a map.
+fn read_server(m: &mut MapReader<'_, '_>, defaults: &ConnFields, no_database: &str) -> Option<Option<Connection>> {
+    if !m.has("target") {
+        return Some(None);
+    }
+    let mut t = m.map("target")?;
+    let fields = read_conn_fields(&mut t);
+    if fields.dbname.is_some() {
+        t.ctx().error(&t.child_path("database"), no_database, Some(t.loc()));
+    }
+    t.finish();
+    Some(Some(fields.or(defaults).into_connection(String::new())))
+}
+
 pub(super) fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<RestoreSettings> {
     let mut m = top.map("restore")?;
     let safety_backup = m.opt::<bool>("safety_backup").unwrap_or(true);
     let jobs = m.opt::<u32>("jobs").unwrap_or(1).max(1);
-    let target = if m.has("target") {
-        let mut t = m.map("target")?;
-        let fields = read_conn_fields(&mut t);
-        if fields.dbname.is_some() {
-            t.ctx().error(
-                &t.child_path("database"),
-                "the target database name is given on the command line (--target-database)",
-                Some(t.loc()),
-            );
-        }
-        t.finish();
-        Some(fields.or(defaults).into_connection(String::new()))
-    } else {
-        None
-    };
+    let target =
+        read_server(&mut m, defaults, "the target database name is given on the command line (--target-database)")?;
     m.finish();
     Some(RestoreSettings { safety_backup, jobs, target })
 }
@@ -191,21 +193,7 @@ pub(super) fn read_test_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFiel
     let ctx = m.ctx();
     let pick = m.opt::<Pick>("pick").unwrap_or(Pick::Latest);
     let jobs = m.opt::<u32>("jobs").unwrap_or(2).max(1);
-    let target = if m.has("target") {
-        let mut t = m.map("target")?;
-        let fields = read_conn_fields(&mut t);
-        if fields.dbname.is_some() {
-            t.ctx().error(
-                &t.child_path("database"),
-                "the scratch database is named by pgbackd (pgbackd_restore_...)",
-                Some(t.loc()),
-            );
-        }
-        t.finish();
-        Some(fields.or(defaults).into_connection(String::new()))
-    } else {
-        None
-    };
+    let target = read_server(&mut m, defaults, "the scratch database is named by pgbackd (pgbackd_restore_...)")?;
     let mut checks = Vec::new();
     if let Some(list) = m.node("checks") {
         match &list.value {

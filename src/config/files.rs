@@ -2,7 +2,6 @@
 
 use super::node::Node;
 use super::reader::{Ctx, MapReader, read_list};
-use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// One source set: paths backed up together as one archive.
@@ -19,21 +18,6 @@ pub struct FileSetConfig {
     pub follow_symlinks: bool,
     /// Every Nth backup archives every file; the others only what changed (1: always full).
     pub full_every: u32,
-}
-
-impl FileSetConfig {
-    pub fn sources(&self) -> Result<crate::fileset::archive::Sources> {
-        let mut b = globset::GlobSetBuilder::new();
-        for g in &self.exclude {
-            b.add(globset::Glob::new(g).with_context(|| format!("{}: exclude glob {g:?}", self.name))?);
-        }
-        Ok(crate::fileset::archive::Sources {
-            paths: self.paths.clone(),
-            exclude: b.build()?,
-            one_file_system: self.one_file_system,
-            follow_symlinks: self.follow_symlinks,
-        })
-    }
 }
 
 fn read_set(ctx: &Ctx<'_>, node: &Node, path: &str) -> Option<FileSetConfig> {

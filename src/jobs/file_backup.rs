@@ -32,6 +32,20 @@ pub fn set_of<'c>(config: &'c crate::config::Config, subject: &Subject) -> Resul
     })
 }
 
+/// What the archive writer reads: the set's paths, its excludes as one matcher, its options.
+fn sources(set: &FileSetConfig) -> Result<archive::Sources> {
+    let mut b = globset::GlobSetBuilder::new();
+    for g in &set.exclude {
+        b.add(globset::Glob::new(g).with_context(|| format!("{}: exclude glob {g:?}", set.name))?);
+    }
+    Ok(archive::Sources {
+        paths: set.paths.clone(),
+        exclude: b.build()?,
+        one_file_system: set.one_file_system,
+        follow_symlinks: set.follow_symlinks,
+    })
+}
+
 /// Backs up the set `subject` names; `Ok` also for a partial backup (see its problems).
 pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger) -> Result<Manifest> {
     let set = set_of(&ctx.config, subject)?;
@@ -70,7 +84,7 @@ async fn take(
 ) -> Result<Manifest> {
     let (config, repo) = (&*ctx.config, &*ctx.repository);
     let now = ctx.now();
-    let sources = set.sources()?;
+    let sources = sources(set)?;
     // an incremental against the newest backup of the set, up to full_every - 1 in a row
     // (only the newest full_every manifests are read)
     let recent = repo.newest(subject, set.full_every as usize).await.unwrap_or_default();

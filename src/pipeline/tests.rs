@@ -22,23 +22,27 @@ fn sample(n: usize) -> Vec<u8> {
     (0..n).map(|i| ((i * 7919) % 251) as u8 ^ (i / 1000) as u8).collect()
 }
 
+/// Streams `data` into `key` on `store` in segments of `segment` bytes and commits it.
+async fn store_committed(
+    store: &Arc<dyn Store>,
+    data: &[u8],
+    segment: usize,
+    key: &str,
+    o: &PipelineOptions,
+) -> StoredObject {
+    let mut input = read_segments(std::io::Cursor::new(data.to_vec()), segment, Arc::default(), Unfiltered);
+    let target = [Target { store: store.clone(), required: true }];
+    let staged = store_stream_to(&mut input, &target, key, o, &CancellationToken::new()).await.unwrap();
+    staged.commit().await.unwrap().object
+}
+
 #[tokio::test]
 async fn round_trip_is_a_plain_zstd_file_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
     let data = sample(1_000_000);
     let cancel = CancellationToken::new();
-    let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), Unfiltered);
-    let staged = store_stream_to(
-        &mut input,
-        &[Target { store: store.clone(), required: true }],
-        "db/b/data.zst",
-        &opts(Some(3)),
-        &cancel,
-    )
-    .await
-    .unwrap();
-    let object = staged.commit().await.unwrap().object;
+    let object = store_committed(&store, &data, 64 * 1024, "db/b/data.zst", &opts(Some(3))).await;
     assert_eq!(object.raw_bytes, data.len() as u64);
     assert_eq!(object.frames.len(), 16); // 1,000,000 / 65,536 rounded up
     assert_eq!(object.raw_sha256, hex::encode(Sha256::digest(&data)));
@@ -150,17 +154,7 @@ async fn a_flipped_byte_is_named() {
     let store: Arc<dyn Store> = Arc::new(LocalStore::new("local", dir.path()).unwrap());
     let data = sample(300_000);
     let cancel = CancellationToken::new();
-    let mut input = read_segments(std::io::Cursor::new(data.clone()), 64 * 1024, Arc::default(), Unfiltered);
-    let staged = store_stream_to(
-        &mut input,
-        &[Target { store: store.clone(), required: true }],
-        "db/b/data.zst",
-        &opts(Some(1)),
-        &cancel,
-    )
-    .await
-    .unwrap();
-    let object = staged.commit().await.unwrap().object;
+    let object = store_committed(&store, &data, 64 * 1024, "db/b/data.zst", &opts(Some(1))).await;
     let path = dir.path().join("db/b/data.zst");
     let mut stored = std::fs::read(&path).unwrap();
     let victim = object.frames[2].stored_offset as usize + 10;

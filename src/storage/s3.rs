@@ -116,6 +116,26 @@ fn sha256_b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data))
 }
 
+/// One PUT of a whole object (with the configured storage class, encryption and checksum).
+async fn put_object(client: &Client, cfg: &S3Config, full_key: &str, data: Bytes) -> Result<()> {
+    let mut req = client
+        .put_object()
+        .bucket(&cfg.bucket)
+        .key(full_key)
+        .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
+        .set_server_side_encryption(sse(cfg))
+        .set_ssekms_key_id(cfg.kms_key_id.clone());
+    if cfg.checksum == Checksum::Sha256 {
+        req = req.checksum_algorithm(ChecksumAlgorithm::Sha256).checksum_sha256(sha256_b64(&data));
+    }
+    req.body(ByteStream::from(data))
+        .send()
+        .await
+        .map_err(sdk_error)
+        .with_context(|| format!("uploading {full_key}"))?;
+    Ok(())
+}
+
 fn sse(cfg: &S3Config) -> Option<ServerSideEncryption> {
     cfg.sse.map(|s| match s {
         Sse::Aes256 => ServerSideEncryption::Aes256,
@@ -150,24 +170,7 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        let full = self.full_key(key);
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(&full)
-            .set_storage_class(self.cfg.storage_class.as_deref().map(StorageClass::from))
-            .set_server_side_encryption(sse(&self.cfg))
-            .set_ssekms_key_id(self.cfg.kms_key_id.clone());
-        if self.cfg.checksum == Checksum::Sha256 {
-            req = req.checksum_algorithm(ChecksumAlgorithm::Sha256).checksum_sha256(sha256_b64(&data));
-        }
-        req.body(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(sdk_error)
-            .with_context(|| format!("uploading {full}"))?;
-        Ok(())
+        put_object(&self.client, &self.cfg, &self.full_key(key), data).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -409,22 +412,7 @@ impl ObjectWriter for S3Writer {
             if self.upload_id.is_none() {
                 // small object: one PUT
                 let data = std::mem::take(&mut self.buf).freeze();
-                let mut req = self
-                    .client
-                    .put_object()
-                    .bucket(&self.cfg.bucket)
-                    .key(&self.key)
-                    .set_storage_class(self.cfg.storage_class.as_deref().map(StorageClass::from))
-                    .set_server_side_encryption(sse(&self.cfg))
-                    .set_ssekms_key_id(self.cfg.kms_key_id.clone());
-                if self.cfg.checksum == Checksum::Sha256 {
-                    req = req.checksum_algorithm(ChecksumAlgorithm::Sha256).checksum_sha256(sha256_b64(&data));
-                }
-                req.body(ByteStream::from(data))
-                    .send()
-                    .await
-                    .map_err(sdk_error)
-                    .with_context(|| format!("uploading {}", self.key))?;
+                put_object(&self.client, &self.cfg, &self.key, data).await?;
             } else {
                 if !self.buf.is_empty() {
                     let rest = std::mem::take(&mut self.buf).freeze();

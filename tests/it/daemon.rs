@@ -76,7 +76,7 @@ fn pgrep(pattern: &str) -> bool {
 }
 
 #[test]
-fn scheduled_backups_status_healthcheck_and_no_secret_anywhere() {
+fn scheduled_backups_to_local_and_s3_status_healthcheck_and_no_secret_anywhere() {
     use age::secrecy::ExposeSecret;
     let env = TestEnv::new("daemon");
     env.psql("create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g;");

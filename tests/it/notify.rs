@@ -339,7 +339,9 @@ fn smtp(dir: &std::path::Path) -> Smtp {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/pgbackd-test"))
         .join("localstack/bin/python");
-    assert!(python.exists(), "{} missing: run scripts/s3-tools.sh", python.display());
+    if !python.exists() {
+        crate::s3_servers::missing("aiosmtpd (an SMTP server)");
+    }
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
@@ -373,7 +375,7 @@ fn smtp(dir: &std::path::Path) -> Smtp {
 }
 
 #[test]
-fn email_over_starttls_with_auth_carries_subject_and_body() {
+fn email_over_smtp_starttls_with_auth_carries_subject_and_body() {
     let env = TestEnv::new("alertsmail");
     env.psql("create table t (id int); insert into t values (1);");
     let server = smtp(env.dir.path());

@@ -75,9 +75,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(out)
 }
 
-fn missing(tool: &str) -> ! {
+/// A server a test needs is not installed: say which, and what to do (a failure, never a skip).
+pub fn missing(server: &str) -> ! {
     panic!(
-        "{tool} is not installed in {}: run scripts/s3-tools.sh (scripts/test-all.sh does it)",
+        "this test needs {server}, which is not installed in {}: run scripts/s3-tools.sh (scripts/test-all.sh does \
+         it), or run scripts/test-fast.sh, which leaves out the tests that need S3 or SMTP servers",
         tools_dir().display()
     )
 }
@@ -86,7 +88,7 @@ pub fn localstack() -> &'static S3Server {
     LOCALSTACK.get_or_init(|| {
         let python = tools_dir().join("localstack/bin/python");
         if !python.exists() {
-            missing("LocalStack");
+            missing("LocalStack (an S3 server)");
         }
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -131,7 +133,7 @@ pub fn s3s() -> &'static S3Server {
     S3S.get_or_init(|| {
         let bin = tools_dir().join("bin/s3s-fs");
         if !bin.exists() {
-            missing("s3s-fs");
+            missing("s3s-fs (an S3 server)");
         }
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
