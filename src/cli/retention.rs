@@ -22,13 +22,7 @@ pub async fn run(ctx: &JobContext, args: &RetentionArgs) -> Result<ExitCode> {
     };
     let subjects: Vec<Subject> = match &args.database {
         Some(d) => vec![Subject::Database(config.select_database(Some(d))?.name.clone())],
-        None => config
-            .databases
-            .iter()
-            .map(|d| Subject::Database(d.name.clone()))
-            .chain(config.files.iter().map(|s| Subject::Files(s.name.clone())))
-            .chain(config.configs.iter().map(|s| Subject::Configs(s.name.clone())))
-            .collect(),
+        None => crate::jobs::context::configured_subjects(config),
     };
     let mut runs = Vec::new();
     for subject in subjects {

@@ -24,16 +24,13 @@ pub struct Entry {
 
 impl Entry {
     fn from_config(s: &ScheduleConfig, config: &Config, now: DateTime<Utc>) -> Entry {
-        let databases = || config.databases.iter().map(|d| Subject::Database(d.name.clone()));
-        let files = || config.files.iter().map(|f| Subject::Files(f.name.clone()));
-        let configs = || config.configs.iter().map(|f| Subject::Configs(f.name.clone()));
+        let all = crate::jobs::context::configured_subjects(config);
+        let of = |keep: fn(&Subject) -> bool| all.iter().filter(|s| keep(s)).cloned().collect();
         let subjects = match s.kind {
-            JobKind::FileBackup => files().collect(),
-            JobKind::ConfigBackup => configs().collect(),
-            JobKind::Retention | JobKind::Verification if s.databases.is_empty() => {
-                databases().chain(files()).chain(configs()).collect()
-            }
-            _ if s.databases.is_empty() => databases().collect(),
+            JobKind::FileBackup => of(|s| matches!(s, Subject::Files(_))),
+            JobKind::ConfigBackup => of(|s| matches!(s, Subject::Configs(_))),
+            JobKind::Retention | JobKind::Verification if s.databases.is_empty() => all.clone(),
+            _ if s.databases.is_empty() => of(|s| matches!(s, Subject::Database(_))),
             _ => s.databases.iter().map(|d| Subject::Database(d.clone())).collect(),
         };
         Entry {
