@@ -104,6 +104,7 @@ pub struct RunningStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct DatabaseStatus {
+    /// When the newest successful full backup started (for a file set: its newest backup).
     pub last_full_success: Option<DateTime<Utc>>,
     pub last_full_backup_id: Option<String>,
     pub last_attempt_at: Option<DateTime<Utc>>,

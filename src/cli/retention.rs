@@ -66,11 +66,11 @@ pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
             writeln!(out, "  no backups")?;
             continue;
         }
-        writeln!(out, "  {:<32} {:>6} {:<12} {:>10}  {:<6} REASONS", "ID", "AGE", "KIND", "SIZE", "ACTION")?;
+        writeln!(out, "  {:<36} {:>6} {:<12} {:>10}  {:<6} REASONS", "ID", "AGE", "KIND", "SIZE", "ACTION")?;
         for d in &r.decisions {
             writeln!(
                 out,
-                "  {:<32} {:>6} {:<12} {:>10}  {:<6} {}",
+                "  {:<36} {:>6} {:<12} {:>10}  {:<6} {}",
                 d.id,
                 age(r.at - d.started_at),
                 d.kind.name(),

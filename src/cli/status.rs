@@ -122,9 +122,10 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
     }
     writeln!(out, "\nDATABASES")?;
     for (name, d) in &s.databases {
+        let what = if name.starts_with("files:") || name.starts_with("configs:") { "backup" } else { "full backup" };
         writeln!(
             out,
-            "  {name:<20} last full backup {} {}, last attempt {}",
+            "  {name:<20} last {what} {} {}, last attempt {}",
             d.last_full_success.map(|t| ago(t, now)).unwrap_or_else(|| "never".into()),
             d.last_full_backup_id.as_deref().unwrap_or(""),
             outcome(d.last_outcome)

@@ -71,22 +71,14 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
 
     let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), id: &id, now };
     let result = take(&attempt, unreadable_base).await;
-    match &result {
-        Ok(m) => tracing::info!(
-            backup_id = %m.id,
-            raw_bytes = m.data.raw_bytes,
-            stored_bytes = m.data.stored_bytes,
-            duration_s = format!("{:.1}", started.elapsed().as_secs_f64()),
-            mb_per_s = format!("{:.1}", m.data.raw_bytes as f64 / started.elapsed().as_secs_f64().max(1e-3) / 1e6),
-            tables = m.dump().map_or(0, |d| d.tables.len()),
-            "backup finished"
-        ),
-        Err(e) => {
-            tracing::error!(backup_id = %id, error = %format!("{e:#}"), "backup failed");
-            if let Err(cleanup) = repo.remove_failed(&subject, &id).await {
-                tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
-            }
+    if let Err(e) = &result {
+        // the job's own line says why it failed; here, its leftovers go
+        tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed backup wrote");
+        if let Err(cleanup) = repo.remove_failed(&subject, &id).await {
+            tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
         }
+    } else {
+        tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "backup stored");
     }
     result
 }

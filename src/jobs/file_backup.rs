@@ -55,22 +55,13 @@ pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger) -> Resul
     let started = std::time::Instant::now();
     tracing::info!(backup_id = %id, "file backup started");
     let result = take(ctx, set, subject, trigger, &id).await;
-    match &result {
-        Ok(m) => tracing::info!(
-            backup_id = %m.id,
-            files = m.file_set().map_or(0, |f| f.file_count),
-            raw_bytes = m.data.raw_bytes,
-            stored_bytes = m.data.stored_bytes,
-            partial = !m.problems().is_empty(),
-            duration_s = format!("{:.1}", started.elapsed().as_secs_f64()),
-            "file backup finished"
-        ),
-        Err(e) => {
-            tracing::error!(backup_id = %id, error = %format!("{e:#}"), "file backup failed");
-            if let Err(cleanup) = ctx.repository.remove_failed(subject, &id).await {
-                tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
-            }
+    if let Err(e) = &result {
+        tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed backup wrote");
+        if let Err(cleanup) = ctx.repository.remove_failed(subject, &id).await {
+            tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
         }
+    } else {
+        tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "file backup stored");
     }
     result
 }

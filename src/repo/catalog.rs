@@ -12,7 +12,8 @@ impl Repository {
     /// A target that cannot be listed is skipped with a warning, unless none can be.
     pub async fn list_with_targets(&self, subject: Option<&Subject>) -> Result<Vec<Listed>> {
         let places = self.places(subject);
-        let mut by_id: BTreeMap<String, Listed> = BTreeMap::new();
+        // by backup directory: two subjects may hold backups with the same id
+        let mut by_dir: BTreeMap<String, Listed> = BTreeMap::new();
         let mut failures = Vec::new();
         for (t, prefix) in &places {
             let objects = match t.store.list(prefix).await {
@@ -23,33 +24,27 @@ impl Repository {
                     continue;
                 }
             };
-            let annotated: HashSet<&str> = objects
-                .iter()
-                .filter_map(|o| o.key.strip_suffix(keys::ANNOTATIONS_FILE))
-                .filter_map(|dir| dir.strip_suffix('/'))
-                .filter_map(|dir| dir.rsplit('/').next())
-                .collect();
+            let annotated: HashSet<&str> =
+                objects.iter().filter_map(|o| o.key.strip_suffix(keys::ANNOTATIONS_FILE)).collect();
             for obj in &objects {
                 let Some((found, id)) = keys::parse_manifest_key(&obj.key) else { continue };
                 // a database named `files` is listed under `files/`, beside the file sets
                 if subject.is_some_and(|s| *s != found) {
                     continue;
                 }
-                if let Some(listed) = by_id.get_mut(id) {
+                let dir = keys::backup_dir(&found, id);
+                if let Some(listed) = by_dir.get_mut(&dir) {
                     listed.targets.push(t.name().to_owned());
                     continue;
                 }
                 match read_manifest_from(&t.store, &found, id).await {
                     Ok(Some(m)) => {
-                        let annotations = if annotated.contains(id) {
+                        let annotations = if annotated.contains(dir.as_str()) {
                             read_annotations_from(&t.store, &found, id).await
                         } else {
                             Annotations::default()
                         };
-                        by_id.insert(
-                            id.to_owned(),
-                            Listed { manifest: m, targets: vec![t.name().to_owned()], annotations },
-                        );
+                        by_dir.insert(dir, Listed { manifest: m, targets: vec![t.name().to_owned()], annotations });
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest"),
@@ -59,7 +54,7 @@ impl Repository {
         if !places.is_empty() && failures.len() == places.len() {
             bail!("cannot list any storage target: {}", failures.join("; "));
         }
-        let mut out: Vec<Listed> = by_id.into_values().collect();
+        let mut out: Vec<Listed> = by_dir.into_values().collect();
         out.sort_by(|a, b| {
             a.manifest.started_at.cmp(&b.manifest.started_at).then_with(|| a.manifest.id.cmp(&b.manifest.id))
         });
@@ -207,4 +202,57 @@ async fn read_first(targets: &[&Target], subject: &Subject, id: &str) -> Option<
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::local::LocalStore;
+    use chrono::{TimeZone, Utc};
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let store = Arc::new(LocalStore::new("local", dir).unwrap());
+        Repository {
+            targets: vec![Target { store, required: true }],
+            file_targets: None,
+            config_targets: None,
+            crypto: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_newest_is_found_by_start_time_even_within_one_second_and_subjects_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path());
+        let app = Subject::Database("app".into());
+        let second = Utc.with_ymd_and_hms(2026, 11, 22, 1, 0, 0).unwrap();
+        // three backups in the same second: the ids' random suffixes sort against their times
+        for (id, kind, ms) in [
+            ("20261122T010000Z-full-ffffff", BackupKind::Full, 100),
+            ("20261122T010000Z-incremental-000001", BackupKind::Incremental, 500),
+            ("20261122T010000Z-full-000002", BackupKind::Full, 300),
+        ] {
+            let mut m = Manifest::for_tests(app.clone(), id, kind, second + chrono::Duration::milliseconds(ms));
+            m.targets = vec!["local".into()];
+            r.write_manifest(&m).await.unwrap();
+        }
+        // a file set named like the database, and a database named `files`, are other subjects
+        for s in [Subject::Files("app".into()), Subject::Database("files".into())] {
+            let mut m = Manifest::for_tests(s, "20261122T020000Z-full-000003", BackupKind::Full, second);
+            m.targets = vec!["local".into()];
+            r.write_manifest(&m).await.unwrap();
+        }
+        let latest = r.latest(&app, None).await.unwrap().unwrap();
+        assert_eq!(latest.id, "20261122T010000Z-incremental-000001");
+        let full = r.latest(&app, Some(BackupKind::Full)).await.unwrap().unwrap();
+        assert_eq!(full.id, "20261122T010000Z-full-000002");
+        let newest: Vec<String> = r.newest(&app, 2).await.unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(newest, ["20261122T010000Z-full-000002", "20261122T010000Z-incremental-000001"]);
+        assert_eq!(r.list(Some(&app)).await.unwrap().len(), 3);
+        assert_eq!(r.list(Some(&Subject::Database("files".into()))).await.unwrap().len(), 1);
+        assert_eq!(r.list(None).await.unwrap().len(), 5);
+        assert_eq!(r.subjects().await.unwrap().len(), 3);
+        let found = r.find("20261122T020000Z-full-000003").await.unwrap();
+        assert!(matches!(found.subject, Subject::Files(_) | Subject::Database(_)));
+    }
 }

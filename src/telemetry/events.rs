@@ -58,6 +58,7 @@ pub fn job_finished(run: &JobRun, sinks: &Sinks<'_>) {
             raw_bytes = report.raw_bytes,
             stored_bytes = report.stored_bytes,
             duration_s = format!("{:.1}", report.duration_seconds),
+            mb_per_s = report.mb_per_second.map(|m| format!("{m:.1}")),
             "job finished"
         ),
         outcome => {
@@ -136,7 +137,8 @@ fn update_board(board: &Board, run: &JobRun, report: &Report) {
         d.last_attempt_at = Some(started);
         d.last_outcome = Some(outcome);
         match (spec.kind, &run.produced) {
-            (JobKind::FullBackup, _) if outcome == Outcome::Success => {
+            // a set's newest backup always restores whole (holders are kept): it is its "full"
+            (JobKind::FullBackup | JobKind::FileBackup | JobKind::ConfigBackup, _) if outcome == Outcome::Success => {
                 d.last_full_success = Some(started);
                 d.last_full_backup_id = report.backup_id.clone();
             }

@@ -139,6 +139,33 @@ fn a_kept_incremental_keeps_its_base_full() {
     assert_eq!(summary(&plan), (3, 1));
 }
 
+/// A file set is one group: its incrementals count with its fulls, and every backup holding
+/// unchanged files of a kept one is kept, even past the size cap, with the reason.
+#[test]
+fn a_file_set_keeps_the_holders_of_a_kept_backup_whatever_the_size_cap_says() {
+    let mut holder = full(9, 1);
+    holder.stored_bytes = 1000;
+    let mut inc = full(1, 1);
+    inc.kind = BackupKind::Incremental;
+    inc.depends_on = vec![holder.id.clone()];
+    let mut other = full(5, 1);
+    other.stored_bytes = 1000;
+    let policy = KindPolicy { keep_last: Some(3), max_total_size: Some(500), min_keep: 1, ..Default::default() };
+    let r = Retention { file_backup: Some(policy), ..Default::default() };
+    let subject = crate::repo::Subject::Files("uploads".into());
+    let plan =
+        plan_with(&[holder.clone(), other.clone(), inc.clone()], &Policies::for_subject(&subject, &r), Tz::UTC, now());
+    let of = |id: &str| plan.iter().find(|d| d.id == id).unwrap();
+    assert!(of(&inc.id).keep, "the newest, min_keep");
+    assert!(!of(&other.id).keep, "kept by keep_last only, dropped for size: {:?}", of(&other.id).reasons);
+    assert!(of(&holder.id).keep);
+    assert_eq!(of(&holder.id).reasons, [format!("floor: holds unchanged files of kept backup {}", inc.id)]);
+    // no policy for configuration sets: everything is kept, and says so
+    let configs = crate::repo::Subject::Configs("etc".into());
+    let all = plan_with(&[holder, inc], &Policies::for_subject(&configs, &r), Tz::UTC, now());
+    assert!(all.iter().all(|d| d.keep && d.reasons[0] == "no retention policy for config_backups"), "{all:?}");
+}
+
 #[test]
 fn no_policy_keeps_everything_and_daily_buckets_follow_the_timezone() {
     let backups = daily(5);
