@@ -212,26 +212,7 @@ pub struct TestRestoreSettings {
     pub checks: Vec<RestoreCheck>,
 }
 
-/// `encryption:`: age encryption of everything stored (see docs/security.md).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct EncryptionConfig {
-    pub enabled: bool,
-    /// X25519 recipients (`age1...`) new backups are encrypted to.
-    pub recipients: Vec<String>,
-    /// A file of recipients, one per line.
-    pub recipients_file: Option<PathBuf>,
-    /// Identities (`AGE-SECRET-KEY-1...`) that decrypt: needed where restores and checks run.
-    pub identity_file: Option<PathBuf>,
-    /// The reference config's key: an age identity file, or a passphrase (scrypt).
-    pub key_file: Option<PathBuf>,
-    /// scrypt work factor (log2 N) for passphrase mode.
-    pub passphrase_work_factor: u8,
-    /// Key files readable by group or others are an error, not a warning.
-    pub strict: bool,
-    /// Identity files given on the command line (`--identity`): they decrypt, and are never
-    /// encrypted to; with `enabled: false` they make a decrypt-only configuration.
-    pub extra_identity_files: Vec<PathBuf>,
-}
+pub use crate::crypto::keys::EncryptionConfig;
 
 /// `daemon:` settings of `pgbackd run`.
 #[derive(Debug, Clone, PartialEq)]

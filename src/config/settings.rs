@@ -98,44 +98,10 @@ pub(super) fn read_encryption(top: &mut MapReader<'_, '_>) -> EncryptionConfig {
         );
     }
     let strict = m.opt::<bool>("strict").unwrap_or(false);
-    for r in &recipients {
-        if !r.starts_with("age1") {
-            ctx.error(
-                &m.child_path("recipients"),
-                format!("{r:?} is not an age recipient (age1...)"),
-                Some(m.loc_of("recipients")),
-            );
-        }
+    for path in [&identity_file, &key_file].into_iter().flatten() {
+        ctx.note_secret_file(path);
     }
-    if enabled && recipients.is_empty() && recipients_file.is_none() && key_file.is_none() && identity_file.is_none() {
-        ctx.error(
-            &m.child_path("enabled"),
-            "encryption is enabled but there is nothing to encrypt to: set recipients (recommended), recipients_file \
-             or key_file",
-            Some(m.loc_of("enabled")),
-        );
-    }
-    if let Some(p) = &recipients_file
-        && enabled
-        && !p.exists()
-    {
-        let loc = Some(m.loc_of("recipients_file"));
-        ctx.error(&m.child_path("recipients_file"), format!("{} does not exist", p.display()), loc);
-    }
-    for (key, path) in [("identity_file", &identity_file), ("key_file", &key_file)] {
-        if let Some(p) = path {
-            if enabled && !p.exists() {
-                let hint = match key {
-                    "key_file" => "create it: `age-keygen -o FILE` (an identity), or a passphrase of 12+ characters",
-                    _ => "point it at the age identity (AGE-SECRET-KEY-1...) made with `age-keygen`",
-                };
-                ctx.error(&m.child_path(key), format!("{} does not exist: {hint}", p.display()), Some(m.loc_of(key)));
-            }
-            ctx.note_secret_file(p);
-        }
-    }
-    m.finish();
-    EncryptionConfig {
+    let cfg = EncryptionConfig {
         enabled,
         recipients,
         recipients_file,
@@ -144,9 +110,15 @@ pub(super) fn read_encryption(top: &mut MapReader<'_, '_>) -> EncryptionConfig {
         passphrase_work_factor,
         strict,
         extra_identity_files: Vec::new(),
+    };
+    // the key material itself: what backups would be encrypted to, and what reads them
+    for issue in cfg.check() {
+        let loc = Some(m.loc_of(issue.key));
+        ctx.error(&m.child_path(issue.key), issue.message, loc);
     }
+    m.finish();
+    cfg
 }
-
 pub(super) fn read_verification(top: &mut MapReader<'_, '_>) -> Option<VerificationSettings> {
     let mut m = top.map("verification")?;
     let mode = m.opt::<VerifyMode>("mode").unwrap_or(VerifyMode::Deep);

@@ -163,6 +163,10 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
                     .await?,
                 )
             }
+            // a cancelled backup is a failed backup, at every step
+            Err(e) if ctx.cancel.is_cancelled() => {
+                return Err(e.context("the backup was cancelled while pg_dumpall --globals-only ran"));
+            }
             Err(e) => {
                 let w = format!("roles and tablespaces (pg_dumpall --globals-only) were not saved: {e:#}");
                 tracing::warn!(warning = %w, "globals not saved");
@@ -217,6 +221,9 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     manifest.finished_at = ctx.now().max(a.now);
     manifest.targets = holding;
     manifest.warnings = warnings;
+    if ctx.cancel.is_cancelled() {
+        bail!("the backup was cancelled before its manifest was written: nothing was committed");
+    }
     repo.commit(manifest).await
 }
 

@@ -165,5 +165,8 @@ async fn take(
     m.finished_at = ctx.now().max(now);
     m.targets = committed.targets;
     m.warnings = warnings;
+    if ctx.cancel.is_cancelled() {
+        bail!("the backup was cancelled before its manifest was written: nothing was committed");
+    }
     repo.commit(m).await
 }

@@ -10,7 +10,10 @@
 //! Forging a manifest needs the recipients' public keys (never stored in the repository: manifests
 //! carry only fingerprints) or the passphrase; checking one needs the identity.
 
-use crate::config::EncryptionConfig;
+pub mod keys;
+
+pub use keys::EncryptionConfig;
+use keys::KeyFile;
 use crate::secret::Secret;
 use age::secrecy::SecretString;
 use anyhow::{Context, Result, anyhow, bail};
@@ -18,7 +21,6 @@ use base64::Engine;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::str::FromStr;
 use std::sync::Arc;
 
 /// How a backup was encrypted, as the manifest records it.
@@ -74,104 +76,53 @@ impl std::fmt::Debug for Crypto {
     }
 }
 
-fn parse_identities(text: &str, source: &str) -> Result<Vec<age::x25519::Identity>> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            age::x25519::Identity::from_str(l)
-                .map_err(|_| anyhow!("{source}: a line is not an age identity (AGE-SECRET-KEY-1...)"))
-        })
-        .collect()
-}
-
-fn read_key_file(path: &std::path::Path, what: &str) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
-}
-
 impl Crypto {
-    /// The encryption of a config; `None` when encryption is off.
+    /// The encryption of a config; `None` when encryption is off. The config's checks
+    /// ([`EncryptionConfig::check`]) passed when it was read; the files are read again here.
     pub fn load(cfg: &EncryptionConfig) -> Result<Option<Arc<Crypto>>> {
-        if !cfg.enabled {
-            if cfg.extra_identity_files.is_empty() {
-                return Ok(None);
-            }
-            let mut c = Crypto {
-                encrypts: false,
-                mode: EncryptionMode::Recipients,
-                recipients: Vec::new(),
-                passphrase: None,
-                passphrase_work_factor: cfg.passphrase_work_factor,
-                identities: Vec::new(),
-            };
-            for path in &cfg.extra_identity_files {
-                c.identities
-                    .extend(parse_identities(&read_key_file(path, "identity file")?, &path.display().to_string())?);
-            }
-            return Ok(Some(Arc::new(c)));
+        if !cfg.enabled && cfg.extra_identity_files.is_empty() {
+            return Ok(None);
+        }
+        if let Some(first) = cfg.check().into_iter().next() {
+            bail!("encryption.{}: {}", first.key, first.message);
         }
         let mut c = Crypto {
-            encrypts: true,
+            encrypts: cfg.enabled,
             mode: EncryptionMode::Recipients,
             recipients: Vec::new(),
             passphrase: None,
             passphrase_work_factor: cfg.passphrase_work_factor,
             identities: Vec::new(),
         };
-        for r in &cfg.recipients {
-            c.recipients.push(
-                age::x25519::Recipient::from_str(r).map_err(|e| {
-                    anyhow!("encryption.recipients: {r:?} is not an age X25519 recipient (age1...): {e}")
-                })?,
-            );
-        }
-        if let Some(path) = &cfg.recipients_file {
-            for line in read_key_file(path, "recipients file")?.lines().map(str::trim) {
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                c.recipients.push(age::x25519::Recipient::from_str(line).map_err(|e| {
-                    anyhow!("{}: {line:?} is not an age X25519 recipient (age1...): {e}", path.display())
-                })?);
+        let fail = |e: String| anyhow!(e);
+        if cfg.enabled {
+            for r in &cfg.recipients {
+                c.recipients.push(keys::parse_recipient(r).map_err(fail)?);
             }
-        }
-        if let Some(path) = &cfg.identity_file {
-            c.identities = parse_identities(&read_key_file(path, "identity file")?, &path.display().to_string())?;
-        }
-        if let Some(path) = &cfg.key_file {
-            let text = read_key_file(path, "key file")?;
-            if text.trim_start().starts_with("AGE-SECRET-KEY-") || text.trim_start().starts_with('#') {
-                let ids = parse_identities(&text, &path.display().to_string())?;
-                c.recipients.extend(ids.iter().map(|i| i.to_public()));
-                c.identities.extend(ids);
-            } else {
-                let pass = text.trim_end_matches(['\n', '\r']).to_owned();
-                if pass.len() < 12 {
-                    bail!(
-                        "{}: a passphrase of {} characters is too short; use at least 12 (or an age identity)",
-                        path.display(),
-                        pass.len()
-                    );
-                }
-                c.passphrase = Some(Secret::new(pass));
-                c.mode = EncryptionMode::Passphrase;
+            if let Some(path) = &cfg.recipients_file {
+                c.recipients.extend(keys::read_recipients_file(path).map_err(fail)?);
             }
-        }
-        if c.recipients.is_empty() && c.passphrase.is_none() {
-            // a host configured only to read (identity_file) encrypts new backups to that identity
-            c.recipients = c.identities.iter().map(|i| i.to_public()).collect();
+            if let Some(path) = &cfg.identity_file {
+                c.identities = keys::read_identities(path).map_err(fail)?;
+            }
+            match cfg.key_file.as_deref().map(keys::read_key_file).transpose().map_err(fail)? {
+                Some(KeyFile::Identities(ids)) => {
+                    c.recipients.extend(ids.iter().map(|i| i.to_public()));
+                    c.identities.extend(ids);
+                }
+                Some(KeyFile::Passphrase(p)) => {
+                    c.passphrase = Some(p);
+                    c.mode = EncryptionMode::Passphrase;
+                }
+                None => {}
+            }
+            if c.recipients.is_empty() && c.passphrase.is_none() {
+                // a host configured only to read (identity_file) encrypts new backups to that identity
+                c.recipients = c.identities.iter().map(|i| i.to_public()).collect();
+            }
         }
         for path in &cfg.extra_identity_files {
-            c.identities.extend(parse_identities(&read_key_file(path, "identity file")?, &path.display().to_string())?);
-        }
-        if c.recipients.is_empty() && c.passphrase.is_none() {
-            bail!(
-                "encryption is enabled but there is nothing to encrypt to: set encryption.recipients, \
-                 recipients_file, key_file or identity_file"
-            );
-        }
-        if c.passphrase.is_some() && !c.recipients.is_empty() && c.mode == EncryptionMode::Passphrase {
-            bail!("encryption: a passphrase key_file cannot be combined with recipients (age does not mix them)");
+            c.identities.extend(keys::read_identities(path).map_err(|e| anyhow!("--identity: {e}"))?);
         }
         Ok(Some(Arc::new(c)))
     }
@@ -345,7 +296,6 @@ pub fn mac_matches(key: &[u8; 32], bytes: &[u8], expected_hex: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EncryptionConfig;
 
     fn config(
         dir: &std::path::Path,
