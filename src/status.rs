@@ -63,6 +63,9 @@ pub struct JobStats {
 pub struct TargetStats {
     pub backups: u64,
     pub stored_bytes: u64,
+    /// Manifests that cannot be trusted (unreadable, malformed, not matching their digest).
+    #[serde(default)]
+    pub damaged: u64,
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -257,6 +260,17 @@ pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem>
                 ),
             });
         }
+    }
+    for (target, t) in s.targets.iter().filter(|(_, t)| t.damaged > 0) {
+        out.push(Problem {
+            database: String::new(),
+            stale: false,
+            message: format!(
+                "target {target} holds {} damaged manifests: those backups cannot be trusted; `pgbackd verify --all` \
+                 names them",
+                t.damaged
+            ),
+        });
     }
     out
 }

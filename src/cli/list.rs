@@ -4,7 +4,7 @@ use super::EXIT_OK;
 use super::args::{ListArgs, ListFilesArgs};
 use crate::jobs::JobContext;
 use crate::repo::manifest::FilesOutcome;
-use crate::repo::{BackupKind, Listed, Subject};
+use crate::repo::{BackupKind, Listed, Listing, Subject};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -17,8 +17,14 @@ pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
         Some(d) => Some(Subject::Database(ctx.config.select_database(Some(d))?.name.clone())),
         None => None,
     };
-    let backups = ctx.repository.list_with_targets(subject.as_ref()).await?;
-    print(&backups, args.json)?;
+    let listing = ctx.repository.listing(subject.as_ref()).await?;
+    print(&listing, args.json)?;
+    if !listing.damaged.is_empty() {
+        eprintln!(
+            "warning: {} damaged manifests (listed with status damaged): `pgbackd verify --all` fails on them",
+            listing.damaged.len()
+        );
+    }
     Ok(ExitCode::from(EXIT_OK))
 }
 
@@ -147,15 +153,40 @@ pub fn human_bytes(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
-pub fn print(backups: &[Listed], json: bool) -> Result<()> {
+/// An element of `list --json` for a manifest that cannot be trusted.
+#[derive(Debug, Serialize)]
+pub struct DamagedEntry<'a> {
+    pub id: &'a str,
+    pub database: String,
+    pub subject: &'a Subject,
+    /// `damaged`
+    pub status: &'a str,
+    pub problem: &'a str,
+    pub targets: [&'a str; 1],
+}
+
+pub fn print(listing: &Listing, json: bool) -> Result<()> {
+    let backups = &listing.backups;
     let mut out = std::io::stdout().lock();
+    let damaged = listing.damaged.iter().map(|d| DamagedEntry {
+        id: &d.id,
+        database: d.subject.to_string(),
+        subject: &d.subject,
+        status: "damaged",
+        problem: &d.problem,
+        targets: [&d.target],
+    });
     if json {
-        let entries: Vec<ListEntry> = backups.iter().map(entry).collect();
+        let mut entries: Vec<serde_json::Value> =
+            backups.iter().map(entry).map(|e| serde_json::to_value(e)).collect::<Result<_, _>>()?;
+        for d in damaged {
+            entries.push(serde_json::to_value(d)?);
+        }
         serde_json::to_writer_pretty(&mut out, &entries)?;
         writeln!(out)?;
         return Ok(());
     }
-    if backups.is_empty() {
+    if backups.is_empty() && listing.damaged.is_empty() {
         writeln!(out, "no backups")?;
         return Ok(());
     }
@@ -181,6 +212,9 @@ pub fn print(backups: &[Listed], json: bool) -> Result<()> {
             key_needed(m),
             if m.warnings.is_empty() { String::new() } else { format!(" ({} warnings)", m.warnings.len()) }
         )?;
+    }
+    for d in damaged {
+        writeln!(out, "{:<36} {:<16} DAMAGED on target {}: {}", d.id, d.database, d.targets[0], d.problem)?;
     }
     Ok(())
 }

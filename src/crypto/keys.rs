@@ -59,7 +59,10 @@ fn read(path: &Path, what: &str) -> Result<String, String> {
         match e.kind() {
             std::io::ErrorKind::NotFound => format!("{} does not exist: {next}", path.display()),
             std::io::ErrorKind::PermissionDenied => {
-                format!("the {what} {} cannot be read by this user: give it read access (chmod 600, owned by it)", path.display())
+                format!(
+                    "the {what} {} cannot be read by this user: give it read access (chmod 600, owned by it)",
+                    path.display()
+                )
             }
             _ => format!("cannot read the {what} {}: {e}", path.display()),
         }
@@ -74,7 +77,9 @@ pub fn parse_identities(text: &str, source: &str) -> Result<Vec<age::x25519::Ide
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             age::x25519::Identity::from_str(l).map_err(|_| {
-                format!("{source}: a line is not an age identity (AGE-SECRET-KEY-1..., as `pgbackd keygen -o FILE` writes)")
+                format!(
+                    "{source}: a line is not an age identity (AGE-SECRET-KEY-1..., as `pgbackd keygen -o FILE` writes)"
+                )
             })
         })
         .collect::<Result<_, _>>()?;
@@ -158,7 +163,10 @@ impl EncryptionConfig {
             None => Vec::new(),
         };
         if passphrase && !(self.recipients.is_empty() && self.recipients_file.is_none()) {
-            issue("key_file", "a passphrase key_file cannot be combined with recipients (age does not mix them)".into());
+            issue(
+                "key_file",
+                "a passphrase key_file cannot be combined with recipients (age does not mix them)".into(),
+            );
         }
         let given = !self.recipients.is_empty() || self.recipients_file.is_some();
         if given && !identities.is_empty() {

@@ -12,13 +12,13 @@
 
 pub mod keys;
 
-pub use keys::EncryptionConfig;
-use keys::KeyFile;
 use crate::secret::Secret;
 use age::secrecy::SecretString;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use hmac::{KeyInit, Mac};
+pub use keys::EncryptionConfig;
+use keys::KeyFile;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::sync::Arc;

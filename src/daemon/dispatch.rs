@@ -98,13 +98,17 @@ impl Shared {
 async fn target_stats(repo: &Repository) -> anyhow::Result<BTreeMap<String, TargetStats>> {
     let mut out: BTreeMap<String, TargetStats> =
         repo.targets().iter().map(|t| (t.name().to_owned(), TargetStats::default())).collect();
-    for l in repo.list_with_targets(None).await? {
+    let listing = repo.listing(None).await?;
+    for l in &listing.backups {
         let bytes = l.manifest.stored_bytes();
         for t in &l.targets {
             let s = out.entry(t.clone()).or_default();
             s.backups += 1;
             s.stored_bytes += bytes;
         }
+    }
+    for d in &listing.damaged {
+        out.entry(d.target.clone()).or_default().damaged += 1;
     }
     Ok(out)
 }

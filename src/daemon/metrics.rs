@@ -114,9 +114,11 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
     // per target: what the repository holds, and local free space
     o.family("repository_backups", "gauge", "Backups held by a storage target.");
     o.family("repository_bytes", "gauge", "Stored bytes of the backups held by a storage target.");
+    o.family("repository_damaged_manifests", "gauge", "Manifests on a storage target that cannot be trusted.");
     for (t, st) in &s.targets {
         o.sample("repository_backups", &[("target", t)], st.backups as f64);
         o.sample("repository_bytes", &[("target", t)], st.stored_bytes as f64);
+        o.sample("repository_damaged_manifests", &[("target", t)], st.damaged as f64);
     }
     o.family("local_free_bytes", "gauge", "Free bytes on the filesystem of a local target.");
     o.family("local_size_bytes", "gauge", "Size of the filesystem of a local target.");

@@ -45,10 +45,22 @@ pub struct Verified {
 /// Verifies the backups of `subject` that `select` picks (by default `verification.scope`).
 pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: VerifyMode) -> Result<Vec<Verified>> {
     let repo = &ctx.repository;
-    let listed = repo.list_with_targets(Some(subject)).await?;
+    let listing = repo.listing(Some(subject)).await?;
+    let listed = &listing.backups;
+    // a damaged manifest is a failed verification, whatever was asked for
+    let mut out: Vec<Verified> = listing
+        .damaged
+        .iter()
+        .filter(|d| match select {
+            Select::Id(id) => &d.id == id,
+            _ => true,
+        })
+        .map(|d| damaged(d, mode))
+        .collect();
     let chosen: Vec<&Listed> = match select {
         Select::Id(id) => match listed.iter().find(|l| &l.manifest.id == id) {
             Some(l) => vec![l],
+            None if !out.is_empty() => Vec::new(),
             None => {
                 repo.find_in(Some(subject), id).await?;
                 bail!("backup {id} is not readable on any target")
@@ -62,7 +74,6 @@ pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: Ver
             VerifyScope::Unverified => listed.iter().filter(|l| l.annotations.verification.is_none()).collect(),
         },
     };
-    let mut out = Vec::new();
     for l in chosen {
         if ctx.cancel.is_cancelled() {
             bail!("cancelled after {} of the backups were verified", out.len());
@@ -70,6 +81,24 @@ pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: Ver
         out.push(verify(ctx, l, mode).await);
     }
     Ok(out)
+}
+
+/// The failed verification of a damaged manifest (nothing else of it can be checked).
+fn damaged(d: &crate::repo::Damaged, mode: VerifyMode) -> Verified {
+    Verified {
+        backup_id: d.id.clone(),
+        database: d.subject.to_string(),
+        subject: d.subject.clone(),
+        mode,
+        ok: false,
+        targets: vec![TargetOutcome {
+            target: d.target.clone(),
+            ok: false,
+            error: Some(format!("the manifest cannot be trusted: {}", d.problem)),
+            bytes_read: 0,
+        }],
+        duration_seconds: 0.0,
+    }
 }
 
 /// Verifies one backup on every target holding it and records the result.
@@ -157,9 +186,19 @@ async fn check_size(store: &Arc<dyn Store>, key: &str, expected: u64, what: &str
 /// and the size of every object.
 async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repository) -> Result<()> {
     let m = &listed.manifest;
-    let key = crate::repo::keys::manifest(&m.subject, &m.id);
-    let bytes = store.get(&key).await?.with_context(|| format!("{what}: the manifest is missing"))?;
-    let on_target = crate::repo::Manifest::parse(&bytes, &key)?;
+    // this target's own copy of the manifest, against its own digest
+    let digests: Vec<String> = store
+        .list(&crate::repo::keys::backup_dir(&m.subject, &m.id))
+        .await?
+        .iter()
+        .filter_map(|o| o.key.rsplit('/').next().and_then(crate::repo::keys::digest_in).map(str::to_owned))
+        .collect();
+    let on_target = crate::repo::read_manifest_from(store, &m.subject, &m.id, &digests)
+        .await?
+        .with_context(|| format!("{what}: the manifest is missing"))?;
+    if on_target != *m {
+        bail!("{what}: this target's manifest differs from the one listed: the copies were edited");
+    }
     if on_target.encryption.is_some() && repo.crypto().is_some_and(|c| c.can_decrypt()) {
         repo.authenticate(&on_target).with_context(|| format!("on target {}", store.name()))?;
     }

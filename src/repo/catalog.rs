@@ -1,19 +1,71 @@
 //! The catalog: what backups the repository holds, found by listing keys and reading manifests
 //! (only those asked for: the newest of a subject is found without reading every manifest).
+//!
+//! A manifest is trusted only when it matches its digest (`manifest.sha256.<hex>`, written just
+//! before it) and names the backup its key says; one that does not, or cannot be read or parsed,
+//! is reported as damaged, never silently skipped. Schema 1 manifests (pgbackd 0.1) have no digest.
 
 use super::{Annotations, BackupKind, Listed, Manifest, Repository, Subject, keys};
-use crate::storage::{Store, Target};
+use crate::storage::{ObjectInfo, Store, Target};
 use anyhow::{Result, bail};
-use std::collections::{BTreeMap, HashSet};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A manifest that is there but cannot be trusted: unreadable, malformed, not matching its digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Damaged {
+    pub subject: Subject,
+    pub id: String,
+    pub target: String,
+    pub problem: String,
+}
+
+/// Every backup that listing found, and every manifest it could not trust.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub backups: Vec<Listed>,
+    pub damaged: Vec<Damaged>,
+}
+
+/// What a listing shows of one backup directory on one target.
+#[derive(Debug, Default, Clone)]
+struct Dir {
+    manifest: bool,
+    annotations: bool,
+    digests: Vec<String>,
+}
+
+/// The backup directories in a listing (of `subject`'s, when given), by subject and id.
+fn index(objects: &[ObjectInfo], subject: Option<&Subject>) -> BTreeMap<(Subject, String), Dir> {
+    let mut out: BTreeMap<(Subject, String), Dir> = BTreeMap::new();
+    for o in objects {
+        let Some((dir, file)) = o.key.rsplit_once('/') else { continue };
+        let Some((s, id)) = keys::parse_backup_dir(dir) else { continue };
+        // a database named `files` is listed under `files/`, beside the file sets
+        if subject.is_some_and(|want| *want != s) {
+            continue;
+        }
+        let e = out.entry((s, id.to_owned())).or_default();
+        match file {
+            keys::MANIFEST_FILE => e.manifest = true,
+            keys::ANNOTATIONS_FILE => e.annotations = true,
+            f => e.digests.extend(keys::digest_in(f).map(str::to_owned)),
+        }
+    }
+    out.retain(|_, d| d.manifest);
+    out
+}
+
 impl Repository {
-    /// Every backup (of one subject, or of all), oldest first, with the targets holding each.
-    /// A target that cannot be listed is skipped with a warning, unless none can be.
-    pub async fn list_with_targets(&self, subject: Option<&Subject>) -> Result<Vec<Listed>> {
+    /// Every backup (of one subject, or of all), oldest first, with the targets holding each,
+    /// and every damaged manifest. A target that cannot be listed is skipped with a warning,
+    /// unless none can be.
+    pub async fn listing(&self, subject: Option<&Subject>) -> Result<Listing> {
         let places = self.places(subject);
         // by backup directory: two subjects may hold backups with the same id
-        let mut by_dir: BTreeMap<String, Listed> = BTreeMap::new();
+        let mut by_dir: BTreeMap<(Subject, String), Listed> = BTreeMap::new();
+        let mut damaged = Vec::new();
         let mut failures = Vec::new();
         for (t, prefix) in &places {
             let objects = match t.store.list(prefix).await {
@@ -24,61 +76,74 @@ impl Repository {
                     continue;
                 }
             };
-            let annotated: HashSet<&str> =
-                objects.iter().filter_map(|o| o.key.strip_suffix(keys::ANNOTATIONS_FILE)).collect();
-            for obj in &objects {
-                let Some((found, id)) = keys::parse_manifest_key(&obj.key) else { continue };
-                // a database named `files` is listed under `files/`, beside the file sets
-                if subject.is_some_and(|s| *s != found) {
-                    continue;
-                }
-                let dir = keys::backup_dir(&found, id);
-                if let Some(listed) = by_dir.get_mut(&dir) {
+            for ((s, id), dir) in index(&objects, subject) {
+                if let Some(listed) = by_dir.get_mut(&(s.clone(), id.clone())) {
                     listed.targets.push(t.name().to_owned());
                     continue;
                 }
-                match read_manifest_from(&t.store, &found, id).await {
+                match read_manifest_from(&t.store, &s, &id, &dir.digests).await {
                     Ok(Some(m)) => {
-                        let annotations = if annotated.contains(dir.as_str()) {
-                            read_annotations_from(&t.store, &found, id).await
+                        let annotations = if dir.annotations {
+                            read_annotations_from(&t.store, &s, &id).await
                         } else {
                             Annotations::default()
                         };
-                        by_dir.insert(dir, Listed { manifest: m, targets: vec![t.name().to_owned()], annotations });
+                        by_dir.insert((s, id), Listed { manifest: m, targets: vec![t.name().to_owned()], annotations });
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!(key = %obj.key, error = %format!("{e:#}"), "skipping unreadable manifest"),
+                    Err(e) => {
+                        tracing::error!(backup_id = %id, target_name = t.name(), error = %format!("{e:#}"), "damaged manifest");
+                        damaged.push(Damaged {
+                            subject: s,
+                            id,
+                            target: t.name().to_owned(),
+                            problem: format!("{e:#}"),
+                        });
+                    }
                 }
             }
         }
         if !places.is_empty() && failures.len() == places.len() {
             bail!("cannot list any storage target: {}", failures.join("; "));
         }
-        let mut out: Vec<Listed> = by_dir.into_values().collect();
-        out.sort_by(|a, b| {
+        let mut backups: Vec<Listed> = by_dir.into_values().collect();
+        backups.sort_by(|a, b| {
             a.manifest.started_at.cmp(&b.manifest.started_at).then_with(|| a.manifest.id.cmp(&b.manifest.id))
         });
-        Ok(out)
+        Ok(Listing { backups, damaged })
     }
 
-    /// Every backup (of one subject, or of all), oldest first.
+    /// Every trusted backup (of one subject, or of all), oldest first, with its targets.
+    pub async fn list_with_targets(&self, subject: Option<&Subject>) -> Result<Vec<Listed>> {
+        Ok(self.listing(subject).await?.backups)
+    }
+
+    /// Every trusted backup (of one subject, or of all), oldest first.
     pub async fn list(&self, subject: Option<&Subject>) -> Result<Vec<Manifest>> {
         Ok(self.list_with_targets(subject).await?.into_iter().map(|l| l.manifest).collect())
     }
 
-    /// The subjects that have backups, in key order.
+    /// The subjects that have backups (damaged ones too), in key order.
     pub async fn subjects(&self) -> Result<Vec<Subject>> {
-        let mut out: Vec<Subject> = self.list(None).await?.into_iter().map(|m| m.subject).collect();
+        let listing = self.listing(None).await?;
+        let mut out: Vec<Subject> = listing
+            .backups
+            .into_iter()
+            .map(|l| l.manifest.subject)
+            .chain(listing.damaged.into_iter().map(|d| d.subject))
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
     }
 
-    /// Finds a backup by id, whatever its subject (or among those of `subject`).
+    /// Finds a backup by id, whatever its subject (or among those of `subject`). A damaged
+    /// manifest is an error that says so.
     pub async fn find_in(&self, subject: Option<&Subject>, id: &str) -> Result<Manifest> {
         if !keys::looks_like_backup_id(id) {
             bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
         }
+        let mut damaged = None;
         for (t, prefix) in self.places(subject) {
             let objects = match t.store.list(&prefix).await {
                 Ok(o) => o,
@@ -87,12 +152,19 @@ impl Repository {
                     continue;
                 }
             };
-            let found = objects.iter().filter_map(|o| keys::parse_manifest_key(&o.key)).find(|(_, i)| *i == id);
-            if let Some((s, _)) = found
-                && let Some(m) = read_manifest_from(&t.store, &s, id).await?
-            {
-                return Ok(m);
+            for ((s, found), dir) in index(&objects, subject) {
+                if found != id {
+                    continue;
+                }
+                match read_manifest_from(&t.store, &s, id, &dir.digests).await {
+                    Ok(Some(m)) => return Ok(m),
+                    Ok(None) => {}
+                    Err(e) => damaged = Some(e.context(format!("backup {id} on target {}", t.name()))),
+                }
             }
+        }
+        if let Some(e) = damaged {
+            return Err(e);
         }
         bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe())
     }
@@ -103,18 +175,16 @@ impl Repository {
     }
 
     /// The ids of `subject`'s backups (ids sort by time), each with the targets holding a
-    /// manifest; only keys are listed, no manifest is read.
-    async fn ids(&self, subject: &Subject) -> Result<Vec<(String, Vec<&Target>)>> {
+    /// manifest and its digests there; only keys are listed, no manifest is read.
+    async fn ids(&self, subject: &Subject) -> Result<Vec<(String, Vec<(&Target, Vec<String>)>)>> {
         let places = self.places(Some(subject));
-        let mut by_id: BTreeMap<String, Vec<&Target>> = BTreeMap::new();
+        let mut by_id: BTreeMap<String, Vec<(&Target, Vec<String>)>> = BTreeMap::new();
         let mut failures = Vec::new();
         for (t, prefix) in &places {
             match t.store.list(prefix).await {
                 Ok(objects) => {
-                    for (s, id) in objects.iter().filter_map(|o| keys::parse_manifest_key(&o.key)) {
-                        if s == *subject {
-                            by_id.entry(id.to_owned()).or_default().push(t);
-                        }
+                    for ((_, id), dir) in index(&objects, Some(subject)) {
+                        by_id.entry(id).or_default().push((*t, dir.digests));
                     }
                 }
                 Err(e) => failures.push(format!("{}: {e:#}", t.store.describe())),
@@ -125,7 +195,6 @@ impl Repository {
         }
         Ok(by_id.into_iter().collect())
     }
-
     /// Reads `subject`'s manifests newest first until `enough` says stop; returns them newest
     /// first. Ids start with their start second, so only backups of the same second need their
     /// manifests to be ordered (by start time, then id).
@@ -178,26 +247,48 @@ pub(super) async fn read_annotations_from(store: &Arc<dyn Store>, subject: &Subj
     }
 }
 
-/// Reads the manifest of backup `id` of `subject` from `store`; `Ok(None)` if there is none.
-pub async fn read_manifest_from(store: &Arc<dyn Store>, subject: &Subject, id: &str) -> Result<Option<Manifest>> {
+/// Reads the manifest of backup `id` of `subject` from `store`, where a listing showed
+/// `digests` beside it; `Ok(None)` if there is none. An error says why it cannot be trusted.
+pub async fn read_manifest_from(
+    store: &Arc<dyn Store>,
+    subject: &Subject,
+    id: &str,
+    digests: &[String],
+) -> Result<Option<Manifest>> {
     let key = keys::manifest(subject, id);
     let Some(bytes) = store.get(&key).await? else { return Ok(None) };
-    let m = Manifest::parse(&bytes, &format!("{key} on {}", store.name()))?;
+    let what = format!("{key} on {}", store.name());
+    let m = Manifest::parse(&bytes, &what)?;
+    if m.schema_version >= 2 {
+        let got = hex::encode(Sha256::digest(&bytes));
+        match digests {
+            [] => bail!(
+                "{what} has no digest beside it (manifest.sha256.<SHA-256>): its commit was interrupted or the \
+                 digest was removed; do not trust this backup"
+            ),
+            [d] if *d == got => {}
+            [d] => bail!(
+                "{what} does not match its digest (SHA-256 {got}, the digest says {d}): the manifest was modified or \
+                 damaged after the backup was written; do not trust this backup"
+            ),
+            _ => bail!("{what} has {} digests beside it, one is expected: the repository was edited", digests.len()),
+        }
+    }
     if m.id != id || m.subject != *subject {
         bail!("manifest {key} describes backup {} of {}: the repository was edited by hand", m.id, m.subject);
     }
     Ok(Some(m))
 }
 
-/// The manifest of backup `id` from the first of `targets` that reads it (an unreadable one is
-/// logged and skipped, as listing does).
-async fn read_first(targets: &[&Target], subject: &Subject, id: &str) -> Option<Manifest> {
-    for t in targets {
-        match read_manifest_from(&t.store, subject, id).await {
+/// The manifest of backup `id` from the first of `targets` that reads it (an untrusted one is
+/// logged and skipped here; listing reports it as damaged).
+async fn read_first(targets: &[(&Target, Vec<String>)], subject: &Subject, id: &str) -> Option<Manifest> {
+    for (t, digests) in targets {
+        match read_manifest_from(&t.store, subject, id, digests).await {
             Ok(Some(m)) => return Some(m),
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(backup_id = %id, target_name = t.name(), error = %format!("{e:#}"), "skipping unreadable manifest")
+                tracing::warn!(backup_id = %id, target_name = t.name(), error = %format!("{e:#}"), "skipping a damaged manifest")
             }
         }
     }

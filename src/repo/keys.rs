@@ -81,6 +81,32 @@ pub fn tar_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool) 
     format!("{}data.tar{zst}{}", backup_dir(subject, id), age(encrypted))
 }
 
+/// The empty object whose name carries the SHA-256 of a backup's manifest (`manifest.sha256.<hex>`):
+/// an edit of `manifest.json` alone no longer matches it, and listing a backup's directory shows
+/// the digest without reading anything.
+pub fn manifest_digest(subject: &Subject, id: &str, sha256_hex: &str) -> String {
+    format!("{}{DIGEST_PREFIX}{sha256_hex}", backup_dir(subject, id))
+}
+
+const DIGEST_PREFIX: &str = "manifest.sha256.";
+
+/// The digest a backup file's name carries, if it is a manifest digest.
+pub fn digest_in(file: &str) -> Option<&str> {
+    file.strip_prefix(DIGEST_PREFIX).filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The subject and id of a backup directory key (`app/<id>`, `files/uploads/<id>`).
+pub fn parse_backup_dir(dir: &str) -> Option<(Subject, &str)> {
+    let parts: Vec<&str> = dir.split('/').collect();
+    let (subject, id) = match parts.as_slice() {
+        [db, id] => (Subject::Database((*db).to_owned()), *id),
+        ["files", set, id] => (Subject::Files((*set).to_owned()), *id),
+        ["configs", set, id] => (Subject::Configs((*set).to_owned()), *id),
+        _ => return None,
+    };
+    looks_like_backup_id(id).then_some((subject, id))
+}
+
 /// A key below `prefix` that is one file of one backup: its id and file name.
 pub fn backup_file<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)> {
     let (id, file) = key.strip_prefix(prefix)?.split_once('/')?;
@@ -89,14 +115,11 @@ pub fn backup_file<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)>
 
 /// The subject and id a manifest key belongs to (any subject), `None` for other keys.
 pub fn parse_manifest_key(key: &str) -> Option<(Subject, &str)> {
-    let parts: Vec<&str> = key.split('/').collect();
-    let (subject, id) = match parts.as_slice() {
-        [db, id, MANIFEST_FILE] => (Subject::Database((*db).to_owned()), *id),
-        ["files", set, id, MANIFEST_FILE] => (Subject::Files((*set).to_owned()), *id),
-        ["configs", set, id, MANIFEST_FILE] => (Subject::Configs((*set).to_owned()), *id),
-        _ => return None,
-    };
-    looks_like_backup_id(id).then_some((subject, id))
+    let (dir, file) = key.rsplit_once('/')?;
+    if file != MANIFEST_FILE {
+        return None;
+    }
+    parse_backup_dir(dir)
 }
 
 #[cfg(test)]
@@ -132,5 +155,9 @@ mod tests {
         assert_eq!(parse_manifest_key(&format!("app/{id}/data.zst")), None);
         assert_eq!(backup_file("files/uploads/", &tar_data(&set, id, true, false)), Some((id, "data.tar.zst")));
         assert_eq!(backup_file("files/", &tar_data(&set, id, true, false)), None);
+        let hex = "ab".repeat(32);
+        let digest = manifest_digest(&set, id, &hex);
+        assert_eq!(digest_in(digest.rsplit('/').next().unwrap()), Some(hex.as_str()));
+        assert_eq!(digest_in("manifest.sha256.xyz"), None);
     }
 }

@@ -17,9 +17,10 @@ use crate::storage::{self, Store, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use catalog::read_annotations_from;
-pub use catalog::read_manifest_from;
+pub use catalog::{Damaged, Listing, read_manifest_from};
 use chrono::{DateTime, Utc};
 pub use manifest::{Annotations, BackupKind, Manifest};
+use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 pub use subject::Subject;
@@ -256,15 +257,19 @@ impl Repository {
         Ok(manifest)
     }
 
-    /// Writes a manifest to every target that holds its backup's objects.
+    /// Writes a manifest to every target that holds its backup's objects: first the empty
+    /// object whose name is the manifest's SHA-256, then the manifest (from then on the backup
+    /// exists, and an edit of the manifest alone no longer matches its digest).
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let key = keys::manifest(&manifest.subject, &manifest.id);
         let bytes = Bytes::from(manifest.to_json());
+        let digest = keys::manifest_digest(&manifest.subject, &manifest.id, &hex::encode(sha2::Sha256::digest(&bytes)));
         for t in self.targets_for(&manifest.subject).iter().filter(|t| manifest.targets.iter().any(|n| n == t.name())) {
-            t.store
-                .put(&key, bytes.clone())
-                .await
-                .with_context(|| format!("writing {key} to {}", t.store.describe()))?;
+            let written = async {
+                t.store.put(&digest, Bytes::new()).await?;
+                t.store.put(&key, bytes.clone()).await
+            };
+            written.await.with_context(|| format!("writing {key} to {}", t.store.describe()))?;
         }
         Ok(())
     }

@@ -200,6 +200,7 @@ fn row_count_mismatch_fails_the_restore() {
     let path = env.repository().join(&env.db).join(&id).join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap().replace("\"rows\": 10", "\"rows\": 11");
     std::fs::write(&path, text).unwrap();
+    reseal(path.parent().unwrap());
     let target = unique("rows_restored");
     let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));

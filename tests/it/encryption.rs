@@ -58,12 +58,15 @@ fn restore(env: &TestEnv, id: &str, extra: &[&str]) -> (std::process::Output, St
     (env.run(&args), target)
 }
 
-/// Every object of a backup in the local repository is an age file; the manifest is plain JSON.
+/// Every object of a backup in the local repository is an age file; the manifest is plain JSON
+/// (and its digest an empty object).
 fn assert_local_objects_encrypted(env: &TestEnv, id: &str) {
     let dir = env.repository().join(&env.db).join(id);
     let files = files_under(&dir);
     assert!(files.iter().any(|f| f.ends_with("manifest.json")), "{files:?}");
-    for f in files.iter().filter(|f| !f.ends_with("manifest.json")) {
+    let digest = |f: &Path| f.file_name().unwrap().to_string_lossy().starts_with("manifest.sha256.");
+    assert_eq!(files.iter().filter(|f| digest(f)).count(), 1, "{files:?}");
+    for f in files.iter().filter(|f| !f.ends_with("manifest.json") && !digest(f)) {
         assert!(f.extension().is_some_and(|e| e == "age"), "{} is not an .age object", f.display());
         assert!(std::fs::read(f).unwrap().starts_with(AGE_MAGIC), "{} is not an age file", f.display());
     }
@@ -79,7 +82,10 @@ fn round_trip(name: &str, server: &S3Server, encryption: &str, read_args: &[&str
     let full = env.backup();
     assert_local_objects_encrypted(&env, &full);
     let keys = server.keys(&bucket);
-    let data_keys: Vec<&String> = keys.iter().filter(|k| k.contains(&full) && !k.ends_with("manifest.json")).collect();
+    let data_keys: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.contains(&full) && !k.ends_with("manifest.json") && !k.contains("/manifest.sha256."))
+        .collect();
     assert!(!data_keys.is_empty() && data_keys.iter().all(|k| k.ends_with(".age")), "{keys:?}");
 
     churn(&env);
@@ -232,6 +238,11 @@ fn assert_damage_is_caught(env: &TestEnv, id: &str, file: &Path, damage: impl Fn
     let mut bad = good.clone();
     damage(&mut bad);
     std::fs::write(file, &bad).unwrap();
+    // an edited manifest with its digest fixed up: what only the MAC can catch
+    let manifest = file.ends_with("manifest.json");
+    if manifest {
+        reseal(file.parent().unwrap());
+    }
     let out = env.run(&["verify", id, "--deep"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let text = stdout(&out);
@@ -242,6 +253,9 @@ fn assert_damage_is_caught(env: &TestEnv, id: &str, file: &Path, damage: impl Fn
     assert!(err.contains(id) && err.contains(expect), "restore of {}:\n{err}", file.display());
     assert!(!database_exists(&target), "the restore created {target}");
     std::fs::write(file, &good).unwrap();
+    if manifest {
+        reseal(file.parent().unwrap());
+    }
 }
 
 #[test]

@@ -442,6 +442,8 @@ fn encrypted_file_backups_round_trip_and_edited_manifests_are_refused() {
     let manifest = dir.join("manifest.json");
     let edited = std::fs::read_to_string(&manifest).unwrap().replace("\"file_count\": 1", "\"file_count\": 2");
     std::fs::write(&manifest, edited).unwrap();
+    // its digest fixed up too: what only the MAC can catch
+    reseal(&dir);
     let again = env.dir.path().join("again");
     let out = env.run(&[
         "restore-files",

@@ -147,6 +147,20 @@ impl TestEnv {
     }
 }
 
+/// After a test edits `manifest.json` in `backup_dir` on purpose, makes its digest match again: a
+/// consistent forgery (as a bug or an attacker with write access could make), for tests of what
+/// the other checks (row counts, MACs, pg_restore) catch.
+pub fn reseal(backup_dir: &Path) {
+    use sha2::Digest;
+    for e in std::fs::read_dir(backup_dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("manifest.sha256.") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(backup_dir.join("manifest.json")).unwrap()));
+    std::fs::write(backup_dir.join(format!("manifest.sha256.{sha}")), b"").unwrap();
+}
+
 pub fn files_under(p: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(p) {

@@ -15,6 +15,7 @@ fn aged_backups(env: &TestEnv, ages: &[i64]) -> Vec<String> {
             m["started_at"] = at.to_rfc3339().into();
             m["finished_at"] = (at + Duration::seconds(1)).to_rfc3339().into();
             std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+            reseal(path.parent().unwrap());
             id
         })
         .collect()

@@ -106,6 +106,7 @@ fn a_consistent_but_truncated_archive_passes_pg_restore_list_but_not_deep_verify
         "raw_offset": 0, "raw_len": cut.len(), "stored_offset": 0, "stored_len": stored.len(), "stored_sha256": sha(&stored)
     }]);
     std::fs::write(manifest_path(&env, &id), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    reseal(manifest_path(&env, &id).parent().unwrap());
 
     assert!(env.run(&["verify", &id]).status.success(), "quick checks sizes only");
     let deep = env.run(&["verify", &id, "--deep"]);
@@ -154,6 +155,7 @@ fn test_restore_fails_on_wrong_row_counts_or_a_failing_check_and_always_drops_th
     let path = manifest_path(&env, &id);
     let text = std::fs::read_to_string(&path).unwrap().replace("\"rows\": 500", "\"rows\": 499");
     std::fs::write(&path, text).unwrap();
+    reseal(path.parent().unwrap());
     let out = env.run(&["test-restore", &id]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("ROW COUNT MISMATCH public.t: expected 499, found 500"), "{}", stdout(&out));
