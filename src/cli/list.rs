@@ -178,7 +178,7 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
     });
     if json {
         let mut entries: Vec<serde_json::Value> =
-            backups.iter().map(entry).map(|e| serde_json::to_value(e)).collect::<Result<_, _>>()?;
+            backups.iter().map(entry).map(serde_json::to_value).collect::<Result<_, _>>()?;
         for d in damaged {
             entries.push(serde_json::to_value(d)?);
         }
