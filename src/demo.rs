@@ -109,6 +109,7 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
         no_owner: false,
         globals: false,
         dry_run: false,
+        keep_failed: false,
     };
     let mut spec = JobSpec::new(JobKind::Restore, subject, Trigger::Manual);
     spec.params.select = Select::Id(m.id.clone());

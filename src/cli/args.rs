@@ -213,6 +213,9 @@ pub struct RestoreArgs {
     /// Check everything and verify the backup's content, but change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Keep a database this restore created when the restore fails (it is dropped otherwise).
+    #[arg(long)]
+    pub keep_failed: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -46,6 +46,7 @@ pub async fn database(ctx: &JobContext, args: &RestoreArgs) -> Result<ExitCode> 
         no_owner: args.no_owner,
         globals: args.globals,
         dry_run: args.dry_run,
+        keep_failed: args.keep_failed,
     };
     let mut spec = JobSpec::new(JobKind::Restore, m.subject.clone(), Trigger::Manual);
     spec.params.select = Select::Id(m.id.clone());

@@ -13,7 +13,7 @@ use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
 use crate::process::{ChildSpec, Running};
 use crate::progress;
-use crate::repo::manifest::{StoredObject, Trigger};
+use crate::repo::manifest::Trigger;
 use crate::repo::{BackupKind, Manifest, Repository, Subject};
 use crate::storage::Store;
 use anyhow::{Context, Result, bail};
@@ -58,6 +58,8 @@ pub struct RestoreRequest {
     pub no_owner: bool,
     pub globals: bool,
     pub dry_run: bool,
+    /// Keep a database this restore created when the restore fails (default: it is dropped).
+    pub keep_failed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,14 +112,6 @@ fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Res
     })
 }
 
-/// Connects to the server's maintenance database (`postgres`, else `template1`).
-pub async fn connect_admin(conn: &Connection) -> Result<tokio_postgres::Client> {
-    match pg::connect(&conn.with_dbname("postgres")).await {
-        Ok(c) => Ok(c),
-        Err(first) => pg::connect(&conn.with_dbname("template1")).await.map_err(|_| first),
-    }
-}
-
 /// Restores database backup `m` as `req` asks.
 pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result<RestoreReport> {
     let (config, repo, cancel) = (&*ctx.config, &*ctx.repository, &ctx.cancel);
@@ -128,7 +122,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result
     let reader = repo.reader(m, None).await?;
 
     // Refuse early, before reading anything big.
-    let admin = connect_admin(&target).await?;
+    let admin = pg::connect_admin(&target).await?;
     let exists = pg::database_exists(&admin, &req.target_database).await?;
     if !exists && !req.create {
         bail!(
@@ -150,9 +144,19 @@ pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result
         bail!("--clean drops objects in {:?} before restoring: add --yes to confirm", req.target_database);
     }
 
+    // read before write: every frame, and the globals, are checked before anything is created
     tracing::info!(restore_target = %target, "checking the backup before restoring");
     reader.check_stored().await?;
     tracing::debug!(frames = m.data.frames.len(), "every stored frame checked");
+    let globals = match (req.globals, &dump.globals) {
+        (false, _) => None,
+        (true, None) => bail!("{what} has no globals (roles, tablespaces) to restore: restore without --globals"),
+        (true, Some(g)) => Some(
+            pipeline::read_small_object(&repo.locate(m).await?, g, &what, repo.authenticate(m)?.as_ref())
+                .await
+                .context("the backup's roles and tablespaces (globals) cannot be read, so nothing was restored")?,
+        ),
+    };
     let mut report = RestoreReport {
         backup_id: m.id.clone(),
         database: m.subject.name().to_owned(),
@@ -195,21 +199,41 @@ pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result
     }
     drop(admin);
 
-    let tools = Tools::locate(config.pg_bin_dir.as_deref());
-    if req.globals {
-        match &dump.globals {
-            Some(g) => report.warnings.extend(
-                apply_globals(&tools, &repo.locate(m).await?, g, repo.authenticate(m)?.as_ref(), &target, &what)
-                    .await?,
-            ),
-            None => bail!("{what} has no globals (roles, tablespaces) to restore"),
+    let restored = async {
+        let tools = Tools::locate(config.pg_bin_dir.as_deref());
+        if let Some(sql) = &globals {
+            report.warnings.extend(apply_globals(&tools, sql, &target).await?);
         }
+        if !req.schemas.is_empty() || !req.tables.is_empty() {
+            ensure_schemas(m, req, &target).await?;
+        }
+        pg_restore(ctx, req, &tools, &reader, m, &target).await?;
+        tracing::debug!("pg_restore finished");
+        anyhow::Ok(())
     }
-    if !req.schemas.is_empty() || !req.tables.is_empty() {
-        ensure_schemas(m, req, &target).await?;
+    .await;
+    if let Err(e) = restored {
+        if !report.created {
+            return Err(e);
+        }
+        // a failed restore leaves nothing half-restored behind it, unless asked to
+        if req.keep_failed {
+            return Err(e.context(format!(
+                "the restore failed; the database {:?} it created was kept as it is (--keep-failed)",
+                req.target_database
+            )));
+        }
+        return Err(match pg::drop_database(&target, &req.target_database).await {
+            Ok(()) => e.context(format!(
+                "the restore failed; the database {:?} it created was dropped (--keep-failed keeps it to look at)",
+                req.target_database
+            )),
+            Err(d) => e.context(format!(
+                "the restore failed, and the database {:?} it created could not be dropped ({d:#}): drop it by hand",
+                req.target_database
+            )),
+        });
     }
-    pg_restore(ctx, req, &tools, &reader, m, &target).await?;
-    tracing::debug!("pg_restore finished");
 
     let client = pg::connect(&target).await?;
     for t in selected_tables(m, req) {
@@ -349,27 +373,22 @@ pub(super) async fn stream_into(
 
 /// Replays `pg_dumpall --globals-only` with psql into the maintenance database. Errors such as
 /// "role already exists" are expected on a server that has them; others are returned as warnings.
-async fn apply_globals(
-    tools: &Tools,
-    store: &Arc<dyn Store>,
-    g: &StoredObject,
-    decryption: Option<&pipeline::Decryption>,
-    target: &Connection,
-    what: &str,
-) -> Result<Vec<String>> {
-    let sql = pipeline::read_small_object(store, g, what, decryption).await?;
-    let dir = tempfile::tempdir().context("creating a temp dir for globals")?;
-    let path = dir.path().join("globals.sql");
-    tokio::fs::write(&path, &sql).await?;
+async fn apply_globals(tools: &Tools, sql: &[u8], target: &Connection) -> Result<Vec<String>> {
+    // on psql's stdin: the roles (with their password hashes) never touch a file
     let spec = pg::conn_env(
         ChildSpec::new(tools.path("psql"))
-            .args(["--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0", "--file"])
-            .arg(&path)
+            .args(["--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0", "--file", "-"])
             .arg(pg::dbname_arg("postgres")),
         target,
-    );
-    let running = Running::spawn(&spec)?;
+    )
+    .stdin(true)
+    .stdout(false);
+    let mut running = Running::spawn(&spec)?;
+    let mut stdin = running.take_stdin().context("psql has no stdin")?;
+    let written = stdin.write_all(sql).await;
+    drop(stdin);
     let stderr = running.wait().await?;
+    written.context("writing the globals to psql")?;
     let warnings: Vec<String> = stderr
         .lines()
         .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))

@@ -150,19 +150,6 @@ async fn drop_leftovers(admin: &tokio_postgres::Client, database: &str) -> Vec<S
     dropped
 }
 
-async fn drop_scratch(conn: &Connection, name: &str) -> Result<()> {
-    let admin = restore::connect_admin(conn).await?;
-    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg::quote_ident(name));
-    match admin.batch_execute(&sql).await {
-        Ok(()) => Ok(()),
-        // before PostgreSQL 13 there is no FORCE
-        Err(_) => admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", pg::quote_ident(name)))
-            .await
-            .with_context(|| format!("dropping the scratch database {name}")),
-    }
-}
-
 /// Runs the user's checks in the scratch database.
 async fn run_checks(conn: &Connection, checks: &[RestoreCheck]) -> Result<Vec<CheckOutcome>> {
     let client = pg::connect(conn).await?;
@@ -217,7 +204,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
     };
     let conn = server.with_dbname(&scratch);
     let outcome: Result<()> = async {
-        let admin = restore::connect_admin(&conn).await?;
+        let admin = pg::connect_admin(&conn).await?;
         result.leftovers_dropped = drop_leftovers(&admin, m.subject.name()).await;
         drop(admin);
         let req = RestoreRequest {
@@ -233,6 +220,8 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
             no_owner: true,
             globals: false,
             dry_run: false,
+            // the scratch database is dropped whatever happens
+            keep_failed: true,
         };
         let report = restore::run(ctx, m, &req).await?;
         result.restore_seconds = report.duration_seconds;
@@ -245,7 +234,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
         Ok(())
     }
     .await;
-    if let Err(e) = drop_scratch(&server, &scratch).await {
+    if let Err(e) = pg::drop_database(&server, &scratch).await {
         tracing::error!(database = %scratch, error = %format!("{e:#}"), "could not drop the scratch database");
         result.error = Some(format!("could not drop the scratch database {scratch}: {e:#}"));
     }

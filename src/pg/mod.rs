@@ -100,6 +100,28 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Connects to the server's maintenance database (`postgres`, else `template1`).
+pub async fn connect_admin(conn: &Connection) -> Result<Client> {
+    match connect(&conn.with_dbname("postgres")).await {
+        Ok(c) => Ok(c),
+        Err(first) => connect(&conn.with_dbname("template1")).await.map_err(|_| first),
+    }
+}
+
+/// Drops database `name` on `conn`'s server, disconnecting its sessions (PostgreSQL 13+).
+pub async fn drop_database(conn: &Connection, name: &str) -> Result<()> {
+    let admin = connect_admin(conn).await?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    match admin.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // before PostgreSQL 13 there is no FORCE
+        Err(_) => admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(name)))
+            .await
+            .with_context(|| format!("dropping the database {name}")),
+    }
+}
+
 /// Connects to `conn` (password from the config, else PGPASSWORD, else ~/.pgpass).
 pub async fn connect(conn: &Connection) -> Result<Client> {
     let mut cfg = tokio_postgres::Config::new();
