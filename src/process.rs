@@ -5,13 +5,16 @@
 //! concurrently into a bounded tail (a child flooding stderr can neither deadlock nor grow memory);
 //! the exit status is always collected with `wait()` after the stream ends; a non-zero exit or a
 //! death by signal is an error that carries the command, the status and the stderr tail. A
-//! password reaches a child through a private password file (PGPASSFILE), never argv or the
+//! password reaches a child through a private password file (PGPASSFILE) that has no name on
+//! any filesystem (a memfd handed to the child as its fd 3), never argv or the
 //! environment. Dropping a child that was not
 //! waited for kills its process group.
 
 use crate::secret::Secret;
 use std::collections::BTreeSet;
+use command_fds::{CommandFdExt, FdMapping};
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -33,10 +36,16 @@ pub struct ChildSpec {
     pub env_remove: Vec<String>,
     pub stdin: bool,
     pub stdout: bool,
-    /// A libpq password: written to a private password file (mode 0600, removed when the child
-    /// is reaped) named by PGPASSFILE, so it is in neither the child's argv nor its environment.
+    /// A libpq password: written to a private password file (an unnamed memfd, mode 0600, the
+    /// child's fd 3, named by PGPASSFILE=/proc/self/fd/3), so it is in neither the child's argv
+    /// nor its environment, and no crash can leave it behind.
     pub password: Option<Secret>,
+    /// Open files handed to the child under the given descriptor numbers (4 and up).
+    pub passed: Vec<(Arc<OwnedFd>, i32)>,
 }
+
+/// The child's descriptor of its password file.
+pub const PASSWORD_FD: i32 = 3;
 
 impl fmt::Debug for ChildSpec {
     // Environment values may hold secrets: only their names are shown.
@@ -59,7 +68,16 @@ impl ChildSpec {
             stdin: false,
             stdout: true,
             password: None,
+            passed: Vec::new(),
         }
+    }
+
+    /// Hands `file` to the child as its descriptor `child_fd` (4 or more): the child opens it as
+    /// `/proc/self/fd/<child_fd>`.
+    pub fn pass_fd(mut self, file: Arc<OwnedFd>, child_fd: i32) -> Self {
+        debug_assert!(child_fd > PASSWORD_FD);
+        self.passed.push((file, child_fd));
+        self
     }
 
     pub fn password(mut self, pw: &Secret) -> Self {
@@ -200,8 +218,6 @@ pub struct Running {
     stderr: Option<JoinHandle<()>>,
     tail: Arc<Mutex<Tail>>,
     reaped: bool,
-    /// The password file of `ChildSpec::password`, removed on drop.
-    _password_file: Option<tempfile::TempPath>,
 }
 
 /// Environment variables no child inherits: cloud credentials, and every variable holding a secret
@@ -227,15 +243,19 @@ pub fn withhold_env_holding(secrets: &[&Secret]) {
     }
 }
 
-/// A libpq password file holding `pw` for any host, port, database and user.
-fn password_file(pw: &Secret) -> std::io::Result<tempfile::TempPath> {
-    use std::io::Write;
+/// A libpq password file holding `pw` for any host, port, database and user: a memfd, which
+/// has no name on any filesystem and is gone when the last descriptor of it closes.
+fn password_file(pw: &Secret) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, Mode, fchmod, memfd_create};
+    use std::io::{Seek, Write};
     let escaped = pw.expose().replace('\\', "\\\\").replace(':', "\\:");
-    // tempfile creates it with mode 0600
-    let mut f = tempfile::Builder::new().prefix("pgbackd-pgpass-").tempfile()?;
+    let fd = memfd_create("pgbackd-pgpass", MemfdFlags::CLOEXEC)?;
+    // libpq ignores a password file that group or others may read
+    fchmod(&fd, Mode::from_raw_mode(0o600))?;
+    let mut f = std::fs::File::from(fd);
     writeln!(f, "*:*:*:*:{escaped}")?;
-    f.flush()?;
-    Ok(f.into_temp_path())
+    f.rewind()?;
+    Ok(f.into())
 }
 
 impl Running {
@@ -259,15 +279,18 @@ impl Running {
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        let password_file = match &spec.password {
-            Some(pw) => {
-                let path =
-                    password_file(pw).map_err(|e| ProcessError::Spawn { command: command.clone(), source: e })?;
-                cmd.env_remove("PGPASSWORD").env("PGPASSFILE", &path);
-                Some(path)
-            }
-            None => None,
-        };
+        let spawn_error = |e: std::io::Error| ProcessError::Spawn { command: command.clone(), source: e };
+        let mut fds = Vec::new();
+        if let Some(pw) = &spec.password {
+            fds.push(FdMapping { parent_fd: password_file(pw).map_err(spawn_error)?, child_fd: PASSWORD_FD });
+            cmd.env_remove("PGPASSWORD").env("PGPASSFILE", format!("/proc/self/fd/{PASSWORD_FD}"));
+        }
+        for (file, child_fd) in &spec.passed {
+            fds.push(FdMapping { parent_fd: file.try_clone().map_err(spawn_error)?, child_fd: *child_fd });
+        }
+        if !fds.is_empty() {
+            cmd.fd_mappings(fds).map_err(|e| spawn_error(std::io::Error::other(e)))?;
+        }
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 ProcessError::NotFound { program: spec.program_name(), path: spec.program.display().to_string() }
@@ -299,7 +322,7 @@ impl Running {
         if let Some(input) = child.stdin.as_ref() {
             enlarge_pipe(input);
         }
-        Ok(Running { command, child, pgid, stderr, tail, reaped: false, _password_file: password_file })
+        Ok(Running { command, child, pgid, stderr, tail, reaped: false })
     }
 
     pub fn command(&self) -> &str {
@@ -436,18 +459,26 @@ mod tests {
     async fn a_password_reaches_the_child_in_a_private_file_only() {
         let pw = Secret::new(r"pa:ss\word");
         let spec = ChildSpec::new("/bin/sh")
-            .args(["-c", r#"cat /proc/self/cmdline; tr '\0' '\n' < /proc/self/environ; echo; stat -c %a "$PGPASSFILE"; cat "$PGPASSFILE"; echo "$PGPASSFILE" >&2"#])
+            .args(["-c", r#"cat /proc/self/cmdline; tr '\0' '\n' < /proc/self/environ; echo; stat -L -c %a "$PGPASSFILE"; cat "$PGPASSFILE"; echo "$PGPASSFILE" >&2; readlink "$PGPASSFILE" >&2"#])
             .env("PGPASSWORD", "inherited")
             .password(&pw);
         let mut running = Running::spawn(&spec).unwrap();
         let mut out = String::new();
         running.take_stdout().unwrap().read_to_string(&mut out).await.unwrap();
-        let path = running.wait().await.unwrap();
+        let stderr = running.wait().await.unwrap();
         let (env, file) = out.split_once("\n600\n").expect(&out);
         assert!(!env.contains("pa:ss") && !env.contains("PGPASSWORD"), "{env}");
         assert_eq!(file, "*:*:*:*:pa\\:ss\\\\word\n");
-        // removed once the child is reaped
-        assert!(!std::path::Path::new(path.trim()).exists(), "{path}");
+        // the file has no name anywhere: a memfd, the child's fd 3; nothing is left in TMPDIR
+        let mut lines = stderr.lines();
+        assert_eq!(lines.next(), Some("/proc/self/fd/3"), "{stderr}");
+        assert!(lines.next().is_some_and(|l| l.starts_with("/memfd:pgbackd-pgpass")), "{stderr}");
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("pgbackd-pgpass"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -316,17 +316,21 @@ async fn pg_restore(
     let moved = ctx.progress.clone();
     let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
     if jobs > 1 {
-        // parallel pg_restore needs a seekable file: spool the verified stream (0600 temp file)
-        let spool = tempfile::Builder::new()
-            .prefix("pgbackd-restore-")
-            .suffix(".dump")
-            .tempfile()
-            .context("creating the spool file")?;
-        let mut file = tokio::fs::File::from_std(spool.reopen().context("opening the spool file")?);
+        // parallel pg_restore needs a seekable file: spool the verified stream into a file with no
+        // name (gone when the last descriptor closes, even after kill -9: decrypted data never
+        // outlives the restore), handed to pg_restore as its fd 4
+        const SPOOL_FD: i32 = 4;
+        let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
+        let mut file = tokio::fs::File::from_std(spool.try_clone().context("opening the spool file")?);
         pipeline::restore_stream(reader, &mut file, RawCheck::FramesOnly, cancel, &moved).await?;
         file.sync_all().await.ok();
         drop(file);
-        let spec = pg::conn_env(spec.arg(format!("--jobs={jobs}")).arg(spool.path()), target).stdout(false);
+        let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
+        let spec = spec
+            .arg(format!("--jobs={jobs}"))
+            .arg(format!("/proc/self/fd/{SPOOL_FD}"))
+            .pass_fd(spool, SPOOL_FD);
+        let spec = pg::conn_env(spec, target).stdout(false);
         let child = Running::spawn(&spec)?;
         tokio::select! {
             r = child.wait() => { r?; }

@@ -97,10 +97,18 @@ fn password_reaches_pg_dump_only_through_a_private_password_file() {
     env.psql("create table t (id int); insert into t values (1);");
     let bin = env.fake_bin("pg_dump_record_argv.sh");
     let secret = "Sup3r-Secret-Pa55";
+    // a role that must give its password, over TCP: the backup works only if it arrives
+    let role = pgbackd::pg::cluster::PASSWORD_ROLE;
+    env.psql(&format!(
+        "do $$ begin if not exists (select from pg_roles where rolname = '{role}') then create role {role} login superuser; end if; end $$; \
+         alter role {role} password '{secret}'"
+    ));
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("  username: postgres\n", "  username: postgres\n  password: ${TEST_DB_PASSWORD}\n");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("  host: {}\n", cluster().socket_dir()),
+        "  host: 127.0.0.1\n",
+    );
+    let text = text.replace("  username: postgres\n", &format!("  username: {role}\n  password: ${{TEST_DB_PASSWORD}}\n"));
     std::fs::write(&env.config, text).unwrap();
     let record = env.dir.path().to_string_lossy().into_owned();
     let expected = env.dir.path().join("expected_password");
@@ -115,15 +123,21 @@ fn password_reaches_pg_dump_only_through_a_private_password_file() {
     let environ = std::fs::read_to_string(env.dir.path().join("environ")).unwrap();
     // not even the variable the config took it from
     assert!(environ.contains("PGPASSFILE=") && !environ.contains(secret), "environment: {environ}");
-    // the password file is gone once pg_dump has exited
+    // the password file has no name on any filesystem (a memfd, pg_dump's fd 3): nothing can be
+    // left behind, not even by kill -9
     for f in std::fs::read_to_string(env.dir.path().join("pgpassfiles")).unwrap().lines() {
-        assert!(!std::path::Path::new(f).exists(), "{f} was left behind");
+        assert!(f.starts_with("/proc/self/fd/3 /memfd:pgbackd-pgpass"), "a password file with a name: {f}");
     }
     assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
     for f in env.repository_files() {
         let bytes = std::fs::read(&f).unwrap();
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the password", f.display());
     }
+    // and it is the password that let it in
+    let wrong = [("TEST_DB_PASSWORD", "not-the-password"), vars[1], vars[2]];
+    let out = env.run_env(&["backup"], &wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("password authentication failed"), "{}", stderr(&out));
 }
 
 #[test]
