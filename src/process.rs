@@ -11,11 +11,11 @@
 //! waited for kills its process group.
 
 use crate::secret::Secret;
-use std::collections::BTreeSet;
 use command_fds::{CommandFdExt, FdMapping};
+use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};

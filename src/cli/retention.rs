@@ -89,6 +89,12 @@ pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
             for o in &a.orphans_removed {
                 writeln!(out, "  removed data without a manifest: {o}")?;
             }
+            for o in &a.leftovers_removed {
+                writeln!(out, "  removed an unfinished write: {o}")?;
+            }
+            for w in &a.warnings {
+                writeln!(out, "  warning: {w}")?;
+            }
             for e in &a.errors {
                 writeln!(out, "  ERROR {e}")?;
             }

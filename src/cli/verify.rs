@@ -33,14 +33,17 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         },
     };
     let mode = if args.deep { VerifyMode::Deep } else { VerifyMode::Quick };
-    let mut results = Vec::new();
+    let (mut results, mut leftovers) = (Vec::new(), Vec::new());
     for (subject, select) in jobs {
         let mut spec = JobSpec::new(JobKind::Verification, subject, Trigger::Manual);
         spec.params.select = select;
         spec.params.verify_mode = Some(mode);
         let run = run_job(ctx, spec).await;
         match run.produced {
-            Produced::Verified(v) => results.extend(v),
+            Produced::Verified(v) => {
+                results.extend(v.backups);
+                leftovers.extend(v.leftovers);
+            }
             _ => return Err(failure(run)),
         }
     }
@@ -48,6 +51,18 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         bail!("no backups to verify in {}", ctx.repository.describe());
     }
     print(&results, args.json)?;
+    if !leftovers.is_empty() {
+        let grace = human_duration(ctx.config.retention.orphan_grace);
+        eprintln!(
+            "{} unfinished writes of stopped processes (not backups; the next backup or retention removes them once \
+             they are older than retention.orphan_grace, {grace}):",
+            leftovers.len()
+        );
+        for l in &leftovers {
+            let since = l.since.map(|t| t.format(" since %Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
+            eprintln!("  {}:{}{since}", l.target, l.key);
+        }
+    }
     Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
 }
 
@@ -59,6 +74,14 @@ pub async fn test_restore(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> 
     let Produced::TestRestore(t) = &run.produced else { return Err(failure(run)) };
     print_test_restore(t)?;
     Ok(ExitCode::from(if t.ok { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+fn human_duration(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 pub fn print(results: &[Verified], json: bool) -> Result<()> {

@@ -36,6 +36,7 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     let subject = Subject::Database(db.name.clone());
     let started = Instant::now();
     let now = ctx.now();
+    repo.sweep_leftovers(&subject, now, ctx.config.retention.orphan_grace).await;
     // an incremental is stored as deltas against the newest full: without one, take a full
     let base = match req.kind {
         BackupKind::Incremental => repo.latest(&subject, Some(BackupKind::Full)).await?,

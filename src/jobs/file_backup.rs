@@ -50,6 +50,7 @@ fn sources(set: &FileSetConfig) -> Result<archive::Sources> {
 pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger) -> Result<Manifest> {
     let set = set_of(&ctx.config, subject)?;
     let now = ctx.now();
+    ctx.repository.sweep_leftovers(subject, now, ctx.config.retention.orphan_grace).await;
     let tag = if matches!(subject, Subject::Configs(_)) { "configs" } else { "files" };
     let id = keys::new_backup_id(now, tag);
     let started = std::time::Instant::now();

@@ -326,10 +326,7 @@ async fn pg_restore(
         file.sync_all().await.ok();
         drop(file);
         let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
-        let spec = spec
-            .arg(format!("--jobs={jobs}"))
-            .arg(format!("/proc/self/fd/{SPOOL_FD}"))
-            .pass_fd(spool, SPOOL_FD);
+        let spec = spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
         let spec = pg::conn_env(spec, target).stdout(false);
         let child = Running::spawn(&spec)?;
         tokio::select! {

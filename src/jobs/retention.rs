@@ -319,7 +319,14 @@ pub struct Applied {
     /// Backup directories that had data but no manifest (interrupted deletions or uploads),
     /// removed because they were older than `orphan_grace`.
     pub orphans_removed: Vec<String>,
+    /// Unfinished writes (temp files, multipart uploads of killed processes) older than
+    /// `orphan_grace`, removed.
+    #[serde(default)]
+    pub leftovers_removed: Vec<String>,
     pub errors: Vec<String>,
+    /// What could not be checked (a target that cannot list its unfinished uploads).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Executes `decisions` for `subject`: deletes exactly the backups marked for deletion (manifest
@@ -353,6 +360,9 @@ pub async fn apply(
     let (removed, errors) = repo.remove_orphans(subject, cutoff).await;
     out.orphans_removed = removed;
     out.errors.extend(errors);
+    let (removed, problems) = repo.remove_leftovers(subject, cutoff).await;
+    out.leftovers_removed = removed;
+    out.warnings.extend(problems);
     out
 }
 

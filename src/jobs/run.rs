@@ -10,7 +10,7 @@ use super::report::Outcome;
 use super::restore::{RestoreReport, RestoreRequest};
 use super::retention::RetentionRun;
 use super::test_restore::TestRestored;
-use super::verify::Verified;
+use super::verify::Verification;
 use super::{backup, file_backup, restore, retention, test_restore, verify};
 use crate::config::VerifyMode;
 use crate::fileset::restore::{Request as FilesRequest, Restored};
@@ -82,7 +82,7 @@ pub enum RunOutcome {
 pub enum Produced {
     Nothing,
     Backup(Box<Manifest>),
-    Verified(Vec<Verified>),
+    Verified(Box<Verification>),
     TestRestore(Box<TestRestored>),
     Retention(Box<RetentionRun>),
     Restore(Box<RestoreReport>),
@@ -228,6 +228,7 @@ fn classify(p: &Produced) -> RunOutcome {
         }
         Produced::Verified(vs) => {
             let failures: Vec<String> = vs
+                .backups
                 .iter()
                 .filter(|v| !v.ok)
                 .map(|v| {
@@ -278,7 +279,7 @@ impl Arms for Jobs {
             }
             (JobKind::Verification, s) => {
                 let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);
-                Ok(Produced::Verified(verify::run(ctx, s, &p.select, mode).await?))
+                Ok(Produced::Verified(Box::new(verify::run(ctx, s, &p.select, mode).await?)))
             }
             (JobKind::TestRestore, s @ Subject::Database(_)) => {
                 let m = test_restore::choose(ctx, s, &p.select).await?;

@@ -42,8 +42,17 @@ pub struct Verified {
     pub duration_seconds: f64,
 }
 
+/// What a verification run found: each backup's result, and the unfinished writes (of processes
+/// stopped mid-write) under the subject, which the next backup or retention removes once they
+/// are older than `retention.orphan_grace`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub backups: Vec<Verified>,
+    pub leftovers: Vec<crate::repo::Leftover>,
+}
+
 /// Verifies the backups of `subject` that `select` picks (by default `verification.scope`).
-pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: VerifyMode) -> Result<Vec<Verified>> {
+pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: VerifyMode) -> Result<Verification> {
     let repo = &ctx.repository;
     let listing = repo.listing(Some(subject)).await?;
     let listed = &listing.backups;
@@ -80,7 +89,11 @@ pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: Ver
         }
         out.push(verify(ctx, l, mode).await);
     }
-    Ok(out)
+    let (leftovers, problems) = repo.leftovers(subject).await;
+    for p in problems {
+        tracing::debug!(problem = %p, "cannot list the unfinished writes of a target");
+    }
+    Ok(Verification { backups: out, leftovers })
 }
 
 /// The failed verification of a damaged manifest (nothing else of it can be checked).

@@ -317,6 +317,63 @@ impl Repository {
         Ok(())
     }
 
+    /// Unfinished writes (temp files, multipart uploads) under `subject`'s prefix on every target;
+    /// a target that cannot say is named in the errors.
+    pub async fn leftovers(&self, subject: &Subject) -> (Vec<Leftover>, Vec<String>) {
+        let prefix = keys::subject_prefix(subject);
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
+        for t in self.targets_for(subject) {
+            match t.store.partials(&prefix).await {
+                Ok(ps) => out.extend(ps.into_iter().map(|p| Leftover {
+                    target: t.name().to_owned(),
+                    key: p.key,
+                    since: p.since,
+                    size: p.size,
+                })),
+                Err(e) => errors.push(format!("{}: {e:#}", t.store.describe())),
+            }
+        }
+        (out, errors)
+    }
+
+    /// Removes the unfinished writes under `subject`'s prefix last written before `cutoff` (a
+    /// write in progress is younger); returns `target:key` of each, and the errors.
+    pub async fn remove_leftovers(&self, subject: &Subject, cutoff: DateTime<Utc>) -> (Vec<String>, Vec<String>) {
+        let prefix = keys::subject_prefix(subject);
+        let (mut removed, mut errors) = (Vec::new(), Vec::new());
+        for t in self.targets_for(subject) {
+            let partials = match t.store.partials(&prefix).await {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(format!("listing the unfinished writes on {}: {e:#}", t.store.describe()));
+                    continue;
+                }
+            };
+            for p in partials.iter().filter(|p| p.since.is_some_and(|s| s < cutoff)) {
+                match t.store.remove_partial(p).await {
+                    Ok(()) => {
+                        tracing::warn!(key = %p.key, target_name = t.name(), "removed an unfinished write (a process stopped mid-write)");
+                        removed.push(format!("{}:{}", t.name(), p.key));
+                    }
+                    Err(e) => {
+                        errors.push(format!("removing the unfinished {} from {}: {e:#}", p.key, t.store.describe()))
+                    }
+                }
+            }
+        }
+        (removed, errors)
+    }
+
+    /// What every backup does first: removes the unfinished writes of processes that stopped
+    /// mid-write (older than `grace`, so no write in progress is touched).
+    pub async fn sweep_leftovers(&self, subject: &Subject, now: DateTime<Utc>, grace: std::time::Duration) {
+        let cutoff = now - chrono::Duration::from_std(grace).unwrap_or_default();
+        let (_, problems) = self.remove_leftovers(subject, cutoff).await;
+        for p in problems {
+            tracing::debug!(problem = %p, "cannot clean up the unfinished writes of a target");
+        }
+    }
+
     /// Removes the backup directories of `subject` that have data but no manifest (interrupted
     /// uploads and deletions) and were last modified before `cutoff`; a directory without
     /// modification times is never removed. Returns `target:id` of each, and the errors.
@@ -354,6 +411,16 @@ impl Repository {
         }
         (removed, errors)
     }
+}
+
+/// An unfinished write under a subject's prefix on one target (see [`Store::partials`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Leftover {
+    pub target: String,
+    /// The key it would have had.
+    pub key: String,
+    pub since: Option<DateTime<Utc>>,
+    pub size: Option<u64>,
 }
 
 /// What a listing shows of one backup directory.

@@ -3,7 +3,7 @@
 //! Objects are written to a temporary name beside their final one, fsynced, renamed into place
 //! and the directory fsynced, so a crash leaves either nothing or the whole object.
 
-use super::{ObjectInfo, ObjectWriter, Store};
+use super::{ObjectInfo, ObjectWriter, Partial, Store};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -170,11 +170,37 @@ impl Store for LocalStore {
             // start from the deepest directory the prefix names
             let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
             let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
-            walk(&root, &start, &prefix, &mut out)?;
+            walk(&root, &start, &prefix, false, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
         .await
+    }
+
+    async fn partials(&self, prefix: &str) -> Result<Vec<Partial>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let mut temps = Vec::new();
+            let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
+            walk(&root, &start, &prefix, true, &mut temps)?;
+            Ok(temps
+                .into_iter()
+                .map(|t| {
+                    // `<dir>/.pgbackd-tmp-<16 hex>-<name>` would have been `<dir>/<name>`
+                    let (dir, file) = t.key.rsplit_once('/').unwrap_or(("", &t.key));
+                    let name = file.strip_prefix(TEMP_MARKER).and_then(|f| f.get(17..)).unwrap_or(file);
+                    let key = if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") };
+                    Partial { key, id: t.key, since: t.modified, size: Some(t.size) }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn remove_partial(&self, partial: &Partial) -> Result<()> {
+        self.delete(std::slice::from_ref(&partial.id)).await
     }
 
     async fn delete(&self, keys: &[String]) -> Result<()> {
@@ -202,7 +228,9 @@ impl Store for LocalStore {
     }
 }
 
-fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
+/// The files below `dir` whose keys start with `prefix`: finished objects, or (`temps`) only the
+/// temp files of unfinished writes.
+fn walk(root: &Path, dir: &Path, prefix: &str, temps: bool, out: &mut Vec<ObjectInfo>) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -215,9 +243,9 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
         let key = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
         if meta.is_dir() {
             if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) || prefix.is_empty() {
-                walk(root, &path, prefix, out)?;
+                walk(root, &path, prefix, temps, out)?;
             }
-        } else if key.starts_with(prefix) && !entry.file_name().to_string_lossy().starts_with(TEMP_MARKER) {
+        } else if key.starts_with(prefix) && entry.file_name().to_string_lossy().starts_with(TEMP_MARKER) == temps {
             out.push(ObjectInfo {
                 key,
                 size: meta.len(),
@@ -294,6 +322,26 @@ impl Drop for LocalWriter {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn an_unfinished_write_is_a_partial_until_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new("local", dir.path()).unwrap();
+        let mut w = store.create("db/b1/data.zst").await.unwrap();
+        w.write(Bytes::from_static(b"half")).await.unwrap();
+        // a process killed here leaves the temp file: not listed, but a partial
+        std::mem::forget(w);
+        assert!(store.list("db/").await.unwrap().is_empty());
+        let partials = store.partials("db/").await.unwrap();
+        assert_eq!(partials.len(), 1, "{partials:?}");
+        assert_eq!(partials[0].key, "db/b1/data.zst");
+        assert_eq!(partials[0].size, Some(4));
+        assert!(partials[0].since.is_some());
+        assert!(store.partials("other/").await.unwrap().is_empty());
+        store.remove_partial(&partials[0]).await.unwrap();
+        assert!(store.partials("db/").await.unwrap().is_empty());
+        assert!(!dir.path().join("db").exists(), "empty directories go too");
+    }
 
     #[tokio::test]
     async fn write_list_read_delete() {

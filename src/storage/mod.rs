@@ -73,6 +73,23 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Deletes objects; keys that do not exist are not an error.
     async fn delete(&self, keys: &[String]) -> Result<()>;
+    /// Objects under `prefix` that a writer started and never finished (a process killed
+    /// mid-write): local temp files, S3 multipart uploads. Listing never shows them.
+    async fn partials(&self, prefix: &str) -> Result<Vec<Partial>>;
+    /// Removes one of [`Store::partials`] (deletes the temp file, aborts the upload).
+    async fn remove_partial(&self, partial: &Partial) -> Result<()>;
+}
+
+/// An object a writer started and never finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    /// The key it would have had.
+    pub key: String,
+    /// What the store knows it by: the temp file's key, the multipart upload's id.
+    pub id: String,
+    /// When it was last written to (local) or started (S3).
+    pub since: Option<DateTime<Utc>>,
+    pub size: Option<u64>,
 }
 
 /// An object being written. Dropping it without `finish` discards what was written.

@@ -8,7 +8,7 @@
 //! retries 5xx, throttling, timeouts and connection resets with exponential backoff and jitter;
 //! reads retry a broken body too.
 
-use super::{ObjectInfo, ObjectWriter, Store};
+use super::{ObjectInfo, ObjectWriter, Partial, Store};
 use crate::config::storage::{Checksum, S3_MAX_PART, S3_MAX_PARTS, S3Config, Sse};
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -251,6 +251,49 @@ impl Store for S3Store {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn partials(&self, prefix: &str) -> Result<Vec<Partial>> {
+        let full = self.full_key(prefix);
+        let (mut key_marker, mut upload_marker) = (None::<String>, None::<String>);
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.cfg.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_marker.take())
+                .send()
+                .await
+                .map_err(sdk_error)
+                .with_context(|| format!("listing the incomplete uploads of {} under {full:?}", self.cfg.bucket))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key().and_then(|k| self.relative(k)), u.upload_id()) else { continue };
+                out.push(Partial {
+                    key: key.to_owned(),
+                    id: id.to_owned(),
+                    since: u
+                        .initiated()
+                        .and_then(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+                    size: None,
+                });
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && upload_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_partial(&self, partial: &Partial) -> Result<()> {
+        abort_multipart(&self.client, &self.cfg.bucket, &self.full_key(&partial.key), &partial.id).await
     }
 
     async fn delete(&self, keys: &[String]) -> Result<()> {

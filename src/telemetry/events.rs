@@ -190,7 +190,8 @@ impl From<&JobRun> for Report {
                 r.targets = m.targets.clone();
                 r.warnings = m.warnings.clone();
             }
-            Produced::Verified(vs) => {
+            Produced::Verified(v) => {
+                let vs = &v.backups;
                 r.backup_id = vs.last().map(|v| v.backup_id.clone());
                 r.raw_bytes = Some(vs.iter().flat_map(|v| &v.targets).map(|t| t.bytes_read).sum());
                 let mut targets: Vec<String> = vs.iter().flat_map(|v| &v.targets).map(|t| t.target.clone()).collect();
@@ -202,7 +203,14 @@ impl From<&JobRun> for Report {
                     Some(mode) => format!("{} backups verified ({})", vs.len(), mode.name()),
                     None => "no backups to verify".to_owned(),
                 }];
-                r.details = json(vs);
+                if !v.leftovers.is_empty() {
+                    r.warnings.push(format!(
+                        "{} unfinished writes of stopped processes (removed once older than retention.orphan_grace): {}",
+                        v.leftovers.len(),
+                        v.leftovers.iter().map(|l| format!("{}:{}", l.target, l.key)).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                r.details = json(v.as_ref());
             }
             Produced::TestRestore(t) => {
                 r.backup_id = Some(t.backup_id.clone());
@@ -218,6 +226,7 @@ impl From<&JobRun> for Report {
                 if let Some(a) = &run.applied {
                     r.raw_bytes = Some(a.bytes_freed);
                     r.targets = a.per_target.keys().cloned().collect();
+                    r.warnings.extend(a.warnings.iter().cloned());
                 }
                 let kept: Vec<&str> = run.decisions.iter().filter(|d| d.keep).map(|d| d.id.as_str()).collect();
                 r.details = Some(serde_json::json!({
@@ -227,6 +236,7 @@ impl From<&JobRun> for Report {
                     "bytes_freed": run.applied.as_ref().map(|a| a.bytes_freed).unwrap_or(0),
                     "per_target": run.applied.as_ref().map(|a| a.per_target.clone()).unwrap_or_default(),
                     "orphans_removed": run.applied.as_ref().map(|a| a.orphans_removed.clone()).unwrap_or_default(),
+                    "leftovers_removed": run.applied.as_ref().map(|a| a.leftovers_removed.clone()).unwrap_or_default(),
                     "plan": run.decisions,
                 }));
             }

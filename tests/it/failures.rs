@@ -104,11 +104,11 @@ fn password_reaches_pg_dump_only_through_a_private_password_file() {
          alter role {role} password '{secret}'"
     ));
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        &format!("  host: {}\n", cluster().socket_dir()),
-        "  host: 127.0.0.1\n",
-    );
-    let text = text.replace("  username: postgres\n", &format!("  username: {role}\n  password: ${{TEST_DB_PASSWORD}}\n"));
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(&format!("  host: {}\n", cluster().socket_dir()), "  host: 127.0.0.1\n");
+    let text =
+        text.replace("  username: postgres\n", &format!("  username: {role}\n  password: ${{TEST_DB_PASSWORD}}\n"));
     std::fs::write(&env.config, text).unwrap();
     let record = env.dir.path().to_string_lossy().into_owned();
     let expected = env.dir.path().join("expected_password");
