@@ -405,13 +405,76 @@ impl RetentionRun {
     }
 }
 
-/// The job whose failure stops retention of `subject` (`retention.skip_after_failure`).
-fn backup_job(subject: &Subject) -> JobKind {
+/// The backup jobs whose newest attempt decides whether retention of `subject` runs.
+fn backup_jobs(subject: &Subject) -> &'static [JobKind] {
     match subject {
-        Subject::Database(_) => JobKind::FullBackup,
-        Subject::Files(_) => JobKind::FileBackup,
-        Subject::Configs(_) => JobKind::ConfigBackup,
+        Subject::Database(_) => &[JobKind::FullBackup, JobKind::IncrementalBackup],
+        Subject::Files(_) => &[JobKind::FileBackup],
+        Subject::Configs(_) => &[JobKind::ConfigBackup],
     }
+}
+
+/// Why retention of `subject` must not run now, if it must not: the newest backup attempt did
+/// not succeed, or nobody knows how it ended (still running, or its process died; no record at
+/// all while backups exist). The repository's attempt records decide; reports, for backups of
+/// pgbackd 0.1, which kept none.
+async fn unsafe_to_delete(ctx: &JobContext, subject: &Subject, has_backups: bool) -> Result<Option<String>> {
+    use crate::repo::AttemptOutcome;
+    let jobs = backup_jobs(subject);
+    let names: Vec<&str> = jobs.iter().map(|j| j.name()).collect();
+    let recorded = ctx.repository.attempts(subject).await?;
+    let newest_record =
+        recorded.into_iter().filter(|a| names.contains(&a.job_kind.as_str())).max_by_key(|a| a.started_at);
+    let newest_report = jobs
+        .iter()
+        .filter_map(|j| super::report::newest(&ctx.config.reports.dir, *j, subject))
+        .max_by_key(|r| r.started_at);
+    let when = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC");
+    // a report newer than every record is of a run that could not write its record
+    let (newest_record, newest_report) = match (newest_record, newest_report) {
+        (Some(a), Some(r)) if r.started_at > a.started_at => (None, Some(r)),
+        (Some(a), _) => (Some(a), None),
+        (None, r) => (None, r),
+    };
+    let why = match (newest_record, newest_report) {
+        (Some(a), _) => match a.outcome {
+            AttemptOutcome::Success | AttemptOutcome::Partial => None,
+            AttemptOutcome::Running => Some(format!(
+                "the newest backup attempt of {subject} ({}, run {} started {} by pid {} on {}) has not recorded how it \
+                 ended: it is still running, or its process stopped",
+                a.job_kind,
+                a.run_id,
+                when(a.started_at),
+                a.pid,
+                a.host
+            )),
+            outcome => Some(format!(
+                "the newest backup attempt of {subject} ({}, run {} at {}) {}",
+                a.job_kind,
+                a.run_id,
+                when(a.started_at),
+                if outcome == AttemptOutcome::Cancelled { "was cancelled" } else { "failed" }
+            )),
+        },
+        (_, Some(r)) => (r.outcome == super::report::Outcome::Failed).then(|| {
+            format!(
+                "the newest backup attempt of {subject} ({}, run {} at {}) failed",
+                r.job_kind.name(),
+                r.run_id,
+                when(r.started_at)
+            )
+        }),
+        (None, None) if has_backups => {
+            Some(format!("no backup attempt of {subject} is recorded, so whether the newest succeeded is unknown"))
+        }
+        (None, None) => None,
+    };
+    Ok(why.map(|w| {
+        format!(
+            "{w}: retention is skipped so that no good backup is deleted while backups fail, until a backup succeeds \
+             (retention.skip_after_failure)"
+        )
+    }))
 }
 
 /// Plans (and unless `dry_run`, applies) retention for one subject as of `now`. Skipped when the
@@ -428,22 +491,14 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
         decisions: Vec::new(),
         applied: None,
     };
-    if config.retention.skip_after_failure {
-        let job = backup_job(subject);
-        let newest = super::report::newest(&config.reports.dir, job, subject);
-        if let Some(r) = newest.filter(|r| r.outcome == super::report::Outcome::Failed) {
-            run.skipped = Some(format!(
-                "the newest backup attempt of {subject} ({}, run {} at {}) failed: retention is skipped so that no \
-                 good backup is deleted while backups fail (retention.skip_after_failure)",
-                job.name(),
-                r.run_id,
-                r.started_at.format("%Y-%m-%d %H:%M:%S UTC")
-            ));
-            tracing::warn!(subject = %subject, "retention skipped: the newest backup attempt failed");
-            return Ok(run);
-        }
-    }
     let listed = repo.list_with_targets(Some(subject)).await?;
+    if config.retention.skip_after_failure
+        && let Some(why) = unsafe_to_delete(ctx, subject, !listed.is_empty()).await?
+    {
+        tracing::warn!(subject = %subject, reason = %why, "retention skipped");
+        run.skipped = Some(why);
+        return Ok(run);
+    }
     let in_use = HashSet::new();
     let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, &in_use)).collect();
     run.decisions = plan_with(&candidates, &Policies::for_subject(subject, &config.retention), config.timezone, now);

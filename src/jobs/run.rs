@@ -15,7 +15,7 @@ use super::{backup, file_backup, restore, retention, test_restore, verify};
 use crate::config::VerifyMode;
 use crate::fileset::restore::{Request as FilesRequest, Restored};
 use crate::repo::manifest::Trigger;
-use crate::repo::{BackupKind, Manifest, Subject};
+use crate::repo::{Attempt, AttemptOutcome, BackupKind, Manifest, Subject};
 use anyhow::{Result, anyhow, bail};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -179,6 +179,23 @@ pub async fn run(spec: JobSpec, ctx: &JobContext) -> JobRun {
 pub async fn run_with(arms: &dyn Arms, spec: JobSpec, ctx: &JobContext) -> JobRun {
     let span = job_span(&spec);
     let started_at = ctx.now();
+    // a backup says in the repository that it starts before it starts, and how it ended
+    let mut attempt = spec.kind.is_backup().then(|| Attempt {
+        run_id: spec.run_id.clone(),
+        job_kind: spec.kind.name().to_owned(),
+        started_at,
+        finished_at: None,
+        outcome: AttemptOutcome::Running,
+        host: crate::notify::hostname(),
+        pid: std::process::id(),
+        error: None,
+    });
+    if let Some(a) = &attempt
+        && let Err(e) = ctx.repository.record_attempt(&spec.subject, a).instrument(span.clone()).await
+    {
+        let outcome = RunOutcome::Failed(e.context("the backup did not start"));
+        return JobRun { spec, started_at, finished_at: ctx.now(), outcome, produced: Produced::Nothing, span };
+    }
     let cancel = ctx.cancel.child_token();
     let job_ctx = ctx.with_cancel(cancel.clone());
     let (result, timed_out) = async {
@@ -212,7 +229,22 @@ pub async fn run_with(arms: &dyn Arms, spec: JobSpec, ctx: &JobContext) -> JobRu
         (RunOutcome::Failed(e), None) if ctx.cancel.is_cancelled() => RunOutcome::Cancelled(format!("{e:#}")),
         (other, _) => other,
     };
-    JobRun { spec, started_at, finished_at: ctx.now().max(started_at), outcome, produced, span }
+    let run = JobRun { spec, started_at, finished_at: ctx.now().max(started_at), outcome, produced, span };
+    if let Some(a) = &mut attempt {
+        a.finished_at = Some(run.finished_at);
+        a.outcome = match run.status() {
+            Outcome::Success => AttemptOutcome::Success,
+            Outcome::Partial => AttemptOutcome::Partial,
+            Outcome::Failed => AttemptOutcome::Failed,
+            Outcome::Cancelled => AttemptOutcome::Cancelled,
+        };
+        a.error = run.error();
+        if let Err(e) = ctx.repository.record_attempt(&run.spec.subject, a).instrument(run.span.clone()).await {
+            // the record still says `running`: retention treats that as a failed backup too
+            run.span.in_scope(|| tracing::warn!(error = %format!("{e:#}"), "could not record how the backup ended"));
+        }
+    }
+    run
 }
 
 /// Whether what a job produced is a success.

@@ -107,6 +107,16 @@ pub fn parse_backup_dir(dir: &str) -> Option<(Subject, &str)> {
     looks_like_backup_id(id).then_some((subject, id))
 }
 
+/// Where the attempts of a subject's backup jobs are recorded: `<subject prefix>.attempts/`.
+pub fn attempts_prefix(subject: &Subject) -> String {
+    format!("{}.attempts/", subject_prefix(subject))
+}
+
+/// The record of the newest attempt of backup job `job` (`full_backup`, ...) of `subject`.
+pub fn attempt(subject: &Subject, job: &str) -> String {
+    format!("{}{job}.json", attempts_prefix(subject))
+}
+
 /// A key below `prefix` that is one file of one backup: its id and file name.
 pub fn backup_file<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)> {
     let (id, file) = key.strip_prefix(prefix)?.split_once('/')?;
@@ -159,5 +169,10 @@ mod tests {
         let digest = manifest_digest(&set, id, &hex);
         assert_eq!(digest_in(digest.rsplit('/').next().unwrap()), Some(hex.as_str()));
         assert_eq!(digest_in("manifest.sha256.xyz"), None);
+        // attempt records are not backups, nor orphans
+        let a = attempt(&db, "full_backup");
+        assert_eq!(a, "app/.attempts/full_backup.json");
+        assert_eq!(parse_manifest_key(&a), None);
+        assert_eq!(backup_file("app/", &a), None);
     }
 }

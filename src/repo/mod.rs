@@ -5,6 +5,7 @@
 //! Keys come from [`keys`] only; manifests are [`manifest::Manifest`]s only. One `Repository` is
 //! opened per configuration (the daemon replaces it on reload) and shared by every job.
 
+mod attempts;
 mod catalog;
 pub mod keys;
 pub mod manifest;
@@ -15,6 +16,7 @@ use crate::crypto::Crypto;
 use crate::pipeline::{Decryption, ObjectReader};
 use crate::storage::{self, Store, Target};
 use anyhow::{Context, Result, bail};
+pub use attempts::{Attempt, AttemptOutcome};
 use bytes::Bytes;
 use catalog::read_annotations_from;
 pub use catalog::{Damaged, Listing, read_manifest_from};

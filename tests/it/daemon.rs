@@ -224,6 +224,8 @@ fn sigterm_during_a_hanging_dump_stops_within_the_grace_period_and_leaves_nothin
     assert_eq!(r.len(), 1);
     assert_eq!(r[0]["outcome"], "cancelled");
     assert_eq!(r[0]["trigger"], "catch_up");
+    // the repository itself remembers how the attempt ended
+    assert_eq!(env.attempt_outcome("full_backup").as_deref(), Some("cancelled"));
 }
 
 #[test]

@@ -129,9 +129,17 @@ impl TestEnv {
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("list --json is a JSON array")
     }
 
-    /// Every file in the repository (there must be none after a failed first backup).
+    /// Every file in the repository but the records of backup attempts (there must be none after
+    /// a failed first backup).
     pub fn repository_files(&self) -> Vec<PathBuf> {
-        files_under(&self.repository())
+        files_under(&self.repository()).into_iter().filter(|f| !f.to_string_lossy().contains("/.attempts/")).collect()
+    }
+
+    /// The recorded outcome of the newest attempt of backup job `job` of this test's database.
+    pub fn attempt_outcome(&self, job: &str) -> Option<String> {
+        let path = self.repository().join(&self.db).join(".attempts").join(format!("{job}.json"));
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        record["outcome"].as_str().map(str::to_owned)
     }
 
     /// A bin dir whose pg_dump is the fixture `script`, other tools the real ones.
