@@ -22,7 +22,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         None => None,
     };
     let jobs: Vec<(Subject, Select)> = match (&args.backup_id, args.latest) {
-        (Some(id), _) => vec![(ctx.repository.find(id).await?.subject, Select::Id(id.clone()))],
+        (Some(id), _) => vec![(ctx.repository.subject_of(id).await?, Select::Id(id.clone()))],
         (None, true) => match database {
             Some(s) => vec![(s, Select::Latest)],
             None => ctx.config.databases.iter().map(|d| (Subject::Database(d.name.clone()), Select::Latest)).collect(),

@@ -34,14 +34,35 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// A record is always this long (padded with spaces), so that it can be rewritten in place.
+const SLOT: usize = 4096;
+
+/// `attempt` as JSON of exactly [`SLOT`] bytes (a long error is shortened to fit).
+fn slot(attempt: &Attempt) -> Vec<u8> {
+    let mut a = attempt.clone();
+    loop {
+        let mut bytes = serde_json::to_vec_pretty(&a).expect("an attempt serializes");
+        if bytes.len() < SLOT {
+            bytes.resize(SLOT - 1, b' ');
+            bytes.push(b'\n');
+            return bytes;
+        }
+        let e = a.error.take().unwrap_or_default();
+        let keep = e.len().saturating_sub(bytes.len() - SLOT + 64);
+        let cut = (0..=keep.min(e.len())).rev().find(|i| e.is_char_boundary(*i)).unwrap_or(0);
+        a.error = Some(format!("{}...", &e[..cut]));
+    }
+}
+
 impl Repository {
     /// Records `attempt` on every target of `subject`; fails if a required target cannot take it
     /// (a backup that cannot even say it started does not start).
     pub async fn record_attempt(&self, subject: &Subject, attempt: &Attempt) -> Result<()> {
         let key = keys::attempt(subject, &attempt.job_kind);
-        let bytes = Bytes::from(serde_json::to_vec_pretty(attempt)?);
+        let bytes = Bytes::from(slot(attempt));
         for t in self.targets_for(subject) {
-            match t.store.put(&key, bytes.clone()).await {
+            // in place: the record can still say how a backup ended on a disk it filled
+            match t.store.overwrite(&key, bytes.clone()).await {
                 Ok(()) => {}
                 Err(e) if t.required => {
                     bail!("cannot record the backup attempt on target {} ({}): {e:#}", t.name(), t.store.describe())

@@ -169,6 +169,20 @@ impl Repository {
         bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe())
     }
 
+    /// The subject of backup `id`, whether or not its manifest can be trusted.
+    pub async fn subject_of(&self, id: &str) -> Result<Subject> {
+        if !keys::looks_like_backup_id(id) {
+            bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
+        }
+        let listing = self.listing(None).await?;
+        let good = listing.backups.into_iter().map(|l| (l.manifest.id, l.manifest.subject));
+        let damaged = listing.damaged.into_iter().map(|d| (d.id, d.subject));
+        match good.chain(damaged).find(|(i, _)| i == id) {
+            Some((_, s)) => Ok(s),
+            None => bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe()),
+        }
+    }
+
     /// Finds a backup by id, whatever its subject.
     pub async fn find(&self, id: &str) -> Result<Manifest> {
         self.find_in(None, id).await

@@ -125,6 +125,20 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn overwrite(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        let same_size = fs::metadata(&path).is_ok_and(|m| m.len() == data.len() as u64);
+        if !same_size {
+            return self.put(key, data).await;
+        }
+        blocking(move || {
+            let mut f =
+                OpenOptions::new().write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+            f.write_all(&data).and_then(|()| f.sync_data()).with_context(|| format!("writing {}", path.display()))
+        })
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path(key)?;
         blocking(move || match fs::read(&path) {

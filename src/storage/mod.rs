@@ -63,6 +63,13 @@ pub trait Store: Send + Sync {
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
     /// Writes a small object atomically (readers see the old or the new version, never a mix).
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Writes a small object of always the same size over its earlier version, in place when the
+    /// store can (a local file: no new blocks are needed, so it works on a full disk; a reader
+    /// may see a torn write, which it must treat as unreadable). Stores without in-place writes
+    /// replace it like [`Store::put`].
+    async fn overwrite(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put(key, data).await
+    }
     /// Reads a small object whole; `Ok(None)` if it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
     /// Reads `len` bytes at `offset`; fails if the object is shorter.

@@ -144,13 +144,18 @@ impl TestEnv {
 
     /// A bin dir whose pg_dump is the fixture `script`, other tools the real ones.
     pub fn fake_bin(&self, script: &str) -> PathBuf {
+        self.fake_tool("pg_dump", script)
+    }
+
+    /// A bin dir whose `tool` is the fixture `script`, the other tools the real ones.
+    pub fn fake_tool(&self, tool: &str, script: &str) -> PathBuf {
         let dir = self.dir.path().join(format!("bin-{script}"));
         std::fs::create_dir_all(&dir).unwrap();
-        for tool in ["pg_dumpall", "pg_restore", "psql"] {
-            let _ = std::os::unix::fs::symlink(real_pg_bin().join(tool), dir.join(tool));
+        for other in ["pg_dump", "pg_dumpall", "pg_restore", "psql"].into_iter().filter(|t| *t != tool) {
+            let _ = std::os::unix::fs::symlink(real_pg_bin().join(other), dir.join(other));
         }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(script);
-        std::fs::copy(&src, dir.join("pg_dump")).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+        std::fs::copy(&src, dir.join(tool)).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
         dir
     }
 }

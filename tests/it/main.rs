@@ -14,4 +14,5 @@ mod notify;
 mod retention;
 mod s3;
 mod s3_servers;
+mod trust;
 mod verify;

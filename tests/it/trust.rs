@@ -1,0 +1,333 @@
+//! Nothing in the repository can be lost, faked or left behind: damaged and edited manifests,
+//! cancelled steps, damaged globals, bad key material, kill -9 leftovers, unknown outcomes.
+
+use crate::harness::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn backup_dir(env: &TestEnv, id: &str) -> PathBuf {
+    env.repository().join(&env.db).join(id)
+}
+
+fn database_exists(name: &str) -> bool {
+    cluster().psql("postgres", &format!("select count(*) from pg_database where datname = '{name}'")).unwrap() == "1"
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn small(env: &TestEnv) {
+    env.psql("create table t (id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1, 3000) g;");
+}
+
+#[test]
+fn damaged_manifests_are_listed_as_damaged_and_fail_verification() {
+    let env = TestEnv::new("damaged");
+    small(&env);
+    let (a, b, c) = (env.backup(), env.backup(), env.backup());
+    let manifest = |id: &str| backup_dir(&env, id).join("manifest.json");
+    let text = std::fs::read(manifest(&a)).unwrap();
+    std::fs::write(manifest(&a), &text[..text.len() / 2]).unwrap();
+    std::fs::write(manifest(&b), b"{}").unwrap();
+
+    let list = env.list_json();
+    let status = |id: &str| list.iter().find(|e| e["id"] == id).map(|e| e["status"].clone());
+    assert_eq!(status(&a), Some("damaged".into()), "{list:?}");
+    assert_eq!(status(&b), Some("damaged".into()), "{list:?}");
+    assert_eq!(status(&c), Some("ok".into()), "{list:?}");
+    let text_list = env.run(&["list"]);
+    assert!(
+        stdout(&text_list).contains(&format!("{a}")) && stdout(&text_list).contains("DAMAGED"),
+        "{}",
+        stdout(&text_list)
+    );
+
+    let out = env.run(&["verify", "--all", "--deep"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    for id in [&a, &b] {
+        assert!(text.contains(&format!("FAILED {id}")), "{text}");
+    }
+    assert!(text.contains(&format!("PASSED {c}")) && text.contains("3 verified, 2 failed"), "{text}");
+    // and nothing restores from a damaged one
+    let target = unique("damaged_r");
+    let out = env.run(&["restore", &a, "--target-database", &target, "--create"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains(&a) && stderr(&out).contains("not valid JSON"), "{}", stderr(&out));
+    assert!(!database_exists(&target));
+}
+
+/// Any edit of an unencrypted manifest is caught before the restore touches the server.
+#[test]
+fn edits_to_an_unencrypted_manifest_are_refused_before_anything_is_written() {
+    let env = TestEnv::new("edited");
+    small(&env);
+    let id = env.backup();
+    let path = backup_dir(&env, &id).join("manifest.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let edits: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 4] = [
+        ("a table's row count", Box::new(|m| m["tables"][0]["rows"] = 3001.into())),
+        ("a frame's raw_len", Box::new(|m| m["data"]["frames"][0]["raw_len"] = 1.into())),
+        ("the raw SHA-256", Box::new(|m| m["data"]["raw_sha256"] = "0".repeat(64).into())),
+        ("a block key", Box::new(|m| m["blocks"][0]["key"] = "public.other".into())),
+    ];
+    for (what, edit) in edits {
+        let mut m: serde_json::Value = serde_json::from_str(&good).unwrap();
+        edit(&mut m);
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        let target = unique("edited_r");
+        let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+        assert_ne!(out.status.code(), Some(0), "{what}: restored");
+        assert!(stderr(&out).contains("does not match its digest"), "{what}: {}", stderr(&out));
+        assert!(!database_exists(&target), "{what}: the refused restore created {target}");
+        let out = env.run(&["verify", &id]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
+        assert!(stdout(&out).contains("does not match its digest"), "{what}: {}", stdout(&out));
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert!(env.run(&["verify", &id, "--deep"]).status.success());
+}
+
+#[test]
+fn a_backup_cancelled_while_pg_dumpall_runs_is_a_failed_backup() {
+    let env = TestEnv::new("cancelglobals");
+    small(&env);
+    let bin = env.fake_tool("pg_dumpall", "pg_dumpall_hang.sh");
+    env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["backup"])
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("pg_dumpall to hang", Duration::from_secs(30), || pgrep("sleep 4325"));
+    send_signal(child.id(), libc::SIGTERM, false);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cancelled while pg_dumpall --globals-only ran"), "{}", stderr(&out));
+    assert!(stdout(&out).trim().is_empty(), "a cancelled backup printed an id");
+    assert!(env.list_json().is_empty(), "a cancelled backup is listed");
+    assert!(env.repository_files().is_empty(), "{:?}", env.repository_files());
+    assert_eq!(env.attempt_outcome("full_backup").as_deref(), Some("cancelled"));
+    assert!(!pgrep("sleep 4325"), "pg_dumpall is still running");
+}
+
+#[test]
+fn damaged_globals_fail_a_restore_before_the_database_is_created() {
+    let env = TestEnv::new("globalsbad");
+    small(&env);
+    let id = env.backup();
+    let globals = backup_dir(&env, &id).join("globals.sql.zst");
+    let good = std::fs::read(&globals).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    for (what, bytes) in
+        [("corrupt", Some(flipped)), ("truncated", Some(good[..good.len() / 2].to_vec())), ("missing", None)]
+    {
+        match bytes {
+            Some(b) => std::fs::write(&globals, b).unwrap(),
+            None => std::fs::remove_file(&globals).unwrap(),
+        }
+        let target = unique("globals_r");
+        let out = env.run(&["restore", &id, "--target-database", &target, "--create", "--globals"]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("globals") && stderr(&out).contains("nothing was restored"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert!(!database_exists(&target), "{what}: an empty {target} was left behind");
+    }
+    std::fs::write(&globals, &good).unwrap();
+}
+
+#[test]
+fn a_failed_create_restore_drops_what_it_created_unless_asked_to_keep_it() {
+    let env = TestEnv::new("dropfailed");
+    small(&env);
+    let id = env.backup();
+    // pg_restore fails half way: the data is cut, its checksums made to match
+    let bin = env.fake_tool("pg_restore", "pg_restore_fail.sh");
+    env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
+    let target = unique("dropfailed_r");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("the database \"{target}\" it created was dropped")), "{}", stderr(&out));
+    assert!(!database_exists(&target));
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create", "--keep-failed"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("was kept"), "{}", stderr(&out));
+    assert!(database_exists(&target));
+}
+
+#[test]
+fn bad_key_material_is_a_config_error_naming_the_key() {
+    let env = TestEnv::new("badkeys");
+    let short = env.dir.path().join("short.key");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let garbage = env.dir.path().join("garbage.key");
+    std::fs::write(&garbage, "not a key at all\n").unwrap();
+    for (yaml, key, message) in [
+        (
+            "encryption:\n  enabled: true\n  recipients: [age1notarealkey]\n".to_owned(),
+            "encryption.recipients",
+            "not an age X25519 recipient",
+        ),
+        (
+            format!("encryption:\n  enabled: true\n  key_file: {}\n", short.display()),
+            "encryption.key_file",
+            "is too short",
+        ),
+        (
+            format!(
+                "encryption:\n  enabled: true\n  recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]\n  identity_file: {}\n",
+                garbage.display()
+            ),
+            "encryption.identity_file",
+            "not an age identity",
+        ),
+    ] {
+        env.write_config(&yaml);
+        let out = env.run(&["check-config"]);
+        assert_eq!(out.status.code(), Some(78), "{yaml}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains(key) && err.contains(message) && !stdout(&out).contains("valid"), "{yaml}: {err}");
+        assert!(!err.contains("hunter2"), "the passphrase was printed: {err}");
+    }
+}
+
+/// The leftovers of a backup killed with kill -9: shown by verify, removed by the next backup
+/// once older than orphan_grace; no password file or plaintext anywhere.
+#[test]
+fn kill_9_leaves_nothing_that_is_not_found_and_removed() {
+    let env = TestEnv::new("kill9");
+    env.psql("create table big (id int, v text); insert into big select g, repeat(md5(g::text), 8) from generate_series(1, 80000) g;");
+    let first = env.backup();
+    let bin = env.fake_bin("pg_dump_hang_after_14mb.sh");
+    env.write_config(&format!("pg_bin_dir: {}\nretention:\n  orphan_grace: 1s\n", bin.display()));
+    let before_tmp = tmp_names();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["backup"])
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = || files_under(&env.repository()).into_iter().any(|f| f.to_string_lossy().contains(".pgbackd-tmp-"));
+    wait_until("a half-written data file", Duration::from_secs(30), partial);
+    wait_until("pg_dump to hang", Duration::from_secs(30), || pgrep("sleep 4322"));
+    send_signal(child.id(), libc::SIGKILL, false);
+    child.wait().unwrap();
+    kill_all("sleep 4322");
+    assert!(partial(), "the temp file is the leftover under test");
+    // no secret or plaintext file anywhere in TMPDIR
+    let new_tmp: Vec<String> = tmp_names().into_iter().filter(|n| !before_tmp.contains(n)).collect();
+    assert!(new_tmp.iter().all(|n| !n.starts_with("pgbackd-")), "{new_tmp:?}");
+
+    let out = env.run(&["verify", &first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 unfinished writes of stopped processes") && stderr(&out).contains("data.zst"),
+        "{}",
+        stderr(&out)
+    );
+    // the record of the killed attempt says it never finished: retention waits
+    assert_eq!(env.attempt_outcome("full_backup").as_deref(), Some("running"));
+    let out = env.run(&["retention"]);
+    assert!(
+        stdout(&out).contains("SKIPPED") && stdout(&out).contains("has not recorded how it ended"),
+        "{}",
+        stdout(&out)
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    env.write_config("retention:\n  orphan_grace: 1s\n");
+    env.backup();
+    assert!(!partial(), "the next backup removed the leftover");
+    let out = env.run(&["verify", &first]);
+    assert!(!stderr(&out).contains("unfinished writes"), "{}", stderr(&out));
+}
+
+fn tmp_names() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn kill_all(pattern: &str) {
+    let _ = Command::new("pkill").args(["-9", "-f", pattern]).status();
+}
+
+/// When the repository and the reports share a full disk, a failed backup cannot write its
+/// report; retention still knows, from the repository's attempt record, and deletes nothing.
+#[test]
+fn a_full_disk_does_not_make_retention_delete_good_backups() {
+    let env = TestEnv::new("diskfull");
+    let mount = env.dir.path().join("small");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mount).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        assert!(std::env::var("CI").is_err(), "CI: this test needs to mount a tmpfs (run as root)");
+        eprintln!(
+            "SKIPPED a_full_disk_does_not_make_retention_delete_good_backups: cannot mount a tmpfs here (run as root)"
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    env.psql("create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 2000) g;");
+    let text = format!(
+        "local_backup_dir: {}\nreports:\n  dir: {}\nretention:\n  full_backup:\n    keep_last: 1\n    min_keep: 1\n\
+         monitoring:\n  listen: off\n  min_free_space: 0\n",
+        mount.join("repo").display(),
+        mount.join("reports").display()
+    );
+    write_config_without_local(&env, &text);
+    let ids: Vec<String> = (0..3).map(|_| env.backup()).collect();
+    // fill the disk to its last byte, then a backup fails and cannot write its report
+    let filler = mount.join("filler");
+    let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).arg("bs=64k").status();
+    env.psql("insert into t select g, md5(g::text) from generate_series(2001, 60000) g;");
+    let out = env.run(&["backup"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    std::fs::remove_file(&filler).unwrap();
+    let out = env.run(&["retention"]);
+    assert!(stdout(&out).contains("SKIPPED"), "{}", stdout(&out));
+    let listed: Vec<String> = env.list_json().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed, ids, "retention deleted backups while backups fail");
+}
+
+fn write_config_without_local(env: &TestEnv, extra: &str) {
+    let c = cluster();
+    let text = format!(
+        "database:\n  host: {}\n  port: {}\n  username: postgres\n  database: {}\n{extra}",
+        c.socket_dir(),
+        c.port,
+        env.db
+    );
+    std::fs::write(&env.config, text).unwrap();
+}
+
+fn pgrep(pattern: &str) -> bool {
+    Command::new("pgrep").args(["-f", pattern]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
