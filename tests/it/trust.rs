@@ -43,7 +43,7 @@ fn damaged_manifests_are_listed_as_damaged_and_fail_verification() {
     assert_eq!(status(&c), Some("ok".into()), "{list:?}");
     let text_list = env.run(&["list"]);
     assert!(
-        stdout(&text_list).contains(&format!("{a}")) && stdout(&text_list).contains("DAMAGED"),
+        stdout(&text_list).contains(a.as_str()) && stdout(&text_list).contains("DAMAGED"),
         "{}",
         stdout(&text_list)
     );
