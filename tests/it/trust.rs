@@ -71,11 +71,12 @@ fn edits_to_an_unencrypted_manifest_are_refused_before_anything_is_written() {
     let id = env.backup();
     let path = backup_dir(&env, &id).join("manifest.json");
     let good = std::fs::read_to_string(&path).unwrap();
-    let edits: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 4] = [
-        ("a table's row count", Box::new(|m| m["tables"][0]["rows"] = 3001.into())),
-        ("a frame's raw_len", Box::new(|m| m["data"]["frames"][0]["raw_len"] = 1.into())),
-        ("the raw SHA-256", Box::new(|m| m["data"]["raw_sha256"] = "0".repeat(64).into())),
-        ("a block key", Box::new(|m| m["blocks"][0]["key"] = "public.other".into())),
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 4] = [
+        ("a table's row count", |m| m["tables"][0]["rows"] = 3001.into()),
+        ("a frame's raw_len", |m| m["data"]["frames"][0]["raw_len"] = 1.into()),
+        ("the raw SHA-256", |m| m["data"]["raw_sha256"] = "0".repeat(64).into()),
+        ("a block key", |m| m["blocks"][0]["key"] = "public.other".into()),
     ];
     for (what, edit) in edits {
         let mut m: serde_json::Value = serde_json::from_str(&good).unwrap();
