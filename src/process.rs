@@ -24,6 +24,26 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
+/// This machine's name, for messages and locks.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown host".into())
+}
+
+/// What tells a process apart from a later one with the same pid: this boot's id and the
+/// process's start time (in clock ticks since boot, from `/proc/<pid>/stat`).
+pub fn process_identity(pid: u32) -> Option<(String, u64)> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_owned();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name may hold spaces and parentheses: the fields start after the last `)`
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let start: u64 = fields.get(19)?.parse().ok()?;
+    Some((boot, start))
+}
+
 /// How many bytes of a child's stderr are kept (the end of it).
 pub const STDERR_TAIL_BYTES: usize = 16 * 1024;
 

@@ -59,6 +59,9 @@ pub enum Command {
     /// Send a test message through every notification channel and ping (or the one named);
     /// exit 1 if any fails.
     NotifyTest(NotifyTestArgs),
+    /// Remove stale locks (of processes that are gone or stopped refreshing them); with --all,
+    /// every lock: only when no pgbackd runs against this repository anywhere.
+    Unlock(UnlockArgs),
     /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
     /// recipient to put in encryption.recipients.
     Keygen(KeygenArgs),
@@ -116,6 +119,13 @@ pub struct NotifyTestArgs {
     /// Only this channel (email, slack, a webhook's or a healthchecks entry's name).
     #[arg(long)]
     pub channel: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Also remove locks that look alive (of a process that still refreshes them).
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]

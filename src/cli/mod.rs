@@ -9,6 +9,7 @@ mod notify;
 mod restore;
 mod retention;
 mod status;
+mod unlock;
 mod verify;
 
 use crate::clock::SystemClock;
@@ -174,5 +175,6 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::Verify(args) => verify::backups(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::TestRestore(args) => verify::test_restore(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::Retention(args) => retention::run(&context(cli, None, cancel).await?, args).await,
+        Command::Unlock(args) => unlock::run(&context(cli, None, cancel).await?, args).await,
     }
 }

@@ -107,7 +107,7 @@ pub async fn cat(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> {
     }
     let m = named_backup(ctx, args.backup_id.as_deref(), args.database.as_deref()).await?;
     let mut out = tokio::io::stdout();
-    crate::jobs::restore::cat(&m, &ctx.repository, &mut out, &ctx.cancel)
+    crate::jobs::restore::cat(ctx, &m, &mut out)
         .await
         .context("writing the archive to stdout")
         .map_err(|e| anyhow::Error::new(JobFailed(e)))?;

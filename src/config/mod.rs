@@ -30,7 +30,8 @@ use reader::{ConfigIssue, Ctx};
 use retention::read_retention;
 use schedules::read_schedules;
 use settings::{
-    read_backup, read_compression, read_daemon, read_encryption, read_logging, read_reports, read_verification,
+    read_backup, read_compression, read_daemon, read_encryption, read_locks, read_logging, read_reports,
+    read_verification,
 };
 use std::path::{Path, PathBuf};
 
@@ -176,6 +177,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let verification = read_verification(&mut top);
     let test_restore = read_test_restore(&mut top, &default_conn);
     let encryption = read_encryption(&mut top);
+    let locks = read_locks(&mut top);
     let strict = top.opt::<bool>("strict").unwrap_or(false);
     let notifications = notify::read_notifications(&mut top);
     let monitoring = notify::read_monitoring(&mut top);
@@ -217,6 +219,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         test_restore: test_restore?,
         secret_files: ctx.secret_files(),
         encryption,
+        locks,
         notifications,
         monitoring,
         files,

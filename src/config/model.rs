@@ -214,6 +214,22 @@ pub struct TestRestoreSettings {
 
 pub use crate::crypto::keys::EncryptionConfig;
 
+/// `locks:`: how the repository's locks age and how long a job waits for one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LockSettings {
+    /// A lock not refreshed for this long is stale (its holder is gone or stuck); held locks
+    /// are refreshed every minute.
+    pub stale_after: Duration,
+    /// How long a job waits for a conflicting lock before it fails naming the holder.
+    pub wait: Duration,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        LockSettings { stale_after: Duration::from_secs(600), wait: Duration::from_secs(600) }
+    }
+}
+
 /// `daemon:` settings of `pgbackd run`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
@@ -320,6 +336,7 @@ pub struct Config {
     pub verification: VerificationSettings,
     pub test_restore: TestRestoreSettings,
     pub encryption: EncryptionConfig,
+    pub locks: LockSettings,
     pub notifications: notify::NotificationsConfig,
     pub monitoring: notify::MonitoringConfig,
     /// Source sets of file backups (`file_backup`) and configuration backups (`config_backup`).

@@ -119,6 +119,22 @@ pub(super) fn read_encryption(top: &mut MapReader<'_, '_>) -> EncryptionConfig {
     m.finish();
     cfg
 }
+pub(super) fn read_locks(top: &mut MapReader<'_, '_>) -> LockSettings {
+    let Some(mut m) = top.map("locks") else { return LockSettings::default() };
+    let d = LockSettings::default();
+    let stale_after = m.opt::<Dur>("stale_after").map_or(d.stale_after, |x| x.0);
+    let wait = m.opt::<Dur>("wait").map_or(d.wait, |x| x.0);
+    if stale_after < std::time::Duration::from_secs(180) {
+        m.ctx().error(
+            &m.child_path("stale_after"),
+            "must be at least 3m (held locks are refreshed every minute)",
+            Some(m.loc_of("stale_after")),
+        );
+    }
+    m.finish();
+    LockSettings { stale_after, wait }
+}
+
 pub(super) fn read_verification(top: &mut MapReader<'_, '_>) -> Option<VerificationSettings> {
     let mut m = top.map("verification")?;
     let mode = m.opt::<VerifyMode>("mode").unwrap_or(VerifyMode::Deep);

@@ -67,11 +67,19 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     } else {
         req.kind
     };
+    // the base is read while this backup runs: retention keeps it meanwhile
+    let base_lock = match &base {
+        Some(b) => Some(ctx.read_lock(b, "incremental backup based on").await?),
+        None => None,
+    };
     let id = keys::new_backup_id(now, kind.name());
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), "backup started");
 
     let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), id: &id, now };
     let result = take(&attempt, unreadable_base).await;
+    if let Some(l) = base_lock {
+        l.release().await;
+    }
     if let Err(e) = &result {
         // the job's own line says why it failed; here, its leftovers go
         tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed backup wrote");

@@ -4,7 +4,9 @@
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::pipeline::Counter;
-use crate::repo::Repository;
+use crate::repo::locks::Held;
+use crate::repo::{Manifest, Repository, Subject};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,21 @@ pub struct JobContext {
 impl JobContext {
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// A read lock on `backups` (and the backups each depends on) of their subject, for
+    /// `purpose`: retention in any process on any host keeps them while it is held.
+    pub async fn read_lock(&self, m: &Manifest, purpose: &str) -> Result<Held> {
+        self.read_lock_all(&m.subject, std::slice::from_ref(m), &format!("{purpose} of {}", m.id)).await
+    }
+
+    /// [`JobContext::read_lock`] on several backups of `subject` at once.
+    pub async fn read_lock_all(&self, subject: &Subject, backups: &[Manifest], purpose: &str) -> Result<Held> {
+        let mut ids: Vec<String> =
+            backups.iter().flat_map(|m| std::iter::once(m.id.clone()).chain(m.depends_on.iter().cloned())).collect();
+        ids.sort();
+        ids.dedup();
+        self.repository.lock_read(subject, ids, purpose, self.config.locks, &self.clock, &self.cancel).await
     }
 
     /// The same context with another cancellation token (a job's own, below the caller's).

@@ -82,6 +82,11 @@ async fn take(
     let recent = repo.newest(subject, set.full_every as usize).await.unwrap_or_default();
     let in_a_row = recent.iter().rev().take_while(|m| m.kind == BackupKind::Incremental).count() as u32;
     let mut warnings = Vec::new();
+    // the previous backup (and those holding its unchanged files) keep holding this one's
+    let lock = match recent.last() {
+        Some(prev) => Some(ctx.read_lock(prev, "file backup based on").await?),
+        None => None,
+    };
     let previous: HashMap<String, archive::Previous> = match (recent.last(), recent.last().and_then(|m| m.file_set())) {
         (Some(prev), Some(files)) if set.full_every > 1 && in_a_row + 1 < set.full_every => {
             match repo.authenticate(prev) {
@@ -169,5 +174,9 @@ async fn take(
     if ctx.cancel.is_cancelled() {
         bail!("the backup was cancelled before its manifest was written: nothing was committed");
     }
-    repo.commit(m).await
+    let committed = repo.commit(m).await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    committed
 }

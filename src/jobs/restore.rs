@@ -14,7 +14,7 @@ use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
 use crate::process::{ChildSpec, Running};
 use crate::progress;
 use crate::repo::manifest::Trigger;
-use crate::repo::{BackupKind, Manifest, Repository, Subject};
+use crate::repo::{BackupKind, Manifest, Subject};
 use crate::storage::Store;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -112,8 +112,15 @@ fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Res
     })
 }
 
-/// Restores database backup `m` as `req` asks.
+/// Restores database backup `m` as `req` asks, holding a read lock on it.
 pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result<RestoreReport> {
+    let lock = ctx.read_lock(m, "restore").await?;
+    let restored = restore_database(ctx, m, req).await;
+    lock.release().await;
+    restored
+}
+
+async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result<RestoreReport> {
     let (config, repo, cancel) = (&*ctx.config, &*ctx.repository, &ctx.cancel);
     let started = Instant::now();
     let what = m.describe();
@@ -399,15 +406,16 @@ async fn apply_globals(tools: &Tools, sql: &[u8], target: &Connection) -> Result
 }
 
 /// Writes the raw archive of a backup to `out` (for `pgbackd cat`), verified frame by frame.
-pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(
-    m: &Manifest,
-    repo: &Repository,
-    out: &mut W,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    let reader = repo.reader(m, None).await?;
-    reader.check_stored().await?;
-    pipeline::restore_stream(&reader, out, RawCheck::Sha256, cancel, &Counter::default()).await
+pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(ctx: &JobContext, m: &Manifest, out: &mut W) -> Result<()> {
+    let lock = ctx.read_lock(m, "cat").await?;
+    let written = async {
+        let reader = ctx.repository.reader(m, None).await?;
+        reader.check_stored().await?;
+        pipeline::restore_stream(&reader, out, RawCheck::Sha256, &ctx.cancel, &Counter::default()).await
+    }
+    .await;
+    lock.release().await;
+    written
 }
 
 /// Restores file backup `m` into a directory: the holders of its unchanged files are read too
@@ -417,7 +425,10 @@ pub async fn files(
     m: &Manifest,
     req: &crate::fileset::restore::Request,
 ) -> Result<crate::fileset::restore::Restored> {
-    files_from(ctx, m, req, None).await
+    let lock = ctx.read_lock(m, "file restore").await?;
+    let restored = files_from(ctx, m, req, None).await;
+    lock.release().await;
+    restored
 }
 
 /// [`files`], reading `m`'s own archive from `store` (default: the first target holding it).

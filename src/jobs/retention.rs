@@ -39,12 +39,12 @@ pub struct Candidate {
     pub depends_on: Vec<String>,
     /// Its last verification was deep and passed.
     pub deep_verified: bool,
-    /// A running job reads it.
-    pub in_use: bool,
+    /// A running job (of any process, on any host) reads it: who.
+    pub in_use: Option<String>,
 }
 
 impl Candidate {
-    pub fn from_listed(l: &Listed, in_use: &HashSet<String>) -> Candidate {
+    pub fn from_listed(l: &Listed, in_use: &BTreeMap<String, String>) -> Candidate {
         let m = &l.manifest;
         Candidate {
             id: m.id.clone(),
@@ -53,7 +53,7 @@ impl Candidate {
             stored_bytes: m.stored_bytes(),
             depends_on: m.depends_on.clone(),
             deep_verified: l.annotations.deep_verified(),
-            in_use: in_use.contains(&m.id),
+            in_use: in_use.get(&m.id).cloned(),
         }
     }
 }
@@ -251,8 +251,8 @@ fn apply_rules(
         if (n as u32) < policy.min_keep {
             keep(&mut decisions[i], format!("{FLOOR} newest {} (min_keep)", policy.min_keep));
         }
-        if c.in_use {
-            keep(&mut decisions[i], format!("{FLOOR} in use by a running job"));
+        if let Some(holder) = &c.in_use {
+            keep(&mut decisions[i], format!("{FLOOR} in use by {holder}"));
         }
     }
     if let Some(&i) = idx.iter().find(|&&i| by_id[&decisions[i].id].deep_verified) {
@@ -499,11 +499,29 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
         run.skipped = Some(why);
         return Ok(run);
     }
-    let in_use = HashSet::new();
+    // what any process on any host reads is kept: a delete lock (no new reader starts until it
+    // is released) tells which backups the readers already hold; a dry run only looks
+    let (lock, in_use) = if dry_run {
+        let mut in_use = BTreeMap::new();
+        for (_, l) in repo.locks(Some(subject)).await? {
+            if l.kind == crate::repo::locks::LockKind::Read && l.stale(ctx.now(), config.locks.stale_after).is_none() {
+                in_use.extend(l.backups.iter().map(|b| (b.clone(), l.holder())));
+            }
+        }
+        (None, in_use)
+    } else {
+        let d = repo.lock_delete(subject, "retention", config.locks, &ctx.clock, &ctx.cancel).await?;
+        (Some(d.held), d.in_use)
+    };
+    // listed again under the lock: what a backup committed meanwhile is planned too
+    let listed = if lock.is_some() { repo.list_with_targets(Some(subject)).await? } else { listed };
     let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, &in_use)).collect();
     run.decisions = plan_with(&candidates, &Policies::for_subject(subject, &config.retention), config.timezone, now);
     if !dry_run {
         run.applied = Some(apply(&run.decisions, subject, repo, &config.retention, now).await);
+    }
+    if let Some(l) = lock {
+        l.release().await;
     }
     Ok(run)
 }

@@ -83,11 +83,20 @@ pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: Ver
             VerifyScope::Unverified => listed.iter().filter(|l| l.annotations.verification.is_none()).collect(),
         },
     };
+    let manifests: Vec<crate::repo::Manifest> = chosen.iter().map(|l| l.manifest.clone()).collect();
+    let lock =
+        if manifests.is_empty() { None } else { Some(ctx.read_lock_all(subject, &manifests, "verification").await?) };
     for l in chosen {
         if ctx.cancel.is_cancelled() {
-            bail!("cancelled after {} of the backups were verified", out.len());
+            break;
         }
         out.push(verify(ctx, l, mode).await);
+    }
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    if ctx.cancel.is_cancelled() {
+        bail!("cancelled after {} of the backups were verified", out.len());
     }
     let (leftovers, problems) = repo.leftovers(subject).await;
     for p in problems {

@@ -46,14 +46,7 @@ pub struct Event {
     pub consecutive_failures: u32,
 }
 
-/// This machine's name, for messages.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown host".into())
-}
+pub use crate::process::hostname;
 
 impl Event {
     /// An event about a job run on a database, everything else empty.

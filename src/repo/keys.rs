@@ -107,6 +107,16 @@ pub fn parse_backup_dir(dir: &str) -> Option<(Subject, &str)> {
     looks_like_backup_id(id).then_some((subject, id))
 }
 
+/// Where the locks of a subject are (of every subject, with `None`): `.locks/<subject prefix>`.
+pub fn locks_prefix(subject: Option<&Subject>) -> String {
+    format!(".locks/{}", subject.map(subject_prefix).unwrap_or_default())
+}
+
+/// One lock of `subject`.
+pub fn lock(subject: &Subject, lock_id: &str) -> String {
+    format!("{}{lock_id}.json", locks_prefix(Some(subject)))
+}
+
 /// Where the attempts of a subject's backup jobs are recorded: `<subject prefix>.attempts/`.
 pub fn attempts_prefix(subject: &Subject) -> String {
     format!("{}.attempts/", subject_prefix(subject))

@@ -8,6 +8,7 @@
 mod attempts;
 mod catalog;
 pub mod keys;
+pub mod locks;
 pub mod manifest;
 pub mod subject;
 

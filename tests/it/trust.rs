@@ -332,3 +332,81 @@ fn write_config_without_local(env: &TestEnv, extra: &str) {
 fn pgrep(pattern: &str) -> bool {
     Command::new("pgrep").args(["-f", pattern]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
+
+fn locks_of(env: &TestEnv) -> Vec<PathBuf> {
+    files_under(&env.repository().join(".locks").join(&env.db))
+}
+
+/// A restore from the command line while retention runs in another process: retention keeps
+/// what the restore reads, and the restore completes.
+#[test]
+fn retention_in_another_process_keeps_what_a_restore_reads() {
+    let env = TestEnv::new("race");
+    small(&env);
+    let policy = "retention:\n  full_backup:\n    keep_last: 1\n    min_keep: 1\n";
+    env.write_config(policy);
+    let ids: Vec<String> = (0..3).map(|_| env.backup()).collect();
+    let bin = env.fake_tool("pg_restore", "pg_restore_slow.sh");
+    env.write_config(&format!("{policy}pg_bin_dir: {}\n", bin.display()));
+    let target = unique("race_r");
+    let restore = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["restore", &ids[0], "--target-database", &target, "--create"])
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the restore's lock", Duration::from_secs(20), || !locks_of(&env).is_empty());
+    let out = env.run(&["retention"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = stdout(&out);
+    assert!(plan.contains(&format!("floor: in use by restore of {} (pid {}", ids[0], restore.id())), "{plan}");
+    let left: Vec<String> = env.list_json().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(left, [ids[0].clone(), ids[2].clone()], "only the unused older backup goes");
+    let out = restore.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("row counts of all 1 tables match"), "{}", stdout(&out));
+    assert!(locks_of(&env).is_empty(), "{:?}", locks_of(&env));
+}
+
+/// A delete lock held by a process on another host holds off a reader (which names it), is kept
+/// by `unlock` while it is refreshed, removed by `unlock --all`; a stale one is ignored.
+#[test]
+fn a_delete_lock_of_another_host_holds_off_readers_until_unlocked() {
+    let env = TestEnv::new("hostlock");
+    small(&env);
+    env.write_config("locks:\n  wait: 2s\n");
+    let id = env.backup();
+    let dir = env.repository().join(".locks").join(&env.db);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = |refreshed: chrono::DateTime<chrono::Utc>| {
+        serde_json::json!({
+            "id": "20261201T000000Z-4242-abcdef01", "kind": "delete", "subject": {"database": env.db},
+            "purpose": "retention", "host": "other-host", "pid": 4242, "process": null,
+            "created_at": refreshed, "refreshed_at": refreshed,
+        })
+    };
+    let path = dir.join("20261201T000000Z-4242-abcdef01.json");
+    std::fs::write(&path, serde_json::to_vec(&lock(chrono::Utc::now())).unwrap()).unwrap();
+    let started = Instant::now();
+    let out = env.run(&["verify", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited for locks.wait");
+    assert!(stderr(&out).contains("is locked by retention (pid 4242 on other-host"), "{}", stderr(&out));
+    let out = env.run(&["unlock"]);
+    assert!(stdout(&out).contains("kept live delete lock") && path.exists(), "{}", stdout(&out));
+    let out = env.run(&["unlock", "--all"]);
+    assert!(stdout(&out).contains("removed live delete lock") && !path.exists(), "{}", stdout(&out));
+    assert!(env.run(&["verify", &id]).status.success());
+    // a lock nobody refreshed for an hour protects nothing, and unlock removes it
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&path, serde_json::to_vec(&lock(chrono::Utc::now() - chrono::Duration::hours(1))).unwrap()).unwrap();
+    let out = env.run(&["verify", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ignoring a stale lock"), "{}", stderr(&out));
+    let out = env.run(&["unlock"]);
+    assert!(stdout(&out).contains("removed stale delete lock") && !path.exists(), "{}", stdout(&out));
+}

@@ -19,7 +19,7 @@ fn full(days_ago: i64, hour: u32) -> Candidate {
         stored_bytes: 100,
         depends_on: Vec::new(),
         deep_verified: false,
-        in_use: false,
+        in_use: None,
     }
 }
 
@@ -101,7 +101,7 @@ fn the_newest_deep_verified_and_in_use_backups_are_kept() {
     let mut backups = daily(20);
     backups[15].deep_verified = true;
     backups[17].deep_verified = true;
-    backups[19].in_use = true;
+    backups[19].in_use = Some("a running job".into());
     let r = policy(|p| {
         p.keep_last = Some(2);
         p.min_keep = 2;
@@ -209,7 +209,7 @@ fn arb_history() -> impl Strategy<Value = Vec<Candidate>> {
                     stored_bytes: size,
                     depends_on: if kind == BackupKind::Incremental { base.into_iter().collect() } else { Vec::new() },
                     deep_verified: verified,
-                    in_use,
+                    in_use: in_use.then(|| "a running job".to_owned()),
                 });
             }
             out
@@ -268,7 +268,7 @@ proptest! {
             }
         }
         for c in &history {
-            if c.in_use {
+            if c.in_use.is_some() {
                 prop_assert!(keep[c.id.as_str()], "in-use {} deleted", c.id);
             }
             if c.kind == BackupKind::Incremental && keep[c.id.as_str()] {
