@@ -159,7 +159,7 @@ fn a_failed_backup_aborts_its_multipart_upload() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("exited with status 1"), "{}", stderr(&out));
     assert_eq!(server.open_uploads(&bucket), 0, "orphaned multipart upload");
-    assert!(server.keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
+    assert!(server.data_keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn a_cancelled_backup_aborts_its_multipart_upload() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
     assert_eq!(server.open_uploads(&bucket), 0, "orphaned multipart upload");
-    assert!(server.keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
+    assert!(server.data_keys(&bucket).is_empty(), "{:?}", server.keys(&bucket));
     let left = std::process::Command::new("pgrep").args(["-f", "sleep 4322"]).output().unwrap();
     assert!(left.stdout.is_empty(), "the hanging pg_dump is still running");
 }
@@ -325,4 +325,44 @@ fn an_incremental_on_s3_reads_its_base_by_ranges_and_restores_identically() {
     assert_identical(&env.db, &target);
     let out = env.run(&["verify", &id, "--deep"]);
     assert!(out.status.success(), "{}", stdout(&out));
+}
+
+/// kill -9 mid-upload leaves a multipart upload: verify shows it, the next backup aborts it once
+/// it is older than orphan_grace.
+#[test]
+fn a_multipart_upload_left_by_kill_9_is_shown_then_aborted_on_s3() {
+    let server = localstack();
+    let env = TestEnv::new("s3kill9");
+    load_incompressible(&env);
+    let bucket = server.bucket();
+    let storage = format!("storage:\n{}", server.target_yaml("s3", &bucket, ""));
+    env.write_config_with(false, &format!("retention:\n  orphan_grace: 1s\n{storage}"));
+    let first = env.backup();
+    let bin = env.fake_bin("pg_dump_hang_after_14mb.sh");
+    env.write_config_with(false, &format!("pg_bin_dir: {}\nretention:\n  orphan_grace: 1s\n{storage}", bin.display()));
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("backup")
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while server.open_uploads(&bucket) == 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no multipart upload started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    send_signal(child.id(), libc::SIGKILL, false);
+    child.wait().unwrap();
+    let _ = std::process::Command::new("pkill").args(["-9", "-f", "sleep 4322"]).status();
+    assert_eq!(server.open_uploads(&bucket), 1, "the upload kill -9 left behind");
+    let out = env.run(&["verify", &first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 unfinished writes") && stderr(&out).contains("s3:"), "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.write_config_with(false, &format!("retention:\n  orphan_grace: 1s\n{storage}"));
+    env.backup();
+    assert_eq!(server.open_uploads(&bucket), 0, "the next backup aborted it");
 }

@@ -198,6 +198,12 @@ impl S3Server {
         })
     }
 
+    /// Every key but the records of backup attempts (there must be none after a failed first
+    /// backup).
+    pub fn data_keys(&self, bucket: &str) -> Vec<String> {
+        self.keys(bucket).into_iter().filter(|k| !k.contains("/.attempts/")).collect()
+    }
+
     /// Multipart uploads still open in a bucket (LocalStack implements the listing).
     pub fn open_uploads(&self, bucket: &str) -> usize {
         let client = self.client();
