@@ -48,8 +48,8 @@ fn main() -> ExitCode {
 fn report(err: anyhow::Error) -> ExitCode {
     let code = cli::exit_code_for(&err);
     match err.downcast_ref::<ConfigErrors>() {
-        Some(config_errors) => eprint!("{config_errors}"),
-        None => eprintln!("error: {err:#}"),
+        Some(config_errors) => eprint!("{}", pgbackd::secret::redact(&config_errors.to_string())),
+        None => eprintln!("error: {}", pgbackd::secret::redact(&format!("{err:#}"))),
     }
     ExitCode::from(code)
 }

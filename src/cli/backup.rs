@@ -21,7 +21,7 @@ pub async fn database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
     let run = run_job(ctx, spec).await;
     match (&run.outcome, run.backup()) {
         (RunOutcome::Success, Some(m)) => {
-            println!("{}", m.id);
+            say!("{}", m.id);
             Ok(ExitCode::from(EXIT_OK))
         }
         _ => Err(failure(run)),
@@ -35,8 +35,8 @@ pub async fn files(ctx: &JobContext, args: &FilesArgs) -> Result<ExitCode> {
     let run = run_job(ctx, JobSpec::new(kind, subject, Trigger::Manual)).await;
     let Some(m) = run.backup() else { return Err(failure(run)) };
     let set = m.file_set();
-    println!("{}", m.id);
-    eprintln!(
+    say!("{}", m.id);
+    tell!(
         "{}: {} files, {} bytes, {} stored bytes, outcome {}",
         m.id,
         set.map_or(0, |f| f.file_count),
@@ -45,7 +45,7 @@ pub async fn files(ctx: &JobContext, args: &FilesArgs) -> Result<ExitCode> {
         run.status().name()
     );
     for p in m.problems() {
-        eprintln!("  {} {}: {}", if p.error { "ERROR  " } else { "WARNING" }, p.path, p.problem);
+        tell!("  {} {}: {}", if p.error { "ERROR  " } else { "WARNING" }, p.path, p.problem);
     }
     Ok(ExitCode::from(if matches!(run.outcome, RunOutcome::Success) { EXIT_OK } else { EXIT_JOB_FAILED }))
 }

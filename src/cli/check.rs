@@ -13,16 +13,16 @@ use std::process::ExitCode;
 
 pub async fn run(ctx: &JobContext, args: &CheckConfigArgs) -> Result<ExitCode> {
     let config = &ctx.config;
-    println!("{}: configuration is valid", config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    say!("{}: configuration is valid", config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     for db in &config.databases {
-        println!("  database {:<20} {}", db.name, db.connection);
+        say!("  database {:<20} {}", db.name, db.connection);
     }
     for s in &config.schedules {
-        println!("  schedule {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
+        say!("  schedule {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
     }
     for t in ctx.repository.targets() {
         let kind = if t.required { "required" } else { "optional" };
-        println!("  target   {:<20} {} ({kind})", t.name(), t.store.describe());
+        say!("  target   {:<20} {} ({kind})", t.name(), t.store.describe());
     }
     if !args.connect {
         return Ok(ExitCode::from(EXIT_OK));
@@ -36,10 +36,10 @@ async fn connect(config: &Config, repo: &Repository) -> bool {
     let tools = Tools::locate(config.pg_bin_dir.as_deref());
     let dump = tools.version("pg_dump").await;
     match &dump {
-        Ok((_, v)) => println!("ok      pg_dump {v} ({})", tools.path("pg_dump").display()),
+        Ok((_, v)) => say!("ok      pg_dump {v} ({})", tools.path("pg_dump").display()),
         Err(e) => {
             all_ok = false;
-            println!("FAILED  pg_dump: {e:#}");
+            say!("FAILED  pg_dump: {e:#}");
         }
     }
     for db in &config.databases {
@@ -54,11 +54,11 @@ async fn connect(config: &Config, repo: &Repository) -> bool {
         .await;
         match result {
             Ok(info) => {
-                println!("ok      database {}: PostgreSQL {}, {} bytes", db.name, info.version, info.database_size)
+                say!("ok      database {}: PostgreSQL {}, {} bytes", db.name, info.version, info.database_size)
             }
             Err(e) => {
                 all_ok = false;
-                println!("FAILED  database {}: {e:#}", db.name);
+                say!("FAILED  database {}: {e:#}", db.name);
             }
         }
     }
@@ -66,10 +66,10 @@ async fn connect(config: &Config, repo: &Repository) -> bool {
         let probe = storage::probe(t).await;
         for (step, result) in &probe.steps {
             match result {
-                Ok(()) => println!("ok      target {} ({}): {step}", probe.target, probe.describe),
+                Ok(()) => say!("ok      target {} ({}): {step}", probe.target, probe.describe),
                 Err(e) => {
                     all_ok = false;
-                    println!("FAILED  target {} ({}): {step}: {e:#}", probe.target, probe.describe);
+                    say!("FAILED  target {} ({}): {step}: {e:#}", probe.target, probe.describe);
                 }
             }
         }

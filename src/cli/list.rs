@@ -20,7 +20,7 @@ pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
     let listing = ctx.repository.listing(subject.as_ref()).await?;
     print(&listing, args.json)?;
     if !listing.damaged.is_empty() {
-        eprintln!(
+        tell!(
             "warning: {} damaged manifests (listed with status damaged): `pgbackd verify --all` fails on them",
             listing.damaged.len()
         );
@@ -46,15 +46,12 @@ pub async fn files(ctx: &JobContext, args: &ListFilesArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<40} {:<9} {:>8} {:>14} {:>14}", "ID", "OUTCOME", "FILES", "BYTES", "STORED");
+        say!("{:<40} {:<9} {:>8} {:>14} {:>14}", "ID", "OUTCOME", "FILES", "BYTES", "STORED");
         for (m, f) in list.iter().filter_map(|m| m.file_set().map(|f| (m, f))) {
             let outcome = if f.outcome == FilesOutcome::Success { "success" } else { "partial" };
-            println!(
-                "{:<40} {:<9} {:>8} {:>14} {:>14}",
-                m.id, outcome, f.file_count, f.total_bytes, m.data.stored_bytes
-            );
+            say!("{:<40} {:<9} {:>8} {:>14} {:>14}", m.id, outcome, f.file_count, f.total_bytes, m.data.stored_bytes);
         }
     }
     Ok(ExitCode::from(EXIT_OK))
@@ -167,7 +164,7 @@ pub struct DamagedEntry<'a> {
 
 pub fn print(listing: &Listing, json: bool) -> Result<()> {
     let backups = &listing.backups;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
     let damaged = listing.damaged.iter().map(|d| DamagedEntry {
         id: &d.id,
         database: d.subject.to_string(),

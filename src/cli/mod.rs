@@ -1,6 +1,16 @@
 //! The command line: the clap tree ([`args`]) and one file per command. Commands parse, build a
 //! `JobSpec`, call `jobs::run` and print what it produced; the work is in [`crate::jobs`].
 
+/// `println!` with every configured secret masked (see [`crate::secret::redact`]).
+macro_rules! say {
+    ($($t:tt)*) => { println!("{}", $crate::secret::redact(&format!($($t)*))) };
+}
+
+/// `eprintln!` with every configured secret masked.
+macro_rules! tell {
+    ($($t:tt)*) => { eprintln!("{}", $crate::secret::redact(&format!($($t)*))) };
+}
+
 pub mod args;
 mod backup;
 mod check;
@@ -51,6 +61,7 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
     // pg_dump and the other children get none of the environment variables the config took a
     // secret from (their passwords come in a private password file)
     crate::process::withhold_env_holding(&config.secret_values());
+    crate::secret::register(config.secret_values());
     log_config_warnings(&config);
     Ok(config)
 }
@@ -160,8 +171,8 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::NotifyTest(args) => notify::test(&load_config(cli)?, args).await,
         Command::Keygen(args) => {
             let public = crate::crypto::write_new_identity(&args.output, chrono::Utc::now())?;
-            eprintln!("identity written to {} (keep it secret, keep a copy offline)", args.output.display());
-            println!("{public}");
+            tell!("identity written to {} (keep it secret, keep a copy offline)", args.output.display());
+            say!("{public}");
             Ok(ExitCode::from(EXIT_OK))
         }
         Command::CheckConfig(args) => check::run(&context(cli, None, cancel).await?, args).await,

@@ -21,10 +21,10 @@ pub async fn test(config: &Config, args: &NotifyTestArgs) -> Result<ExitCode> {
     let mut failed = false;
     for (name, r) in &results {
         match r {
-            Ok(()) => println!("ok      {name}"),
+            Ok(()) => say!("ok      {name}"),
             Err(e) => {
                 failed = true;
-                println!("FAILED  {name}: {e:#}");
+                say!("FAILED  {name}: {e:#}");
             }
         }
     }

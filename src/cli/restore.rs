@@ -83,9 +83,9 @@ pub async fn files(ctx: &JobContext, args: &RestoreFilesArgs) -> Result<ExitCode
     let run = run_job(ctx, spec).await;
     let Produced::FilesRestored(r) = &run.produced else { return Err(failure(run)) };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(r.as_ref())?);
+        say!("{}", serde_json::to_string_pretty(r.as_ref())?);
     } else {
-        println!(
+        say!(
             "{} {}: {} files ({} bytes), {} directories, {} symlinks, {} hard links; {} files checked against their SHA-256",
             if r.dry_run { "checked (dry run)" } else { "restored into" },
             r.to,
@@ -115,7 +115,7 @@ pub async fn cat(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> {
 }
 
 pub fn print(r: &RestoreReport, json: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
     if json {
         serde_json::to_writer_pretty(&mut out, r)?;
         writeln!(out)?;

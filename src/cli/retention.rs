@@ -49,7 +49,7 @@ fn age(d: chrono::Duration) -> String {
 }
 
 pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
     if json {
         serde_json::to_writer_pretty(&mut out, runs)?;
         writeln!(out)?;

@@ -16,10 +16,10 @@ fn outcome(o: Option<crate::jobs::report::Outcome>) -> &'static str {
 pub fn healthcheck(config: &Config) -> Result<ExitCode> {
     let verdict = health(config, Utc::now());
     match &verdict {
-        Ok(()) => println!("healthy"),
+        Ok(()) => say!("healthy"),
         Err(problems) => {
             for p in problems {
-                println!("unhealthy: {p}");
+                say!("unhealthy: {p}");
             }
         }
     }
@@ -42,7 +42,7 @@ pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
     let now = Utc::now();
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
     let status = status::read(&config.reports.dir);
     if json {
         // the daemon's own view when it runs; otherwise what the config schedules

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 pub async fn run(ctx: &JobContext, args: &UnlockArgs) -> Result<ExitCode> {
     let locks = ctx.repository.locks(None).await?;
     if locks.is_empty() {
-        println!("no locks");
+        say!("no locks");
         return Ok(ExitCode::from(EXIT_OK));
     }
     for (target, lock) in locks {
@@ -17,13 +17,13 @@ pub async fn run(ctx: &JobContext, args: &UnlockArgs) -> Result<ExitCode> {
         match (lock.stale(ctx.now(), ctx.config.locks.stale_after), args.all) {
             (Some(why), _) => {
                 ctx.repository.remove_lock(&lock).await?;
-                println!("removed stale {what} ({why})");
+                say!("removed stale {what} ({why})");
             }
             (None, true) => {
                 ctx.repository.remove_lock(&lock).await?;
-                println!("removed live {what}");
+                say!("removed live {what}");
             }
-            (None, false) => println!("kept live {what} (--all removes it: only if that process is not running)"),
+            (None, false) => say!("kept live {what} (--all removes it: only if that process is not running)"),
         }
     }
     Ok(ExitCode::from(EXIT_OK))

@@ -53,14 +53,14 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
     print(&results, args.json)?;
     if !leftovers.is_empty() {
         let grace = human_duration(ctx.config.retention.orphan_grace);
-        eprintln!(
+        tell!(
             "{} unfinished writes of stopped processes (not backups; the next backup or retention removes them once \
              they are older than retention.orphan_grace, {grace}):",
             leftovers.len()
         );
         for l in &leftovers {
             let since = l.since.map(|t| t.format(" since %Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
-            eprintln!("  {}:{}{since}", l.target, l.key);
+            tell!("  {}:{}{since}", l.target, l.key);
         }
     }
     Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
@@ -85,7 +85,7 @@ fn human_duration(d: std::time::Duration) -> String {
 }
 
 pub fn print(results: &[Verified], json: bool) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
     if json {
         serde_json::to_writer_pretty(&mut out, results)?;
         writeln!(out)?;
@@ -115,7 +115,7 @@ pub fn print(results: &[Verified], json: bool) -> Result<()> {
 }
 
 pub fn print_test_restore(t: &TestRestored) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
     writeln!(
         out,
         "{} test restore of {} ({}) into {}: {:.1}s, {} bytes restored, {} tables checked",

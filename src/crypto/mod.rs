@@ -111,6 +111,7 @@ impl Crypto {
                     c.identities.extend(ids);
                 }
                 Some(KeyFile::Passphrase(p)) => {
+                    crate::secret::register([&p]);
                     c.passphrase = Some(p);
                     c.mode = EncryptionMode::Passphrase;
                 }

@@ -247,6 +247,7 @@ async fn reload(path: Option<&std::path::Path>, current: &Config, notifier: &Not
         }
     };
     crate::process::withhold_env_holding(&new.secret_values());
+    crate::secret::register(new.secret_values());
     if new.monitoring.listen != current.monitoring.listen {
         tracing::warn!("monitoring.listen changed: restart the daemon to serve on the new address");
     }

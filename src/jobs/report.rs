@@ -108,7 +108,7 @@ pub fn write(dir: &Path, subject: &Subject, report: &Report) -> Result<PathBuf> 
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(report)?)?;
+    f.write_all(crate::secret::redact(&serde_json::to_string_pretty(report)?).as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

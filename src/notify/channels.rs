@@ -17,9 +17,9 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// An HTTP request's outcome, without the URL (it may hold a token).
+/// An HTTP request's outcome. The URL may hold a token: an error names only its origin.
 async fn check(resp: std::result::Result<reqwest::Response, reqwest::Error>) -> Result<()> {
-    let resp = resp.map_err(|e| anyhow!("{}", e.without_url()))?;
+    let resp = resp.map_err(describe)?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -27,6 +27,24 @@ async fn check(resp: std::result::Result<reqwest::Response, reqwest::Error>) -> 
     let body = resp.text().await.unwrap_or_default();
     let body: String = body.chars().take(300).collect();
     bail!("HTTP {status}: {}", body.trim())
+}
+
+/// A request that got no answer, in words: which server, and the cause at the bottom of the chain
+/// ("Connection refused", "failed to lookup address"), with what to check.
+fn describe(e: reqwest::Error) -> anyhow::Error {
+    let origin = e.url().map(|u| u.origin().ascii_serialization()).unwrap_or_else(|| "the server".into());
+    let mut cause: &dyn std::error::Error = &e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let cause = if std::ptr::addr_eq(cause, &e) { String::new() } else { format!(": {cause}") };
+    if e.is_timeout() {
+        anyhow!("no answer from {origin} in time{cause}; check that it is up, or raise notifications.timeout")
+    } else if e.is_connect() {
+        anyhow!("cannot connect to {origin}{cause}; check the URL's host and port and that the receiver runs")
+    } else {
+        anyhow!("request to {origin} failed{cause}")
+    }
 }
 
 /// A healthchecks.io-style ping: POST, with the error as the body of a failure ping.

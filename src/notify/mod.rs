@@ -70,6 +70,13 @@ impl Event {
         }
     }
 
+    /// Masks secrets in the free-text error (a server's message may echo a URL or password).
+    fn redact(&mut self) {
+        if let Some(e) = &mut self.error {
+            *e = crate::secret::redact(e).into_owned();
+        }
+    }
+
     pub fn subject(&self) -> String {
         let what = format!("{} of {} on {}", self.job_kind, self.database, self.host);
         match self.event {
@@ -215,6 +222,7 @@ impl Notifier {
     /// A run ended with `event.event` = `Failure` or `Success`: pings always; messages by the
     /// de-duplication rules.
     pub fn job_finished(&self, kind: JobKind, mut event: Event) {
+        event.redact();
         let ch = self.current();
         let failed = event.event == EventKind::Failure;
         for p in ch.pings.iter().filter(|p| p.matches(kind, &event.database)) {
@@ -260,7 +268,8 @@ impl Notifier {
     }
 
     /// `database` has had no successful full backup for too long: one `stale` per episode.
-    pub fn stale(&self, event: Event) {
+    pub fn stale(&self, mut event: Event) {
+        event.redact();
         if !self.state().stale.insert(event.database.clone()) {
             return;
         }

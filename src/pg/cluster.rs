@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// A role of throwaway clusters that authenticates with a password over TCP (scram-sha-256);
-/// every other connection is trusted.
+/// A group role of throwaway clusters: it and its members authenticate with a password over TCP
+/// (scram-sha-256); every other connection is trusted. Tests running in parallel each make a
+/// member with its own password.
 pub const PASSWORD_ROLE: &str = "pgbackd_pw";
 
 pub struct Cluster {
@@ -68,7 +69,7 @@ impl Cluster {
         // one role must prove its password (over TCP), so tests see passwords reach the tools
         let hba = cluster.data().join("pg_hba.conf");
         let rules = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
-        std::fs::write(&hba, format!("host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}"))
+        std::fs::write(&hba, format!("host all +{PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}"))
             .context("writing pg_hba.conf")?;
         cluster.spawn_watchdog()?;
         // a port can be taken between choosing and binding it: retry a few times

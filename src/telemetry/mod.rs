@@ -1,12 +1,13 @@
 //! Logging: tracing to stdout for the daemon and to stderr for one-shot commands (whose stdout
 //! carries ids, JSON and archives), JSON lines when that stream is not a terminal, human-readable
 //! otherwise, plus an optional rolling JSON file (`logging.file`). `RUST_LOG` overrides
-//! `--log-level`. Messages are constant sentences; data goes in fields. [`events`]: what a job run
+//! `--log-level`. Every line is redacted ([`crate::secret::redact`]). Messages are constant sentences; data goes in fields. [`events`]: what a job run
 //! causes (log line, report, status, notification), in one place.
 
 pub mod events;
 
 use crate::config::{LogFile, Rotation};
+use crate::secret::Redacting;
 use std::io::IsTerminal;
 use tracing_appender::rolling::{RollingFileAppender, Rotation as AppenderRotation};
 use tracing_subscriber::EnvFilter;
@@ -50,8 +51,8 @@ pub fn init(
     };
     let writer = move || -> Box<dyn std::io::Write> {
         match sink {
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::Stderr => Box::new(std::io::stderr()),
+            Sink::Stdout => Box::new(Redacting(std::io::stdout())),
+            Sink::Stderr => Box::new(Redacting(std::io::stderr())),
         }
     };
     let json_layer = json.then(|| {
@@ -76,7 +77,7 @@ pub fn init(
                 .max_log_files(f.keep)
                 .build(&f.dir)
                 .map_err(|e| format!("cannot open the log directory {}: {e}", f.dir.display()))?;
-            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let (writer, guard) = tracing_appender::non_blocking(Redacting(appender));
             let layer = tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)

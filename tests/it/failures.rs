@@ -98,18 +98,8 @@ fn password_reaches_pg_dump_only_through_a_private_password_file() {
     let bin = env.fake_bin("pg_dump_record_argv.sh");
     let secret = "Sup3r-Secret-Pa55";
     // a role that must give its password, over TCP: the backup works only if it arrives
-    let role = pgbackd::pg::cluster::PASSWORD_ROLE;
-    env.psql(&format!(
-        "do $$ begin if not exists (select from pg_roles where rolname = '{role}') then create role {role} login superuser; end if; end $$; \
-         alter role {role} password '{secret}'"
-    ));
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace(&format!("  host: {}\n", cluster().socket_dir()), "  host: 127.0.0.1\n");
-    let text =
-        text.replace("  username: postgres\n", &format!("  username: {role}\n  password: ${{TEST_DB_PASSWORD}}\n"));
-    std::fs::write(&env.config, text).unwrap();
+    env.use_password_role(secret);
     let record = env.dir.path().to_string_lossy().into_owned();
     let expected = env.dir.path().join("expected_password");
     std::fs::write(&expected, secret).unwrap();

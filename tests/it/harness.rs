@@ -18,6 +18,8 @@ extern "C" fn stop_cluster_at_exit() {
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let c = Cluster::start(&std::env::temp_dir()).expect("starting the test cluster");
+        let group = pgbackd::pg::cluster::PASSWORD_ROLE;
+        c.psql("postgres", &format!("create role {group} nologin")).expect("creating the password group role");
         // SAFETY: registers a plain extern "C" function; it only reads a initialized static.
         // (atexit has no safe wrapper: one of the reviewed unsafe blocks.)
         #[allow(unsafe_code)]
@@ -95,6 +97,21 @@ impl TestEnv {
             self.db,
         );
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Makes the config log in over TCP as a new role `<database>_pw` that must give `password`
+    /// (a member of the cluster's password group); the config reads it from `${TEST_DB_PASSWORD}`.
+    /// Returns the role.
+    pub fn use_password_role(&self, password: &str) -> String {
+        let role = format!("{}_pw", self.db);
+        let group = pgbackd::pg::cluster::PASSWORD_ROLE;
+        self.psql(&format!("create role {role} login superuser in role {group} password '{password}'"));
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(&format!("  host: {}\n", cluster().socket_dir()), "  host: 127.0.0.1\n")
+            .replace("  username: postgres\n", &format!("  username: {role}\n  password: ${{TEST_DB_PASSWORD}}\n"));
+        std::fs::write(&self.config, text).unwrap();
+        role
     }
 
     pub fn psql(&self, sql: &str) -> String {

@@ -18,7 +18,8 @@ struct Request {
     body: String,
 }
 
-/// A local HTTP server that records every request and answers 200.
+/// A local HTTP server that records every request and answers 200 (404 with the path under
+/// `/missing/`).
 struct Receiver {
     addr: String,
     got: Arc<Mutex<Vec<Request>>>,
@@ -57,12 +58,22 @@ impl Receiver {
                     let _ = r.read_exact(&mut body);
                     g.lock().unwrap().push(Request {
                         method,
-                        path,
+                        path: path.clone(),
                         headers,
                         body: String::from_utf8_lossy(&body).into_owned(),
                     });
+                    // a server that echoes what it did not find, as many do
+                    let answer = if path.starts_with("/missing/") {
+                        let body = format!("no hook at {path}");
+                        format!(
+                            "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned()
+                    };
                     let mut s = stream;
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                    let _ = s.write_all(answer.as_bytes());
                 });
             }
         });
@@ -495,4 +506,75 @@ fn a_busy_monitoring_address_stops_the_daemon_at_start_with_a_clear_error() {
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(text.contains(&format!("monitoring.listen 127.0.0.1:{port}: cannot listen")), "{text}");
     drop(taken);
+}
+
+#[test]
+fn secrets_echoed_by_tools_and_servers_are_masked_everywhere_pgbackd_writes() {
+    let env = TestEnv::new("masking");
+    let rx = Receiver::start();
+    let (port, dead) = (free_port(), free_port());
+    let password = "Echoed-Pa55word-77";
+    let token = "T0KEN-in-the-path-42";
+    let bin = env.fake_bin("pg_dump_echo_password.sh");
+    env.write_config(&format!(
+        "pg_bin_dir: {}\nschedules:\n  full_backup: \"0 1 * * *\"\nnotifications:\n  attempts: 1\n  webhooks:\n\
+         \x20   - name: ops\n      url: http://{a}/hook\n    - name: gone\n      url: http://{a}/missing/{token}\n\
+         \x20   - name: down\n      url: http://127.0.0.1:{dead}/hooks/{token}\nmonitoring:\n  listen: 127.0.0.1:{port}\n",
+        bin.display(),
+        a = rx.addr
+    ));
+    let role = env.use_password_role(password);
+
+    // one-shot: the tool's error reaches stderr and the report, masked
+    let out = env.run_env(&["backup"], &[("TEST_DB_PASSWORD", password)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("connection to postgresql://{role}:***@127.0.0.1/app failed")), "{err}");
+    // notify-test: the server's echo of the URL is masked; the dead channel's error says which
+    // server and why, and what to check
+    let out = env.run_env(&["notify-test"], &[("TEST_DB_PASSWORD", password)]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains("FAILED  gone: webhook gone: HTTP 404 Not Found: no hook at ***"), "{said}");
+    assert!(
+        said.contains(&format!("FAILED  down: webhook down: cannot connect to http://127.0.0.1:{dead}"))
+            && said.contains("Connection refused")
+            && said.contains("check the URL's host and port"),
+        "{said}"
+    );
+
+    // the daemon: its catch-up run fails the same way; the log, the alert and the report
+    let log = std::fs::File::create(env.dir.path().join("daemon.log")).unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["--log-format", "json", "run"])
+        .env("REAL_PG_BIN", real_pg_bin())
+        .env("TEST_DB_PASSWORD", password)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child);
+    let failure_alerts = || -> Vec<Request> {
+        rx.to("/hook").into_iter().filter(|r| r.body.contains("\"event\":\"failure\"")).collect()
+    };
+    wait_until("the failure alert", Duration::from_secs(60), || !failure_alerts().is_empty());
+    wait_until("the failed delivery to the dead channel", Duration::from_secs(30), || {
+        http_get(port, "/metrics")
+            .is_some_and(|(_, m)| metric(&m, "pgbackd_notification_failures_total{channel=\"down\"}") == Some(1.0))
+    });
+    drop(daemon);
+    let alert = &failure_alerts()[0].body;
+    assert!(alert.contains(&format!("{role}:***@")), "{alert}");
+    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains(&format!("{role}:***@")) && log.contains("no hook at ***"), "{log}");
+    let reports = reports(&env);
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (what, text) in [("stderr", err), ("notify-test", said), ("alert", alert.clone()), ("log", log)]
+        .into_iter()
+        .chain(reports.iter().map(|r| ("report", r.to_string())))
+    {
+        assert!(!text.contains(password) && !text.contains(token), "{what} shows a secret: {text}");
+    }
 }
