@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! Lowest layer first; a module uses only those listed before it (docs/architecture.md).
-//! - [`secret`], [`clock`], [`tasks`]: leaves: redacted secrets, the clock, the one task tracker.
+//! - [`secret`], [`clock`], [`tasks`], [`units`]: leaves: redacted secrets, the clock, the one task
+//!   tracker, sizes and durations in words.
 //! - [`config`]: the YAML file, validated into typed values (every error at once).
 //! - [`schedule`]: cron expression + timezone -> next run; pure.
 //! - [`process`]: the one child-process wrapper (process group, stderr tail, terminate).
@@ -21,6 +22,7 @@
 pub mod clock;
 pub mod secret;
 pub mod tasks;
+pub mod units;
 
 pub mod config;
 pub mod schedule;

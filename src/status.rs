@@ -181,7 +181,8 @@ impl Board {
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(crate::secret::redact(&serde_json::to_string_pretty(&status)?).as_bytes())?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| crate::storage::local::fs_error(format!("writing {}", self.path.display()), e))
     }
 }
 

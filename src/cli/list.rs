@@ -139,17 +139,6 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
 /// An element of `list --json` for a manifest that cannot be trusted.
 #[derive(Debug, Serialize)]
 pub struct DamagedEntry<'a> {
@@ -202,8 +191,8 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
             m.kind.name(),
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.duration_seconds(),
-            human_bytes(m.data.raw_bytes),
-            human_bytes(m.data.stored_bytes),
+            crate::units::bytes(m.data.raw_bytes),
+            crate::units::bytes(m.data.stored_bytes),
             &m.data.raw_sha256[..12.min(m.data.raw_sha256.len())],
             l.targets.join(","),
             key_needed(m),

@@ -1,7 +1,6 @@
 //! `pgbackd retention`: one retention job per subject, and the plans as a table with the reasons.
 
 use super::args::RetentionArgs;
-use super::list::human_bytes;
 use super::{EXIT_JOB_FAILED, EXIT_OK, failure, run_job};
 use crate::jobs::JobContext;
 use crate::jobs::kind::JobKind;
@@ -9,6 +8,7 @@ use crate::jobs::retention::RetentionRun;
 use crate::jobs::run::{JobSpec, Produced};
 use crate::repo::Subject;
 use crate::repo::manifest::Trigger;
+use crate::units::bytes as human_bytes;
 use anyhow::Result;
 use std::io::Write;
 use std::process::ExitCode;

@@ -52,7 +52,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
     }
     print(&results, args.json)?;
     if !leftovers.is_empty() {
-        let grace = human_duration(ctx.config.retention.orphan_grace);
+        let grace = crate::units::duration(ctx.config.retention.orphan_grace);
         tell!(
             "{} unfinished writes of stopped processes (not backups; the next backup or retention removes them once \
              they are older than retention.orphan_grace, {grace}):",
@@ -74,14 +74,6 @@ pub async fn test_restore(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> 
     let Produced::TestRestore(t) = &run.produced else { return Err(failure(run)) };
     print_test_restore(t)?;
     Ok(ExitCode::from(if t.ok { EXIT_OK } else { EXIT_JOB_FAILED }))
-}
-
-fn human_duration(d: std::time::Duration) -> String {
-    match d.as_secs() {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 pub fn print(results: &[Verified], json: bool) -> Result<()> {

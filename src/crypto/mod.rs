@@ -265,7 +265,7 @@ pub fn write_new_identity(path: &std::path::Path, now: chrono::DateTime<chrono::
         id.to_string().expose_secret()
     )
     .and_then(|_| f.sync_all())
-    .with_context(|| format!("writing {}", path.display()))?;
+    .map_err(|e| crate::storage::local::fs_error(format!("writing {}", path.display()), e))?;
     Ok(public)
 }
 

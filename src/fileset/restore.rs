@@ -188,7 +188,8 @@ impl Unpacker {
                 // directories: made as they come (or as parents of what matches --path); their
                 // modes and times are set at the end
                 FileKind::Dir if !req.dry_run && wanted => {
-                    std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
+                    std::fs::create_dir_all(&dest)
+                        .map_err(|e| crate::storage::local::fs_error(format!("creating {}", dest.display()), e))?;
                     self.dirs.push((dest, rec.clone()));
                     self.out.directories += 1;
                 }
@@ -208,19 +209,19 @@ impl Unpacker {
                         n
                     } else {
                         if let Some(parent) = dest.parent() {
-                            std::fs::create_dir_all(parent)
-                                .with_context(|| format!("creating {}", parent.display()))?;
+                            std::fs::create_dir_all(parent).map_err(|e| {
+                                crate::storage::local::fs_error(format!("creating {}", parent.display()), e)
+                            })?;
                         }
                         if req.overwrite && dest.symlink_metadata().is_ok() {
                             std::fs::remove_file(&dest).with_context(|| format!("replacing {}", dest.display()))?;
                         }
-                        let mut f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&dest)
-                            .with_context(|| format!("creating {}", dest.display()))?;
+                        let mut f =
+                            std::fs::OpenOptions::new().write(true).create_new(true).open(&dest).map_err(|e| {
+                                crate::storage::local::fs_error(format!("creating {}", dest.display()), e)
+                            })?;
                         write_sparse(&mut entry, &mut f, &mut sha)
-                            .with_context(|| format!("writing {}", dest.display()))?
+                            .map_err(|e| crate::storage::local::fs_error(format!("writing {}", dest.display()), e))?
                     };
                     let got = hex::encode(sha.finalize());
                     if Some(&got) != rec.sha256.as_ref() || bytes != rec.size {
@@ -250,8 +251,9 @@ impl Unpacker {
                     if req.overwrite && dest.symlink_metadata().is_ok() {
                         std::fs::remove_file(&dest)?;
                     }
-                    std::os::unix::fs::symlink(target, &dest)
-                        .with_context(|| format!("creating the link {}", dest.display()))?;
+                    std::os::unix::fs::symlink(target, &dest).map_err(|e| {
+                        crate::storage::local::fs_error(format!("creating the link {}", dest.display()), e)
+                    })?;
                     set_owner(&dest, &rec);
                     let _ = set_times(&dest, &rec, true);
                     self.out.symlinks += 1;
@@ -359,7 +361,8 @@ pub async fn run(
         a.reader.check_stored().await?;
     }
     if !req.dry_run {
-        std::fs::create_dir_all(&req.to).with_context(|| format!("creating {}", req.to.display()))?;
+        std::fs::create_dir_all(&req.to)
+            .map_err(|e| crate::storage::local::fs_error(format!("creating {}", req.to.display()), e))?;
     }
     let mut u = Unpacker::new(backup_id, files, req)?;
     for a in archives {

@@ -275,7 +275,7 @@ fn disk_verdict(
     estimate: u64,
     m: &crate::config::notify::MonitoringConfig,
 ) -> std::result::Result<Option<String>, String> {
-    let mib = |b: u64| format!("{} MiB", b / (1024 * 1024));
+    let mib = crate::units::bytes;
     let need = estimate + m.min_free_space;
     if free < need {
         return Err(format!(
@@ -481,7 +481,7 @@ mod tests {
         assert!(w.contains("7.0%") && w.contains("warn_free_percent"), "{w}");
         // the previous backup plus the margin does not fit
         let e = disk_verdict(250 * MIB, 1000 * MIB, 190 * MIB, &m).unwrap_err();
-        assert!(e.contains("only 250 MiB free") && e.contains("254 MiB"), "{e}");
+        assert!(e.contains("only 250.0 MiB free") && e.contains("254.0 MiB"), "{e}");
         // no previous backup: only the margin counts
         assert!(disk_verdict(32 * MIB, 1000 * MIB, 0, &m).is_err());
     }

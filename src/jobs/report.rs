@@ -7,7 +7,7 @@
 use super::kind::JobKind;
 use crate::repo::Subject;
 use crate::repo::manifest::Trigger;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -91,7 +91,7 @@ pub fn write(dir: &Path, subject: &Subject, report: &Report) -> Result<PathBuf> 
         .recursive(true)
         .mode(0o700)
         .create(&sub)
-        .with_context(|| format!("creating {}", sub.display()))?;
+        .map_err(|e| crate::storage::local::fs_error(format!("creating {}", sub.display()), e))?;
     let name = format!(
         "{}-{}-{}-{}.json",
         report.started_at.format("%Y%m%dT%H%M%SZ"),
@@ -107,10 +107,14 @@ pub fn write(dir: &Path, subject: &Subject, report: &Report) -> Result<PathBuf> 
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(crate::secret::redact(&serde_json::to_string_pretty(report)?).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|e| crate::storage::local::fs_error(format!("writing {}", tmp.display()), e))?;
+    let text = serde_json::to_string_pretty(report)?;
+    if let Err(e) = f.write_all(crate::secret::redact(&text).as_bytes()).and_then(|()| f.sync_all()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::storage::local::fs_error(format!("writing {}", tmp.display()), e));
+    }
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| crate::storage::local::fs_error(format!("writing {}", path.display()), e))?;
     Ok(path)
 }
 

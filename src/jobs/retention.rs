@@ -125,17 +125,6 @@ fn bucket(t: DateTime<Utc>, tz: Tz, rule: &str) -> (i32, u32, u32, u32) {
     }
 }
 
-fn human_duration(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    if s.is_multiple_of(86400) {
-        format!("{}d", s / 86400)
-    } else if s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else {
-        format!("{s}s")
-    }
-}
-
 /// Floor reasons: nothing may delete these.
 const FLOOR: &str = "floor:";
 
@@ -268,7 +257,7 @@ fn apply_rules(
         let cutoff = now - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
         for &i in idx {
             if decisions[i].started_at > cutoff && decisions[i].started_at <= now {
-                keep(&mut decisions[i], format!("keep_within {}", human_duration(within)));
+                keep(&mut decisions[i], format!("keep_within {}", crate::units::duration(within)));
             }
         }
     }

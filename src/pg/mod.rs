@@ -6,7 +6,7 @@ pub mod cluster;
 
 use crate::config::Connection;
 use crate::process::{ChildSpec, run_capture};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
@@ -141,17 +141,80 @@ pub async fn connect(conn: &Connection) -> Result<Client> {
         .map(|p| p.expose().to_owned())
         .or_else(|| std::env::var("PGPASSWORD").ok())
         .or_else(|| pgpass_lookup(conn));
+    let password_given = password.is_some();
     if let Some(pw) = password {
         cfg.password(pw);
     }
-    let (client, connection) =
-        cfg.connect(NoTls).await.with_context(|| format!("connecting to PostgreSQL at {conn}"))?;
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| explain_connect(&e, conn, password_given))?;
     crate::tasks::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
         }
     });
     Ok(client)
+}
+
+/// Why a connection failed, in words, with what to do about it: the server's SQLSTATE for a
+/// refusal (28P01 bad password, 28000 no such role or no pg_hba.conf entry, 3D000 no such
+/// database, 53300 too many connections, 57P03 starting or stopping), else the network cause.
+pub fn explain_connect(e: &tokio_postgres::Error, conn: &Connection, password_given: bool) -> anyhow::Error {
+    use tokio_postgres::error::SqlState;
+    let at = format!("cannot connect to PostgreSQL at {conn}");
+    if let Some(db) = e.as_db_error() {
+        let msg = db.message();
+        let hint = match db.code() {
+            c if *c == SqlState::INVALID_PASSWORD && password_given => {
+                "the password is wrong: check database.password (or PGPASSWORD, ~/.pgpass) against the role's password".into()
+            }
+            c if *c == SqlState::INVALID_PASSWORD => {
+                "the server wants a password and none was given: set database.password (e.g. ${PGPASSWORD}) or add the role to ~/.pgpass".into()
+            }
+            c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION && msg.contains("does not exist") => {
+                format!("create the role (CREATE ROLE {} LOGIN) or fix database.username", conn.user)
+            }
+            c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                "no pg_hba.conf line lets this role in from this host: add one on the server and reload it".into()
+            }
+            c if *c == SqlState::INVALID_CATALOG_NAME => {
+                format!("check database.database, or create it (createdb {})", conn.dbname)
+            }
+            c if *c == SqlState::TOO_MANY_CONNECTIONS => {
+                "the server is at max_connections: retry later, or raise max_connections".into()
+            }
+            c if *c == SqlState::CANNOT_CONNECT_NOW => "the server is starting up or shutting down: retry in a moment".into(),
+            _ => String::new(),
+        };
+        return if hint.is_empty() { anyhow!("{at}: {msg}") } else { anyhow!("{at}: {msg}; {hint}") };
+    }
+    let mut cause: &dyn std::error::Error = e;
+    let mut io = None;
+    while let Some(next) = cause.source() {
+        cause = next;
+        io = io.or_else(|| next.downcast_ref::<std::io::Error>());
+    }
+    let text = cause.to_string();
+    let local = conn.host.starts_with('/');
+    let hint = match io.map(|i| i.kind()) {
+        Some(std::io::ErrorKind::ConnectionRefused) | Some(std::io::ErrorKind::NotFound) if local => format!(
+            "no server listens on the socket in {}: start PostgreSQL, or check database.host and database.port",
+            conn.host
+        ),
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            "nothing listens there: start PostgreSQL, or check database.host and database.port (and listen_addresses on the server)".into()
+        }
+        Some(std::io::ErrorKind::TimedOut) => {
+            "no answer within 15 s: check that the host is up and that no firewall drops the port".into()
+        }
+        Some(std::io::ErrorKind::PermissionDenied) => format!("this user may not open the socket in {}", conn.host),
+        _ if text.contains("lookup address") || text.contains("Name or service not known") => {
+            format!("the host name {} does not resolve: check database.host", conn.host)
+        }
+        _ if e.to_string().contains("timeout") || text.contains("timed out") => {
+            "no answer within 15 s: check that the host is up and that no firewall drops the port".into()
+        }
+        _ => String::new(),
+    };
+    if hint.is_empty() { anyhow!("{at}: {text}") } else { anyhow!("{at}: {text}; {hint}") }
 }
 
 /// Looks `conn` up in the password file libpq would use (PGPASSFILE or ~/.pgpass).

@@ -137,18 +137,28 @@ impl Repository {
         Ok(out)
     }
 
-    /// Finds a backup by id, whatever its subject (or among those of `subject`). A damaged
-    /// manifest is an error that says so.
-    pub async fn find_in(&self, subject: Option<&Subject>, id: &str) -> Result<Manifest> {
+    /// `id` has the shape of a backup id, or an error that shows one.
+    fn check_id(id: &str) -> Result<()> {
+        if id == "latest" || id == "last" {
+            bail!("{id:?} is not a backup id: use --latest for the newest backup (see `pgbackd list` for ids)");
+        }
         if !keys::looks_like_backup_id(id) {
             bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
         }
-        let mut damaged = None;
+        Ok(())
+    }
+
+    /// Finds a backup by id, whatever its subject (or among those of `subject`). A damaged
+    /// manifest is an error that says so.
+    pub async fn find_in(&self, subject: Option<&Subject>, id: &str) -> Result<Manifest> {
+        Self::check_id(id)?;
+        let (mut damaged, mut unlisted) = (None, Vec::new());
         for (t, prefix) in self.places(subject) {
             let objects = match t.store.list(&prefix).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "cannot list a storage target");
+                    unlisted.push(format!("target {} could not be listed: {e:#}", t.name()));
                     continue;
                 }
             };
@@ -166,14 +176,15 @@ impl Repository {
         if let Some(e) = damaged {
             return Err(e);
         }
+        if !unlisted.is_empty() {
+            bail!("backup {id} was not found on the targets that answered; {}", unlisted.join("; "));
+        }
         bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe())
     }
 
     /// The subject of backup `id`, whether or not its manifest can be trusted.
     pub async fn subject_of(&self, id: &str) -> Result<Subject> {
-        if !keys::looks_like_backup_id(id) {
-            bail!("{id:?} is not a backup id (they look like 20261122T010000Z-full-3f9a1c; see `pgbackd list`)");
-        }
+        Self::check_id(id)?;
         let listing = self.listing(None).await?;
         let good = listing.backups.into_iter().map(|l| (l.manifest.id, l.manifest.subject));
         let damaged = listing.damaged.into_iter().map(|d| (d.id, d.subject));

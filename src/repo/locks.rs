@@ -312,6 +312,11 @@ impl Repository {
         for t in self.targets_for(&lock.subject) {
             match t.store.put(&key, bytes.clone()).await {
                 Ok(()) => keys.push((t.store.clone(), key.clone())),
+                // a read-only repository (a snapshot, a mounted backup disk): nothing can delete
+                // from it, so reading it needs no lock
+                Err(e) if lock.kind == LockKind::Read && crate::storage::local::is_read_only(&e) => {
+                    tracing::warn!(target_name = t.name(), "the target is read-only: reading it without a lock")
+                }
                 Err(e) if t.required => {
                     remove(keys).await;
                     bail!("cannot write a lock on target {} ({}): {e:#}", t.name(), t.store.describe());

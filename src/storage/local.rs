@@ -14,6 +14,53 @@ use std::path::{Path, PathBuf};
 
 pub const TEMP_MARKER: &str = ".pgbackd-tmp-";
 
+/// A filesystem call failed: what was done, the system's words, and what to do about the causes
+/// an operator can fix (a full disk or quota, a read-only mount, missing permissions).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {error}{}", hint(.error).map(|h| format!("; {h}")).unwrap_or_default())]
+pub struct FsError {
+    what: String,
+    error: std::io::Error,
+}
+
+impl FsError {
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.error.kind()
+    }
+}
+
+/// Whether `e` is a write refused by a read-only filesystem.
+pub fn is_read_only(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<FsError>().is_some_and(|f| f.kind() == std::io::ErrorKind::ReadOnlyFilesystem))
+}
+
+/// `error` while `what` (e.g. "writing /backups/app/…/data.zst"), as an error that says what to do.
+pub fn fs_error(what: String, error: std::io::Error) -> anyhow::Error {
+    FsError { what, error }.into()
+}
+
+/// What to do about `e`, when it is something an operator fixes.
+pub fn hint(e: &std::io::Error) -> Option<String> {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::StorageFull => Some(
+            "the filesystem is full: free space on it (`pgbackd retention --dry-run` shows what the policy would \
+             delete), or move the directory to a larger disk"
+                .into(),
+        ),
+        K::QuotaExceeded => Some("the disk quota of this user is used up: raise it or free space".into()),
+        K::ReadOnlyFilesystem => {
+            Some("the filesystem is mounted read-only: remount it read-write, or configure a writable directory".into())
+        }
+        K::PermissionDenied => Some(format!(
+            "pgbackd runs as uid {} and may not do this there: give that user the directory (chown -R), or run \
+             pgbackd as its owner",
+            rustix::process::geteuid().as_raw()
+        )),
+        _ => None,
+    }
+}
+
 /// Free and total bytes of the filesystem holding `path` (or its nearest existing parent).
 pub fn free_space(path: &Path) -> Option<(u64, u64)> {
     let existing = path.ancestors().find(|p| p.exists())?;
@@ -53,11 +100,11 @@ fn make_dirs(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating directory {}", dir.display()))
+        .map_err(|e| fs_error(format!("creating directory {}", dir.display()), e))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fs_error(format!("syncing directory {}", dir.display()), e))
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -72,11 +119,11 @@ fn open_new(path: &Path) -> Result<File> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating {}", path.display()))
+        .map_err(|e| fs_error(format!("creating {}", path.display()), e))
 }
 
 fn commit(temp: &Path, path: &Path) -> Result<()> {
-    fs::rename(temp, path).with_context(|| format!("renaming {} to {}", temp.display(), path.display()))?;
+    fs::rename(temp, path).map_err(|e| fs_error(format!("renaming {} to {}", temp.display(), path.display()), e))?;
     sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
@@ -113,8 +160,8 @@ impl Store for LocalStore {
             let temp = temp_path(&path);
             let result = (|| {
                 let mut f = open_new(&temp)?;
-                f.write_all(&data).with_context(|| format!("writing {}", temp.display()))?;
-                f.sync_all().with_context(|| format!("syncing {}", temp.display()))?;
+                f.write_all(&data).map_err(|e| fs_error(format!("writing {}", temp.display()), e))?;
+                f.sync_all().map_err(|e| fs_error(format!("syncing {}", temp.display()), e))?;
                 commit(&temp, &path)
             })();
             if result.is_err() {
@@ -132,9 +179,13 @@ impl Store for LocalStore {
             return self.put(key, data).await;
         }
         blocking(move || {
-            let mut f =
-                OpenOptions::new().write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-            f.write_all(&data).and_then(|()| f.sync_data()).with_context(|| format!("writing {}", path.display()))
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| fs_error(format!("opening {}", path.display()), e))?;
+            f.write_all(&data)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| fs_error(format!("writing {}", path.display()), e))
         })
         .await
     }
@@ -144,7 +195,7 @@ impl Store for LocalStore {
         blocking(move || match fs::read(&path) {
             Ok(b) => Ok(Some(Bytes::from(b))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => Err(fs_error(format!("reading {}", path.display()), e)),
         })
         .await
     }
@@ -152,7 +203,7 @@ impl Store for LocalStore {
     async fn read_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes> {
         let path = self.path(key)?;
         blocking(move || {
-            let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let mut f = File::open(&path).map_err(|e| fs_error(format!("opening {}", path.display()), e))?;
             f.seek(SeekFrom::Start(offset))?;
             let mut buf = vec![0u8; len as usize];
             f.read_exact(&mut buf).with_context(|| {
@@ -171,7 +222,7 @@ impl Store for LocalStore {
         blocking(move || match fs::metadata(&path) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            Err(e) => Err(fs_error(format!("reading {}", path.display()), e)),
         })
         .await
     }
@@ -225,7 +276,7 @@ impl Store for LocalStore {
                 match fs::remove_file(p) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).with_context(|| format!("deleting {}", p.display())),
+                    Err(e) => return Err(fs_error(format!("deleting {}", p.display()), e)),
                 }
                 // remove directories left empty, up to the root
                 let mut dir = p.parent();
@@ -248,12 +299,12 @@ fn walk(root: &Path, dir: &Path, prefix: &str, temps: bool, out: &mut Vec<Object
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        Err(e) => return Err(fs_error(format!("listing {}", dir.display()), e)),
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let entry = entry.map_err(|e| fs_error(format!("listing {}", dir.display()), e))?;
         let path = entry.path();
-        let meta = entry.metadata().with_context(|| format!("reading {}", path.display()))?;
+        let meta = entry.metadata().map_err(|e| fs_error(format!("reading {}", path.display()), e))?;
         let key = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
         if meta.is_dir() {
             if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) || prefix.is_empty() {
@@ -284,7 +335,7 @@ impl ObjectWriter for LocalWriter {
         let temp = self.temp.clone();
         let len = data.len() as u64;
         let file = blocking(move || {
-            file.write_all(&data).with_context(|| format!("writing {}", temp.display()))?;
+            file.write_all(&data).map_err(|e| fs_error(format!("writing {}", temp.display()), e))?;
             Ok(file)
         })
         .await?;
@@ -298,7 +349,7 @@ impl ObjectWriter for LocalWriter {
         let (temp, path) = (self.temp.clone(), self.path.clone());
         let written = self.written;
         let result = blocking(move || {
-            file.sync_all().with_context(|| format!("syncing {}", temp.display()))?;
+            file.sync_all().map_err(|e| fs_error(format!("syncing {}", temp.display()), e))?;
             drop(file);
             commit(&temp, &path)?;
             Ok(written)
@@ -318,7 +369,7 @@ impl ObjectWriter for LocalWriter {
         blocking(move || match fs::remove_file(&temp) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", temp.display())),
+            Err(e) => Err(fs_error(format!("removing {}", temp.display()), e)),
         })
         .await
     }

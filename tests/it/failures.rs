@@ -127,7 +127,67 @@ fn password_reaches_pg_dump_only_through_a_private_password_file() {
     let wrong = [("TEST_DB_PASSWORD", "not-the-password"), vars[1], vars[2]];
     let out = env.run_env(&["backup"], &wrong);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("password authentication failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("password authentication failed")
+            && stderr(&out).contains("the password is wrong: check database.password"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// PostgreSQL down, a role or database that does not exist, a host that does not resolve: each
+/// fails the backup with the server's words and what to change.
+#[test]
+fn connection_failures_say_what_to_do() {
+    let env = TestEnv::new("connfail");
+    let original = std::fs::read_to_string(&env.config).unwrap();
+    let c = cluster();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cases = [
+        (
+            format!("  host: 127.0.0.1\n  port: {dead}\n"),
+            vec![
+                "Connection refused",
+                "nothing listens there: start PostgreSQL, or check database.host and database.port",
+            ],
+        ),
+        (
+            format!("  host: /nonexistent-socket-dir\n  port: {}\n", c.port),
+            vec!["no server listens on the socket in /nonexistent-socket-dir"],
+        ),
+        (
+            format!("  host: no-such-host.invalid\n  port: {}\n", c.port),
+            vec!["the host name no-such-host.invalid does not resolve: check database.host"],
+        ),
+    ];
+    let endpoint = format!("  host: {}\n  port: {}\n", c.socket_dir(), c.port);
+    for (replacement, expected) in cases {
+        std::fs::write(&env.config, original.replace(&endpoint, &replacement)).unwrap();
+        let out = env.run(&["backup"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        for e in expected {
+            assert!(stderr(&out).contains(e), "lacks {e:?}: {}", stderr(&out));
+        }
+    }
+    let renamed = [
+        (
+            "  username: postgres\n",
+            "  username: nosuchrole\n",
+            "create the role (CREATE ROLE nosuchrole LOGIN) or fix database.username",
+        ),
+        (
+            &format!("  database: {}\n", env.db),
+            "  database: nosuchdb\n",
+            "check database.database, or create it (createdb nosuchdb)",
+        ),
+    ];
+    for (from, to, expected) in renamed {
+        std::fs::write(&env.config, original.replace(from, to)).unwrap();
+        let out = env.run(&["backup"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "lacks {expected:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("db error"), "{}", stderr(&out));
+    }
 }
 
 #[test]

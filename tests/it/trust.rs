@@ -279,23 +279,10 @@ fn kill_all(pattern: &str) {
 #[test]
 fn a_full_disk_does_not_make_retention_delete_good_backups() {
     let env = TestEnv::new("diskfull");
-    let mount = env.dir.path().join("small");
-    std::fs::create_dir_all(&mount).unwrap();
-    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mount).status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        assert!(std::env::var("CI").is_err(), "CI: this test needs to mount a tmpfs (run as root)");
-        eprintln!(
-            "SKIPPED a_full_disk_does_not_make_retention_delete_good_backups: cannot mount a tmpfs here (run as root)"
-        );
+    let Some(small) = Tmpfs::mount(&env, "6m", "a_full_disk_does_not_make_retention_delete_good_backups") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
+    };
+    let mount = small.0.clone();
     env.psql("create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 2000) g;");
     let text = format!(
         "local_backup_dir: {}\nreports:\n  dir: {}\nretention:\n  full_backup:\n    keep_last: 1\n    min_keep: 1\n\
@@ -305,17 +292,89 @@ fn a_full_disk_does_not_make_retention_delete_good_backups() {
     );
     write_config_without_local(&env, &text);
     let ids: Vec<String> = (0..3).map(|_| env.backup()).collect();
-    // fill the disk to its last byte, then a backup fails and cannot write its report
+    // fill the disk but for 256 KiB (the disk guard lets a backup of the previous one's size
+    // start), then a backup that is larger fails, and cannot write its report
     let filler = mount.join("filler");
     let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).arg("bs=64k").status();
+    assert!(Command::new("truncate").args(["-s", "-256K"]).arg(&filler).status().unwrap().success());
     env.psql("insert into t select g, md5(g::text) from generate_series(2001, 60000) g;");
     let out = env.run(&["backup"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("No space left on device") && err.contains("the filesystem is full: free space on it"),
+        "the message says what to do: {err}"
+    );
     std::fs::remove_file(&filler).unwrap();
     let out = env.run(&["retention"]);
     assert!(stdout(&out).contains("SKIPPED"), "{}", stdout(&out));
     let listed: Vec<String> = env.list_json().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(listed, ids, "retention deleted backups while backups fail");
+}
+
+/// A small tmpfs in the test's directory, unmounted when dropped; `None` (the test skips, saying
+/// so) where mounting is not allowed, never in CI.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(env: &TestEnv, size: &str, test: &str) -> Option<Tmpfs> {
+        let mount = env.dir.path().join("small");
+        std::fs::create_dir_all(&mount).unwrap();
+        let opts = format!("size={size}");
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs"]).arg(&mount).status();
+        if !mounted.is_ok_and(|s| s.success()) {
+            assert!(std::env::var("CI").is_err(), "CI: {test} needs to mount a tmpfs (run as root)");
+            eprintln!("SKIPPED {test}: cannot mount a tmpfs here (run as root)");
+            return None;
+        }
+        Some(Tmpfs(mount))
+    }
+
+    fn remount(&self, opts: &str) {
+        let ok = Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(&self.0).status();
+        assert!(ok.is_ok_and(|s| s.success()), "remounting {} {opts}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A repository on a read-only mount (a snapshot, a write-protected disk): backups and retention
+/// fail saying why and what to do; restore and verify still work, reading without a lock.
+#[test]
+fn a_read_only_repository_can_be_restored_from_and_says_why_it_cannot_be_written() {
+    let env = TestEnv::new("readonly");
+    let Some(mount) = Tmpfs::mount(&env, "16m", "a_read_only_repository_can_be_restored_from") else {
+        return;
+    };
+    small(&env);
+    let text = format!(
+        "local_backup_dir: {}\nreports:\n  dir: {}\nmonitoring:\n  listen: off\n  min_free_space: 0\n",
+        mount.0.join("repo").display(),
+        env.dir.path().join("reports").display()
+    );
+    write_config_without_local(&env, &text);
+    let id = env.backup();
+    mount.remount("ro");
+    let hint = "Read-only file system (os error 30); the filesystem is mounted read-only: remount it read-write";
+    // (retention first: a failed backup would make it skip, rightly)
+    for job in ["retention", "backup"] {
+        let out = env.run(&[job]);
+        assert_eq!(out.status.code(), Some(1), "{job}: {}", stderr(&out));
+        assert!(stderr(&out).contains(hint), "{job}: {}", stderr(&out));
+    }
+    let out = env.run(&["verify", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = unique("readonly_restored");
+    let out = env.run(&["restore", &id, "--target-database", &target, "--create"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the target is read-only: reading it without a lock"), "{}", stderr(&out));
+    assert_eq!(fingerprint(&target, "t"), fingerprint(&env.db, "t"));
+    mount.remount("rw");
+    assert_eq!(env.list_json().len(), 1);
 }
 
 fn write_config_without_local(env: &TestEnv, extra: &str) {

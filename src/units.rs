@@ -1,0 +1,39 @@
+//! Sizes and durations as people read them: `39.8 KiB`, `6h`, `90s`.
+
+/// `n` bytes in binary units with one decimal (`512 B`, `39.8 KiB`, `1.2 GiB`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// `d` in the largest unit that divides it exactly, as the config writes durations (`1d`, `6h`,
+/// `30m`, `90s`).
+pub fn duration(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        s if s > 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s > 0 && s.is_multiple_of(60) => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_like_the_config() {
+        assert_eq!(super::bytes(512), "512 B");
+        assert_eq!(super::bytes(40_755), "39.8 KiB");
+        assert_eq!(super::bytes(3 << 30), "3.0 GiB");
+        let d = std::time::Duration::from_secs;
+        assert_eq!(
+            [d(0), d(90), d(1800), d(7200), d(172800)].map(super::duration),
+            ["0s", "90s", "30m", "2h", "2d"].map(String::from)
+        );
+    }
+}
