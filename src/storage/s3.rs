@@ -18,7 +18,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
@@ -46,24 +46,98 @@ pub fn part_size_for(number: u32, base: u64) -> u64 {
     base.saturating_mul(1u64 << doublings).min(S3_MAX_PART)
 }
 
-/// A short, readable error: the S3 error code, HTTP status and message for service errors; the
-/// cause chain (connection refused, timeout, ...) otherwise.
-fn sdk_error<E>(e: SdkError<E, HttpResponse>) -> anyhow::Error
+/// A readable error that says what to do: for a service error the S3 code, HTTP status, message
+/// and the remedy for the codes an operator fixes (no such bucket, access denied, unknown key, bad
+/// signature, wrong region, skewed clock, throttling); otherwise which endpoint could not be
+/// reached and the cause at the bottom of the chain (never the SDK's Debug dump).
+fn s3_error<E>(cfg: &S3Config, e: SdkError<E, HttpResponse>) -> anyhow::Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    let endpoint = match &cfg.endpoint {
+        Some(ep) => ep.clone(),
+        None => format!("AWS S3 ({})", cfg.region),
+    };
+    let (root, chain) = {
+        let mut cause: &dyn std::error::Error = &e;
+        let mut chain = cause.to_string();
+        while let Some(next) = cause.source() {
+            cause = next;
+            chain.push_str(": ");
+            chain.push_str(&next.to_string());
+        }
+        (cause.to_string(), chain)
+    };
     match &e {
         SdkError::ServiceError(se) => {
-            let err = se.err();
+            let status = se.raw().status().as_u16();
+            // HEAD answers carry no body, so no code: name it from the status
+            let fallback = match status {
+                301 => "PermanentRedirect",
+                403 => "AccessDenied",
+                404 => "NotFound",
+                _ => "error",
+            };
+            let code = se.err().code().unwrap_or(fallback);
+            let message = se.err().message().map(|m| format!(": {m}")).unwrap_or_default();
+            let hint = s3_hint(code, status, cfg, &endpoint).map(|h| format!("; {h}")).unwrap_or_default();
+            anyhow!("{code} (HTTP {status}){message}{hint}")
+        }
+        SdkError::TimeoutError(_) => {
             anyhow!(
-                "{} ({}): {}",
-                err.code().unwrap_or("error"),
-                se.raw().status().as_u16(),
-                err.message().unwrap_or("no message")
+                "no answer from {endpoint} in time; check that the server is up and that nothing drops the connection"
             )
         }
-        _ => anyhow!("{}", DisplayErrorContext(e)),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            anyhow!("no answer from {endpoint} in time ({root}); check that the server is up and reachable from here")
+        }
+        SdkError::DispatchFailure(_) if root.contains("lookup address") || root.contains("dns error") => {
+            anyhow!("cannot reach {endpoint}: {root}; the host name does not resolve: check the target's endpoint")
+        }
+        _ if chain.contains("credentials") || chain.contains("IMDS") => anyhow!(
+            "no credentials for {endpoint}: {root}; set the target's access_key and secret_key, or AWS_ACCESS_KEY_ID \
+             and AWS_SECRET_ACCESS_KEY, or give the machine a role"
+        ),
+        SdkError::DispatchFailure(_) => anyhow!(
+            "cannot reach {endpoint}: {root}; check the target's endpoint (host, port, http:// or https://) and that \
+             the server runs"
+        ),
+        SdkError::ResponseError(_) => anyhow!("the answer of {endpoint} could not be read: {root}"),
+        _ => anyhow!("the request to {endpoint} could not be made: {root}"),
     }
+}
+
+/// What to do about an S3 error `code`.
+fn s3_hint(code: &str, status: u16, cfg: &S3Config, endpoint: &str) -> Option<String> {
+    let bucket = &cfg.bucket;
+    Some(match code {
+        "NoSuchBucket" => {
+            format!("the bucket {bucket} does not exist at {endpoint}: create it, or fix the target's bucket")
+        }
+        "AccessDenied" | "AllAccessDisabled" => format!(
+            "these credentials may not do this on the bucket {bucket}: grant s3:ListBucket, s3:GetObject, \
+             s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload and s3:ListBucketMultipartUploads"
+        ),
+        "InvalidAccessKeyId" | "NotSignedUp" => {
+            "the server does not know this access key: check the target's access_key (or AWS_ACCESS_KEY_ID)".into()
+        }
+        "SignatureDoesNotMatch" => {
+            "the secret key does not belong to the access key: check the target's secret_key (and region)".into()
+        }
+        "AuthorizationHeaderMalformed" | "PermanentRedirect" | "IllegalLocationConstraintException" => format!(
+            "the bucket {bucket} is not in region {}: set the target's region to the bucket's (or fix endpoint)",
+            cfg.region
+        ),
+        "RequestTimeTooSkewed" => "this machine's clock is off: synchronise it (NTP)".into(),
+        "SlowDown" | "ServiceUnavailable" => {
+            "the server is throttling: retry later, or lower the target's max_concurrent_parts".into()
+        }
+        "InvalidBucketName" => format!("{bucket:?} is not a valid bucket name: fix the target's bucket"),
+        "QuotaExceeded" | "XAmzContentSHA256Mismatch" if status == 403 => {
+            "the account's storage quota is used up: free space or raise the quota".into()
+        }
+        _ => return None,
+    })
 }
 
 fn build_error(e: aws_sdk_s3::error::BuildError) -> anyhow::Error {
@@ -131,7 +205,7 @@ async fn put_object(client: &Client, cfg: &S3Config, full_key: &str, data: Bytes
     req.body(ByteStream::from(data))
         .send()
         .await
-        .map_err(sdk_error)
+        .map_err(|e| s3_error(cfg, e))
         .with_context(|| format!("uploading {full_key}"))?;
     Ok(())
 }
@@ -179,7 +253,7 @@ impl Store for S3Store {
             let out = match self.client.get_object().bucket(&self.cfg.bucket).key(&full).send().await {
                 Ok(o) => o,
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-                Err(e) => return Err(sdk_error(e)).with_context(|| format!("downloading {full}")),
+                Err(e) => return Err(s3_error(&self.cfg, e)).with_context(|| format!("downloading {full}")),
             };
             match out.body.collect().await {
                 Ok(b) => return Ok(Some(b.into_bytes())),
@@ -205,7 +279,7 @@ impl Store for S3Store {
                 .range(&range)
                 .send()
                 .await
-                .map_err(sdk_error)
+                .map_err(|e| s3_error(&self.cfg, e))
                 .with_context(|| format!("reading {range} of {full}"))?;
             match out.body.collect().await {
                 Ok(b) => {
@@ -227,7 +301,7 @@ impl Store for S3Store {
         match self.client.head_object().bucket(&self.cfg.bucket).key(&full).send().await {
             Ok(o) => Ok(Some(o.content_length().unwrap_or(0) as u64)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(sdk_error(e)).with_context(|| format!("checking {full}")),
+            Err(e) => Err(s3_error(&self.cfg, e)).with_context(|| format!("checking {full}")),
         }
     }
 
@@ -236,8 +310,9 @@ impl Store for S3Store {
         let mut pages = self.client.list_objects_v2().bucket(&self.cfg.bucket).prefix(&full).into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(sdk_error).with_context(|| format!("listing {} under {full:?}", self.cfg.bucket))?;
+            let page = page
+                .map_err(|e| s3_error(&self.cfg, e))
+                .with_context(|| format!("listing {} under {full:?}", self.cfg.bucket))?;
             for obj in page.contents() {
                 let Some(key) = obj.key().and_then(|k| self.relative(k)) else { continue };
                 out.push(ObjectInfo {
@@ -267,7 +342,7 @@ impl Store for S3Store {
                 .set_upload_id_marker(upload_marker.take())
                 .send()
                 .await
-                .map_err(sdk_error)
+                .map_err(|e| s3_error(&self.cfg, e))
                 .with_context(|| format!("listing the incomplete uploads of {} under {full:?}", self.cfg.bucket))?;
             for u in page.uploads() {
                 let (Some(key), Some(id)) = (u.key().and_then(|k| self.relative(k)), u.upload_id()) else { continue };
@@ -293,7 +368,7 @@ impl Store for S3Store {
     }
 
     async fn remove_partial(&self, partial: &Partial) -> Result<()> {
-        abort_multipart(&self.client, &self.cfg.bucket, &self.full_key(&partial.key), &partial.id).await
+        abort_multipart(&self.client, &self.cfg, &self.full_key(&partial.key), &partial.id).await
     }
 
     async fn delete(&self, keys: &[String]) -> Result<()> {
@@ -311,7 +386,7 @@ impl Store for S3Store {
                 .delete(delete)
                 .send()
                 .await
-                .map_err(sdk_error)
+                .map_err(|e| s3_error(&self.cfg, e))
                 .with_context(|| format!("deleting {} objects from {}", batch.len(), self.cfg.bucket))?;
             if let Some(e) = out.errors().first() {
                 bail!(
@@ -361,8 +436,11 @@ impl S3Writer {
             // set at creation: servers refuse part checksums on completion otherwise
             req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
         }
-        let out =
-            req.send().await.map_err(sdk_error).with_context(|| format!("starting the upload of {}", self.key))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| s3_error(&self.cfg, e))
+            .with_context(|| format!("starting the upload of {}", self.key))?;
         let id = out.upload_id().context("CreateMultipartUpload returned no upload id")?.to_owned();
         self.upload_id = Some(id.clone());
         Ok(id)
@@ -399,7 +477,7 @@ impl S3Writer {
                 .body(ByteStream::from(data))
                 .send()
                 .await
-                .map_err(sdk_error)
+                .map_err(|e| s3_error(&cfg, e))
                 .with_context(|| format!("uploading part {number} of {key}"))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
@@ -415,21 +493,21 @@ impl S3Writer {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         if let Some(id) = self.upload_id.take() {
-            abort_multipart(&self.client, &self.cfg.bucket, &self.key, &id).await?;
+            abort_multipart(&self.client, &self.cfg, &self.key, &id).await?;
         }
         Ok(())
     }
 }
 
-async fn abort_multipart(client: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+async fn abort_multipart(client: &Client, cfg: &S3Config, key: &str, upload_id: &str) -> Result<()> {
     client
         .abort_multipart_upload()
-        .bucket(bucket)
+        .bucket(&cfg.bucket)
         .key(key)
         .upload_id(upload_id)
         .send()
         .await
-        .map_err(sdk_error)
+        .map_err(|e| s3_error(cfg, e))
         .with_context(|| format!("aborting the upload of {key}: its parts may remain (AbortIncompleteMultipartUpload lifecycle rules clean them)"))?;
     Ok(())
 }
@@ -475,7 +553,7 @@ impl ObjectWriter for S3Writer {
                     .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                     .send()
                     .await
-                    .map_err(sdk_error)
+                    .map_err(|e| s3_error(&self.cfg, e))
                     .with_context(|| format!("completing the upload of {}", self.key))?;
                 self.upload_id = None;
             }
@@ -494,7 +572,7 @@ impl ObjectWriter for S3Writer {
             .key(&self.key)
             .send()
             .await
-            .map_err(sdk_error)
+            .map_err(|e| s3_error(&self.cfg, e))
             .with_context(|| format!("checking the uploaded {}", self.key))?;
         let size = head.content_length().unwrap_or(-1);
         if size != self.sent as i64 {
@@ -514,9 +592,9 @@ impl Drop for S3Writer {
         if !self.done {
             self.in_flight.abort_all();
             if let (Some(id), Ok(handle)) = (self.upload_id.take(), tokio::runtime::Handle::try_current()) {
-                let (client, bucket, key) = (self.client.clone(), self.cfg.bucket.clone(), self.key.clone());
+                let (client, cfg, key) = (self.client.clone(), self.cfg.clone(), self.key.clone());
                 handle.spawn(async move {
-                    if let Err(e) = abort_multipart(&client, &bucket, &key, &id).await {
+                    if let Err(e) = abort_multipart(&client, &cfg, &key, &id).await {
                         tracing::warn!(error = %format!("{e:#}"), "could not abort a multipart upload");
                     }
                 });

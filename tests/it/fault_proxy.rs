@@ -1,7 +1,8 @@
 //! A test-only HTTP/1.1 proxy between pgbackd and an S3 server that fails one request in N,
 //! deterministically (so a test's failure share is exact, not a dice roll): in turn a connection
 //! reset, a 500 InternalError and a 503 SlowDown. Everything else is forwarded unchanged (the
-//! Host header is kept, so signatures stay valid).
+//! Host header is kept, so signatures stay valid). Or ([`FaultProxy::denying`]) a server whose
+//! bucket policy denies everything: 403 AccessDenied to every request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,15 @@ impl FaultProxy {
     /// Starts a proxy to `upstream` (`http://host:port`) failing every `one_in`-th request
     /// (1: all of them).
     pub fn start(upstream: &str, one_in: u64) -> FaultProxy {
+        Self::with(upstream, one_in, false)
+    }
+
+    /// A proxy answering every request 403 AccessDenied, as S3 does for a key its policy denies.
+    pub fn denying(upstream: &str) -> FaultProxy {
+        Self::with(upstream, 1, true)
+    }
+
+    fn with(upstream: &str, one_in: u64, deny: bool) -> FaultProxy {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let rt = crate::s3_servers::rt();
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -33,7 +43,7 @@ impl FaultProxy {
             while let Ok((client, _)) = listener.accept().await {
                 let (upstream, stats) = (upstream.clone(), s.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, one_in, &stats).await;
+                    let _ = serve(client, &upstream, one_in, deny, &stats).await;
                 });
             }
         });
@@ -101,7 +111,7 @@ async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some(Message { head, body, close }))
 }
 
-async fn serve(client: TcpStream, upstream: &str, one_in: u64, stats: &Stats) -> std::io::Result<()> {
+async fn serve(client: TcpStream, upstream: &str, one_in: u64, deny: bool, stats: &Stats) -> std::io::Result<()> {
     let (cr, mut cw) = client.into_split();
     let mut cr = BufReader::new(cr);
     let mut up: Option<(BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)> = None;
@@ -110,7 +120,7 @@ async fn serve(client: TcpStream, upstream: &str, one_in: u64, stats: &Stats) ->
         let is_head = req.head.starts_with(b"HEAD ");
         if n.is_multiple_of(one_in) {
             let k = stats.failed.fetch_add(1, Ordering::Relaxed);
-            match k % 3 {
+            match if deny { 3 } else { k % 3 } {
                 0 => {
                     // connection reset
                     let stream = cr.into_inner().reunite(cw).map_err(std::io::Error::other)?;
@@ -121,10 +131,10 @@ async fn serve(client: TcpStream, upstream: &str, one_in: u64, stats: &Stats) ->
                     return Ok(());
                 }
                 n => {
-                    let (status, code) = if n == 1 {
-                        ("500 Internal Server Error", "InternalError")
-                    } else {
-                        ("503 Slow Down", "SlowDown")
+                    let (status, code) = match n {
+                        1 => ("500 Internal Server Error", "InternalError"),
+                        2 => ("503 Slow Down", "SlowDown"),
+                        _ => ("403 Forbidden", "AccessDenied"),
                     };
                     let body = format!(
                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"

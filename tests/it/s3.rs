@@ -232,7 +232,9 @@ fn all_requests_failing_is_a_clear_failure_and_nothing_is_listed() {
     let err = stderr(&out);
     assert!(
         err.contains("s3://")
-            && (err.contains("InternalError (500)") || err.contains("SlowDown (503)") || err.contains("connection")),
+            && (err.contains("InternalError (HTTP 500)")
+                || err.contains("SlowDown (HTTP 503)")
+                || err.contains("cannot reach")),
         "{err}"
     );
     assert!(err.lines().count() < 20, "{err}");
@@ -365,4 +367,58 @@ fn a_multipart_upload_left_by_kill_9_is_shown_then_aborted_on_s3() {
     env.write_config_with(false, &format!("retention:\n  orphan_grace: 1s\n{storage}"));
     env.backup();
     assert_eq!(server.open_uploads(&bucket), 0, "the next backup aborted it");
+}
+
+/// Each way an S3 target can be wrong fails with the server's words and what to change, never
+/// the SDK's Debug dump: endpoint down, host that does not resolve, no such bucket, access
+/// denied, an unknown access key, a wrong secret key.
+#[test]
+fn s3_errors_say_what_to_do() {
+    let (ls, s3s) = (localstack(), s3s());
+    let env = TestEnv::new("s3errors");
+    load_data(&env);
+    let bucket = s3s.bucket();
+    let denying = FaultProxy::denying(&ls.endpoint);
+    let ls_bucket = ls.bucket();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let good = s3s.target_yaml("s3", &bucket, "    max_attempts: 1\n");
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            good.replace(&s3s.endpoint, &format!("http://127.0.0.1:{dead}")),
+            vec!["cannot reach http://127.0.0.1:", "Connection refused", "check the target's endpoint (host, port"],
+        ),
+        (
+            good.replace("127.0.0.1", "no-such-host.invalid"),
+            vec!["the host name does not resolve: check the target's endpoint"],
+        ),
+        (
+            ls.target_yaml("s3", "no-such-bucket-here", "    max_attempts: 1\n"),
+            vec!["NoSuchBucket (HTTP 404)", "the bucket no-such-bucket-here does not exist at", "create it"],
+        ),
+        (
+            ls.target_yaml("s3", &ls_bucket, "    max_attempts: 1\n").replace(&ls.endpoint, &denying.endpoint),
+            vec!["AccessDenied (HTTP 403)", "grant s3:ListBucket, s3:GetObject, s3:PutObject"],
+        ),
+        (
+            good.replace(s3s.access_key, "WRONGACCESSKEY"),
+            vec!["(HTTP 403)", "the server does not know this access key: check the target's access_key"],
+        ),
+        (
+            good.replace(s3s.secret_key, "not-the-secret-key"),
+            vec!["SignatureDoesNotMatch (HTTP 403)", "the secret key does not belong to the access key"],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        env.write_config_with(false, &format!("storage:\n{yaml}"));
+        let out = env.run(&["backup"]);
+        assert_eq!(out.status.code(), Some(1), "{yaml}\n{}", stderr(&out));
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default();
+        for e in expected {
+            assert!(last.contains(e), "lacks {e:?}: {last}");
+        }
+        for debug in ["DispatchFailure", "Some(", "ConnectorError", "{ "] {
+            assert!(!err.contains(debug), "Debug output ({debug}) in: {err}");
+        }
+    }
 }
