@@ -84,7 +84,7 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
     let m = match (run.outcome, run.produced) {
         (RunOutcome::Success, Produced::Backup(m)) => m,
         (RunOutcome::Failed(e), _) => return Err(anyhow::Error::new(JobFailed(e))),
-        (other, _) => bail!("the backup did not succeed: {other:?}"),
+        (other, _) => bail!("the backup {other}"),
     };
     let tables = m.dump().map(|d| d.tables.clone()).unwrap_or_default();
     println!(
@@ -118,7 +118,7 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
     let report = match (run.outcome, run.produced) {
         (RunOutcome::Success, Produced::Restore(r)) => r,
         (RunOutcome::Failed(e), _) => return Err(anyhow::Error::new(JobFailed(e))),
-        (other, _) => bail!("the restore did not succeed: {other:?}"),
+        (other, _) => bail!("the restore {other}"),
     };
     println!(
         "  restored in {:.1}s; row counts of all {} tables match the backup",

@@ -15,6 +15,9 @@ pub fn bytes(n: u64) -> String {
 /// `d` in the largest unit that divides it exactly, as the config writes durations (`1d`, `6h`,
 /// `30m`, `90s`).
 pub fn duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() != 0 {
+        return if d.as_secs() == 0 { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) };
+    }
     match d.as_secs() {
         s if s > 0 && s.is_multiple_of(86400) => format!("{}d", s / 86400),
         s if s > 0 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
@@ -35,5 +38,7 @@ mod tests {
             [d(0), d(90), d(1800), d(7200), d(172800)].map(super::duration),
             ["0s", "90s", "30m", "2h", "2d"].map(String::from)
         );
+        let ms = std::time::Duration::from_millis;
+        assert_eq!([ms(500), ms(1500)].map(super::duration), ["500ms", "1.5s"].map(String::from));
     }
 }

@@ -25,7 +25,7 @@ pub(crate) use connections::read_secret;
 use connections::{read_connection_defaults, read_databases, read_restore, read_test_restore};
 pub use files::FileSetConfig;
 pub use model::*;
-use node::Node;
+use node::{Loc, Node};
 use reader::{ConfigIssue, Ctx};
 use retention::read_retention;
 use schedules::read_schedules;
@@ -59,13 +59,29 @@ pub const EMBEDDED_DEMO: &str = include_str!("../../config/demo.yaml");
 impl Config {
     /// Reads and validates a config file, resolving `${VAR}` from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        let fail = |message: String, loc: Option<Loc>| ConfigErrors {
             file: path.display().to_string(),
-            issues: vec![ConfigIssue {
-                path: String::new(),
-                message: format!("cannot read the config file: {e}"),
-                loc: None,
-            }],
+            issues: vec![ConfigIssue { path: String::new(), message, loc }],
+        };
+        let bytes = std::fs::read(path).map_err(|e| {
+            let hint = crate::storage::local::hint(&e).map(|h| format!("; {h}")).unwrap_or_default();
+            fail(format!("cannot read the config file: {e}{hint}"), None)
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let bytes = e.as_bytes();
+            let at = e.utf8_error().valid_up_to();
+            let before = &bytes[..at];
+            let line = before.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+            let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..]).chars().count() as u64 + 1;
+            fail(
+                format!(
+                    "the file is not UTF-8 text: byte 0x{:02X} cannot start a character (saved as Latin-1 or \
+                     Windows-1252? convert it: iconv -f latin1 -t utf-8)",
+                    bytes[at]
+                ),
+                Some(Loc { line, column }),
+            )
         })?;
         let env = |name: &str| std::env::var(name).ok();
         let mut cfg = Config::from_yaml(&text, &path.display().to_string(), &env)?;
@@ -102,8 +118,8 @@ impl Config {
     /// Validates YAML text; `file` names it in messages; `env` resolves `${VAR}`.
     pub fn from_yaml(text: &str, file: &str, env: reader::EnvLookup<'_>) -> Result<Config, ConfigErrors> {
         let fail = |issues| ConfigErrors { file: file.to_owned(), issues };
-        let root = Node::parse(text).map_err(|message| {
-            fail(vec![ConfigIssue { path: String::new(), message: format!("invalid YAML: {message}"), loc: None }])
+        let root = Node::parse(text).map_err(|(message, loc)| {
+            fail(vec![ConfigIssue { path: String::new(), message: format!("invalid YAML: {message}"), loc }])
         })?;
         let ctx = Ctx::new(env);
         let cfg = read_config(&ctx, &root);

@@ -56,7 +56,8 @@ impl Value {
 
 impl Node {
     /// Parses a whole YAML document. An empty document is an empty mapping.
-    pub fn parse(text: &str) -> Result<Node, String> {
+    /// Parses YAML text; a syntax error comes back in our words, with where it is.
+    pub fn parse(text: &str) -> Result<Node, (String, Option<Loc>)> {
         if text.trim().is_empty() {
             return Ok(Node { value: Value::Map(Vec::new()), loc: Loc { line: 1, column: 1 } });
         }
@@ -64,13 +65,9 @@ impl Node {
         // target named `y`, a country code `NO`); boolean fields still accept yes/no/on/off.
         let options = serde_saphyr::options! { strict_booleans: true };
         serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
-            let message = first_line(&e.to_string()).trim_start_matches("error: ").to_owned();
-            match e.location() {
-                Some(l) if !message.contains("line") => {
-                    format!("{message} (line {}, column {})", l.line(), l.column())
-                }
-                _ => message,
-            }
+            let raw = first_line(&e.to_string()).trim_start_matches("error: ").to_owned();
+            let loc = e.location().map(|l| Loc { line: l.line(), column: l.column() });
+            (explain(&raw), loc)
         })
     }
 
@@ -85,6 +82,47 @@ impl Node {
             Value::Seq(_) | Value::Map(_) => "<complex key>".into(),
         }
     }
+}
+
+/// The parser's message in our words: what is wrong and what to do, with no parser internals
+/// (option names, budgets, Debug output). The location goes separately.
+fn explain(raw: &str) -> String {
+    // "line 3 column 3: duplicate mapping key: host, set DuplicateKeyPolicy in Options ..."
+    let text = match raw.strip_prefix("line ") {
+        Some(rest) => rest.split_once(": ").map(|(_, t)| t).unwrap_or(rest),
+        None => raw,
+    };
+    if let Some(rest) = text.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(", set ").next().unwrap_or(rest).trim();
+        return format!("the key `{key}` appears twice in one mapping: keep one of them");
+    }
+    if text.contains("budget breached") {
+        return "the file is too large for a configuration (over 250,000 YAML nodes, or aliases that expand to \
+                that many): remove the repetition"
+            .into();
+    }
+    if text.contains("multiple YAML documents") {
+        return "the file holds more than one YAML document (a `---` line): a configuration is one document".into();
+    }
+    if text.contains("tabs disallowed") {
+        return "a tab indents this line: YAML indents with spaces only".into();
+    }
+    if text.contains("mapping values are not allowed") {
+        return "a `key: value` where none can be: check this line's indentation, or quote a value that contains \
+                `: `"
+            .into();
+    }
+    if let Some(b) = text.strip_prefix("unclosed bracket ") {
+        return format!("the bracket {b} is never closed");
+    }
+    if text.contains("multiline quoted scalar") || text.contains("unclosed quote") || text.contains("end of stream") {
+        return format!("{text}: a quoted string may be missing its closing quote");
+    }
+    if text.contains("did not find expected") || text.contains("could not find expected") {
+        return format!("{text}: check the indentation and the brackets and quotes before this point");
+    }
+    // whatever else the parser says, without advice meant for programmers
+    text.split(", set ").next().unwrap_or(text).split("; use ").next().unwrap_or(text).to_owned()
 }
 
 fn first_line(s: &str) -> &str {
@@ -184,7 +222,8 @@ mod tests {
 
     #[test]
     fn syntax_error_has_location() {
-        let err = Node::parse("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(err.contains("line"), "{err}");
+        let (message, loc) = Node::parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert_eq!(message, "illegal placement of ':' indicator");
+        assert_eq!(loc.map(|l| l.line), Some(2));
     }
 }

@@ -283,12 +283,36 @@ impl<'a, 'n> MapReader<'a, 'n> {
                     .filter(|(d, _)| *d <= 2)
                     .min()
                     .map(|(_, known)| format!("; did you mean {known:?}?"))
+                    .or_else(|| {
+                        // what other tools call it
+                        let synonym = SYNONYMS.iter().find(|(other, _)| *other == key).map(|(_, ours)| *ours)?;
+                        self.asked.iter().any(|a| a == synonym).then(|| format!("; pgbackd calls it {synonym:?}"))
+                    })
                     .unwrap_or_else(|| " (see docs/configuration.md)".into());
                 self.ctx.error(&self.child_path(&key), format!("unknown key{hint}"), Some(k.loc));
             }
         }
     }
 }
+
+/// Keys other backup tools use, and ours: a hint where edit distance cannot find one.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("targets", "storage"),
+    ("repositories", "storage"),
+    ("repository", "local_backup_dir"),
+    ("repo", "local_backup_dir"),
+    ("backup_dir", "local_backup_dir"),
+    ("databases", "database"),
+    ("user", "username"),
+    ("dbname", "database"),
+    ("host_name", "host"),
+    ("cron", "schedules"),
+    ("schedule", "schedules"),
+    ("keep", "retention"),
+    ("alerts", "notifications"),
+    ("s3", "storage"),
+    ("encrypt", "encryption"),
+];
 
 /// Levenshtein distance, for "did you mean" hints.
 fn edit_distance(a: &str, b: &str) -> usize {

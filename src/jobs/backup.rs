@@ -141,7 +141,10 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     let (committed, archive, dump_stderr) = match result {
         Ok(v) => v,
         Err(e) if timed_out => {
-            return Err(e.context(format!("the backup exceeded backup.timeout ({limit:?}) and was cancelled")));
+            return Err(e.context(format!(
+                "the backup exceeded backup.timeout ({}) and was cancelled",
+                crate::units::duration(limit)
+            )));
         }
         Err(e) => return Err(e),
     };
@@ -375,7 +378,8 @@ async fn dump(
             return Err(match e {
                 StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
                 StreamError::Stalled(d) => anyhow!(
-                    "pg_dump produced no data for {d:?} (backup.stall_timeout) and was stopped{}",
+                    "pg_dump produced no data for {} (backup.stall_timeout) and was stopped{}",
+                    crate::units::duration(d),
                     if tail.trim().is_empty() {
                         String::new()
                     } else {

@@ -77,6 +77,17 @@ pub enum RunOutcome {
     Cancelled(String),
 }
 
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunOutcome::Success => f.write_str("succeeded"),
+            RunOutcome::Partial(why) => write!(f, "partly succeeded: {why}"),
+            RunOutcome::Failed(e) => write!(f, "failed: {e:#}"),
+            RunOutcome::Cancelled(why) => write!(f, "was cancelled: {why}"),
+        }
+    }
+}
+
 /// What a run produced, for printing and for its report.
 #[derive(Debug)]
 pub enum Produced {
@@ -219,11 +230,12 @@ pub async fn run_with(arms: &dyn Arms, spec: JobSpec, ctx: &JobContext) -> JobRu
     };
     let outcome = match (outcome, timed_out) {
         (RunOutcome::Success, _) => RunOutcome::Success,
-        (RunOutcome::Failed(e), Some(limit)) => {
-            RunOutcome::Failed(e.context(format!("exceeded the job timeout ({limit:?}) and was cancelled")))
-        }
+        (RunOutcome::Failed(e), Some(limit)) => RunOutcome::Failed(
+            e.context(format!("exceeded the job timeout ({}) and was cancelled", crate::units::duration(limit))),
+        ),
         (RunOutcome::Partial(why), Some(limit)) => RunOutcome::Failed(
-            anyhow!("{why}").context(format!("exceeded the job timeout ({limit:?}) and was cancelled")),
+            anyhow!("{why}")
+                .context(format!("exceeded the job timeout ({}) and was cancelled", crate::units::duration(limit))),
         ),
         // stopped from outside: a signal, the daemon's shutdown
         (RunOutcome::Failed(e), None) if ctx.cancel.is_cancelled() => RunOutcome::Cancelled(format!("{e:#}")),

@@ -342,7 +342,7 @@ impl Notifier {
         for c in ch.list.iter().filter(|c| only.is_none_or(|n| n == c.name())) {
             let r = tokio::time::timeout(ch.cfg.timeout, c.send(&event))
                 .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {:?}", ch.cfg.timeout)));
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {}", crate::units::duration(ch.cfg.timeout))));
             out.push((c.name().to_owned(), r));
         }
         let client = channels::http_client(ch.cfg.timeout);
@@ -376,7 +376,7 @@ where
     loop {
         let r = tokio::time::timeout(cfg.timeout, f())
             .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {:?}", cfg.timeout)));
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after {}", crate::units::duration(cfg.timeout))));
         match r {
             Ok(()) => return Ok(()),
             Err(e) if attempt < cfg.attempts => {

@@ -77,3 +77,44 @@ fn check_config_accepts_a_valid_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("configuration is valid"));
 }
+
+/// Broken files get our own words with line and column, never the parser's internals.
+#[test]
+fn broken_yaml_is_explained_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bomb = String::from("a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n");
+    for i in 1..12 {
+        bomb.push_str(&format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", ")));
+    }
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("dup", b"database:\n  host: a\n  host: b\n".to_vec(), "the key `host` appears twice", "(line 3, column 3)"),
+        ("bomb", bomb.into_bytes(), "the file is too large for a configuration", "(line "),
+        (
+            "latin1",
+            b"database:\n  host: caf\xe9\n".to_vec(),
+            "the file is not UTF-8 text: byte 0xE9",
+            "(line 2, column 12)",
+        ),
+        ("tab", b"database:\n\thost: a\n".to_vec(), "YAML indents with spaces only", "(line 2, column 2)"),
+        ("multi", b"a: 1\n---\nb: 2\n".to_vec(), "more than one YAML document", "(line 3, column 1)"),
+        ("unclosed", b"database:\n  host: [a, b\n".to_vec(), "the bracket '[' is never closed", "(line 2, column 9)"),
+        // another tool's name for a key
+        (
+            "synonym",
+            b"database:\n  user: x\n".to_vec(),
+            "database.user: unknown key; pgbackd calls it \"username\"",
+            "(line 2, column 3)",
+        ),
+    ];
+    for (name, bytes, message, at) in cases {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, bytes).unwrap();
+        let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{name}");
+        let err = stderr(&out);
+        assert!(err.contains(message) && err.contains(at), "{name}: {err}");
+        for internal in ["DuplicateKeyPolicy", "budget", "Nodes {", "from_str", "Options"] {
+            assert!(!err.contains(internal), "{name}: parser internals ({internal}) in {err}");
+        }
+    }
+}
