@@ -363,7 +363,8 @@ async fn dump(
             // The stream ended but is not a whole archive: pg_dump usually died. Its own exit
             // status and stderr say why; the archive error is the fallback.
             return Err(match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(Err(e)) => anyhow!(e).context(format!("pg_dump failed and its output is incomplete ({a})")),
+                Ok(Err(e)) => pg::explain_tool_failure(e, &db.connection)
+                    .context(format!("pg_dump failed and its output is incomplete ({a})")),
                 Ok(Ok(_)) if a == ArchiveError::Empty => {
                     anyhow!("pg_dump exited successfully but wrote nothing: refusing to record an empty backup")
                 }
@@ -394,7 +395,7 @@ async fn dump(
         Ok(stderr) => stderr,
         Err(e) => {
             staged.abort().await;
-            return Err(anyhow!(e));
+            return Err(pg::explain_tool_failure(e, &db.connection));
         }
     };
     if staged.object.raw_bytes == 0 {
@@ -465,7 +466,7 @@ async fn dump_globals(
                 )),
             ))
         }
-        Err(e) => Err(anyhow!(e)),
+        Err(e) => Err(pg::explain_tool_failure(e, conn)),
     }
 }
 

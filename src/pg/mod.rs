@@ -217,6 +217,43 @@ pub fn explain_connect(e: &tokio_postgres::Error, conn: &Connection, password_gi
     if hint.is_empty() { anyhow!("{at}: {text}") } else { anyhow!("{at}: {text}; {hint}") }
 }
 
+/// A PostgreSQL tool's failure, with what to do when its stderr names a cause an operator fixes
+/// (missing privileges, a lock held by another session, a statement timeout, too few lock slots,
+/// a server that went away). Other errors pass unchanged.
+pub fn explain_tool_failure(e: crate::process::ProcessError, conn: &Connection) -> anyhow::Error {
+    let hint = match &e {
+        crate::process::ProcessError::Failed { stderr_tail, .. } => stderr_hint(stderr_tail, &conn.user),
+        _ => None,
+    };
+    match hint {
+        Some(h) => anyhow!("{e}\nwhat to do: {h}"),
+        None => anyhow!(e),
+    }
+}
+
+fn stderr_hint(tail: &str, user: &str) -> Option<String> {
+    let has = |s: &str| tail.contains(s);
+    Some(if has("permission denied for") || has("must be owner of") {
+        format!(
+            "the role {user} may not read everything it must dump: GRANT pg_read_all_data TO {user} (PostgreSQL 14+), \
+             or connect as the owner or a superuser"
+        )
+    } else if has("could not obtain lock") || has("lock timeout") {
+        "another session holds a conflicting lock (an ALTER or DROP running?): retry when it is done".into()
+    } else if has("statement timeout") {
+        format!("a statement_timeout stopped it: ALTER ROLE {user} SET statement_timeout = 0")
+    } else if has("max_locks_per_transaction") {
+        "pg_dump locks every table: raise max_locks_per_transaction on the server (and restart it)".into()
+    } else if has("server closed the connection unexpectedly") || has("terminating connection") {
+        "the server ended the session (a restart, a crash, pg_terminate_backend or idle_session_timeout): see its log"
+            .into()
+    } else if has("No space left on device") {
+        "the machine pgbackd runs on is out of disk space for temporary files: free some".into()
+    } else {
+        return None;
+    })
+}
+
 /// Looks `conn` up in the password file libpq would use (PGPASSFILE or ~/.pgpass).
 fn pgpass_lookup(conn: &Connection) -> Option<String> {
     let path = std::env::var_os("PGPASSFILE")

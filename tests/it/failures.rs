@@ -226,3 +226,29 @@ fn unknown_backup_and_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--config"));
 }
+
+/// A role that may not read a table: the real pg_dump fails, and the message says which grant
+/// fixes it.
+#[test]
+fn a_role_without_read_privileges_is_told_which_grant_is_missing() {
+    let env = TestEnv::new("noprivs");
+    let role = format!("{}_ro", env.db);
+    env.psql(&format!("create table secret (id int); insert into secret values (1); create role {role} login;"));
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("  username: postgres\n", &format!("  username: {role}\n"));
+    std::fs::write(&env.config, text).unwrap();
+    let out = env.run(&["backup"]);
+    assert_failed_cleanly(
+        &env,
+        &out,
+        &[
+            "permission denied for table secret",
+            &format!("what to do: the role {role} may not read everything"),
+            "GRANT pg_read_all_data",
+        ],
+    );
+    env.psql(&format!("grant pg_read_all_data to {role}"));
+    let out = env.run(&["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
