@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what pgbackd's demo and tests need on Debian/Ubuntu, when it is missing:
-# PostgreSQL server and client binaries (a throwaway cluster is started from them), zstd, openssl.
+# PostgreSQL server and client binaries (a throwaway cluster is started from them), zstd, openssl,
+# promtool (package prometheus).
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+# promtool checks the alert rules and the /metrics output
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # the email notification tests make a self-signed certificate for their SMTP server
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then

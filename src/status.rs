@@ -59,6 +59,9 @@ pub struct JobStats {
     pub failures: u64,
 }
 
+/// How many damaged backups a problem names; `pgbackd list` shows them all.
+pub const DAMAGED_NAMED: usize = 5;
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct TargetStats {
     pub backups: u64,
@@ -66,6 +69,9 @@ pub struct TargetStats {
     /// Manifests that cannot be trusted (unreadable, malformed, not matching their digest).
     #[serde(default)]
     pub damaged: u64,
+    /// The ids of the first damaged ones (at most [`DAMAGED_NAMED`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged_ids: Vec<String>,
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -267,9 +273,12 @@ pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem>
             database: String::new(),
             stale: false,
             message: format!(
-                "target {target} holds {} damaged manifests: those backups cannot be trusted; `pgbackd verify --all` \
-                 names them",
-                t.damaged
+                "target {target} holds {} damaged manifest{} ({}{}): those backups cannot be trusted; `pgbackd list` \
+                 and `pgbackd verify --all` name them all",
+                t.damaged,
+                if t.damaged == 1 { "" } else { "s" },
+                t.damaged_ids.join(", "),
+                if t.damaged as usize > t.damaged_ids.len() { ", ..." } else { "" }
             ),
         });
     }

@@ -108,7 +108,11 @@ async fn target_stats(repo: &Repository) -> anyhow::Result<BTreeMap<String, Targ
         }
     }
     for d in &listing.damaged {
-        out.entry(d.target.clone()).or_default().damaged += 1;
+        let s = out.entry(d.target.clone()).or_default();
+        s.damaged += 1;
+        if s.damaged_ids.len() < crate::status::DAMAGED_NAMED {
+            s.damaged_ids.push(d.id.clone());
+        }
     }
     Ok(out)
 }

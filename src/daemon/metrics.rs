@@ -73,7 +73,7 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
         for (db, kinds) in &s.jobs {
             for (job, stats) in kinds {
                 if let Some(v) = get(stats) {
-                    o.sample(name, &[("database", db), ("job", job.name())], v);
+                    o.sample(name, &[("database", db), ("job_kind", job.name())], v);
                 }
             }
         }
@@ -82,8 +82,8 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
     o.family("job_failures_total", "counter", "Failed runs since the daemon started.");
     for (db, kinds) in &s.jobs {
         for (job, stats) in kinds {
-            o.sample("job_runs_total", &[("database", db), ("job", job.name())], stats.runs as f64);
-            o.sample("job_failures_total", &[("database", db), ("job", job.name())], stats.failures as f64);
+            o.sample("job_runs_total", &[("database", db), ("job_kind", job.name())], stats.runs as f64);
+            o.sample("job_failures_total", &[("database", db), ("job_kind", job.name())], stats.failures as f64);
         }
     }
 

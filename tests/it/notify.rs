@@ -172,6 +172,36 @@ fn assert_prometheus_text(text: &str) {
 }
 
 /// The value of one series in Prometheus text, e.g. `pgbackd_up` or `pgbackd_x{a="b"}`.
+/// Runs promtool (Debian package prometheus; scripts/deps.sh installs it) with `stdin`; panics
+/// with its output unless it succeeds.
+fn promtool(args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: run scripts/deps.sh (apt install prometheus)");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?}: {text}");
+    text
+}
+
+/// The shipped alert rules are valid, and their unit tests (each alert fires on the series
+/// pgbackd exports, and not otherwise) pass.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let text = promtool(&["check", "rules", "prometheus-alerts.yml"], None);
+    assert!(text.contains("SUCCESS"), "{text}");
+    let text = promtool(&["test", "rules", "prometheus-alerts.test.yml"], None);
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
 }
@@ -257,7 +287,8 @@ fn failures_alert_once_then_recover_through_slack_webhook_pings_and_metrics() {
     let (code, m) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert_prometheus_text(&m);
-    let series = |name: &str| format!("pgbackd_{name}{{database=\"{}\",job=\"full_backup\"}}", env.db);
+    promtool(&["check", "metrics"], Some(&m));
+    let series = |name: &str| format!("pgbackd_{name}{{database=\"{}\",job_kind=\"full_backup\"}}", env.db);
     assert_eq!(metric(&m, &series("last_raw_bytes")), listed[0]["raw_bytes"].as_f64(), "{m}");
     assert_eq!(metric(&m, &series("last_stored_bytes")), listed[0]["stored_bytes"].as_f64(), "{m}");
     assert_eq!(metric(&m, &series("last_attempt_success")), Some(1.0));
@@ -577,4 +608,24 @@ fn secrets_echoed_by_tools_and_servers_are_masked_everywhere_pgbackd_writes() {
     {
         assert!(!text.contains(password) && !text.contains(token), "{what} shows a secret: {text}");
     }
+}
+
+/// A manifest damaged behind pgbackd's back shows in /metrics (which the shipped alert rule
+/// watches) and makes /readyz fail naming it.
+#[test]
+fn a_damaged_manifest_is_seen_by_monitoring() {
+    let env = TestEnv::new("damagedmon");
+    env.psql("create table t (id int); insert into t values (1);");
+    let (a, _b) = (env.backup(), env.backup());
+    std::fs::write(env.repository().join(&env.db).join(&a).join("manifest.json"), b"{}").unwrap();
+    let port = free_port();
+    env.write_config(&format!("schedules:\n  full_backup: \"0 1 * * *\"\nmonitoring:\n  listen: 127.0.0.1:{port}\n"));
+    let _daemon = Daemon::start(&env);
+    let damaged = "pgbackd_repository_damaged_manifests{target=\"local\"}";
+    wait_until("the damaged manifest in /metrics", Duration::from_secs(30), || {
+        http_get(port, "/metrics").is_some_and(|(_, m)| metric(&m, damaged) == Some(1.0))
+    });
+    let (code, text) = http_get(port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains(&a) && text.contains("damaged"), "{text}");
 }
