@@ -59,6 +59,9 @@ pub enum Command {
     /// Send a test message through every notification channel and ping (or the one named);
     /// exit 1 if any fails.
     NotifyTest(NotifyTestArgs),
+    /// Delete one backup on purpose (a damaged one too): shows what it would delete unless
+    /// given --yes; refuses a backup that a reader holds or an incremental needs.
+    Forget(ForgetArgs),
     /// Remove stale locks (of processes that are gone or stopped refreshing them); with --all,
     /// every lock: only when no pgbackd runs against this repository anywhere.
     Unlock(UnlockArgs),
@@ -126,6 +129,15 @@ pub struct UnlockArgs {
     /// Also remove locks that look alive (of a process that still refreshes them).
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// The backup's id (see `pgbackd list`).
+    pub backup_id: String,
+    /// Delete it (without: only show what would be deleted).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ macro_rules! tell {
 pub mod args;
 mod backup;
 mod check;
+mod forget;
 mod list;
 mod notify;
 mod restore;
@@ -186,6 +187,7 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::Verify(args) => verify::backups(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::TestRestore(args) => verify::test_restore(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::Retention(args) => retention::run(&context(cli, None, cancel).await?, args).await,
+        Command::Forget(args) => forget::run(&context(cli, None, cancel).await?, args).await,
         Command::Unlock(args) => unlock::run(&context(cli, None, cancel).await?, args).await,
     }
 }

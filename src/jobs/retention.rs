@@ -491,13 +491,7 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
     // what any process on any host reads is kept: a delete lock (no new reader starts until it
     // is released) tells which backups the readers already hold; a dry run only looks
     let (lock, in_use) = if dry_run {
-        let mut in_use = BTreeMap::new();
-        for (_, l) in repo.locks(Some(subject)).await? {
-            if l.kind == crate::repo::locks::LockKind::Read && l.stale(ctx.now(), config.locks.stale_after).is_none() {
-                in_use.extend(l.backups.iter().map(|b| (b.clone(), l.holder())));
-            }
-        }
-        (None, in_use)
+        (None, readers(ctx, subject).await?)
     } else {
         let d = repo.lock_delete(subject, "retention", config.locks, &ctx.clock, &ctx.cancel).await?;
         (Some(d.held), d.in_use)
@@ -513,4 +507,99 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
         l.release().await;
     }
     Ok(run)
+}
+
+/// The backups of `subject` that live read locks hold, with the holder: what a dry run shows as
+/// in use (a real run takes the delete lock instead, which also stops new readers).
+async fn readers(ctx: &JobContext, subject: &Subject) -> Result<BTreeMap<String, String>> {
+    let mut in_use = BTreeMap::new();
+    for (_, l) in ctx.repository.locks(Some(subject)).await? {
+        if l.kind == crate::repo::locks::LockKind::Read && l.stale(ctx.now(), ctx.config.locks.stale_after).is_none() {
+            in_use.extend(l.backups.iter().map(|b| (b.clone(), l.holder())));
+        }
+    }
+    Ok(in_use)
+}
+
+/// `pgbackd forget ID`: one backup, trusted or damaged, deleted on purpose (planned, then
+/// applied with `apply`).
+#[derive(Debug)]
+pub struct Forget {
+    pub id: String,
+    pub subject: Subject,
+    /// The backup as listed, or why its manifest cannot be trusted.
+    pub backup: std::result::Result<Listed, String>,
+    /// The targets holding it.
+    pub targets: Vec<String>,
+    /// The backups whose restore needs this one (incrementals on it): forget refuses.
+    pub needed_by: Vec<String>,
+    /// Who reads it now: forget refuses.
+    pub in_use: Option<String>,
+    /// What the deletion did, per target (when applied).
+    pub deleted: Option<crate::repo::Deleted>,
+}
+
+impl Forget {
+    /// Why it must not be deleted, if it must not.
+    pub fn refusal(&self) -> Option<String> {
+        if !self.needed_by.is_empty() {
+            return Some(format!(
+                "backup {} is the base of {}: their restores need it; forget those first",
+                self.id,
+                self.needed_by.join(", ")
+            ));
+        }
+        self.in_use.as_ref().map(|h| format!("backup {} is in use by {h}: try again when it is done", self.id))
+    }
+}
+
+/// Plans (and with `apply`, performs) the deletion of backup `id`.
+pub async fn forget(ctx: &JobContext, id: &str, apply: bool) -> Result<Forget> {
+    let repo = &ctx.repository;
+    let subject = repo.subject_of(id).await?;
+    let (lock, in_use) = if apply {
+        let d = repo.lock_delete(&subject, "forget", ctx.config.locks, &ctx.clock, &ctx.cancel).await?;
+        (Some(d.held), d.in_use)
+    } else {
+        (None, readers(ctx, &subject).await?)
+    };
+    let plan = async {
+        let listing = repo.listing(Some(&subject)).await?;
+        let good = listing.backups.iter().find(|l| l.manifest.id == id).cloned();
+        let damaged: Vec<_> = listing.damaged.iter().filter(|d| d.id == id).collect();
+        let mut targets: Vec<String> = good.iter().flat_map(|l| l.targets.clone()).collect();
+        targets.extend(damaged.iter().map(|d| d.target.clone()));
+        targets.sort();
+        targets.dedup();
+        let backup = match good {
+            Some(l) => Ok(l),
+            None => Err(damaged.iter().map(|d| d.problem.as_str()).collect::<Vec<_>>().join("; ")),
+        };
+        let needed_by = listing
+            .backups
+            .iter()
+            .filter(|l| l.manifest.depends_on.iter().any(|d| d == id))
+            .map(|l| l.manifest.id.clone());
+        anyhow::Ok(Forget {
+            id: id.to_owned(),
+            subject: subject.clone(),
+            backup,
+            targets,
+            needed_by: needed_by.collect(),
+            in_use: in_use.get(id).cloned(),
+            deleted: None,
+        })
+    }
+    .await;
+    let result = match plan {
+        Ok(mut f) if apply && f.refusal().is_none() => {
+            f.deleted = Some(repo.delete(&subject, id).await);
+            Ok(f)
+        }
+        other => other,
+    };
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    result
 }

@@ -7,7 +7,7 @@
 
 use super::{Annotations, BackupKind, Listed, Manifest, Repository, Subject, keys};
 use crate::storage::{ObjectInfo, Store, Target};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,8 +53,18 @@ fn index(objects: &[ObjectInfo], subject: Option<&Subject>) -> BTreeMap<(Subject
             f => e.digests.extend(keys::digest_in(f).map(str::to_owned)),
         }
     }
-    out.retain(|_, d| d.manifest);
+    // a digest without its manifest: the manifest was deleted (an interrupted commit looks the
+    // same): damaged, never silently gone
+    out.retain(|_, d| d.manifest || !d.digests.is_empty());
     out
+}
+
+/// Why a directory with a manifest digest but no manifest cannot be trusted.
+fn missing_manifest(id: &str) -> String {
+    format!(
+        "backup {id}: manifest.json is missing but its digest is there: it was deleted (or the backup's commit was \
+         interrupted); pgbackd cannot restore it (docs/operations.md: damaged backups)"
+    )
 }
 
 impl Repository {
@@ -79,6 +89,12 @@ impl Repository {
             for ((s, id), dir) in index(&objects, subject) {
                 if let Some(listed) = by_dir.get_mut(&(s.clone(), id.clone())) {
                     listed.targets.push(t.name().to_owned());
+                    continue;
+                }
+                if !dir.manifest {
+                    let problem = missing_manifest(&id);
+                    tracing::error!(backup_id = %id, target_name = t.name(), error = %problem, "damaged manifest");
+                    damaged.push(Damaged { subject: s, id, target: t.name().to_owned(), problem });
                     continue;
                 }
                 match read_manifest_from(&t.store, &s, &id, &dir.digests).await {
@@ -164,6 +180,10 @@ impl Repository {
             };
             for ((s, found), dir) in index(&objects, subject) {
                 if found != id {
+                    continue;
+                }
+                if !dir.manifest {
+                    damaged = Some(anyhow!(missing_manifest(id)).context(format!("on target {}", t.name())));
                     continue;
                 }
                 match read_manifest_from(&t.store, &s, id, &dir.digests).await {

@@ -290,8 +290,13 @@ impl Repository {
                     return Ok(0);
                 }
                 let bytes: u64 = objects.iter().map(|o| o.size).sum();
-                t.store.delete(&[keys::manifest(subject, id)]).await?;
-                let rest: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+                // the manifest and its digest first, together: an interrupted deletion leaves
+                // data without them (an orphan, swept later), not a backup that looks damaged
+                let (marks, rest): (Vec<String>, Vec<String>) = objects.into_iter().map(|o| o.key).partition(|k| {
+                    let file = k.rsplit('/').next().unwrap_or(k);
+                    file == keys::MANIFEST_FILE || keys::digest_in(file).is_some()
+                });
+                t.store.delete(&marks).await?;
                 t.store.delete(&rest).await?;
                 Ok(bytes)
             }
@@ -395,7 +400,9 @@ impl Repository {
             for o in &objects {
                 let Some((id, file)) = keys::backup_file(&prefix, &o.key) else { continue };
                 let e = dirs.entry(id).or_default();
-                e.has_manifest |= file == keys::MANIFEST_FILE;
+                // a manifest digest without its manifest is a damaged backup, not an orphan: it
+                // stays for the operator (docs/operations.md)
+                e.has_manifest |= file == keys::MANIFEST_FILE || keys::digest_in(file).is_some();
                 e.newest = e.newest.max(o.modified);
                 e.keys.push(o.key.clone());
             }

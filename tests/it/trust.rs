@@ -431,6 +431,76 @@ fn retention_in_another_process_keeps_what_a_restore_reads() {
     assert!(locks_of(&env).is_empty(), "{:?}", locks_of(&env));
 }
 
+/// A deleted manifest.json is a damaged backup, not an orphan: listed, failing verification,
+/// kept by retention's sweep; `pgbackd forget` shows it, then deletes it on --yes. A full that an
+/// incremental needs, or a backup a reader holds, is refused.
+#[test]
+fn a_deleted_manifest_stays_visible_until_forgotten_on_purpose() {
+    let env = TestEnv::new("forget");
+    small(&env);
+    env.write_config("retention:\n  orphan_grace: 0s\n  full_backup:\n    keep_last: 10\n");
+    let (a, b) = (env.backup(), env.backup());
+    env.psql("update t set v = 'changed' where id < 30");
+    let out = env.run(&["backup", "--kind", "incremental"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let inc = stdout(&out).trim().to_owned();
+    std::fs::remove_file(backup_dir(&env, &a).join("manifest.json")).unwrap();
+
+    let status = |id: &str| env.list_json().iter().find(|e| e["id"] == id).map(|e| e["status"].clone());
+    assert_eq!(status(&a), Some("damaged".into()));
+    let out = env.run(&["verify", "--all"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains(&format!("FAILED {a}")) && stdout(&out).contains("manifest.json is missing"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.run(&["retention"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(backup_dir(&env, &a).exists(), "retention swept a damaged backup as an orphan");
+
+    // the plan, then the deletion
+    let out = env.run(&["forget", &a]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("DAMAGED backup {a}")) && stdout(&out).contains("run again with --yes"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(backup_dir(&env, &a).exists());
+    let out = env.run(&["forget", &a, "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("deleted from local"), "{}", stdout(&out));
+    assert!(!backup_dir(&env, &a).exists() && status(&a).is_none());
+
+    // the base of an incremental is refused
+    let out = env.run(&["forget", &b, "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&format!("is the base of {inc}")), "{}", stderr(&out));
+    assert_eq!(status(&b), Some("ok".into()));
+
+    // a backup a reader holds is refused, naming the reader
+    let bin = env.fake_tool("pg_restore", "pg_restore_slow.sh");
+    env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
+    let target = unique("forget_r");
+    let mut restore = Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["restore", &inc, "--target-database", &target, "--create"])
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the restore's lock", Duration::from_secs(20), || !locks_of(&env).is_empty());
+    let out = env.run(&["forget", &inc, "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&format!("is in use by restore of {inc}")), "{}", stderr(&out));
+    assert!(restore.wait().unwrap().success());
+    assert_eq!(status(&inc), Some("ok".into()));
+}
+
 /// A delete lock held by a process on another host holds off a reader (which names it), is kept
 /// by `unlock` while it is refreshed, removed by `unlock --all`; a stale one is ignored.
 #[test]
