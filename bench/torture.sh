@@ -9,7 +9,8 @@
 #   kill9-backup   kill -9 of `pgbackd backup` at a random moment (0 - 1.2x a backup's time)
 #   sigterm-backup SIGTERM of `pgbackd backup` at a random moment
 #   kill9-restore  kill -9 of `pgbackd restore --jobs 2` at a random moment
-#   corrupt        one stored file of a random backup flipped, truncated, emptied or deleted
+#   corrupt        one stored file of a random backup flipped, truncated, emptied or deleted (the
+#                  empty manifest digest file: renamed to another digest, or deleted)
 #   race           `pgbackd restore` of the oldest backup in one process while `pgbackd
 #                  retention` (keep_last 1) runs in another
 # Checks:
@@ -118,8 +119,8 @@ for ((i = 1; i <= rounds; i++)); do
       fi
       check listed-verify "$label" verify_all
       check no-secrets-tmp "$label" tmp_empty
-      if [ -n "$(find "$repo" -name '.pgbackd-tmp-*')" ]; then
-        check leftovers-shown "$label" grep -q "unfinished writes of stopped processes" "$r/verify.err"
+      if ! no_leftovers; then
+        check leftovers-shown "$label" grep -q "leftovers of stopped processes" "$r/verify.err"
       fi
       "$pgbackd" -c "$cfg" --log-level error backup >/dev/null 2>"$r/next.err" || true
       check swept "$label" no_leftovers
@@ -142,7 +143,10 @@ for ((i = 1; i <= rounds; i++)); do
     corrupt)
       ids=($before); id=${ids[$((RANDOM % 2))]}
       files=("$repo/$db/$id"/*); file=${files[$((RANDOM % ${#files[@]}))]}
-      case $((RANDOM % 4)) in
+      damage=$((RANDOM % 4))
+      # an empty file (the manifest digest: its name is its content) can only be renamed or deleted
+      if [ ! -s "$file" ]; then damage=$((4 + RANDOM % 2)); fi
+      case $damage in
         0) python3 -c "
 import sys, random
 p = sys.argv[1]; b = bytearray(open(p, 'rb').read())
@@ -151,7 +155,9 @@ if b:
 open(p, 'wb').write(b)" "$file"; how=flipped ;;
         1) truncate -s $(($(stat -c %s "$file") / 2)) "$file"; how=truncated ;;
         2) : >"$file"; how=emptied ;;
-        3) rm -f "$file"; how=deleted ;;
+        3|5) rm -f "$file"; how=deleted ;;
+        4) name=$(basename "$file"); last=${name: -1}; [ "$last" = 0 ] && new=1 || new=0
+           mv "$file" "$(dirname "$file")/${name%?}$new"; how=renamed ;;
       esac
       label="$label: $(basename "$file") $how"
       check caught "$label" bash -c "! '$pgbackd' -c '$cfg' --log-level error verify --all --deep >'$r/verify.out' 2>&1 && grep -q '$id' '$r/verify.out'"

@@ -54,13 +54,13 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
     if !leftovers.is_empty() {
         let grace = crate::units::duration(ctx.config.retention.orphan_grace);
         tell!(
-            "{} unfinished writes of stopped processes (not backups; the next backup or retention removes them once \
-             they are older than retention.orphan_grace, {grace}):",
+            "{} leftovers of stopped processes (not backups; the next backup or retention removes them once they \
+             are older than retention.orphan_grace, {grace}):",
             leftovers.len()
         );
         for l in &leftovers {
             let since = l.since.map(|t| t.format(" since %Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
-            tell!("  {}:{}{since}", l.target, l.key);
+            tell!("  {}:{} ({}){since}", l.target, l.key, l.what.describe());
         }
     }
     Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))

@@ -325,8 +325,9 @@ impl Repository {
         Ok(())
     }
 
-    /// Unfinished writes (temp files, multipart uploads) under `subject`'s prefix on every target;
-    /// a target that cannot say is named in the errors.
+    /// What stopped processes left under `subject`'s prefix on every target: unfinished writes
+    /// (temp files, multipart uploads) and backup directories with data but no manifest; a
+    /// target that cannot say is named in the errors.
     pub async fn leftovers(&self, subject: &Subject) -> (Vec<Leftover>, Vec<String>) {
         let prefix = keys::subject_prefix(subject);
         let (mut out, mut errors) = (Vec::new(), Vec::new());
@@ -335,8 +336,19 @@ impl Repository {
                 Ok(ps) => out.extend(ps.into_iter().map(|p| Leftover {
                     target: t.name().to_owned(),
                     key: p.key,
+                    what: LeftoverKind::Unfinished,
                     since: p.since,
                     size: p.size,
+                })),
+                Err(e) => errors.push(format!("{}: {e:#}", t.store.describe())),
+            }
+            match t.store.list(&prefix).await {
+                Ok(objects) => out.extend(orphan_dirs(&prefix, &objects).into_iter().map(|o| Leftover {
+                    target: t.name().to_owned(),
+                    key: format!("{prefix}{}/", o.id),
+                    what: LeftoverKind::Orphan,
+                    since: o.newest,
+                    size: Some(o.size),
                 })),
                 Err(e) => errors.push(format!("{}: {e:#}", t.store.describe())),
             }
@@ -372,11 +384,13 @@ impl Repository {
         (removed, errors)
     }
 
-    /// What every backup does first: removes the unfinished writes of processes that stopped
-    /// mid-write (older than `grace`, so no write in progress is touched).
+    /// What every backup does first: removes what processes that stopped mid-write left
+    /// (unfinished writes and orphan directories older than `grace`, so no write in progress is
+    /// touched).
     pub async fn sweep_leftovers(&self, subject: &Subject, now: DateTime<Utc>, grace: std::time::Duration) {
         let cutoff = now - chrono::Duration::from_std(grace).unwrap_or_default();
-        let (_, problems) = self.remove_leftovers(subject, cutoff).await;
+        let (_, mut problems) = self.remove_leftovers(subject, cutoff).await;
+        problems.extend(self.remove_orphans(subject, cutoff).await.1);
         for p in problems {
             tracing::debug!(problem = %p, "cannot clean up the unfinished writes of a target");
         }
@@ -396,18 +410,8 @@ impl Repository {
                     continue;
                 }
             };
-            let mut dirs: BTreeMap<&str, BackupDir> = BTreeMap::new();
-            for o in &objects {
-                let Some((id, file)) = keys::backup_file(&prefix, &o.key) else { continue };
-                let e = dirs.entry(id).or_default();
-                // a manifest digest without its manifest is a damaged backup, not an orphan: it
-                // stays for the operator (docs/operations.md)
-                e.has_manifest |= file == keys::MANIFEST_FILE || keys::digest_in(file).is_some();
-                e.newest = e.newest.max(o.modified);
-                e.keys.push(o.key.clone());
-            }
-            for (id, BackupDir { has_manifest, newest, keys }) in dirs {
-                if has_manifest || newest.is_none_or(|m| m > cutoff) {
+            for Orphan { id, newest, keys, .. } in orphan_dirs(&prefix, &objects) {
+                if newest.is_none_or(|m| m > cutoff) {
                     continue;
                 }
                 match t.store.delete(&keys).await {
@@ -423,23 +427,60 @@ impl Repository {
     }
 }
 
-/// An unfinished write under a subject's prefix on one target (see [`Store::partials`]).
+/// What a stopped process left under a subject's prefix on one target.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Leftover {
     pub target: String,
-    /// The key it would have had.
+    /// The key an unfinished write would have had; the directory of an orphan.
     pub key: String,
+    pub what: LeftoverKind,
     pub since: Option<DateTime<Utc>>,
     pub size: Option<u64>,
 }
 
-/// What a listing shows of one backup directory.
-#[derive(Default)]
-struct BackupDir {
-    has_manifest: bool,
-    /// The newest modification time of its objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftoverKind {
+    /// A temp file or multipart upload (see [`Store::partials`]).
+    Unfinished,
+    /// A backup directory with data but no manifest: a backup stopped before its commit, or an
+    /// interrupted deletion.
+    Orphan,
+}
+
+impl LeftoverKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            LeftoverKind::Unfinished => "unfinished write",
+            LeftoverKind::Orphan => "data without a manifest",
+        }
+    }
+}
+
+/// A backup directory with data but neither manifest nor manifest digest.
+struct Orphan<'a> {
+    id: &'a str,
+    /// The newest modification time of its objects (none: never removed).
     newest: Option<DateTime<Utc>>,
     keys: Vec<String>,
+    size: u64,
+}
+
+/// The orphan backup directories among `objects` (listed under `prefix`). A manifest digest
+/// without its manifest is a damaged backup, not an orphan: it stays for the operator
+/// (docs/operations.md).
+fn orphan_dirs<'a>(prefix: &str, objects: &'a [crate::storage::ObjectInfo]) -> Vec<Orphan<'a>> {
+    let mut dirs: BTreeMap<&str, (bool, Orphan<'a>)> = BTreeMap::new();
+    for o in objects {
+        let Some((id, file)) = keys::backup_file(prefix, &o.key) else { continue };
+        let (committed, e) =
+            dirs.entry(id).or_insert_with(|| (false, Orphan { id, newest: None, keys: Vec::new(), size: 0 }));
+        *committed |= file == keys::MANIFEST_FILE || keys::digest_in(file).is_some();
+        e.newest = e.newest.max(o.modified);
+        e.keys.push(o.key.clone());
+        e.size += o.size;
+    }
+    dirs.into_values().filter(|(committed, _)| !committed).map(|(_, o)| o).collect()
 }
 
 /// An object whose size is not the recorded one, for messages.

@@ -107,6 +107,17 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fs_error(format!("syncing directory {}", dir.display()), e))
 }
 
+/// Removes the directories above `path` that are left empty, up to (not including) `root`.
+fn prune_empty_dirs(path: &Path, root: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let suffix: u64 = rand::random();
@@ -150,7 +161,7 @@ impl Store for LocalStore {
             open_new(&t)
         })
         .await?;
-        Ok(Box::new(LocalWriter { file: Some(file), temp, path, written: 0 }))
+        Ok(Box::new(LocalWriter { file: Some(file), temp, path, root: self.root.clone(), written: 0 }))
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
@@ -278,14 +289,7 @@ impl Store for LocalStore {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(fs_error(format!("deleting {}", p.display()), e)),
                 }
-                // remove directories left empty, up to the root
-                let mut dir = p.parent();
-                while let Some(d) = dir {
-                    if d == root || fs::remove_dir(d).is_err() {
-                        break;
-                    }
-                    dir = d.parent();
-                }
+                prune_empty_dirs(p, &root);
             }
             Ok(())
         })
@@ -325,6 +329,8 @@ struct LocalWriter {
     file: Option<File>,
     temp: PathBuf,
     path: PathBuf,
+    /// The store's root: an aborted write removes the directories it left empty, up to here.
+    root: PathBuf,
     written: u64,
 }
 
@@ -357,6 +363,7 @@ impl ObjectWriter for LocalWriter {
         .await;
         if result.is_err() {
             let _ = fs::remove_file(&self.temp);
+            prune_empty_dirs(&self.temp, &self.root);
         }
         // the temp name is gone either way; Drop must not remove anything
         self.temp = PathBuf::new();
@@ -366,10 +373,15 @@ impl ObjectWriter for LocalWriter {
     async fn abort(mut self: Box<Self>) -> Result<()> {
         self.file = None;
         let temp = std::mem::take(&mut self.temp);
-        blocking(move || match fs::remove_file(&temp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(fs_error(format!("removing {}", temp.display()), e)),
+        let root = self.root.clone();
+        blocking(move || {
+            match fs::remove_file(&temp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fs_error(format!("removing {}", temp.display()), e)),
+            }
+            prune_empty_dirs(&temp, &root);
+            Ok(())
         })
         .await
     }
@@ -379,6 +391,7 @@ impl Drop for LocalWriter {
     fn drop(&mut self) {
         if !self.temp.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.temp);
+            prune_empty_dirs(&self.temp, &self.root);
         }
     }
 }
@@ -442,6 +455,8 @@ mod tests {
         drop(w2);
         let files: Vec<_> = walkdir(dir.path());
         assert!(files.is_empty(), "{files:?}");
+        // nor the directories they made
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "directories left behind");
     }
 
     fn walkdir(p: &Path) -> Vec<PathBuf> {

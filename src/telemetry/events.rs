@@ -205,9 +205,13 @@ impl From<&JobRun> for Report {
                 }];
                 if !v.leftovers.is_empty() {
                     r.warnings.push(format!(
-                        "{} unfinished writes of stopped processes (removed once older than retention.orphan_grace): {}",
+                        "{} leftovers of stopped processes (removed once older than retention.orphan_grace): {}",
                         v.leftovers.len(),
-                        v.leftovers.iter().map(|l| format!("{}:{}", l.target, l.key)).collect::<Vec<_>>().join(", ")
+                        v.leftovers
+                            .iter()
+                            .map(|l| format!("{}:{} ({})", l.target, l.key, l.what.describe()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 r.details = json(v.as_ref());

@@ -22,6 +22,11 @@ fn assert_failed_cleanly(env: &TestEnv, out: &std::process::Output, expected: &[
     assert!(stdout(out).trim().is_empty(), "a failed backup printed an id: {}", stdout(out));
     assert!(env.list_json().is_empty(), "a failed backup is listed");
     assert!(env.repository_files().is_empty(), "files left behind: {:?}", env.repository_files());
+    // nor empty directories: a failed backup leaves only its attempt record
+    let dirs: Vec<_> = std::fs::read_dir(env.repository().join(&env.db))
+        .map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n != ".attempts").collect())
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "directories left behind: {dirs:?}");
 }
 
 #[test]

@@ -242,7 +242,8 @@ fn kill_9_leaves_nothing_that_is_not_found_and_removed() {
     let out = env.run(&["verify", &first]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("1 unfinished writes of stopped processes") && stderr(&out).contains("data.zst"),
+        stderr(&out).contains("1 leftovers of stopped processes")
+            && stderr(&out).contains("data.zst (unfinished write)"),
         "{}",
         stderr(&out)
     );
@@ -259,7 +260,26 @@ fn kill_9_leaves_nothing_that_is_not_found_and_removed() {
     env.backup();
     assert!(!partial(), "the next backup removed the leftover");
     let out = env.run(&["verify", &first]);
-    assert!(!stderr(&out).contains("unfinished writes"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("leftovers"), "{}", stderr(&out));
+}
+
+/// A backup killed after its data was committed but before its manifest leaves data without a
+/// manifest: `verify` shows it, the next backup removes it once older than orphan_grace.
+#[test]
+fn data_without_a_manifest_is_shown_then_swept_by_the_next_backup() {
+    let env = TestEnv::new("orphan");
+    small(&env);
+    let id = env.backup();
+    let orphan = env.repository().join(&env.db).join("20261201T000000Z-full-0a0b0c");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::copy(backup_dir(&env, &id).join("data.zst"), orphan.join("data.zst")).unwrap();
+    let out = env.run(&["verify", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("20261201T000000Z-full-0a0b0c/ (data without a manifest)"), "{}", stderr(&out));
+    assert_eq!(env.list_json().len(), 1, "an orphan is not a backup");
+    env.write_config("retention:\n  orphan_grace: 0s\n");
+    env.backup();
+    assert!(!orphan.exists(), "the next backup removed the orphan");
 }
 
 fn tmp_names() -> Vec<String> {
