@@ -120,7 +120,7 @@ for ((i = 1; i <= rounds; i++)); do
       check listed-verify "$label" verify_all
       check no-secrets-tmp "$label" tmp_empty
       if ! no_leftovers; then
-        check leftovers-shown "$label" grep -q "leftovers of stopped processes" "$r/verify.err"
+        check leftovers-shown "$label" grep -qE "leftovers? of stopped processes" "$r/verify.err"
       fi
       "$pgbackd" -c "$cfg" --log-level error backup >/dev/null 2>"$r/next.err" || true
       check swept "$label" no_leftovers

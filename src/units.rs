@@ -26,10 +26,16 @@ pub fn duration(d: std::time::Duration) -> String {
     }
 }
 
+/// `n` and `noun`, with an `s` unless `n` is 1 (`1 leftover`, `3 leftovers`).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn reads_like_the_config() {
+        assert_eq!([0, 1, 2].map(|n| super::count(n, "leftover")), ["0 leftovers", "1 leftover", "2 leftovers"]);
         assert_eq!(super::bytes(512), "512 B");
         assert_eq!(super::bytes(40_755), "39.8 KiB");
         assert_eq!(super::bytes(3 << 30), "3.0 GiB");

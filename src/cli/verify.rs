@@ -54,9 +54,9 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
     if !leftovers.is_empty() {
         let grace = crate::units::duration(ctx.config.retention.orphan_grace);
         tell!(
-            "{} leftovers of stopped processes (not backups; the next backup or retention removes them once they \
+            "{} of stopped processes (not backups; the next backup or retention removes them once they \
              are older than retention.orphan_grace, {grace}):",
-            leftovers.len()
+            crate::units::count(leftovers.len(), "leftover")
         );
         for l in &leftovers {
             let since = l.since.map(|t| t.format(" since %Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();

@@ -205,8 +205,8 @@ impl From<&JobRun> for Report {
                 }];
                 if !v.leftovers.is_empty() {
                     r.warnings.push(format!(
-                        "{} leftovers of stopped processes (removed once older than retention.orphan_grace): {}",
-                        v.leftovers.len(),
+                        "{} of stopped processes (removed once older than retention.orphan_grace): {}",
+                        crate::units::count(v.leftovers.len(), "leftover"),
                         v.leftovers
                             .iter()
                             .map(|l| format!("{}:{} ({})", l.target, l.key, l.what.describe()))

@@ -90,8 +90,15 @@ fn a_crash_between_manifest_and_data_deletion_is_cleaned_up_by_the_next_run() {
     let env = TestEnv::new("retorphan");
     env.psql("create table t (id int); insert into t values (1);");
     let ids = aged_backups(&env, &[3, 2]);
-    // the crash: the manifest went, the data stayed
-    std::fs::remove_file(env.repository().join(&env.db).join(&ids[0]).join("manifest.json")).unwrap();
+    // the crash: deletion removes the manifest and its digest first; the data stayed
+    let dir = env.repository().join(&env.db).join(&ids[0]);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "manifest.json" || name.starts_with("manifest.sha256.") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
     assert_eq!(env.list_json().len(), 1);
     // within the grace period (an upload in progress looks the same) the data is left alone
     env.write_config("retention:\n  full_backup: 30\n");

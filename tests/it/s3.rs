@@ -362,7 +362,13 @@ fn a_multipart_upload_left_by_kill_9_is_shown_then_aborted_on_s3() {
     assert_eq!(server.open_uploads(&bucket), 1, "the upload kill -9 left behind");
     let out = env.run(&["verify", &first]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("1 unfinished writes") && stderr(&out).contains("s3:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 leftover of stopped processes")
+            && stderr(&out).contains("(unfinished write)")
+            && stderr(&out).contains("s3:"),
+        "{}",
+        stderr(&out)
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     env.write_config_with(false, &format!("retention:\n  orphan_grace: 1s\n{storage}"));
     env.backup();

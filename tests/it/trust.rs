@@ -242,7 +242,7 @@ fn kill_9_leaves_nothing_that_is_not_found_and_removed() {
     let out = env.run(&["verify", &first]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("1 leftovers of stopped processes")
+        stderr(&out).contains("1 leftover of stopped processes")
             && stderr(&out).contains("data.zst (unfinished write)"),
         "{}",
         stderr(&out)
