@@ -21,8 +21,9 @@ pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
     print(&listing, args.json)?;
     if !listing.damaged.is_empty() {
         tell!(
-            "warning: {} damaged manifests (listed with status damaged): `pgbackd verify --all` fails on them",
-            listing.damaged.len()
+            "warning: {} (listed with status damaged): `pgbackd verify --all` fails on them; see \
+             docs/operations.md, \"Damaged backups\"",
+            crate::units::count(listing.damaged.len(), "damaged manifest")
         );
     }
     Ok(ExitCode::from(EXIT_OK))

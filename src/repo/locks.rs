@@ -283,12 +283,12 @@ impl Repository {
             held.release().await;
             if started.elapsed() >= settings.wait {
                 bail!(
-                    "{} is locked by {} (a {} lock): gave up after locks.wait ({}s); if that process is gone, \
+                    "{} is locked by {} (a {} lock): gave up after locks.wait ({}); if that process is gone, \
                      `pgbackd unlock` removes its lock once stale",
                     lock.subject.describe(),
                     blocker.holder(),
-                    if blocker.kind == LockKind::Delete { "delete" } else { "read" },
-                    settings.wait.as_secs()
+                    blocker.kind.name(),
+                    crate::units::duration(settings.wait)
                 );
             }
             if announced.as_ref() != Some(&blocker.id) {

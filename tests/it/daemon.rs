@@ -245,6 +245,13 @@ fn sighup_with_a_broken_config_keeps_the_running_schedules() {
     wait_until("the reload to be refused", Duration::from_secs(10), || {
         daemon.log().contains("configuration not reloaded")
     });
+    // key material is checked at load too: a recipient that does not parse is refused the same way
+    std::fs::write(&env.config, format!("{good}encryption:\n  enabled: true\n  recipients: [age1notarealkey]\n"))
+        .unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_until("the reload with a bad key to be refused", Duration::from_secs(10), || {
+        daemon.log().contains("encryption.recipients")
+    });
     // a readable config again for the listing helper (the daemon is not told)
     std::fs::write(&env.config, &good).unwrap();
     let before = env.list_json().len();
@@ -252,6 +259,12 @@ fn sighup_with_a_broken_config_keeps_the_running_schedules() {
     let (code, _, log) = daemon.stop();
     assert_eq!(code, Some(0));
     assert!(log.contains("schedules.full_backup") && log.contains("99 * * * *"), "{log}");
+    assert_eq!(log.matches("configuration not reloaded").count(), 2, "{log}");
+    let backups = env.list_json();
+    assert!(
+        backups.iter().all(|b| b["encryption"].is_null()),
+        "backups after the refused reloads use the old config: {backups:?}"
+    );
 }
 
 #[test]
