@@ -9,7 +9,7 @@ use super::{Annotations, BackupKind, Listed, Manifest, Repository, Subject, keys
 use crate::storage::{ObjectInfo, Store, Target};
 use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// A manifest that is there but cannot be trusted: unreadable, malformed, not matching its digest.
@@ -63,7 +63,7 @@ fn index(objects: &[ObjectInfo], subject: Option<&Subject>) -> BTreeMap<(Subject
 fn missing_manifest(id: &str) -> String {
     format!(
         "backup {id}: manifest.json is missing but its digest is there: it was deleted (or the backup's commit was \
-         interrupted); pgbackd cannot restore it (docs/operations.md: damaged backups)"
+         interrupted); pgbackd cannot restore it (see \"Damaged backups\" in docs/operations.md)"
     )
 }
 
@@ -93,7 +93,7 @@ impl Repository {
                 }
                 if !dir.manifest {
                     let problem = missing_manifest(&id);
-                    tracing::error!(backup_id = %id, target_name = t.name(), error = %problem, "damaged manifest");
+                    log_damaged(&id, t.name(), &problem);
                     damaged.push(Damaged { subject: s, id, target: t.name().to_owned(), problem });
                     continue;
                 }
@@ -108,7 +108,7 @@ impl Repository {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::error!(backup_id = %id, target_name = t.name(), error = %format!("{e:#}"), "damaged manifest");
+                        log_damaged(&id, t.name(), &format!("{e:#}"));
                         damaged.push(Damaged {
                             subject: s,
                             id,
@@ -309,12 +309,13 @@ pub async fn read_manifest_from(
         match digests {
             [] => bail!(
                 "{what} has no digest beside it (manifest.sha256.<SHA-256>): its commit was interrupted or the \
-                 digest was removed; do not trust this backup"
+                 digest was removed; do not trust this backup (see \"Damaged backups\" in docs/operations.md)"
             ),
             [d] if *d == got => {}
             [d] => bail!(
                 "{what} does not match its digest (SHA-256 {got}, the digest says {d}): the manifest was modified or \
-                 damaged after the backup was written; do not trust this backup"
+                 damaged after the backup was written; do not trust this backup (see \"Damaged backups\" in \
+                 docs/operations.md)"
             ),
             _ => bail!("{what} has {} digests beside it, one is expected: the repository was edited", digests.len()),
         }
@@ -338,6 +339,16 @@ async fn read_first(targets: &[(&Target, Vec<String>)], subject: &Subject, id: &
         }
     }
     None
+}
+
+/// Logs a damaged manifest the first time this process finds it (every listing finds it again;
+/// `list`, `verify`, the status board and the metric keep reporting it).
+fn log_damaged(id: &str, target: &str, problem: &str) {
+    static SEEN: std::sync::Mutex<BTreeSet<(String, String)>> = std::sync::Mutex::new(BTreeSet::new());
+    let first = SEEN.lock().unwrap_or_else(|e| e.into_inner()).insert((id.to_owned(), target.to_owned()));
+    if first {
+        tracing::error!(backup_id = %id, target_name = target, error = %problem, "damaged manifest");
+    }
 }
 
 #[cfg(test)]
