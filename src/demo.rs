@@ -101,19 +101,12 @@ pub async fn run(args: &DemoArgs, cancel: &CancellationToken) -> Result<ExitCode
         target_database: "demo_restored".into(),
         target: TargetOverride::default(),
         create: true,
-        clean: false,
-        yes: false,
         jobs: 1,
-        schemas: vec![],
-        tables: vec![],
-        no_owner: false,
-        globals: false,
-        dry_run: false,
-        keep_failed: false,
+        ..RestoreRequest::default()
     };
     let mut spec = JobSpec::new(JobKind::Restore, subject, Trigger::Manual);
     spec.params.select = Select::Id(m.id.clone());
-    spec.params.restore = Some(RestoreTo::Database(rreq));
+    spec.params.restore = Some(RestoreTo::Database(Box::new(rreq)));
     let run = crate::jobs::run(spec, &ctx).await;
     let report = match (run.outcome, run.produced) {
         (RunOutcome::Success, Produced::Restore(r)) => r,

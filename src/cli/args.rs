@@ -211,10 +211,15 @@ pub struct RestoreArgs {
     /// Create the target database when it does not exist.
     #[arg(long)]
     pub create: bool,
-    /// Drop the target's objects before restoring them (needs --yes).
+    /// Drop the target's objects before restoring them in place (needs --yes; a safety backup
+    /// is taken first).
     #[arg(long)]
     pub clean: bool,
-    /// Confirm --clean.
+    /// Restore into a new database beside the target, check it, then swap names (the old one is
+    /// kept as NAME_pre_BACKUP until dropped or `pgbackd rollback`; needs --yes).
+    #[arg(long, conflicts_with_all = ["clean", "create"])]
+    pub replace: bool,
+    /// Confirm --clean or --replace.
     #[arg(long)]
     pub yes: bool,
     /// Parallel pg_restore jobs (spools the archive to a temp file when > 1).
@@ -226,9 +231,23 @@ pub struct RestoreArgs {
     /// Restore only this table (repeatable).
     #[arg(long = "table")]
     pub tables: Vec<String>,
-    /// Do not restore object ownership (pg_restore --no-owner).
+    /// Do not restore object ownership (pg_restore --no-owner), nor the database's owner.
     #[arg(long)]
     pub no_owner: bool,
+    /// Do not restore grants (pg_restore --no-privileges), nor the database's ACL: for a server
+    /// without the source's roles.
+    #[arg(long)]
+    pub no_privileges: bool,
+    /// Create the database with this encoding instead of the backup's.
+    #[arg(long, value_name = "ENCODING")]
+    pub encoding: Option<String>,
+    /// Create the database with this LC_COLLATE and LC_CTYPE instead of the backup's (a target
+    /// server without the source's locale).
+    #[arg(long, value_name = "LOCALE")]
+    pub locale: Option<String>,
+    /// Create the database with the ICU locale provider and this locale.
+    #[arg(long, value_name = "LOCALE")]
+    pub icu_locale: Option<String>,
     /// Also replay the saved roles and tablespaces (pg_dumpall --globals-only) first.
     #[arg(long)]
     pub globals: bool,

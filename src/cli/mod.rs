@@ -105,6 +105,8 @@ pub(crate) async fn run_job(ctx: &JobContext, spec: JobSpec) -> JobRun {
 /// A run that failed or was cancelled, as the error that exits 1.
 pub(crate) fn failure(run: JobRun) -> anyhow::Error {
     match run.outcome {
+        // refused before anything changed: a usage error (exit 2)
+        RunOutcome::Failed(e) if crate::jobs::Refused::in_chain(&e) => e,
         RunOutcome::Failed(e) => anyhow::Error::new(JobFailed(e)),
         other => {
             let why = match other {

@@ -39,22 +39,27 @@ pub async fn database(ctx: &JobContext, args: &RestoreArgs) -> Result<ExitCode> 
         },
         create: args.create,
         clean: args.clean,
+        replace: args.replace,
         yes: args.yes,
         jobs: args.jobs,
         schemas: args.schemas.clone(),
         tables: args.tables.clone(),
         no_owner: args.no_owner,
+        no_privileges: args.no_privileges,
+        encoding: args.encoding.clone(),
+        locale: args.locale.clone(),
+        icu_locale: args.icu_locale.clone(),
         globals: args.globals,
         dry_run: args.dry_run,
         keep_failed: args.keep_failed,
     };
     let mut spec = JobSpec::new(JobKind::Restore, m.subject.clone(), Trigger::Manual);
     spec.params.select = Select::Id(m.id.clone());
-    spec.params.restore = Some(RestoreTo::Database(req));
+    spec.params.restore = Some(RestoreTo::Database(Box::new(req)));
     let run = run_job(ctx, spec).await;
     let Produced::Restore(report) = &run.produced else { return Err(failure(run)) };
     print(report, args.json)?;
-    Ok(ExitCode::from(if report.mismatches.is_empty() { EXIT_OK } else { EXIT_JOB_FAILED }))
+    Ok(ExitCode::from(if report.matches() { EXIT_OK } else { EXIT_JOB_FAILED }))
 }
 
 pub async fn files(ctx: &JobContext, args: &RestoreFilesArgs) -> Result<ExitCode> {
@@ -132,7 +137,15 @@ pub fn print(r: &RestoreReport, json: bool) -> Result<()> {
         return Ok(());
     }
     writeln!(out, "restored backup {} of {} into {} in {:.1}s", r.backup_id, r.database, r.target, r.duration_seconds)?;
-    if r.created {
+    if !r.selected.is_empty() {
+        writeln!(out, "  restored only: {}", r.selected.join(", "))?;
+    }
+    if let Some(kept) = &r.kept_as {
+        writeln!(
+            out,
+            "  replaced the database; the old one is kept as {kept} (drop it when done, or `pgbackd rollback` swaps it back)"
+        )?;
+    } else if r.created {
         writeln!(out, "  created the target database")?;
     }
     if let Some(id) = &r.safety_backup_id {
@@ -140,6 +153,12 @@ pub fn print(r: &RestoreReport, json: bool) -> Result<()> {
     }
     for w in &r.warnings {
         writeln!(out, "  warning: {w}")?;
+    }
+    if !r.property_differences.is_empty() {
+        writeln!(out, "  DATABASE PROPERTIES DIFFER from the backup:")?;
+        for d in &r.property_differences {
+            writeln!(out, "    {d}")?;
+        }
     }
     if r.mismatches.is_empty() {
         writeln!(out, "  row counts of all {} tables match the backup", r.tables_checked)?;

@@ -112,6 +112,13 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     let (dump_major, dump_version) = tools.version("pg_dump").await?;
     let client = pg::connect(conn).await?;
     let server = pg::server_info(&client).await?;
+    let properties = match pg::database::DatabaseProperties::read(&client, server.version_num).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the database's properties cannot be read; a restore with --create will use the server's defaults");
+            None
+        }
+    };
     drop(client);
     pg::check_dump_version(dump_major, &dump_version, &server, &tools)?;
     let previous_full = match a.base {
@@ -227,6 +234,9 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
         tables,
         large_objects: archive.large_objects,
         blocks: archive.blocks,
+        relations: archive.relations,
+        schemas: archive.schemas,
+        database: properties,
     });
     let mut manifest = Manifest::new(a.id.to_owned(), a.subject.clone(), a.kind, req.trigger, a.now, data, content);
     manifest.depends_on = a.base.map(|b| b.id.clone()).into_iter().collect();

@@ -32,3 +32,24 @@ impl fmt::Display for JobFailed {
 }
 
 impl std::error::Error for JobFailed {}
+
+/// A request refused before anything was changed (a non-empty target without `--clean`, a table
+/// the backup does not have, a missing `--yes`): a usage error, exit 2, not a failed job.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl Refused {
+    /// Whether `e` is, or was caused by, a refusal.
+    pub fn in_chain(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.is::<Refused>())
+    }
+}
+
+/// `anyhow::bail!` for refusals.
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::jobs::Refused(format!($($arg)*))))
+    };
+}
+pub(crate) use refuse;

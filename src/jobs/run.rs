@@ -62,7 +62,7 @@ pub struct Params {
 /// Where a restore writes.
 #[derive(Debug, Clone)]
 pub enum RestoreTo {
-    Database(RestoreRequest),
+    Database(Box<RestoreRequest>),
     Directory(FilesRequest),
 }
 

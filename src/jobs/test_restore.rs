@@ -38,6 +38,9 @@ pub struct TestRestored {
     pub restored_bytes: Option<u64>,
     pub tables_checked: usize,
     pub mismatches: Vec<RowMismatch>,
+    /// How the scratch database's properties (encoding, locale, settings...) differ from the
+    /// backup's.
+    pub property_differences: Vec<String>,
     pub checks: Vec<CheckOutcome>,
     pub error: Option<String>,
     /// Leftover scratch databases of earlier, interrupted runs that were dropped first.
@@ -191,6 +194,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
         restored_bytes: None,
         tables_checked: 0,
         mismatches: Vec::new(),
+        property_differences: Vec::new(),
         checks: Vec::new(),
         error: None,
         leftovers_dropped: Vec::new(),
@@ -211,22 +215,18 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
             target_database: scratch.clone(),
             target: TargetOverride { server: Some(server.clone()), ..Default::default() },
             create: true,
-            clean: false,
-            yes: false,
             jobs: config.test_restore.jobs,
-            schemas: Vec::new(),
-            tables: Vec::new(),
             // the scratch server may lack the roles; ownership is not what is being tested
             no_owner: true,
-            globals: false,
-            dry_run: false,
             // the scratch database is dropped whatever happens
             keep_failed: true,
+            ..RestoreRequest::default()
         };
         let report = restore::run(ctx, m, &req).await?;
         result.restore_seconds = report.duration_seconds;
         result.tables_checked = report.tables_checked;
         result.mismatches = report.mismatches;
+        result.property_differences = report.property_differences;
         let client = pg::connect(&conn).await?;
         result.restored_bytes = pg::server_info(&client).await.ok().map(|i| i.database_size);
         drop(client);
@@ -246,6 +246,11 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
                 let tables: Vec<String> =
                     result.mismatches.iter().map(|x| format!("{}.{}", x.schema, x.table)).collect();
                 result.error = Some(format!("row counts differ from the backup in: {}", tables.join(", ")));
+            } else if !result.property_differences.is_empty() {
+                result.error = Some(format!(
+                    "the restored database's properties differ from the backup's: {}",
+                    result.property_differences.join("; ")
+                ));
             } else if !failed_checks.is_empty() {
                 result.error = Some(format!("checks failed: {}", failed_checks.join(", ")));
             }

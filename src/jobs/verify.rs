@@ -246,7 +246,7 @@ async fn deep(ctx: &JobContext, store: &Arc<dyn Store>, listed: &Listed, what: &
             // pg_restore reads the whole archive and writes the SQL it would run to /dev/null
             let spec = ChildSpec::new(tools.path("pg_restore")).arg("--file=/dev/null");
             let reader = repo.reader(m, Some(store.clone())).await?;
-            super::restore::stream_into(&spec, &reader, RawCheck::Sha256, &ctx.cancel, &ctx.progress)
+            super::restore::stream_into(&spec, &reader, RawCheck::Sha256, None, &ctx.cancel, &ctx.progress)
                 .await
                 .map_err(|e| anyhow!(e).context(format!("{what}: pg_restore cannot read the archive")))?;
         }

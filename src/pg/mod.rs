@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod cluster;
+pub mod database;
 
 use crate::config::Connection;
 use crate::process::{ChildSpec, run_capture};

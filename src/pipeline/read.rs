@@ -232,8 +232,36 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
     cancel: &CancellationToken,
     moved: &Counter,
 ) -> Result<()> {
+    stream_frames(reader, out, check, None, cancel, moved).await
+}
+
+/// [`restore_stream`] of the first `limit` raw bytes only (what a partial restore needs), each
+/// frame read checked.
+pub async fn restore_prefix<W: AsyncWrite + Unpin + Send>(
+    reader: &Arc<ObjectReader>,
+    out: &mut W,
+    limit: u64,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<()> {
+    stream_frames(reader, out, RawCheck::FramesOnly, Some(limit), cancel, moved).await
+}
+
+async fn stream_frames<W: AsyncWrite + Unpin + Send>(
+    reader: &Arc<ObjectReader>,
+    out: &mut W,
+    check: RawCheck,
+    limit: Option<u64>,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<()> {
     let object = reader.object().clone();
     let what = reader.what.clone();
+    let wanted = match limit {
+        Some(l) => object.frames.iter().take_while(|f| f.raw_offset < l).count(),
+        None => object.frames.len(),
+    };
+    let check = if limit.is_some() { RawCheck::FramesOnly } else { check };
     let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
     let fetch = {
         let reader = reader.clone();
@@ -241,7 +269,7 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
         let what = what.clone();
         async move {
             let mut stored_sha = Sha256::new();
-            for index in 0..object.frames.len() {
+            for index in 0..wanted {
                 let item = match reader.stored_frame(index).await {
                     Ok(stored) => {
                         if check == RawCheck::Sha256 {
@@ -293,19 +321,19 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
                 n = rx.recv() => n,
             };
             let Some(item) = next else { break };
-            let raw = item?;
+            let mut raw = item?;
             if check == RawCheck::Sha256 {
                 sha.update(&raw);
+            }
+            if let Some(l) = limit {
+                let offset = object.frames[frames].raw_offset;
+                raw.truncate(usize::try_from(l.saturating_sub(offset)).unwrap_or(usize::MAX).min(raw.len()));
             }
             out.write_all(&raw).await.context("writing the restored stream")?;
             moved.add(raw.len() as u64);
             frames += 1;
         }
-        anyhow::ensure!(
-            frames == object.frames.len(),
-            "{what}: only {frames} of {} frames could be read",
-            object.frames.len()
-        );
+        anyhow::ensure!(frames == wanted, "{what}: only {frames} of {wanted} frames could be read");
         out.flush().await.context("flushing the restored stream")?;
         let got = hex::encode(sha.finalize_reset());
         anyhow::ensure!(

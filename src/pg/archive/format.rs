@@ -18,6 +18,10 @@ pub(super) struct Header {
     pub(super) dump_version: String,
     /// dump id -> (schema, table) for TABLE DATA entries
     pub(super) tables: HashMap<i64, (String, String)>,
+    /// What `pg_restore --table` can select (tables, views, sequences...), in TOC order.
+    pub(super) relations: Vec<super::Relation>,
+    /// Every schema the archive creates or puts an object in.
+    pub(super) schemas: std::collections::BTreeSet<String>,
 }
 
 pub(super) enum Parse {
@@ -106,6 +110,8 @@ pub(super) fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
         return Err(Parse::Bad(ArchiveError::Malformed(format!("{entries} TOC entries"))));
     }
     let mut tables = HashMap::new();
+    let mut relations = Vec::new();
+    let mut schemas = std::collections::BTreeSet::new();
     for _ in 0..entries {
         let dump_id = c.int()?;
         let _had_dumper = c.int()?;
@@ -131,9 +137,24 @@ pub(super) fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
         // custom format: data offset (flag byte + off_size bytes)
         c.byte()?;
         c.bytes(off_size)?;
+        match desc.as_str() {
+            "SCHEMA" => {
+                schemas.insert(tag.clone());
+            }
+            "TABLE" | "VIEW" | "MATERIALIZED VIEW" | "SEQUENCE" | "FOREIGN TABLE" => relations.push(super::Relation {
+                schema: namespace.clone(),
+                name: tag.clone(),
+                kind: desc.to_lowercase(),
+            }),
+            _ => {}
+        }
+        if !namespace.is_empty() {
+            schemas.insert(namespace.clone());
+        }
         if desc == "TABLE DATA" {
             tables.insert(dump_id, (namespace, tag));
         }
     }
-    Ok((Header { version_text, int_size, database, server_version, dump_version, tables }, c.pos))
+    let header = Header { version_text, int_size, database, server_version, dump_version, tables, relations, schemas };
+    Ok((header, c.pos))
 }

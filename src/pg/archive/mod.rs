@@ -37,6 +37,15 @@ pub struct TableRows {
     pub rows: u64,
 }
 
+/// An object `pg_restore --table` selects: a table, view, materialized view, sequence or foreign
+/// table (`kind`, in lower case as the TOC names it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    pub kind: String,
+}
+
 /// What the archive said about itself, plus the row counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveSummary {
@@ -45,6 +54,9 @@ pub struct ArchiveSummary {
     pub server_version: String,
     pub dump_version: String,
     pub tables: Vec<TableRows>,
+    /// Everything `--table` can select, and every schema, from the TOC.
+    pub relations: Vec<Relation>,
+    pub schemas: Vec<String>,
     pub large_objects: u64,
     /// False when the archive version was unknown and the stream passed through unchanged.
     pub understood: bool,
@@ -407,6 +419,8 @@ impl ArchiveFilter {
                     server_version: String::new(),
                     dump_version: String::new(),
                     tables: Vec::new(),
+                    relations: Vec::new(),
+                    schemas: Vec::new(),
                     large_objects: 0,
                     understood: false,
                     blocks: Vec::new(),
@@ -447,6 +461,8 @@ impl ArchiveFilter {
             server_version: header.server_version,
             dump_version: header.dump_version,
             tables,
+            relations: header.relations,
+            schemas: header.schemas.into_iter().collect(),
             large_objects: self.large_objects,
             understood: true,
             blocks: self.blocks,

@@ -138,6 +138,15 @@ pub struct Dump {
     /// Where each data block starts in the raw archive (incrementals align on them).
     #[serde(default)]
     pub blocks: Vec<BlockStart>,
+    /// What `restore --table` can select, and every schema (empty in backups before 0.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relations: Vec<crate::pg::archive::Relation>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+    /// The database's own properties (encoding, locale, settings, ACL...), which a restore
+    /// with `--create` gives the new database (none in backups before 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::pg::database::DatabaseProperties>,
 }
 
 /// Whether every file was captured as it was.
@@ -225,6 +234,9 @@ impl Manifest {
             tables: Vec::new(),
             large_objects: 0,
             blocks: Vec::new(),
+            relations: Vec::new(),
+            schemas: Vec::new(),
+            database: None,
         });
         Manifest::new(id.to_owned(), subject, kind, Trigger::Manual, started_at, data, content)
     }

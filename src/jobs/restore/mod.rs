@@ -5,10 +5,18 @@
 //! Safety: a non-empty target is refused unless `--clean --yes`; with `--clean` a safety backup of
 //! the target is taken first (`restore.safety_backup`), and its id is reported.
 
+mod replace;
+mod selection;
+
+pub use replace::rollback;
+pub use selection::Selection;
+
 use super::backup::{self, KILL_GRACE};
 use super::context::JobContext;
 use super::context::Select;
+use super::refuse;
 use crate::config::{Config, Connection, DatabaseConfig};
+use crate::pg::database::{DatabaseProperties, Overrides};
 use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
 use crate::process::{ChildSpec, Running};
@@ -45,21 +53,40 @@ pub struct TargetOverride {
     pub server: Option<Connection>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreRequest {
     pub target_database: String,
     pub target: TargetOverride,
     pub create: bool,
     pub clean: bool,
+    /// Restore beside the target, check, then swap names, keeping the old database.
+    pub replace: bool,
     pub yes: bool,
     pub jobs: u32,
     pub schemas: Vec<String>,
     pub tables: Vec<String>,
     pub no_owner: bool,
+    pub no_privileges: bool,
+    /// A created database's encoding and locale when the target server lacks the backup's.
+    pub encoding: Option<String>,
+    pub locale: Option<String>,
+    pub icu_locale: Option<String>,
     pub globals: bool,
     pub dry_run: bool,
     /// Keep a database this restore created when the restore fails (default: it is dropped).
     pub keep_failed: bool,
+}
+
+impl RestoreRequest {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            encoding: self.encoding.clone(),
+            locale: self.locale.clone(),
+            icu_locale: self.icu_locale.clone(),
+            no_owner: self.no_owner,
+            no_privileges: self.no_privileges,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +110,21 @@ pub struct RestoreReport {
     pub duration_seconds: f64,
     pub tables_checked: usize,
     pub mismatches: Vec<RowMismatch>,
+    /// How the created database's properties differ from the backup's (encoding, locale,
+    /// settings, ACL...): a failed restore when not empty.
+    pub property_differences: Vec<String>,
+    /// What a partial restore brought back (`schema sales`, `public.orders`).
+    pub selected: Vec<String>,
+    /// `--replace`: the name the replaced database was kept under (`pgbackd rollback` swaps back).
+    pub kept_as: Option<String>,
     pub warnings: Vec<String>,
+}
+
+impl RestoreReport {
+    /// Whether what was restored matches the backup (row counts and database properties).
+    pub fn matches(&self) -> bool {
+        self.mismatches.is_empty() && self.property_differences.is_empty()
+    }
 }
 
 /// The connection to restore into: CLI overrides, else `restore.target`, else the backup's own
@@ -126,29 +167,56 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
     let what = m.describe();
     let target = target_connection(req, config, m)?;
     let dump = m.dump().with_context(|| format!("{what} is not a database backup"))?;
+    // what to restore, checked against the backup before anything else
+    let selection = selection::resolve(m, &req.schemas, &req.tables)?;
     let reader = repo.reader(m, None).await?;
 
     // Refuse early, before reading anything big.
     let admin = pg::connect_admin(&target).await?;
     let exists = pg::database_exists(&admin, &req.target_database).await?;
-    if !exists && !req.create {
-        bail!(
-            "target database {:?} does not exist on {}:{}: add --create to create it",
-            req.target_database,
-            target.host,
-            target.port
-        );
+    let at = format!("{}:{}", target.host, target.port);
+    if req.replace {
+        if req.create || req.clean {
+            refuse!("--replace restores beside the target and swaps names: it goes without --create and --clean");
+        }
+        if !exists {
+            refuse!(
+                "target database {:?} does not exist on {at}: --replace replaces one; use --create",
+                req.target_database
+            );
+        }
+        if selection.is_partial() {
+            refuse!("--replace swaps whole databases: it cannot be combined with --schema or --table");
+        }
+    } else if !exists && !req.create {
+        refuse!("target database {:?} does not exist on {at}: add --create to create it", req.target_database);
     }
-    let objects = if exists { pg::user_object_count(&pg::connect(&target).await?).await? } else { 0 };
-    if objects > 0 && !req.clean {
-        bail!(
-            "target database {:?} is not empty ({objects} objects): restore into a new database (--target-database NEW --create), \
-             or add --clean --yes to drop and replace its objects (a safety backup is taken first)",
+    let objects = if exists && !req.replace { pg::user_object_count(&pg::connect(&target).await?).await? } else { 0 };
+    if objects > 0 && !req.clean && !req.replace {
+        refuse!(
+            "target database {:?} is not empty ({objects} objects): restore into a new database (--target-database NEW \
+             --create), or --replace --yes to restore beside it and swap (the old one is kept), or --clean --yes to drop \
+             and replace its objects in place (a safety backup is taken first)",
             req.target_database
         );
     }
-    if req.clean && !req.yes {
-        bail!("--clean drops objects in {:?} before restoring: add --yes to confirm", req.target_database);
+    if (req.clean || req.replace) && !req.yes && !req.dry_run {
+        refuse!(
+            "{} {:?}: add --yes to confirm",
+            if req.replace {
+                "--replace terminates the connections to and renames"
+            } else {
+                "--clean drops the objects in"
+            },
+            req.target_database
+        );
+    }
+    let kept_name = replace::kept_name(&req.target_database, &m.id);
+    if req.replace && pg::database_exists(&admin, &kept_name).await? {
+        refuse!(
+            "a database {kept_name:?} is already there (kept by an earlier --replace with this backup): drop it, or \
+             `pgbackd rollback` to swap it back, then restore again"
+        );
     }
 
     // read before write: every frame, and the globals, are checked before anything is created
@@ -157,7 +225,7 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
     tracing::debug!(frames = m.data.frames.len(), "every stored frame checked");
     let globals = match (req.globals, &dump.globals) {
         (false, _) => None,
-        (true, None) => bail!("{what} has no globals (roles, tablespaces) to restore: restore without --globals"),
+        (true, None) => refuse!("{what} has no globals (roles, tablespaces) to restore: restore without --globals"),
         (true, Some(g)) => Some(
             pipeline::read_small_object(&repo.locate(m).await?, g, &what, repo.authenticate(m)?.as_ref())
                 .await
@@ -175,13 +243,16 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
         duration_seconds: 0.0,
         tables_checked: 0,
         mismatches: Vec::new(),
+        property_differences: Vec::new(),
+        selected: selection.restored.clone(),
+        kept_as: None,
         warnings: Vec::new(),
     };
     if req.dry_run {
         // prove the whole stream decodes to the recorded SHA-256, touching nothing
         let mut sink = tokio::io::sink();
         pipeline::restore_stream(&reader, &mut sink, RawCheck::Sha256, cancel, &Counter::default()).await?;
-        report.tables_checked = selected_tables(m, req).count();
+        report.tables_checked = selection.checked.len();
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
@@ -200,8 +271,17 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
         tracing::info!(safety_backup_id = %safety.id, "safety backup of the target taken");
         report.safety_backup_id = Some(safety.id);
     }
-    if !exists {
-        pg::create_database(&admin, &req.target_database).await?;
+    let overrides = req.overrides();
+    // --replace writes into a new database beside the target, then swaps the names
+    let into = if req.replace { replace::staging_name(&req.target_database) } else { req.target_database.clone() };
+    let into_conn = Connection { dbname: into.clone(), ..target.clone() };
+    let create = !exists || req.replace;
+    if create {
+        if req.replace {
+            // a staging database left by a crash of an earlier --replace is ours
+            pg::drop_database(&target, &into).await?;
+        }
+        create_database(&admin, dump.database.as_ref(), &into, &overrides).await?;
         report.created = true;
     }
     drop(admin);
@@ -211,39 +291,113 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
         if let Some(sql) = &globals {
             report.warnings.extend(apply_globals(&tools, sql, &target).await?);
         }
-        if !req.schemas.is_empty() || !req.tables.is_empty() {
-            ensure_schemas(m, req, &target).await?;
+        if selection.is_partial() {
+            ensure_schemas(&selection, &into_conn).await?;
         }
-        pg_restore(ctx, req, &tools, &reader, m, &target).await?;
+        report.warnings.extend(pg_restore(ctx, req, &selection, &tools, &reader, m, &into_conn).await?);
         tracing::debug!("pg_restore finished");
-        anyhow::Ok(())
+        check_restored(dump, &selection, &overrides, create, &into_conn, &mut report).await
     }
     .await;
+    let restored = restored.and_then(|()| {
+        if req.replace && !report.matches() {
+            bail!(
+                "the restored copy differs from the backup (see below), so {:?} was not replaced",
+                req.target_database
+            );
+        }
+        Ok(())
+    });
     if let Err(e) = restored {
+        let e = match &report.safety_backup_id {
+            Some(id) => e.context(format!(
+                "the restore into {:?} failed after its objects were dropped; the safety backup {id} holds what it \
+                 had: pgbackd restore {id} --target-database {} --clean --yes",
+                req.target_database, req.target_database
+            )),
+            None if req.replace => e.context(format!("{:?} was left as it was", req.target_database)),
+            None => e,
+        };
         if !report.created {
             return Err(e);
         }
         // a failed restore leaves nothing half-restored behind it, unless asked to
         if req.keep_failed {
             return Err(e.context(format!(
-                "the restore failed; the database {:?} it created was kept as it is (--keep-failed)",
-                req.target_database
+                "the restore failed; the database {into:?} it created was kept as it is (--keep-failed)"
             )));
         }
-        return Err(match pg::drop_database(&target, &req.target_database).await {
+        return Err(match pg::drop_database(&target, &into).await {
             Ok(()) => e.context(format!(
-                "the restore failed; the database {:?} it created was dropped (--keep-failed keeps it to look at)",
-                req.target_database
+                "the restore failed; the database {into:?} it created was dropped (--keep-failed keeps it to look at)"
             )),
             Err(d) => e.context(format!(
-                "the restore failed, and the database {:?} it created could not be dropped ({d:#}): drop it by hand",
-                req.target_database
+                "the restore failed, and the database {into:?} it created could not be dropped ({d:#}): drop it by hand"
             )),
         });
     }
+    if req.replace {
+        replace::swap(&target, &req.target_database, &into, &kept_name).await?;
+        report.kept_as = Some(kept_name);
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    if report.matches() {
+        tracing::info!(
+            tables = report.tables_checked,
+            duration_s = format!("{:.1}", report.duration_seconds),
+            "restore finished"
+        );
+    } else {
+        tracing::error!(
+            mismatches = report.mismatches.len(),
+            property_differences = report.property_differences.len(),
+            "restore finished with differences from the backup"
+        );
+    }
+    Ok(report)
+}
 
-    let client = pg::connect(&target).await?;
-    for t in selected_tables(m, req) {
+/// Creates database `name` with the backup's encoding, locale and connection limit (as `o`
+/// changes them); a backup from before 0.2 has none recorded: the server's defaults.
+async fn create_database(
+    admin: &tokio_postgres::Client,
+    properties: Option<&DatabaseProperties>,
+    name: &str,
+    o: &Overrides,
+) -> Result<()> {
+    let Some(p) = properties else { return pg::create_database(admin, name).await };
+    let p = p.expected(o);
+    let sql = p.create_statement(name);
+    admin.batch_execute(&sql).await.map_err(|e| {
+        let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+        let hint = if msg.contains("locale") || msg.contains("collation") || msg.contains("encoding") {
+            format!(
+                ": the target server lacks the backup's locale or encoding ({} / {} / {}; `locale -a` lists what it has): \
+                 install it, or pass --locale, --encoding or --icu-locale to create the database with another (the \
+                 restore then compares against that)",
+                p.encoding,
+                p.collate,
+                p.icu_locale.as_deref().unwrap_or("no ICU locale")
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("creating database {name:?} ({sql}): {msg}{hint}")
+    })
+}
+
+/// After pg_restore: the selected tables' row counts, and for a database this restore created,
+/// its properties applied and compared with the backup's.
+async fn check_restored(
+    dump: &crate::repo::manifest::Dump,
+    selection: &Selection,
+    o: &Overrides,
+    created: bool,
+    into: &Connection,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let client = pg::connect(into).await?;
+    for t in &selection.checked {
         let found = pg::count_rows(&client, &t.schema, &t.name).await?;
         report.tables_checked += 1;
         if found != Some(t.rows) {
@@ -255,24 +409,21 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
             });
         }
     }
-    report.duration_seconds = started.elapsed().as_secs_f64();
-    if report.mismatches.is_empty() {
-        tracing::info!(
-            tables = report.tables_checked,
-            duration_s = format!("{:.1}", report.duration_seconds),
-            "restore finished"
-        );
-    } else {
-        tracing::error!(mismatches = report.mismatches.len(), "restore finished with row count mismatches");
+    if let (true, Some(props)) = (created, &dump.database) {
+        let expected = props.expected(o);
+        report.warnings.extend(expected.apply(&client, &into.dbname, o).await);
+        let server = pg::server_info(&client).await?;
+        let found = DatabaseProperties::read(&client, server.version_num).await?;
+        report.property_differences = expected.differences(&found, o);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// pg_restore's --schema/--table select objects inside schemas but not the schemas themselves:
-/// create the schemas the selected tables live in, so a partial restore into a new database works.
-async fn ensure_schemas(m: &Manifest, req: &RestoreRequest, target: &Connection) -> Result<()> {
-    let mut schemas: Vec<&str> = req.schemas.iter().map(String::as_str).collect();
-    schemas.extend(selected_tables(m, req).map(|t| t.schema.as_str()));
+/// create the schemas the selection lives in, so a partial restore into a new database works.
+async fn ensure_schemas(selection: &Selection, target: &Connection) -> Result<()> {
+    let mut schemas: Vec<&str> = selection.schemas.iter().map(String::as_str).collect();
+    schemas.extend(selection.checked.iter().map(|t| t.schema.as_str()));
     schemas.sort_unstable();
     schemas.dedup();
     let client = pg::connect(target).await?;
@@ -285,25 +436,16 @@ async fn ensure_schemas(m: &Manifest, req: &RestoreRequest, target: &Connection)
     Ok(())
 }
 
-/// Tables of the manifest that this restore brings back (per `--schema` / `--table`).
-fn selected_tables<'a>(
-    m: &'a Manifest,
-    req: &'a RestoreRequest,
-) -> impl Iterator<Item = &'a crate::pg::archive::TableRows> {
-    m.dump().map(|d| d.tables.as_slice()).unwrap_or_default().iter().filter(move |t| {
-        (req.schemas.is_empty() || req.schemas.contains(&t.schema))
-            && (req.tables.is_empty() || req.tables.contains(&t.name))
-    })
-}
-
+/// Runs pg_restore into `target`; returns warnings (errors of pg_restore that change nothing).
 async fn pg_restore(
     ctx: &JobContext,
     req: &RestoreRequest,
+    selection: &Selection,
     tools: &Tools,
     reader: &Arc<ObjectReader>,
     m: &Manifest,
     target: &Connection,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let what = m.describe();
     let cancel = &ctx.cancel;
     let jobs = if req.jobs > 0 { req.jobs } else { ctx.config.restore.jobs };
@@ -314,59 +456,104 @@ async fn pg_restore(
     if req.no_owner {
         spec = spec.arg("--no-owner");
     }
-    for s in &req.schemas {
+    if req.no_privileges {
+        spec = spec.arg("--no-privileges");
+    }
+    for s in &selection.schemas {
         spec = spec.arg(format!("--schema={s}"));
     }
-    for t in &req.tables {
+    for t in &selection.tables {
         spec = spec.arg(format!("--table={t}"));
     }
     let moved = ctx.progress.clone();
     let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
-    if jobs > 1 {
+    let ran = if jobs > 1 {
         // parallel pg_restore needs a seekable file: spool the verified stream into a file with no
         // name (gone when the last descriptor closes, even after kill -9: decrypted data never
-        // outlives the restore), handed to pg_restore as its fd 4
+        // outlives the restore), handed to pg_restore as its fd 4; no fsync: nobody reads it
+        // after a crash
         const SPOOL_FD: i32 = 4;
         let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
         let mut file = tokio::fs::File::from_std(spool.try_clone().context("opening the spool file")?);
         pipeline::restore_stream(reader, &mut file, RawCheck::FramesOnly, cancel, &moved).await?;
-        file.sync_all().await.ok();
+        file.flush().await.context("writing the spool file")?;
         drop(file);
         let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
         let spec = spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
         let spec = pg::conn_env(spec, target).stdout(false);
         let child = Running::spawn(&spec)?;
         tokio::select! {
-            r = child.wait() => { r?; }
+            r = child.wait() => r.map_err(anyhow::Error::from),
             _ = cancel.cancelled() => bail!("{what}: restore cancelled"),
         }
-        return Ok(());
+    } else {
+        let spec = pg::conn_env(spec, target);
+        stream_into(&spec, reader, RawCheck::FramesOnly, selection.stream_until, cancel, &moved).await
+    };
+    match ran {
+        Ok(_) => Ok(Vec::new()),
+        Err(e) if req.clean => match harmless_clean_errors(&e) {
+            Some(n) => Ok(vec![format!(
+                "pg_restore --clean could not drop {n} constraints of partitions, which went with their parent's \
+                 (harmless: the row counts below are checked)"
+            )]),
+            None => Err(e.context(format!("pg_restore of {what} into {:?} failed", target.dbname))),
+        },
+        Err(e) => {
+            let hint = if format!("{e:#}").contains("role") && format!("{e:#}").contains("does not exist") {
+                ": roles of the source server are missing here; restore them with --globals, or leave ownership and \
+                 grants out with --no-owner --no-privileges"
+            } else {
+                ""
+            };
+            Err(e.context(format!("pg_restore of {what} into {:?} failed{hint}", target.dbname)))
+        }
     }
-    let spec = pg::conn_env(spec, target);
-    stream_into(&spec, reader, RawCheck::FramesOnly, cancel, &moved)
-        .await
-        .with_context(|| format!("pg_restore of {what} into {:?} failed", target.dbname))?;
-    Ok(())
 }
 
-/// Runs `spec` (pg_restore) with the verified archive of `reader` on its stdin; returns its
-/// stderr. A stream that fails stops the child (its stderr tail goes into the error); a child
-/// that fails is the error.
+/// With `--clean`, pg_restore cannot drop a partition's constraint that it inherited (dropping
+/// the parent's already did); if those are all of its errors, how many.
+fn harmless_clean_errors(e: &anyhow::Error) -> Option<usize> {
+    let Some(crate::process::ProcessError::Failed { stderr_tail, code: 1, .. }) =
+        e.chain().find_map(|c| c.downcast_ref::<crate::process::ProcessError>())
+    else {
+        return None;
+    };
+    let ignored: usize = stderr_tail
+        .lines()
+        .find_map(|l| l.split_once("errors ignored on restore: ").and_then(|(_, n)| n.trim().parse().ok()))?;
+    let harmless =
+        stderr_tail.lines().filter(|l| l.contains("ERROR:") && l.contains("cannot drop inherited constraint")).count();
+    let errors = stderr_tail.lines().filter(|l| l.contains("ERROR:")).count();
+    (ignored > 0 && harmless == ignored && errors == ignored).then_some(ignored)
+}
+
+/// Runs `spec` (pg_restore) with the verified archive of `reader` on its stdin, the first
+/// `until` raw bytes of it when given (what a partial restore needs); returns its stderr. A
+/// child that closes its stdin early (pg_restore has read all it needs) and succeeds is a
+/// success; a stream that fails otherwise stops the child (its stderr tail goes into the
+/// error); a child that fails is the error.
 pub(super) async fn stream_into(
     spec: &ChildSpec,
     reader: &Arc<ObjectReader>,
     check: RawCheck,
+    until: Option<u64>,
     cancel: &CancellationToken,
     moved: &Counter,
 ) -> Result<String> {
     let spec = spec.clone().stdin(true).stdout(false);
     let mut child = Running::spawn(&spec)?;
     let mut stdin = child.take_stdin().with_context(|| format!("{} has no stdin", spec.display()))?;
-    let streamed = pipeline::restore_stream(reader, &mut stdin, check, cancel, moved).await;
+    let streamed = match until {
+        Some(limit) => pipeline::restore_prefix(reader, &mut stdin, limit, cancel, moved).await,
+        None => pipeline::restore_stream(reader, &mut stdin, check, cancel, moved).await,
+    };
     let _ = stdin.shutdown().await;
     drop(stdin);
     match streamed {
         Ok(()) => Ok(child.wait().await?),
+        // pg_restore stopped reading: it had what it needed, or it failed (then its exit says so)
+        Err(e) if broken_pipe(&e) => Ok(child.wait().await?),
         Err(e) => {
             let tail = child.stderr_tail();
             let _ = child.terminate(KILL_GRACE).await;
@@ -377,6 +564,10 @@ pub(super) async fn stream_into(
             })
         }
     }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Replays `pg_dumpall --globals-only` with psql into the maintenance database. Errors such as
