@@ -65,9 +65,34 @@ pub enum Command {
     /// Remove stale locks (of processes that are gone or stopped refreshing them); with --all,
     /// every lock: only when no pgbackd runs against this repository anywhere.
     Unlock(UnlockArgs),
+    /// Swap back the database that `restore --replace` replaced (kept as NAME_pre_BACKUP); the
+    /// database swapped out is kept as NAME_rolled_back_TIME.
+    Rollback(RollbackArgs),
     /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
     /// recipient to put in encryption.recipients.
     Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The database to roll back (default: --database, else the only configured database).
+    #[arg(long)]
+    pub target_database: Option<String>,
+    /// The configured database whose server it is on.
+    #[arg(long)]
+    pub database: Option<String>,
+    #[arg(long)]
+    pub target_host: Option<String>,
+    #[arg(long)]
+    pub target_port: Option<u16>,
+    #[arg(long)]
+    pub target_user: Option<String>,
+    /// Which kept database to swap in (default: the newest kept for it).
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
+    /// Confirm: connections to the database are terminated.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

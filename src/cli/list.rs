@@ -4,6 +4,7 @@ use super::EXIT_OK;
 use super::args::{ListArgs, ListFilesArgs};
 use crate::jobs::JobContext;
 use crate::repo::manifest::FilesOutcome;
+use crate::repo::manifest::Trigger;
 use crate::repo::{BackupKind, Listed, Listing, Subject};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -179,17 +180,23 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<36} {:<16} {:<11} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} {:<24} STATUS",
-        "ID", "DATABASE", "KIND", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256", "TARGETS", "KEY"
+        "{:<36} {:<16} {:<11} {:<9} {:<20} {:>8} {:>10} {:>10} {:<12} {:<14} {:<24} STATUS",
+        "ID", "DATABASE", "KIND", "TRIGGER", "STARTED (UTC)", "SECONDS", "RAW", "STORED", "SHA256", "TARGETS", "KEY"
     )?;
     for l in backups {
         let m = &l.manifest;
         writeln!(
             out,
-            "{:<36} {:<16} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} ok{}",
+            "{:<36} {:<16} {:<11} {:<9} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} ok{}",
             m.id,
             m.subject.to_string(),
             m.kind.name(),
+            match m.trigger {
+                Trigger::Manual => "manual",
+                Trigger::Schedule => "scheduled",
+                Trigger::CatchUp => "catch-up",
+                Trigger::SafetyBeforeRestore => "safety",
+            },
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.duration_seconds(),
             crate::units::bytes(m.data.raw_bytes),

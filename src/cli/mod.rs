@@ -19,6 +19,7 @@ mod list;
 mod notify;
 mod restore;
 mod retention;
+mod rollback;
 mod status;
 mod unlock;
 mod verify;
@@ -191,5 +192,6 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::Retention(args) => retention::run(&context(cli, None, cancel).await?, args).await,
         Command::Forget(args) => forget::run(&context(cli, None, cancel).await?, args).await,
         Command::Unlock(args) => unlock::run(&context(cli, None, cancel).await?, args).await,
+        Command::Rollback(args) => rollback::run(&context(cli, None, cancel).await?, args).await,
     }
 }

@@ -22,7 +22,16 @@ pub async fn run(ctx: &JobContext, args: &RetentionArgs) -> Result<ExitCode> {
     };
     let subjects: Vec<Subject> = match &args.database {
         Some(d) => vec![Subject::Database(config.select_database(Some(d))?.name.clone())],
-        None => crate::jobs::context::configured_subjects(config),
+        None => {
+            let mut subjects = crate::jobs::context::configured_subjects(config);
+            // databases that are not configured but hold safety backups (restore --clean targets)
+            for m in ctx.repository.list(None).await? {
+                if m.trigger == Trigger::SafetyBeforeRestore && !subjects.contains(&m.subject) {
+                    subjects.push(m.subject.clone());
+                }
+            }
+            subjects
+        }
     };
     let mut runs = Vec::new();
     for subject in subjects {

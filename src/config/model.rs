@@ -291,6 +291,8 @@ pub struct Retention {
     pub incremental_backup: Option<KindPolicy>,
     pub file_backup: Option<KindPolicy>,
     pub config_backup: Option<KindPolicy>,
+    /// Backups taken of a restore target before `restore --clean` (default: 7 days).
+    pub safety_backup: KindPolicy,
     /// Skip retention for a database whose newest backup attempt failed.
     pub skip_after_failure: bool,
     /// Data with no manifest is removed only when older than this (an upload in progress has none).
@@ -304,6 +306,11 @@ impl Default for Retention {
             incremental_backup: None,
             file_backup: None,
             config_backup: None,
+            safety_backup: KindPolicy {
+                keep_within: Some(Duration::from_secs(7 * 86400)),
+                min_keep: 0,
+                ..Default::default()
+            },
             skip_after_failure: true,
             orphan_grace: Duration::from_secs(24 * 3600),
         }

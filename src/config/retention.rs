@@ -36,6 +36,31 @@ pub(super) fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
             },
         };
     }
+    let path = m.child_path("safety_backup");
+    if let Some(node) = m.node("safety_backup") {
+        let policy = match &node.value {
+            Value::Map(_) => read_kind_policy(ctx, node, &path),
+            _ => match ctx.read::<u32>(node, &path) {
+                Some(days) if days > 0 => Some(KindPolicy {
+                    keep_within: Some(Duration::from_secs(u64::from(days) * 86400)),
+                    min_keep: 0,
+                    ..Default::default()
+                }),
+                Some(_) => {
+                    ctx.error(
+                        &path,
+                        "0 days would delete every safety backup at once; give at least 1",
+                        Some(node.loc),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        if let Some(p) = policy {
+            r.safety_backup = p;
+        }
+    }
     r.skip_after_failure = m.opt::<bool>("skip_after_failure").unwrap_or(true);
     if let Some(d) = m.opt::<Dur>("orphan_grace") {
         r.orphan_grace = d.0;

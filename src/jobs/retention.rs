@@ -41,6 +41,8 @@ pub struct Candidate {
     pub deep_verified: bool,
     /// A running job (of any process, on any host) reads it: who.
     pub in_use: Option<String>,
+    /// Taken of a restore target before `restore --clean` (its own policy group).
+    pub safety: bool,
 }
 
 impl Candidate {
@@ -54,6 +56,7 @@ impl Candidate {
             depends_on: m.depends_on.clone(),
             deep_verified: l.annotations.deep_verified(),
             in_use: in_use.get(&m.id).cloned(),
+            safety: m.trigger == crate::repo::manifest::Trigger::SafetyBeforeRestore,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Decision {
     pub stored_bytes: u64,
     pub keep: bool,
     pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub safety: bool,
 }
 
 /// Backups planned together under one policy.
@@ -75,6 +80,8 @@ pub struct Group<'a> {
     /// What they are, in reasons: `full backups`, `file_backups`.
     pub label: &'static str,
     pub policy: Option<&'a KindPolicy>,
+    /// Safety backups (taken before `restore --clean`) form their own group.
+    pub safety: bool,
 }
 
 /// A subject's policies: its groups in planning order, and the words for the dependency floor.
@@ -89,15 +96,32 @@ impl<'a> Policies<'a> {
     pub fn database(r: &'a Retention) -> Policies<'a> {
         Policies {
             groups: vec![
+                Group { kind: None, label: "safety backups", policy: Some(&r.safety_backup), safety: true },
                 Group {
                     kind: Some(BackupKind::Incremental),
                     label: "incremental backups",
                     policy: r.incremental_backup.as_ref(),
+                    safety: false,
                 },
-                Group { kind: Some(BackupKind::Full), label: "full backups", policy: r.full_backup.as_ref() },
+                Group {
+                    kind: Some(BackupKind::Full),
+                    label: "full backups",
+                    policy: r.full_backup.as_ref(),
+                    safety: false,
+                },
             ],
             depended_on: |id| format!("base of kept incremental {id}"),
         }
+    }
+
+    /// A database that is not in the configuration (the target of a `restore --clean`, kept
+    /// only for its safety backups): only its safety backups are planned; the rest are kept.
+    pub fn unconfigured_database(r: &'a Retention) -> Policies<'a> {
+        let mut p = Policies::database(r);
+        for g in p.groups.iter_mut().filter(|g| !g.safety) {
+            g.policy = None;
+        }
+        p
     }
 
     pub fn for_subject(subject: &Subject, r: &'a Retention) -> Policies<'a> {
@@ -107,7 +131,7 @@ impl<'a> Policies<'a> {
             Subject::Configs(_) => ("config_backups", r.config_backup.as_ref()),
         };
         Policies {
-            groups: vec![Group { kind: None, label, policy }],
+            groups: vec![Group { kind: None, label, policy, safety: false }],
             depended_on: |id| format!("holds unchanged files of kept backup {id}"),
         }
     }
@@ -144,6 +168,7 @@ pub fn plan_with(backups: &[Candidate], policies: &Policies<'_>, tz: Tz, now: Da
             stored_bytes: b.stored_bytes,
             keep: false,
             reasons: Vec::new(),
+            safety: b.safety,
         })
         .collect();
     // newest first
@@ -151,8 +176,9 @@ pub fn plan_with(backups: &[Candidate], policies: &Policies<'_>, tz: Tz, now: Da
     let by_id: BTreeMap<String, &Candidate> = backups.iter().map(|b| (b.id.clone(), b)).collect();
 
     for group in &policies.groups {
-        let idx: Vec<usize> =
-            (0..decisions.len()).filter(|&i| group.kind.is_none_or(|k| decisions[i].kind == k)).collect();
+        let idx: Vec<usize> = (0..decisions.len())
+            .filter(|&i| group.kind.is_none_or(|k| decisions[i].kind == k) && decisions[i].safety == group.safety)
+            .collect();
         if idx.is_empty() {
             continue;
         }
@@ -499,7 +525,13 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
     // listed again under the lock: what a backup committed meanwhile is planned too
     let listed = if lock.is_some() { repo.list_with_targets(Some(subject)).await? } else { listed };
     let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, &in_use)).collect();
-    run.decisions = plan_with(&candidates, &Policies::for_subject(subject, &config.retention), config.timezone, now);
+    let policies = match subject {
+        Subject::Database(name) if config.database(name).is_none() => {
+            Policies::unconfigured_database(&config.retention)
+        }
+        _ => Policies::for_subject(subject, &config.retention),
+    };
+    run.decisions = plan_with(&candidates, &policies, config.timezone, now);
     if !dry_run {
         run.applied = Some(apply(&run.decisions, subject, repo, &config.retention, now).await);
     }

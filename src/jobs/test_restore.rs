@@ -41,6 +41,8 @@ pub struct TestRestored {
     /// How the scratch database's properties (encoding, locale, settings...) differ from the
     /// backup's.
     pub property_differences: Vec<String>,
+    /// How the scratch database's schema differs from the schema in the archive.
+    pub schema_differences: Vec<String>,
     pub checks: Vec<CheckOutcome>,
     pub error: Option<String>,
     /// Leftover scratch databases of earlier, interrupted runs that were dropped first.
@@ -195,6 +197,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
         tables_checked: 0,
         mismatches: Vec::new(),
         property_differences: Vec::new(),
+        schema_differences: Vec::new(),
         checks: Vec::new(),
         error: None,
         leftovers_dropped: Vec::new(),
@@ -227,6 +230,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
         result.tables_checked = report.tables_checked;
         result.mismatches = report.mismatches;
         result.property_differences = report.property_differences;
+        result.schema_differences = restore::schema::differences(ctx, m, &conn, 10).await?;
         let client = pg::connect(&conn).await?;
         result.restored_bytes = pg::server_info(&client).await.ok().map(|i| i.database_size);
         drop(client);
@@ -246,6 +250,11 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
                 let tables: Vec<String> =
                     result.mismatches.iter().map(|x| format!("{}.{}", x.schema, x.table)).collect();
                 result.error = Some(format!("row counts differ from the backup in: {}", tables.join(", ")));
+            } else if !result.schema_differences.is_empty() {
+                result.error = Some(format!(
+                    "the restored schema differs from the schema in the backup: {}",
+                    result.schema_differences.join("; ")
+                ));
             } else if !result.property_differences.is_empty() {
                 result.error = Some(format!(
                     "the restored database's properties differ from the backup's: {}",

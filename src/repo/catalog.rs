@@ -274,8 +274,12 @@ impl Repository {
     }
 
     /// The newest backup of `subject` (of `kind`, if given), reading manifests newest first.
+    /// The newest backup of `subject` (of `kind`), safety backups (taken before a `restore
+    /// --clean` of the database) left out: they are restored by id.
     pub async fn latest(&self, subject: &Subject, kind: Option<BackupKind>) -> Result<Option<Manifest>> {
-        let matches = |m: &Manifest| kind.is_none_or(|k| m.kind == k);
+        let matches = |m: &Manifest| {
+            kind.is_none_or(|k| m.kind == k) && m.trigger != super::manifest::Trigger::SafetyBeforeRestore
+        };
         let found = self.newest_until(subject, |got| got.iter().any(matches)).await?;
         Ok(found.into_iter().find(matches))
     }

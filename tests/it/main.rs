@@ -11,6 +11,7 @@ mod files;
 mod harness;
 mod incremental;
 mod notify;
+mod restores;
 mod retention;
 mod s3;
 mod s3_servers;

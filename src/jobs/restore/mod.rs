@@ -6,6 +6,7 @@
 //! the target is taken first (`restore.safety_backup`), and its id is reported.
 
 mod replace;
+pub mod schema;
 mod selection;
 
 pub use replace::rollback;
@@ -153,6 +154,19 @@ fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Res
     })
 }
 
+/// The server a restore of configured database `db` writes to (`restore.target`, else the
+/// database's own), with `t`'s overrides, connected to database `name`.
+pub fn server(config: &Config, db: &DatabaseConfig, t: &TargetOverride, name: &str) -> Connection {
+    let base = t.server.clone().or_else(|| config.restore.target.clone()).unwrap_or_else(|| db.connection.clone());
+    Connection {
+        host: t.host.clone().unwrap_or(base.host),
+        port: t.port.unwrap_or(base.port),
+        user: t.user.clone().unwrap_or(base.user),
+        password: base.password,
+        dbname: name.to_owned(),
+    }
+}
+
 /// Restores database backup `m` as `req` asks, holding a read lock on it.
 pub async fn run(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) -> Result<RestoreReport> {
     let lock = ctx.read_lock(m, "restore").await?;
@@ -265,9 +279,33 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
             trigger: Trigger::SafetyBeforeRestore,
             allow_shrink: true,
         };
-        let safety = backup::run(ctx, &breq)
-            .await
-            .context("the safety backup of the restore target failed, so nothing was restored")?;
+        let begun = ctx.now();
+        let taken = backup::run(ctx, &breq).await;
+        // the safety backup's own report, in reports/backup/ beside the others
+        let spec = super::JobSpec::new(
+            super::JobKind::FullBackup,
+            Subject::Database(req.target_database.clone()),
+            Trigger::SafetyBeforeRestore,
+        );
+        let run = super::JobRun {
+            span: tracing::Span::current(),
+            started_at: begun,
+            finished_at: ctx.now(),
+            outcome: match &taken {
+                Ok(_) => super::RunOutcome::Success,
+                Err(e) => super::RunOutcome::Failed(anyhow::anyhow!("{e:#}")),
+            },
+            produced: match &taken {
+                Ok(m) => super::Produced::Backup(Box::new(m.clone())),
+                Err(_) => super::Produced::Nothing,
+            },
+            spec,
+        };
+        if let Err(e) = super::report::write(&config.reports.dir, &run.spec.subject, &super::report::Report::from(&run))
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not write the safety backup's report");
+        }
+        let safety = taken.context("the safety backup of the restore target failed, so nothing was restored")?;
         tracing::info!(safety_backup_id = %safety.id, "safety backup of the target taken");
         report.safety_backup_id = Some(safety.id);
     }
@@ -500,11 +538,20 @@ async fn pg_restore(
             None => Err(e.context(format!("pg_restore of {what} into {:?} failed", target.dbname))),
         },
         Err(e) => {
-            let hint = if format!("{e:#}").contains("role") && format!("{e:#}").contains("does not exist") {
-                ": roles of the source server are missing here; restore them with --globals, or leave ownership and \
-                 grants out with --no-owner --no-privileges"
-            } else {
-                ""
+            let text = format!("{e:#}");
+            let hint = match (
+                text.contains("role") && text.contains("does not exist"),
+                req.no_owner && req.no_privileges,
+            ) {
+                (true, false) => {
+                    ": roles of the source server are missing here; restore them with --globals, or leave ownership \
+                     and grants out with --no-owner --no-privileges"
+                }
+                (true, true) => {
+                    ": an object names a role of the source server (a policy, a default privilege...): create that role \
+                     here, or restore the roles with --globals"
+                }
+                _ => "",
             };
             Err(e.context(format!("pg_restore of {what} into {:?} failed{hint}", target.dbname)))
         }

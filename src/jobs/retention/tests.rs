@@ -20,6 +20,7 @@ fn full(days_ago: i64, hour: u32) -> Candidate {
         depends_on: Vec::new(),
         deep_verified: false,
         in_use: None,
+        safety: false,
     }
 }
 
@@ -210,6 +211,7 @@ fn arb_history() -> impl Strategy<Value = Vec<Candidate>> {
                     depends_on: if kind == BackupKind::Incremental { base.into_iter().collect() } else { Vec::new() },
                     deep_verified: verified,
                     in_use: in_use.then(|| "a running job".to_owned()),
+                    safety: false,
                 });
             }
             out
