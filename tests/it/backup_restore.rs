@@ -170,11 +170,12 @@ fn restore_protects_a_non_empty_target_and_takes_a_safety_backup() {
     let id = env.backup();
     env.psql("insert into t select generate_series(101, 150);");
 
+    // refusals are usage errors: exit 2, nothing changed
     let out = env.run(&["restore", &id, "--target-database", &env.db]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
     let out = env.run(&["restore", &id, "--target-database", &env.db, "--clean"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("add --yes"), "{}", stderr(&out));
     assert_eq!(env.psql("select count(*) from t"), "150");
 
