@@ -188,6 +188,18 @@ fn clean_in_place_works_on_partitioned_tables_and_safety_backups_are_their_own()
     let after = env.list_json();
     assert_eq!(after.iter().filter(|b| b["trigger"] == "safety_before_restore").count(), 1);
     assert!(after.iter().any(|b| b["id"] == id));
+    // a clean restore that fails after the drop names the safety backup that holds what was there
+    let bin = env.fake_tool("pg_restore", "pg_restore_fail.sh");
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{good}pg_bin_dir: {}\n", bin.display())).unwrap();
+    let out = env.run(&["restore", &id, "--target-database", &env.db, "--clean", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let named = env.list_json().into_iter().filter(|b| b["trigger"] == "safety_before_restore").any(|b| {
+        let sid = b["id"].as_str().unwrap().to_owned();
+        err.contains(&format!("the safety backup {sid} holds what it had: pgbackd restore {sid} --target-database"))
+    });
+    assert!(named, "{err}");
 }
 
 #[test]
