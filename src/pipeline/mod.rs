@@ -74,7 +74,7 @@ pub mod object;
 mod read;
 mod segments;
 mod store;
-pub use read::{Decryption, ObjectReader, RawCheck, read_small_object, restore_prefix, restore_stream};
+pub use read::{Decryption, ObjectReader, RawCheck, read_small_object, restore_prefix, restore_stream, spool_to_file};
 pub use segments::{Filter, Segments, Unfiltered, read_segments};
 pub use store::{
     Committed, Sink, Staged, compress_frame, put_on_targets, store_small_object, store_stream, store_stream_to,

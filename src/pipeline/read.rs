@@ -235,6 +235,49 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
     stream_frames(reader, out, check, None, cancel, moved).await
 }
 
+/// Writes an object's raw bytes into `file` (a spool for a parallel pg_restore): frames are read
+/// in order, each checked, and decoded and written at their raw offsets several at once (one
+/// per core, up to 4), since nothing else runs meanwhile.
+pub async fn spool_to_file(
+    reader: &Arc<ObjectReader>,
+    file: &std::fs::File,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    use std::os::unix::fs::FileExt;
+    let what = reader.what.clone();
+    let frames = reader.object().frames.len();
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut next = 0;
+    loop {
+        while next < frames && running.len() < parallel {
+            let stored = reader.stored_frame(next).await?;
+            let (r, index, out) = (reader.clone(), next, file.try_clone().context("opening the spool file")?);
+            running.push(async move {
+                let raw = r.decode(index, stored).await?;
+                let (offset, len) = (r.object().frames[index].raw_offset, raw.len() as u64);
+                tokio::task::spawn_blocking(move || out.write_all_at(&raw, offset))
+                    .await
+                    .context("spool write task failed")?
+                    .context("writing the spool file")?;
+                anyhow::Ok(len)
+            });
+            next += 1;
+        }
+        let done = tokio::select! {
+            _ = cancel.cancelled() => anyhow::bail!("{what}: cancelled"),
+            d = running.next() => d,
+        };
+        match done {
+            Some(written) => moved.add(written?),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
 /// [`restore_stream`] of the first `limit` raw bytes only (what a partial restore needs), each
 /// frame read checked.
 pub async fn restore_prefix<W: AsyncWrite + Unpin + Send>(

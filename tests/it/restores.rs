@@ -27,6 +27,12 @@ fn partial_restores_are_checked_against_the_backup_and_read_only_what_they_need(
     let env = TestEnv::new("rsel");
     objects(&env);
     let id = env.backup();
+    // the whole of it in parallel, from a spool whose TOC has the data offsets written in
+    let whole = unique("rsel_w");
+    let out = env.run(&["restore", &id, "--target-database", &whole, "--create", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(q(&whole, "select count(*) from pg_largeobject_metadata"), "1");
+    assert_eq!(q(&whole, "select count(*) from audit.log"), "150", "with its inheritance child");
     // a hit: without --jobs, pg_restore stops reading early; that is a success with counted rows
     let target = unique("rsel_t");
     let out = env.run(&["restore", &id, "--target-database", &target, "--create", "--table", "public.film_actor"]);

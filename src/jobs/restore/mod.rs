@@ -334,7 +334,8 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
         }
         report.warnings.extend(pg_restore(ctx, req, &selection, &tools, &reader, m, &into_conn).await?);
         tracing::debug!("pg_restore finished");
-        check_restored(dump, &selection, &overrides, create, &into_conn, &mut report).await
+        let jobs = if req.jobs > 0 { req.jobs } else { config.restore.jobs };
+        check_restored(dump, &selection, &overrides, create, &into_conn, jobs, &mut report).await
     }
     .await;
     let restored = restored.and_then(|()| {
@@ -432,11 +433,12 @@ async fn check_restored(
     o: &Overrides,
     created: bool,
     into: &Connection,
+    jobs: u32,
     report: &mut RestoreReport,
 ) -> Result<()> {
-    let client = pg::connect(into).await?;
-    for t in &selection.checked {
-        let found = pg::count_rows(&client, &t.schema, &t.name).await?;
+    let names: Vec<(String, String)> = selection.checked.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+    let counted = pg::count_rows(into, &names, jobs as usize).await?;
+    for (t, found) in selection.checked.iter().zip(counted) {
         report.tables_checked += 1;
         if found != Some(t.rows) {
             report.mismatches.push(RowMismatch {
@@ -448,6 +450,7 @@ async fn check_restored(
         }
     }
     if let (true, Some(props)) = (created, &dump.database) {
+        let client = pg::connect(into).await?;
         let expected = props.expected(o);
         report.warnings.extend(expected.apply(&client, &into.dbname, o).await);
         let server = pg::server_info(&client).await?;
@@ -512,10 +515,13 @@ async fn pg_restore(
         // after a crash
         const SPOOL_FD: i32 = 4;
         let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
-        let mut file = tokio::fs::File::from_std(spool.try_clone().context("opening the spool file")?);
-        pipeline::restore_stream(reader, &mut file, RawCheck::FramesOnly, cancel, &moved).await?;
-        file.flush().await.context("writing the spool file")?;
-        drop(file);
+        pipeline::spool_to_file(reader, &spool, cancel, &moved).await?;
+        // pg_dump wrote to a pipe and could not record where each table's data is: with the
+        // offsets, pg_restore's workers seek instead of scanning the file for every table
+        let blocks: Vec<u64> = m.dump().map(|d| d.blocks.iter().map(|b| b.raw_offset).collect()).unwrap_or_default();
+        let set = pg::archive::set_data_offsets(&spool, &blocks).context("writing data offsets into the spool")?;
+        tracing::debug!(entries = set, "data offsets written into the spooled archive");
+        tracing::debug!(bytes = m.data.raw_bytes, "archive spooled for the parallel pg_restore");
         let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
         let spec = spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
         let spec = pg::conn_env(spec, target).stdout(false);

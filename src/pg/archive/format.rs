@@ -22,6 +22,9 @@ pub(super) struct Header {
     pub(super) relations: Vec<super::Relation>,
     /// Every schema the archive creates or puts an object in.
     pub(super) schemas: std::collections::BTreeSet<String>,
+    /// Each TOC entry's dump id, where its data-offset field starts, and the field's flag.
+    pub(super) offset_fields: Vec<(i64, usize, u8)>,
+    pub(super) off_size: usize,
 }
 
 pub(super) enum Parse {
@@ -112,6 +115,7 @@ pub(super) fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
     let mut tables = HashMap::new();
     let mut relations = Vec::new();
     let mut schemas = std::collections::BTreeSet::new();
+    let mut offset_fields = Vec::new();
     for _ in 0..entries {
         let dump_id = c.int()?;
         let _had_dumper = c.int()?;
@@ -135,8 +139,10 @@ pub(super) fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
         let _with_oids = c.string()?;
         while c.string()?.is_some() {} // dependencies
         // custom format: data offset (flag byte + off_size bytes)
-        c.byte()?;
+        let at = c.pos;
+        let flag = c.byte()?;
         c.bytes(off_size)?;
+        offset_fields.push((dump_id, at, flag));
         match desc.as_str() {
             "SCHEMA" => {
                 schemas.insert(tag.clone());
@@ -155,6 +161,17 @@ pub(super) fn parse_header(data: &[u8]) -> Result<(Header, usize), Parse> {
             tables.insert(dump_id, (namespace, tag));
         }
     }
-    let header = Header { version_text, int_size, database, server_version, dump_version, tables, relations, schemas };
+    let header = Header {
+        version_text,
+        int_size,
+        database,
+        server_version,
+        dump_version,
+        tables,
+        relations,
+        schemas,
+        offset_fields,
+        off_size,
+    };
     Ok((header, c.pos))
 }
