@@ -507,7 +507,11 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
         applied: None,
     };
     let listed = repo.list_with_targets(Some(subject)).await?;
+    // a database that is not configured has no backup jobs of its own, only the safety backups
+    // restores took of it (and only those are planned): there is no failing backup to wait for
+    let configured = !matches!(subject, Subject::Database(name) if config.database(name).is_none());
     if config.retention.skip_after_failure
+        && configured
         && let Some(why) = unsafe_to_delete(ctx, subject, !listed.is_empty()).await?
     {
         tracing::warn!(subject = %subject, reason = %why, "retention skipped");
@@ -525,11 +529,10 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
     // listed again under the lock: what a backup committed meanwhile is planned too
     let listed = if lock.is_some() { repo.list_with_targets(Some(subject)).await? } else { listed };
     let candidates: Vec<Candidate> = listed.iter().map(|l| Candidate::from_listed(l, &in_use)).collect();
-    let policies = match subject {
-        Subject::Database(name) if config.database(name).is_none() => {
-            Policies::unconfigured_database(&config.retention)
-        }
-        _ => Policies::for_subject(subject, &config.retention),
+    let policies = if configured {
+        Policies::for_subject(subject, &config.retention)
+    } else {
+        Policies::unconfigured_database(&config.retention)
     };
     run.decisions = plan_with(&candidates, &policies, config.timezone, now);
     if !dry_run {

@@ -194,6 +194,18 @@ fn clean_in_place_works_on_partitioned_tables_and_safety_backups_are_their_own()
     let after = env.list_json();
     assert_eq!(after.iter().filter(|b| b["trigger"] == "safety_before_restore").count(), 1);
     assert!(after.iter().any(|b| b["id"] == id));
+    // the safety backups of a database that is not in the configuration are pruned too
+    let other = unique("rclean_o");
+    assert!(env.run(&["restore", &id, "--target-database", &other, "--create"]).status.success());
+    for _ in 0..2 {
+        let out = env.run(&["restore", &id, "--target-database", &other, "--clean", "--yes"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let of_other = |l: &[serde_json::Value]| l.iter().filter(|b| b["database"] == other.as_str()).count();
+    assert_eq!(of_other(&env.list_json()), 2);
+    let out = env.run(&["retention"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(of_other(&env.list_json()), 1, "{}", stdout(&out));
     // a clean restore that fails after the drop names the safety backup that holds what was there
     let bin = env.fake_tool("pg_restore", "pg_restore_fail.sh");
     let good = std::fs::read_to_string(&env.config).unwrap();
