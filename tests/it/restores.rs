@@ -282,3 +282,35 @@ fn a_test_restore_with_an_object_missing_fails_and_names_it() {
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(text.contains("restored schema differs") && text.contains("CREATE VIEW public.v_film"), "{text}");
 }
+
+#[test]
+fn a_cancelled_replace_leaves_the_target_as_it_was() {
+    let env = TestEnv::new("rcancel");
+    objects(&env);
+    let id = env.backup();
+    env.psql("create table after_backup (x int);");
+    let bin = env.fake_tool("pg_restore", "pg_restore_slow.sh");
+    env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
+    let child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["restore", &id, "--target-database", &env.db, "--replace", "--yes"])
+        .env("REAL_PG_BIN", real_pg_bin())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = format!("{}_pgbackd_replacing", env.db);
+    let start = std::time::Instant::now();
+    while !exists(&staging) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the copy was never created");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    send_signal(child.id(), libc::SIGTERM, false);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("was left as it was"), "{}", stderr(&out));
+    assert_eq!(env.psql("select count(*) from pg_tables where tablename = 'after_backup'").trim(), "1");
+    assert!(!exists(&staging), "the copy was dropped");
+    assert!(!exists(&format!("{}_pre_{id}", env.db)));
+}

@@ -339,6 +339,9 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
     }
     .await;
     let restored = restored.and_then(|()| {
+        if cancel.is_cancelled() {
+            bail!("the restore was cancelled");
+        }
         if req.replace && !report.matches() {
             bail!(
                 "the restored copy differs from the backup (see below), so {:?} was not replaced",
@@ -603,20 +606,28 @@ pub(super) async fn stream_into(
     };
     let _ = stdin.shutdown().await;
     drop(stdin);
-    match streamed {
-        Ok(()) => Ok(child.wait().await?),
-        // pg_restore stopped reading: it had what it needed, or it failed (then its exit says so)
-        Err(e) if broken_pipe(&e) => Ok(child.wait().await?),
-        Err(e) => {
-            let tail = child.stderr_tail();
-            let _ = child.terminate(KILL_GRACE).await;
-            Err(if tail.trim().is_empty() {
-                e
-            } else {
-                e.context(format!("{}'s stderr ends with:\n{}", spec.program_name(), tail.trim_end()))
-            })
-        }
+    // pg_restore stopped reading early: it had what it needed, or it failed (then its exit
+    // says so)
+    let finished = match &streamed {
+        Ok(()) => true,
+        Err(e) => broken_pipe(e),
+    };
+    if finished {
+        let program = spec.program_name().to_owned();
+        // dropping the child on cancellation kills it
+        return tokio::select! {
+            r = child.wait() => Ok(r?),
+            _ = cancel.cancelled() => bail!("{program} was stopped: the restore was cancelled"),
+        };
     }
+    let e = streamed.expect_err("not finished");
+    let tail = child.stderr_tail();
+    let _ = child.terminate(KILL_GRACE).await;
+    Err(if tail.trim().is_empty() {
+        e
+    } else {
+        e.context(format!("{}'s stderr ends with:\n{}", spec.program_name(), tail.trim_end()))
+    })
 }
 
 fn broken_pipe(e: &anyhow::Error) -> bool {
