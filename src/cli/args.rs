@@ -73,6 +73,29 @@ pub enum Command {
     Keygen(KeygenArgs),
 }
 
+/// The server a restore writes to, when not the configured one.
+#[derive(Debug, Args)]
+pub struct TargetServerArgs {
+    /// Target server host (default: restore.target, else the backup's own server).
+    #[arg(long)]
+    pub target_host: Option<String>,
+    #[arg(long)]
+    pub target_port: Option<u16>,
+    #[arg(long)]
+    pub target_user: Option<String>,
+}
+
+impl TargetServerArgs {
+    pub fn overrides(&self) -> crate::jobs::restore::TargetOverride {
+        crate::jobs::restore::TargetOverride {
+            host: self.target_host.clone(),
+            port: self.target_port,
+            user: self.target_user.clone(),
+            server: None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// The database to roll back (default: --database, else the only configured database).
@@ -81,12 +104,8 @@ pub struct RollbackArgs {
     /// The configured database whose server it is on.
     #[arg(long)]
     pub database: Option<String>,
-    #[arg(long)]
-    pub target_host: Option<String>,
-    #[arg(long)]
-    pub target_port: Option<u16>,
-    #[arg(long)]
-    pub target_user: Option<String>,
+    #[command(flatten)]
+    pub server: TargetServerArgs,
     /// Which kept database to swap in (default: the newest kept for it).
     #[arg(long, value_name = "NAME")]
     pub from: Option<String>,
@@ -226,13 +245,8 @@ pub struct RestoreArgs {
     /// The database to restore into.
     #[arg(long)]
     pub target_database: String,
-    /// Target server host (default: restore.target, else the backup's own server).
-    #[arg(long)]
-    pub target_host: Option<String>,
-    #[arg(long)]
-    pub target_port: Option<u16>,
-    #[arg(long)]
-    pub target_user: Option<String>,
+    #[command(flatten)]
+    pub server: TargetServerArgs,
     /// Create the target database when it does not exist.
     #[arg(long)]
     pub create: bool,

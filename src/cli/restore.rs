@@ -4,7 +4,7 @@ use super::args::{CatArgs, RestoreArgs, RestoreFilesArgs};
 use super::{EXIT_JOB_FAILED, EXIT_OK, JobFailed, failure, run_job};
 use crate::jobs::JobContext;
 use crate::jobs::kind::JobKind;
-use crate::jobs::restore::{RestoreReport, RestoreRequest, TargetOverride};
+use crate::jobs::restore::{RestoreReport, RestoreRequest};
 use crate::jobs::run::{JobSpec, Produced, RestoreTo, Select};
 use crate::repo::manifest::Trigger;
 use crate::repo::{Manifest, Subject};
@@ -31,12 +31,7 @@ pub async fn database(ctx: &JobContext, args: &RestoreArgs) -> Result<ExitCode> 
     let m = named_backup(ctx, args.backup_id.as_deref(), args.database.as_deref()).await?;
     let req = RestoreRequest {
         target_database: args.target_database.clone(),
-        target: TargetOverride {
-            host: args.target_host.clone(),
-            port: args.target_port,
-            user: args.target_user.clone(),
-            server: None,
-        },
+        target: args.server.overrides(),
         create: args.create,
         clean: args.clean,
         replace: args.replace,

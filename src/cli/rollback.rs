@@ -3,19 +3,13 @@
 use super::EXIT_OK;
 use super::args::RollbackArgs;
 use crate::jobs::JobContext;
-use crate::jobs::restore::TargetOverride;
 use anyhow::Result;
 use std::process::ExitCode;
 
 pub async fn run(ctx: &JobContext, args: &RollbackArgs) -> Result<ExitCode> {
     let db = ctx.config.select_database(args.database.as_deref())?;
     let target = args.target_database.clone().unwrap_or_else(|| db.name.clone());
-    let t = TargetOverride {
-        host: args.target_host.clone(),
-        port: args.target_port,
-        user: args.target_user.clone(),
-        server: None,
-    };
+    let t = args.server.overrides();
     let conn = crate::jobs::restore::server(&ctx.config, db, &t, &target);
     let r = crate::jobs::restore::rollback(&conn, &target, args.from.as_deref(), args.yes, ctx.now()).await?;
     say!("{} is {} again (the database that restore --replace replaced)", r.restored_from, r.database);

@@ -358,17 +358,10 @@ fn log_damaged(id: &str, target: &str, problem: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::local::LocalStore;
     use chrono::{TimeZone, Utc};
 
     fn repo(dir: &std::path::Path) -> Repository {
-        let store = Arc::new(LocalStore::new("local", dir).unwrap());
-        Repository {
-            targets: vec![Target { store, required: true }],
-            file_targets: None,
-            config_targets: None,
-            crypto: None,
-        }
+        Repository::local_for_tests(dir)
     }
 
     #[tokio::test]

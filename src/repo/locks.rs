@@ -357,17 +357,9 @@ const REFRESH: Duration = Duration::from_secs(60);
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::storage::Target;
-    use crate::storage::local::LocalStore;
 
     fn repo(dir: &std::path::Path) -> Repository {
-        let store = Arc::new(LocalStore::new("local", dir).unwrap());
-        Repository {
-            targets: vec![Target { store, required: true }],
-            file_targets: None,
-            config_targets: None,
-            crypto: None,
-        }
+        Repository::local_for_tests(dir)
     }
 
     fn quick() -> LockSettings {

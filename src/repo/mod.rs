@@ -51,6 +51,18 @@ pub struct Listed {
 pub type Deleted = Vec<(String, Result<u64>)>;
 
 impl Repository {
+    /// A repository of one local target in `dir`, unencrypted, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn local_for_tests(dir: &std::path::Path) -> Repository {
+        let store = Arc::new(crate::storage::local::LocalStore::new("local", dir).unwrap());
+        Repository {
+            targets: vec![crate::storage::Target { store, required: true }],
+            file_targets: None,
+            config_targets: None,
+            crypto: None,
+        }
+    }
+
     pub async fn open(config: &Config) -> Result<Repository> {
         let crypto = Crypto::load(&config.encryption)?;
         let apart = |name: &str, dir: &Option<std::path::PathBuf>| -> Result<Option<Vec<Target>>> {
