@@ -233,9 +233,16 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
         );
     }
 
-    // read before write: every frame, and the globals, are checked before anything is created
+    // read before write: every frame, and the globals, are checked before anything is created;
+    // a parallel restore's spool is that check (every frame it writes is checked)
     tracing::info!(restore_target = %target, "checking the backup before restoring");
-    reader.check_stored().await?;
+    let jobs = if req.jobs > 0 { req.jobs } else { config.restore.jobs };
+    let spool = if jobs > 1 && !req.dry_run {
+        Some(spool(&reader, m, cancel, &ctx.progress).await?)
+    } else {
+        reader.check_stored().await?;
+        None
+    };
     tracing::debug!(frames = m.data.frames.len(), "every stored frame checked");
     let globals = match (req.globals, &dump.globals) {
         (false, _) => None,
@@ -332,9 +339,12 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
         if selection.is_partial() {
             ensure_schemas(&selection, &into_conn).await?;
         }
-        report.warnings.extend(pg_restore(ctx, req, &selection, &tools, &reader, m, &into_conn).await?);
+        let archive = match spool {
+            Some(file) => Archive::Spooled(file),
+            None => Archive::Stream(&reader),
+        };
+        report.warnings.extend(pg_restore(ctx, req, &selection, &tools, archive, m, &into_conn).await?);
         tracing::debug!("pg_restore finished");
-        let jobs = if req.jobs > 0 { req.jobs } else { config.restore.jobs };
         check_restored(dump, &selection, &overrides, create, &into_conn, jobs, &mut report).await
     }
     .await;
@@ -486,7 +496,7 @@ async fn pg_restore(
     req: &RestoreRequest,
     selection: &Selection,
     tools: &Tools,
-    reader: &Arc<ObjectReader>,
+    archive: Archive<'_>,
     m: &Manifest,
     target: &Connection,
 ) -> Result<Vec<String>> {
@@ -511,31 +521,23 @@ async fn pg_restore(
     }
     let moved = ctx.progress.clone();
     let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
-    let ran = if jobs > 1 {
-        // parallel pg_restore needs a seekable file: spool the verified stream into a file with no
-        // name (gone when the last descriptor closes, even after kill -9: decrypted data never
-        // outlives the restore), handed to pg_restore as its fd 4; no fsync: nobody reads it
-        // after a crash
-        const SPOOL_FD: i32 = 4;
-        let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
-        pipeline::spool_to_file(reader, &spool, cancel, &moved).await?;
-        // pg_dump wrote to a pipe and could not record where each table's data is: with the
-        // offsets, pg_restore's workers seek instead of scanning the file for every table
-        let blocks: Vec<u64> = m.dump().map(|d| d.blocks.iter().map(|b| b.raw_offset).collect()).unwrap_or_default();
-        let set = pg::archive::set_data_offsets(&spool, &blocks).context("writing data offsets into the spool")?;
-        tracing::debug!(entries = set, "data offsets written into the spooled archive");
-        tracing::debug!(bytes = m.data.raw_bytes, "archive spooled for the parallel pg_restore");
-        let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
-        let spec = spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
-        let spec = pg::conn_env(spec, target).stdout(false);
-        let child = Running::spawn(&spec)?;
-        tokio::select! {
-            r = child.wait() => r.map_err(anyhow::Error::from),
-            _ = cancel.cancelled() => bail!("{what}: restore cancelled"),
+    let ran = match archive {
+        Archive::Spooled(spool) => {
+            const SPOOL_FD: i32 = 4;
+            let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
+            let spec =
+                spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
+            let spec = pg::conn_env(spec, target).stdout(false);
+            let child = Running::spawn(&spec)?;
+            tokio::select! {
+                r = child.wait() => r.map_err(anyhow::Error::from),
+                _ = cancel.cancelled() => bail!("{what}: restore cancelled"),
+            }
         }
-    } else {
-        let spec = pg::conn_env(spec, target);
-        stream_into(&spec, reader, RawCheck::FramesOnly, selection.stream_until, cancel, &moved).await
+        Archive::Stream(reader) => {
+            let spec = pg::conn_env(spec, target);
+            stream_into(&spec, reader, RawCheck::FramesOnly, selection.stream_until, cancel, &moved).await
+        }
     };
     match ran {
         Ok(_) => Ok(Vec::new()),
@@ -565,6 +567,32 @@ async fn pg_restore(
             Err(e.context(format!("pg_restore of {what} into {:?} failed{hint}", target.dbname)))
         }
     }
+}
+
+/// What pg_restore reads: the verified stream on its stdin, or a spool (for `--jobs N`).
+enum Archive<'a> {
+    Stream(&'a Arc<ObjectReader>),
+    Spooled(std::fs::File),
+}
+
+/// The archive of `m` in a file for a parallel pg_restore, which needs a seekable one: every
+/// frame checked as it is written; the file has no name (gone when the last descriptor closes,
+/// even after kill -9: decrypted data never outlives the restore) and is not fsynced (nobody
+/// reads it after a crash).
+async fn spool(
+    reader: &Arc<ObjectReader>,
+    m: &Manifest,
+    cancel: &CancellationToken,
+    moved: &Counter,
+) -> Result<std::fs::File> {
+    let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
+    pipeline::spool_to_file(reader, &spool, cancel, moved).await?;
+    // pg_dump wrote to a pipe and could not record where each table's data is: with the
+    // offsets, pg_restore's workers seek instead of scanning the file for every table
+    let blocks: Vec<u64> = m.dump().map(|d| d.blocks.iter().map(|b| b.raw_offset).collect()).unwrap_or_default();
+    let set = pg::archive::set_data_offsets(&spool, &blocks).context("writing data offsets into the spool")?;
+    tracing::debug!(bytes = m.data.raw_bytes, offsets = set, "archive spooled for the parallel pg_restore");
+    Ok(spool)
 }
 
 /// With `--clean`, pg_restore cannot drop a partition's constraint that it inherited (dropping
