@@ -122,9 +122,16 @@ impl TestEnv {
         self.run_env(args, &[])
     }
 
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    /// pgbackd with this config and `args`, for fake tools to find the real ones (`REAL_PG_BIN`),
+    /// stdin closed: to spawn (the caller chooses stdout and stderr) or to run.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(&self.config).args(args).env("REAL_PG_BIN", real_pg_bin()).stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -291,11 +291,8 @@ fn a_cancelled_replace_leaves_the_target_as_it_was() {
     env.psql("create table after_backup (x int);");
     let bin = env.fake_tool("pg_restore", "pg_restore_slow.sh");
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
-    let child = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["restore", &id, "--target-database", &env.db, "--replace", "--yes"])
-        .env("REAL_PG_BIN", real_pg_bin())
+    let child = env
+        .command(&["restore", &id, "--target-database", &env.db, "--replace", "--yes"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -173,11 +173,8 @@ fn a_cancelled_backup_aborts_its_multipart_upload() {
         false,
         &format!("pg_bin_dir: {}\nstorage:\n{}", bin.display(), server.target_yaml("s3", &bucket, "")),
     );
-    let child = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("backup")
-        .env("REAL_PG_BIN", real_pg_bin())
+    let child = env
+        .command(&["backup"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -342,11 +339,8 @@ fn a_multipart_upload_left_by_kill_9_is_shown_then_aborted_on_s3() {
     let first = env.backup();
     let bin = env.fake_bin("pg_dump_hang_after_14mb.sh");
     env.write_config_with(false, &format!("pg_bin_dir: {}\nretention:\n  orphan_grace: 1s\n{storage}", bin.display()));
-    let mut child = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("backup")
-        .env("REAL_PG_BIN", real_pg_bin())
+    let mut child = env
+        .command(&["backup"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

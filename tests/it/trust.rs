@@ -101,16 +101,7 @@ fn a_backup_cancelled_while_pg_dumpall_runs_is_a_failed_backup() {
     small(&env);
     let bin = env.fake_tool("pg_dumpall", "pg_dumpall_hang.sh");
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["backup"])
-        .env("REAL_PG_BIN", real_pg_bin())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.command(&["backup"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     wait_until("pg_dumpall to hang", Duration::from_secs(30), || pgrep("sleep 4325"));
     send_signal(child.id(), libc::SIGTERM, false);
     let out = child.wait_with_output().unwrap();
@@ -218,16 +209,7 @@ fn kill_9_leaves_nothing_that_is_not_found_and_removed() {
     let bin = env.fake_bin("pg_dump_hang_after_14mb.sh");
     env.write_config(&format!("pg_bin_dir: {}\nretention:\n  orphan_grace: 1s\n", bin.display()));
     let before_tmp = tmp_names();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["backup"])
-        .env("REAL_PG_BIN", real_pg_bin())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.command(&["backup"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let partial = || files_under(&env.repository()).into_iter().any(|f| f.to_string_lossy().contains(".pgbackd-tmp-"));
     wait_until("a half-written data file", Duration::from_secs(30), partial);
     wait_until("pg_dump to hang", Duration::from_secs(30), || pgrep("sleep 4322"));
@@ -428,12 +410,8 @@ fn retention_in_another_process_keeps_what_a_restore_reads() {
     let bin = env.fake_tool("pg_restore", "pg_restore_slow.sh");
     env.write_config(&format!("{policy}pg_bin_dir: {}\n", bin.display()));
     let target = unique("race_r");
-    let restore = Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["restore", &ids[0], "--target-database", &target, "--create"])
-        .env("REAL_PG_BIN", real_pg_bin())
-        .stdin(Stdio::null())
+    let restore = env
+        .command(&["restore", &ids[0], "--target-database", &target, "--create"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -503,12 +481,8 @@ fn a_deleted_manifest_stays_visible_until_forgotten_on_purpose() {
     let bin = env.fake_tool("pg_restore", "pg_restore_slow.sh");
     env.write_config(&format!("pg_bin_dir: {}\n", bin.display()));
     let target = unique("forget_r");
-    let mut restore = Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["restore", &inc, "--target-database", &target, "--create"])
-        .env("REAL_PG_BIN", real_pg_bin())
-        .stdin(Stdio::null())
+    let mut restore = env
+        .command(&["restore", &inc, "--target-database", &target, "--create"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
