@@ -234,11 +234,12 @@ fn show(v: &Option<String>) -> String {
 }
 
 /// A SQL string literal.
-pub fn literal(s: &str) -> String {
+fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn db_error(e: &tokio_postgres::Error) -> String {
+/// The server's message of `e` (without the "db error: ERROR:" wrapping), else `e` as it prints.
+pub fn db_error(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
 }
 

@@ -304,7 +304,8 @@ async fn stream_frames<W: AsyncWrite + Unpin + Send>(
         Some(l) => object.frames.iter().take_while(|f| f.raw_offset < l).count(),
         None => object.frames.len(),
     };
-    let check = if limit.is_some() { RawCheck::FramesOnly } else { check };
+    // a prefix has no recorded SHA-256 of its own
+    debug_assert!(limit.is_none() || check == RawCheck::FramesOnly);
     let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(2);
     let fetch = {
         let reader = reader.clone();

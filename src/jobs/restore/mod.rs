@@ -132,38 +132,35 @@ impl RestoreReport {
 /// database entry, else the server recorded in the manifest.
 fn target_connection(req: &RestoreRequest, config: &Config, m: &Manifest) -> Result<Connection> {
     let dump = m.dump().with_context(|| format!("{} is not a database backup", m.describe()))?;
-    let base = req
-        .target
-        .server
-        .clone()
-        .or_else(|| config.restore.target.clone())
-        .or_else(|| config.database(m.subject.name()).map(|d| d.connection.clone()))
-        .unwrap_or_else(|| Connection {
-            host: dump.source.host.clone(),
-            port: dump.source.port,
-            user: dump.source.user.clone(),
-            password: None,
-            dbname: String::new(),
-        });
-    Ok(Connection {
-        host: req.target.host.clone().unwrap_or(base.host),
-        port: req.target.port.unwrap_or(base.port),
-        user: req.target.user.clone().unwrap_or(base.user),
-        password: base.password,
-        dbname: req.target_database.clone(),
-    })
+    let configured = config.database(m.subject.name()).map(|d| d.connection.clone());
+    let recorded = || Connection {
+        host: dump.source.host.clone(),
+        port: dump.source.port,
+        user: dump.source.user.clone(),
+        password: None,
+        dbname: String::new(),
+    };
+    Ok(req.target.apply(config, configured.unwrap_or_else(recorded), &req.target_database))
 }
 
 /// The server a restore of configured database `db` writes to (`restore.target`, else the
 /// database's own), with `t`'s overrides, connected to database `name`.
 pub fn server(config: &Config, db: &DatabaseConfig, t: &TargetOverride, name: &str) -> Connection {
-    let base = t.server.clone().or_else(|| config.restore.target.clone()).unwrap_or_else(|| db.connection.clone());
-    Connection {
-        host: t.host.clone().unwrap_or(base.host),
-        port: t.port.unwrap_or(base.port),
-        user: t.user.clone().unwrap_or(base.user),
-        password: base.password,
-        dbname: name.to_owned(),
+    t.apply(config, db.connection.clone(), name)
+}
+
+impl TargetOverride {
+    /// The server to restore to: the whole server given, else `restore.target`, else `fallback`;
+    /// then host, port and user as given; connected to database `name`.
+    fn apply(&self, config: &Config, fallback: Connection, name: &str) -> Connection {
+        let base = self.server.clone().or_else(|| config.restore.target.clone()).unwrap_or(fallback);
+        Connection {
+            host: self.host.clone().unwrap_or(base.host),
+            port: self.port.unwrap_or(base.port),
+            user: self.user.clone().unwrap_or(base.user),
+            password: base.password,
+            dbname: name.to_owned(),
+        }
     }
 }
 
@@ -340,7 +337,7 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
             ensure_schemas(&selection, &into_conn).await?;
         }
         let archive = match spool {
-            Some(file) => Archive::Spooled(file),
+            Some(file) => Archive::Spooled { file, jobs },
             None => Archive::Stream(&reader),
         };
         report.warnings.extend(pg_restore(ctx, req, &selection, &tools, archive, m, &into_conn).await?);
@@ -421,7 +418,7 @@ async fn create_database(
     let p = p.expected(o);
     let sql = p.create_statement(name);
     admin.batch_execute(&sql).await.map_err(|e| {
-        let msg = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+        let msg = pg::database::db_error(&e);
         let hint = if msg.contains("locale") || msg.contains("collation") || msg.contains("encoding") {
             format!(
                 ": the target server lacks the backup's locale or encoding ({} / {} / {}; `locale -a` lists what it has): \
@@ -502,7 +499,6 @@ async fn pg_restore(
 ) -> Result<Vec<String>> {
     let what = m.describe();
     let cancel = &ctx.cancel;
-    let jobs = if req.jobs > 0 { req.jobs } else { ctx.config.restore.jobs };
     let mut spec = ChildSpec::new(tools.path("pg_restore")).arg("--no-password").arg(pg::dbname_arg(&target.dbname));
     if req.clean {
         spec = spec.args(["--clean", "--if-exists"]);
@@ -522,9 +518,9 @@ async fn pg_restore(
     let moved = ctx.progress.clone();
     let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
     let ran = match archive {
-        Archive::Spooled(spool) => {
+        Archive::Spooled { file, jobs } => {
             const SPOOL_FD: i32 = 4;
-            let spool = Arc::new(std::os::fd::OwnedFd::from(spool));
+            let spool = Arc::new(std::os::fd::OwnedFd::from(file));
             let spec =
                 spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
             let spec = pg::conn_env(spec, target).stdout(false);
@@ -572,7 +568,11 @@ async fn pg_restore(
 /// What pg_restore reads: the verified stream on its stdin, or a spool (for `--jobs N`).
 enum Archive<'a> {
     Stream(&'a Arc<ObjectReader>),
-    Spooled(std::fs::File),
+    /// For `pg_restore --jobs jobs`.
+    Spooled {
+        file: std::fs::File,
+        jobs: u32,
+    },
 }
 
 /// The archive of `m` in a file for a parallel pg_restore, which needs a seekable one: every

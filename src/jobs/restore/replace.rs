@@ -98,8 +98,7 @@ pub struct RolledBack {
 }
 
 /// The databases `--replace` kept for `target`, newest first.
-pub async fn kept(conn: &Connection, target: &str) -> Result<Vec<String>> {
-    let admin = pg::connect_admin(conn).await?;
+async fn kept(admin: &Client, target: &str) -> Result<Vec<String>> {
     let rows = admin.query("select datname::text from pg_database where strpos(datname, '_pre_') > 0", &[]).await?;
     let mut out: Vec<(String, String)> = rows
         .iter()
@@ -123,7 +122,8 @@ pub async fn rollback(
     yes: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<RolledBack> {
-    let kept = kept(conn, target).await?;
+    let admin = pg::connect_admin(conn).await?;
+    let kept = kept(&admin, target).await?;
     let from = match from {
         Some(f) if kept.iter().any(|k| k == f) => f.to_owned(),
         Some(f) => refuse!("{f:?} is not a database kept by `restore --replace` of {target:?} (kept: {})", list(&kept)),
@@ -139,7 +139,6 @@ pub async fn rollback(
         );
     }
     let aside = fit(target, &format!("_rolled_back_{}", now.format("%Y%m%dT%H%M%SZ")));
-    let admin = pg::connect_admin(conn).await?;
     if !pg::database_exists(&admin, target).await? {
         admin
             .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&from), quote_ident(target)))
