@@ -5,32 +5,30 @@
 //! Safety: a non-empty target is refused unless `--clean --yes`; with `--clean` a safety backup of
 //! the target is taken first (`restore.safety_backup`), and its id is reported.
 
+mod files;
+mod pg_restore;
 mod replace;
+mod safety;
 pub mod schema;
 mod selection;
 
+pub use files::{files, files_from};
+pub(crate) use pg_restore::stream_into;
+use pg_restore::{Archive, apply_globals, pg_restore, spool};
 pub use replace::rollback;
 pub use selection::Selection;
 
-use super::backup::{self, KILL_GRACE};
 use super::context::JobContext;
 use super::context::Select;
 use super::refuse;
 use crate::config::{Config, Connection, DatabaseConfig};
 use crate::pg::database::{DatabaseProperties, Overrides};
 use crate::pg::{self, Tools};
-use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
-use crate::process::{ChildSpec, Running};
-use crate::progress;
-use crate::repo::manifest::Trigger;
-use crate::repo::{BackupKind, Manifest, Subject};
-use crate::storage::Store;
+use crate::pipeline::{self, Counter, RawCheck};
+use crate::repo::{Manifest, Subject};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 /// The backup of `subject` a restore reads: the one named, else the newest.
 pub async fn choose(ctx: &JobContext, subject: &Subject, select: &Select) -> Result<Manifest> {
@@ -276,42 +274,7 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
     }
 
     if exists && req.clean && objects > 0 && config.restore.safety_backup {
-        let safety_db = DatabaseConfig { name: req.target_database.clone(), connection: target.clone() };
-        let breq = backup::Request {
-            database: &safety_db,
-            kind: BackupKind::Full,
-            trigger: Trigger::SafetyBeforeRestore,
-            allow_shrink: true,
-        };
-        let begun = ctx.now();
-        let taken = backup::run(ctx, &breq).await;
-        // the safety backup's own report, in reports/backup/ beside the others
-        let spec = super::JobSpec::new(
-            super::JobKind::FullBackup,
-            Subject::Database(req.target_database.clone()),
-            Trigger::SafetyBeforeRestore,
-        );
-        let run = super::JobRun {
-            span: tracing::Span::current(),
-            started_at: begun,
-            finished_at: ctx.now(),
-            outcome: match &taken {
-                Ok(_) => super::RunOutcome::Success,
-                Err(e) => super::RunOutcome::Failed(anyhow::anyhow!("{e:#}")),
-            },
-            produced: match &taken {
-                Ok(m) => super::Produced::Backup(Box::new(m.clone())),
-                Err(_) => super::Produced::Nothing,
-            },
-            spec,
-        };
-        if let Err(e) = super::report::write(&config.reports.dir, &run.spec.subject, &super::report::Report::from(&run))
-        {
-            tracing::warn!(error = %format!("{e:#}"), "could not write the safety backup's report");
-        }
-        let safety = taken.context("the safety backup of the restore target failed, so nothing was restored")?;
-        tracing::info!(safety_backup_id = %safety.id, "safety backup of the target taken");
-        report.safety_backup_id = Some(safety.id);
+        report.safety_backup_id = Some(safety::take(ctx, &req.target_database, &target).await?);
     }
     let overrides = req.overrides();
     // --replace writes into a new database beside the target, then swaps the names
@@ -487,207 +450,6 @@ async fn ensure_schemas(selection: &Selection, target: &Connection) -> Result<()
     Ok(())
 }
 
-/// Runs pg_restore into `target`; returns warnings (errors of pg_restore that change nothing).
-async fn pg_restore(
-    ctx: &JobContext,
-    req: &RestoreRequest,
-    selection: &Selection,
-    tools: &Tools,
-    archive: Archive<'_>,
-    m: &Manifest,
-    target: &Connection,
-) -> Result<Vec<String>> {
-    let what = m.describe();
-    let cancel = &ctx.cancel;
-    let mut spec = ChildSpec::new(tools.path("pg_restore")).arg("--no-password").arg(pg::dbname_arg(&target.dbname));
-    if req.clean {
-        spec = spec.args(["--clean", "--if-exists"]);
-    }
-    if req.no_owner {
-        spec = spec.arg("--no-owner");
-    }
-    if req.no_privileges {
-        spec = spec.arg("--no-privileges");
-    }
-    for s in &selection.schemas {
-        spec = spec.arg(format!("--schema={s}"));
-    }
-    for t in &selection.tables {
-        spec = spec.arg(format!("--table={t}"));
-    }
-    let moved = ctx.progress.clone();
-    let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
-    let ran = match archive {
-        Archive::Spooled { file, jobs } => {
-            const SPOOL_FD: i32 = 4;
-            let spool = Arc::new(std::os::fd::OwnedFd::from(file));
-            let spec =
-                spec.arg(format!("--jobs={jobs}")).arg(format!("/proc/self/fd/{SPOOL_FD}")).pass_fd(spool, SPOOL_FD);
-            let spec = pg::conn_env(spec, target).stdout(false);
-            let child = Running::spawn(&spec)?;
-            tokio::select! {
-                r = child.wait() => r.map_err(anyhow::Error::from),
-                _ = cancel.cancelled() => bail!("{what}: restore cancelled"),
-            }
-        }
-        Archive::Stream(reader) => {
-            let spec = pg::conn_env(spec, target);
-            stream_into(&spec, reader, RawCheck::FramesOnly, selection.stream_until, cancel, &moved).await
-        }
-    };
-    match ran {
-        Ok(_) => Ok(Vec::new()),
-        Err(e) if req.clean => match harmless_clean_errors(&e) {
-            Some(n) => Ok(vec![format!(
-                "pg_restore --clean could not drop {n} constraints of partitions, which went with their parent's \
-                 (harmless: the row counts below are checked)"
-            )]),
-            None => Err(e.context(format!("pg_restore of {what} into {:?} failed", target.dbname))),
-        },
-        Err(e) => {
-            let text = format!("{e:#}");
-            let hint = match (
-                text.contains("role") && text.contains("does not exist"),
-                req.no_owner && req.no_privileges,
-            ) {
-                (true, false) => {
-                    ": roles of the source server are missing here; restore them with --globals, or leave ownership \
-                     and grants out with --no-owner --no-privileges"
-                }
-                (true, true) => {
-                    ": an object names a role of the source server (a policy, a default privilege...): create that role \
-                     here, or restore the roles with --globals"
-                }
-                _ => "",
-            };
-            Err(e.context(format!("pg_restore of {what} into {:?} failed{hint}", target.dbname)))
-        }
-    }
-}
-
-/// What pg_restore reads: the verified stream on its stdin, or a spool (for `--jobs N`).
-enum Archive<'a> {
-    Stream(&'a Arc<ObjectReader>),
-    /// For `pg_restore --jobs jobs`.
-    Spooled {
-        file: std::fs::File,
-        jobs: u32,
-    },
-}
-
-/// The archive of `m` in a file for a parallel pg_restore, which needs a seekable one: every
-/// frame checked as it is written; the file has no name (gone when the last descriptor closes,
-/// even after kill -9: decrypted data never outlives the restore) and is not fsynced (nobody
-/// reads it after a crash).
-async fn spool(
-    reader: &Arc<ObjectReader>,
-    m: &Manifest,
-    cancel: &CancellationToken,
-    moved: &Counter,
-) -> Result<std::fs::File> {
-    let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
-    pipeline::spool_to_file(reader, &spool, cancel, moved).await?;
-    // pg_dump wrote to a pipe and could not record where each table's data is: with the
-    // offsets, pg_restore's workers seek instead of scanning the file for every table
-    let blocks: Vec<u64> = m.dump().map(|d| d.blocks.iter().map(|b| b.raw_offset).collect()).unwrap_or_default();
-    let set = pg::archive::set_data_offsets(&spool, &blocks).context("writing data offsets into the spool")?;
-    tracing::debug!(bytes = m.data.raw_bytes, offsets = set, "archive spooled for the parallel pg_restore");
-    Ok(spool)
-}
-
-/// With `--clean`, pg_restore cannot drop a partition's constraint that it inherited (dropping
-/// the parent's already did); if those are all of its errors, how many.
-fn harmless_clean_errors(e: &anyhow::Error) -> Option<usize> {
-    let Some(crate::process::ProcessError::Failed { stderr_tail, code: 1, .. }) =
-        e.chain().find_map(|c| c.downcast_ref::<crate::process::ProcessError>())
-    else {
-        return None;
-    };
-    let ignored: usize = stderr_tail
-        .lines()
-        .find_map(|l| l.split_once("errors ignored on restore: ").and_then(|(_, n)| n.trim().parse().ok()))?;
-    let harmless =
-        stderr_tail.lines().filter(|l| l.contains("ERROR:") && l.contains("cannot drop inherited constraint")).count();
-    let errors = stderr_tail.lines().filter(|l| l.contains("ERROR:")).count();
-    (ignored > 0 && harmless == ignored && errors == ignored).then_some(ignored)
-}
-
-/// Runs `spec` (pg_restore) with the verified archive of `reader` on its stdin, the first
-/// `until` raw bytes of it when given (what a partial restore needs); returns its stderr. A
-/// child that closes its stdin early (pg_restore has read all it needs) and succeeds is a
-/// success; a stream that fails otherwise stops the child (its stderr tail goes into the
-/// error); a child that fails is the error.
-pub(super) async fn stream_into(
-    spec: &ChildSpec,
-    reader: &Arc<ObjectReader>,
-    check: RawCheck,
-    until: Option<u64>,
-    cancel: &CancellationToken,
-    moved: &Counter,
-) -> Result<String> {
-    let spec = spec.clone().stdin(true).stdout(false);
-    let mut child = Running::spawn(&spec)?;
-    let mut stdin = child.take_stdin().with_context(|| format!("{} has no stdin", spec.display()))?;
-    let streamed = match until {
-        Some(limit) => pipeline::restore_prefix(reader, &mut stdin, limit, cancel, moved).await,
-        None => pipeline::restore_stream(reader, &mut stdin, check, cancel, moved).await,
-    };
-    let _ = stdin.shutdown().await;
-    drop(stdin);
-    // pg_restore stopped reading early: it had what it needed, or it failed (then its exit
-    // says so)
-    let finished = match &streamed {
-        Ok(()) => true,
-        Err(e) => broken_pipe(e),
-    };
-    if finished {
-        let program = spec.program_name().to_owned();
-        // dropping the child on cancellation kills it
-        return tokio::select! {
-            r = child.wait() => Ok(r?),
-            _ = cancel.cancelled() => bail!("{program} was stopped: the restore was cancelled"),
-        };
-    }
-    let e = streamed.expect_err("not finished");
-    let tail = child.stderr_tail();
-    let _ = child.terminate(KILL_GRACE).await;
-    Err(if tail.trim().is_empty() {
-        e
-    } else {
-        e.context(format!("{}'s stderr ends with:\n{}", spec.program_name(), tail.trim_end()))
-    })
-}
-
-fn broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
-/// Replays `pg_dumpall --globals-only` with psql into the maintenance database. Errors such as
-/// "role already exists" are expected on a server that has them; others are returned as warnings.
-async fn apply_globals(tools: &Tools, sql: &[u8], target: &Connection) -> Result<Vec<String>> {
-    // on psql's stdin: the roles (with their password hashes) never touch a file
-    let spec = pg::conn_env(
-        ChildSpec::new(tools.path("psql"))
-            .args(["--no-psqlrc", "--quiet", "--no-password", "-v", "ON_ERROR_STOP=0", "--file", "-"])
-            .arg(pg::dbname_arg("postgres")),
-        target,
-    )
-    .stdin(true)
-    .stdout(false);
-    let mut running = Running::spawn(&spec)?;
-    let mut stdin = running.take_stdin().context("psql has no stdin")?;
-    let written = stdin.write_all(sql).await;
-    drop(stdin);
-    let stderr = running.wait().await?;
-    written.context("writing the globals to psql")?;
-    let warnings: Vec<String> = stderr
-        .lines()
-        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
-        .map(|l| format!("globals: {}", l.trim()))
-        .collect();
-    Ok(warnings)
-}
-
 /// Writes the raw archive of a backup to `out` (for `pgbackd cat`), verified frame by frame.
 pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(ctx: &JobContext, m: &Manifest, out: &mut W) -> Result<()> {
     let lock = ctx.read_lock(m, "cat").await?;
@@ -699,51 +461,4 @@ pub async fn cat<W: tokio::io::AsyncWrite + Unpin + Send>(ctx: &JobContext, m: &
     .await;
     lock.release().await;
     written
-}
-
-/// Restores file backup `m` into a directory: the holders of its unchanged files are read too
-/// (oldest first), every frame of every archive checked before anything is written.
-pub async fn files(
-    ctx: &JobContext,
-    m: &Manifest,
-    req: &crate::fileset::restore::Request,
-) -> Result<crate::fileset::restore::Restored> {
-    let lock = ctx.read_lock(m, "file restore").await?;
-    let restored = files_from(ctx, m, req, None).await;
-    lock.release().await;
-    restored
-}
-
-/// [`files`], reading `m`'s own archive from `store` (default: the first target holding it).
-pub async fn files_from(
-    ctx: &JobContext,
-    m: &Manifest,
-    req: &crate::fileset::restore::Request,
-    store: Option<Arc<dyn Store>>,
-) -> Result<crate::fileset::restore::Restored> {
-    let repo = &ctx.repository;
-    let what = m.describe();
-    let set = m.file_set().with_context(|| format!("{what} is not a file backup"))?;
-    let mut chain = Vec::new();
-    for h in &m.depends_on {
-        let holder = repo.find_in(Some(&m.subject), h).await.with_context(|| {
-            format!("{what}: backup {h}, which holds some of its unchanged files, is gone: restore another backup")
-        })?;
-        chain.push(holder);
-    }
-    chain.sort_by_key(|b| b.started_at);
-    let mut archives = Vec::new();
-    for b in &chain {
-        archives.push(crate::fileset::restore::Archive {
-            backup_id: b.id.clone(),
-            what: b.describe(),
-            reader: repo.reader(b, None).await?,
-        });
-    }
-    archives.push(crate::fileset::restore::Archive {
-        backup_id: m.id.clone(),
-        what: what.clone(),
-        reader: repo.reader(m, store).await?,
-    });
-    crate::fileset::restore::run(&m.id, &what, &set.files, archives, req, &ctx.cancel).await
 }
