@@ -1,7 +1,7 @@
 //! Readers of connections: `database:` (the defaults), `databases:`, and the restore and test
 //! restore targets; secrets given inline or as files.
 
-use super::model::{Connection, DatabaseConfig, Pick, RestoreCheck, RestoreSettings, TestRestoreSettings};
+use super::model::{Connection, DatabaseConfig, Pick, RestoreCheck, RestoreSettings, SpoolPlace, TestRestoreSettings};
 use super::node::{self, Value};
 use super::reader::{Ctx, MapReader};
 use crate::secret::Secret;
@@ -182,10 +182,11 @@ pub(super) fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -
     let mut m = top.map("restore")?;
     let safety_backup = m.opt::<bool>("safety_backup").unwrap_or(true);
     let jobs = m.opt::<u32>("jobs").unwrap_or(1).max(1);
+    let spool = m.opt::<SpoolPlace>("spool").unwrap_or_default();
     let target =
         read_server(&mut m, defaults, "the target database name is given on the command line (--target-database)")?;
     m.finish();
-    Some(RestoreSettings { safety_backup, jobs, target })
+    Some(RestoreSettings { safety_backup, jobs, target, spool })
 }
 
 pub(super) fn read_test_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<TestRestoreSettings> {

@@ -105,6 +105,34 @@ pub struct RestoreSettings {
     pub jobs: u32,
     /// Server to restore into, when not the backup's own server (database name comes from the CLI).
     pub target: Option<Connection>,
+    /// Where a parallel restore spools the decoded archive.
+    pub spool: SpoolPlace,
+}
+
+/// Where `restore --jobs N` (and a test restore with jobs > 1) puts the decoded archive that
+/// pg_restore seeks in: both are unnamed, gone when the restore ends, even after kill -9.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpoolPlace {
+    /// In memory when the archive takes at most a quarter of the memory available (the cgroup's
+    /// limit included), else on disk.
+    #[default]
+    Auto,
+    /// An unnamed memory file (memfd): decrypted data never reaches a disk.
+    Memory,
+    /// An unlinked file in TMPDIR.
+    Disk,
+}
+
+impl reader::FromNode for SpoolPlace {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        let Some(text) = <String as reader::FromNode>::from_node(node, ctx)? else { return Ok(None) };
+        match text.as_str() {
+            "auto" => Ok(Some(SpoolPlace::Auto)),
+            "memory" => Ok(Some(SpoolPlace::Memory)),
+            "disk" => Ok(Some(SpoolPlace::Disk)),
+            _ => Err(format!("expected auto, memory or disk, found {text:?}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -164,6 +164,43 @@ fn parallel_restore_filters_and_dry_run() {
 }
 
 #[test]
+fn a_parallel_restore_spools_in_memory_or_to_an_unlinked_file_as_configured() {
+    let env = TestEnv::new("spool");
+    env.psql("create table t (id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g;");
+    let id = env.backup();
+    let bin = env.fake_tool("pg_restore", "pg_restore_record_input.sh");
+    for (place, expected) in
+        [("memory", "/memfd:pgbackd-spool"), ("disk", "(deleted)"), ("auto", "/memfd:pgbackd-spool")]
+    {
+        env.write_config(&format!("pg_bin_dir: {}\nrestore:\n  spool: {place}\n", bin.display()));
+        let target = unique("spool");
+        let out = env.run(&["restore", &id, "--target-database", &target, "--create", "--jobs", "2"]);
+        assert!(out.status.success(), "{place}: {}", stderr(&out));
+        assert_eq!(fingerprint(&env.db, "t"), fingerprint(&target, "t"), "{place}");
+        let inputs = std::fs::read_to_string(bin.join("inputs")).unwrap();
+        let input = inputs.lines().last().unwrap();
+        // in memory (a small archive, under auto too), or a file in TMPDIR that has no name
+        if expected.starts_with('/') {
+            assert!(input.starts_with(expected), "{place}: pg_restore read {input}");
+        } else {
+            assert!(
+                input.starts_with('/') && !input.starts_with("/memfd:") && input.ends_with(expected),
+                "{place}: pg_restore read {input}"
+            );
+        }
+    }
+    // a place that does not exist is refused at load, naming the field
+    env.write_config("restore:\n  spool: ramdisk\n");
+    let out = env.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("restore.spool") && stderr(&out).contains("expected auto, memory or disk"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn restore_protects_a_non_empty_target_and_takes_a_safety_backup() {
     let env = TestEnv::new("safety");
     env.psql("create table t (id int); insert into t select generate_series(1, 100);");

@@ -233,7 +233,7 @@ async fn restore_database(ctx: &JobContext, m: &Manifest, req: &RestoreRequest) 
     tracing::info!(restore_target = %target, "checking the backup before restoring");
     let jobs = if req.jobs > 0 { req.jobs } else { config.restore.jobs };
     let spool = if jobs > 1 && !req.dry_run {
-        Some(spool(&reader, m, cancel, &ctx.progress).await?)
+        Some(spool(&reader, m, config.restore.spool, cancel, &ctx.progress).await?)
     } else {
         reader.check_stored().await?;
         None

@@ -2,13 +2,13 @@
 //! spooled file for `--jobs N`; which of its errors are harmless; hints for the ones that are not.
 
 use super::{RestoreRequest, Selection};
+use crate::config::{Connection, SpoolPlace};
 use crate::jobs::backup::KILL_GRACE;
 use crate::jobs::context::JobContext;
 use crate::pg::{self, Tools};
 use crate::pipeline::{self, Counter, ObjectReader, RawCheck};
 use crate::process::{ChildSpec, Running};
 use crate::progress;
-use crate::config::Connection;
 use crate::repo::Manifest;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
@@ -104,23 +104,56 @@ pub(super) enum Archive<'a> {
 }
 
 /// The archive of `m` in a file for a parallel pg_restore, which needs a seekable one: every
-/// frame checked as it is written; the file has no name (gone when the last descriptor closes,
-/// even after kill -9: decrypted data never outlives the restore) and is not fsynced (nobody
-/// reads it after a crash).
+/// frame checked as it is written. The file has no name (gone when the last descriptor closes,
+/// even after kill -9: decrypted data never outlives the restore), is in memory when `place`
+/// allows (filling a disk file's page cache costs about twice as much) and is not fsynced
+/// (nobody reads it after a crash).
 pub(super) async fn spool(
     reader: &Arc<ObjectReader>,
     m: &Manifest,
+    place: SpoolPlace,
     cancel: &CancellationToken,
     moved: &Counter,
 ) -> Result<std::fs::File> {
-    let spool = tempfile::tempfile().context("creating the spool file in TMPDIR")?;
+    let in_memory = match place {
+        SpoolPlace::Memory => true,
+        SpoolPlace::Disk => false,
+        SpoolPlace::Auto => available_memory().is_some_and(|free| m.data.raw_bytes <= free / 4),
+    };
+    let spool = if in_memory {
+        let fd = rustix::fs::memfd_create("pgbackd-spool", rustix::fs::MemfdFlags::CLOEXEC)
+            .context("creating the in-memory spool (restore.spool: memory)")?;
+        std::fs::File::from(fd)
+    } else {
+        tempfile::tempfile().context("creating the spool file in TMPDIR (restore.spool: disk)")?
+    };
     pipeline::spool_to_file(reader, &spool, cancel, moved).await?;
     // pg_dump wrote to a pipe and could not record where each table's data is: with the
     // offsets, pg_restore's workers seek instead of scanning the file for every table
     let blocks: Vec<u64> = m.dump().map(|d| d.blocks.iter().map(|b| b.raw_offset).collect()).unwrap_or_default();
     let set = pg::archive::set_data_offsets(&spool, &blocks).context("writing data offsets into the spool")?;
-    tracing::debug!(bytes = m.data.raw_bytes, offsets = set, "archive spooled for the parallel pg_restore");
+    tracing::debug!(bytes = m.data.raw_bytes, offsets = set, in_memory, "archive spooled for the parallel pg_restore");
     Ok(spool)
+}
+
+/// Memory this process can still use: the system's available memory, or less when its cgroup
+/// (a container's memory limit) leaves less.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let system = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?
+        * 1024;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| {
+        let path = c.lines().find_map(|l| l.strip_prefix("0::"))?.trim().to_owned();
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        // "max" (no limit) does not parse: the system's figure stands
+        let max: u64 = std::fs::read_to_string(dir.join("memory.max")).ok()?.trim().parse().ok()?;
+        let current: u64 = std::fs::read_to_string(dir.join("memory.current")).ok()?.trim().parse().ok()?;
+        Some(max.saturating_sub(current))
+    });
+    Some(cgroup.map_or(system, |c| c.min(system)))
 }
 
 /// With `--clean`, pg_restore cannot drop a partition's constraint that it inherited (dropping
