@@ -126,7 +126,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     tracing::info!(
         schedules = sched.entries.len(),
         databases = generation.config.databases.len(),
-        next_run = ?sched.next_wake(),
+        next_run = %next_run_text(sched.next_wake()),
         "daemon started"
     );
 
@@ -183,7 +183,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
                         *shared.current.write().unwrap_or_else(|e| e.into_inner()) = generation.clone();
                         *http_config.write().unwrap_or_else(|e| e.into_inner()) = generation.config.clone();
                         sched.reload(&generation.config, clock.now());
-                        tracing::info!(schedules = sched.entries.len(), next_run = ?sched.next_wake(), "configuration reloaded");
+                        tracing::info!(schedules = sched.entries.len(), next_run = %next_run_text(sched.next_wake()), "configuration reloaded");
                     }
                 }
                 Some(Signal::Terminate) | None => break,
@@ -333,3 +333,8 @@ fn next_staleness(board: &Board, config: &Config, now: DateTime<Utc>) -> Option<
 
 #[cfg(test)]
 mod tests;
+
+/// A next run for the log: RFC 3339, or `none` when no schedule is due ever again.
+fn next_run_text(at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    at.map_or_else(|| "none".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}

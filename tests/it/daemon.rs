@@ -157,6 +157,13 @@ fn scheduled_backups_to_local_and_s3_status_healthcheck_and_no_secret_anywhere()
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("\"message\":\"daemon started\"") && log.contains("\"message\":\"job finished\""), "{log}");
     assert!(log.contains("\"run_id\""), "job events carry the run id: {log}");
+    // values as values, never Rust's Debug text (`Some(...)`, `None`)
+    for line in log.lines().filter(|l| l.contains("daemon started")) {
+        assert!(line.contains("\"next_run\":\"20") || line.contains("\"next_run\":\"none\""), "{line}");
+    }
+    for out in [&log, &stdout(&listing), &stdout(&check), &status_http] {
+        assert!(!out.contains("Some(") && !out.contains(":None"), "Debug formatting in output: {out}");
+    }
     let argv = std::fs::read_to_string(env.dir.path().join("argv")).unwrap();
     let environ = std::fs::read_to_string(env.dir.path().join("environ")).unwrap();
     assert_eq!(std::fs::read_to_string(env.dir.path().join("env")).unwrap().trim(), "ok");
