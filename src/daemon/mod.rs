@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use dispatch::{Generation, Runs, Shared, dispatch};
 use scheduler::{Scheduler, needs_catch_up};
 pub use signals::{Signal, os_signals};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +95,8 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
         },
     ));
     board.update(|s| s.schedules = schedule_statuses(&sched, started, &[]));
+    // healthcheck (the status file) and /readyz agree from the first second
+    let last_fulls = read_freshness(&board, &generation).await;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let notifier = Arc::new(Notifier::new(&generation.config).context("setting up notifications")?);
     let shared = Arc::new(Shared {
@@ -154,7 +157,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     }
 
     let mut runs = Runs::default();
-    catch_up(&shared, &generation, &sched, &mut runs).await;
+    catch_up(&shared, &generation, &sched, &last_fulls, &mut runs).await;
     shared.refresh_target_stats();
 
     // the main loop: fire what is due, then sleep until the next run (waking at least every
@@ -264,10 +267,10 @@ async fn reload(path: Option<&std::path::Path>, current: &Config, notifier: &Not
     Some(generation)
 }
 
-/// At start: reads each database's newest full backup (freshness), and runs a full backup now
-/// for each database whose last success is older than a period of its schedule.
-async fn catch_up(shared: &Arc<Shared>, generation: &Arc<Generation>, sched: &Scheduler, runs: &mut Runs) {
-    let mut last_fulls = std::collections::HashMap::new();
+/// At start, before the status file and `/readyz` say anything: each database's newest full
+/// backup (its freshness), on the board; returns them for [`catch_up`].
+async fn read_freshness(board: &Board, generation: &Generation) -> HashMap<Subject, Option<DateTime<Utc>>> {
+    let mut last_fulls = HashMap::new();
     for db in &generation.config.databases {
         let subject = Subject::Database(db.name.clone());
         let last = match generation.repository.latest(&subject, Some(BackupKind::Full)).await {
@@ -278,7 +281,7 @@ async fn catch_up(shared: &Arc<Shared>, generation: &Arc<Generation>, sched: &Sc
             }
         };
         if let Some(m) = &last {
-            shared.board.update(|s| {
+            board.update(|s| {
                 let d = s.databases.entry(db.name.clone()).or_default();
                 d.last_full_success = Some(m.started_at);
                 d.last_full_backup_id = Some(m.id.clone());
@@ -286,6 +289,18 @@ async fn catch_up(shared: &Arc<Shared>, generation: &Arc<Generation>, sched: &Sc
         }
         last_fulls.insert(subject, last.map(|m| m.started_at));
     }
+    last_fulls
+}
+
+/// At start: runs a full backup now for each database whose last success (`last_fulls`) is
+/// older than a period of its schedule.
+async fn catch_up(
+    shared: &Arc<Shared>,
+    generation: &Arc<Generation>,
+    sched: &Scheduler,
+    last_fulls: &HashMap<Subject, Option<DateTime<Utc>>>,
+    runs: &mut Runs,
+) {
     let now = shared.clock.now();
     for entry in sched.entries.iter().filter(|e| e.catch_up && e.kind == JobKind::FullBackup) {
         for subject in &entry.subjects {

@@ -349,3 +349,34 @@ fn a_stalled_dump_is_cancelled_by_the_stall_guard() {
     assert!(env.list_json().is_empty());
     assert!(env.repository_files().is_empty());
 }
+
+#[test]
+fn healthcheck_and_readyz_agree_from_the_first_status_the_daemon_writes() {
+    let env = TestEnv::new("daemon_fresh");
+    env.psql("create table t (id int); insert into t select generate_series(1, 100);");
+    let id = env.backup();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // nothing runs for hours: only the start-up status says the backup is fresh
+    env.write_config(&format!(
+        "schedules:\n  full_backup: \"0 3 * * *\"\ndaemon:\n  catch_up: false\nmonitoring:\n  listen: 127.0.0.1:{mport}\n"
+    ));
+    // a status file left by an earlier daemon must not count
+    let status_file = env.dir.path().join("reports").join("status.json");
+    let _ = std::fs::remove_file(&status_file);
+    let daemon = Daemon::start(&env, &[]);
+    let pid = daemon.child.id();
+    wait_until("the daemon's first status", Duration::from_secs(30), || {
+        std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["pid"] == pid)
+    });
+    let health = env.run(&["healthcheck"]);
+    let ready = crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/readyz").unwrap_or_default();
+    let (code, _, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(health.status.success(), "healthcheck right after start: {}{}", stdout(&health), stderr(&health));
+    assert!(ready.contains("ready"), "/readyz right after start: {ready}");
+    let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&status_file).unwrap()).unwrap();
+    assert_eq!(status["databases"][&env.db]["last_full_backup_id"], id.as_str(), "{status}");
+}
