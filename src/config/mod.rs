@@ -35,16 +35,23 @@ use settings::{
 };
 use std::path::{Path, PathBuf};
 
-/// Files among `paths` that group or others may read, each with what to do about it.
+/// Files among `paths` that others may read, each with what to do about it. Group read is fine
+/// when the group is this process's own (a config installed `root:pgbackd 0640` for a service
+/// running as group pgbackd): only the service reads it.
 pub fn loose_permissions(paths: impl Iterator<Item = PathBuf>) -> Vec<String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let own_group = rustix::process::getegid().as_raw();
     paths
         .filter_map(|p| {
-            let mode = std::fs::metadata(&p).ok()?.permissions().mode();
-            (mode & 0o077 != 0).then(|| {
+            let meta = std::fs::metadata(&p).ok()?;
+            let mode = meta.permissions().mode();
+            let group_ok = meta.gid() == own_group;
+            let loose = mode & 0o007 != 0 || (mode & 0o070 != 0 && !group_ok);
+            loose.then(|| {
                 format!(
-                    "{} is readable by group or others (mode {:o}): chmod 600 {}",
+                    "{} is readable by {} (mode {:o}): chmod 600 {}, or chmod 640 with the service's group",
                     p.display(),
+                    if mode & 0o007 != 0 { "others" } else { "a group this process is not in" },
                     mode & 0o777,
                     p.display()
                 )
@@ -86,7 +93,10 @@ impl Config {
         let env = |name: &str| std::env::var(name).ok();
         let mut cfg = Config::from_yaml(&text, &path.display().to_string(), &env)?;
         cfg.path = Some(path.to_owned());
-        let loose = loose_permissions(std::iter::once(path.to_owned()).chain(cfg.secret_files.iter().cloned()));
+        // the config file itself matters when it holds a secret as it is (not `${VAR}` or a file)
+        let holds_secret = cfg.secret_values().iter().any(|s| !s.expose().is_empty() && text.contains(s.expose()));
+        let files = holds_secret.then(|| path.to_owned()).into_iter().chain(cfg.secret_files.iter().cloned());
+        let loose = loose_permissions(files);
         if !loose.is_empty() && (cfg.strict || cfg.encryption.strict) {
             return Err(ConfigErrors {
                 file: path.display().to_string(),

@@ -222,3 +222,35 @@ fn invalid_storage(#[case] yaml: &str) {
         format!("storage_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));
     insta::assert_snapshot!(name, errors(yaml), yaml);
 }
+
+#[test]
+fn the_permission_warning_is_for_files_that_hold_a_secret_and_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let load = |name: &str, yaml: &str, mode: u32, gid: Option<u32>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(g) = gid {
+            std::os::unix::fs::chown(&path, None, Some(g)).unwrap();
+        }
+        Config::load(&path).unwrap().warnings
+    };
+    let literal = "database:\n  host: db\n  database: app\n  password: Literal-Pa55word\nlocal_backup_dir: /r\n";
+    let from_env =
+        "database:\n  host: db\n  database: app\n  password: ${PGBACKD_TEST_UNSET_PW:-}\nlocal_backup_dir: /r\n";
+    // a secret as it is, readable by others: warned, with the remedy
+    let w = load("literal.yaml", literal, 0o644, None);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("readable by others") && w[0].contains("chmod 600"), "{w:?}");
+    // no secret in the file (it comes from the environment): no warning, whatever the mode
+    assert!(load("env.yaml", from_env, 0o644, None).is_empty());
+    // group-readable by this process's own group (root:pgbackd 0640 for a service in pgbackd): fine
+    assert!(load("group.yaml", literal, 0o640, None).is_empty());
+    // group-readable by another group: warned (only where the test may give a file away)
+    if rustix::process::geteuid().is_root() {
+        let other = rustix::process::getegid().as_raw() + 1;
+        let w = load("other.yaml", literal, 0o640, Some(other));
+        assert!(w.len() == 1 && w[0].contains("a group this process is not in"), "{w:?}");
+    }
+}
