@@ -4,6 +4,7 @@ mod backup_restore;
 mod compat;
 mod config_files;
 mod daemon;
+mod deploy;
 mod encryption;
 mod failures;
 mod fault_proxy;
