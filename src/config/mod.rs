@@ -51,7 +51,7 @@ pub fn loose_permissions(paths: impl Iterator<Item = PathBuf>) -> Vec<String> {
                 format!(
                     "{} is readable by {} (mode {:o}): chmod 600 {}, or chmod 640 with the service's group",
                     p.display(),
-                    if mode & 0o007 != 0 { "others" } else { "a group this process is not in" },
+                    if mode & 0o007 != 0 { "others" } else { "a group other than the process's own" },
                     mode & 0o777,
                     p.display()
                 )
