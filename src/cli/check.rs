@@ -24,6 +24,9 @@ pub async fn run(ctx: &JobContext, args: &CheckConfigArgs) -> Result<ExitCode> {
         let kind = if t.required { "required" } else { "optional" };
         say!("  target   {:<20} {} ({kind})", t.name(), t.store.describe());
     }
+    for w in &config.warnings {
+        say!("  warning  {w}");
+    }
     if !args.connect {
         return Ok(ExitCode::from(EXIT_OK));
     }

@@ -71,7 +71,7 @@ pub fn load_config(cli: &Cli) -> Result<Config> {
 /// Logs the config's warnings (once logging runs).
 pub fn log_config_warnings(config: &Config) {
     for w in &config.warnings {
-        tracing::warn!(problem = %w, "a file holding secrets is readable by others (strict: true makes this an error)");
+        tracing::warn!(problem = %w, "configuration warning");
     }
 }
 

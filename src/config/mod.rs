@@ -106,7 +106,11 @@ impl Config {
                     .collect(),
             });
         }
-        cfg.warnings = loose;
+        cfg.warnings.extend(
+            loose.into_iter().map(|l| {
+                format!("a file holding secrets is readable by others: {l} (strict: true makes this an error)")
+            }),
+        );
         Ok(cfg)
     }
 
@@ -209,19 +213,25 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let monitoring = notify::read_monitoring(&mut top);
     let files = files::read_sets(&mut top, "files");
     let configs = files::read_sets(&mut top, "configs");
+    // a schedule of file or config backups without sets does nothing: said, and dropped
     for (kind, sets, key) in [(JobKind::FileBackup, &files, "files"), (JobKind::ConfigBackup, &configs, "configs")] {
-        if sets.is_empty() && schedules.iter().any(|s| s.kind == kind) {
+        if !sets.is_empty() {
+            continue;
+        }
+        for s in schedules.iter().filter(|s| s.kind == kind) {
             let dir = if kind == JobKind::FileBackup { "file_backup_dir" } else { "config_backup_dir" };
-            ctx.error(
+            ctx.warn(
                 &format!("schedules.{}", kind.name()),
                 format!(
-                    "the {} job backs up the source sets under {key}:, and there are none: add {key}: [{{name: NAME, \
-                     paths: [/abs/path, ...]}}] (stored in {dir} when set), or remove this schedule",
+                    "the {} job backs up the source sets under {key}:, and there are none, so this schedule does \
+                     nothing: add {key}: [{{name: NAME, paths: [/abs/path, ...]}}] (stored in {dir} when set), or \
+                     remove it",
                     kind.name()
                 ),
-                None,
+                s.loc,
             );
         }
+        schedules.retain(|s| s.kind != kind);
     }
     top.finish();
 
@@ -251,7 +261,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         files,
         configs,
         strict,
-        warnings: Vec::new(),
+        warnings: ctx.warnings(),
     })
 }
 

@@ -147,6 +147,8 @@ pub struct ScheduleConfig {
     pub catch_up: bool,
     /// Hard limit on one run (default: `backup.timeout` for backups).
     pub timeout: Option<Duration>,
+    /// Where the schedule is in the file (for messages).
+    pub loc: Option<super::node::Loc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,11 +39,28 @@ pub struct Ctx<'a> {
     /// Inside a section that is switched off, unset variables are not errors.
     lenient_vars: Cell<bool>,
     secret_files: RefCell<Vec<PathBuf>>,
+    warnings: RefCell<Vec<String>>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(env: EnvLookup<'a>) -> Self {
-        Ctx { env, issues: RefCell::new(Vec::new()), lenient_vars: Cell::new(false), secret_files: RefCell::default() }
+        Ctx {
+            env,
+            issues: RefCell::new(Vec::new()),
+            lenient_vars: Cell::new(false),
+            secret_files: RefCell::default(),
+            warnings: RefCell::default(),
+        }
+    }
+
+    /// Something the config says that does nothing, or may not mean what it says: logged at load.
+    pub fn warn(&self, path: &str, message: impl Into<String>, loc: Option<Loc>) {
+        let at = loc.map(|l| format!(" ({l})")).unwrap_or_default();
+        self.warnings.borrow_mut().push(format!("{path}: {}{at}", message.into()));
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.borrow().clone()
     }
 
     pub fn error(&self, path: &str, message: impl Into<String>, loc: Option<Loc>) {

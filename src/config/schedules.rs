@@ -73,6 +73,7 @@ pub(super) fn read_schedules(
                     overlap,
                     catch_up: catch_up.unwrap_or(true),
                     timeout,
+                    loc: Some(key.loc),
                 });
                 if catch_up.is_none() {
                     unset_catch_up.push(out.len() - 1);

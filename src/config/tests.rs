@@ -56,13 +56,21 @@ fn reference_config_parses_and_only_reports_features_not_built_yet() {
     let text = include_str!("../../config/reference.yaml");
     let err = Config::from_yaml(text, "reference.yaml", &env).unwrap_err();
     insta::assert_snapshot!(err.to_string());
-    // every remaining error is something each user must add (the paths of the file and config
-    // backups, the key file): nothing is unknown or mistyped
+    // the one remaining error is what each user must add (the key file): nothing is unknown or
+    // mistyped
     assert!(
-        err.issues.iter().all(|i| i.message.contains("source sets under")
-            || (i.path == "encryption.key_file" && i.message.contains("does not exist"))),
+        err.issues.iter().all(|i| i.path == "encryption.key_file" && i.message.contains("does not exist")),
         "{err}"
     );
+    // with a key file it loads as shipped; its file and config backup schedules, without sets,
+    // are warnings with their lines
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("backup_encryption_key");
+    std::fs::write(&key, "a long enough passphrase\n").unwrap();
+    let text = text.replace("key_file: config/backup_encryption_key", &format!("key_file: {}", key.display()));
+    let c = Config::from_yaml(&text, "reference.yaml", &env).unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(c.warnings.iter().all(|w| w.contains("does nothing") && w.contains("(line ")), "{:?}", c.warnings);
 }
 
 #[test]
@@ -253,4 +261,24 @@ fn the_permission_warning_is_for_files_that_hold_a_secret_and_others_can_read() 
         let w = load("other.yaml", literal, 0o640, Some(other));
         assert!(w.len() == 1 && w[0].contains("a group other than the process's own"), "{w:?}");
     }
+}
+
+#[test]
+fn file_and_config_schedules_without_sets_warn_with_their_line_and_do_nothing() {
+    let yaml = "database: {host: db, database: app}\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"0 1 * * *\"\n  file_backup: \"0 2 * * *\"\n  config_backup: \"0 3 * * *\"\n";
+    let c = Config::from_yaml(yaml, "m.yaml", &env).unwrap();
+    let kinds: Vec<&str> = c.schedules.iter().map(|s| s.kind.name()).collect();
+    assert_eq!(kinds, ["full_backup"], "the set-less schedules are dropped");
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].starts_with("schedules.file_backup:") && c.warnings[0].contains("(line 5, column 3)"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.warnings[1].contains("configs:") && c.warnings[1].contains("line 6"), "{:?}", c.warnings);
+    // with a set, the schedule stays and nothing is said
+    let with = format!("{yaml}files:\n  - {{name: etc, paths: [/etc/hostname]}}\n");
+    let c = Config::from_yaml(&with, "m.yaml", &env).unwrap();
+    assert!(c.schedules.iter().any(|s| s.kind.name() == "file_backup"));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
 }

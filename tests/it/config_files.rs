@@ -32,17 +32,36 @@ fn every_example_config_parses() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         match pgbackd::config::Config::from_yaml(&text, &name, &example_env) {
             Ok(c) => assert!(!c.databases.is_empty(), "{name}"),
-            // the reference config schedules file and config backups without saying which paths,
-            // and names a key file its users keep beside it; only those may fail
+            // the reference config names a key file its users keep beside it; only that may fail
             Err(e) if name == "reference.yaml" => assert!(
-                e.issues.iter().all(|i| i.message.contains("source sets under")
-                    || (i.path == "encryption.key_file" && i.message.contains("does not exist"))),
+                e.issues.iter().all(|i| i.path == "encryption.key_file" && i.message.contains("does not exist")),
                 "{e}"
             ),
             Err(e) => panic!("{e}"),
         }
     }
     assert!(seen >= 3, "expected the example configs in {}", dir.display());
+}
+
+#[test]
+fn check_config_shows_what_does_nothing_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("setless.yaml");
+    std::fs::write(
+        &path,
+        "database:\n  database: app\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"0 1 * * *\"\n  file_backup: \"0 2 * * *\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("warning  schedules.file_backup:")
+            && text.contains("does nothing")
+            && text.contains("(line 6, column 3)"),
+        "{text}"
+    );
+    assert!(!text.contains("schedule file_backup"), "a schedule that does nothing is not listed as one: {text}");
 }
 
 #[test]
