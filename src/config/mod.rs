@@ -60,6 +60,40 @@ pub fn loose_permissions(paths: impl Iterator<Item = PathBuf>) -> Vec<String> {
         .collect()
 }
 
+/// `channel: #backups` is a key without a value: YAML reads `#backups` as a comment. A comment
+/// that starts right after `#` (no space) where a value belongs, with no block under the key,
+/// was most likely meant as the value.
+fn warn_comment_values(ctx: &Ctx<'_>, text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        let body = body.strip_prefix("- ").unwrap_or(body);
+        let Some((key, rest)) = body.split_once(": ") else { continue };
+        let rest = rest.trim_start();
+        let looks_like_value =
+            rest.starts_with('#') && rest[1..].chars().next().is_some_and(|c| !c.is_whitespace() && c != '#');
+        if key.is_empty() || key.contains(' ') || key.starts_with('#') || !looks_like_value {
+            continue;
+        }
+        // a block under the key (more indented lines) is its value: the comment is a comment
+        let next = lines[i + 1..].iter().find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+        if next.is_some_and(|n| n.len() - n.trim_start().len() > indent) {
+            continue;
+        }
+        let column = (line.len() - line.trim_start().len() + 1) as u64;
+        ctx.warn(
+            key,
+            format!(
+                "has no value: {:?} after it is a YAML comment; quote it (\"{}\") if it is the value",
+                rest.split_whitespace().next().unwrap_or(rest),
+                rest.split_whitespace().next().unwrap_or(rest)
+            ),
+            Some(Loc { line: i as u64 + 1, column }),
+        );
+    }
+}
+
 /// The configuration the `demo` command runs on (a throwaway cluster on a unix socket).
 pub const EMBEDDED_DEMO: &str = include_str!("../../config/demo.yaml");
 
@@ -136,6 +170,7 @@ impl Config {
             fail(vec![ConfigIssue { path: String::new(), message: format!("invalid YAML: {message}"), loc }])
         })?;
         let ctx = Ctx::new(env);
+        warn_comment_values(&ctx, text);
         let cfg = read_config(&ctx, &root);
         match cfg {
             Some(cfg) if !ctx.has_errors() => Ok(cfg),

@@ -69,8 +69,10 @@ fn reference_config_parses_and_only_reports_features_not_built_yet() {
     std::fs::write(&key, "a long enough passphrase\n").unwrap();
     let text = text.replace("key_file: config/backup_encryption_key", &format!("key_file: {}", key.display()));
     let c = Config::from_yaml(&text, "reference.yaml", &env).unwrap();
-    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
-    assert!(c.warnings.iter().all(|w| w.contains("does nothing") && w.contains("(line ")), "{:?}", c.warnings);
+    // and its `channel: #backups`, which YAML reads as no channel
+    assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    assert!(c.warnings[0].starts_with("channel: has no value: \"#backups\""), "{:?}", c.warnings);
+    assert!(c.warnings[1..].iter().all(|w| w.contains("does nothing") && w.contains("(line ")), "{:?}", c.warnings);
 }
 
 #[test]
@@ -281,4 +283,28 @@ fn file_and_config_schedules_without_sets_warn_with_their_line_and_do_nothing() 
     let c = Config::from_yaml(&with, "m.yaml", &env).unwrap();
     assert!(c.schedules.iter().any(|s| s.kind.name() == "file_backup"));
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+}
+
+#[test]
+fn a_value_that_yaml_reads_as_a_comment_is_flagged_with_its_line() {
+    let yaml = "database: {host: db, database: app}\nlocal_backup_dir: /r\nnotifications:\n  slack:\n    enabled: false\n    channel: #backups\n    webhook_url: https://hooks.slack.com/services/T/B/X   # the incoming webhook\nlogging:\n  file:   #optional\n    dir: /var/log/pgbackd\n";
+    let c = Config::from_yaml(yaml, "m.yaml", &env).unwrap();
+    assert_eq!(
+        c.warnings.len(),
+        1,
+        "only channel: a spaced comment and a comment before a block are comments: {:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[0].starts_with("channel: has no value: \"#backups\"")
+            && c.warnings[0].contains("(line 6, column 5)"),
+        "{:?}",
+        c.warnings
+    );
+    // every shipped example is clean
+    for text in [include_str!("../../config/pgbackd.yaml"), include_str!("../../config/docker-compose.yaml")] {
+        let ctx = Ctx::new(&env);
+        super::warn_comment_values(&ctx, text);
+        assert!(ctx.warnings().is_empty(), "{:?}", ctx.warnings());
+    }
 }
