@@ -81,15 +81,11 @@ fn warn_comment_values(ctx: &Ctx<'_>, text: &str) {
         if next.is_some_and(|n| n.len() - n.trim_start().len() > indent) {
             continue;
         }
-        let column = (line.len() - line.trim_start().len() + 1) as u64;
+        let word = rest.split_whitespace().next().unwrap_or(rest);
         ctx.warn(
             key,
-            format!(
-                "has no value: {:?} after it is a YAML comment; quote it (\"{}\") if it is the value",
-                rest.split_whitespace().next().unwrap_or(rest),
-                rest.split_whitespace().next().unwrap_or(rest)
-            ),
-            Some(Loc { line: i as u64 + 1, column }),
+            format!("has no value: {word:?} after it is a YAML comment; quote it (\"{word}\") if it is the value"),
+            Some(Loc { line: i as u64 + 1, column: indent as u64 + 1 }),
         );
     }
 }
@@ -141,9 +137,7 @@ impl Config {
             });
         }
         cfg.warnings.extend(
-            loose.into_iter().map(|l| {
-                format!("a file holding secrets is readable by others: {l} (strict: true makes this an error)")
-            }),
+            loose.into_iter().map(|l| format!("a file holding secrets: {l} (strict: true makes this an error)")),
         );
         Ok(cfg)
     }

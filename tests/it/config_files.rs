@@ -43,16 +43,21 @@ fn every_example_config_parses() {
     assert!(seen >= 3, "expected the example configs in {}", dir.display());
 }
 
+/// `pgbackd check-config` of `yaml`, written to `dir/name`.
+fn check_config(dir: &std::path::Path, name: &str, yaml: &str) -> std::process::Output {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap()
+}
+
 #[test]
 fn check_config_shows_what_does_nothing_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("setless.yaml");
-    std::fs::write(
-        &path,
+    let out = check_config(
+        dir.path(),
+        "setless.yaml",
         "database:\n  database: app\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"0 1 * * *\"\n  file_backup: \"0 2 * * *\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    );
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(
@@ -67,13 +72,11 @@ fn check_config_shows_what_does_nothing_with_its_line() {
 #[test]
 fn check_config_exits_78_with_every_error() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
+    let out = check_config(
+        dir.path(),
+        "bad.yaml",
         "database:\n  database: app\n  port: huge\nlocal_backup_dir: /r\nschedules:\n  full_backup: \"99 * * * *\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    );
     assert_eq!(out.status.code(), Some(78));
     let err = stderr(&out);
     assert!(err.contains("2 configuration errors"), "{err}");
