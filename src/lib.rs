@@ -13,6 +13,7 @@
 //! - [`pg`]: pg_dump / pg_restore / pg_dumpall, server queries, the archive filter.
 //! - [`fileset`]: the tar domain of file backups (archive writer, file restore).
 //! - [`repo`]: the repository: keys, manifests, the catalog of every subject's backups.
+//! - [`wal`]: the WAL archive: archive-push, archive-get, WAL file names and headers.
 //! - [`notify`]: alerts and pings.
 //! - [`jobs`]: `jobs::run(JobSpec, &JobContext) -> JobRun`, the one way every job runs.
 //! - [`status`], [`telemetry`]: the status board; logging and what a finished run causes.
@@ -37,6 +38,7 @@ pub mod progress;
 pub mod fileset;
 pub mod pg;
 pub mod repo;
+pub mod wal;
 
 pub mod notify;
 

@@ -71,6 +71,13 @@ pub enum Command {
     /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
     /// recipient to put in encryption.recipients.
     Keygen(KeygenArgs),
+    /// Archive one WAL file (archive_command = 'pgbackd -c CONFIG archive-push %p'): compressed,
+    /// hashed, encrypted if configured, stored on every target. A file already archived with the
+    /// same contents succeeds; with different contents it fails and nothing is overwritten.
+    ArchivePush(ArchivePushArgs),
+    /// Fetch one archived WAL file (restore_command = 'pgbackd -c CONFIG archive-get %f %p'),
+    /// its SHA-256 checked; exit 1 when the archive does not hold it.
+    ArchiveGet(ArchiveGetArgs),
 }
 
 /// The server a restore writes to, when not the configured one.
@@ -166,6 +173,30 @@ pub struct NotifyTestArgs {
     /// Only this channel (email, slack, a webhook's or a healthchecks entry's name).
     #[arg(long)]
     pub channel: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchivePushArgs {
+    /// The file to archive (%p: pg_wal/000000010000000000000003, a .history, .partial or .backup file).
+    pub path: PathBuf,
+    /// The cluster's data directory (default: the one above pg_wal, or the working directory),
+    /// read for the system identifier of files without a WAL page header (.history, .backup).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveGetArgs {
+    /// The WAL file wanted (%f).
+    pub file: String,
+    /// Where to write it (%p).
+    pub dest: PathBuf,
+    /// Which cluster's archive (default: the system identifier in the working directory's
+    /// global/pg_control, the data directory restore_command runs in).
+    #[arg(long, value_name = "ID")]
+    pub system_id: Option<u64>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]

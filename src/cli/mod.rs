@@ -23,6 +23,7 @@ mod rollback;
 mod status;
 mod unlock;
 mod verify;
+mod wal;
 
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigErrors};
@@ -193,5 +194,7 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::Forget(args) => forget::run(&context(cli, None, cancel).await?, args).await,
         Command::Unlock(args) => unlock::run(&context(cli, None, cancel).await?, args).await,
         Command::Rollback(args) => rollback::run(&context(cli, None, cancel).await?, args).await,
+        Command::ArchivePush(args) => wal::push(&context(cli, None, cancel).await?, args).await,
+        Command::ArchiveGet(args) => wal::get(&context(cli, Some(&args.keys), cancel).await?, args).await,
     }
 }

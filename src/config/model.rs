@@ -45,6 +45,15 @@ pub struct DatabaseConfig {
     pub connection: Connection,
 }
 
+/// `wal:`: continuous archiving of one cluster's WAL (and its base backups).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalSettings {
+    /// The cluster's name in the repository (`clusters/<name>/`).
+    pub name: String,
+    /// The server base backups are taken from (default: the `database:` connection).
+    pub server: Connection,
+}
+
 /// Whether a backup records every table's row count (`exact`, counted in the dump's snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -372,6 +381,8 @@ pub struct Config {
     pub log_file: Option<LogFile>,
     pub verification: VerificationSettings,
     pub test_restore: TestRestoreSettings,
+    /// WAL archiving, when configured.
+    pub wal: Option<WalSettings>,
     pub encryption: EncryptionConfig,
     pub locks: LockSettings,
     pub notifications: notify::NotificationsConfig,

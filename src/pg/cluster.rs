@@ -37,6 +37,11 @@ fn free_port() -> Result<u16> {
 impl Cluster {
     /// Creates and starts a cluster in a new directory under `parent` (e.g. the temp dir).
     pub fn start(parent: &Path) -> Result<Cluster> {
+        Cluster::start_with(parent, &[])
+    }
+
+    /// [`Cluster::start`] with server settings (`archive_mode=on`, ...) in its postgresql.conf.
+    pub fn start_with(parent: &Path, settings: &[(&str, &str)]) -> Result<Cluster> {
         let tools = Tools::locate(None);
         let bin = tools.bin_dir().map(Path::to_path_buf).context(
             "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin: install them (apt install postgresql)",
@@ -71,33 +76,20 @@ impl Cluster {
         let rules = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
         std::fs::write(&hba, format!("host all +{PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}"))
             .context("writing pg_hba.conf")?;
+        if !settings.is_empty() {
+            let conf = cluster.data().join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).context("reading postgresql.conf")?;
+            for (k, v) in settings {
+                text.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            }
+            std::fs::write(&conf, text).context("writing postgresql.conf")?;
+        }
         cluster.spawn_watchdog()?;
         // a port can be taken between choosing and binding it: retry a few times
         let mut last = None;
         for _ in 0..5 {
             cluster.port = free_port()?;
-            let opts = format!(
-                "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
-                cluster.port,
-                cluster.dir.display()
-            );
-            let log = cluster.dir.join("server.log");
-            match cluster.run_checked(
-                &cluster.bin.join("pg_ctl"),
-                &[
-                    "-D",
-                    &cluster.data().to_string_lossy(),
-                    "-l",
-                    &log.to_string_lossy(),
-                    "-o",
-                    &opts,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            ) {
+            match cluster.pg_ctl_start() {
                 Ok(()) => return Ok(cluster),
                 Err(e) => last = Some(e),
             }
@@ -105,8 +97,41 @@ impl Cluster {
         Err(last.expect("tried at least once"))
     }
 
-    fn data(&self) -> PathBuf {
+    fn pg_ctl_start(&self) -> Result<()> {
+        let opts = format!(
+            "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log");
+        let data = self.data();
+        let args =
+            ["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy(), "-o", &opts, "-w", "-t", "60", "start"];
+        self.run_checked(&self.bin.join("pg_ctl"), &args)
+    }
+
+    /// Stops the server (`mode`: smart, fast or immediate, which is a crash) and starts it again
+    /// on the same port.
+    pub fn restart(&self, mode: &str) -> Result<()> {
+        self.run_checked(&self.bin.join("pg_ctl"), &["-D", &self.data().to_string_lossy(), "-m", mode, "-w", "stop"])?;
+        self.pg_ctl_start()
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// Makes `path` the server's (when the server runs as the postgres OS user), for files its
+    /// archive_command writes.
+    pub fn give_to_server(&self, path: &Path) -> Result<()> {
+        if self.as_postgres {
+            let status =
+                Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().context("running chown")?;
+            anyhow::ensure!(status.success(), "cannot give {} to the postgres user", path.display());
+        }
+        Ok(())
     }
 
     /// The unix socket directory (use it as the host).

@@ -5,6 +5,8 @@
 //! <database>/<id>/{data.zst, globals.sql.zst, manifest.json, annotations.json}   (.age when encrypted)
 //! files/<set>/<id>/{data.tar.zst, manifest.json, annotations.json}
 //! configs/<set>/<id>/...
+//! clusters/<cluster>/wal/<system id>/<timeline+log>/<segment>-<sha256>.zst    (WAL, and .partial, .backup)
+//! clusters/<cluster>/wal/<system id>/<timeline>.history-<sha256>.zst
 //! ```
 //!
 //! Ids sort by time: `20261122T010000Z-full-3f9a1c` (UTC start, what it is, random suffix);
@@ -125,6 +127,50 @@ pub fn attempts_prefix(subject: &Subject) -> String {
 /// The record of the newest attempt of backup job `job` (`full_backup`, ...) of `subject`.
 pub fn attempt(subject: &Subject, job: &str) -> String {
     format!("{}{job}.json", attempts_prefix(subject))
+}
+
+/// Where a cluster's WAL archive is: one archive per system identifier (an `initdb` or
+/// `pg_upgrade` starts a new one), so segments of two clusters can never mix.
+pub fn wal_prefix(cluster: &str, system_identifier: u64) -> String {
+    format!("clusters/{cluster}/wal/{system_identifier}/")
+}
+
+/// Where the archived copies of WAL file `file` (`000000010000000A000000FF`, `00000002.history`)
+/// are: segments grouped 256 to a directory by timeline and log, as pgBackRest does.
+pub fn wal_dir(cluster: &str, system_identifier: u64, file: &str) -> String {
+    match file.get(..16).filter(|_| !file.ends_with(".history")) {
+        Some(group) => format!("{}{group}/", wal_prefix(cluster, system_identifier)),
+        None => wal_prefix(cluster, system_identifier),
+    }
+}
+
+/// One archived WAL file: its name carries the SHA-256 of its contents, so a second push of the
+/// same file is recognised, and a different one refused, without reading anything.
+pub fn wal_object(
+    cluster: &str,
+    system_identifier: u64,
+    file: &str,
+    sha256_hex: &str,
+    compressed: bool,
+    encrypted: bool,
+) -> String {
+    let zst = if compressed { ".zst" } else { "" };
+    format!("{}{file}-{sha256_hex}{zst}{}", wal_dir(cluster, system_identifier, file), age(encrypted))
+}
+
+/// An archived WAL object's file name, SHA-256, compression and encryption, from its key.
+pub fn parse_wal_object(key: &str) -> Option<(&str, &str, bool, bool)> {
+    let name = key.rsplit_once('/').map_or(key, |(_, n)| n);
+    let (name, encrypted) = match name.strip_suffix(".age") {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
+    let (name, compressed) = match name.strip_suffix(".zst") {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
+    let (file, sha) = name.rsplit_once('-')?;
+    (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some((file, sha, compressed, encrypted))
 }
 
 /// A key below `prefix` that is one file of one backup: its id and file name.

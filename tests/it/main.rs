@@ -18,3 +18,4 @@ mod s3;
 mod s3_servers;
 mod trust;
 mod verify;
+mod wal;

@@ -1,0 +1,142 @@
+//! Continuous archiving of a cluster's WAL: the files PostgreSQL archives (`names`), the archive
+//! in the repository (`archive`), and the two commands PostgreSQL calls, `archive-push %p`
+//! (`archive_command`) and `archive-get %f %p` (`restore_command`).
+//!
+//! The archive is per system identifier: it is read from the segment's own page header (and from
+//! the data directory's `pg_control` for history files), so a second cluster archiving under the
+//! same `wal.name` cannot mix its segments with the first one's.
+
+pub mod archive;
+pub mod names;
+
+use crate::config::{Config, WalSettings};
+use crate::repo::Repository;
+use anyhow::{Context, Result};
+use archive::{Pushed, WalArchive};
+use bytes::Bytes;
+use names::{SegmentHeader, WalFile, control_system_identifier};
+use std::path::{Path, PathBuf};
+
+/// The `wal:` section, or what to add.
+pub fn settings(config: &Config) -> Result<&WalSettings> {
+    config.wal.as_ref().with_context(|| {
+        format!(
+            "{} has no wal: section: add `wal: {{name: main}}` (the cluster's name in the repository) to archive \
+             WAL with archive_command = 'pgbackd -c CONFIG archive-push %p'",
+            config.path.as_ref().map_or("the config".into(), |p| p.display().to_string())
+        )
+    })
+}
+
+/// The archive of `system_identifier` under the configured cluster name.
+pub fn open(config: &Config, repository: &Repository, system_identifier: u64) -> Result<WalArchive> {
+    let wal = settings(config)?;
+    let level = config.compression.enabled.then_some(config.compression.level);
+    Ok(WalArchive::new(
+        &wal.name,
+        system_identifier,
+        repository.targets().to_vec(),
+        repository.crypto().cloned(),
+        level,
+    ))
+}
+
+/// The data directory an archived path belongs to: `--pgdata`, else the directory above the
+/// `pg_wal` the file is in, else the working directory (PostgreSQL runs archive and restore
+/// commands in the data directory).
+fn data_directory(path: &Path, pgdata: Option<&Path>) -> PathBuf {
+    if let Some(d) = pgdata {
+        return d.to_owned();
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent {
+        Some(p) if p.file_name().is_some_and(|n| n == "pg_wal" || n == "archive_status") => {
+            p.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
+        }
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `archive-push PATH`: one file PostgreSQL completed, into the archive on every target.
+pub async fn push(
+    config: &Config,
+    repository: &Repository,
+    path: &Path,
+    pgdata: Option<&Path>,
+) -> Result<(WalFile, Pushed)> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let file = WalFile::parse(name).with_context(|| {
+        format!(
+            "{}: not a file PostgreSQL archives (a segment, .partial, .history or .backup file); \
+             archive_command should pass %p",
+            path.display()
+        )
+    })?;
+    let raw = tokio::fs::read(path).await.with_context(|| format!("reading {}", path.display()))?;
+    let system_identifier = if file.has_page_header() {
+        let header = SegmentHeader::read(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let WalFile::Segment(s) = file {
+            anyhow::ensure!(
+                header.segment() == s,
+                "{}: its header says it is segment {}, not {s}: refusing to archive a renamed file",
+                path.display(),
+                header.segment()
+            );
+        }
+        header.system_identifier
+    } else {
+        let dir = data_directory(path, pgdata);
+        control_system_identifier(&dir).map_err(|e| {
+            anyhow::anyhow!(
+                "{name} has no header naming its cluster and its data directory's system identifier is unreadable \
+                 ({e}): run archive-push from the data directory (archive_command does) or pass --pgdata"
+            )
+        })?
+    };
+    let archive = open(config, repository, system_identifier)?;
+    let pushed = archive.push(file, Bytes::from(raw)).await?;
+    Ok((file, pushed))
+}
+
+/// `archive-get FILE DEST`: the archived `FILE` written to `DEST` (atomically: a temporary file
+/// beside it, renamed). `Ok(false)` when the archive does not hold it.
+pub async fn get(
+    config: &Config,
+    repository: &Repository,
+    name: &str,
+    dest: &Path,
+    system_identifier: Option<u64>,
+) -> Result<bool> {
+    let file = WalFile::parse(name)
+        .with_context(|| format!("{name:?} is not a WAL file name; restore_command should pass %f %p"))?;
+    let system_identifier = match system_identifier {
+        Some(s) => s,
+        None => {
+            let dir = data_directory(dest, None);
+            control_system_identifier(&dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "which cluster's archive to read: {e}; run archive-get from the data directory (restore_command \
+                     does) or pass --system-id"
+                )
+            })?
+        }
+    };
+    let archive = open(config, repository, system_identifier)?;
+    let Some(raw) = archive.get(file).await? else { return Ok(false) };
+    let dest = dest.to_owned();
+    tokio::task::spawn_blocking(move || write_atomically(&dest, &raw)).await.context("write task failed")??;
+    Ok(true)
+}
+
+fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".pgbackd-wal-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    temp.write_all(data).with_context(|| format!("writing {}", dest.display()))?;
+    temp.as_file().sync_all().with_context(|| format!("syncing {}", dest.display()))?;
+    temp.persist(dest).map_err(|e| anyhow::anyhow!("renaming into {}: {}", dest.display(), e.error))?;
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! WAL archiving: a real PostgreSQL 15 cluster whose archive_command is `pgbackd archive-push %p`,
+//! and `archive-get` as restore_command would call it. Each test starts its own cluster (the
+//! shared one cannot turn archive_mode on).
+
+use crate::harness::BIN;
+use crate::s3_servers::localstack;
+use pgbackd::pg::cluster::Cluster;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Archiving {
+    cluster: Cluster,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Archiving {
+    /// A cluster archiving into a new local repository with `extra` appended to the config.
+    fn start(extra: &str) -> Archiving {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = dir.path().join("pgbackd.yaml");
+        let repository = dir.path().join("repository");
+        std::fs::create_dir(&repository).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "local_backup_dir: {}\nreports: {{dir: {}}}\nmonitoring: {{listen: off}}\nwal: {{name: main}}\n{extra}",
+                repository.display(),
+                dir.path().join("reports").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let command = format!("{BIN} -c {} archive-push %p", config.display());
+        let cluster = Cluster::start_with(
+            dir.path(),
+            &[
+                ("wal_level", "replica"),
+                ("archive_mode", "on"),
+                ("archive_command", &command),
+                ("archive_timeout", "0"),
+            ],
+        )
+        .expect("an archiving cluster");
+        cluster.give_to_server(&repository).unwrap();
+        Archiving { cluster, config, dir }
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        self.cluster.psql("postgres", sql).unwrap()
+    }
+
+    /// Writes some WAL and switches to a new segment; returns the name of the segment switched from.
+    fn switch(&self) -> String {
+        self.psql("create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 20000) g");
+        let lsn = self.psql("select pg_switch_wal()");
+        self.psql(&format!("select pg_walfile_name('{lsn}')"))
+    }
+
+    /// Waits until PostgreSQL reports `segment` archived (or fails showing the server log).
+    fn wait_archived(&self, segment: &str) {
+        let start = Instant::now();
+        loop {
+            let last = self.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
+            if last.as_str() >= segment {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.cluster.dir.join("server.log")).unwrap_or_default();
+                panic!("{segment} not archived after 60 s (last: {last:?}); server log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn system_id(&self) -> String {
+        self.psql("select system_identifier from pg_control_system()")
+    }
+
+    fn run(&self, args: &[&str], cwd: &Path) -> Output {
+        Command::new(BIN).arg("-c").arg(&self.config).args(args).current_dir(cwd).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Every stored object under the cluster's WAL archive, as paths.
+    fn stored(&self) -> Vec<PathBuf> {
+        let root = self.dir.path().join("repository/clusters/main/wal");
+        let mut out = Vec::new();
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn stored_copy(&self, file: &str) -> PathBuf {
+        let found: Vec<PathBuf> = self
+            .stored()
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{file}-")))
+            .collect();
+        assert_eq!(found.len(), 1, "one copy of {file} expected: {found:?}");
+        found.into_iter().next().unwrap()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn archive_command_stores_every_segment_as_zstd_named_by_its_hash_and_archive_get_returns_it() {
+    let a = Archiving::start("");
+    let first = a.switch();
+    let second = a.switch();
+    a.wait_archived(&second);
+    let sysid = a.system_id();
+    for seg in [&first, &second] {
+        let stored = a.stored_copy(seg);
+        let key = stored.strip_prefix(a.dir.path().join("repository")).unwrap().to_string_lossy().into_owned();
+        assert!(key.starts_with(&format!("clusters/main/wal/{sysid}/{}/{seg}-", &seg[..16])), "{key}");
+        assert!(key.ends_with(".zst"), "{key}");
+        // a plain zstd file: `zstd -d` gives the segment, whose SHA-256 the name carries
+        let raw = Command::new("zstd").args(["-dc"]).arg(&stored).output().unwrap();
+        assert!(raw.status.success());
+        assert_eq!(raw.stdout.len(), 16 << 20);
+        assert!(key.contains(&sha256(&raw.stdout)), "{key}");
+        assert!(std::fs::metadata(&stored).unwrap().len() < (16 << 20) / 2, "compressed");
+
+        // restore_command runs in the data directory: the system id comes from its pg_control
+        let dest = a.dir.path().join(format!("got-{seg}"));
+        let got = a.run(&["archive-get", seg, &dest.to_string_lossy()], &a.cluster.data());
+        assert!(got.status.success(), "{}", stderr(&got));
+        assert_eq!(std::fs::read(&dest).unwrap(), raw.stdout);
+    }
+    // past the end of the archive (PostgreSQL asks on purpose): exit 1, saying so, nothing written
+    let dest = a.dir.path().join("none");
+    let missing = a.run(&["archive-get", "0000000100000000000000FE", &dest.to_string_lossy()], &a.cluster.data());
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("0000000100000000000000FE: not in the WAL archive"), "{}", stderr(&missing));
+    assert!(!dest.exists());
+    // the same with the system id given, from anywhere; another cluster's id finds nothing
+    let dest = a.dir.path().join("by-id");
+    let by_id = a.run(&["archive-get", &first, &dest.to_string_lossy(), "--system-id", &sysid], Path::new("/"));
+    assert!(by_id.status.success(), "{}", stderr(&by_id));
+    let other = a.run(&["archive-get", &first, &dest.to_string_lossy(), "--system-id", "42"], Path::new("/"));
+    assert_eq!(other.status.code(), Some(1), "{}", stderr(&other));
+}
+
+#[test]
+fn a_second_push_of_the_same_file_succeeds_and_a_different_one_is_refused_without_overwriting() {
+    let a = Archiving::start("");
+    let seg = a.switch();
+    a.wait_archived(&seg);
+    let stored = a.stored_copy(&seg);
+    let before = std::fs::read(&stored).unwrap();
+
+    // a copy of the archived segment in a pg_wal directory of its own (as after a crash, when
+    // PostgreSQL pushes a segment again)
+    let wal = a.dir.path().join("again/pg_wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let path = wal.join(&seg);
+    let got = a.run(&["archive-get", &seg, &path.to_string_lossy(), "--system-id", &a.system_id()], Path::new("/"));
+    assert!(got.status.success(), "{}", stderr(&got));
+    let again = a.run(&["archive-push", &path.to_string_lossy()], Path::new("/"));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(a.stored(), vec![stored.clone()], "nothing new stored");
+
+    // the same name, different contents after the header: refused, naming both hashes and the key
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100_000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let conflict = a.run(&["archive-push", &path.to_string_lossy()], Path::new("/"));
+    assert_eq!(conflict.status.code(), Some(2), "{}", stderr(&conflict));
+    let msg = stderr(&conflict);
+    assert!(msg.contains(&format!("{seg} is already archived")) && msg.contains("different contents"), "{msg}");
+    assert!(msg.contains(&sha256(&bytes)) && msg.contains("nothing was overwritten"), "{msg}");
+    assert!(msg.contains(&stored.file_name().unwrap().to_string_lossy().into_owned()), "{msg}");
+    assert_eq!(std::fs::read(&stored).unwrap(), before, "the stored copy is untouched");
+
+    // a file renamed to another segment's name is refused by its own header
+    let renamed = wal.join("0000000100000000000000F0");
+    std::fs::write(&renamed, &bytes).unwrap();
+    let wrong = a.run(&["archive-push", &renamed.to_string_lossy()], Path::new("/"));
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains(&format!("its header says it is segment {seg}")), "{}", stderr(&wrong));
+    // and something that is not a WAL file at all
+    let junk = wal.join("notes.txt");
+    std::fs::write(&junk, "x").unwrap();
+    let junk = a.run(&["archive-push", &junk.to_string_lossy()], Path::new("/"));
+    assert_eq!(junk.status.code(), Some(2));
+    assert!(stderr(&junk).contains("not a file PostgreSQL archives"), "{}", stderr(&junk));
+}
+
+#[test]
+fn history_and_backup_files_are_archived_under_the_data_directorys_system_id() {
+    let a = Archiving::start("");
+    // pg_basebackup makes the server archive a backup history file (.backup)
+    // (it waits for its last segment to be archived: bounded, so a broken archive_command fails the test)
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(a.cluster.bin().join("pg_basebackup"))
+        .args(["-h", "127.0.0.1", "-p", &a.cluster.port.to_string(), "-U", "postgres", "-D", "-", "-Ft", "-X", "none"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seg = a.switch();
+    a.wait_archived(&seg);
+    let backup = a.stored().into_iter().find(|p| p.to_string_lossy().contains(".backup-")).expect("a .backup file");
+    let name = backup.file_name().unwrap().to_string_lossy().into_owned();
+    let file = &name[..name.find(".backup").unwrap() + 7];
+    let dest = a.dir.path().join("label");
+    let got = a.run(&["archive-get", file, &dest.to_string_lossy()], &a.cluster.data());
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(String::from_utf8_lossy(&std::fs::read(&dest).unwrap()).contains("START WAL LOCATION"));
+
+    // a timeline history file has no header: its cluster is the data directory's (--pgdata)
+    let history = a.dir.path().join("00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    let data = a.cluster.data();
+    let pushed =
+        a.run(&["archive-push", &history.to_string_lossy(), "--pgdata", &data.to_string_lossy()], Path::new("/"));
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let stored = a.stored_copy("00000002.history");
+    assert!(stored.parent().unwrap().ends_with(format!("wal/{}", a.system_id())), "{}", stored.display());
+    // without a data directory to read, it says how to give one
+    let lost = a.run(&["archive-push", &history.to_string_lossy()], Path::new("/"));
+    assert_eq!(lost.status.code(), Some(2));
+    assert!(stderr(&lost).contains("--pgdata"), "{}", stderr(&lost));
+}
+
+#[test]
+fn a_corrupt_stored_copy_is_refused_by_name_and_a_second_target_serves_it() {
+    let second = tempfile::tempdir().unwrap();
+    let a =
+        Archiving::start(&format!("storage:\n  - {{name: second, type: local, path: {}}}\n", second.path().display()));
+    a.cluster.give_to_server(second.path()).unwrap();
+    std::fs::set_permissions(second.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let seg = a.switch();
+    a.wait_archived(&seg);
+    let stored = a.stored_copy(&seg);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&stored, &bytes).unwrap();
+    // the first target's copy is damaged: the second one's is used
+    let dest = a.dir.path().join("seg");
+    let got = a.run(&["archive-get", &seg, &dest.to_string_lossy()], &a.cluster.data());
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(stderr(&got).contains("damaged WAL copy"), "{}", stderr(&got));
+    assert!(a.stored_copy(&seg).to_string_lossy().contains(&sha256(&std::fs::read(&dest).unwrap())));
+    // with the second copy gone too: an error naming the damaged key (not "not archived")
+    for e in walk(second.path()) {
+        std::fs::remove_file(e).unwrap();
+    }
+    std::fs::remove_file(&dest).unwrap();
+    let bad = a.run(&["archive-get", &seg, &dest.to_string_lossy()], &a.cluster.data());
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let msg = stderr(&bad);
+    assert!(msg.contains("no copy can be used") && msg.contains(&seg), "{msg}");
+    assert!(!dest.exists());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn encrypted_wal_needs_the_identity_to_come_back_and_reaches_s3() {
+    let keys = tempfile::tempdir().unwrap();
+    let identity = keys.path().join("identity.txt");
+    let keygen = Command::new(BIN).args(["keygen", "-o"]).arg(&identity).output().unwrap();
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let public = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
+    let server = localstack();
+    let bucket = server.bucket();
+    let a = Archiving::start(&format!(
+        "encryption:\n  enabled: true\n  recipients: [{public}]\nstorage:\n{}",
+        server.target_yaml("offsite", &bucket, "")
+    ));
+    let seg = a.switch();
+    a.wait_archived(&seg);
+    let stored = a.stored_copy(&seg);
+    assert!(stored.to_string_lossy().ends_with(".zst.age"), "{}", stored.display());
+    let s3_keys = server.keys(&bucket);
+    assert!(s3_keys.iter().any(|k| k.contains(&format!("/{seg}-")) && k.ends_with(".zst.age")), "{s3_keys:?}");
+
+    let dest = a.dir.path().join("seg");
+    let without = a.run(&["archive-get", &seg, &dest.to_string_lossy()], &a.cluster.data());
+    assert_eq!(without.status.code(), Some(2), "{}", stderr(&without));
+    assert!(
+        stderr(&without).contains("--identity") || stderr(&without).contains("identity_file"),
+        "{}",
+        stderr(&without)
+    );
+    assert!(!dest.exists());
+    let with = a.run(
+        &["archive-get", &seg, &dest.to_string_lossy(), "--identity", &identity.to_string_lossy()],
+        &a.cluster.data(),
+    );
+    assert!(with.status.success(), "{}", stderr(&with));
+    assert!(stored.to_string_lossy().contains(&sha256(&std::fs::read(&dest).unwrap())));
+
+    // the S3 copy alone serves it too
+    std::fs::remove_file(&stored).unwrap();
+    std::fs::remove_file(&dest).unwrap();
+    let from_s3 = a.run(
+        &["archive-get", &seg, &dest.to_string_lossy(), "--identity", &identity.to_string_lossy()],
+        &a.cluster.data(),
+    );
+    assert!(from_s3.status.success(), "{}", stderr(&from_s3));
+}
