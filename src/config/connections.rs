@@ -136,8 +136,8 @@ pub(super) fn read_databases(top: &mut MapReader<'_, '_>, defaults: &ConnFields)
     if out.is_empty() && !ctx.has_errors() && !top.has("wal") {
         ctx.error(
             "database.database",
-            "no database to back up: set database.database or list them under databases: (or configure only wal: \
-             to archive a cluster's WAL)",
+            "no database to back up: set database.database, list them under databases:, or give only a wal: \
+             section to archive a cluster's WAL",
             Some(top.loc()),
         );
     }
