@@ -1,9 +1,7 @@
 //! Readers of connections: `database:` (the defaults), `databases:`, and the restore and test
-//! restore targets, the WAL archive's server (`wal:`); secrets given inline or as files.
+//! restore targets; secrets given inline or as files.
 
-use super::model::{
-    Connection, DatabaseConfig, Pick, RestoreCheck, RestoreSettings, SpoolPlace, TestRestoreSettings, WalSettings,
-};
+use super::model::{Connection, DatabaseConfig, Pick, RestoreCheck, RestoreSettings, SpoolPlace, TestRestoreSettings};
 use super::node::{self, Value};
 use super::reader::{Ctx, MapReader};
 use crate::secret::Secret;
@@ -222,33 +220,4 @@ pub(super) fn read_test_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFiel
     }
     m.finish();
     Some(TestRestoreSettings { pick, jobs, target, checks })
-}
-
-/// `wal:`: the cluster whose WAL is archived, by its name in the repository.
-pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<WalSettings> {
-    let mut m = top.map("wal")?;
-    let ctx = m.ctx();
-    let name = m.opt::<String>("name").unwrap_or_else(|| "main".into());
-    let valid = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !valid {
-        ctx.error(
-            &m.child_path("name"),
-            format!("{name:?} cannot name a cluster in the repository: use letters, digits, '-', '_' and '.'"),
-            Some(m.loc_of("name")),
-        );
-    }
-    let server = match m.map("server") {
-        Some(mut s) => {
-            let fields = read_conn_fields(&mut s);
-            s.finish();
-            fields.or(defaults)
-        }
-        None => defaults.clone(),
-    };
-    m.finish();
-    // base backups and the WAL receiver use the replication protocol, which names no database
-    Some(WalSettings { name, server: server.into_connection("postgres".into()) })
 }

@@ -22,7 +22,7 @@ use crate::schedule;
 use crate::secret::Secret;
 use chrono_tz::Tz;
 pub(crate) use connections::read_secret;
-use connections::{read_connection_defaults, read_databases, read_restore, read_test_restore, read_wal};
+use connections::{read_connection_defaults, read_databases, read_restore, read_test_restore};
 pub use files::FileSetConfig;
 pub use model::*;
 use node::{Loc, Node};
@@ -31,7 +31,7 @@ use retention::read_retention;
 use schedules::read_schedules;
 use settings::{
     read_backup, read_compression, read_daemon, read_encryption, read_locks, read_logging, read_reports,
-    read_verification,
+    read_verification, read_wal,
 };
 use std::path::{Path, PathBuf};
 
@@ -146,8 +146,7 @@ impl Config {
     pub fn secret_values(&self) -> Vec<&Secret> {
         let mut out: Vec<&Secret> = Vec::new();
         let connections = self.databases.iter().map(|d| &d.connection);
-        let wal = self.wal.as_ref().map(|w| &w.server);
-        let others = [self.restore.target.as_ref(), self.test_restore.target.as_ref(), wal].into_iter().flatten();
+        let others = [&self.restore.target, &self.test_restore.target].into_iter().flatten();
         out.extend(connections.chain(others).filter_map(|c| c.password.as_ref()));
         for t in &self.targets {
             if let storage::TargetKind::S3(s3) = &t.kind {
@@ -236,7 +235,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let log_file = read_logging(&mut top);
     let verification = read_verification(&mut top);
     let test_restore = read_test_restore(&mut top, &default_conn);
-    let wal = read_wal(&mut top, &default_conn);
+    let wal = read_wal(&mut top);
     let encryption = read_encryption(&mut top);
     let locks = read_locks(&mut top);
     let strict = top.opt::<bool>("strict").unwrap_or(false);

@@ -50,8 +50,6 @@ pub struct DatabaseConfig {
 pub struct WalSettings {
     /// The cluster's name in the repository (`clusters/<name>/`).
     pub name: String,
-    /// The server base backups are taken from (default: the `database:` connection).
-    pub server: Connection,
 }
 
 /// Whether a backup records every table's row count (`exact`, counted in the dump's snapshot).

@@ -1,5 +1,5 @@
 //! Readers of the settings sections: `compression:`, `backup:`, `encryption:`,
-//! `verification:`, `daemon:`, `reports:`, `logging:`.
+//! `verification:`, `daemon:`, `reports:`, `logging:`, `wal:`.
 
 use super::model::*;
 use super::reader::{ByteSize, Dur, MapReader};
@@ -181,4 +181,23 @@ pub(super) fn read_logging(top: &mut MapReader<'_, '_>) -> Option<LogFile> {
     };
     m.finish();
     file
+}
+
+/// `wal:`: the cluster whose WAL is archived, by its name in the repository.
+pub(super) fn read_wal(top: &mut MapReader<'_, '_>) -> Option<WalSettings> {
+    let mut m = top.map("wal")?;
+    let name = m.opt::<String>("name").unwrap_or_else(|| "main".into());
+    let valid = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        m.ctx().error(
+            &m.child_path("name"),
+            format!("{name:?} cannot name a cluster in the repository: use letters, digits, '-', '_' and '.'"),
+            Some(m.loc_of("name")),
+        );
+    }
+    m.finish();
+    Some(WalSettings { name })
 }

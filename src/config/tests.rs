@@ -192,6 +192,7 @@ fn secrets_come_from_files() {
 )]
 #[case::yaml_syntax("database: [unclosed\n")]
 #[case::not_a_mapping("- just\n- a list\n")]
+#[case::wal_name("wal:\n  name: ../other\n  method: stream\nlocal_backup_dir: /r\n")]
 fn invalid_configs(#[case] yaml: &str) {
     let name =
         format!("invalid_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));
@@ -307,4 +308,13 @@ fn a_value_that_yaml_reads_as_a_comment_is_flagged_with_its_line() {
         super::warn_comment_values(&ctx, text);
         assert!(ctx.warnings().is_empty(), "{:?}", ctx.warnings());
     }
+}
+
+#[test]
+fn a_wal_only_config_needs_no_database() {
+    let c = Config::from_yaml("wal: {name: main}\nlocal_backup_dir: /r\n", "t", &|_| None).unwrap();
+    assert!(c.databases.is_empty());
+    assert_eq!(c.wal.unwrap().name, "main");
+    let c = Config::from_yaml("wal: {}\nlocal_backup_dir: /r\n", "t", &|_| None).unwrap();
+    assert_eq!(c.wal.unwrap().name, "main", "the default name");
 }
