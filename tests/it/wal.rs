@@ -332,3 +332,95 @@ fn encrypted_wal_needs_the_identity_to_come_back_and_reaches_s3() {
     );
     assert!(from_s3.status.success(), "{}", stderr(&from_s3));
 }
+
+/// `program` with `args` as the server's OS user (postgres when the tests run as root).
+fn as_server(program: &Path, args: &[&str]) -> Output {
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn a_base_backup_recovers_to_the_last_archived_commit_through_archive_get_as_restore_command() {
+    let a = Archiving::start("");
+    a.psql("create table marks (n int primary key, at timestamptz default now()); insert into marks (n) values (1)");
+    let base = a.dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    a.cluster.give_to_server(&base).unwrap();
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let port = a.cluster.port.to_string();
+    let bin = a.cluster.bin().to_owned();
+    let b = as_server(
+        &bin.join("pg_basebackup"),
+        &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", &base.to_string_lossy(), "-X", "none", "-c", "fast"],
+    );
+    assert!(b.status.success(), "{}", stderr(&b));
+    // changes after the base backup live only in the archived WAL
+    for n in 2..=50 {
+        a.psql(&format!("insert into marks (n) values ({n})"));
+        if n % 10 == 0 {
+            a.switch();
+        }
+    }
+    let last = a.switch();
+    a.wait_archived(&last);
+    let expected = a.psql("select count(*), max(n) from marks");
+
+    // the copy recovers from the archive alone: pg_wal of the base backup is empty (-X none)
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = format!(
+        "port = {free}\nunix_socket_directories = '{}'\narchive_mode = off\n\
+         restore_command = '{BIN} -c {} archive-get %f %p'\n",
+        base.display(),
+        a.config.display()
+    );
+    let auto = base.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&conf);
+    std::fs::write(&auto, text).unwrap();
+    std::fs::write(base.join("recovery.signal"), "").unwrap();
+    a.cluster.give_to_server(&base).unwrap();
+    let log = a.dir.path().join("recovered.log");
+    std::fs::write(&log, "").unwrap();
+    a.cluster.give_to_server(&log).unwrap();
+    let started = as_server(
+        &bin.join("pg_ctl"),
+        &["-D", &base.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "120", "start"],
+    );
+    let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(started.status.success(), "{}\n{}", stderr(&started), server_log());
+    let query = |sql: &str| {
+        let out = Command::new(bin.join("psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &free.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let start = Instant::now();
+    while query("select pg_is_in_recovery()") != "f" {
+        assert!(start.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", server_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovered = query("select count(*), max(n) from marks");
+    as_server(&bin.join("pg_ctl"), &["-D", &base.to_string_lossy(), "-m", "immediate", "-w", "stop"]);
+    assert_eq!(recovered, expected, "every archived commit is back:\n{}", server_log());
+    assert!(server_log().contains("restored log file"), "{}", server_log());
+}
