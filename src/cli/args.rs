@@ -356,7 +356,7 @@ pub struct CatArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest", "all"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest", "all", "wal"])))]
 pub struct VerifyArgs {
     pub backup_id: Option<String>,
     /// The newest backup of --database (or of every configured database).
@@ -365,6 +365,11 @@ pub struct VerifyArgs {
     /// Every backup (of --database, or all).
     #[arg(long)]
     pub all: bool,
+    /// The WAL archive of the cluster in `wal:`: every segment from the oldest archived to the
+    /// newest is there on every target, across timeline switches (gaps named by their first
+    /// missing segment); with --deep every file is read and checked against its SHA-256.
+    #[arg(long, conflicts_with = "database")]
+    pub wal: bool,
     #[arg(long)]
     pub database: Option<String>,
     /// Read and check every stored byte (default: quick, objects and sizes only).

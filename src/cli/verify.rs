@@ -17,6 +17,9 @@ use std::process::ExitCode;
 /// One verification job per subject: the backup named, the newest of each configured database
 /// (`--latest`), or every backup (`--all`), of `--database` or all.
 pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
+    if args.wal {
+        return wal(ctx, args).await;
+    }
     let database = match &args.database {
         Some(d) => Some(Subject::Database(ctx.config.select_database(Some(d))?.name.clone())),
         None => None,
@@ -64,6 +67,48 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+/// `verify --wal`: one verification job on the cluster's WAL archive.
+async fn wal(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
+    let name = crate::wal::settings(&ctx.config)?.name.clone();
+    let mut spec = JobSpec::new(JobKind::Verification, Subject::Cluster(name), Trigger::Manual);
+    spec.params.verify_mode = Some(if args.deep { VerifyMode::Deep } else { VerifyMode::Quick });
+    let run = run_job(ctx, spec).await;
+    let Produced::WalVerified(w) = &run.produced else { return Err(failure(run)) };
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, w.as_ref())?;
+        writeln!(out)?;
+    } else {
+        let scope = match w.mode {
+            VerifyMode::Quick => "quick: every segment present; content not read",
+            VerifyMode::Deep => "deep: every file read and checked against its SHA-256",
+        };
+        writeln!(out, "{} WAL archive of cluster {} ({scope})", if w.ok() { "PASSED" } else { "FAILED" }, w.cluster)?;
+        for t in &w.targets {
+            let range = match (&t.first_segment, &t.last_segment) {
+                (Some(a), Some(b)) => format!("{a} .. {b} on timeline {}", t.timeline),
+                _ => "no segments".into(),
+            };
+            writeln!(
+                out,
+                "  {}  target {} (system {}): {} files, {range}",
+                if t.ok { "ok    " } else { "FAILED" },
+                t.target,
+                t.system_identifier,
+                t.files
+            )?;
+            for problem in t.gaps.iter().chain(&t.damaged) {
+                writeln!(out, "          {problem}")?;
+            }
+        }
+        let problems = if w.targets.is_empty() { w.failures() } else { w.errors.clone() };
+        for e in problems {
+            writeln!(out, "  FAILED  {e}")?;
+        }
+    }
+    Ok(ExitCode::from(if w.ok() { EXIT_OK } else { EXIT_JOB_FAILED }))
 }
 
 pub async fn test_restore(ctx: &JobContext, args: &CatArgs) -> Result<ExitCode> {

@@ -129,6 +129,8 @@ impl<'a> Policies<'a> {
             Subject::Database(_) => return Policies::database(r),
             Subject::Files(_) => ("file_backups", r.file_backup.as_ref()),
             Subject::Configs(_) => ("config_backups", r.config_backup.as_ref()),
+            // base backups arrive with their own policy; until then nothing of a cluster is planned
+            Subject::Cluster(_) => ("base_backups", None),
         };
         Policies {
             groups: vec![Group { kind: None, label, policy, safety: false }],
@@ -426,6 +428,7 @@ fn backup_jobs(subject: &Subject) -> &'static [JobKind] {
         Subject::Database(_) => &[JobKind::FullBackup, JobKind::IncrementalBackup],
         Subject::Files(_) => &[JobKind::FileBackup],
         Subject::Configs(_) => &[JobKind::ConfigBackup],
+        Subject::Cluster(_) => &[],
     }
 }
 

@@ -98,6 +98,7 @@ pub enum Produced {
     Retention(Box<RetentionRun>),
     Restore(Box<RestoreReport>),
     FilesRestored(Box<Restored>),
+    WalVerified(Box<crate::wal::check::WalVerification>),
 }
 
 /// A finished run.
@@ -291,6 +292,7 @@ fn classify(p: &Produced) -> RunOutcome {
                 RunOutcome::Failed(anyhow!("{}", failures.join("; ")))
             }
         }
+        Produced::WalVerified(w) if !w.ok() => RunOutcome::Failed(anyhow!("{}", w.failures().join("; "))),
         Produced::TestRestore(t) => match &t.error {
             None => RunOutcome::Success,
             Some(e) => RunOutcome::Failed(anyhow!("{e}")),
@@ -320,6 +322,10 @@ impl Arms for Jobs {
             }
             (JobKind::FileBackup, s @ Subject::Files(_)) | (JobKind::ConfigBackup, s @ Subject::Configs(_)) => {
                 Ok(Produced::Backup(Box::new(file_backup::run(ctx, s, spec.trigger).await?)))
+            }
+            (JobKind::Verification, Subject::Cluster(name)) => {
+                let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);
+                Ok(Produced::WalVerified(Box::new(verify::wal(ctx, name, mode).await)))
             }
             (JobKind::Verification, s) => {
                 let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);

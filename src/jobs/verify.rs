@@ -105,6 +105,12 @@ pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: Ver
     Ok(Verification { backups: out, leftovers })
 }
 
+/// Verifies the WAL archive of cluster `name` (`wal.name`) on every target.
+pub async fn wal(ctx: &JobContext, name: &str, mode: VerifyMode) -> crate::wal::check::WalVerification {
+    let repo = &ctx.repository;
+    crate::wal::check::verify(name, repo.targets(), repo.crypto().cloned(), mode, &ctx.cancel).await
+}
+
 /// The failed verification of a damaged manifest (nothing else of it can be checked).
 fn damaged(d: &crate::repo::Damaged, mode: VerifyMode) -> Verified {
     Verified {

@@ -46,6 +46,7 @@ pub fn subject_prefix(subject: &Subject) -> String {
         Subject::Database(n) => format!("{n}/"),
         Subject::Files(n) => format!("files/{n}/"),
         Subject::Configs(n) => format!("configs/{n}/"),
+        Subject::Cluster(n) => format!("clusters/{n}/"),
     }
 }
 
@@ -104,6 +105,7 @@ pub fn parse_backup_dir(dir: &str) -> Option<(Subject, &str)> {
         [db, id] => (Subject::Database((*db).to_owned()), *id),
         ["files", set, id] => (Subject::Files((*set).to_owned()), *id),
         ["configs", set, id] => (Subject::Configs((*set).to_owned()), *id),
+        ["clusters", name, id] => (Subject::Cluster((*name).to_owned()), *id),
         _ => return None,
     };
     looks_like_backup_id(id).then_some((subject, id))
@@ -129,10 +131,15 @@ pub fn attempt(subject: &Subject, job: &str) -> String {
     format!("{}{job}.json", attempts_prefix(subject))
 }
 
+/// Where every WAL archive of a cluster is (one per system identifier below it).
+pub fn wal_root(cluster: &str) -> String {
+    format!("clusters/{cluster}/wal/")
+}
+
 /// Where a cluster's WAL archive is: one archive per system identifier (an `initdb` or
 /// `pg_upgrade` starts a new one), so segments of two clusters can never mix.
 pub fn wal_prefix(cluster: &str, system_identifier: u64) -> String {
-    format!("clusters/{cluster}/wal/{system_identifier}/")
+    format!("{}{system_identifier}/", wal_root(cluster))
 }
 
 /// Where the archived copies of WAL file `file` (`000000010000000A000000FF`, `00000002.history`)

@@ -96,7 +96,7 @@ impl Repository {
     /// Where the backups of `subject` are.
     pub fn targets_for(&self, subject: &Subject) -> &[Target] {
         let apart = match subject {
-            Subject::Database(_) => None,
+            Subject::Database(_) | Subject::Cluster(_) => None,
             Subject::Files(_) => self.file_targets.as_deref(),
             Subject::Configs(_) => self.config_targets.as_deref(),
         };

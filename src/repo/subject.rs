@@ -14,13 +14,15 @@ pub enum Subject {
     Files(String),
     /// A source set of `configs:` (job `config_backup`).
     Configs(String),
+    /// A cluster whose WAL is archived (config `wal.name`).
+    Cluster(String),
 }
 
 impl Subject {
     /// The name inside its kind (`app`, `uploads`).
     pub fn name(&self) -> &str {
         match self {
-            Subject::Database(n) | Subject::Files(n) | Subject::Configs(n) => n,
+            Subject::Database(n) | Subject::Files(n) | Subject::Configs(n) | Subject::Cluster(n) => n,
         }
     }
 
@@ -35,6 +37,7 @@ impl Subject {
             Subject::Database(n) => format!("database {n}"),
             Subject::Files(n) => format!("file set {n}"),
             Subject::Configs(n) => format!("configuration set {n}"),
+            Subject::Cluster(n) => format!("cluster {n}"),
         }
     }
 }
@@ -47,6 +50,7 @@ impl fmt::Display for Subject {
             Subject::Database(n) => f.write_str(n),
             Subject::Files(n) => write!(f, "files:{n}"),
             Subject::Configs(n) => write!(f, "configs:{n}"),
+            Subject::Cluster(n) => write!(f, "cluster:{n}"),
         }
     }
 }

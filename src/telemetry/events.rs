@@ -255,6 +255,14 @@ impl From<&JobRun> for Report {
                 r.raw_bytes = Some(x.bytes);
                 r.details = json(x.as_ref());
             }
+            Produced::WalVerified(w) => {
+                r.raw_bytes = Some(w.targets.iter().map(|t| t.bytes_read).sum());
+                let mut targets: Vec<String> = w.targets.iter().map(|t| t.target.clone()).collect();
+                targets.dedup();
+                r.targets = targets;
+                r.warnings = vec![format!("WAL archive verified ({})", w.mode.name())];
+                r.details = json(w.as_ref());
+            }
         }
         r
     }

@@ -1,5 +1,6 @@
 //! Continuous archiving of a cluster's WAL: the files PostgreSQL archives (`names`), timelines and
-//! the gaps in an archive (`timeline`), the archive in the repository (`archive`), and the two
+//! the gaps in an archive (`timeline`), the archive in the repository (`archive`), its
+//! verification (`check`), and the two
 //! commands PostgreSQL calls, `archive-push %p` (`archive_command`) and `archive-get %f %p`
 //! (`restore_command`).
 //!
@@ -8,6 +9,7 @@
 //! same `wal.name` cannot mix its segments with the first one's.
 
 pub mod archive;
+pub mod check;
 pub mod names;
 pub mod timeline;
 

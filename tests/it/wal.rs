@@ -373,8 +373,10 @@ fn a_base_backup_recovers_to_the_last_archived_commit_through_archive_get_as_res
 
     // the copy recovers from the archive alone: pg_wal of the base backup is empty (-X none)
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // the recovered copy keeps archive_command: once promoted it archives timeline 2 into the
+    // same archive (beside the original, which goes on with timeline 1)
     let conf = format!(
-        "port = {free}\nunix_socket_directories = '{}'\narchive_mode = off\n\
+        "port = {free}\nunix_socket_directories = '{}'\n\
          restore_command = '{BIN} -c {} archive-get %f %p'\n",
         base.display(),
         a.config.display()
@@ -420,7 +422,75 @@ fn a_base_backup_recovers_to_the_last_archived_commit_through_archive_get_as_res
         std::thread::sleep(Duration::from_millis(200));
     }
     let recovered = query("select count(*), max(n) from marks");
+    // timeline 2 goes on archiving: its history file and segments
+    query("insert into marks (n) values (51)");
+    let lsn = query("select pg_switch_wal()");
+    let on_two = query(&format!("select pg_walfile_name('{lsn}')"));
+    let start = Instant::now();
+    while query("select coalesce(last_archived_wal, '') from pg_stat_archiver") < on_two {
+        assert!(start.elapsed() < Duration::from_secs(60), "timeline 2 not archived:\n{}", server_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     as_server(&bin.join("pg_ctl"), &["-D", &base.to_string_lossy(), "-m", "immediate", "-w", "stop"]);
     assert_eq!(recovered, expected, "every archived commit is back:\n{}", server_log());
     assert!(server_log().contains("restored log file"), "{}", server_log());
+    assert!(on_two.starts_with("00000002"), "{on_two}");
+    a.stored_copy("00000002.history");
+
+    // the archive verifies across the switch: timeline 1 up to the switch, timeline 2 after it
+    let verified = a.run(&["verify", "--wal", "--deep"], Path::new("/"));
+    let out = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "{out}{}", stderr(&verified));
+    assert!(out.contains("on timeline 2") && out.contains(&format!(".. {on_two}")), "{out}");
+}
+
+#[test]
+fn verify_wal_names_the_first_missing_segment_and_deep_finds_a_damaged_one() {
+    let a = Archiving::start("");
+    let mut segments = Vec::new();
+    for _ in 0..5 {
+        segments.push(a.switch());
+    }
+    a.wait_archived(segments.last().unwrap());
+    let verify = |deep: bool| {
+        let args: &[&str] = if deep { &["verify", "--wal", "--deep"] } else { &["verify", "--wal"] };
+        let o = a.run(args, Path::new("/"));
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (code, out) = verify(false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("PASSED WAL archive of cluster main") && out.contains(segments.last().unwrap()), "{out}");
+
+    // a byte flipped in one stored file: quick does not read content, deep names the file
+    let flipped = a.stored_copy(&segments[3]);
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x55;
+    std::fs::write(&flipped, &bytes).unwrap();
+    assert_eq!(verify(false).0, Some(0));
+    let (code, out) = verify(true);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&flipped.file_name().unwrap().to_string_lossy().into_owned()) && out.contains("corrupt"),
+        "{out}"
+    );
+
+    // two stored segments deleted: the gap is named by its first missing segment
+    std::fs::remove_file(a.stored_copy(&segments[1])).unwrap();
+    std::fs::remove_file(a.stored_copy(&segments[2])).unwrap();
+    let (code, out) = verify(false);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("{} to {} are missing (2 segments)", segments[1], segments[2])), "{out}");
+    // and the run's report says so
+    let reports = a.dir.path().join("reports/backup_verification");
+    let report: String = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .find(|r| r.contains("are missing"))
+        .expect("a failed verification report");
+    assert!(
+        report.contains("\"database\": \"cluster:main\"") || report.contains("\"database\":\"cluster:main\""),
+        "{report}"
+    );
 }

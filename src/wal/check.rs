@@ -1,0 +1,186 @@
+//! Verification of a cluster's WAL archive on each target (`pgbackd verify --wal`): every
+//! segment a recovery on the newest timeline reads, from the oldest archived one to the newest,
+//! is there, the history files that lead to that timeline are there, and with `deep` every file
+//! decodes to the SHA-256 its name carries. Gaps are named by their first missing segment (as
+//! WAL-G's `wal-verify` does).
+
+use super::archive::{Archived, WalArchive};
+use super::names::{SegmentHeader, SegmentName, WalFile};
+use super::timeline::{Chain, gaps, parse_history};
+use crate::config::VerifyMode;
+use crate::crypto::Crypto;
+use crate::storage::Target;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What one target holds of one cluster's archive (one system identifier).
+#[derive(Debug, Clone, Serialize)]
+pub struct WalTargetCheck {
+    pub target: String,
+    pub system_identifier: u64,
+    /// Archived files (segments, partials, history and backup files).
+    pub files: usize,
+    /// The oldest and newest segment a recovery on `timeline` reads.
+    pub first_segment: Option<String>,
+    pub last_segment: Option<String>,
+    pub timeline: u32,
+    /// Missing runs of segments, and missing history files, in words.
+    pub gaps: Vec<String>,
+    /// Files that do not decode to their SHA-256 (deep only), or cannot be read.
+    pub damaged: Vec<String>,
+    pub bytes_read: u64,
+    pub ok: bool,
+}
+
+/// A WAL verification run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalVerification {
+    pub cluster: String,
+    pub mode: VerifyMode,
+    pub targets: Vec<WalTargetCheck>,
+    /// Why nothing could be checked on a target (listing failed), per target.
+    pub errors: Vec<String>,
+}
+
+impl WalVerification {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && !self.targets.is_empty() && self.targets.iter().all(|t| t.ok)
+    }
+
+    /// What failed, in one line per target (empty when it passed).
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = self.errors.clone();
+        if self.targets.is_empty() && self.errors.is_empty() {
+            out.push(format!(
+                "no WAL is archived for cluster {:?} on any target: is archive_command set to pgbackd archive-push?",
+                self.cluster
+            ));
+        }
+        for t in self.targets.iter().filter(|t| !t.ok) {
+            let what: Vec<&String> = t.gaps.iter().chain(&t.damaged).collect();
+            out.push(format!(
+                "{} (system {}): {}",
+                t.target,
+                t.system_identifier,
+                what.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+            ));
+        }
+        out
+    }
+}
+
+/// Checks the archive of `cluster` on every target.
+pub async fn verify(
+    cluster: &str,
+    targets: &[Target],
+    crypto: Option<Arc<Crypto>>,
+    mode: VerifyMode,
+    cancel: &CancellationToken,
+) -> WalVerification {
+    let mut out = WalVerification { cluster: cluster.to_owned(), mode, targets: Vec::new(), errors: Vec::new() };
+    for t in targets {
+        let ids = match system_identifiers(cluster, t).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                out.errors.push(format!("{}: {e:#}", t.name()));
+                continue;
+            }
+        };
+        for id in ids {
+            if cancel.is_cancelled() {
+                out.errors.push("cancelled".into());
+                return out;
+            }
+            let archive = WalArchive::new(cluster, id, vec![t.clone()], crypto.clone(), None);
+            match check_target(&archive, t, mode, cancel).await {
+                Ok(c) => out.targets.push(c),
+                Err(e) => out.errors.push(format!("{} (system {id}): {e:#}", t.name())),
+            }
+        }
+    }
+    out
+}
+
+/// The system identifiers archived under `cluster` on `target`.
+async fn system_identifiers(cluster: &str, target: &Target) -> anyhow::Result<BTreeSet<u64>> {
+    let prefix = crate::repo::keys::wal_root(cluster);
+    let listed = target.store.list(&prefix).await?;
+    Ok(listed.iter().filter_map(|o| o.key.strip_prefix(&prefix)?.split('/').next()?.parse::<u64>().ok()).collect())
+}
+
+async fn check_target(
+    archive: &WalArchive,
+    target: &Target,
+    mode: VerifyMode,
+    cancel: &CancellationToken,
+) -> anyhow::Result<WalTargetCheck> {
+    let files = archive.list(target).await?;
+    let mut check = WalTargetCheck {
+        target: target.name().to_owned(),
+        system_identifier: archive.system_identifier(),
+        files: files.len(),
+        first_segment: None,
+        last_segment: None,
+        timeline: 1,
+        gaps: Vec::new(),
+        damaged: Vec::new(),
+        bytes_read: 0,
+        ok: false,
+    };
+    let segments: Vec<&Archived> = files.iter().filter(|f| matches!(f.file, WalFile::Segment(_))).collect();
+    let Some(oldest) = segments.first() else {
+        check.gaps.push("no complete WAL segment is archived".into());
+        return Ok(check);
+    };
+    // the segment size is in every segment's header: read from the oldest one
+    let first = archive.read_copy(target, oldest).await?;
+    check.bytes_read += oldest.stored_bytes;
+    let header = SegmentHeader::read(&first).map_err(|e| anyhow::anyhow!("{}: {e}", oldest.key))?;
+    let size = header.segment_size as u64;
+
+    let newest_timeline = files.iter().map(|f| f.file.timeline()).max().unwrap_or(1);
+    check.timeline = newest_timeline;
+    let history = if newest_timeline > 1 {
+        match files.iter().find(|f| f.file == WalFile::History(newest_timeline)) {
+            Some(h) => {
+                let text = archive.read_copy(target, h).await?;
+                check.bytes_read += h.stored_bytes;
+                parse_history(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{}: {e}", h.key))?
+            }
+            None => {
+                check.gaps.push(format!(
+                    "{} is missing: a recovery cannot follow timeline {newest_timeline}",
+                    WalFile::History(newest_timeline)
+                ));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let chain = Chain::new(newest_timeline, &history, size);
+    let on_chain: BTreeSet<SegmentName> =
+        segments.iter().filter_map(|f| f.file.segment()).filter(|s| chain.timeline_at(*s) == s.timeline).collect();
+    if let (Some(from), Some(to)) = (on_chain.first(), on_chain.last()) {
+        check.first_segment = Some(from.to_string());
+        check.last_segment = Some(to.to_string());
+        check.gaps.extend(gaps(&chain, &on_chain, *from, *to).iter().map(|g| g.to_string()));
+    } else {
+        check.gaps.push(format!("no segment of timeline {newest_timeline}'s history is archived"));
+    }
+    if mode == VerifyMode::Deep {
+        for f in files.iter().filter(|f| f.key != oldest.key) {
+            if cancel.is_cancelled() {
+                anyhow::bail!("cancelled");
+            }
+            match archive.read_copy(target, f).await {
+                Ok(_) => check.bytes_read += f.stored_bytes,
+                Err(e) => check.damaged.push(format!("{e:#}")),
+            }
+        }
+    }
+    check.ok = check.gaps.is_empty() && check.damaged.is_empty();
+    Ok(check)
+}
