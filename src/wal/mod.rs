@@ -1,8 +1,7 @@
 //! Continuous archiving of a cluster's WAL: the files PostgreSQL archives (`names`), timelines and
 //! the gaps in an archive (`timeline`), the archive in the repository (`archive`), its
-//! verification (`check`), and the two
-//! commands PostgreSQL calls, `archive-push %p` (`archive_command`) and `archive-get %f %p`
-//! (`restore_command`).
+//! verification (`check`), and the two commands PostgreSQL calls, `archive-push %p`
+//! (`archive_command`) and `archive-get %f %p` (`restore_command`).
 //!
 //! The archive is per system identifier: it is read from the segment's own page header (and from
 //! the data directory's `pg_control` for history files), so a second cluster archiving under the
