@@ -33,7 +33,8 @@ pub enum Command {
     /// Write a backup's raw pg_dump archive to stdout (for a manual pg_restore).
     Cat(CatArgs),
     /// Check backups on every target: quick (present, right sizes) or --deep (every byte read,
-    /// every checksum and frame checked, the archive read by pg_restore).
+    /// every checksum and frame checked, the archive read by pg_restore); --wal checks the WAL
+    /// archive (every segment there, gaps named).
     Verify(VerifyArgs),
     /// Restore a backup into a scratch database, compare row counts, run the configured checks,
     /// measure the restore time, and drop the scratch database.
