@@ -168,6 +168,11 @@ async fn run_job(shared: Arc<Shared>, generation: Arc<Generation>, spec: JobSpec
             JobKind::Retention => Held::Exclusive(rw.write_owned().await),
             _ => Held::Shared(rw.read_owned().await),
         };
+        // a verification starts by listing the subject's backups: one being committed meanwhile
+        // has its manifest on one target and not yet on the next, and would fail there
+        if spec.kind == JobKind::Verification {
+            drop(backup_mutex.lock().await);
+        }
         let one_backup = if spec.kind.is_backup() { Some(backup_mutex.lock_owned().await) } else { None };
         Some((permit, conflict, one_backup))
     };
