@@ -111,13 +111,6 @@ impl Cluster {
         self.run_checked(&self.bin.join("pg_ctl"), &args)
     }
 
-    /// Stops the server (`mode`: smart, fast or immediate, which is a crash) and starts it again
-    /// on the same port.
-    pub fn restart(&self, mode: &str) -> Result<()> {
-        self.run_checked(&self.bin.join("pg_ctl"), &["-D", &self.data().to_string_lossy(), "-m", mode, "-w", "stop"])?;
-        self.pg_ctl_start()
-    }
-
     /// The data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")

@@ -10,7 +10,7 @@
 use super::names::WalFile;
 use crate::crypto::{Crypto, EncryptionInfo};
 use crate::repo::keys;
-use crate::storage::Target;
+use crate::storage::{ObjectInfo, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -54,7 +54,14 @@ pub struct Archived {
     pub sha256: String,
     pub key: String,
     pub stored_bytes: u64,
-    pub modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Archived {
+    /// The archived file a listed object is, if it is one.
+    pub fn from_listing(o: &ObjectInfo) -> Option<Archived> {
+        let (f, sha, _, _) = keys::parse_wal_object(&o.key)?;
+        Some(Archived { file: WalFile::parse(f)?, sha256: sha.to_owned(), key: o.key.clone(), stored_bytes: o.size })
+    }
 }
 
 impl WalArchive {
@@ -76,7 +83,7 @@ impl WalArchive {
         self.crypto.as_ref().filter(|c| c.encrypts())
     }
 
-    /// The copies of `file` on `target`: (sha256, key, size).
+    /// The copies of `file` on `target`.
     async fn copies(&self, target: &Target, file: &WalFile) -> Result<Vec<Archived>> {
         let name = file.to_string();
         let prefix = format!("{}{name}-", keys::wal_dir(&self.cluster, self.system_identifier, &name));
@@ -85,19 +92,7 @@ impl WalArchive {
             .list(&prefix)
             .await
             .with_context(|| format!("listing the WAL archive on {}", target.store.describe()))?;
-        Ok(listed
-            .into_iter()
-            .filter_map(|o| {
-                let (f, sha, _, _) = keys::parse_wal_object(&o.key)?;
-                (f == name).then(|| Archived {
-                    file: *file,
-                    sha256: sha.to_owned(),
-                    key: o.key.clone(),
-                    stored_bytes: o.size,
-                    modified: o.modified,
-                })
-            })
-            .collect())
+        Ok(listed.iter().filter_map(Archived::from_listing).filter(|a| a.file == *file).collect())
     }
 
     /// Stores `raw` as `file` on every target that does not hold it yet. Pushing a file that is
@@ -260,36 +255,6 @@ impl WalArchive {
         })
         .await
         .context("WAL read task failed")?
-    }
-
-    /// Every archived file on `target`, by file (a file archived twice with different contents,
-    /// which push refuses, would be listed twice).
-    pub async fn list(&self, target: &Target) -> Result<Vec<Archived>> {
-        let prefix = keys::wal_prefix(&self.cluster, self.system_identifier);
-        let listed = target
-            .store
-            .list(&prefix)
-            .await
-            .with_context(|| format!("listing the WAL archive on {}", target.store.describe()))?;
-        let mut out: Vec<Archived> = listed
-            .into_iter()
-            .filter_map(|o| {
-                let (f, sha, _, _) = keys::parse_wal_object(&o.key)?;
-                Some(Archived {
-                    file: WalFile::parse(f)?,
-                    sha256: sha.to_owned(),
-                    key: o.key.clone(),
-                    stored_bytes: o.size,
-                    modified: o.modified,
-                })
-            })
-            .collect();
-        out.sort_by_key(|a| a.file);
-        Ok(out)
-    }
-
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
     }
 }
 

@@ -10,8 +10,9 @@ use super::timeline::{Chain, gaps, parse_history};
 use crate::config::VerifyMode;
 use crate::crypto::Crypto;
 use crate::storage::Target;
+use anyhow::Context;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -81,20 +82,20 @@ pub async fn verify(
 ) -> WalVerification {
     let mut out = WalVerification { cluster: cluster.to_owned(), mode, targets: Vec::new(), errors: Vec::new() };
     for t in targets {
-        let ids = match system_identifiers(cluster, t).await {
-            Ok(ids) => ids,
+        let archives = match by_system_identifier(cluster, t).await {
+            Ok(a) => a,
             Err(e) => {
                 out.errors.push(format!("{}: {e:#}", t.name()));
                 continue;
             }
         };
-        for id in ids {
+        for (id, files) in archives {
             if cancel.is_cancelled() {
                 out.errors.push("cancelled".into());
                 return out;
             }
             let archive = WalArchive::new(cluster, id, vec![t.clone()], crypto.clone(), None);
-            match check_target(&archive, t, mode, cancel).await {
+            match check_target(&archive, t, files, mode, cancel).await {
                 Ok(c) => out.targets.push(c),
                 Err(e) => out.errors.push(format!("{} (system {id}): {e:#}", t.name())),
             }
@@ -103,20 +104,35 @@ pub async fn verify(
     out
 }
 
-/// The system identifiers archived under `cluster` on `target`.
-async fn system_identifiers(cluster: &str, target: &Target) -> anyhow::Result<BTreeSet<u64>> {
-    let prefix = crate::repo::keys::wal_root(cluster);
-    let listed = target.store.list(&prefix).await?;
-    Ok(listed.iter().filter_map(|o| o.key.strip_prefix(&prefix)?.split('/').next()?.parse::<u64>().ok()).collect())
+/// Every file archived under `cluster` on `target` (one listing), by system identifier, each
+/// archive's files in order.
+async fn by_system_identifier(cluster: &str, target: &Target) -> anyhow::Result<BTreeMap<u64, Vec<Archived>>> {
+    let root = crate::repo::keys::wal_root(cluster);
+    let listed = target
+        .store
+        .list(&root)
+        .await
+        .with_context(|| format!("listing the WAL archive on {}", target.store.describe()))?;
+    let mut out: BTreeMap<u64, Vec<Archived>> = BTreeMap::new();
+    for o in &listed {
+        let id = o.key.strip_prefix(&root).and_then(|k| k.split('/').next()).and_then(|id| id.parse::<u64>().ok());
+        if let (Some(id), Some(a)) = (id, Archived::from_listing(o)) {
+            out.entry(id).or_default().push(a);
+        }
+    }
+    for files in out.values_mut() {
+        files.sort_by_key(|a| a.file);
+    }
+    Ok(out)
 }
 
 async fn check_target(
     archive: &WalArchive,
     target: &Target,
+    files: Vec<Archived>,
     mode: VerifyMode,
     cancel: &CancellationToken,
 ) -> anyhow::Result<WalTargetCheck> {
-    let files = archive.list(target).await?;
     let mut check = WalTargetCheck {
         target: target.name().to_owned(),
         system_identifier: archive.system_identifier(),

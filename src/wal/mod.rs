@@ -53,7 +53,7 @@ fn data_directory(path: &Path, pgdata: Option<&Path>) -> PathBuf {
     }
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
     match parent {
-        Some(p) if p.file_name().is_some_and(|n| n == "pg_wal" || n == "archive_status") => {
+        Some(p) if p.file_name().is_some_and(|n| n == "pg_wal") => {
             p.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
         }
         _ => PathBuf::from("."),

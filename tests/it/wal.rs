@@ -85,18 +85,7 @@ impl Archiving {
 
     /// Every stored object under the cluster's WAL archive, as paths.
     fn stored(&self) -> Vec<PathBuf> {
-        let root = self.dir.path().join("repository/clusters/main/wal");
-        let mut out = Vec::new();
-        let mut stack = vec![root];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().unwrap().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    out.push(e.path());
-                }
-            }
-        }
+        let mut out = walk(&self.dir.path().join("repository/clusters/main/wal"));
         out.sort();
         out
     }
