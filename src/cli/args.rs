@@ -76,6 +76,10 @@ pub enum Command {
     /// hashed, encrypted if configured, stored on every target. A file already archived with the
     /// same contents succeeds; with different contents it fails and nothing is overwritten.
     ArchivePush(ArchivePushArgs),
+    /// Take a physical base backup of the cluster whose WAL is archived (wal:) now: pg_basebackup
+    /// streamed to every target with PostgreSQL's backup_manifest; kept only once the WAL it needs
+    /// is archived. Prints its id.
+    BaseBackup,
     /// Fetch one archived WAL file (restore_command = 'pgbackd -c CONFIG archive-get %f %p'),
     /// its SHA-256 checked; exit 1 when the archive does not hold it.
     ArchiveGet(ArchiveGetArgs),

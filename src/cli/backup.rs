@@ -1,4 +1,5 @@
-//! `pgbackd backup` and `pgbackd backup-files`: one backup now; its id on stdout.
+//! `pgbackd backup`, `pgbackd backup-files` and `pgbackd base-backup`: one backup now; its id on
+//! stdout.
 
 use super::args::{BackupArgs, FilesArgs, KindArg};
 use super::{EXIT_JOB_FAILED, EXIT_OK, failure, run_job};
@@ -22,6 +23,32 @@ pub async fn database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
     match (&run.outcome, run.backup()) {
         (RunOutcome::Success, Some(m)) => {
             say!("{}", m.id);
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        _ => Err(failure(run)),
+    }
+}
+
+/// A base backup of the cluster of `wal:`.
+pub async fn base(ctx: &JobContext) -> Result<ExitCode> {
+    let wal = crate::wal::settings(&ctx.config)?;
+    let run = run_job(ctx, JobSpec::new(JobKind::BaseBackup, Subject::Cluster(wal.name.clone()), Trigger::Manual)).await;
+    match (&run.outcome, run.backup()) {
+        (RunOutcome::Success, Some(m)) => {
+            say!("{}", m.id);
+            if let Some(b) = m.base_backup() {
+                tell!(
+                    "{}: {} files, {} raw, {} stored; needs WAL {} to {} (timeline {}, system {})",
+                    m.id,
+                    b.files,
+                    crate::units::bytes(m.raw_bytes()),
+                    crate::units::bytes(m.stored_bytes()),
+                    b.start_wal,
+                    b.stop_wal,
+                    b.timeline,
+                    b.system_identifier
+                );
+            }
             Ok(ExitCode::from(EXIT_OK))
         }
         _ => Err(failure(run)),

@@ -28,7 +28,14 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         (Some(id), _) => vec![(ctx.repository.subject_of(id).await?, Select::Id(id.clone()))],
         (None, true) => match database {
             Some(s) => vec![(s, Select::Latest)],
-            None => ctx.config.databases.iter().map(|d| (Subject::Database(d.name.clone()), Select::Latest)).collect(),
+            None => ctx
+                .config
+                .databases
+                .iter()
+                .map(|d| Subject::Database(d.name.clone()))
+                .chain(ctx.config.wal.iter().map(|w| Subject::Cluster(w.name.clone())))
+                .map(|s| (s, Select::Latest))
+                .collect(),
         },
         (None, false) => match database {
             Some(s) => vec![(s, Select::All)],
@@ -36,7 +43,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         },
     };
     let mode = if args.deep { VerifyMode::Deep } else { VerifyMode::Quick };
-    let (mut results, mut leftovers) = (Vec::new(), Vec::new());
+    let (mut results, mut leftovers, mut wals) = (Vec::new(), Vec::new(), Vec::new());
     for (subject, select) in jobs {
         let mut spec = JobSpec::new(JobKind::Verification, subject, Trigger::Manual);
         spec.params.select = select;
@@ -46,6 +53,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
             Produced::Verified(v) => {
                 results.extend(v.backups);
                 leftovers.extend(v.leftovers);
+                wals.extend(v.wal);
             }
             _ => return Err(failure(run)),
         }
@@ -53,7 +61,19 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
     if results.is_empty() {
         bail!("no backups to verify in {}", ctx.repository.describe());
     }
-    print(&results, args.json)?;
+    if args.json {
+        let mut out = crate::secret::Redacting(std::io::stdout().lock());
+        match wals.is_empty() {
+            true => serde_json::to_writer_pretty(&mut out, &results)?,
+            false => serde_json::to_writer_pretty(&mut out, &serde_json::json!({"backups": results, "wal": wals}))?,
+        }
+        writeln!(out)?;
+    } else {
+        print(&results, false)?;
+        for w in &wals {
+            print_wal(w)?;
+        }
+    }
     if !leftovers.is_empty() {
         let grace = crate::units::duration(ctx.config.retention.orphan_grace);
         tell!(
@@ -66,7 +86,8 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
             tell!("  {}:{} ({}){since}", l.target, l.key, l.what.describe());
         }
     }
-    Ok(ExitCode::from(if results.iter().all(|r| r.ok) { EXIT_OK } else { EXIT_JOB_FAILED }))
+    let ok = results.iter().all(|r| r.ok) && wals.iter().all(|w| w.ok());
+    Ok(ExitCode::from(if ok { EXIT_OK } else { EXIT_JOB_FAILED }))
 }
 
 /// `verify --wal`: one verification job on the cluster's WAL archive.
@@ -74,39 +95,16 @@ async fn wal(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
     let name = crate::wal::settings(&ctx.config)?.name.clone();
     let mut spec = JobSpec::new(JobKind::Verification, Subject::Cluster(name), Trigger::Manual);
     spec.params.verify_mode = Some(if args.deep { VerifyMode::Deep } else { VerifyMode::Quick });
+    spec.params.wal_only = true;
     let run = run_job(ctx, spec).await;
-    let Produced::WalVerified(w) = &run.produced else { return Err(failure(run)) };
-    let mut out = crate::secret::Redacting(std::io::stdout().lock());
+    let Produced::Verified(v) = &run.produced else { return Err(failure(run)) };
+    let Some(w) = &v.wal else { return Err(failure(run)) };
     if args.json {
-        serde_json::to_writer_pretty(&mut out, w.as_ref())?;
+        let mut out = crate::secret::Redacting(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, w)?;
         writeln!(out)?;
     } else {
-        let scope = match w.mode {
-            VerifyMode::Quick => "quick: every segment present; content not read",
-            VerifyMode::Deep => "deep: every file read and checked against its SHA-256",
-        };
-        writeln!(out, "{} WAL archive of cluster {} ({scope})", if w.ok() { "PASSED" } else { "FAILED" }, w.cluster)?;
-        for t in &w.targets {
-            let range = match (&t.first_segment, &t.last_segment) {
-                (Some(a), Some(b)) => format!("{a} .. {b} on timeline {}", t.timeline),
-                _ => "no segments".into(),
-            };
-            writeln!(
-                out,
-                "  {}  target {} (system {}): {} files, {range}",
-                if t.ok { "ok    " } else { "FAILED" },
-                t.target,
-                t.system_identifier,
-                t.files
-            )?;
-            for problem in t.gaps.iter().chain(&t.damaged) {
-                writeln!(out, "          {problem}")?;
-            }
-        }
-        let problems = if w.targets.is_empty() { w.failures() } else { w.errors.clone() };
-        for e in problems {
-            writeln!(out, "  FAILED  {e}")?;
-        }
+        print_wal(w)?;
     }
     Ok(ExitCode::from(if w.ok() { EXIT_OK } else { EXIT_JOB_FAILED }))
 }
@@ -129,12 +127,15 @@ pub fn print(results: &[Verified], json: bool) -> Result<()> {
         return Ok(());
     }
     for v in results {
-        let scope = match (v.mode, v.subject.is_file_set()) {
+        let scope = match (v.mode, &v.subject) {
             (VerifyMode::Quick, _) => "quick: manifest and objects present with their recorded sizes; content not read",
-            (VerifyMode::Deep, false) => {
+            (VerifyMode::Deep, Subject::Database(_)) => {
                 "deep: every byte read, every checksum and frame checked, archive read by pg_restore"
             }
-            (VerifyMode::Deep, true) => {
+            (VerifyMode::Deep, Subject::Cluster(_)) => {
+                "deep: every byte read and checked, extracted and checked by pg_verifybackup with its WAL"
+            }
+            (VerifyMode::Deep, Subject::Files(_) | Subject::Configs(_)) => {
                 "deep: every byte read, every checksum and frame checked, every file's SHA-256 checked"
             }
         };
@@ -182,5 +183,37 @@ pub fn print_test_restore(t: &TestRestored) -> Result<()> {
         writeln!(out, "  error: {e}")?;
     }
     writeln!(out, "  scratch database dropped")?;
+    Ok(())
+}
+
+/// The WAL archive's verification, per target, in words.
+fn print_wal(w: &crate::wal::check::WalVerification) -> Result<()> {
+    let mut out = crate::secret::Redacting(std::io::stdout().lock());
+    let scope = match w.mode {
+        VerifyMode::Quick => "quick: every segment present; content not read",
+        VerifyMode::Deep => "deep: every file read and checked against its SHA-256",
+    };
+    writeln!(out, "{} WAL archive of cluster {} ({scope})", if w.ok() { "PASSED" } else { "FAILED" }, w.cluster)?;
+    for t in &w.targets {
+        let range = match (&t.first_segment, &t.last_segment) {
+            (Some(a), Some(b)) => format!("{a} .. {b} on timeline {}", t.timeline),
+            _ => "no segments".into(),
+        };
+        writeln!(
+            out,
+            "  {}  target {} (system {}): {} files, {range}",
+            if t.ok { "ok    " } else { "FAILED" },
+            t.target,
+            t.system_identifier,
+            t.files
+        )?;
+        for problem in t.gaps.iter().chain(&t.damaged) {
+            writeln!(out, "          {problem}")?;
+        }
+    }
+    let problems = if w.targets.is_empty() { w.failures() } else { w.errors.clone() };
+    for e in problems {
+        writeln!(out, "  FAILED  {e}")?;
+    }
     Ok(())
 }

@@ -180,6 +180,21 @@ fn read_server(m: &mut MapReader<'_, '_>, defaults: &ConnFields, no_database: &s
     Some(Some(fields.or(defaults).into_connection(String::new())))
 }
 
+/// `wal.server`: the cluster's server; each field defaults to `database:`'s, the database to
+/// `postgres`.
+pub(super) fn read_wal_server(m: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<Connection> {
+    let fields = if m.has("server") {
+        let mut t = m.map("server")?;
+        let f = read_conn_fields(&mut t);
+        t.finish();
+        f.or(defaults)
+    } else {
+        defaults.clone()
+    };
+    let dbname = fields.dbname.clone().unwrap_or_else(|| "postgres".into());
+    Some(fields.into_connection(dbname))
+}
+
 pub(super) fn read_restore(top: &mut MapReader<'_, '_>, defaults: &ConnFields) -> Option<RestoreSettings> {
     let mut m = top.map("restore")?;
     let safety_backup = m.opt::<bool>("safety_backup").unwrap_or(true);

@@ -235,7 +235,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let log_file = read_logging(&mut top);
     let verification = read_verification(&mut top);
     let test_restore = read_test_restore(&mut top, &default_conn);
-    let wal = read_wal(&mut top);
+    let wal = read_wal(&mut top, &default_conn);
     let encryption = read_encryption(&mut top);
     let locks = read_locks(&mut top);
     let strict = top.opt::<bool>("strict").unwrap_or(false);

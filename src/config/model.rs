@@ -50,6 +50,39 @@ pub struct DatabaseConfig {
 pub struct WalSettings {
     /// The cluster's name in the repository (`clusters/<name>/`).
     pub name: String,
+    /// How the WAL arrives: PostgreSQL's `archive_command`, or the daemon's `pg_receivewal`.
+    pub method: WalMethod,
+    /// The server base backups and streaming connect to (its `database` is the one the few SQL
+    /// queries run in); from `database:` when not given.
+    pub server: Connection,
+    /// The physical replication slot streaming uses (`pgbackd_<name>`).
+    pub slot: String,
+    /// `pg_receivewal --synchronous`: flush and report each write at once (for a synchronous
+    /// standby setting naming the slot's application name).
+    pub synchronous: bool,
+    /// Where the received WAL waits until every required target has it.
+    pub spool_dir: PathBuf,
+    /// How long a base backup waits for the last WAL segment it needs to be archived.
+    pub archive_timeout: Duration,
+    /// Alert when the slot holds back more WAL than this on the server.
+    pub slot_lag_alert: u64,
+}
+
+/// `wal.method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalMethod {
+    ArchiveCommand,
+    Stream,
+}
+crate::enum_from_node!(WalMethod, "a WAL method", { "archive_command" => WalMethod::ArchiveCommand, "stream" => WalMethod::Stream });
+
+impl WalMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            WalMethod::ArchiveCommand => "archive_command",
+            WalMethod::Stream => "stream",
+        }
+    }
 }
 
 /// Whether a backup records every table's row count (`exact`, counted in the dump's snapshot).

@@ -183,8 +183,8 @@ pub(super) fn read_logging(top: &mut MapReader<'_, '_>) -> Option<LogFile> {
     file
 }
 
-/// `wal:`: the cluster whose WAL is archived, by its name in the repository.
-pub(super) fn read_wal(top: &mut MapReader<'_, '_>) -> Option<WalSettings> {
+/// `wal:`: the cluster whose WAL is archived, by its name in the repository, and how.
+pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connections::ConnFields) -> Option<WalSettings> {
     let mut m = top.map("wal")?;
     let name = m.opt::<String>("name").unwrap_or_else(|| "main".into());
     let valid = !name.is_empty()
@@ -198,6 +198,34 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>) -> Option<WalSettings> {
             Some(m.loc_of("name")),
         );
     }
+    let method = m.opt::<WalMethod>("method").unwrap_or(WalMethod::ArchiveCommand);
+    let server = super::connections::read_wal_server(&mut m, defaults);
+    let default_slot = format!(
+        "pgbackd_{}",
+        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>()
+    );
+    let slot = m.opt::<String>("slot").unwrap_or(default_slot);
+    if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        m.ctx().error(
+            &m.child_path("slot"),
+            format!("{slot:?} cannot name a replication slot: use at most 63 lower-case letters, digits and '_'"),
+            Some(m.loc_of("slot")),
+        );
+    }
+    let synchronous = m.opt::<bool>("synchronous").unwrap_or(false);
+    let spool_dir = m.opt::<PathBuf>("spool_dir").unwrap_or_else(|| PathBuf::from("wal-spool"));
+    let archive_timeout = m.opt::<Dur>("archive_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(60));
+    let slot_lag_alert = m.opt::<ByteSize>("slot_lag_alert").map(|b| b.0).unwrap_or(1 << 30);
     m.finish();
-    Some(WalSettings { name })
+    Some(WalSettings {
+        name,
+        method,
+        server: server?,
+        slot,
+        synchronous,
+        spool_dir,
+        archive_timeout,
+        slot_lag_alert,
+    })
 }

@@ -192,7 +192,7 @@ fn secrets_come_from_files() {
 )]
 #[case::yaml_syntax("database: [unclosed\n")]
 #[case::not_a_mapping("- just\n- a list\n")]
-#[case::wal_name("wal:\n  name: ../other\n  method: stream\nlocal_backup_dir: /r\n")]
+#[case::wal_name("wal:\n  name: ../other\n  method: push\n  slot: Bad-Slot\nlocal_backup_dir: /r\n")]
 fn invalid_configs(#[case] yaml: &str) {
     let name =
         format!("invalid_{}", std::thread::current().name().unwrap_or("case").rsplit("::").next().unwrap_or("case"));

@@ -51,13 +51,15 @@ impl JobContext {
     }
 }
 
-/// Every subject the config backs up: its databases, file sets and configuration sets.
+/// Every subject the config backs up: its databases, file sets, configuration sets and the
+/// cluster whose WAL it archives.
 pub fn configured_subjects(config: &Config) -> Vec<crate::repo::Subject> {
     use crate::repo::Subject;
     let databases = config.databases.iter().map(|d| Subject::Database(d.name.clone()));
     let files = config.files.iter().map(|f| Subject::Files(f.name.clone()));
     let configs = config.configs.iter().map(|f| Subject::Configs(f.name.clone()));
-    databases.chain(files).chain(configs).collect()
+    let cluster = config.wal.iter().map(|w| Subject::Cluster(w.name.clone()));
+    databases.chain(files).chain(configs).chain(cluster).collect()
 }
 
 /// Which backups of the subject a job reads.

@@ -13,13 +13,15 @@ pub enum JobKind {
     Retention,
     FileBackup,
     ConfigBackup,
+    /// A physical base backup of the cluster whose WAL is archived (`wal:`).
+    BaseBackup,
     /// A restore asked for on the command line (never scheduled).
     Restore,
 }
 
 impl JobKind {
     /// The kinds a schedule can name.
-    pub const SCHEDULED: [JobKind; 7] = [
+    pub const SCHEDULED: [JobKind; 8] = [
         JobKind::FullBackup,
         JobKind::IncrementalBackup,
         JobKind::Verification,
@@ -27,6 +29,7 @@ impl JobKind {
         JobKind::Retention,
         JobKind::FileBackup,
         JobKind::ConfigBackup,
+        JobKind::BaseBackup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl JobKind {
             JobKind::Retention => "retention",
             JobKind::FileBackup => "file_backup",
             JobKind::ConfigBackup => "config_backup",
+            JobKind::BaseBackup => "base_backup",
             JobKind::Restore => "restore",
         }
     }
@@ -49,7 +53,14 @@ impl JobKind {
 
     /// Whether it stores a new backup.
     pub fn is_backup(self) -> bool {
-        matches!(self, JobKind::FullBackup | JobKind::IncrementalBackup | JobKind::FileBackup | JobKind::ConfigBackup)
+        matches!(
+            self,
+            JobKind::FullBackup
+                | JobKind::IncrementalBackup
+                | JobKind::FileBackup
+                | JobKind::ConfigBackup
+                | JobKind::BaseBackup
+        )
     }
 }
 

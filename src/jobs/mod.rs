@@ -1,10 +1,12 @@
 //! Jobs: the operations, shared by the command line and the daemon so they cannot drift.
 //!
 //! [`run::run`]`(JobSpec, &JobContext) -> JobRun` is the only way any job runs; each kind is an
-//! arm: [`backup`] (database dumps), [`file_backup`] (file and configuration sets), [`verify`],
+//! arm: [`backup`] (database dumps), [`file_backup`] (file and configuration sets),
+//! [`base_backup`] (physical base backups of a cluster), [`verify`],
 //! [`test_restore`], [`retention`], [`restore`]. [`report`] stores the JSON report of a run.
 
 pub mod backup;
+pub mod base_backup;
 pub mod context;
 pub mod file_backup;
 pub mod kind;

@@ -69,10 +69,11 @@ pub fn subdir(kind: JobKind, subject: &Subject) -> &'static str {
         JobKind::Retention => "backup_retention",
         JobKind::FileBackup => "file_backup",
         JobKind::ConfigBackup => "config_backup",
+        JobKind::BaseBackup => "base_backup",
     }
 }
 
-const SUBDIRS: [&str; 7] = [
+const SUBDIRS: [&str; 8] = [
     "backup",
     "backup_verification",
     "database_restore",
@@ -80,6 +81,7 @@ const SUBDIRS: [&str; 7] = [
     "backup_retention",
     "file_backup",
     "config_backup",
+    "base_backup",
 ];
 
 /// Writes `report` of a run on `subject` under `dir` (0600 file, 0700 directories); returns its path.

@@ -47,6 +47,8 @@ pub struct Params {
     pub select: Select,
     /// Verification depth (default: `verification.mode`).
     pub verify_mode: Option<VerifyMode>,
+    /// Verification of a cluster: its WAL archive only, not its base backups.
+    pub wal_only: bool,
     /// Backups: accept a dump much smaller than the previous full.
     pub allow_shrink: bool,
     /// Retention: plan only.
@@ -98,7 +100,6 @@ pub enum Produced {
     Retention(Box<RetentionRun>),
     Restore(Box<RestoreReport>),
     FilesRestored(Box<Restored>),
-    WalVerified(Box<crate::wal::check::WalVerification>),
 }
 
 /// A finished run.
@@ -271,28 +272,10 @@ fn classify(p: &Produced) -> RunOutcome {
                 problems.join("; ")
             ))
         }
-        Produced::Verified(vs) => {
-            let failures: Vec<String> = vs
-                .backups
-                .iter()
-                .filter(|v| !v.ok)
-                .map(|v| {
-                    let why: Vec<String> = v
-                        .targets
-                        .iter()
-                        .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)))
-                        .collect();
-                    let why = if why.is_empty() { "no target holds the backup".to_owned() } else { why.join("; ") };
-                    format!("{}: {why}", v.backup_id)
-                })
-                .collect();
-            if failures.is_empty() {
-                RunOutcome::Success
-            } else {
-                RunOutcome::Failed(anyhow!("{}", failures.join("; ")))
-            }
-        }
-        Produced::WalVerified(w) if !w.ok() => RunOutcome::Failed(anyhow!("{}", w.failures().join("; "))),
+        Produced::Verified(v) => match v.failures() {
+            f if f.is_empty() => RunOutcome::Success,
+            f => RunOutcome::Failed(anyhow!("{}", f.join("; "))),
+        },
         Produced::TestRestore(t) => match &t.error {
             None => RunOutcome::Success,
             Some(e) => RunOutcome::Failed(anyhow!("{e}")),
@@ -323,9 +306,12 @@ impl Arms for Jobs {
             (JobKind::FileBackup, s @ Subject::Files(_)) | (JobKind::ConfigBackup, s @ Subject::Configs(_)) => {
                 Ok(Produced::Backup(Box::new(file_backup::run(ctx, s, spec.trigger).await?)))
             }
+            (JobKind::BaseBackup, Subject::Cluster(name)) => {
+                Ok(Produced::Backup(Box::new(super::base_backup::run(ctx, name, spec.trigger).await?)))
+            }
             (JobKind::Verification, Subject::Cluster(name)) => {
                 let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);
-                Ok(Produced::WalVerified(Box::new(verify::wal(ctx, name, mode).await)))
+                Ok(Produced::Verified(Box::new(verify::cluster(ctx, name, &p.select, mode, p.wal_only).await?)))
             }
             (JobKind::Verification, s) => {
                 let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);

@@ -49,6 +49,30 @@ pub struct Verified {
 pub struct Verification {
     pub backups: Vec<Verified>,
     pub leftovers: Vec<crate::repo::Leftover>,
+    /// For a cluster: its WAL archive, from the oldest kept base backup's start to the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal::check::WalVerification>,
+}
+
+impl Verification {
+    /// What failed, one line per backup or WAL archive target (empty when all passed).
+    pub fn failures(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .backups
+            .iter()
+            .filter(|v| !v.ok)
+            .map(|v| {
+                let why: Vec<String> =
+                    v.targets.iter().filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target))).collect();
+                let why = if why.is_empty() { "no target holds the backup".to_owned() } else { why.join("; ") };
+                format!("{}: {why}", v.backup_id)
+            })
+            .collect();
+        if let Some(w) = self.wal.as_ref().filter(|w| !w.ok()) {
+            out.extend(w.failures().into_iter().map(|f| format!("WAL archive: {f}")));
+        }
+        out
+    }
 }
 
 /// Verifies the backups of `subject` that `select` picks (by default `verification.scope`).
@@ -102,13 +126,52 @@ pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: Ver
     for p in problems {
         tracing::debug!(problem = %p, "cannot list the unfinished writes of a target");
     }
-    Ok(Verification { backups: out, leftovers })
+    Ok(Verification { backups: out, leftovers, wal: None })
 }
 
-/// Verifies the WAL archive of cluster `name` (`wal.name`) on every target.
-pub async fn wal(ctx: &JobContext, name: &str, mode: VerifyMode) -> crate::wal::check::WalVerification {
+/// Verifies a cluster: its base backups that `select` picks (none with `wal_only`), then its
+/// WAL archive on every target, from the start of the oldest base backup to the newest segment.
+pub async fn cluster(
+    ctx: &JobContext,
+    name: &str,
+    select: &Select,
+    mode: VerifyMode,
+    wal_only: bool,
+) -> Result<Verification> {
+    let subject = Subject::Cluster(name.to_owned());
+    let mut v = if wal_only {
+        Verification { backups: Vec::new(), leftovers: Vec::new(), wal: None }
+    } else {
+        run(ctx, &subject, select, mode).await?
+    };
     let repo = &ctx.repository;
-    crate::wal::check::verify(name, repo.targets(), repo.crypto().cloned(), mode, &ctx.cancel).await
+    let bases = repo.list(Some(&subject)).await?;
+    let starts = wal_needs(&bases);
+    v.wal = Some(crate::wal::check::verify(name, repo.targets(), repo.crypto().cloned(), mode, &starts, &ctx.cancel).await);
+    Ok(v)
+}
+
+/// What the base backups need of each archive (oldest start, newest end).
+pub fn wal_needs(bases: &[crate::repo::Manifest]) -> crate::wal::check::Starts {
+    use crate::wal::names::SegmentName;
+    let mut out = crate::wal::check::Starts::new();
+    for m in bases {
+        let Some(b) = m.base_backup() else { continue };
+        let (Some(from), Some(to)) = (SegmentName::parse(&b.start_wal), SegmentName::parse(&b.stop_wal)) else { continue };
+        let size = b.wal_segment_size;
+        out.entry(b.system_identifier)
+            .and_modify(|n| {
+                if from.number(size) < n.from.number(size) {
+                    n.from = from;
+                    n.backup = m.id.clone();
+                }
+                if to.number(size) > n.to.number(size) {
+                    n.to = to;
+                }
+            })
+            .or_insert(crate::wal::check::Need { from, backup: m.id.clone(), to });
+    }
+    out
 }
 
 /// The failed verification of a damaged manifest (nothing else of it can be checked).
@@ -256,6 +319,7 @@ async fn deep(ctx: &JobContext, store: &Arc<dyn Store>, listed: &Listed, what: &
                 .await
                 .map_err(|e| anyhow!(e).context(format!("{what}: pg_restore cannot read the archive")))?;
         }
+        Content::Base(b) => base_backup(ctx, store, listed, b, what, tools, decryption.as_ref()).await?,
         Content::Files(_) => {
             let req = crate::fileset::restore::Request {
                 to: std::path::PathBuf::from("/nonexistent"),
@@ -267,4 +331,63 @@ async fn deep(ctx: &JobContext, store: &Arc<dyn Store>, listed: &Listed, what: &
         }
     }
     Ok(m.stored_bytes())
+}
+
+/// Deep, for a base backup: the tar extracted to a scratch directory (in `$TMPDIR`), the WAL it
+/// needs fetched from the archive into its `pg_wal`, and `pg_verifybackup` run against
+/// PostgreSQL's own manifest: every file's size and SHA-256, and the WAL from the backup's start to
+/// its end parsed by `pg_waldump`. The manifest stored beside the tar must be the one inside it.
+async fn base_backup(
+    ctx: &JobContext,
+    store: &Arc<dyn Store>,
+    listed: &Listed,
+    b: &crate::repo::manifest::BaseBackup,
+    what: &str,
+    tools: &Tools,
+    decryption: Option<&pipeline::Decryption>,
+) -> Result<()> {
+    let m = &listed.manifest;
+    let beside = pipeline::read_small_object(store, &b.backup_manifest, what, decryption).await?;
+    let scratch = tempfile::Builder::new()
+        .prefix("pgbackd-verify-")
+        .tempdir()
+        .context("creating a scratch directory for the base backup (in $TMPDIR)")?;
+    let dir = scratch.path().to_owned();
+    let tar = ChildSpec::new("tar").args(["--extract", "--file=-", "--no-same-owner", "--directory"]).arg(&dir);
+    let reader = ctx.repository.reader(m, Some(store.clone())).await?;
+    super::restore::stream_into(&tar, &reader, RawCheck::Sha256, None, &ctx.cancel, &ctx.progress)
+        .await
+        .map_err(|e| anyhow!(e).context(format!("{what}: the tar archive does not extract")))?;
+    let inside = tokio::fs::read(dir.join("backup_manifest"))
+        .await
+        .with_context(|| format!("{what}: the tar archive holds no backup_manifest"))?;
+    if inside != beside {
+        bail!("{what}: the backup_manifest stored beside the archive differs from the one inside it");
+    }
+    // the WAL from the backup's start to its end, on each timeline it spans
+    let archive = crate::wal::open(&ctx.config, &ctx.repository, b.system_identifier)
+        .with_context(|| format!("{what}: checking its WAL"))?;
+    let wal_dir = dir.join("pg_wal");
+    tokio::fs::create_dir_all(&wal_dir).await?;
+    let size = b.wal_segment_size;
+    for r in &b.wal_ranges {
+        use crate::wal::names::{SegmentName, WalFile};
+        let mut seg = SegmentName::containing(r.timeline, r.start_lsn.0.0, size);
+        let last = SegmentName::containing(r.timeline, r.end_lsn.0.0.saturating_sub(1).max(r.start_lsn.0.0), size);
+        loop {
+            let raw = archive.get(WalFile::Segment(seg)).await?.with_context(|| {
+                format!("{what}: WAL segment {seg}, which the backup needs, is not in the archive")
+            })?;
+            tokio::fs::write(wal_dir.join(seg.to_string()), &raw).await?;
+            if seg >= last {
+                break;
+            }
+            seg = seg.next(size);
+        }
+    }
+    let spec = ChildSpec::new(tools.path("pg_verifybackup")).arg("--quiet").arg("--wal-directory").arg(&wal_dir).arg(&dir);
+    crate::process::run_capture(&spec, 1 << 20)
+        .await
+        .map_err(|e| anyhow!(e).context(format!("{what}: pg_verifybackup found the backup damaged")))?;
+    Ok(())
 }

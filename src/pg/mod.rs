@@ -2,6 +2,7 @@
 //! environment, and the few server queries pgbackd needs (versions, sizes, row counts).
 
 pub mod archive;
+pub mod basebackup;
 pub mod cluster;
 pub mod database;
 

@@ -5,13 +5,15 @@
 //! <database>/<id>/{data.zst, globals.sql.zst, manifest.json, annotations.json}   (.age when encrypted)
 //! files/<set>/<id>/{data.tar.zst, manifest.json, annotations.json}
 //! configs/<set>/<id>/...
+//! clusters/<cluster>/<id>/{base.tar.zst, backup_manifest.zst, manifest.json, ...}   (base backups)
 //! clusters/<cluster>/wal/<system id>/<timeline+log>/<segment>-<sha256>.zst    (WAL, and .partial, .backup)
 //! clusters/<cluster>/wal/<system id>/<timeline>.history-<sha256>.zst
 //! ```
 //!
 //! Ids sort by time: `20261122T010000Z-full-3f9a1c` (UTC start, what it is, random suffix);
-//! `full`/`incremental` for dumps, `files`/`configs` for file sets. Database names cannot hold
-//! a `/`, so `files/<id>/...` (a database named `files`) and `files/<set>/<id>/...` differ by depth.
+//! `full`/`incremental` for dumps, `files`/`configs` for file sets, `base` for base backups.
+//! Database names cannot hold a `/`, so `files/<id>/...` (a database named `files`) and
+//! `files/<set>/<id>/...` differ by depth.
 
 use super::subject::Subject;
 use chrono::{DateTime, Utc};
@@ -20,9 +22,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const ANNOTATIONS_FILE: &str = "annotations.json";
 
 /// The words an id can carry between its time and its suffix.
-const ID_TAGS: [&str; 4] = ["full", "incremental", "files", "configs"];
+const ID_TAGS: [&str; 5] = ["full", "incremental", "files", "configs", "base"];
 
-/// A new, sortable backup id; `tag` says what it is (`full`, `incremental`, `files`, `configs`).
+/// A new, sortable backup id; `tag` says what it is (`full`, `incremental`, `files`, `configs`,
+/// `base`).
 pub fn new_backup_id(now: DateTime<Utc>, tag: &str) -> String {
     debug_assert!(ID_TAGS.contains(&tag), "{tag}");
     let suffix: u32 = rand::random();
@@ -82,6 +85,17 @@ pub fn globals(subject: &Subject, id: &str, encrypted: bool) -> String {
 pub fn tar_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool) -> String {
     let zst = if compressed { ".zst" } else { "" };
     format!("{}data.tar{zst}{}", backup_dir(subject, id), age(encrypted))
+}
+
+/// A base backup's tar of the data directory: `base.tar.zst` (or `base.tar` uncompressed).
+pub fn base_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool) -> String {
+    let zst = if compressed { ".zst" } else { "" };
+    format!("{}base.tar{zst}{}", backup_dir(subject, id), age(encrypted))
+}
+
+/// PostgreSQL's `backup_manifest` of a base backup.
+pub fn base_pg_manifest(subject: &Subject, id: &str, encrypted: bool) -> String {
+    format!("{}backup_manifest.zst{}", backup_dir(subject, id), age(encrypted))
 }
 
 /// The empty object whose name carries the SHA-256 of a backup's manifest (`manifest.sha256.<hex>`):

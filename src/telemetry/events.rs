@@ -214,6 +214,13 @@ impl From<&JobRun> for Report {
                             .join(", ")
                     ));
                 }
+                if let Some(w) = &v.wal {
+                    r.raw_bytes = Some(r.raw_bytes.unwrap_or(0) + w.targets.iter().map(|t| t.bytes_read).sum::<u64>());
+                    r.targets.extend(w.targets.iter().map(|t| t.target.clone()));
+                    r.targets.sort();
+                    r.targets.dedup();
+                    r.warnings.push(format!("WAL archive verified ({})", w.mode.name()));
+                }
                 r.details = json(v.as_ref());
             }
             Produced::TestRestore(t) => {
@@ -254,14 +261,6 @@ impl From<&JobRun> for Report {
                 r.backup_id = Some(x.backup_id.clone());
                 r.raw_bytes = Some(x.bytes);
                 r.details = json(x.as_ref());
-            }
-            Produced::WalVerified(w) => {
-                r.raw_bytes = Some(w.targets.iter().map(|t| t.bytes_read).sum());
-                let mut targets: Vec<String> = w.targets.iter().map(|t| t.target.clone()).collect();
-                targets.dedup();
-                r.targets = targets;
-                r.warnings = vec![format!("WAL archive verified ({})", w.mode.name())];
-                r.details = json(w.as_ref());
             }
         }
         r

@@ -95,6 +95,17 @@ impl WalArchive {
         Ok(listed.iter().filter_map(Archived::from_listing).filter(|a| a.file == *file).collect())
     }
 
+    /// The required targets that do not hold `file` (or cannot say).
+    pub async fn missing_on_required(&self, file: WalFile) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for t in self.targets.iter().filter(|t| t.required) {
+            if self.copies(t, &file).await?.is_empty() {
+                missing.push(t.name().to_owned());
+            }
+        }
+        Ok(missing)
+    }
+
     /// Stores `raw` as `file` on every target that does not hold it yet. Pushing a file that is
     /// already archived with the same contents succeeds (PostgreSQL retries after a crash);
     /// one archived with different contents is an error, and nothing is overwritten.

@@ -1,6 +1,6 @@
 //! Verification of a cluster's WAL archive on each target (`pgbackd verify --wal`): every
-//! segment a recovery on the newest timeline reads, from the oldest archived one to the newest,
-//! is there, the history files that lead to that timeline are there, and with `deep` every file
+//! segment a recovery on the newest timeline reads, from the start of the oldest kept base backup
+//! (else the oldest archived segment) to the newest, is there, the history files that lead to that timeline are there, and with `deep` every file
 //! decodes to the SHA-256 its name carries. Gaps are named by their first missing segment (as
 //! WAL-G's `wal-verify` does).
 
@@ -72,30 +72,48 @@ impl WalVerification {
     }
 }
 
-/// Checks the archive of `cluster` on every target.
+/// What the kept base backups of one archive need: recovery from the oldest one's first segment
+/// (`backup` names it) to at least the newest one's last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    pub from: SegmentName,
+    pub backup: String,
+    pub to: SegmentName,
+}
+
+/// The needs of each archive, by system identifier.
+pub type Starts = BTreeMap<u64, Need>;
+
+/// Checks the archive of `cluster` on every target: from `starts` (the oldest kept base
+/// backup's first segment) where given, else from the oldest archived segment, to the newest.
 pub async fn verify(
     cluster: &str,
     targets: &[Target],
     crypto: Option<Arc<Crypto>>,
     mode: VerifyMode,
+    starts: &Starts,
     cancel: &CancellationToken,
 ) -> WalVerification {
     let mut out = WalVerification { cluster: cluster.to_owned(), mode, targets: Vec::new(), errors: Vec::new() };
     for t in targets {
-        let archives = match by_system_identifier(cluster, t).await {
+        let mut archives = match by_system_identifier(cluster, t).await {
             Ok(a) => a,
             Err(e) => {
                 out.errors.push(format!("{}: {e:#}", t.name()));
                 continue;
             }
         };
+        // a base backup whose archive holds nothing on this target
+        for id in starts.keys() {
+            archives.entry(*id).or_default();
+        }
         for (id, files) in archives {
             if cancel.is_cancelled() {
                 out.errors.push("cancelled".into());
                 return out;
             }
             let archive = WalArchive::new(cluster, id, vec![t.clone()], crypto.clone(), None);
-            match check_target(&archive, t, files, mode, cancel).await {
+            match check_target(&archive, t, files, mode, starts.get(&id), cancel).await {
                 Ok(c) => out.targets.push(c),
                 Err(e) => out.errors.push(format!("{} (system {id}): {e:#}", t.name())),
             }
@@ -131,6 +149,7 @@ async fn check_target(
     target: &Target,
     files: Vec<Archived>,
     mode: VerifyMode,
+    start: Option<&Need>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<WalTargetCheck> {
     let mut check = WalTargetCheck {
@@ -147,7 +166,10 @@ async fn check_target(
     };
     let segments: Vec<&Archived> = files.iter().filter(|f| matches!(f.file, WalFile::Segment(_))).collect();
     let Some(oldest) = segments.first() else {
-        check.gaps.push("no complete WAL segment is archived".into());
+        check.gaps.push(match start {
+            Some(n) => format!("no WAL segment is archived, and base backup {} needs {} onwards", n.backup, n.from),
+            None => "no complete WAL segment is archived".into(),
+        });
         return Ok(check);
     };
     // the segment size is in every segment's header: read from the oldest one
@@ -179,10 +201,24 @@ async fn check_target(
     let chain = Chain::new(newest_timeline, &history, size);
     let on_chain: BTreeSet<SegmentName> =
         segments.iter().filter_map(|f| f.file.segment()).filter(|s| chain.timeline_at(*s) == s.timeline).collect();
-    if let (Some(from), Some(to)) = (on_chain.first(), on_chain.last()) {
+    if let (Some(oldest), Some(newest)) = (on_chain.first(), on_chain.last()) {
+        // from the oldest kept base backup's start: what is older is not needed, what is missing
+        // after it is a gap whichever segment is archived first
+        let (from, to) = match start {
+            Some(n) => (n.from, if n.to.number(size) > newest.number(size) { n.to } else { *newest }),
+            None => (*oldest, *newest),
+        };
         check.first_segment = Some(from.to_string());
         check.last_segment = Some(to.to_string());
-        check.gaps.extend(gaps(&chain, &on_chain, *from, *to).iter().map(|g| g.to_string()));
+        let found = gaps(&chain, &on_chain, from, to);
+        if let (Some(n), Some(g)) = (start, found.first())
+            && g.first.number(size) == from.number(size)
+        {
+            check.gaps.push(format!("{g}: base backup {} starts there", n.backup));
+            check.gaps.extend(found[1..].iter().map(|g| g.to_string()));
+        } else {
+            check.gaps.extend(found.iter().map(|g| g.to_string()));
+        }
     } else {
         check.gaps.push(format!("no segment of timeline {newest_timeline}'s history is archived"));
     }

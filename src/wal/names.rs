@@ -58,7 +58,7 @@ impl SegmentName {
         SegmentName { timeline, ..*self }
     }
 
-    fn parse(s: &str) -> Option<SegmentName> {
+    pub fn parse(s: &str) -> Option<SegmentName> {
         if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()) {
             return None;
         }

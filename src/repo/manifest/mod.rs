@@ -13,6 +13,7 @@ use crate::config::{RowCounts, VerifyMode};
 use crate::crypto::EncryptionInfo;
 use crate::fileset::{FileProblem, FileRecord};
 use crate::pg::archive::{BlockStart, TableRows};
+pub use crate::pg::basebackup::{LsnText, WalRange};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -119,6 +120,42 @@ pub enum Content {
     Dump(Dump),
     /// A file or configuration set.
     Files(FileSet),
+    /// A physical base backup of a cluster (`pg_basebackup`).
+    Base(BaseBackup),
+}
+
+/// A cluster's base backup: the tar of its data directory (`data`), PostgreSQL's own
+/// `backup_manifest` beside it, and where in the WAL it starts and ends; restorable with the
+/// archived WAL from `start_wal` to `stop_wal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseBackup {
+    pub source: Source,
+    pub server_version: String,
+    pub server_version_num: u32,
+    pub pg_basebackup_version: String,
+    /// From the backup's own `global/pg_control`: the WAL archive it belongs to.
+    pub system_identifier: u64,
+    pub wal_segment_size: u64,
+    pub timeline: u32,
+    pub start_lsn: LsnText,
+    pub checkpoint_lsn: LsnText,
+    pub stop_lsn: LsnText,
+    /// The first and last WAL segment a restore of it needs.
+    pub start_wal: String,
+    pub stop_wal: String,
+    /// Per timeline, the WAL the backup needs (PostgreSQL's `WAL-Ranges`).
+    pub wal_ranges: Vec<WalRange>,
+    /// `primary` or `standby`.
+    pub backup_from: String,
+    pub label: String,
+    /// The backup's `backup_label` and (with tablespaces) `tablespace_map`, as PostgreSQL wrote them.
+    pub backup_label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_map: Option<String>,
+    /// Files in the data directory (as `backup_manifest` lists them).
+    pub files: usize,
+    /// PostgreSQL's `backup_manifest`, for `pg_verifybackup`.
+    pub backup_manifest: StoredObject,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,14 +326,21 @@ impl Manifest {
     pub fn dump(&self) -> Option<&Dump> {
         match &self.content {
             Content::Dump(d) => Some(d),
-            Content::Files(_) => None,
+            _ => None,
         }
     }
 
     pub fn file_set(&self) -> Option<&FileSet> {
         match &self.content {
             Content::Files(f) => Some(f),
-            Content::Dump(_) => None,
+            _ => None,
+        }
+    }
+
+    pub fn base_backup(&self) -> Option<&BaseBackup> {
+        match &self.content {
+            Content::Base(b) => Some(b),
+            _ => None,
         }
     }
 
@@ -311,7 +355,8 @@ impl Manifest {
     /// Every object the backup itself stores (not those of the backups it depends on).
     pub fn objects(&self) -> Vec<&StoredObject> {
         let globals = self.dump().and_then(|d| d.globals.as_ref());
-        std::iter::once(&self.data).chain(globals).collect()
+        let pg_manifest = self.base_backup().map(|b| &b.backup_manifest);
+        std::iter::once(&self.data).chain(globals).chain(pg_manifest).collect()
     }
 
     /// Bytes stored for this backup on each target that holds it.
@@ -322,7 +367,7 @@ impl Manifest {
     /// Raw bytes of what was backed up: the archive (dumps), the files' contents (file sets).
     pub fn raw_bytes(&self) -> u64 {
         match &self.content {
-            Content::Dump(_) => self.data.raw_bytes,
+            Content::Dump(_) | Content::Base(_) => self.data.raw_bytes,
             Content::Files(f) => f.total_bytes,
         }
     }

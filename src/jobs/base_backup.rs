@@ -1,0 +1,365 @@
+//! A physical base backup of the cluster whose WAL is archived: `pg_basebackup -D - -Ft -X none
+//! --checkpoint=fast --manifest-checksums=SHA256` streamed through the pipeline into every
+//! target, PostgreSQL's `backup_manifest` stored beside it, the manifest written last once the
+//! WAL the backup needs is in the archive. Any failure removes everything the attempt wrote.
+
+use super::backup::KILL_GRACE;
+use super::context::JobContext;
+use crate::config::WalSettings;
+use crate::pg::basebackup::{Label, LsnText, PgManifest, TarError, TarFilter, TarSummary};
+use crate::pg::{self, Tools};
+use crate::pipeline::{self, PipelineOptions, StreamError};
+use crate::process::{ChildSpec, ProcessError, Running};
+use crate::progress;
+use crate::repo::manifest::{BaseBackup, Content, Source, Trigger};
+use crate::repo::{BackupKind, Manifest, Subject, keys};
+use crate::wal::names::{SegmentName, WalFile};
+use anyhow::{Context, Result, anyhow, bail};
+use std::time::{Duration, Instant};
+
+/// What the server says before the backup starts.
+struct ServerFacts {
+    version_num: u32,
+    version: String,
+    wal_segment_size: u64,
+    /// User tablespaces (name, location): `pg_basebackup -D -` writes only one.
+    tablespaces: Vec<(String, String)>,
+    archive_mode: String,
+}
+
+/// Takes a base backup of the configured cluster; returns its manifest.
+pub async fn run(ctx: &JobContext, cluster: &str, trigger: Trigger) -> Result<Manifest> {
+    let config = &*ctx.config;
+    let wal = crate::wal::settings(config)?;
+    anyhow::ensure!(
+        wal.name == cluster,
+        "cluster {cluster:?} is not the one this config archives (wal.name is {:?})",
+        wal.name
+    );
+    let repo = &ctx.repository;
+    let subject = Subject::Cluster(cluster.to_owned());
+    let now = ctx.now();
+    repo.sweep_leftovers(&subject, now, config.retention.orphan_grace).await;
+    let id = keys::new_backup_id(now, "base");
+    tracing::info!(backup_id = %id, "base backup started");
+    let started = Instant::now();
+    let result = take(ctx, wal, &subject, &id, trigger, now).await;
+    match &result {
+        Err(e) => {
+            tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed base backup wrote");
+            if let Err(cleanup) = repo.remove_failed(&subject, &id).await {
+                tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
+            }
+        }
+        Ok(_) => tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "base backup stored"),
+    }
+    result
+}
+
+async fn server_facts(wal: &WalSettings) -> Result<ServerFacts> {
+    let client = pg::connect(&wal.server).await?;
+    let row = client
+        .query_one(
+            "select current_setting('server_version_num')::int, current_setting('server_version'), \
+             pg_size_bytes(current_setting('wal_segment_size')), current_setting('archive_mode')",
+            &[],
+        )
+        .await
+        .context("querying the server's version and WAL settings")?;
+    let tablespaces = client
+        .query(
+            "select spcname::text, pg_tablespace_location(oid) from pg_tablespace \
+             where spcname not in ('pg_default', 'pg_global') order by 1",
+            &[],
+        )
+        .await
+        .context("listing the server's tablespaces")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let num: i32 = row.get(0);
+    let seg: i64 = row.get(2);
+    Ok(ServerFacts {
+        version_num: num as u32,
+        version: row.get(1),
+        wal_segment_size: seg as u64,
+        tablespaces,
+        archive_mode: row.get(3),
+    })
+}
+
+async fn take(
+    ctx: &JobContext,
+    wal: &WalSettings,
+    subject: &Subject,
+    id: &str,
+    trigger: Trigger,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Manifest> {
+    let (config, repo) = (&*ctx.config, &*ctx.repository);
+    let conn = &wal.server;
+    let tools = Tools::locate(config.pg_bin_dir.as_deref());
+    let (tool_major, tool_version) = tools.version("pg_basebackup").await?;
+    let server = server_facts(wal).await?;
+    let server_major = server.version_num / 10000;
+    if tool_major < server_major {
+        bail!(
+            "pg_basebackup {tool_version} cannot back up PostgreSQL {} (server {}): install postgresql-client-{} or \
+             set pg_bin_dir to the bin directory of a pg_basebackup of version {} or newer",
+            server_major,
+            server.version,
+            server_major,
+            server_major
+        );
+    }
+    if server_major < 13 {
+        bail!("PostgreSQL {} writes no backup manifest: base backups need PostgreSQL 13 or newer", server.version);
+    }
+    if !server.tablespaces.is_empty() {
+        let list: Vec<String> = server.tablespaces.iter().map(|(n, l)| format!("{n} ({l})")).collect();
+        bail!(
+            "the cluster has tablespaces besides pg_default and pg_global: {}; pg_basebackup streams one tablespace \
+             only, so pgbackd cannot take base backups of it yet (logical backups still work; see \"Base \
+             backups\" in docs/operations.md)",
+            list.join(", ")
+        );
+    }
+    if config.wal.as_ref().is_some_and(|w| w.method == crate::config::WalMethod::ArchiveCommand)
+        && server.archive_mode == "off"
+    {
+        bail!(
+            "archive_mode is off on the server, so no WAL reaches the archive and a base backup could never be \
+             restored: set archive_mode = on and archive_command = 'pgbackd -c CONFIG archive-push %p' (then \
+             restart PostgreSQL), or use wal.method: stream"
+        );
+    }
+
+    let (committed, summary, stderr) = stream(ctx, &tools, wal, subject, id).await?;
+    let pipeline::Committed { object: data, targets: mut holding, mut warnings } = committed;
+    let label_text = summary.backup_label.as_deref().context("the base backup has no backup_label")?;
+    let label_text = String::from_utf8_lossy(label_text).into_owned();
+    let label = Label::parse(&label_text).map_err(|e| anyhow!("the base backup's {e}"))?;
+    let control = summary.pg_control.as_deref().context("the base backup has no global/pg_control")?;
+    let system_identifier = u64::from_le_bytes(
+        control.get(..8).and_then(|b| b.try_into().ok()).context("the base backup's global/pg_control is truncated")?,
+    );
+    let pg_manifest_bytes = summary
+        .backup_manifest
+        .as_deref()
+        .context("pg_basebackup wrote no backup_manifest (is it older than PostgreSQL 13?)")?;
+    let pg_manifest = PgManifest::parse(pg_manifest_bytes).map_err(|e| anyhow!("the base backup's {e}"))?;
+    let last = *pg_manifest.wal_ranges.last().expect("parse checks there is one");
+    let stop_segment = SegmentName::containing(last.timeline, last.end_lsn.0 .0.saturating_sub(1), server.wal_segment_size);
+    if !stderr.trim().is_empty() {
+        let text = stderr.trim();
+        // what every backup with -X none and archiving says; anything else is worth keeping
+        if !text.lines().all(|l| l.contains("all required WAL segments have been archived")) {
+            tracing::info!(stderr = %text, "pg_basebackup said");
+        }
+    }
+
+    // a base backup is restorable only with the WAL up to its end: wait for it to be archived
+    wait_for_wal(ctx, wal, system_identifier, stop_segment).await?;
+
+    let level = config.compression.enabled.then_some(config.compression.level);
+    let manifest_object = pipeline::store_small_object(
+        repo.targets_for(subject),
+        &mut holding,
+        &keys::base_pg_manifest(subject, id, repo.encrypts_with().is_some()),
+        pg_manifest_bytes,
+        level,
+        repo.encrypts_with().map(|c| c.as_ref()),
+        &mut warnings,
+    )
+    .await?;
+    let content = Content::Base(BaseBackup {
+        source: Source {
+            host: conn.host.clone(),
+            port: conn.port,
+            user: conn.user.clone(),
+            dbname: conn.dbname.clone(),
+        },
+        server_version: server.version.clone(),
+        server_version_num: server.version_num,
+        pg_basebackup_version: tool_version,
+        system_identifier,
+        wal_segment_size: server.wal_segment_size,
+        timeline: label.timeline,
+        start_lsn: LsnText(label.start_lsn),
+        checkpoint_lsn: LsnText(label.checkpoint_lsn),
+        stop_lsn: last.end_lsn,
+        start_wal: label.start_wal.clone(),
+        stop_wal: stop_segment.to_string(),
+        wal_ranges: pg_manifest.wal_ranges.clone(),
+        backup_from: label.from.clone(),
+        label: label.label.clone(),
+        backup_label: label_text,
+        tablespace_map: summary
+            .tablespace_map
+            .filter(|t| !t.is_empty())
+            .map(|t| String::from_utf8_lossy(&t).into_owned()),
+        files: pg_manifest.files,
+        backup_manifest: manifest_object,
+    });
+    let mut manifest = Manifest::new(id.to_owned(), subject.clone(), BackupKind::Full, trigger, now, data, content);
+    manifest.finished_at = ctx.now().max(now);
+    manifest.targets = holding;
+    manifest.warnings = warnings;
+    if ctx.cancel.is_cancelled() {
+        bail!("the base backup was cancelled before its manifest was written: nothing was committed");
+    }
+    let m = repo.commit(manifest).await?;
+    tracing::info!(
+        backup_id = %m.id,
+        start_wal = %label.start_wal,
+        stop_wal = %stop_segment,
+        "base backup committed"
+    );
+    Ok(m)
+}
+
+/// Runs pg_basebackup into the pipeline; commits the data object only if it succeeded.
+async fn stream(
+    ctx: &JobContext,
+    tools: &Tools,
+    wal: &WalSettings,
+    subject: &Subject,
+    id: &str,
+) -> Result<(pipeline::Committed, TarSummary, String)> {
+    let (config, repo) = (&*ctx.config, &*ctx.repository);
+    let spec = pg::conn_env(
+        ChildSpec::new(tools.path("pg_basebackup")).args([
+            "-D",
+            "-",
+            "--format=tar",
+            "--wal-method=none",
+            "--checkpoint=fast",
+            "--manifest-checksums=SHA256",
+            "--no-password",
+        ]),
+        &wal.server,
+    )
+    .arg(format!("--label=pgbackd {id}"));
+    let mut child = Running::spawn(&spec)?;
+    tracing::debug!(pid = child.pid(), command = child.command(), "pg_basebackup started");
+    let stdout = child.take_stdout().context("pg_basebackup has no stdout")?;
+    let stdout = std::fs::File::from(stdout.into_owned_fd().context("taking pg_basebackup's stdout")?);
+    crate::process::set_blocking(&stdout);
+    let level = config.compression.enabled.then_some(config.compression.level);
+    let opts = PipelineOptions {
+        segment_size: config.backup.segment_size as usize,
+        level,
+        threads: config.compression_threads(),
+        stall_timeout: config.backup.stall_timeout,
+        delta: None,
+        encrypt: repo.encrypts_with().cloned(),
+    };
+    let key = keys::base_data(subject, id, level.is_some(), opts.encrypt.is_some());
+    let moved = ctx.progress.clone();
+    let tracker = progress::track(&format!("base backup {}", subject.name()), moved.clone(), ctx.interactive);
+    let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved, TarFilter::new());
+    let cancel = ctx.cancel.child_token();
+    let streamed = pipeline::store_stream_to(&mut segments, repo.targets_for(subject), &key, &opts, &cancel).await;
+    let summary = segments.summary();
+    drop(tracker);
+    drop(segments);
+    let staged = match streamed {
+        Ok(s) => s,
+        Err(StreamError::Filter(e)) => {
+            let tar = e.downcast::<TarError>().map(|t| *t).map_err(|o| anyhow!("reading pg_basebackup's output: {o}"))?;
+            // the stream is not a whole archive: pg_basebackup usually died, and says why
+            return Err(match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                Ok(Err(e)) => explain(e, wal).context(format!("pg_basebackup failed and its output is incomplete ({tar})")),
+                Ok(Ok(_)) => anyhow!("pg_basebackup exited successfully but its output is not a whole tar archive: {tar}"),
+                Err(_) => anyhow!("pg_basebackup's output is not a whole tar archive ({tar}) and it did not exit"),
+            });
+        }
+        Err(e) => {
+            let tail = child.stderr_tail();
+            let command = child.command().to_owned();
+            let _ = child.terminate(KILL_GRACE).await;
+            return Err(match e {
+                StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
+                StreamError::Stalled(d) => anyhow!(
+                    "pg_basebackup produced no data for {} (backup.stall_timeout) and was stopped{}",
+                    crate::units::duration(d),
+                    if tail.trim().is_empty() { String::new() } else { format!("; its stderr ends with:\n{}", tail.trim_end()) }
+                ),
+                other => anyhow!(other).context("storing pg_basebackup's output"),
+            });
+        }
+    };
+    let stderr = match child.wait().await {
+        Ok(stderr) => stderr,
+        Err(e) => {
+            staged.abort().await;
+            return Err(explain(e, wal));
+        }
+    };
+    let Some(summary) = summary else {
+        staged.abort().await;
+        bail!("the base backup stream ended without a summary");
+    };
+    let object = staged.commit().await?;
+    Ok((object, summary, stderr))
+}
+
+/// pg_basebackup's failures, with what to do about the usual ones.
+fn explain(e: ProcessError, wal: &WalSettings) -> anyhow::Error {
+    if let ProcessError::Failed { stderr_tail, .. } = &e {
+        let hint = if stderr_tail.contains("no pg_hba.conf entry for replication connection") {
+            Some(format!(
+                "allow replication connections of user {} from this host in pg_hba.conf (`host replication {} \
+                 <address> scram-sha-256`) and reload PostgreSQL",
+                wal.server.user, wal.server.user
+            ))
+        } else if stderr_tail.contains("must be superuser or replication role")
+            || stderr_tail.contains("permission denied to start WAL sender")
+        {
+            Some(format!("give user {} the REPLICATION attribute (ALTER ROLE {} REPLICATION)", wal.server.user, wal.server.user))
+        } else if stderr_tail.contains("number of requested standby connections exceeds max_wal_senders")
+            || stderr_tail.contains("max_wal_senders")
+        {
+            Some("raise max_wal_senders on the server (each base backup and the WAL receiver use one)".into())
+        } else {
+            None
+        };
+        if let Some(hint) = hint {
+            return anyhow!(e).context(hint);
+        }
+    }
+    pg::explain_tool_failure(e, &wal.server)
+}
+
+/// Waits until the segment holding the backup's end is on every required target.
+async fn wait_for_wal(ctx: &JobContext, wal: &WalSettings, system_identifier: u64, stop: SegmentName) -> Result<()> {
+    let archive = crate::wal::open(&ctx.config, &ctx.repository, system_identifier)?;
+    let deadline = tokio::time::Instant::now() + wal.archive_timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let missing = archive.missing_on_required(WalFile::Segment(stop)).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let how = match wal.method {
+                crate::config::WalMethod::ArchiveCommand => {
+                    "is archive_command set to 'pgbackd -c CONFIG archive-push %p' with this repository? \
+                     (pg_stat_archiver shows its failures)"
+                }
+                crate::config::WalMethod::Stream => "is the daemon's WAL receiver running? (pgbackd status)",
+            };
+            bail!(
+                "the base backup's last WAL segment {stop} is not archived on {} after {} (wal.archive_timeout): \
+                 without it the backup cannot be restored, so it is not kept; {how}",
+                missing.join(", "),
+                crate::units::duration(wal.archive_timeout)
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = ctx.cancel.cancelled() => bail!("the base backup was cancelled while it waited for its WAL to be archived"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
