@@ -202,6 +202,13 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// Restarts the server (with the options it was started with), for settings that need it.
+    pub fn restart(&self) -> Result<()> {
+        let (data, log) = (self.data(), self.dir.join("server.log"));
+        let args = ["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy(), "-m", "fast", "-w", "restart"];
+        self.run_checked(&self.bin.join("pg_ctl"), &args)
+    }
+
     pub fn stop(&self) {
         let start = Instant::now();
         let _ = self

@@ -45,7 +45,23 @@ impl Archiving {
         )
         .expect("an archiving cluster");
         cluster.give_to_server(&repository).unwrap();
+        // base backups and streaming connect to it
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text = text.replace(
+            "wal: {name: main}",
+            &format!("wal: {{name: main, server: {{host: 127.0.0.1, port: {}, username: postgres}}}}", cluster.port),
+        );
+        std::fs::write(&config, text).unwrap();
         Archiving { cluster, config, dir }
+    }
+
+    /// `pgbackd ARGS` as the server's OS user (the repository is the server's: archive_command
+    /// writes into it too).
+    fn run_as_server(&self, args: &[&str]) -> Output {
+        let config = self.config.to_string_lossy().into_owned();
+        let mut all = vec!["-c", config.as_str(), "--log-format", "json"];
+        all.extend_from_slice(args);
+        as_server(Path::new(BIN), &all)
     }
 
     fn psql(&self, sql: &str) -> String {
@@ -482,4 +498,156 @@ fn verify_wal_names_the_first_missing_segment_and_deep_finds_a_damaged_one() {
         report.contains("\"database\": \"cluster:main\"") || report.contains("\"database\":\"cluster:main\""),
         "{report}"
     );
+}
+
+#[test]
+fn a_base_backup_taken_under_pgbench_load_recovers_with_its_wal_and_verifies_deep() {
+    let a = Archiving::start("");
+    let port = a.cluster.port.to_string();
+    let bin = a.cluster.bin().to_owned();
+    let pgbench = |args: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+        all.extend_from_slice(args);
+        all.push("postgres");
+        Command::new(bin.join("pgbench")).args(&all).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let init = pgbench(&["-i", "-s", "5", "-q"]).wait_with_output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    // four clients write all through the backup
+    let mut load = pgbench(&["-c", "4", "-T", "30", "-n"]);
+    let taken = a.run_as_server(&["base-backup"]);
+    let err = stderr(&taken);
+    assert!(taken.status.success(), "{err}");
+    let id = String::from_utf8_lossy(&taken.stdout).trim().to_owned();
+    assert!(id.contains("-base-"), "{id}");
+    assert!(err.contains("needs WAL 0000000"), "{err}");
+    let _ = load.kill();
+    let _ = load.wait();
+    a.psql("create table after_backup as select 42 as answer");
+    let last = a.switch();
+    a.wait_archived(&last);
+    let expected = a.psql("select sum(abalance), count(*) from pgbench_accounts");
+
+    // the manifest says where in the WAL it starts and ends, from its own backup_label
+    let listed = a.run(&["list", "--json"], Path::new("/"));
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let base = json.as_array().unwrap().iter().find(|b| b["id"] == id.as_str()).expect("listed");
+    assert_eq!(base["database"], "cluster:main", "{base}");
+    let manifest_path = a.dir.path().join(format!("repository/clusters/main/{id}/manifest.json"));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(manifest["content"], "base");
+    assert_eq!(manifest["system_identifier"].to_string(), a.system_id());
+    let (start, stop) = (manifest["start_wal"].as_str().unwrap(), manifest["stop_wal"].as_str().unwrap());
+    assert!(start <= stop && manifest["backup_label"].as_str().unwrap().contains(start), "{manifest}");
+    assert!(manifest["backup_manifest"]["key"].as_str().unwrap().ends_with("backup_manifest.zst"));
+
+    // deep: extracted, pg_verifybackup with the WAL from the archive
+    let deep = a.run_as_server(&["verify", "--deep", &id]);
+    let out = String::from_utf8_lossy(&deep.stdout).into_owned();
+    assert!(deep.status.success(), "{out}{}", stderr(&deep));
+    assert!(out.contains("pg_verifybackup"), "{out}");
+
+    // restored by hand: zstd -d | tar -x, restore_command = archive-get, recovery to the end
+    let data = a.dir.path().join("restored");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let tar = a.dir.path().join(format!("repository/clusters/main/{id}/base.tar.zst"));
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | tar -x -C '{}'", tar.display(), data.display()))
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
+    auto.push_str(&format!(
+        "port = {free}\nunix_socket_directories = '{}'\narchive_mode = off\n\
+         restore_command = '{BIN} -c {} archive-get %f %p'\n",
+        data.display(),
+        a.config.display()
+    ));
+    std::fs::write(data.join("postgresql.auto.conf"), auto).unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    a.cluster.give_to_server(&data).unwrap();
+    let log = a.dir.path().join("restored.log");
+    std::fs::write(&log, "").unwrap();
+    a.cluster.give_to_server(&log).unwrap();
+    let started = as_server(
+        &bin.join("pg_ctl"),
+        &["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "120", "start"],
+    );
+    let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(started.status.success(), "{}\n{}", stderr(&started), server_log());
+    let query = |sql: &str| {
+        let out = Command::new(bin.join("psql"))
+            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &free.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let begun = Instant::now();
+    while query("select pg_is_in_recovery()") != "f" {
+        assert!(begun.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", server_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovered = query("select sum(abalance), count(*) from pgbench_accounts");
+    let answer = query("select answer from after_backup");
+    as_server(&bin.join("pg_ctl"), &["-D", &data.to_string_lossy(), "-m", "immediate", "-w", "stop"]);
+    assert_eq!(recovered, expected, "{}", server_log());
+    assert_eq!(answer, "42");
+
+    // the segment the backup starts with deleted: the WAL check names it and the backup
+    std::fs::remove_file(a.stored_copy(start)).unwrap();
+    let wal = a.run(&["verify", "--wal"], Path::new("/"));
+    let out = String::from_utf8_lossy(&wal.stdout).into_owned();
+    assert_eq!(wal.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("{start}")) && out.contains(&format!("base backup {id} starts there")), "{out}");
+    let deep = a.run_as_server(&["verify", "--deep", &id]);
+    let out = String::from_utf8_lossy(&deep.stdout).into_owned();
+    assert_eq!(deep.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("WAL segment {start}, which the backup needs, is not in the archive")), "{out}");
+}
+
+#[test]
+fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leaves_nothing() {
+    let a = Archiving::start("");
+    // archive_mode off: no WAL would ever reach the archive
+    a.psql("alter system set archive_mode = off");
+    a.cluster.restart().unwrap();
+    let refused = a.run_as_server(&["base-backup"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("archive_mode is off on the server"), "{}", stderr(&refused));
+
+    // a pg_basebackup that dies midway: the stream is not a whole tar, nothing is kept
+    let fake = a.dir.path().join("bin");
+    std::fs::create_dir(&fake).unwrap();
+    for tool in ["pg_basebackup"] {
+        let script = fake.join(tool);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in --version) exec {}/{tool} --version;; esac\n\
+                 {}/{tool} \"$@\" | head -c 1000000\necho 'pg_basebackup: error: connection lost' >&2\nexit 1\n",
+                a.cluster.bin().display(),
+                a.cluster.bin().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut text = std::fs::read_to_string(&a.config).unwrap();
+    text.push_str(&format!("pg_bin_dir: {}\n", fake.display()));
+    std::fs::write(&a.config, text).unwrap();
+    a.psql("alter system set archive_mode = on");
+    a.cluster.restart().unwrap();
+    let cut = a.run_as_server(&["base-backup"]);
+    let err = stderr(&cut);
+    assert_eq!(cut.status.code(), Some(1), "{err}");
+    assert!(err.contains("connection lost"), "{err}");
+    let left = walk(&a.dir.path().join("repository/clusters/main"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("-base-"))
+        .collect::<Vec<_>>();
+    assert!(left.is_empty(), "{left:?}");
 }
