@@ -185,6 +185,10 @@ pub(super) fn read_logging(top: &mut MapReader<'_, '_>) -> Option<LogFile> {
 
 /// `wal:`: the cluster whose WAL is archived, by its name in the repository, and how.
 pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connections::ConnFields) -> Option<WalSettings> {
+    // absent means no WAL archiving (map() would give an empty section with its defaults)
+    if !top.has("wal") {
+        return None;
+    }
     let mut m = top.map("wal")?;
     let name = m.opt::<String>("name").unwrap_or_else(|| "main".into());
     let valid = !name.is_empty()
@@ -205,7 +209,9 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
         name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>()
     );
     let slot = m.opt::<String>("slot").unwrap_or(default_slot);
-    if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    if slot.is_empty()
+        || slot.len() > 63
+        || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
         m.ctx().error(
             &m.child_path("slot"),
@@ -218,14 +224,5 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
     let archive_timeout = m.opt::<Dur>("archive_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(60));
     let slot_lag_alert = m.opt::<ByteSize>("slot_lag_alert").map(|b| b.0).unwrap_or(1 << 30);
     m.finish();
-    Some(WalSettings {
-        name,
-        method,
-        server: server?,
-        slot,
-        synchronous,
-        spool_dir,
-        archive_timeout,
-        slot_lag_alert,
-    })
+    Some(WalSettings { name, method, server: server?, slot, synchronous, spool_dir, archive_timeout, slot_lag_alert })
 }

@@ -317,4 +317,6 @@ fn a_wal_only_config_needs_no_database() {
     assert_eq!(c.wal.unwrap().name, "main");
     let c = Config::from_yaml("wal: {}\nlocal_backup_dir: /r\n", "t", &|_| None).unwrap();
     assert_eq!(c.wal.unwrap().name, "main", "the default name");
+    let c = Config::from_yaml("database: {database: app}\nlocal_backup_dir: /r\n", "t", &|_| None).unwrap();
+    assert_eq!(c.wal, None, "no wal: section, no WAL archiving");
 }

@@ -55,7 +55,7 @@ fn a_dry_run_changes_nothing_and_apply_deletes_exactly_the_plan() {
         assert!(!env.repository().join(&env.db).join(id).exists(), "{id} still has data");
     }
     let reports = files_under(&env.dir.path().join("reports/backup_retention"));
-    assert_eq!(reports.len(), 1);
+    assert_eq!(reports.len(), 1, "{reports:?}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&reports[0]).unwrap()).unwrap();
     assert_eq!(report["details"]["deleted"].as_array().unwrap().len(), 3);
     assert!(report["details"]["bytes_freed"].as_u64().unwrap() > 0);
