@@ -32,7 +32,8 @@ pub async fn database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
 /// A base backup of the cluster of `wal:`.
 pub async fn base(ctx: &JobContext) -> Result<ExitCode> {
     let wal = crate::wal::settings(&ctx.config)?;
-    let run = run_job(ctx, JobSpec::new(JobKind::BaseBackup, Subject::Cluster(wal.name.clone()), Trigger::Manual)).await;
+    let run =
+        run_job(ctx, JobSpec::new(JobKind::BaseBackup, Subject::Cluster(wal.name.clone()), Trigger::Manual)).await;
     match (&run.outcome, run.backup()) {
         (RunOutcome::Success, Some(m)) => {
             say!("{}", m.id);

@@ -345,14 +345,7 @@ async fn dump(
     let level = (config.compression.enabled || delta.is_some()).then_some(config.compression.level);
     let segment_size =
         if delta.is_some() { config.backup.incremental_segment_size } else { config.backup.segment_size } as usize;
-    let opts = PipelineOptions {
-        segment_size,
-        level,
-        threads: config.compression_threads(),
-        stall_timeout: config.backup.stall_timeout,
-        delta,
-        encrypt: repo.encrypts_with().cloned(),
-    };
+    let opts = PipelineOptions { segment_size, level, delta, ..a.ctx.stream_options() };
     let key = keys::dump_data(a.subject, a.id, level.is_some(), opts.encrypt.is_some());
     let moved = a.ctx.progress.clone();
     let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), a.ctx.interactive);
@@ -382,24 +375,7 @@ async fn dump(
                 Err(_) => anyhow!("pg_dump's output is not a complete archive ({a}) and pg_dump did not exit"),
             });
         }
-        Err(e) => {
-            let tail = child.stderr_tail();
-            let command = child.command().to_owned();
-            let _ = child.terminate(KILL_GRACE).await;
-            return Err(match e {
-                StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
-                StreamError::Stalled(d) => anyhow!(
-                    "pg_dump produced no data for {} (backup.stall_timeout) and was stopped{}",
-                    crate::units::duration(d),
-                    if tail.trim().is_empty() {
-                        String::new()
-                    } else {
-                        format!("; its stderr ends with:\n{}", tail.trim_end())
-                    }
-                ),
-                other => anyhow!(other).context("storing pg_dump's output"),
-            });
-        }
+        Err(e) => return Err(stream_stopped(child, e, "pg_dump").await),
     };
     let stderr = match child.wait().await {
         Ok(stderr) => stderr,
@@ -414,6 +390,27 @@ async fn dump(
     }
     let object = staged.commit().await?;
     Ok((object, archive, stderr))
+}
+
+/// Why a child's stream stopped before its end (cancelled, stalled, storage failed), with the
+/// child stopped: for every backup a child process feeds.
+pub(super) async fn stream_stopped(child: Running, e: StreamError, tool: &str) -> anyhow::Error {
+    let tail = child.stderr_tail();
+    let command = child.command().to_owned();
+    let _ = child.terminate(KILL_GRACE).await;
+    match e {
+        StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
+        StreamError::Stalled(d) => anyhow!(
+            "{tool} produced no data for {} (backup.stall_timeout) and was stopped{}",
+            crate::units::duration(d),
+            if tail.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; its stderr ends with:\n{}", tail.trim_end())
+            }
+        ),
+        other => anyhow!(other).context(format!("storing {tool}'s output")),
+    }
 }
 
 /// The size rules: a dump below `min_size`, or far below the previous full, is a failed backup.

@@ -8,7 +8,7 @@ use super::context::JobContext;
 use crate::config::WalSettings;
 use crate::pg::basebackup::{Label, LsnText, PgManifest, TarError, TarFilter, TarSummary};
 use crate::pg::{self, Tools};
-use crate::pipeline::{self, PipelineOptions, StreamError};
+use crate::pipeline::{self, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running};
 use crate::progress;
 use crate::repo::manifest::{BaseBackup, Content, Source, Trigger};
@@ -124,9 +124,7 @@ async fn take(
             list.join(", ")
         );
     }
-    if config.wal.as_ref().is_some_and(|w| w.method == crate::config::WalMethod::ArchiveCommand)
-        && server.archive_mode == "off"
-    {
+    if wal.method == crate::config::WalMethod::ArchiveCommand && server.archive_mode == "off" {
         bail!(
             "archive_mode is off on the server, so no WAL reaches the archive and a base backup could never be \
              restored: set archive_mode = on and archive_command = 'pgbackd -c CONFIG archive-push %p' (then \
@@ -149,7 +147,8 @@ async fn take(
         .context("pg_basebackup wrote no backup_manifest (is it older than PostgreSQL 13?)")?;
     let pg_manifest = PgManifest::parse(pg_manifest_bytes).map_err(|e| anyhow!("the base backup's {e}"))?;
     let last = *pg_manifest.wal_ranges.last().expect("parse checks there is one");
-    let stop_segment = SegmentName::containing(last.timeline, last.end_lsn.0 .0.saturating_sub(1), server.wal_segment_size);
+    let stop_segment =
+        SegmentName::containing(last.timeline, last.end_lsn.0.0.saturating_sub(1), server.wal_segment_size);
     if !stderr.trim().is_empty() {
         let text = stderr.trim();
         // what every backup with -X none and archiving says; anything else is worth keeping
@@ -226,7 +225,7 @@ async fn stream(
     subject: &Subject,
     id: &str,
 ) -> Result<(pipeline::Committed, TarSummary, String)> {
-    let (config, repo) = (&*ctx.config, &*ctx.repository);
+    let repo = &*ctx.repository;
     let spec = pg::conn_env(
         ChildSpec::new(tools.path("pg_basebackup")).args([
             "-D",
@@ -245,16 +244,8 @@ async fn stream(
     let stdout = child.take_stdout().context("pg_basebackup has no stdout")?;
     let stdout = std::fs::File::from(stdout.into_owned_fd().context("taking pg_basebackup's stdout")?);
     crate::process::set_blocking(&stdout);
-    let level = config.compression.enabled.then_some(config.compression.level);
-    let opts = PipelineOptions {
-        segment_size: config.backup.segment_size as usize,
-        level,
-        threads: config.compression_threads(),
-        stall_timeout: config.backup.stall_timeout,
-        delta: None,
-        encrypt: repo.encrypts_with().cloned(),
-    };
-    let key = keys::base_data(subject, id, level.is_some(), opts.encrypt.is_some());
+    let opts = ctx.stream_options();
+    let key = keys::base_data(subject, id, opts.level.is_some(), opts.encrypt.is_some());
     let moved = ctx.progress.clone();
     let tracker = progress::track(&format!("base backup {}", subject.name()), moved.clone(), ctx.interactive);
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved, TarFilter::new());
@@ -266,28 +257,20 @@ async fn stream(
     let staged = match streamed {
         Ok(s) => s,
         Err(StreamError::Filter(e)) => {
-            let tar = e.downcast::<TarError>().map(|t| *t).map_err(|o| anyhow!("reading pg_basebackup's output: {o}"))?;
+            let tar =
+                e.downcast::<TarError>().map(|t| *t).map_err(|o| anyhow!("reading pg_basebackup's output: {o}"))?;
             // the stream is not a whole archive: pg_basebackup usually died, and says why
             return Err(match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(Err(e)) => explain(e, wal).context(format!("pg_basebackup failed and its output is incomplete ({tar})")),
-                Ok(Ok(_)) => anyhow!("pg_basebackup exited successfully but its output is not a whole tar archive: {tar}"),
+                Ok(Err(e)) => {
+                    explain(e, wal).context(format!("pg_basebackup failed and its output is incomplete ({tar})"))
+                }
+                Ok(Ok(_)) => {
+                    anyhow!("pg_basebackup exited successfully but its output is not a whole tar archive: {tar}")
+                }
                 Err(_) => anyhow!("pg_basebackup's output is not a whole tar archive ({tar}) and it did not exit"),
             });
         }
-        Err(e) => {
-            let tail = child.stderr_tail();
-            let command = child.command().to_owned();
-            let _ = child.terminate(KILL_GRACE).await;
-            return Err(match e {
-                StreamError::Cancelled => anyhow!(ProcessError::Cancelled { command }),
-                StreamError::Stalled(d) => anyhow!(
-                    "pg_basebackup produced no data for {} (backup.stall_timeout) and was stopped{}",
-                    crate::units::duration(d),
-                    if tail.trim().is_empty() { String::new() } else { format!("; its stderr ends with:\n{}", tail.trim_end()) }
-                ),
-                other => anyhow!(other).context("storing pg_basebackup's output"),
-            });
-        }
+        Err(e) => return Err(super::backup::stream_stopped(child, e, "pg_basebackup").await),
     };
     let stderr = match child.wait().await {
         Ok(stderr) => stderr,
@@ -316,7 +299,10 @@ fn explain(e: ProcessError, wal: &WalSettings) -> anyhow::Error {
         } else if stderr_tail.contains("must be superuser or replication role")
             || stderr_tail.contains("permission denied to start WAL sender")
         {
-            Some(format!("give user {} the REPLICATION attribute (ALTER ROLE {} REPLICATION)", wal.server.user, wal.server.user))
+            Some(format!(
+                "give user {} the REPLICATION attribute (ALTER ROLE {} REPLICATION)",
+                wal.server.user, wal.server.user
+            ))
         } else if stderr_tail.contains("number of requested standby connections exceeds max_wal_senders")
             || stderr_tail.contains("max_wal_senders")
         {

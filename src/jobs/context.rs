@@ -45,6 +45,20 @@ impl JobContext {
         self.repository.lock_read(subject, ids, purpose, self.config.locks, &self.clock, &self.cancel).await
     }
 
+    /// How a backup's main stream is stored: the configured segment size, compression, threads,
+    /// stall guard and encryption (no delta).
+    pub fn stream_options(&self) -> crate::pipeline::PipelineOptions {
+        let config = &self.config;
+        crate::pipeline::PipelineOptions {
+            segment_size: config.backup.segment_size as usize,
+            level: config.compression.enabled.then_some(config.compression.level),
+            threads: config.compression_threads(),
+            stall_timeout: config.backup.stall_timeout,
+            delta: None,
+            encrypt: self.repository.encrypts_with().cloned(),
+        }
+    }
+
     /// The same context with another cancellation token (a job's own, below the caller's).
     pub fn with_cancel(&self, cancel: CancellationToken) -> JobContext {
         JobContext { cancel, ..self.clone() }

@@ -7,7 +7,7 @@
 use super::context::JobContext;
 use crate::config::FileSetConfig;
 use crate::fileset::{FileKind, archive};
-use crate::pipeline::{self, PipelineOptions};
+use crate::pipeline;
 use crate::repo::manifest::{Content, FileSet, FilesOutcome, Trigger};
 use crate::repo::{BackupKind, Manifest, Subject, keys};
 use anyhow::{Context, Result, anyhow, bail};
@@ -74,7 +74,7 @@ async fn take(
     trigger: Trigger,
     id: &str,
 ) -> Result<Manifest> {
-    let (config, repo) = (&*ctx.config, &*ctx.repository);
+    let repo = &*ctx.repository;
     let now = ctx.now();
     let sources = sources(set)?;
     // an incremental against the newest backup of the set, up to full_every - 1 in a row
@@ -120,16 +120,8 @@ async fn take(
             .spawn(move || archive::write(&sources, writer, stop, previous))
             .context("starting the archive thread")?
     };
-    let level = config.compression.enabled.then_some(config.compression.level);
-    let opts = PipelineOptions {
-        segment_size: config.backup.segment_size as usize,
-        level,
-        threads: config.compression_threads(),
-        stall_timeout: config.backup.stall_timeout,
-        delta: None,
-        encrypt: repo.encrypts_with().cloned(),
-    };
-    let key = keys::tar_data(subject, id, level.is_some(), opts.encrypt.is_some());
+    let opts = ctx.stream_options();
+    let key = keys::tar_data(subject, id, opts.level.is_some(), opts.encrypt.is_some());
     let targets = repo.targets_for(subject);
     let mut segments = pipeline::read_segments(reader, opts.segment_size, ctx.progress.clone(), pipeline::Unfiltered);
     let streamed = pipeline::store_stream_to(&mut segments, targets, &key, &opts, &ctx.cancel).await;

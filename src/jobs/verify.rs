@@ -77,8 +77,19 @@ impl Verification {
 
 /// Verifies the backups of `subject` that `select` picks (by default `verification.scope`).
 pub async fn run(ctx: &JobContext, subject: &Subject, select: &Select, mode: VerifyMode) -> Result<Verification> {
+    let listing = ctx.repository.listing(Some(subject)).await?;
+    run_listed(ctx, subject, &listing, select, mode).await
+}
+
+/// [`run`] on a listing already made.
+async fn run_listed(
+    ctx: &JobContext,
+    subject: &Subject,
+    listing: &crate::repo::Listing,
+    select: &Select,
+    mode: VerifyMode,
+) -> Result<Verification> {
     let repo = &ctx.repository;
-    let listing = repo.listing(Some(subject)).await?;
     let listed = &listing.backups;
     // a damaged manifest is a failed verification, whatever was asked for
     let mut out: Vec<Verified> = listing
@@ -139,25 +150,29 @@ pub async fn cluster(
     wal_only: bool,
 ) -> Result<Verification> {
     let subject = Subject::Cluster(name.to_owned());
+    let repo = &ctx.repository;
+    let listing = repo.listing(Some(&subject)).await?;
     let mut v = if wal_only {
         Verification { backups: Vec::new(), leftovers: Vec::new(), wal: None }
     } else {
-        run(ctx, &subject, select, mode).await?
+        run_listed(ctx, &subject, &listing, select, mode).await?
     };
-    let repo = &ctx.repository;
-    let bases = repo.list(Some(&subject)).await?;
+    let bases: Vec<crate::repo::Manifest> = listing.backups.into_iter().map(|l| l.manifest).collect();
     let starts = wal_needs(&bases);
-    v.wal = Some(crate::wal::check::verify(name, repo.targets(), repo.crypto().cloned(), mode, &starts, &ctx.cancel).await);
+    v.wal =
+        Some(crate::wal::check::verify(name, repo.targets(), repo.crypto().cloned(), mode, &starts, &ctx.cancel).await);
     Ok(v)
 }
 
 /// What the base backups need of each archive (oldest start, newest end).
-pub fn wal_needs(bases: &[crate::repo::Manifest]) -> crate::wal::check::Starts {
+fn wal_needs(bases: &[crate::repo::Manifest]) -> crate::wal::check::Starts {
     use crate::wal::names::SegmentName;
     let mut out = crate::wal::check::Starts::new();
     for m in bases {
         let Some(b) = m.base_backup() else { continue };
-        let (Some(from), Some(to)) = (SegmentName::parse(&b.start_wal), SegmentName::parse(&b.stop_wal)) else { continue };
+        let (Some(from), Some(to)) = (SegmentName::parse(&b.start_wal), SegmentName::parse(&b.stop_wal)) else {
+            continue;
+        };
         let size = b.wal_segment_size;
         out.entry(b.system_identifier)
             .and_modify(|n| {
@@ -375,9 +390,10 @@ async fn base_backup(
         let mut seg = SegmentName::containing(r.timeline, r.start_lsn.0.0, size);
         let last = SegmentName::containing(r.timeline, r.end_lsn.0.0.saturating_sub(1).max(r.start_lsn.0.0), size);
         loop {
-            let raw = archive.get(WalFile::Segment(seg)).await?.with_context(|| {
-                format!("{what}: WAL segment {seg}, which the backup needs, is not in the archive")
-            })?;
+            let raw = archive
+                .get(WalFile::Segment(seg))
+                .await?
+                .with_context(|| format!("{what}: WAL segment {seg}, which the backup needs, is not in the archive"))?;
             tokio::fs::write(wal_dir.join(seg.to_string()), &raw).await?;
             if seg >= last {
                 break;
@@ -385,7 +401,8 @@ async fn base_backup(
             seg = seg.next(size);
         }
     }
-    let spec = ChildSpec::new(tools.path("pg_verifybackup")).arg("--quiet").arg("--wal-directory").arg(&wal_dir).arg(&dir);
+    let spec =
+        ChildSpec::new(tools.path("pg_verifybackup")).arg("--quiet").arg("--wal-directory").arg(&wal_dir).arg(&dir);
     crate::process::run_capture(&spec, 1 << 20)
         .await
         .map_err(|e| anyhow!(e).context(format!("{what}: pg_verifybackup found the backup damaged")))?;

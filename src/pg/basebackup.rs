@@ -254,7 +254,8 @@ impl Label {
         };
         let start = field("START WAL LOCATION")?;
         let (lsn, file) = start.split_once(" (file ").ok_or("backup_label: START WAL LOCATION has no file")?;
-        let lsn_of = |s: &str, what: &str| Lsn::parse(s).ok_or_else(|| format!("backup_label: {what} {s:?} is not an LSN"));
+        let lsn_of =
+            |s: &str, what: &str| Lsn::parse(s).ok_or_else(|| format!("backup_label: {what} {s:?} is not an LSN"));
         Ok(Label {
             start_lsn: lsn_of(lsn, "START WAL LOCATION")?,
             start_wal: file.trim_end_matches(')').to_owned(),

@@ -338,6 +338,15 @@ fn encrypted_wal_needs_the_identity_to_come_back_and_reaches_s3() {
     assert!(from_s3.status.success(), "{}", stderr(&from_s3));
 }
 
+/// One value from a recovered copy's server on `port`.
+fn query_at(bin: &Path, port: u16, sql: &str) -> String {
+    let out = Command::new(bin.join("psql"))
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// `program` with `args` as the server's OS user (postgres when the tests run as root).
 fn as_server(program: &Path, args: &[&str]) -> Output {
     let mut cmd = if rustix::process::geteuid().is_root() {
@@ -401,26 +410,7 @@ fn a_base_backup_recovers_to_the_last_archived_commit_through_archive_get_as_res
     );
     let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(started.status.success(), "{}\n{}", stderr(&started), server_log());
-    let query = |sql: &str| {
-        let out = Command::new(bin.join("psql"))
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &free.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let query = |sql: &str| query_at(&bin, free, sql);
     let start = Instant::now();
     while query("select pg_is_in_recovery()") != "f" {
         assert!(start.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", server_log());
@@ -579,13 +569,7 @@ fn a_base_backup_taken_under_pgbench_load_recovers_with_its_wal_and_verifies_dee
     );
     let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(started.status.success(), "{}\n{}", stderr(&started), server_log());
-    let query = |sql: &str| {
-        let out = Command::new(bin.join("psql"))
-            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &free.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let query = |sql: &str| query_at(&bin, free, sql);
     let begun = Instant::now();
     while query("select pg_is_in_recovery()") != "f" {
         assert!(begun.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", server_log());
@@ -602,7 +586,7 @@ fn a_base_backup_taken_under_pgbench_load_recovers_with_its_wal_and_verifies_dee
     let wal = a.run(&["verify", "--wal"], Path::new("/"));
     let out = String::from_utf8_lossy(&wal.stdout).into_owned();
     assert_eq!(wal.status.code(), Some(1), "{out}");
-    assert!(out.contains(&format!("{start}")) && out.contains(&format!("base backup {id} starts there")), "{out}");
+    assert!(out.contains(start) && out.contains(&format!("base backup {id} starts there")), "{out}");
     let deep = a.run_as_server(&["verify", "--deep", &id]);
     let out = String::from_utf8_lossy(&deep.stdout).into_owned();
     assert_eq!(deep.status.code(), Some(1), "{out}");
@@ -622,20 +606,18 @@ fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leav
     // a pg_basebackup that dies midway: the stream is not a whole tar, nothing is kept
     let fake = a.dir.path().join("bin");
     std::fs::create_dir(&fake).unwrap();
-    for tool in ["pg_basebackup"] {
-        let script = fake.join(tool);
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\ncase \"$1\" in --version) exec {}/{tool} --version;; esac\n\
-                 {}/{tool} \"$@\" | head -c 1000000\necho 'pg_basebackup: error: connection lost' >&2\nexit 1\n",
-                a.cluster.bin().display(),
-                a.cluster.bin().display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
+    let script = fake.join("pg_basebackup");
+    let real = a.cluster.bin().join("pg_basebackup");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n\
+             {real} \"$@\" | head -c 1000000\necho 'pg_basebackup: error: connection lost' >&2\nexit 1\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut text = std::fs::read_to_string(&a.config).unwrap();
     text.push_str(&format!("pg_bin_dir: {}\n", fake.display()));
     std::fs::write(&a.config, text).unwrap();
