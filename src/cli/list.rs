@@ -19,7 +19,11 @@ pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
         None => None,
     };
     let listing = ctx.repository.listing(subject.as_ref()).await?;
-    print(&listing, args.json)?;
+    let wal = match (&ctx.config.wal, &subject) {
+        (Some(w), None) => Some(wal_summaries(ctx, &w.name, &listing).await),
+        _ => None,
+    };
+    print(&listing, wal.as_ref(), args.json)?;
     if !listing.damaged.is_empty() {
         tell!(
             "warning: {} (listed with status damaged): `pgbackd verify --all` fails on them; see \
@@ -93,6 +97,50 @@ pub struct ListEntry<'a> {
     pub warnings: &'a [String],
     /// Null when not encrypted; else the mode and the recipients' fingerprints (the key it needs).
     pub encryption: Option<ListEncryption<'a>>,
+    /// A base backup's WAL: where it starts and ends, and how far the archive reaches from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<BaseWal<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BaseWal<'a> {
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub start_wal: &'a str,
+    pub stop_wal: &'a str,
+    /// Per target: the newest segment recovery from it reaches without a gap, and when that was
+    /// archived (about the newest moment it restores to).
+    pub reach: Vec<TargetReach<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetReach<'a> {
+    pub target: &'a str,
+    #[serde(flatten)]
+    pub reach: &'a crate::wal::window::Reach,
+}
+
+/// The WAL archives of the configured cluster on every target (a target that cannot be read
+/// is reported as such).
+pub struct WalSummaries {
+    pub cluster: String,
+    pub archives: Vec<crate::wal::window::ArchiveSummary>,
+    pub errors: Vec<String>,
+}
+
+async fn wal_summaries(ctx: &JobContext, cluster: &str, listing: &Listing) -> WalSummaries {
+    let bases: Vec<&crate::repo::Manifest> =
+        listing.backups.iter().map(|l| &l.manifest).filter(|m| m.base_backup().is_some()).collect();
+    let mut out = WalSummaries { cluster: cluster.to_owned(), archives: Vec::new(), errors: Vec::new() };
+    let repo = &ctx.repository;
+    for t in repo.targets() {
+        match crate::wal::window::summarise(cluster, t, repo.crypto().cloned(), &bases).await {
+            Ok(a) => out.archives.extend(a),
+            Err(e) => out.errors.push(format!("{}: {e:#}", t.name())),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize)]
@@ -116,7 +164,7 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
         id: &m.id,
         database: m.subject.to_string(),
         subject: &m.subject,
-        kind: m.kind.name(),
+        kind: m.kind_label(),
         base_id: m.base_id(),
         trigger: m.trigger,
         status: "ok",
@@ -138,6 +186,14 @@ pub fn entry(l: &Listed) -> ListEntry<'_> {
         restore_seconds: l.annotations.test_restore.as_ref().map(|t| t.restore_seconds),
         warnings: &m.warnings,
         encryption: m.encryption.as_ref().map(|e| ListEncryption { mode: e.mode, recipients: e.recipients.as_slice() }),
+        wal: m.base_backup().map(|b| BaseWal {
+            timeline: b.timeline,
+            start_lsn: b.start_lsn.0.to_string(),
+            stop_lsn: b.stop_lsn.0.to_string(),
+            start_wal: &b.start_wal,
+            stop_wal: &b.stop_wal,
+            reach: Vec::new(),
+        }),
     }
 }
 
@@ -153,7 +209,7 @@ pub struct DamagedEntry<'a> {
     pub targets: [&'a str; 1],
 }
 
-pub fn print(listing: &Listing, json: bool) -> Result<()> {
+pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Result<()> {
     let backups = &listing.backups;
     let mut out = crate::secret::Redacting(std::io::stdout().lock());
     let damaged = listing.damaged.iter().map(|d| DamagedEntry {
@@ -165,8 +221,18 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
         targets: [&d.target],
     });
     if json {
-        let mut entries: Vec<serde_json::Value> =
-            backups.iter().map(entry).map(serde_json::to_value).collect::<Result<_, _>>()?;
+        let mut entries = Vec::new();
+        for l in backups {
+            let mut e = entry(l);
+            if let (Some(w), Some(bw)) = (wal, e.wal.as_mut()) {
+                for a in &w.archives {
+                    bw.reach.extend(
+                        a.reach.iter().filter(|r| r.backup_id == l.manifest.id).map(|r| TargetReach { target: &a.target, reach: r }),
+                    );
+                }
+            }
+            entries.push(serde_json::to_value(e)?);
+        }
         for d in damaged {
             entries.push(serde_json::to_value(d)?);
         }
@@ -176,7 +242,7 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
     }
     if backups.is_empty() && listing.damaged.is_empty() {
         writeln!(out, "no backups")?;
-        return Ok(());
+        return print_wal(&mut out, wal);
     }
     writeln!(
         out,
@@ -190,7 +256,7 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
             "{:<36} {:<16} {:<11} {:<9} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} ok{}",
             m.id,
             m.subject.to_string(),
-            m.kind.name(),
+            m.kind_label(),
             match m.trigger {
                 Trigger::Manual => "manual",
                 Trigger::Schedule => "scheduled",
@@ -209,6 +275,52 @@ pub fn print(listing: &Listing, json: bool) -> Result<()> {
     }
     for d in damaged {
         writeln!(out, "{:<36} {:<16} DAMAGED on target {}: {}", d.id, d.database, d.targets[0], d.problem)?;
+    }
+    print_wal(&mut out, wal)
+}
+
+/// The WAL archive: per target and system, its range, and the moments each base backup restores to.
+fn print_wal(out: &mut impl Write, wal: Option<&WalSummaries>) -> Result<()> {
+    let Some(w) = wal else { return Ok(()) };
+    let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    writeln!(out)?;
+    if w.archives.is_empty() && w.errors.is_empty() {
+        writeln!(out, "WAL of cluster {}: nothing archived yet (archive_command = 'pgbackd archive-push %p')", w.cluster)?;
+    }
+    for a in &w.archives {
+        writeln!(
+            out,
+            "WAL of cluster {} (system {}) on {}: {} files, {}, segments {} .. {} (timeline {}){}",
+            w.cluster,
+            a.system_identifier,
+            a.target,
+            a.files,
+            crate::units::bytes(a.stored_bytes),
+            a.first_segment.as_deref().unwrap_or("none"),
+            a.last_segment.as_deref().unwrap_or("none"),
+            a.timeline,
+            a.newest_archived_at.map(|t| format!(", newest archived {} UTC", time(&t))).unwrap_or_default()
+        )?;
+        if a.reach.is_empty() {
+            writeln!(out, "  no base backup of this system: nothing restores from it (pgbackd base-backup takes one)")?;
+        }
+        for r in &a.reach {
+            let until = match (&r.last_segment, &r.until) {
+                (Some(_), Some(u)) => format!("about {} UTC", time(u)),
+                (Some(seg), None) => format!("the end of {seg}"),
+                (None, _) => "nowhere: its own WAL is incomplete".into(),
+            };
+            writeln!(
+                out,
+                "  base backup {}: restorable from {} UTC to {until}{}",
+                r.backup_id,
+                time(&r.from),
+                r.stops_at_gap.as_ref().map(|g| format!(" (stops at a gap: {g})")).unwrap_or_default()
+            )?;
+        }
+    }
+    for e in &w.errors {
+        writeln!(out, "WAL of cluster {}: ERROR {e}", w.cluster)?;
     }
     Ok(())
 }

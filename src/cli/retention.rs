@@ -73,6 +73,7 @@ pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
         }
         if r.decisions.is_empty() {
             writeln!(out, "  no backups")?;
+            print_wal(&mut out, r)?;
             continue;
         }
         writeln!(out, "  {:<36} {:>6} {:<12} {:>10}  {:<6} REASONS", "ID", "AGE", "KIND", "SIZE", "ACTION")?;
@@ -82,7 +83,7 @@ pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
                 "  {:<36} {:>6} {:<12} {:>10}  {:<6} {}",
                 d.id,
                 age(r.at - d.started_at),
-                d.kind.name(),
+                if matches!(r.subject, Subject::Cluster(_)) { "base" } else { d.kind.name() },
                 human_bytes(d.stored_bytes),
                 if d.keep { "keep" } else { "DELETE" },
                 d.reasons.join("; ")
@@ -108,6 +109,37 @@ pub fn print(runs: &[RetentionRun], json: bool) -> Result<()> {
                 writeln!(out, "  ERROR {e}")?;
             }
         }
+        print_wal(&mut out, r)?;
+    }
+    Ok(())
+}
+
+/// A cluster's WAL: per target and archive, what is deleted and why, and what was.
+fn print_wal(out: &mut impl Write, r: &RetentionRun) -> Result<()> {
+    let Some(w) = &r.wal else { return Ok(()) };
+    for a in &w.archives {
+        let action = match (&a.first_deleted, &a.last_deleted) {
+            (Some(first), Some(last)) => format!(
+                "{} {} files ({}), {first} .. {last}",
+                if r.dry_run { "would delete" } else { "DELETE" },
+                a.files_to_delete,
+                human_bytes(a.bytes_to_delete)
+            ),
+            _ => "delete nothing".into(),
+        };
+        writeln!(
+            out,
+            "  WAL of system {} on {}: keep {} files; {action}: {}",
+            a.system_identifier, a.target, a.files_kept, a.reason
+        )?;
+    }
+    for e in &w.errors {
+        writeln!(out, "  WAL ERROR {e}")?;
+    }
+    if let Some(d) = &w.deleted
+        && d.files > 0
+    {
+        writeln!(out, "  deleted {} WAL files, freed {}", d.files, human_bytes(d.bytes))?;
     }
     Ok(())
 }

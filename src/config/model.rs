@@ -361,6 +361,8 @@ pub struct Retention {
     pub incremental_backup: Option<KindPolicy>,
     pub file_backup: Option<KindPolicy>,
     pub config_backup: Option<KindPolicy>,
+    /// Base backups of the cluster (`wal:`); the WAL older than the oldest kept one goes with them.
+    pub base_backup: Option<KindPolicy>,
     /// Backups taken of a restore target before `restore --clean` (default: 7 days).
     pub safety_backup: KindPolicy,
     /// Skip retention for a database whose newest backup attempt failed.
@@ -376,6 +378,7 @@ impl Default for Retention {
             incremental_backup: None,
             file_backup: None,
             config_backup: None,
+            base_backup: None,
             safety_backup: KindPolicy {
                 keep_within: Some(Duration::from_secs(7 * 86400)),
                 min_keep: 0,

@@ -17,6 +17,7 @@ pub(super) fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
         ("incremental_backup", &mut r.incremental_backup),
         ("file_backup", &mut r.file_backup),
         ("config_backup", &mut r.config_backup),
+        ("base_backup", &mut r.base_backup),
     ] {
         let path = m.child_path(key);
         let Some(node) = m.node(key) else { continue };

@@ -129,8 +129,7 @@ impl<'a> Policies<'a> {
             Subject::Database(_) => return Policies::database(r),
             Subject::Files(_) => ("file_backups", r.file_backup.as_ref()),
             Subject::Configs(_) => ("config_backups", r.config_backup.as_ref()),
-            // base backups arrive with their own policy; until then nothing of a cluster is planned
-            Subject::Cluster(_) => ("base_backups", None),
+            Subject::Cluster(_) => ("base_backups", r.base_backup.as_ref()),
         };
         Policies {
             groups: vec![Group { kind: None, label, policy, safety: false }],
@@ -410,6 +409,54 @@ pub struct RetentionRun {
     pub skipped: Option<String>,
     pub decisions: Vec<Decision>,
     pub applied: Option<Applied>,
+    /// A cluster's WAL: what is older than the oldest kept base backup's start, per target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalRetention>,
+}
+
+/// The WAL part of a cluster's retention run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalRetention {
+    pub archives: Vec<crate::wal::expire::WalExpiry>,
+    /// Targets whose archive could not be listed (nothing of it is deleted).
+    pub errors: Vec<String>,
+    pub deleted: Option<crate::wal::expire::WalDeleted>,
+}
+
+impl WalRetention {
+    pub fn files_to_delete(&self) -> usize {
+        self.archives.iter().map(|a| a.files_to_delete).sum()
+    }
+
+    pub fn bytes_to_delete(&self) -> u64 {
+        self.archives.iter().map(|a| a.bytes_to_delete).sum()
+    }
+}
+
+/// Plans the deletion of the WAL of cluster `name` that none of the base backups `decisions`
+/// keep needs, on every target.
+async fn plan_wal(repo: &Repository, name: &str, listed: &[Listed], decisions: &[Decision]) -> WalRetention {
+    use crate::wal::{expire, names::SegmentName};
+    let kept: Vec<expire::KeptStart> = listed
+        .iter()
+        .filter(|l| decisions.iter().any(|d| d.keep && d.id == l.manifest.id))
+        .filter_map(|l| {
+            let b = l.manifest.base_backup()?;
+            Some(expire::KeptStart {
+                system_identifier: b.system_identifier,
+                start: SegmentName::parse(&b.start_wal)?,
+                backup: l.manifest.id.clone(),
+            })
+        })
+        .collect();
+    let mut out = WalRetention::default();
+    for t in repo.targets() {
+        match crate::wal::archive::by_system_identifier(name, t).await {
+            Ok(archives) => out.archives.extend(expire::plan(t.name(), &archives, &kept)),
+            Err(e) => out.errors.push(format!("{}: {e:#}: none of its WAL is deleted", t.name())),
+        }
+    }
+    out
 }
 
 impl RetentionRun {
@@ -428,7 +475,7 @@ fn backup_jobs(subject: &Subject) -> &'static [JobKind] {
         Subject::Database(_) => &[JobKind::FullBackup, JobKind::IncrementalBackup],
         Subject::Files(_) => &[JobKind::FileBackup],
         Subject::Configs(_) => &[JobKind::ConfigBackup],
-        Subject::Cluster(_) => &[],
+        Subject::Cluster(_) => &[JobKind::BaseBackup],
     }
 }
 
@@ -508,6 +555,7 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
         skipped: None,
         decisions: Vec::new(),
         applied: None,
+        wal: None,
     };
     let listed = repo.list_with_targets(Some(subject)).await?;
     // a database that is not configured has no backup jobs of its own, only the safety backups
@@ -538,8 +586,19 @@ pub async fn run(ctx: &JobContext, subject: &Subject, now: DateTime<Utc>, dry_ru
         Policies::unconfigured_database(&config.retention)
     };
     run.decisions = plan_with(&candidates, &policies, config.timezone, now);
+    if let Subject::Cluster(name) = subject {
+        run.wal = Some(plan_wal(repo, name, &listed, &run.decisions).await);
+    }
     if !dry_run {
-        run.applied = Some(apply(&run.decisions, subject, repo, &config.retention, now).await);
+        let mut applied = apply(&run.decisions, subject, repo, &config.retention, now).await;
+        // the WAL after the base backups: a crash in between leaves WAL the next run deletes
+        if let Some(w) = &mut run.wal {
+            let deleted = crate::wal::expire::apply(&w.archives, repo.targets()).await;
+            applied.errors.extend(w.errors.iter().cloned());
+            applied.errors.extend(deleted.errors.iter().cloned());
+            w.deleted = Some(deleted);
+        }
+        run.applied = Some(applied);
     }
     if let Some(l) = lock {
         l.release().await;

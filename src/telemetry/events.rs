@@ -235,7 +235,8 @@ impl From<&JobRun> for Report {
                     r.warnings.push(s.clone());
                 }
                 if let Some(a) = &run.applied {
-                    r.raw_bytes = Some(a.bytes_freed);
+                    let wal = run.wal.as_ref().and_then(|w| w.deleted.as_ref()).map_or(0, |d| d.bytes);
+                    r.raw_bytes = Some(a.bytes_freed + wal);
                     r.targets = a.per_target.keys().cloned().collect();
                     r.warnings.extend(a.warnings.iter().cloned());
                 }
@@ -249,6 +250,7 @@ impl From<&JobRun> for Report {
                     "orphans_removed": run.applied.as_ref().map(|a| a.orphans_removed.clone()).unwrap_or_default(),
                     "leftovers_removed": run.applied.as_ref().map(|a| a.leftovers_removed.clone()).unwrap_or_default(),
                     "plan": run.decisions,
+                    "wal": run.wal,
                 }));
             }
             Produced::Restore(x) => {

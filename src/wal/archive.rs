@@ -14,6 +14,7 @@ use crate::storage::{ObjectInfo, Target};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A file is compressed as one zstd frame per core (up to 4), in parallel: fewer, larger frames
@@ -54,13 +55,15 @@ pub struct Archived {
     pub sha256: String,
     pub key: String,
     pub stored_bytes: u64,
+    /// When it was stored (as the target lists it).
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Archived {
     /// The archived file a listed object is, if it is one.
     pub fn from_listing(o: &ObjectInfo) -> Option<Archived> {
         let (f, sha, _, _) = keys::parse_wal_object(&o.key)?;
-        Some(Archived { file: WalFile::parse(f)?, sha256: sha.to_owned(), key: o.key.clone(), stored_bytes: o.size })
+        Some(Archived { file: WalFile::parse(f)?, sha256: sha.to_owned(), key: o.key.clone(), stored_bytes: o.size, modified: o.modified })
     }
 }
 
@@ -267,6 +270,28 @@ impl WalArchive {
         .await
         .context("WAL read task failed")?
     }
+}
+
+/// Every file archived under `cluster` on `target` (one listing), by system identifier, each
+/// archive's files in order.
+pub async fn by_system_identifier(cluster: &str, target: &Target) -> anyhow::Result<BTreeMap<u64, Vec<Archived>>> {
+    let root = crate::repo::keys::wal_root(cluster);
+    let listed = target
+        .store
+        .list(&root)
+        .await
+        .with_context(|| format!("listing the WAL archive on {}", target.store.describe()))?;
+    let mut out: BTreeMap<u64, Vec<Archived>> = BTreeMap::new();
+    for o in &listed {
+        let id = o.key.strip_prefix(&root).and_then(|k| k.split('/').next()).and_then(|id| id.parse::<u64>().ok());
+        if let (Some(id), Some(a)) = (id, Archived::from_listing(o)) {
+            out.entry(id).or_default().push(a);
+        }
+    }
+    for files in out.values_mut() {
+        files.sort_by_key(|a| a.file);
+    }
+    Ok(out)
 }
 
 /// What a WAL object needs to decrypt, for messages (WAL files have no manifest of their own:

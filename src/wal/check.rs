@@ -10,7 +10,6 @@ use super::timeline::{Chain, gaps, parse_history};
 use crate::config::VerifyMode;
 use crate::crypto::Crypto;
 use crate::storage::Target;
-use anyhow::Context;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -96,7 +95,7 @@ pub async fn verify(
 ) -> WalVerification {
     let mut out = WalVerification { cluster: cluster.to_owned(), mode, targets: Vec::new(), errors: Vec::new() };
     for t in targets {
-        let mut archives = match by_system_identifier(cluster, t).await {
+        let mut archives = match super::archive::by_system_identifier(cluster, t).await {
             Ok(a) => a,
             Err(e) => {
                 out.errors.push(format!("{}: {e:#}", t.name()));
@@ -120,28 +119,6 @@ pub async fn verify(
         }
     }
     out
-}
-
-/// Every file archived under `cluster` on `target` (one listing), by system identifier, each
-/// archive's files in order.
-async fn by_system_identifier(cluster: &str, target: &Target) -> anyhow::Result<BTreeMap<u64, Vec<Archived>>> {
-    let root = crate::repo::keys::wal_root(cluster);
-    let listed = target
-        .store
-        .list(&root)
-        .await
-        .with_context(|| format!("listing the WAL archive on {}", target.store.describe()))?;
-    let mut out: BTreeMap<u64, Vec<Archived>> = BTreeMap::new();
-    for o in &listed {
-        let id = o.key.strip_prefix(&root).and_then(|k| k.split('/').next()).and_then(|id| id.parse::<u64>().ok());
-        if let (Some(id), Some(a)) = (id, Archived::from_listing(o)) {
-            out.entry(id).or_default().push(a);
-        }
-    }
-    for files in out.values_mut() {
-        files.sort_by_key(|a| a.file);
-    }
-    Ok(out)
 }
 
 async fn check_target(

@@ -1,6 +1,7 @@
 //! Continuous archiving of a cluster's WAL: the files PostgreSQL archives (`names`), timelines and
 //! the gaps in an archive (`timeline`), the archive in the repository (`archive`), its
-//! verification (`check`), and the two commands PostgreSQL calls, `archive-push %p`
+//! verification (`check`), what retention deletes of it (`expire`), the moments it reaches (`window`),
+//! and the two commands PostgreSQL calls, `archive-push %p`
 //! (`archive_command`) and `archive-get %f %p` (`restore_command`).
 //!
 //! The archive is per system identifier: it is read from the segment's own page header (and from
@@ -9,8 +10,10 @@
 
 pub mod archive;
 pub mod check;
+pub mod expire;
 pub mod names;
 pub mod timeline;
+pub mod window;
 
 use crate::config::{Config, WalSettings};
 use crate::repo::Repository;

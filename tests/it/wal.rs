@@ -633,3 +633,82 @@ fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leav
         .collect::<Vec<_>>();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn retention_keeps_exactly_the_wal_the_kept_base_backups_need_and_list_shows_the_window() {
+    let a = Archiving::start("retention: {base_backup: {keep_last: 1, min_keep: 1}}\n");
+    let last = a.switch();
+    a.wait_archived(&last);
+    let backup = || {
+        let o = a.run_as_server(&["base-backup"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let old = backup();
+    for _ in 0..2 {
+        let last = a.switch();
+        a.wait_archived(&last);
+    }
+    let new = backup();
+    let last = a.switch();
+    a.wait_archived(&last);
+    let manifest = |id: &str| -> serde_json::Value {
+        let p = a.dir.path().join(format!("repository/clusters/main/{id}/manifest.json"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let keep_from = manifest(&new)["start_wal"].as_str().unwrap().to_owned();
+    let old_start = manifest(&old)["start_wal"].as_str().unwrap().to_owned();
+    assert!(old_start < keep_from, "{old_start} {keep_from}");
+    // the archived files a name says are older than keep_from (segments, partials, .backup)
+    let older = |files: &[PathBuf]| -> Vec<String> {
+        files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().split('-').next().unwrap().to_owned())
+            .filter(|n| !n.ends_with(".history") && n[8..24] < keep_from[8..24])
+            .collect()
+    };
+    let before = a.stored();
+    let doomed = older(&before);
+    assert!(doomed.iter().any(|n| *n == old_start), "{doomed:?}");
+
+    // the plan names both backups and the WAL, and deletes nothing
+    let plan = a.run_as_server(&["retention", "--dry-run"]);
+    let out = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(plan.status.success(), "{out}{}", stderr(&plan));
+    let line = |id: &str| out.lines().find(|l| l.contains(id)).unwrap_or_else(|| panic!("{id} in {out}")).to_owned();
+    assert!(line(&old).contains("DELETE") && line(&old).contains("no rule keeps it"), "{out}");
+    assert!(line(&new).contains("keep_last 1"), "{out}");
+    let wal = out.lines().find(|l| l.contains("WAL of system")).expect("a WAL line");
+    assert!(
+        wal.contains(&format!("would delete {} files", doomed.len()))
+            && wal.contains(&format!("older than {keep_from}, where the oldest kept base backup {new} starts")),
+        "{out}"
+    );
+    assert_eq!(a.stored(), before, "a dry run deletes nothing");
+
+    // applied: the old backup and exactly the WAL before the kept one's start are gone
+    let applied = a.run_as_server(&["retention"]);
+    let out = String::from_utf8_lossy(&applied.stdout).into_owned();
+    assert!(applied.status.success(), "{out}{}", stderr(&applied));
+    assert!(out.contains(&format!("deleted {} WAL files", doomed.len())), "{out}");
+    assert!(!a.dir.path().join(format!("repository/clusters/main/{old}")).exists());
+    let after = a.stored();
+    assert!(older(&after).is_empty(), "{after:?}");
+    assert_eq!(after.len(), before.len() - doomed.len(), "only the older WAL is deleted");
+    let verify = a.run(&["verify", "--wal"], Path::new("/"));
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let again = a.run_as_server(&["retention"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("delete nothing"));
+
+    // list: the archive's range and how far the kept backup restores
+    let listed = a.run(&["list"], Path::new("/"));
+    let out = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(out.contains(&format!("segments {keep_from} .. {last} (timeline 1)")), "{out}");
+    assert!(out.contains(&format!("base backup {new}: restorable from ")), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&a.run(&["list", "--json"], Path::new("/")).stdout).unwrap();
+    let entry = json.as_array().unwrap().iter().find(|e| e["id"] == new.as_str()).unwrap().clone();
+    assert_eq!(entry["wal"]["start_wal"], keep_from.as_str(), "{entry}");
+    assert_eq!(entry["wal"]["reach"][0]["last_segment"], last.as_str(), "{entry}");
+    assert!(entry["wal"]["reach"][0]["until"].is_string(), "{entry}");
+}

@@ -344,6 +344,11 @@ impl Manifest {
         }
     }
 
+    /// What it is, in a word: `full`, `incremental`, or `base` for a base backup.
+    pub fn kind_label(&self) -> &'static str {
+        if self.base_backup().is_some() { "base" } else { self.kind.name() }
+    }
+
     /// The full backup an incremental dump is a delta against.
     pub fn base_id(&self) -> Option<&str> {
         match (&self.content, self.kind) {
