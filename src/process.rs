@@ -384,6 +384,33 @@ impl Running {
         Ok(status)
     }
 
+    /// Waits for exit, or once `stop` is cancelled, stops the child as [`Running::terminate`] does
+    /// and collects how it exited: for a long-running child that shuts down cleanly on SIGTERM
+    /// (pg_receivewal). Returns whether it was stopped, and its outcome.
+    pub async fn wait_or_stop(
+        mut self,
+        stop: &tokio_util::sync::CancellationToken,
+        grace: Duration,
+    ) -> (bool, Result<String, ProcessError>) {
+        tokio::select! {
+            status = self.wait_status() => {
+                let tail = self.stderr_tail();
+                return (false, status.and_then(|s| check_status(&self.command, s, tail)));
+            }
+            _ = stop.cancelled() => {}
+        }
+        signal_group(self.pgid, rustix::process::Signal::TERM);
+        let status = match tokio::time::timeout(grace, self.wait_status()).await {
+            Ok(s) => s,
+            Err(_) => {
+                signal_group(self.pgid, rustix::process::Signal::KILL);
+                self.wait_status().await
+            }
+        };
+        let tail = self.stderr_tail();
+        (true, status.and_then(|s| check_status(&self.command, s, tail)))
+    }
+
     /// Stops the child: SIGTERM to its process group, SIGKILL after `grace`. Always reaps it.
     pub async fn terminate(mut self, grace: Duration) -> ProcessError {
         if !self.reaped {

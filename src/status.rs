@@ -37,6 +37,9 @@ pub struct Status {
     pub targets: BTreeMap<String, TargetStats>,
     #[serde(default)]
     pub notifications: crate::notify::DeliveryCounts,
+    /// The cluster's WAL archiving (with a `wal:` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal::receiver::WalStatus>,
 }
 
 impl Status {
@@ -141,12 +144,32 @@ pub struct Counters {
 pub struct Board {
     inner: Mutex<Status>,
     progress: Mutex<BTreeMap<String, Arc<Counter>>>,
+    /// The WAL monitor's and receiver's status, copied in on every snapshot.
+    wal: Mutex<Option<crate::wal::receiver::Shared>>,
     path: PathBuf,
 }
 
 impl Board {
     pub fn new(dir: &Path, status: Status) -> Board {
-        Board { inner: Mutex::new(status), progress: Mutex::new(BTreeMap::new()), path: dir.join(STATUS_FILE) }
+        Board {
+            inner: Mutex::new(status),
+            progress: Mutex::new(BTreeMap::new()),
+            wal: Mutex::new(None),
+            path: dir.join(STATUS_FILE),
+        }
+    }
+
+    pub fn track_wal(&self, wal: crate::wal::receiver::Shared) {
+        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(wal);
+    }
+
+    /// Copies the WAL status in.
+    pub fn sync_wal(&self) {
+        let wal = self.wal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(w) = wal {
+            let now = w.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            self.update(|s| s.wal = Some(now));
+        }
     }
 
     pub fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
@@ -164,6 +187,7 @@ impl Board {
 
     /// The status as of `now`, with running jobs' progress filled in.
     pub fn snapshot(&self, now: DateTime<Utc>) -> Status {
+        self.sync_wal();
         let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
         self.update(|s| {
             s.updated_at = Some(now);
@@ -268,6 +292,7 @@ pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem>
             });
         }
     }
+    out.extend(wal_problems(s, config, now));
     for (target, t) in s.targets.iter().filter(|(_, t)| t.damaged > 0) {
         out.push(Problem {
             database: String::new(),
@@ -281,6 +306,77 @@ pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem>
                 if t.damaged as usize > t.damaged_ids.len() { ", ..." } else { "" }
             ),
         });
+    }
+    out
+}
+
+/// What the WAL alerts are keyed by: the cluster (archiving behind, server silent) and its slot.
+pub fn wal_alert_keys(config: &Config) -> Vec<String> {
+    config.wal.as_ref().map_or_else(Vec::new, |w| vec![format!("cluster:{}", w.name), format!("slot:{}", w.slot)])
+}
+
+/// The WAL archive is behind (a completed segment waits longer than `wal.max_lag`), the server
+/// has not answered the monitor for that long, or the slot holds back more than
+/// `wal.slot_lag_alert`. Each is a `stale` alert.
+fn wal_problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem> {
+    let (Some(wal), Some(ws)) = (&config.wal, &s.wal) else { return Vec::new() };
+    let cluster = format!("cluster:{}", wal.name);
+    let max_lag = chrono::Duration::from_std(wal.max_lag).unwrap_or(chrono::Duration::MAX);
+    let mut out = Vec::new();
+    let problem = |database: &str, message: String| Problem { database: database.to_owned(), stale: true, message };
+    if let Some(lag) = ws.archive_lag_seconds.filter(|l| *l > wal.max_lag.as_secs_f64()) {
+        let why = match (wal.method, &ws.receiver_last_error, &ws.last_failed_segment) {
+            (crate::config::WalMethod::Stream, Some(e), _) => format!("the receiver's last error: {e}"),
+            (crate::config::WalMethod::Stream, None, _) => "is the daemon's pg_receivewal running?".to_owned(),
+            (_, _, Some(f)) => format!(
+                "PostgreSQL's archive_command last failed on {f}: the server log says why (pgbackd archive-push's \
+                 message)"
+            ),
+            _ => "is archive_command set to pgbackd archive-push and archive_mode on?".to_owned(),
+        };
+        out.push(problem(
+            &cluster,
+            format!(
+                "cluster {}: a completed WAL segment has waited {} to be archived (the newest archived is {}), more \
+                 than wal.max_lag {}: {why}",
+                wal.name,
+                human(chrono::Duration::milliseconds((lag * 1000.0) as i64)),
+                ws.last_archived_segment.as_deref().unwrap_or("none"),
+                human(max_lag)
+            ),
+        ));
+    }
+    if let Some(e) = &ws.server_error {
+        let since = ws.answered_at.or(s.started_at);
+        if since.is_some_and(|t| now - t > max_lag) {
+            out.push(problem(
+                &cluster,
+                format!(
+                    "cluster {}: the server has not answered the WAL monitor for more than wal.max_lag {}: {e}",
+                    wal.name,
+                    human(max_lag)
+                ),
+            ));
+        }
+    }
+    if let Some(held) = ws.slot_retained_bytes.filter(|b| *b > wal.slot_lag_alert) {
+        let who = if ws.slot_active == Some(true) {
+            "its receiver is behind"
+        } else {
+            "no receiver uses it (is the daemon's pg_receivewal running?)"
+        };
+        out.push(problem(
+            &format!("slot:{}", wal.slot),
+            format!(
+                "cluster {}: replication slot {} holds back {} of WAL on the server, more than wal.slot_lag_alert {}: \
+                 {who}. The server keeps that WAL until the slot advances, and its disk fills: see \"WAL streaming\" \
+                 in docs/operations.md (max_slot_wal_keep_size; dropping the slot)",
+                wal.name,
+                wal.slot,
+                crate::units::bytes(held),
+                crate::units::bytes(wal.slot_lag_alert)
+            ),
+        ));
     }
     out
 }

@@ -83,6 +83,9 @@ pub enum Command {
     /// Fetch one archived WAL file (restore_command = 'pgbackd -c CONFIG archive-get %f %p'),
     /// its SHA-256 checked; exit 1 when the archive does not hold it.
     ArchiveGet(ArchiveGetArgs),
+    /// Store what the WAL spool holds now (wal.method stream), the partial segment the receiver
+    /// is writing included: the archive then reaches the last WAL received. Prints what it stored.
+    WalFlush,
 }
 
 /// The server a restore writes to, when not the configured one.

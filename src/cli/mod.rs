@@ -197,5 +197,6 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::Rollback(args) => rollback::run(&context(cli, None, cancel).await?, args).await,
         Command::ArchivePush(args) => wal::push(&context(cli, None, cancel).await?, args).await,
         Command::ArchiveGet(args) => wal::get(&context(cli, Some(&args.keys), cancel).await?, args).await,
+        Command::WalFlush => wal::flush(&context(cli, None, cancel).await?).await,
     }
 }

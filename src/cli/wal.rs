@@ -1,5 +1,5 @@
 //! `pgbackd archive-push` and `archive-get`: what PostgreSQL's archive_command and
-//! restore_command call, one WAL file at a time.
+//! restore_command call, one WAL file at a time; `wal-flush`: the streaming spool stored now.
 
 use super::args::{ArchiveGetArgs, ArchivePushArgs};
 use super::{EXIT_JOB_FAILED, EXIT_OK};
@@ -8,7 +8,8 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 pub async fn push(ctx: &JobContext, args: &ArchivePushArgs) -> Result<ExitCode> {
-    let (file, pushed) = crate::wal::push(&ctx.config, &ctx.repository, &args.path, args.pgdata.as_deref()).await?;
+    let (file, pushed) = crate::wal::push(&ctx.config, &ctx.repository, &args.path, crate::wal::SystemOf::DataDirectory(args.pgdata.as_deref()))
+        .await?;
     for w in &pushed.warnings {
         tell!("warning: {w}");
     }
@@ -31,4 +32,22 @@ pub async fn get(ctx: &JobContext, args: &ArchiveGetArgs) -> Result<ExitCode> {
     // PostgreSQL asks for files past the end of the archive on purpose: a plain "not there"
     tell!("{}: not in the WAL archive on {}", args.file, ctx.repository.describe());
     Ok(ExitCode::from(EXIT_JOB_FAILED))
+}
+
+pub async fn flush(ctx: &JobContext) -> Result<ExitCode> {
+    let pass = crate::wal::receiver::flush(&ctx.config, &ctx.repository).await?;
+    for w in &pass.warnings {
+        tell!("warning: {w}");
+    }
+    for name in &pass.stored {
+        say!("stored {name}");
+    }
+    if pass.stored.is_empty() {
+        say!("nothing new in the spool ({} already stored)", pass.already.len());
+    }
+    if let Some(e) = &pass.error {
+        tell!("error: {e}: it stays in the spool; the daemon's receiver retries it");
+        return Ok(ExitCode::from(EXIT_JOB_FAILED));
+    }
+    Ok(ExitCode::from(EXIT_OK))
 }

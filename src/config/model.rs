@@ -66,6 +66,9 @@ pub struct WalSettings {
     pub archive_timeout: Duration,
     /// Alert when the slot holds back more WAL than this on the server.
     pub slot_lag_alert: u64,
+    /// Alert (and `/readyz` fails) when a completed segment has waited longer than this to be
+    /// archived, or the server has not answered the monitor for this long.
+    pub max_lag: Duration,
 }
 
 /// `wal.method`.

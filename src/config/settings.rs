@@ -223,6 +223,17 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
     let spool_dir = m.opt::<PathBuf>("spool_dir").unwrap_or_else(|| PathBuf::from("wal-spool"));
     let archive_timeout = m.opt::<Dur>("archive_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(60));
     let slot_lag_alert = m.opt::<ByteSize>("slot_lag_alert").map(|b| b.0).unwrap_or(1 << 30);
+    let max_lag = m.opt::<Dur>("max_lag").map(|d| d.0).unwrap_or(Duration::from_secs(300));
     m.finish();
-    Some(WalSettings { name, method, server: server?, slot, synchronous, spool_dir, archive_timeout, slot_lag_alert })
+    Some(WalSettings {
+        name,
+        method,
+        server: server?,
+        slot,
+        synchronous,
+        spool_dir,
+        archive_timeout,
+        slot_lag_alert,
+        max_lag,
+    })
 }

@@ -131,6 +131,47 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
         }
     }
 
+    // the WAL archive (with a wal: section)
+    o.family("wal_archive_lag_bytes", "gauge", "Server WAL beyond the end of the newest archived segment.");
+    o.family("wal_archive_lag_seconds", "gauge", "How long a completed WAL segment has waited to be archived (0: none waits).");
+    o.family("wal_last_archived_timestamp_seconds", "gauge", "When the newest WAL segment was archived (Unix time).");
+    o.family("wal_last_archived_segment_number", "gauge", "The newest archived WAL segment, as a number (its name's log * 2^32 + seg).");
+    o.family("wal_receiver_up", "gauge", "1 while pg_receivewal runs (wal.method stream).");
+    o.family("wal_receiver_restarts_total", "counter", "Times pg_receivewal exited or could not start and was restarted.");
+    o.family("wal_spool_bytes", "gauge", "Bytes of received WAL in the spool.");
+    o.family("wal_segments_stored_total", "counter", "WAL files the receiver stored, per target.");
+    o.family("wal_slot_retained_bytes", "gauge", "WAL the replication slot holds back on the server.");
+    o.family("wal_server_up", "gauge", "1 when the server answered the WAL monitor's last question.");
+    if let (Some(w), Some(wal)) = (&s.wal, &config.wal) {
+        let l = [("cluster", w.cluster.as_str())];
+        if let Some(v) = w.archive_lag_bytes {
+            o.sample("wal_archive_lag_bytes", &l, v as f64);
+        }
+        if let Some(v) = w.archive_lag_seconds {
+            o.sample("wal_archive_lag_seconds", &l, v);
+        }
+        if let Some(t) = w.last_archived_at {
+            o.sample("wal_last_archived_timestamp_seconds", &l, ts(t));
+        }
+        if let Some(seg) = w.last_archived_segment.as_deref().and_then(crate::wal::names::SegmentName::parse) {
+            o.sample("wal_last_archived_segment_number", &l, ((seg.log as u64) << 32 | seg.seg as u64) as f64);
+        }
+        if wal.method == crate::config::WalMethod::Stream {
+            o.sample("wal_receiver_up", &l, if w.receiver_running { 1.0 } else { 0.0 });
+            o.sample("wal_receiver_restarts_total", &l, w.receiver_restarts as f64);
+            o.sample("wal_spool_bytes", &l, w.spool_bytes as f64);
+            for (t, n) in &w.stored_per_target {
+                o.sample("wal_segments_stored_total", &[("cluster", &w.cluster), ("target", t)], *n as f64);
+            }
+        }
+        if let Some(v) = w.slot_retained_bytes {
+            o.sample("wal_slot_retained_bytes", &[("cluster", &w.cluster), ("slot", &wal.slot)], v as f64);
+        }
+        if w.checked_at.is_some() {
+            o.sample("wal_server_up", &l, if w.server_error.is_none() { 1.0 } else { 0.0 });
+        }
+    }
+
     // the daemon
     o.family("jobs_running", "gauge", "Jobs running now.");
     o.sample("jobs_running", &[], s.running.len() as f64);

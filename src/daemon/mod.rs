@@ -156,8 +156,42 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
         tracing::info!(reports = pruned, "old reports deleted");
     }
 
+    // WAL: the monitor (both methods) and, for `method: stream`, the receiver
+    let wal_status: Option<crate::wal::receiver::Shared> = generation.config.wal.as_ref().map(|w| {
+        Arc::new(std::sync::Mutex::new(crate::wal::receiver::WalStatus {
+            cluster: w.name.clone(),
+            method: w.method.name().to_owned(),
+            ..Default::default()
+        }))
+    });
+    let receiver_stop = cancel.child_token();
+    let mut wal_tasks = Vec::new();
+    if let (Some(w), Some(status)) = (&generation.config.wal, &wal_status) {
+        let current: crate::wal::receiver::Current = {
+            let shared = shared.clone();
+            Arc::new(move || {
+                let g = shared.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+                (g.config.clone(), g.repository.clone())
+            })
+        };
+        board.track_wal(status.clone());
+        wal_tasks.push(crate::tasks::spawn(crate::wal::receiver::monitor(
+            current.clone(),
+            status.clone(),
+            services.clone(),
+        )));
+        if w.method == crate::config::WalMethod::Stream {
+            wal_tasks.push(crate::tasks::spawn(crate::wal::receiver::supervise(
+                current,
+                status.clone(),
+                receiver_stop.clone(),
+            )));
+        }
+    }
+
     let mut runs = Runs::default();
     catch_up(&shared, &generation, &sched, &last_fulls, &mut runs).await;
+    first_base_backup(&shared, &generation, &sched, &mut runs).await;
     shared.refresh_target_stats();
 
     // the main loop: fire what is due, then sleep until the next run (waking at least every
@@ -220,6 +254,11 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
             }
         }
         shared.jobs.wait().await;
+    }
+    // the receiver stores what it received, the partial segment too, before the daemon goes
+    receiver_stop.cancel();
+    for t in wal_tasks {
+        let _ = t.await;
     }
     // alerts about the last runs still go out
     notifier.flush(Duration::from_secs(10)).await;
@@ -313,10 +352,58 @@ async fn catch_up(
     }
 }
 
+/// At start, with WAL archiving configured and no base backup of the cluster in the repository:
+/// takes the first one now (through the base_backup schedule's entry when there is one), so the
+/// archived WAL has something to restore from.
+async fn first_base_backup(shared: &Arc<Shared>, generation: &Arc<Generation>, sched: &Scheduler, runs: &mut Runs) {
+    let Some(wal) = &generation.config.wal else { return };
+    let subject = Subject::Cluster(wal.name.clone());
+    match generation.repository.latest(&subject, None).await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(subject = %subject, error = %format!("{e:#}"), "cannot tell whether a base backup exists");
+            return;
+        }
+    }
+    let entry = match sched.entries.iter().find(|e| e.kind == JobKind::BaseBackup) {
+        Some(e) => e.clone(),
+        None => {
+            tracing::warn!(
+                cluster = %wal.name,
+                "no base_backup schedule: only this first base backup is taken, and WAL accumulates from it"
+            );
+            scheduler::Entry {
+                kind: JobKind::BaseBackup,
+                schedule: crate::schedule::Schedule::parse("@yearly", None).expect("a valid schedule"),
+                subjects: vec![subject.clone()],
+                overlap: crate::config::Overlap::Skip,
+                catch_up: false,
+                timeout: None,
+                next: None,
+            }
+        }
+    };
+    tracing::info!(cluster = %wal.name, "no base backup of the cluster yet: taking the first one now");
+    dispatch(shared, generation, &entry, &subject, Trigger::CatchUp, runs);
+}
+
 /// Sends one `stale` alert per database whose newest full backup is older than its max age
-/// (whether or not a job ran), and re-arms it once the database is fresh.
+/// (whether or not a job ran), and per WAL problem (archive behind, server silent, slot holding
+/// back WAL), and re-arms each once it is fresh again.
 fn check_staleness(board: &Board, config: &Config, notifier: &Notifier, now: DateTime<Utc>) {
+    board.sync_wal();
     let problems = board.update(|s| status::problems(s, config, now));
+    for key in status::wal_alert_keys(config) {
+        match problems.iter().find(|p| p.stale && p.database == key) {
+            Some(p) => {
+                let mut event = Event::new(EventKind::Stale, "wal_archiving", &key, now);
+                event.error = Some(p.message.clone());
+                notifier.stale(event);
+            }
+            None => notifier.fresh(&key),
+        }
+    }
     for db in &config.databases {
         match problems.iter().find(|p| p.stale && p.database == db.name) {
             Some(p) => {

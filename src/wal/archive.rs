@@ -111,7 +111,9 @@ impl WalArchive {
 
     /// Stores `raw` as `file` on every target that does not hold it yet. Pushing a file that is
     /// already archived with the same contents succeeds (PostgreSQL retries after a crash);
-    /// one archived with different contents is an error, and nothing is overwritten.
+    /// one archived with different contents is an error, and nothing is overwritten, except for a
+    /// partial segment: it grows while the receiver writes it, and the newer copy replaces the
+    /// older one once it is stored.
     pub async fn push(&self, file: WalFile, raw: Bytes) -> Result<Pushed> {
         let name = file.to_string();
         // hashed and compressed at once (a re-push, which wastes the compression, is rare)
@@ -130,6 +132,9 @@ impl WalArchive {
             };
             if copies.iter().any(|c| c.sha256 == sha) {
                 pushed.already.push(t.name().to_owned());
+            } else if matches!(file, WalFile::Partial(_)) {
+                // a partial segment grows: a newer copy supersedes the stored one (removed below)
+                missing.push((t, copies));
             } else if let Some(other) = copies.first() {
                 bail!(
                     "{name} is already archived on {} with different contents (stored SHA-256 {}, this file {sha}); \
@@ -142,7 +147,7 @@ impl WalArchive {
                     other.key
                 );
             } else {
-                missing.push(t);
+                missing.push((t, copies));
             }
         }
         if missing.is_empty() {
@@ -157,9 +162,17 @@ impl WalArchive {
             self.level.is_some(),
             self.encrypting().is_some(),
         );
-        for t in missing {
+        for (t, superseded) in missing {
             match t.store.put(&key, stored.clone()).await {
-                Ok(()) => pushed.written.push(t.name().to_owned()),
+                Ok(()) => {
+                    pushed.written.push(t.name().to_owned());
+                    let old: Vec<String> = superseded.into_iter().map(|c| c.key).collect();
+                    if !old.is_empty()
+                        && let Err(e) = t.store.delete(&old).await
+                    {
+                        pushed.warnings.push(format!("an older copy of {name} stays on {}: {e:#}", t.name()));
+                    }
+                }
                 Err(e) if !t.required => {
                     pushed.warnings.push(format!("optional target {} does not hold {name}: {e:#}", t.name()))
                 }

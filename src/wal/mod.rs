@@ -1,7 +1,7 @@
 //! Continuous archiving of a cluster's WAL: the files PostgreSQL archives (`names`), timelines and
 //! the gaps in an archive (`timeline`), the archive in the repository (`archive`), its
 //! verification (`check`), what retention deletes of it (`expire`), the moments it reaches (`window`),
-//! and the two commands PostgreSQL calls, `archive-push %p`
+//! the daemon's streaming and watching of it (`receiver`), and the two commands PostgreSQL calls, `archive-push %p`
 //! (`archive_command`) and `archive-get %f %p` (`restore_command`).
 //!
 //! The archive is per system identifier: it is read from the segment's own page header (and from
@@ -12,6 +12,7 @@ pub mod archive;
 pub mod check;
 pub mod expire;
 pub mod names;
+pub mod receiver;
 pub mod timeline;
 pub mod window;
 
@@ -63,12 +64,21 @@ fn data_directory(path: &Path, pgdata: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Where the system identifier of a file without a page header (a history file) comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum SystemOf<'a> {
+    /// The data directory's `pg_control` (`--pgdata`, else found from the file's path).
+    DataDirectory(Option<&'a Path>),
+    /// Known already (the receiver asked the server).
+    Known(u64),
+}
+
 /// `archive-push PATH`: one file PostgreSQL completed, into the archive on every target.
 pub async fn push(
     config: &Config,
     repository: &Repository,
     path: &Path,
-    pgdata: Option<&Path>,
+    system: SystemOf<'_>,
 ) -> Result<(WalFile, Pushed)> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let file = WalFile::parse(name).with_context(|| {
@@ -91,13 +101,19 @@ pub async fn push(
         }
         header.system_identifier
     } else {
-        let dir = data_directory(path, pgdata);
-        control_system_identifier(&dir).map_err(|e| {
-            anyhow::anyhow!(
-                "{name} has no header naming its cluster and its data directory's system identifier is unreadable \
-                 ({e}): run archive-push from the data directory (archive_command does) or pass --pgdata"
-            )
-        })?
+        match system {
+            SystemOf::Known(id) => id,
+            SystemOf::DataDirectory(pgdata) => {
+                let dir = data_directory(path, pgdata);
+                control_system_identifier(&dir).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{name} has no header naming its cluster and its data directory's system identifier is \
+                         unreadable ({e}): run archive-push from the data directory (archive_command does) or pass \
+                         --pgdata"
+                    )
+                })?
+            }
+        }
     };
     let archive = open(config, repository, system_identifier)?;
     let pushed = archive.push(file, Bytes::from(raw)).await?;
