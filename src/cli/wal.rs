@@ -42,8 +42,11 @@ pub async fn flush(ctx: &JobContext) -> Result<ExitCode> {
     for name in &pass.stored {
         say!("stored {name}");
     }
-    if pass.stored.is_empty() {
-        say!("nothing new in the spool ({} already stored)", pass.already.len());
+    for name in &pass.already {
+        say!("already stored {name}");
+    }
+    if pass.stored.is_empty() && pass.already.is_empty() {
+        say!("the spool {} holds nothing to store", crate::wal::settings(&ctx.config)?.spool_dir.display());
     }
     if let Some(e) = &pass.error {
         tell!("error: {e}: it stays in the spool; the daemon's receiver retries it");

@@ -178,7 +178,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
         wal_tasks.push(crate::tasks::spawn(crate::wal::receiver::monitor(
             current.clone(),
             status.clone(),
-            services.clone(),
+            receiver_stop.clone(),
         )));
         if w.method == crate::config::WalMethod::Stream {
             wal_tasks.push(crate::tasks::spawn(crate::wal::receiver::supervise(
@@ -211,7 +211,9 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
             .map(|t| (t - clock.now()).to_std().unwrap_or_default())
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(60))
-            .min(next_staleness(&board, &generation.config, clock.now()).unwrap_or(Duration::MAX));
+            .min(next_staleness(&board, &generation.config, clock.now()).unwrap_or(Duration::MAX))
+            // the WAL monitor's findings are judged as they come
+            .min(if wal_status.is_some() { crate::wal::receiver::MONITOR_INTERVAL } else { Duration::MAX });
         tokio::select! {
             signal = signals.recv() => match signal {
                 Some(Signal::Reload) => {
@@ -255,7 +257,8 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
         }
         shared.jobs.wait().await;
     }
-    // the receiver stores what it received, the partial segment too, before the daemon goes
+    // the receiver stores what it received, the partial segment too, before the daemon goes;
+    // the monitor stops with it
     receiver_stop.cancel();
     for t in wal_tasks {
         let _ = t.await;

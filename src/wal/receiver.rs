@@ -369,12 +369,20 @@ pub async fn supervise(current: Current, status: Shared, cancel: CancellationTok
     // the last completed segments and the partial one
     if let Some(id) = system {
         let (config, repo) = current();
-        store(&mut spool, &config, &repo, id, true, &status).await;
-        tracing::info!(spool = %spool.dir.display(), "WAL receiver stopped; the partial segment is stored");
+        let stored = store(&mut spool, &config, &repo, id, true, &status).await;
+        tracing::info!(spool = %spool.dir.display(), stored = ?stored, "WAL receiver stopped; what it received is stored");
     }
 }
 
-async fn store(spool: &mut Spool, config: &Config, repo: &Repository, id: u64, partial: bool, status: &Shared) {
+/// One pass over the spool, its findings logged and counted; returns the files it stored.
+async fn store(
+    spool: &mut Spool,
+    config: &Config,
+    repo: &Repository,
+    id: u64,
+    partial: bool,
+    status: &Shared,
+) -> Vec<String> {
     match spool.pass(config, repo, id, partial).await {
         Ok(p) => {
             for w in &p.warnings {
@@ -407,8 +415,12 @@ async fn store(spool: &mut Spool, config: &Config, repo: &Repository, id: u64, p
             for name in &p.stored {
                 tracing::debug!(file = %name, "received WAL stored");
             }
+            p.stored
         }
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot read the WAL spool"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the WAL spool");
+            Vec::new()
+        }
     }
 }
 

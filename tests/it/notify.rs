@@ -11,22 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 /// A local HTTP server that records every request and answers 200 (404 with the path under
 /// `/missing/`).
-struct Receiver {
-    addr: String,
+pub(crate) struct Receiver {
+    pub(crate) addr: String,
     got: Arc<Mutex<Vec<Request>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let got: Arc<Mutex<Vec<Request>>> = Arc::default();
@@ -80,12 +80,12 @@ impl Receiver {
         Receiver { addr, got }
     }
 
-    fn to(&self, path: &str) -> Vec<Request> {
+    pub(crate) fn to(&self, path: &str) -> Vec<Request> {
         self.got.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -131,7 +131,7 @@ impl Drop for Daemon {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
@@ -202,7 +202,7 @@ fn the_alert_rules_pass_promtool() {
     assert!(text.contains("SUCCESS"), "{text}");
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
 }
 

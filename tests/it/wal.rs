@@ -669,7 +669,7 @@ fn retention_keeps_exactly_the_wal_the_kept_base_backups_need_and_list_shows_the
     };
     let before = a.stored();
     let doomed = older(&before);
-    assert!(doomed.iter().any(|n| *n == old_start), "{doomed:?}");
+    assert!(doomed.contains(&old_start), "{doomed:?}");
 
     // the plan names both backups and the WAL, and deletes nothing
     let plan = a.run_as_server(&["retention", "--dry-run"]);
@@ -711,4 +711,247 @@ fn retention_keeps_exactly_the_wal_the_kept_base_backups_need_and_list_shows_the
     assert_eq!(entry["wal"]["start_wal"], keep_from.as_str(), "{entry}");
     assert_eq!(entry["wal"]["reach"][0]["last_segment"], last.as_str(), "{entry}");
     assert!(entry["wal"]["reach"][0]["until"].is_string(), "{entry}");
+}
+
+/// A cluster that archives nothing itself, and a config whose daemon streams its WAL
+/// (`method: stream`) into a local repository, serving /metrics on `port`.
+struct Streaming {
+    cluster: Cluster,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Streaming {
+    fn start(extra: &str) -> Streaming {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let cluster = Cluster::start_with(dir.path(), &[("wal_level", "replica"), ("max_wal_senders", "5")])
+            .expect("a cluster");
+        let port = crate::notify::free_port();
+        let config = dir.path().join("pgbackd.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "local_backup_dir: {repo}\nreports: {{dir: {reports}}}\nmonitoring: {{listen: 127.0.0.1:{port}}}\n\
+                 wal:\n  name: main\n  method: stream\n  spool_dir: {spool}\n  \
+                 server: {{host: 127.0.0.1, port: {pg}, username: postgres}}\n{extra}",
+                repo = dir.path().join("repository").display(),
+                reports = dir.path().join("reports").display(),
+                spool = dir.path().join("spool").display(),
+                pg = cluster.port,
+            ),
+        )
+        .unwrap();
+        Streaming { cluster, config, dir, port }
+    }
+
+    fn daemon(&self) -> Daemon {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .args(["--log-format", "json", "run"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map(Daemon)
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        self.cluster.psql("postgres", sql).unwrap()
+    }
+
+    fn switch(&self) -> String {
+        self.psql("create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 20000) g");
+        let lsn = self.psql("select pg_switch_wal()");
+        self.psql(&format!("select pg_walfile_name('{lsn}')"))
+    }
+
+    /// The archived file names (segments, partials, history files).
+    fn archived(&self) -> Vec<String> {
+        walk(&self.dir.path().join("repository/clusters/main/wal"))
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().split('-').next().unwrap().to_owned())
+            .collect()
+    }
+
+    fn wait_stored(&self, file: &str) {
+        let start = Instant::now();
+        while !self.archived().iter().any(|n| n == file) {
+            assert!(start.elapsed() < Duration::from_secs(60), "{file} not stored after 60 s; daemon log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN).arg("-c").arg(&self.config).args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        crate::notify::http_get(self.port, "/metrics").map(|(_, t)| t).unwrap_or_default()
+    }
+}
+
+/// A daemon that a failing test does not leave behind.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The pids of the processes whose command line holds `needle`.
+fn pids_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn streaming_survives_a_server_restart_and_a_killed_receiver_without_losing_a_segment() {
+    let s = Streaming::start("");
+    let mut daemon = s.daemon();
+    // the slot is created, and the first base backup taken without a schedule
+    wait_for("the first base backup", Duration::from_secs(90), || {
+        let listed = s.run(&["list", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&listed.stdout)
+            .is_ok_and(|j| j.as_array().is_some_and(|a| a.iter().any(|b| b["kind"] == "base")))
+    });
+    assert_eq!(s.psql("select slot_type from pg_replication_slots where slot_name = 'pgbackd_main'"), "physical");
+    for _ in 0..2 {
+        let seg = s.switch();
+        s.wait_stored(&seg);
+    }
+
+    // pg_receivewal killed: it is restarted and continues where it was
+    let spool = s.dir.path().join("spool").display().to_string();
+    let receivers = pids_with(&format!("--directory {spool}"));
+    assert_eq!(receivers.len(), 1, "{receivers:?}\n{}", s.log());
+    crate::harness::send_signal(receivers[0] as u32, libc::SIGKILL, false);
+    let seg = s.switch();
+    s.wait_stored(&seg);
+    wait_for("a new receiver", Duration::from_secs(30), || {
+        pids_with(&format!("--directory {spool}")).iter().any(|p| *p != receivers[0])
+    });
+
+    // the server restarted: the receiver loses its connection, and comes back
+    s.cluster.restart().unwrap();
+    for _ in 0..2 {
+        let seg = s.switch();
+        s.wait_stored(&seg);
+    }
+    let metrics = s.metrics();
+    let restarts = crate::notify::metric(&metrics, "pgbackd_wal_receiver_restarts_total{cluster=\"main\"}");
+    assert!(restarts.is_some_and(|r| r >= 2.0), "{metrics}");
+    assert!(
+        crate::notify::metric(&metrics, "pgbackd_wal_segments_stored_total{cluster=\"main\",target=\"local\"}")
+            .is_some_and(|n| n >= 5.0),
+        "{metrics}"
+    );
+    // the spool keeps only the newest completed segment and the partial one
+    let spooled: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".partial"))
+        .collect();
+    assert!(spooled.len() <= 2, "{spooled:?}");
+
+    // wal-flush stores the partial segment the receiver is writing
+    s.psql("create table flushed as select 1 as one");
+    wait_for("the receiver's partial segment", Duration::from_secs(30), || {
+        std::fs::read_dir(&spool).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    });
+    let flushed = s.run(&["wal-flush"]);
+    let out = String::from_utf8_lossy(&flushed.stdout).into_owned();
+    assert!(flushed.status.success(), "{out}{}", stderr(&flushed));
+    assert!(out.contains(".partial"), "{out}{}", stderr(&flushed));
+    assert!(s.archived().iter().any(|n| n.ends_with(".partial")), "{:?}", s.archived());
+
+    // a clean stop: no segment from the base backup's start on is missing
+    crate::harness::send_signal(daemon.id(), libc::SIGTERM, false);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{}", s.log());
+    assert!(s.log().contains("what it received is stored"), "{}", s.log());
+    let verify = s.run(&["verify", "--wal", "--deep"]);
+    let out = String::from_utf8_lossy(&verify.stdout).into_owned();
+    assert!(verify.status.success(), "{out}{}", stderr(&verify));
+}
+
+#[test]
+fn a_slot_nobody_reads_alerts_and_fails_readyz() {
+    let hooks = crate::notify::Receiver::start();
+    // a receiver that never runs: the slot is created and holds the server's WAL back
+    let s = Streaming::start(&format!(
+        "  slot_lag_alert: 1MiB\ndaemon: {{shutdown_grace: 2s}}\nnotifications:\n  webhooks:\n    - name: ops\n      url: http://{}/hook\n",
+        hooks.addr
+    ));
+    let fake = s.dir.path().join("bin");
+    std::fs::create_dir(&fake).unwrap();
+    for tool in ["pg_basebackup", "pg_dump", "pg_restore", "psql", "pg_verifybackup"] {
+        std::os::unix::fs::symlink(s.cluster.bin().join(tool), fake.join(tool)).unwrap();
+    }
+    let script = fake.join("pg_receivewal");
+    std::fs::write(&script, "#!/bin/sh\necho 'pg_receivewal: error: could not connect: nothing here' >&2\nexit 1\n")
+        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("pg_bin_dir: {}\n", fake.display()));
+    std::fs::write(&s.config, text).unwrap();
+    let mut daemon = s.daemon();
+    wait_for("the slot", Duration::from_secs(30), || {
+        s.cluster
+            .psql("postgres", "select count(*) from pg_replication_slots where slot_name = 'pgbackd_main'")
+            .is_ok_and(|n| n == "1")
+    });
+    for _ in 0..3 {
+        s.switch();
+    }
+    wait_for("the slot alert", Duration::from_secs(60), || !hooks.to("/hook").is_empty());
+    let got = hooks.to("/hook");
+    let v: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    let text = v["text"].as_str().unwrap_or_default();
+    assert!(text.contains("replication slot pgbackd_main holds back") && text.contains("no receiver uses it"), "{v}");
+    let (code, body) = crate::notify::http_get(s.port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    let metrics = s.metrics();
+    let held = crate::notify::metric(&metrics, "pgbackd_wal_slot_retained_bytes{cluster=\"main\",slot=\"pgbackd_main\"}");
+    assert!(held.is_some_and(|b| b > 1048576.0), "{metrics}");
+    assert!(crate::notify::metric(&metrics, "pgbackd_wal_receiver_up{cluster=\"main\"}") == Some(0.0), "{metrics}");
+    assert!(s.log().contains("nothing here"), "LOG{}", s.log());
+    crate::harness::send_signal(daemon.id(), libc::SIGTERM, false);
+    let _ = daemon.wait();
 }
