@@ -227,7 +227,10 @@ pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Resul
             if let (Some(w), Some(bw)) = (wal, e.wal.as_mut()) {
                 for a in &w.archives {
                     bw.reach.extend(
-                        a.reach.iter().filter(|r| r.backup_id == l.manifest.id).map(|r| TargetReach { target: &a.target, reach: r }),
+                        a.reach
+                            .iter()
+                            .filter(|r| r.backup_id == l.manifest.id)
+                            .map(|r| TargetReach { target: &a.target, reach: r }),
                     );
                 }
             }
@@ -285,7 +288,11 @@ fn print_wal(out: &mut impl Write, wal: Option<&WalSummaries>) -> Result<()> {
     let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     writeln!(out)?;
     if w.archives.is_empty() && w.errors.is_empty() {
-        writeln!(out, "WAL of cluster {}: nothing archived yet (archive_command = 'pgbackd archive-push %p')", w.cluster)?;
+        writeln!(
+            out,
+            "WAL of cluster {}: nothing archived yet (archive_command = 'pgbackd archive-push %p')",
+            w.cluster
+        )?;
     }
     for a in &w.archives {
         writeln!(

@@ -8,8 +8,13 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 pub async fn push(ctx: &JobContext, args: &ArchivePushArgs) -> Result<ExitCode> {
-    let (file, pushed) = crate::wal::push(&ctx.config, &ctx.repository, &args.path, crate::wal::SystemOf::DataDirectory(args.pgdata.as_deref()))
-        .await?;
+    let (file, pushed) = crate::wal::push(
+        &ctx.config,
+        &ctx.repository,
+        &args.path,
+        crate::wal::SystemOf::DataDirectory(args.pgdata.as_deref()),
+    )
+    .await?;
     for w in &pushed.warnings {
         tell!("warning: {w}");
     }

@@ -133,11 +133,23 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
 
     // the WAL archive (with a wal: section)
     o.family("wal_archive_lag_bytes", "gauge", "Server WAL beyond the end of the newest archived segment.");
-    o.family("wal_archive_lag_seconds", "gauge", "How long a completed WAL segment has waited to be archived (0: none waits).");
+    o.family(
+        "wal_archive_lag_seconds",
+        "gauge",
+        "How long a completed WAL segment has waited to be archived (0: none waits).",
+    );
     o.family("wal_last_archived_timestamp_seconds", "gauge", "When the newest WAL segment was archived (Unix time).");
-    o.family("wal_last_archived_segment_number", "gauge", "The newest archived WAL segment, as a number (its name's log * 2^32 + seg).");
+    o.family(
+        "wal_last_archived_segment_number",
+        "gauge",
+        "The newest archived WAL segment, as a number (its name's log * 2^32 + seg).",
+    );
     o.family("wal_receiver_up", "gauge", "1 while pg_receivewal runs (wal.method stream).");
-    o.family("wal_receiver_restarts_total", "counter", "Times pg_receivewal exited or could not start and was restarted.");
+    o.family(
+        "wal_receiver_restarts_total",
+        "counter",
+        "Times pg_receivewal exited or could not start and was restarted.",
+    );
     o.family("wal_spool_bytes", "gauge", "Bytes of received WAL in the spool.");
     o.family("wal_segments_stored_total", "counter", "WAL files the receiver stored, per target.");
     o.family("wal_slot_retained_bytes", "gauge", "WAL the replication slot holds back on the server.");

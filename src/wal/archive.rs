@@ -63,7 +63,13 @@ impl Archived {
     /// The archived file a listed object is, if it is one.
     pub fn from_listing(o: &ObjectInfo) -> Option<Archived> {
         let (f, sha, _, _) = keys::parse_wal_object(&o.key)?;
-        Some(Archived { file: WalFile::parse(f)?, sha256: sha.to_owned(), key: o.key.clone(), stored_bytes: o.size, modified: o.modified })
+        Some(Archived {
+            file: WalFile::parse(f)?,
+            sha256: sha.to_owned(),
+            key: o.key.clone(),
+            stored_bytes: o.size,
+            modified: o.modified,
+        })
     }
 }
 

@@ -247,16 +247,15 @@ pub async fn ensure_slot(wal: &WalSettings) -> Result<bool> {
             Ok(false)
         }
         None => {
-            client
-                .execute("select pg_create_physical_replication_slot($1, true)", &[&wal.slot])
-                .await
-                .with_context(|| {
+            client.execute("select pg_create_physical_replication_slot($1, true)", &[&wal.slot]).await.with_context(
+                || {
                     format!(
                         "creating the replication slot {} (the user needs the REPLICATION attribute, and the server \
                          max_replication_slots > its slots in use)",
                         wal.slot
                     )
-                })?;
+                },
+            )?;
             tracing::info!(slot = %wal.slot, "replication slot created");
             Ok(true)
         }
@@ -590,8 +589,8 @@ mod tests {
 
     #[test]
     fn the_lag_counts_from_the_end_of_the_newest_archived_segment() {
-        let config = Config::from_yaml("local_backup_dir: /r\nwal: {name: main, method: stream}\n", "t", &|_| None)
-            .unwrap();
+        let config =
+            Config::from_yaml("local_backup_dir: /r\nwal: {name: main, method: stream}\n", "t", &|_| None).unwrap();
         let wal = config.wal.clone().unwrap();
         let now = Utc::now();
         let mut s = WalStatus {

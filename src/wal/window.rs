@@ -75,8 +75,10 @@ async fn summarise_one(
     files: &[Archived],
     bases: &[&Manifest],
 ) -> anyhow::Result<ArchiveSummary> {
-    let segments: BTreeMap<SegmentName, &Archived> =
-        files.iter().filter_map(|f| f.file.segment().filter(|_| matches!(f.file, WalFile::Segment(_))).map(|s| (s, f))).collect();
+    let segments: BTreeMap<SegmentName, &Archived> = files
+        .iter()
+        .filter_map(|f| f.file.segment().filter(|_| matches!(f.file, WalFile::Segment(_))).map(|s| (s, f)))
+        .collect();
     let timeline = files.iter().map(|f| f.file.timeline()).max().unwrap_or(1);
     let mut s = ArchiveSummary {
         target: target.name().to_owned(),

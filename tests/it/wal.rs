@@ -336,6 +336,26 @@ fn encrypted_wal_needs_the_identity_to_come_back_and_reaches_s3() {
         &a.cluster.data(),
     );
     assert!(from_s3.status.success(), "{}", stderr(&from_s3));
+
+    // a base backup: encrypted on both targets, deep-verified from S3 with its WAL
+    let readable = a.dir.path().join("identity.txt");
+    std::fs::copy(&identity, &readable).unwrap();
+    a.cluster.give_to_server(&readable).unwrap();
+    let taken = a.run_as_server(&["base-backup"]);
+    assert!(taken.status.success(), "{}", stderr(&taken));
+    let id = String::from_utf8_lossy(&taken.stdout).trim().to_owned();
+    let s3_keys = server.keys(&bucket);
+    for file in ["base.tar.zst.age", "backup_manifest.zst.age", "manifest.json"] {
+        assert!(s3_keys.iter().any(|k| k.contains(&id) && k.ends_with(file)), "{file} on S3: {s3_keys:?}");
+    }
+    let local = a.dir.path().join(format!("repository/clusters/main/{id}"));
+    std::fs::remove_dir_all(&local).unwrap();
+    let deep = a.run_as_server(&["verify", "--deep", &id, "--identity", &readable.to_string_lossy()]);
+    let out = String::from_utf8_lossy(&deep.stdout).into_owned();
+    assert!(out.contains("pg_verifybackup") && out.contains("offsite"), "{out}{}", stderr(&deep));
+    // the local copy is gone: that target fails, S3's passes
+    assert_eq!(deep.status.code(), Some(1), "{out}");
+    assert!(out.contains("local"), "{out}");
 }
 
 /// One value from a recovered copy's server on `port`.
@@ -705,8 +725,7 @@ fn retention_keeps_exactly_the_wal_the_kept_base_backups_need_and_list_shows_the
     let out = String::from_utf8_lossy(&listed.stdout).into_owned();
     assert!(out.contains(&format!("segments {keep_from} .. {last} (timeline 1)")), "{out}");
     assert!(out.contains(&format!("base backup {new}: restorable from ")), "{out}");
-    let json: serde_json::Value =
-        serde_json::from_slice(&a.run(&["list", "--json"], Path::new("/")).stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&a.run(&["list", "--json"], Path::new("/")).stdout).unwrap();
     let entry = json.as_array().unwrap().iter().find(|e| e["id"] == new.as_str()).unwrap().clone();
     assert_eq!(entry["wal"]["start_wal"], keep_from.as_str(), "{entry}");
     assert_eq!(entry["wal"]["reach"][0]["last_segment"], last.as_str(), "{entry}");
@@ -726,8 +745,8 @@ impl Streaming {
     fn start(extra: &str) -> Streaming {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let cluster = Cluster::start_with(dir.path(), &[("wal_level", "replica"), ("max_wal_senders", "5")])
-            .expect("a cluster");
+        let cluster =
+            Cluster::start_with(dir.path(), &[("wal_level", "replica"), ("max_wal_senders", "5")]).expect("a cluster");
         let port = crate::notify::free_port();
         let config = dir.path().join("pgbackd.yaml");
         std::fs::write(
@@ -785,7 +804,11 @@ impl Streaming {
     fn wait_stored(&self, file: &str) {
         let start = Instant::now();
         while !self.archived().iter().any(|n| n == file) {
-            assert!(start.elapsed() < Duration::from_secs(60), "{file} not stored after 60 s; daemon log:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{file} not stored after 60 s; daemon log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -948,7 +971,8 @@ fn a_slot_nobody_reads_alerts_and_fails_readyz() {
     let (code, body) = crate::notify::http_get(s.port, "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
     let metrics = s.metrics();
-    let held = crate::notify::metric(&metrics, "pgbackd_wal_slot_retained_bytes{cluster=\"main\",slot=\"pgbackd_main\"}");
+    let held =
+        crate::notify::metric(&metrics, "pgbackd_wal_slot_retained_bytes{cluster=\"main\",slot=\"pgbackd_main\"}");
     assert!(held.is_some_and(|b| b > 1048576.0), "{metrics}");
     assert!(crate::notify::metric(&metrics, "pgbackd_wal_receiver_up{cluster=\"main\"}") == Some(0.0), "{metrics}");
     assert!(s.log().contains("nothing here"), "LOG{}", s.log());
