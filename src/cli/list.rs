@@ -20,7 +20,7 @@ pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
     };
     let listing = ctx.repository.listing(subject.as_ref()).await?;
     let wal = match (&ctx.config.wal, &subject) {
-        (Some(w), None) => Some(wal_summaries(ctx, &w.name, &listing).await),
+        (Some(w), None) => Some(wal_summaries(ctx, w, &listing).await),
         _ => None,
     };
     print(&listing, wal.as_ref(), args.json)?;
@@ -125,14 +125,22 @@ pub struct TargetReach<'a> {
 /// is reported as such).
 pub struct WalSummaries {
     pub cluster: String,
+    /// `wal.method: stream`.
+    pub stream: bool,
     pub archives: Vec<crate::wal::window::ArchiveSummary>,
     pub errors: Vec<String>,
 }
 
-async fn wal_summaries(ctx: &JobContext, cluster: &str, listing: &Listing) -> WalSummaries {
+async fn wal_summaries(ctx: &JobContext, wal: &crate::config::WalSettings, listing: &Listing) -> WalSummaries {
+    let cluster = wal.name.as_str();
     let bases: Vec<&crate::repo::Manifest> =
         listing.backups.iter().map(|l| &l.manifest).filter(|m| m.base_backup().is_some()).collect();
-    let mut out = WalSummaries { cluster: cluster.to_owned(), archives: Vec::new(), errors: Vec::new() };
+    let mut out = WalSummaries {
+        cluster: cluster.to_owned(),
+        stream: wal.method == crate::config::WalMethod::Stream,
+        archives: Vec::new(),
+        errors: Vec::new(),
+    };
     let repo = &ctx.repository;
     for t in repo.targets() {
         match crate::wal::window::summarise(cluster, t, repo.crypto().cloned(), &bases).await {
@@ -290,8 +298,13 @@ fn print_wal(out: &mut impl Write, wal: Option<&WalSummaries>) -> Result<()> {
     if w.archives.is_empty() && w.errors.is_empty() {
         writeln!(
             out,
-            "WAL of cluster {}: nothing archived yet (archive_command = 'pgbackd archive-push %p')",
-            w.cluster
+            "WAL of cluster {}: nothing archived yet ({})",
+            w.cluster,
+            if w.stream {
+                "the daemon's receiver stores it: is `pgbackd run` running? `pgbackd status` says"
+            } else {
+                "archive_command = 'pgbackd -c CONFIG archive-push %p'"
+            }
         )?;
     }
     for a in &w.archives {

@@ -144,6 +144,32 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
             )?;
         }
     }
+    if let Some(w) = &s.wal {
+        writeln!(out, "\nWAL of cluster {} ({})", w.cluster, w.method)?;
+        writeln!(
+            out,
+            "  last archived {}{}, lag {} ({} s waiting)",
+            w.last_archived_segment.as_deref().unwrap_or("none"),
+            w.last_archived_at.map(|t| format!(" {}", ago(t, now))).unwrap_or_default(),
+            w.archive_lag_bytes.map(crate::units::bytes).unwrap_or_else(|| "-".into()),
+            w.archive_lag_seconds.map(|l| format!("{l:.0}")).unwrap_or_else(|| "-".into())
+        )?;
+        if w.method == "stream" {
+            writeln!(
+                out,
+                "  receiver {}, {} restarts, spool {}, slot {} holds back {}{}",
+                if w.receiver_running { "running" } else { "NOT running" },
+                w.receiver_restarts,
+                crate::units::bytes(w.spool_bytes),
+                w.slot.as_deref().unwrap_or("-"),
+                w.slot_retained_bytes.map(crate::units::bytes).unwrap_or_else(|| "-".into()),
+                w.receiver_last_error.as_ref().map(|e| format!("\n  last error: {e}")).unwrap_or_default()
+            )?;
+        }
+        if let Some(e) = &w.server_error {
+            writeln!(out, "  server not answering: {e}")?;
+        }
+    }
     let c = &s.counters;
     writeln!(
         out,

@@ -306,10 +306,12 @@ pub async fn supervise(current: Current, status: Shared, cancel: CancellationTok
     while !cancel.is_cancelled() {
         let started = Instant::now();
         let outcome = async {
-            let id = match system {
-                Some(id) => id,
-                None => *system.insert(system_identifier(&wal).await?),
-            };
+            // asked at every start: a server replaced by a new initdb has a new archive
+            let id = system_identifier(&wal).await?;
+            if system.is_some_and(|old| old != id) {
+                tracing::warn!(was = system, now = id, "the server's system identifier changed: a new archive begins");
+            }
+            system = Some(id);
             ensure_slot(&wal).await?;
             let child = Running::spawn(&receivewal(&tools, &wal, &spool.dir))?;
             tracing::info!(pid = child.pid(), slot = %wal.slot, spool = %spool.dir.display(), "WAL receiver started");

@@ -116,7 +116,8 @@ async fn summarise_one(
             backup_id: m.id.clone(),
             from: m.finished_at,
             last_segment: last.map(|l| l.to_string()),
-            until: last.as_ref().and_then(modified),
+            // a backup's own last segment is archived before it commits: it reaches its end at least
+            until: last.as_ref().and_then(modified).map(|t| t.max(m.finished_at)),
             stops_at_gap: first_gap.map(|g| g.to_string()),
         });
     }
