@@ -145,7 +145,7 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
         }
     }
     if let Some(w) = &s.wal {
-        writeln!(out, "\nWAL of cluster {} ({})", w.cluster, w.method)?;
+        writeln!(out, "\nWAL of cluster {} ({})", w.cluster, w.method.name())?;
         writeln!(
             out,
             "  last archived {}{}, lag {} ({} s waiting)",
@@ -154,7 +154,7 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
             w.archive_lag_bytes.map(crate::units::bytes).unwrap_or_else(|| "-".into()),
             w.archive_lag_seconds.map(|l| format!("{l:.0}")).unwrap_or_else(|| "-".into())
         )?;
-        if w.method == "stream" {
+        if w.method == crate::config::WalMethod::Stream {
             writeln!(
                 out,
                 "  receiver {}, {} restarts, spool {}, slot {} holds back {}{}",

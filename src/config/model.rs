@@ -72,8 +72,10 @@ pub struct WalSettings {
 }
 
 /// `wal.method`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum WalMethod {
+    #[default]
     ArchiveCommand,
     Stream,
 }

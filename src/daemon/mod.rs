@@ -160,7 +160,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     let wal_status: Option<crate::wal::receiver::Shared> = generation.config.wal.as_ref().map(|w| {
         Arc::new(std::sync::Mutex::new(crate::wal::receiver::WalStatus {
             cluster: w.name.clone(),
-            method: w.method.name().to_owned(),
+            method: w.method,
             ..Default::default()
         }))
     });

@@ -40,8 +40,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WalStatus {
     pub cluster: String,
-    /// `archive_command` or `stream`.
-    pub method: String,
+    pub method: WalMethod,
     pub slot: Option<String>,
     /// pg_receivewal runs now (stream).
     pub receiver_running: bool,
@@ -230,8 +229,7 @@ impl Spool {
 }
 
 /// Creates the physical replication slot if it does not exist (reserving WAL at once).
-pub async fn ensure_slot(wal: &WalSettings) -> Result<bool> {
-    let client = pg::connect(&wal.server).await?;
+async fn ensure_slot(client: &tokio_postgres::Client, wal: &WalSettings) -> Result<bool> {
     let exists = client
         .query_opt("select slot_type::text from pg_replication_slots where slot_name = $1", &[&wal.slot])
         .await
@@ -263,8 +261,7 @@ pub async fn ensure_slot(wal: &WalSettings) -> Result<bool> {
 }
 
 /// The server's system identifier.
-pub async fn system_identifier(wal: &WalSettings) -> Result<u64> {
-    let client = pg::connect(&wal.server).await?;
+async fn system_identifier(client: &tokio_postgres::Client) -> Result<u64> {
     let row = client
         .query_one("select system_identifier::text from pg_control_system()", &[])
         .await
@@ -307,17 +304,18 @@ pub async fn supervise(current: Current, status: Shared, cancel: CancellationTok
         let started = Instant::now();
         let outcome = async {
             // asked at every start: a server replaced by a new initdb has a new archive
-            let id = system_identifier(&wal).await?;
+            let client = pg::connect(&wal.server).await?;
+            let id = system_identifier(&client).await?;
             if system.is_some_and(|old| old != id) {
                 tracing::warn!(was = system, now = id, "the server's system identifier changed: a new archive begins");
             }
             system = Some(id);
-            ensure_slot(&wal).await?;
+            ensure_slot(&client, &wal).await?;
+            drop(client);
             let child = Running::spawn(&receivewal(&tools, &wal, &spool.dir))?;
             tracing::info!(pid = child.pid(), slot = %wal.slot, spool = %spool.dir.display(), "WAL receiver started");
             update(&status, |s| s.receiver_running = true);
-            let stop = cancel.child_token();
-            let waiting = child.wait_or_stop(&stop, STOP_GRACE);
+            let waiting = child.wait_or_stop(&cancel, STOP_GRACE);
             tokio::pin!(waiting);
             let result = loop {
                 tokio::select! {
@@ -496,7 +494,7 @@ async fn observe(wal: &WalSettings) -> Result<Observation> {
 /// segment (the receiver's, else the archiver's) to the server's position.
 pub fn apply_observation(s: &mut WalStatus, wal: &WalSettings, o: &Observation, now: DateTime<Utc>) {
     s.cluster = wal.name.clone();
-    s.method = wal.method.name().to_owned();
+    s.method = wal.method;
     if wal.method == WalMethod::Stream {
         s.slot = Some(wal.slot.clone());
         s.slot_retained_bytes = o.slot_retained;
@@ -545,7 +543,7 @@ pub async fn flush(config: &Config, repository: &Repository) -> Result<Pass> {
          `select pg_switch_wal()` on the server"
     );
     let mut spool = Spool::open(wal)?;
-    let id = system_identifier(wal).await?;
+    let id = system_identifier(&pg::connect(&wal.server).await?).await?;
     spool.pass(config, repository, id, true).await
 }
 

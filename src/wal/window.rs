@@ -77,7 +77,10 @@ async fn summarise_one(
 ) -> anyhow::Result<ArchiveSummary> {
     let segments: BTreeMap<SegmentName, &Archived> = files
         .iter()
-        .filter_map(|f| f.file.segment().filter(|_| matches!(f.file, WalFile::Segment(_))).map(|s| (s, f)))
+        .filter_map(|f| match f.file {
+            WalFile::Segment(s) => Some((s, f)),
+            _ => None,
+        })
         .collect();
     let timeline = files.iter().map(|f| f.file.timeline()).max().unwrap_or(1);
     let mut s = ArchiveSummary {

@@ -70,9 +70,7 @@ impl Archiving {
 
     /// Writes some WAL and switches to a new segment; returns the name of the segment switched from.
     fn switch(&self) -> String {
-        self.psql("create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 20000) g");
-        let lsn = self.psql("select pg_switch_wal()");
-        self.psql(&format!("select pg_walfile_name('{lsn}')"))
+        switch_wal(&self.cluster)
     }
 
     /// Waits until PostgreSQL reports `segment` archived (or fails showing the server log).
@@ -115,6 +113,17 @@ impl Archiving {
         assert_eq!(found.len(), 1, "one copy of {file} expected: {found:?}");
         found.into_iter().next().unwrap()
     }
+}
+
+/// Writes some WAL on `cluster` and switches to a new segment; returns the name of the segment
+/// switched from.
+fn switch_wal(cluster: &Cluster) -> String {
+    let psql = |sql: &str| cluster.psql("postgres", sql).unwrap();
+    psql(
+        "create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 20000) g",
+    );
+    let lsn = psql("select pg_switch_wal()");
+    psql(&format!("select pg_walfile_name('{lsn}')"))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -788,9 +797,7 @@ impl Streaming {
     }
 
     fn switch(&self) -> String {
-        self.psql("create table if not exists churn (v text); insert into churn select md5(g::text) from generate_series(1, 20000) g");
-        let lsn = self.psql("select pg_switch_wal()");
-        self.psql(&format!("select pg_walfile_name('{lsn}')"))
+        switch_wal(&self.cluster)
     }
 
     /// The archived file names (segments, partials, history files).
@@ -855,20 +862,12 @@ fn pids_with(needle: &str) -> Vec<i32> {
         .collect()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn streaming_survives_a_server_restart_and_a_killed_receiver_without_losing_a_segment() {
     let s = Streaming::start("");
     let mut daemon = s.daemon();
     // the slot is created, and the first base backup taken without a schedule
-    wait_for("the first base backup", Duration::from_secs(90), || {
+    crate::notify::wait_until("the first base backup", Duration::from_secs(90), || {
         let listed = s.run(&["list", "--json"]);
         serde_json::from_slice::<serde_json::Value>(&listed.stdout)
             .is_ok_and(|j| j.as_array().is_some_and(|a| a.iter().any(|b| b["kind"] == "base")))
@@ -886,7 +885,7 @@ fn streaming_survives_a_server_restart_and_a_killed_receiver_without_losing_a_se
     crate::harness::send_signal(receivers[0] as u32, libc::SIGKILL, false);
     let seg = s.switch();
     s.wait_stored(&seg);
-    wait_for("a new receiver", Duration::from_secs(30), || {
+    crate::notify::wait_until("a new receiver", Duration::from_secs(30), || {
         pids_with(&format!("--directory {spool}")).iter().any(|p| *p != receivers[0])
     });
 
@@ -915,7 +914,7 @@ fn streaming_survives_a_server_restart_and_a_killed_receiver_without_losing_a_se
 
     // wal-flush stores the partial segment the receiver is writing
     s.psql("create table flushed as select 1 as one");
-    wait_for("the receiver's partial segment", Duration::from_secs(30), || {
+    crate::notify::wait_until("the receiver's partial segment", Duration::from_secs(30), || {
         std::fs::read_dir(&spool).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
     });
     let flushed = s.run(&["wal-flush"]);
@@ -955,7 +954,7 @@ fn a_slot_nobody_reads_alerts_and_fails_readyz() {
     text.push_str(&format!("pg_bin_dir: {}\n", fake.display()));
     std::fs::write(&s.config, text).unwrap();
     let mut daemon = s.daemon();
-    wait_for("the slot", Duration::from_secs(30), || {
+    crate::notify::wait_until("the slot", Duration::from_secs(30), || {
         s.cluster
             .psql("postgres", "select count(*) from pg_replication_slots where slot_name = 'pgbackd_main'")
             .is_ok_and(|n| n == "1")
@@ -963,7 +962,7 @@ fn a_slot_nobody_reads_alerts_and_fails_readyz() {
     for _ in 0..3 {
         s.switch();
     }
-    wait_for("the slot alert", Duration::from_secs(60), || !hooks.to("/hook").is_empty());
+    crate::notify::wait_until("the slot alert", Duration::from_secs(60), || !hooks.to("/hook").is_empty());
     let got = hooks.to("/hook");
     let v: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     let text = v["text"].as_str().unwrap_or_default();
