@@ -121,6 +121,47 @@ pub async fn verify(
     out
 }
 
+/// What recovery on an archive's newest timeline reads: that timeline's chain (from its history
+/// file, read from the archive; `history_missing` when it is not there) and the archived segments
+/// on it.
+pub(super) struct RecoveryPath {
+    pub timeline: u32,
+    pub chain: Chain,
+    pub on_chain: BTreeSet<SegmentName>,
+    pub history_missing: bool,
+    pub bytes_read: u64,
+}
+
+pub(super) async fn recovery_path(
+    archive: &WalArchive,
+    target: &Target,
+    files: &[Archived],
+    segment_size: u64,
+) -> anyhow::Result<RecoveryPath> {
+    let timeline = files.iter().map(|f| f.file.timeline()).max().unwrap_or(1);
+    let (mut history, mut history_missing, mut bytes_read) = (Vec::new(), false, 0);
+    if timeline > 1 {
+        match files.iter().find(|f| f.file == WalFile::History(timeline)) {
+            Some(h) => {
+                let text = archive.read_copy(target, h).await?;
+                bytes_read += h.stored_bytes;
+                history =
+                    parse_history(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{}: {e}", h.key))?;
+            }
+            None => history_missing = true,
+        }
+    }
+    let chain = Chain::new(timeline, &history, segment_size);
+    let on_chain = files
+        .iter()
+        .filter_map(|f| match f.file {
+            WalFile::Segment(s) if chain.timeline_at(s) == s.timeline => Some(s),
+            _ => None,
+        })
+        .collect();
+    Ok(RecoveryPath { timeline, chain, on_chain, history_missing, bytes_read })
+}
+
 async fn check_target(
     archive: &WalArchive,
     target: &Target,
@@ -155,29 +196,17 @@ async fn check_target(
     let header = SegmentHeader::read(&first).map_err(|e| anyhow::anyhow!("{}: {e}", oldest.key))?;
     let size = header.segment_size as u64;
 
-    let newest_timeline = files.iter().map(|f| f.file.timeline()).max().unwrap_or(1);
+    let path = recovery_path(archive, target, &files, size).await?;
+    let (newest_timeline, on_chain) = (path.timeline, &path.on_chain);
     check.timeline = newest_timeline;
-    let history = if newest_timeline > 1 {
-        match files.iter().find(|f| f.file == WalFile::History(newest_timeline)) {
-            Some(h) => {
-                let text = archive.read_copy(target, h).await?;
-                check.bytes_read += h.stored_bytes;
-                parse_history(&String::from_utf8_lossy(&text)).map_err(|e| anyhow::anyhow!("{}: {e}", h.key))?
-            }
-            None => {
-                check.gaps.push(format!(
-                    "{} is missing: a recovery cannot follow timeline {newest_timeline}",
-                    WalFile::History(newest_timeline)
-                ));
-                Vec::new()
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    let chain = Chain::new(newest_timeline, &history, size);
-    let on_chain: BTreeSet<SegmentName> =
-        segments.iter().filter_map(|f| f.file.segment()).filter(|s| chain.timeline_at(*s) == s.timeline).collect();
+    check.bytes_read += path.bytes_read;
+    if path.history_missing {
+        check.gaps.push(format!(
+            "{} is missing: a recovery cannot follow timeline {newest_timeline}",
+            WalFile::History(newest_timeline)
+        ));
+    }
+    let chain = &path.chain;
     if let (Some(oldest), Some(newest)) = (on_chain.first(), on_chain.last()) {
         // from the oldest kept base backup's start: what is older is not needed, what is missing
         // after it is a gap whichever segment is archived first
@@ -187,7 +216,7 @@ async fn check_target(
         };
         check.first_segment = Some(from.to_string());
         check.last_segment = Some(to.to_string());
-        let found = gaps(&chain, &on_chain, from, to);
+        let found = gaps(chain, on_chain, from, to);
         if let (Some(n), Some(g)) = (start, found.first())
             && g.first.number(size) == from.number(size)
         {

@@ -7,13 +7,13 @@
 
 use super::archive::{Archived, WalArchive};
 use super::names::{SegmentName, WalFile};
-use super::timeline::{Chain, gaps, parse_history};
+use super::timeline::gaps;
 use crate::crypto::Crypto;
 use crate::repo::Manifest;
 use crate::storage::Target;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One archive (system identifier) on one target.
@@ -97,20 +97,14 @@ async fn summarise_one(
     let Some(size) = bases.iter().find_map(|m| m.base_backup()).map(|b| b.wal_segment_size) else {
         return Ok(s);
     };
-    let history = match files.iter().find(|f| f.file == WalFile::History(timeline)) {
-        Some(h) if timeline > 1 => parse_history(&String::from_utf8_lossy(&archive.read_copy(target, h).await?))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", h.key))?,
-        _ => Vec::new(),
-    };
-    let chain = Chain::new(timeline, &history, size);
-    let on_chain: BTreeSet<SegmentName> =
-        segments.keys().copied().filter(|s| chain.timeline_at(*s) == s.timeline).collect();
+    let path = super::check::recovery_path(archive, target, files, size).await?;
+    let (chain, on_chain) = (&path.chain, &path.on_chain);
     let modified = |seg: &SegmentName| segments.get(seg).and_then(|a| a.modified);
     s.newest_archived_at = files.iter().filter_map(|f| f.modified).max();
     let Some(newest) = on_chain.last().copied() else { return Ok(s) };
     for m in bases {
         let Some(start) = m.base_backup().and_then(|b| SegmentName::parse(&b.start_wal)) else { continue };
-        let first_gap = gaps(&chain, &on_chain, start, newest).first().map(|g| g.first);
+        let first_gap = gaps(chain, on_chain, start, newest).first().map(|g| g.first);
         let last = match first_gap {
             None => Some(newest),
             Some(g) => on_chain.range(..g).next_back().copied().filter(|l| l.number(size) >= start.number(size)),
