@@ -49,6 +49,16 @@ pub async fn base(ctx: &JobContext) -> Result<ExitCode> {
                     b.timeline,
                     b.system_identifier
                 );
+                for t in &b.tablespaces {
+                    tell!(
+                        "  tablespace {} (OID {}, at {}): {} raw, {} stored",
+                        t.name,
+                        t.oid,
+                        t.location,
+                        crate::units::bytes(t.data.raw_bytes),
+                        crate::units::bytes(t.data.stored_bytes)
+                    );
+                }
             }
             Ok(ExitCode::from(EXIT_OK))
         }

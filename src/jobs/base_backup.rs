@@ -11,19 +11,24 @@ use crate::pg::{self, Tools};
 use crate::pipeline::{self, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running};
 use crate::progress;
-use crate::repo::manifest::{BaseBackup, Content, Source, Trigger};
+use crate::repo::manifest::{BaseBackup, Content, Source, TablespaceArchive, Trigger};
 use crate::repo::{BackupKind, Manifest, Subject, keys};
 use crate::wal::names::{SegmentName, WalFile};
 use anyhow::{Context, Result, anyhow, bail};
+use crate::pipeline::growing::GrowingFile;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// What the server says before the backup starts.
 struct ServerFacts {
     version_num: u32,
     version: String,
     wal_segment_size: u64,
-    /// User tablespaces (name, location): `pg_basebackup -D -` writes only one.
-    tablespaces: Vec<(String, String)>,
+    /// User tablespaces (OID, name, location): with any, pg_basebackup writes a tar per tablespace.
+    tablespaces: Vec<(u32, String, String)>,
     archive_mode: String,
 }
 
@@ -68,14 +73,14 @@ async fn server_facts(wal: &WalSettings) -> Result<ServerFacts> {
         .context("querying the server's version and WAL settings")?;
     let tablespaces = client
         .query(
-            "select spcname::text, pg_tablespace_location(oid) from pg_tablespace \
+            "select oid::oid, spcname::text, pg_tablespace_location(oid) from pg_tablespace \
              where spcname not in ('pg_default', 'pg_global') order by 1",
             &[],
         )
         .await
         .context("listing the server's tablespaces")?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     let num: i32 = row.get(0);
     let seg: i64 = row.get(2);
@@ -115,15 +120,6 @@ async fn take(
     if server_major < 13 {
         bail!("PostgreSQL {} writes no backup manifest: base backups need PostgreSQL 13 or newer", server.version);
     }
-    if !server.tablespaces.is_empty() {
-        let list: Vec<String> = server.tablespaces.iter().map(|(n, l)| format!("{n} ({l})")).collect();
-        bail!(
-            "the cluster has tablespaces besides pg_default and pg_global: {}; pg_basebackup streams one tablespace \
-             only, so pgbackd cannot take base backups of it yet (logical backups still work; see \"Base \
-             backups\" in docs/operations.md)",
-            list.join(", ")
-        );
-    }
     if wal.method == crate::config::WalMethod::ArchiveCommand && server.archive_mode == "off" {
         bail!(
             "archive_mode is off on the server, so no WAL reaches the archive and a base backup could never be \
@@ -132,8 +128,38 @@ async fn take(
         );
     }
 
-    let (committed, summary, stderr) = stream(ctx, &tools, wal, subject, id).await?;
-    let pipeline::Committed { object: data, targets: mut holding, mut warnings } = committed;
+    let streamed = if server.tablespaces.is_empty() {
+        stream(ctx, &tools, wal, subject, id).await?
+    } else {
+        stream_tablespaces(ctx, &tools, wal, subject, id).await?
+    };
+    let Streamed { base, summary, tablespaces: tablespace_tars, manifest_beside, stderr } = streamed;
+    let pipeline::Committed { object: data, targets: mut holding, mut warnings } = base;
+    let mut tablespaces = Vec::new();
+    for (oid, stored) in tablespace_tars {
+        // the backup is on a target only if every one of its tars is
+        holding.retain(|t| stored.targets.contains(t));
+        warnings.extend(stored.warnings);
+        let known = server.tablespaces.iter().find(|(o, _, _)| *o == oid);
+        let mapped = summary.tablespace_map.as_deref().and_then(|m| tablespace_location(m, oid));
+        let location = match (mapped, known) {
+            (Some(l), _) => l,
+            (None, Some((_, _, l))) => l.clone(),
+            (None, None) => bail!("pg_basebackup wrote a tar of tablespace {oid}, which its tablespace_map does not list"),
+        };
+        let name = known.map(|(_, n, _)| n.clone()).unwrap_or_else(|| format!("tablespace {oid}"));
+        tablespaces.push(TablespaceArchive { oid, name, location, data: stored.object });
+    }
+    if let Some(map) = summary.tablespace_map.as_deref() {
+        let map = String::from_utf8_lossy(map);
+        for line in map.lines().filter(|l| !l.is_empty()) {
+            let oid = line.split(' ').next().and_then(|o| o.parse::<u32>().ok());
+            anyhow::ensure!(
+                oid.is_some_and(|oid| tablespaces.iter().any(|t| t.oid == oid)),
+                "the base backup's tablespace_map lists {line:?}, but pg_basebackup wrote no tar of that tablespace"
+            );
+        }
+    }
     let label_text = summary.backup_label.as_deref().context("the base backup has no backup_label")?;
     let label_text = String::from_utf8_lossy(label_text).into_owned();
     let label = Label::parse(&label_text).map_err(|e| anyhow!("the base backup's {e}"))?;
@@ -144,6 +170,7 @@ async fn take(
     let pg_manifest_bytes = summary
         .backup_manifest
         .as_deref()
+        .or(manifest_beside.as_deref())
         .context("pg_basebackup wrote no backup_manifest (is it older than PostgreSQL 13?)")?;
     let pg_manifest = PgManifest::parse(pg_manifest_bytes).map_err(|e| anyhow!("the base backup's {e}"))?;
     let last = *pg_manifest.wal_ranges.last().expect("parse checks there is one");
@@ -199,6 +226,7 @@ async fn take(
             .map(|t| String::from_utf8_lossy(&t).into_owned()),
         files: pg_manifest.files,
         backup_manifest: manifest_object,
+        tablespaces,
     });
     let mut manifest = Manifest::new(id.to_owned(), subject.clone(), BackupKind::Full, trigger, now, data, content);
     manifest.finished_at = ctx.now().max(now);
@@ -217,19 +245,22 @@ async fn take(
     Ok(m)
 }
 
-/// Runs pg_basebackup into the pipeline; commits the data object only if it succeeded.
-async fn stream(
-    ctx: &JobContext,
-    tools: &Tools,
-    wal: &WalSettings,
-    subject: &Subject,
-    id: &str,
-) -> Result<(pipeline::Committed, TarSummary, String)> {
-    let repo = &*ctx.repository;
-    let spec = pg::conn_env(
-        ChildSpec::new(tools.path("pg_basebackup")).args([
-            "-D",
-            "-",
+/// What pg_basebackup wrote, stored: the data directory's tar and each tablespace's.
+struct Streamed {
+    base: pipeline::Committed,
+    summary: TarSummary,
+    /// (OID, stored tar) of each user tablespace.
+    tablespaces: Vec<(u32, pipeline::Committed)>,
+    /// PostgreSQL's `backup_manifest` when pg_basebackup wrote it beside the tars (with
+    /// tablespaces; without, it is the last member of the one tar).
+    manifest_beside: Option<Vec<u8>>,
+    stderr: String,
+}
+
+/// The pg_basebackup command line writing into `dir` (`-` for stdout).
+fn command(tools: &Tools, wal: &WalSettings, id: &str, dir: &std::ffi::OsStr) -> ChildSpec {
+    pg::conn_env(
+        ChildSpec::new(tools.path("pg_basebackup")).arg("-D").arg(dir).args([
             "--format=tar",
             "--wal-method=none",
             "--checkpoint=fast",
@@ -238,7 +269,21 @@ async fn stream(
         ]),
         &wal.server,
     )
-    .arg(format!("--label=pgbackd {id}"));
+    .arg(format!("--label=pgbackd {id}"))
+}
+
+/// Where `tablespace_map` (lines of `<oid> <path>`) puts tablespace `oid`.
+fn tablespace_location(map: &[u8], oid: u32) -> Option<String> {
+    String::from_utf8_lossy(map).lines().find_map(|l| {
+        let (o, path) = l.split_once(' ')?;
+        (o.parse::<u32>().ok()? == oid).then(|| path.to_owned())
+    })
+}
+
+/// Runs pg_basebackup into the pipeline; commits the data object only if it succeeded.
+async fn stream(ctx: &JobContext, tools: &Tools, wal: &WalSettings, subject: &Subject, id: &str) -> Result<Streamed> {
+    let repo = &*ctx.repository;
+    let spec = command(tools, wal, id, "-".as_ref());
     let mut child = Running::spawn(&spec)?;
     tracing::debug!(pid = child.pid(), command = child.command(), "pg_basebackup started");
     let stdout = child.take_stdout().context("pg_basebackup has no stdout")?;
@@ -283,8 +328,180 @@ async fn stream(
         staged.abort().await;
         bail!("the base backup stream ended without a summary");
     };
-    let object = staged.commit().await?;
-    Ok((object, summary, stderr))
+    let base = staged.commit().await?;
+    Ok(Streamed { base, summary, tablespaces: Vec::new(), manifest_beside: None, stderr })
+}
+
+/// With user tablespaces, `pg_basebackup -D -` refuses (it writes one tar only): it writes one tar
+/// per tablespace into a spool directory instead, and each is streamed into the pipeline while it
+/// grows (read parts punched out of the file: the spool holds little more than the reader lags).
+/// Each tar is committed once it is whole; the caller removes them if the backup then fails.
+async fn stream_tablespaces(
+    ctx: &JobContext,
+    tools: &Tools,
+    wal: &WalSettings,
+    subject: &Subject,
+    id: &str,
+) -> Result<Streamed> {
+    sweep_spools(&std::env::temp_dir());
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{SPOOL_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .context("creating a spool directory for the base backup's tablespaces (in $TMPDIR)")?;
+    // pg_basebackup creates it and refuses one that is not empty
+    let dir = scratch.path().join("archives");
+    let spec = command(tools, wal, id, dir.as_os_str());
+    let child = Running::spawn(&spec)?;
+    tracing::debug!(pid = child.pid(), command = child.command(), "pg_basebackup started");
+    let gone = Arc::new(AtomicBool::new(false));
+    let stop = ctx.cancel.child_token();
+    let waiting = async {
+        let exit = child.wait_or_stop(&stop, KILL_GRACE).await;
+        gone.store(true, Ordering::Release);
+        exit
+    };
+    let reading = async {
+        let read = read_archives(ctx, &dir, &gone, subject, id, &stop).await;
+        if read.is_err() {
+            stop.cancel();
+        }
+        read
+    };
+    let ((stopped, exit), read) = tokio::join!(waiting, reading);
+    let (mut archives, stderr) = match (read, exit) {
+        (Ok(archives), Ok(stderr)) => (archives, stderr),
+        // pg_basebackup failed by itself: its error says why, and the tar it was writing is cut
+        (read, Err(e)) if !stopped => {
+            let e = explain(e, wal);
+            return Err(match read {
+                Err(r) => e.context(format!("pg_basebackup failed and its output is incomplete ({r:#})")),
+                Ok(_) => e,
+            });
+        }
+        (Err(r), _) => return Err(r),
+        (Ok(_), Err(_)) => bail!("the base backup was cancelled: nothing was committed"),
+    };
+    let manifest = tokio::fs::read(dir.join("backup_manifest"))
+        .await
+        .with_context(|| format!("pg_basebackup wrote no backup_manifest into {}", dir.display()))?;
+    let at = archives.iter().position(|a| a.oid.is_none()).context("pg_basebackup wrote no base.tar")?;
+    let base = archives.remove(at);
+    let tablespaces = archives.into_iter().map(|a| (a.oid.expect("only base.tar has none"), a.stored)).collect();
+    Ok(Streamed { base: base.stored, summary: base.summary, tablespaces, manifest_beside: Some(manifest), stderr })
+}
+/// Spool directories are `pgbackd-base-<pid>-<random>` in $TMPDIR.
+const SPOOL_PREFIX: &str = "pgbackd-base-";
+
+/// Removes the spool directories of pgbackd processes that are gone (killed midway: a spool
+/// is removed when its backup ends, however it ends).
+fn sweep_spools(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SPOOL_PREFIX)).and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else { continue };
+        // another user's process answers EPERM: alive too
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH));
+        if !alive {
+            tracing::info!(path = %e.path().display(), "removing the spool of a base backup whose pgbackd is gone");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// One tar of the spool directory, stored.
+struct SpooledArchive {
+    /// The tablespace's OID (`<oid>.tar`); `None` for `base.tar`.
+    oid: Option<u32>,
+    stored: pipeline::Committed,
+    summary: TarSummary,
+}
+
+/// Streams each tar pg_basebackup writes into `dir`, in the order it writes them, until it
+/// writes the `backup_manifest` (which comes last) or exits.
+async fn read_archives(
+    ctx: &JobContext,
+    dir: &Path,
+    gone: &Arc<AtomicBool>,
+    subject: &Subject,
+    id: &str,
+    stop: &CancellationToken,
+) -> Result<Vec<SpooledArchive>> {
+    let repo = &*ctx.repository;
+    let opts = ctx.stream_options();
+    let mut archives: Vec<SpooledArchive> = Vec::new();
+    let moved = ctx.progress.clone();
+    let tracker = progress::track(&format!("base backup {}", subject.name()), moved.clone(), ctx.interactive);
+    while let Some(name) = next_archive(dir, gone, stop).await? {
+        let oid = match name.as_str() {
+            "base.tar" => None,
+            other => Some(
+                other
+                    .strip_suffix(".tar")
+                    .and_then(|o| o.parse::<u32>().ok())
+                    .with_context(|| format!("pg_basebackup wrote {other:?}, which names no tablespace"))?,
+            ),
+        };
+        let (compressed, encrypted) = (opts.level.is_some(), opts.encrypt.is_some());
+        let key = match oid {
+            None => keys::base_data(subject, id, compressed, encrypted),
+            Some(oid) => keys::tablespace_data(subject, id, oid, compressed, encrypted),
+        };
+        let file = GrowingFile::open(dir.to_owned(), name.clone(), gone.clone())
+            .with_context(|| format!("opening {}", dir.join(&name).display()))?;
+        let mut segments = pipeline::read_segments(file, opts.segment_size, moved.clone(), TarFilter::new());
+        let streamed = pipeline::store_stream_to(&mut segments, repo.targets_for(subject), &key, &opts, stop).await;
+        let summary = segments.summary();
+        drop(segments);
+        let staged = match streamed {
+            Ok(s) => s,
+            Err(StreamError::Filter(e)) => bail!("{name} is not a whole tar archive: {e}"),
+            Err(StreamError::Cancelled) => bail!("the base backup was cancelled: nothing was committed"),
+            Err(StreamError::Stalled(d)) => bail!(
+                "pg_basebackup wrote nothing into {name} for {} (backup.stall_timeout) and was stopped",
+                crate::units::duration(d)
+            ),
+            Err(e) => return Err(anyhow!(e).context(format!("storing pg_basebackup's {name}"))),
+        };
+        let Some(summary) = summary else {
+            staged.abort().await;
+            bail!("the stream of {name} ended without a summary");
+        };
+        let stored = staged.commit().await?;
+        tokio::fs::remove_file(dir.join(&name)).await.with_context(|| format!("removing the spooled {name}"))?;
+        tracing::debug!(archive = %name, raw_bytes = stored.object.raw_bytes, "tar of the base backup stored");
+        archives.push(SpooledArchive { oid, stored, summary });
+    }
+    drop(tracker);
+    Ok(archives)
+}
+
+/// The next tar in `dir` once pg_basebackup has created it; `None` once no more will come.
+async fn next_archive(dir: &Path, gone: &AtomicBool, stop: &CancellationToken) -> Result<Option<String>> {
+    loop {
+        // read before looking: a tar created just before the writer exits is still seen
+        let finished = gone.load(Ordering::Acquire);
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(anyhow!(e).context(format!("reading the spool directory {}", dir.display()))),
+        };
+        names.sort();
+        if let Some(tar) = names.iter().find(|n| n.ends_with(".tar")) {
+            return Ok(Some(tar.clone()));
+        }
+        if finished || names.iter().any(|n| n.starts_with("backup_manifest")) {
+            return Ok(None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.cancelled() => bail!("the base backup was cancelled: nothing was committed"),
+        }
+    }
 }
 
 /// pg_basebackup's failures, with what to do about the usual ones.

@@ -372,12 +372,26 @@ async fn base_backup(
     let reader = ctx.repository.reader(m, Some(store.clone())).await?;
     super::restore::stream_into(&tar, &reader, RawCheck::Sha256, None, &ctx.cancel, &ctx.progress)
         .await
-        .map_err(|e| anyhow!(e).context(format!("{what}: the tar archive does not extract")))?;
-    let inside = tokio::fs::read(dir.join("backup_manifest"))
-        .await
-        .with_context(|| format!("{what}: the tar archive holds no backup_manifest"))?;
-    if inside != beside {
-        bail!("{what}: the backup_manifest stored beside the archive differs from the one inside it");
+        .map_err(|e| anyhow!(e).context("the data directory's tar archive does not extract"))?;
+    // each tablespace where the data directory's pg_tblspc link would point
+    for t in &b.tablespaces {
+        let into = dir.join("pg_tblspc").join(t.oid.to_string());
+        tokio::fs::create_dir_all(&into).await?;
+        let tar = ChildSpec::new("tar").args(["--extract", "--file=-", "--no-same-owner", "--directory"]).arg(&into);
+        let ts_what = format!("{what}, tablespace {} ({})", t.name, t.oid);
+        let reader = crate::pipeline::ObjectReader::new(store.clone(), t.data.clone(), &ts_what, decryption.cloned())?;
+        super::restore::stream_into(&tar, &reader, RawCheck::Sha256, None, &ctx.cancel, &ctx.progress)
+            .await
+            .map_err(|e| anyhow!(e).context(format!("the tar archive of tablespace {} does not extract", t.name)))?;
+    }
+    match tokio::fs::read(dir.join("backup_manifest")).await {
+        Ok(inside) if inside != beside => {
+            bail!("{what}: the backup_manifest stored beside the archive differs from the one inside it")
+        }
+        Ok(_) => {}
+        // with tablespaces pg_basebackup writes it beside the tars only
+        Err(_) if !b.tablespaces.is_empty() => tokio::fs::write(dir.join("backup_manifest"), &beside).await?,
+        Err(e) => return Err(anyhow!(e).context(format!("{what}: the tar archive holds no backup_manifest"))),
     }
     // the WAL from the backup's start to its end, on each timeline it spans
     let archive = crate::wal::open(&ctx.config, &ctx.repository, b.system_identifier)

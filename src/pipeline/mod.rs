@@ -69,6 +69,7 @@ impl Counter {
 }
 
 mod decrypt;
+pub mod growing;
 pub mod delta;
 pub mod object;
 mod read;

@@ -93,6 +93,12 @@ pub fn base_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool)
     format!("{}base.tar{zst}{}", backup_dir(subject, id), age(encrypted))
 }
 
+/// The tar of a base backup's user tablespace: `tablespace-<oid>.tar.zst`.
+pub fn tablespace_data(subject: &Subject, id: &str, oid: u32, compressed: bool, encrypted: bool) -> String {
+    let zst = if compressed { ".zst" } else { "" };
+    format!("{}tablespace-{oid}.tar{zst}{}", backup_dir(subject, id), age(encrypted))
+}
+
 /// PostgreSQL's `backup_manifest` of a base backup.
 pub fn base_pg_manifest(subject: &Subject, id: &str, encrypted: bool) -> String {
     format!("{}backup_manifest.zst{}", backup_dir(subject, id), age(encrypted))

@@ -378,6 +378,11 @@ fn query_at(bin: &Path, port: u16, sql: &str) -> String {
 
 /// `program` with `args` as the server's OS user (postgres when the tests run as root).
 fn as_server(program: &Path, args: &[&str]) -> Output {
+    as_server_in(&std::env::temp_dir(), program, args)
+}
+
+/// [`as_server`] with `TMPDIR` set to `tmp`.
+fn as_server_in(tmp: &Path, program: &Path, args: &[&str]) -> Output {
     let mut cmd = if rustix::process::geteuid().is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -385,7 +390,77 @@ fn as_server(program: &Path, args: &[&str]) -> Output {
     } else {
         Command::new(program)
     };
-    cmd.args(args).stdin(Stdio::null()).output().unwrap()
+    cmd.args(args).env("TMPDIR", tmp).stdin(Stdio::null()).output().unwrap()
+}
+
+/// `zstd -dc TAR | tar -x` into `into` (created).
+fn untar(tar: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | tar -x -C '{}'", tar.display(), into.display()))
+        .status()
+        .unwrap();
+    assert!(unpacked.success(), "{} does not extract", tar.display());
+}
+
+/// A copy of the cluster recovering from the archive (restore_command = archive-get) in
+/// `data`, on a free port; stopped when dropped.
+struct Recovered {
+    bin: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Recovered {
+    /// Starts the server in `data` (a base backup's files, `extra` appended to its settings)
+    /// and waits until recovery has ended.
+    fn start(a: &Archiving, data: &Path, extra: &str) -> Recovered {
+        let bin = a.cluster.bin().to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let auto = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nrestore_command = '{BIN} -c {} archive-get %f %p'\n{extra}",
+            data.display(),
+            a.config.display()
+        ));
+        std::fs::write(&auto, text).unwrap();
+        std::fs::write(data.join("recovery.signal"), "").unwrap();
+        std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+        std::fs::set_permissions(data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        a.cluster.give_to_server(data).unwrap();
+        let log = data.with_extension("log");
+        std::fs::write(&log, "").unwrap();
+        a.cluster.give_to_server(&log).unwrap();
+        let r = Recovered { bin, data: data.to_owned(), log, port };
+        let started = as_server(
+            &r.bin.join("pg_ctl"),
+            &["-D", &r.data.to_string_lossy(), "-l", &r.log.to_string_lossy(), "-w", "-t", "120", "start"],
+        );
+        assert!(started.status.success(), "{}\n{}", stderr(&started), r.server_log());
+        let begun = Instant::now();
+        while r.query("select pg_is_in_recovery()") != "f" {
+            assert!(begun.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", r.server_log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        r
+    }
+
+    fn query(&self, sql: &str) -> String {
+        query_at(&self.bin, self.port, sql)
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Recovered {
+    fn drop(&mut self) {
+        as_server(&self.bin.join("pg_ctl"), &["-D", &self.data.to_string_lossy(), "-m", "immediate", "-w", "stop"]);
+    }
 }
 
 #[test]
@@ -415,36 +490,11 @@ fn a_base_backup_recovers_to_the_last_archived_commit_through_archive_get_as_res
     let expected = a.psql("select count(*), max(n) from marks");
 
     // the copy recovers from the archive alone: pg_wal of the base backup is empty (-X none)
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // the recovered copy keeps archive_command: once promoted it archives timeline 2 into the
     // same archive (beside the original, which goes on with timeline 1)
-    let conf = format!(
-        "port = {free}\nunix_socket_directories = '{}'\n\
-         restore_command = '{BIN} -c {} archive-get %f %p'\n",
-        base.display(),
-        a.config.display()
-    );
-    let auto = base.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&conf);
-    std::fs::write(&auto, text).unwrap();
-    std::fs::write(base.join("recovery.signal"), "").unwrap();
-    a.cluster.give_to_server(&base).unwrap();
-    let log = a.dir.path().join("recovered.log");
-    std::fs::write(&log, "").unwrap();
-    a.cluster.give_to_server(&log).unwrap();
-    let started = as_server(
-        &bin.join("pg_ctl"),
-        &["-D", &base.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "120", "start"],
-    );
-    let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(started.status.success(), "{}\n{}", stderr(&started), server_log());
-    let query = |sql: &str| query_at(&bin, free, sql);
-    let start = Instant::now();
-    while query("select pg_is_in_recovery()") != "f" {
-        assert!(start.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", server_log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let copy = Recovered::start(&a, &base, "");
+    let query = |sql: &str| copy.query(sql);
+    let server_log = || copy.server_log();
     let recovered = query("select count(*), max(n) from marks");
     // timeline 2 goes on archiving: its history file and segments
     query("insert into marks (n) values (51)");
@@ -455,9 +505,9 @@ fn a_base_backup_recovers_to_the_last_archived_commit_through_archive_get_as_res
         assert!(start.elapsed() < Duration::from_secs(60), "timeline 2 not archived:\n{}", server_log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    as_server(&bin.join("pg_ctl"), &["-D", &base.to_string_lossy(), "-m", "immediate", "-w", "stop"]);
     assert_eq!(recovered, expected, "every archived commit is back:\n{}", server_log());
     assert!(server_log().contains("restored log file"), "{}", server_log());
+    drop(copy);
     assert!(on_two.starts_with("00000002"), "{on_two}");
     a.stored_copy("00000002.history");
 
@@ -568,46 +618,13 @@ fn a_base_backup_taken_under_pgbench_load_recovers_with_its_wal_and_verifies_dee
 
     // restored by hand: zstd -d | tar -x, restore_command = archive-get, recovery to the end
     let data = a.dir.path().join("restored");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let tar = a.dir.path().join(format!("repository/clusters/main/{id}/base.tar.zst"));
-    let unpacked = Command::new("sh")
-        .arg("-c")
-        .arg(format!("zstd -dc '{}' | tar -x -C '{}'", tar.display(), data.display()))
-        .status()
-        .unwrap();
-    assert!(unpacked.success());
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
-    auto.push_str(&format!(
-        "port = {free}\nunix_socket_directories = '{}'\narchive_mode = off\n\
-         restore_command = '{BIN} -c {} archive-get %f %p'\n",
-        data.display(),
-        a.config.display()
-    ));
-    std::fs::write(data.join("postgresql.auto.conf"), auto).unwrap();
-    std::fs::write(data.join("recovery.signal"), "").unwrap();
-    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
-    a.cluster.give_to_server(&data).unwrap();
-    let log = a.dir.path().join("restored.log");
-    std::fs::write(&log, "").unwrap();
-    a.cluster.give_to_server(&log).unwrap();
-    let started = as_server(
-        &bin.join("pg_ctl"),
-        &["-D", &data.to_string_lossy(), "-l", &log.to_string_lossy(), "-w", "-t", "120", "start"],
-    );
-    let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(started.status.success(), "{}\n{}", stderr(&started), server_log());
-    let query = |sql: &str| query_at(&bin, free, sql);
-    let begun = Instant::now();
-    while query("select pg_is_in_recovery()") != "f" {
-        assert!(begun.elapsed() < Duration::from_secs(120), "recovery did not finish:\n{}", server_log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let recovered = query("select sum(abalance), count(*) from pgbench_accounts");
-    let answer = query("select answer from after_backup");
-    as_server(&bin.join("pg_ctl"), &["-D", &data.to_string_lossy(), "-m", "immediate", "-w", "stop"]);
-    assert_eq!(recovered, expected, "{}", server_log());
+    untar(&a.dir.path().join(format!("repository/clusters/main/{id}/base.tar.zst")), &data);
+    let copy = Recovered::start(&a, &data, "archive_mode = off\n");
+    let recovered = copy.query("select sum(abalance), count(*) from pgbench_accounts");
+    let answer = copy.query("select answer from after_backup");
+    let log = copy.server_log();
+    drop(copy);
+    assert_eq!(recovered, expected, "{log}");
     assert_eq!(answer, "42");
 
     // the segment the backup starts with deleted: the WAL check names it and the backup
@@ -661,6 +678,42 @@ fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leav
         .filter(|p| p.to_string_lossy().contains("-base-"))
         .collect::<Vec<_>>();
     assert!(left.is_empty(), "{left:?}");
+
+    // with a tablespace, pg_basebackup writes its tars into a spool directory: one killed
+    // midway leaves nothing in the repository and nothing in the spool
+    let location = a.dir.path().join("ts_cut");
+    std::fs::create_dir(&location).unwrap();
+    a.cluster.give_to_server(&location).unwrap();
+    a.psql(&format!("create tablespace ts_cut location '{}'", location.display()));
+    a.psql("create table in_ts tablespace ts_cut as select g, md5(g::text) from generate_series(1, 100000) g");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n\
+             {real} \"$@\" --max-rate=2M &\nsleep 2\nkill $!\n\
+             echo 'pg_basebackup: error: connection lost' >&2\nexit 1\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    let tmp = a.dir.path().join("tmp");
+    // the spool of a pgbackd killed with -9 (no such process), removed by the next base backup
+    let killed = tmp.join("pgbackd-base-4999999-x1y2z3/archives");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("base.tar"), vec![7u8; 4096]).unwrap();
+    a.cluster.give_to_server(&tmp).unwrap();
+    let config = a.config.to_string_lossy().into_owned();
+    let cut = as_server_in(&tmp, Path::new(BIN), &["-c", &config, "base-backup"]);
+    let err = stderr(&cut);
+    assert_eq!(cut.status.code(), Some(1), "{err}");
+    assert!(err.contains("connection lost") && err.contains("is not a whole tar archive"), "{err}");
+    let left = walk(&a.dir.path().join("repository/clusters/main"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("-base-"))
+        .collect::<Vec<_>>();
+    assert!(left.is_empty(), "{left:?}");
+    let spooled: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(spooled.is_empty(), "the spool directory is removed: {spooled:?}");
 }
 
 #[test]
@@ -977,4 +1030,70 @@ fn a_slot_nobody_reads_alerts_and_fails_readyz() {
     assert!(s.log().contains("nothing here"), "LOG{}", s.log());
     crate::harness::send_signal(daemon.id(), libc::SIGTERM, false);
     let _ = daemon.wait();
+}
+
+#[test]
+fn a_cluster_with_a_tablespace_is_stored_a_tar_per_tablespace_and_recovers_with_it_moved() {
+    let a = Archiving::start("");
+    let location = a.dir.path().join("ts_one");
+    std::fs::create_dir(&location).unwrap();
+    std::fs::set_permissions(&location, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    a.cluster.give_to_server(&location).unwrap();
+    a.psql(&format!("create tablespace ts_one location '{}'", location.display()));
+    a.psql("create table in_ts tablespace ts_one as select g, md5(g::text) as h from generate_series(1, 200000) g");
+    let oid = a.psql("select oid from pg_tablespace where spcname = 'ts_one'");
+    let expected = a.psql("select count(*), sum(g), max(h) from in_ts");
+
+    let taken = a.run_as_server(&["base-backup"]);
+    let err = stderr(&taken);
+    assert!(taken.status.success(), "{err}");
+    let id = String::from_utf8_lossy(&taken.stdout).trim().to_owned();
+    assert!(err.contains(&format!("tablespace ts_one (OID {oid}, at {})", location.display())), "{err}");
+    let dir = a.dir.path().join(format!("repository/clusters/main/{id}"));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let ts = &manifest["tablespaces"][0];
+    assert_eq!(ts["name"], "ts_one", "{manifest}");
+    assert_eq!(ts["oid"].to_string(), oid);
+    assert_eq!(ts["location"], location.to_string_lossy().as_ref());
+    let ts_tar = dir.join(format!("tablespace-{oid}.tar.zst"));
+    assert_eq!(ts["data"]["key"].as_str().unwrap(), format!("clusters/main/{id}/tablespace-{oid}.tar.zst"));
+    assert!(ts_tar.is_file());
+    // the table's 200k rows are in the tablespace's tar, not the data directory's
+    assert!(ts["data"]["raw_bytes"].as_u64().unwrap() > 10 << 20, "{ts}");
+    assert!(manifest["tablespace_map"].as_str().unwrap().contains(&oid), "{manifest}");
+
+    // deep: both tars extracted where pg_verifybackup expects them, every file's checksum checked
+    let deep = a.run_as_server(&["verify", "--deep", &id]);
+    let out = String::from_utf8_lossy(&deep.stdout).into_owned();
+    assert!(deep.status.success(), "{out}{}", stderr(&deep));
+    // a damaged tablespace tar is found
+    let damaged = a.dir.path().join("damaged");
+    std::fs::copy(&ts_tar, &damaged).unwrap();
+    let mut bytes = std::fs::read(&ts_tar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&ts_tar, &bytes).unwrap();
+    let deep = a.run_as_server(&["verify", "--deep", &id]);
+    let out = String::from_utf8_lossy(&deep.stdout).into_owned();
+    assert_eq!(deep.status.code(), Some(1), "{out}");
+    assert!(out.contains("the tar archive of tablespace ts_one does not extract"), "{out}");
+    std::fs::rename(&damaged, &ts_tar).unwrap();
+
+    // recovered with the tablespace somewhere else: tablespace_map says where
+    let last = a.switch();
+    a.wait_archived(&last);
+    let data = a.dir.path().join("restored");
+    untar(&dir.join("base.tar.zst"), &data);
+    let moved = a.dir.path().join("ts_moved");
+    untar(&ts_tar, &moved);
+    a.cluster.give_to_server(&moved).unwrap();
+    std::fs::set_permissions(&moved, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(data.join("tablespace_map"), format!("{oid} {}\n", moved.display())).unwrap();
+    let copy = Recovered::start(&a, &data, "archive_mode = off\n");
+    let recovered = copy.query("select count(*), sum(g), max(h) from in_ts");
+    let at = copy.query("select pg_tablespace_location(oid) from pg_tablespace where spcname = 'ts_one'");
+    let log = copy.server_log();
+    drop(copy);
+    assert_eq!(recovered, expected, "{log}");
+    assert_eq!(at, moved.to_string_lossy());
 }

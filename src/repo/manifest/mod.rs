@@ -156,6 +156,22 @@ pub struct BaseBackup {
     pub files: usize,
     /// PostgreSQL's `backup_manifest`, for `pg_verifybackup`.
     pub backup_manifest: StoredObject,
+    /// The user tablespaces, each its own tar (none for a cluster with only `pg_default` and
+    /// `pg_global`, whose files are all in `data`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<TablespaceArchive>,
+}
+
+/// One user tablespace of a base backup: the tar of its directory, which a restore extracts
+/// where `tablespace_map` (or the operator's mapping) says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TablespaceArchive {
+    /// The tablespace's OID: its directory is `pg_tblspc/<oid>` in the data directory.
+    pub oid: u32,
+    pub name: String,
+    /// Where it was on the server.
+    pub location: String,
+    pub data: StoredObject,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,7 +377,8 @@ impl Manifest {
     pub fn objects(&self) -> Vec<&StoredObject> {
         let globals = self.dump().and_then(|d| d.globals.as_ref());
         let pg_manifest = self.base_backup().map(|b| &b.backup_manifest);
-        std::iter::once(&self.data).chain(globals).chain(pg_manifest).collect()
+        let tablespaces = self.base_backup().into_iter().flat_map(|b| b.tablespaces.iter().map(|t| &t.data));
+        std::iter::once(&self.data).chain(globals).chain(pg_manifest).chain(tablespaces).collect()
     }
 
     /// Bytes stored for this backup on each target that holds it.
@@ -372,7 +389,8 @@ impl Manifest {
     /// Raw bytes of what was backed up: the archive (dumps), the files' contents (file sets).
     pub fn raw_bytes(&self) -> u64 {
         match &self.content {
-            Content::Dump(_) | Content::Base(_) => self.data.raw_bytes,
+            Content::Dump(_) => self.data.raw_bytes,
+            Content::Base(b) => self.data.raw_bytes + b.tablespaces.iter().map(|t| t.data.raw_bytes).sum::<u64>(),
             Content::Files(f) => f.total_bytes,
         }
     }
