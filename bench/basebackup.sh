@@ -6,8 +6,12 @@
 #
 #   bench/basebackup.sh [SCALE] [RUNS]    (default scale 10, 3 runs)
 #
+# `pg_basebackup | zstd -1 -T2 > file` is the same compression in C without any hashing: the cost
+# of compressing beside the server on this machine.
 # Both run with the cluster's archive_command set to `pgbackd archive-push` (a base backup is
 # kept only once its WAL is archived, and pg_basebackup waits for the archiver too).
+# With pgbackrest installed, its full backup of the same cluster (zst level 1, local repository,
+# process-max 2, start-fast, no archive check) is timed too.
 # Issue 17 target: wall time <= 1.15x pg_basebackup, peak RSS <= 64 MiB.
 set -euo pipefail
 scale=${1:-10}; runs=${2:-3}
@@ -50,20 +54,56 @@ time_once() {
   cat "$work/time"
 }
 better() { [ -z "$2" ] || awk "BEGIN{exit !($1 < $2)}"; }
-best_pg=""; best_ours=""; rss=0
+have_pgbackrest=0
+if command -v pgbackrest >/dev/null; then
+  have_pgbackrest=1
+  cat >"$work/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$work/pgbr
+repo1-retention-full=1
+compress-type=zst
+compress-level=1
+process-max=2
+start-fast=y
+archive-check=n
+log-level-console=warn
+log-level-file=off
+lock-path=$work/pgbr-lock
+[bench]
+pg1-path=$(psql -Atc "show data_directory" postgres)
+pg1-port=$port
+pg1-socket-path=$(psql -Atc "show unix_socket_directories" postgres | cut -d, -f1)
+CONF
+  chown -R postgres: "$work"
+  runuser -u postgres -- pgbackrest --config="$work/pgbackrest.conf" --stanza=bench stanza-create >/dev/null
+fi
+best_pg=""; best_ours=""; best_pgbr=""; best_zstd=""; rss=0
 for _ in $(seq "$runs"); do
   read -r t _ < <(time_once "$bin/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D - -Ft -X none \
     --checkpoint=fast --manifest-checksums=SHA256)
   if better "$t" "$best_pg"; then best_pg=$t; fi
-  rm -rf "$work/repo/clusters/bench/"*-base-*
+  # the same compression in C, without hashing: what compressing alone costs next to the server
+  read -r t _ < <(time_once bash -c "'$bin/pg_basebackup' -h 127.0.0.1 -p $port -U postgres -D - -Ft -X none \
+    --checkpoint=fast --manifest-checksums=SHA256 | zstd -q -1 -T2 > '$work/zstd.tar.zst'")
+  if better "$t" "$best_zstd"; then best_zstd=$t; fi
+  rm -rf "$work/repo/clusters/bench/"*-base-* "$work/zstd.tar.zst"
   read -r t m < <(time_once runuser -u postgres -- "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn base-backup)
   if better "$t" "$best_ours"; then best_ours=$t; fi
   [ "$m" -gt "$rss" ] && rss=$m
+  if [ "$have_pgbackrest" = 1 ]; then
+    read -r t _ < <(time_once runuser -u postgres -- pgbackrest --config="$work/pgbackrest.conf" --stanza=bench \
+      --type=full backup)
+    if better "$t" "$best_pgbr"; then best_pgbr=$t; fi
+  fi
 done
 stored=$(du -sb "$work/repo/clusters/bench/"*-base-*/base.tar* | cut -f1)
 
 printf '\n%-44s %9s %9s\n' "base backup" "seconds" "ratio"
 printf '%-44s %9s %9s\n' "pg_basebackup -Ft -D - -X none > /dev/null" "$best_pg" "1.00x"
+printf '%-44s %9s %9s\n' "pg_basebackup | zstd -1 -T2 > file" "$best_zstd" \
+  "$(awk "BEGIN{printf \"%.2fx\", $best_zstd / $best_pg}")"
 printf '%-44s %9s %9s\n' "pgbackd base-backup (zstd, SHA-256, local)" "$best_ours" \
   "$(awk "BEGIN{printf \"%.2fx\", $best_ours / $best_pg}")"
+[ "$have_pgbackrest" = 1 ] && printf '%-44s %9s %9s\n' "pgbackrest backup --type=full (zst 1, 2 processes)" \
+  "$best_pgbr" "$(awk "BEGIN{printf \"%.2fx\", $best_pgbr / $best_pg}")"
 echo "pgbackd peak RSS $(awk "BEGIN{printf \"%.1f\", $rss / 1024}") MiB; stored $(awk "BEGIN{printf \"%.1f\", $stored / 1048576}") MiB"

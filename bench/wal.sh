@@ -18,13 +18,18 @@ export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
 pgbackd=$root/target/release/pgbackd
 mkdir -p "$dir"
 pg_isready -q -h 127.0.0.1 -p "$port" || "$here/lib/pgcluster.sh" start "$dir/cluster" "$port" autovacuum=off
-work=$(mktemp -d "$dir/wrun.XXXXXX"); trap 'rm -rf "$work"' EXIT
+work=$(mktemp -d "$dir/wrun.XXXXXX")
+old=$(psql -Atc "show archive_command" postgres)
+restore_archive_command() {
+  psql -qc "alter system set archive_command = '${old//\'/\'\'}'" -c "select pg_reload_conf()" postgres >/dev/null || true
+  rm -rf "$work"
+}
+trap restore_archive_command EXIT
 chmod 755 "$work"
 
 # real segments of the bench cluster: written by inserts, collected by an archive_command that
 # copies them, then the cluster's own archive_command is put back
 mkdir -p "$work/pg_wal"; chown postgres: "$work/pg_wal" 2>/dev/null || true
-old=$(psql -Atc "show archive_command" postgres)
 psql -qc "alter system set archive_command = 'cp %p $work/pg_wal/%f'" -c "select pg_reload_conf()" postgres >/dev/null
 psql -qc "create table if not exists wal_bench (id bigint, v text)" postgres
 for _ in $(seq "$segments"); do
@@ -97,3 +102,116 @@ row "zstd -1 + sync" "$best_zstd"
 [ "$have_pgbackrest" = 1 ] && row "pgbackrest archive-push (zst 1)" "$best_pgbr"
 row "pgbackd archive-push" "$best_ours"
 echo "pgbackd stored $(awk "BEGIN{printf \"%.1f\", $stored / $n / 1048576}") MiB per 16 MiB segment"
+
+# ---------------------------------------------------------------------------------------------
+# Under load: pgbench -c 4 at full speed for LOAD_SECONDS (default 30), archive lag sampled
+# every 0.25 s, once with archive_command = pgbackd archive-push and once streaming
+# (wal.method: stream, the daemon's pg_receivewal). Issue 17 targets: archive lag < 10 s; for
+# streaming < 1 segment.
+load=${LOAD_SECONDS:-30}
+data_dir=$(psql -Atc "show data_directory" postgres)
+if [ "$(psql -Atc "select count(*) from pg_database where datname = 'wal_load'" postgres)" = 0 ]; then
+  psql -qc "create database wal_load" postgres
+  pgbench -i -s 10 -q wal_load >/dev/null 2>&1
+fi
+segno() { echo $((16#${1:8:8} * 256 + 16#${1:16:8})); }
+current_segment() { psql -Atc "select pg_walfile_name(pg_current_wal_lsn())" postgres; }
+# the newest segment stored in repository $1 (local target)
+newest_stored() {
+  find "$1" -type f -name '[0-9A-F]*.zst' -printf '%f\n' 2>/dev/null | grep -E '^[0-9A-F]{24}-' | sort | tail -1 | cut -c1-24
+}
+run_pgbench() { pgbench -c 4 -j 2 -T "$load" -n wal_load >"$work/pgbench.out" 2>&1; }
+tps() { awk '/^tps/ {printf "%.0f", $3; exit}' "$work/pgbench.out"; }
+
+# archive_command: segments PostgreSQL completed and has not archived yet (archive_status/*.ready),
+# and how long the oldest of them has waited
+cat >"$work/load.yaml" <<YAML
+local_backup_dir: $work/lrepo
+reports: {dir: $work/lreports}
+wal: {name: bench}
+YAML
+chown -R postgres: "$work"
+psql -qc "alter system set archive_command = '$pgbackd -c $work/load.yaml --log-level warn archive-push %p'" \
+  -c "select pg_reload_conf()" postgres >/dev/null
+start_lsn=$(psql -Atc "select pg_current_wal_lsn()" postgres)
+run_pgbench & bench_pid=$!
+max_ready=0; max_age=0; max_archive_lag=0
+while kill -0 "$bench_pid" 2>/dev/null; do
+  now=$(date +%s.%N)
+  read -r ready oldest < <(find "$data_dir/pg_wal/archive_status" -name '*.ready' -printf '%T@\n' |
+    sort -n | awk 'NR == 1 {o = $1} END {print NR, (NR ? o : 0)}')
+  [ "$ready" -gt "$max_ready" ] && max_ready=$ready
+  read -r archived now_b < <(psql -Atc "select coalesce(last_archived_wal, ''),
+    pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint from pg_stat_archiver" postgres | tr '|' ' ')
+  if [ -n "$archived" ] && [ "${#archived}" = 24 ]; then
+    lag=$(( now_b - ($(segno "$archived") + 1) * 16777216 ))
+    [ "$lag" -gt "$max_archive_lag" ] && max_archive_lag=$lag
+  fi
+  if [ "$ready" -gt 0 ]; then
+    age=$(awk "BEGIN{printf \"%.2f\", $now - $oldest}")
+    awk "BEGIN{exit !($age > $max_age)}" && max_age=$age
+  fi
+  sleep 0.25
+done
+wait "$bench_pid" || { cat "$work/pgbench.out" >&2; exit 1; }
+end_lsn=$(psql -Atc "select pg_current_wal_lsn()" postgres)
+wal_rate=$(psql -Atc "select round(pg_wal_lsn_diff('$end_lsn', '$start_lsn') / 1048576.0 / $load, 1)" postgres)
+archive_tps=$(tps)
+drained=$(date +%s.%N)
+for _ in $(seq 600); do
+  [ -z "$(find "$data_dir/pg_wal/archive_status" -name '*.ready')" ] && break
+  sleep 0.1
+done
+drain_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $drained}")
+psql -qc "alter system set archive_command = '${old//\'/\'\'}'" -c "select pg_reload_conf()" postgres >/dev/null
+
+# streaming: how far the server's WAL is ahead of the end of the newest segment stored in the
+# repository (under one segment: every segment is stored before the next one is complete)
+cat >"$work/stream.yaml" <<YAML
+local_backup_dir: $work/srepo
+reports: {dir: $work/sreports}
+monitoring: {listen: off}
+wal: {name: bench, method: stream, spool_dir: $work/spool, server: {host: 127.0.0.1, port: $port, username: postgres}}
+YAML
+chown -R postgres: "$work"
+runuser -u postgres -- "$pgbackd" -c "$work/stream.yaml" --log-level warn run >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+stop_daemon() {
+  kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
+  psql -qAtc "select pg_drop_replication_slot('pgbackd_bench') from pg_replication_slots where slot_name = 'pgbackd_bench'" \
+    postgres >/dev/null || true
+}
+trap 'stop_daemon; restore_archive_command' EXIT
+# the receiver's walsender: the one on the daemon's slot
+receiver="from pg_stat_replication r join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = 'pgbackd_bench'"
+receiving() { [ "$(psql -Atc "select count(*) $receiver" postgres)" = 1 ]; }
+# the daemon's first base backup, then the receiver on its slot
+for _ in $(seq 300); do
+  ls "$work/srepo/clusters/bench/"*-base-*/manifest.json >/dev/null 2>&1 && receiving && break
+  sleep 0.2
+done
+receiving || { echo "the daemon's receiver did not start:" >&2; cat "$work/daemon.log" >&2; exit 1; }
+run_pgbench & bench_pid=$!
+max_lag=0
+while kill -0 "$bench_pid" 2>/dev/null; do
+  stored=$(newest_stored "$work/srepo")
+  now=$(psql -Atc "select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint" postgres)
+  if [ -n "$stored" ]; then
+    # the server's WAL beyond the end of the newest stored segment
+    lag=$(( now - ($(segno "$stored") + 1) * 16777216 ))
+    [ "$lag" -gt "$max_lag" ] && max_lag=$lag
+  fi
+  sleep 0.25
+done
+wait "$bench_pid" || { cat "$work/pgbench.out" >&2; exit 1; }
+stream_tps=$(tps)
+stop_daemon
+
+# WAL written between a segment's end and the moment it is in the repository: the lag beyond the
+# newest stored segment, less the segment being written (which is never stored before it ends)
+beyond() { awk "BEGIN{l = $1 - 16777216; printf \"%.1f\", (l > 0 ? l : 0) / 1048576}"; }
+printf '\nunder pgbench -c 4 -j 2 for %s s (%s MiB/s of WAL with archive_command)\n' "$load" "$wal_rate"
+printf '%-40s %9s  %s\n' "" "" "max WAL written after a segment ended before it was stored (target < 16 MiB)"
+printf '%-40s %9s  %s\n' "archive_command = pgbackd archive-push" "$archive_tps tps" \
+  "$(beyond "$max_archive_lag") MiB; oldest waiting segment $max_age s (target < 10 s), max $max_ready waiting; all archived ${drain_s} s after the load"
+printf '%-40s %9s  %s\n' "wal.method: stream (pg_receivewal)" "$stream_tps tps" "$(beyond "$max_lag") MiB"

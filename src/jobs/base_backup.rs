@@ -185,7 +185,9 @@ async fn take(
     }
 
     // a base backup is restorable only with the WAL up to its end: wait for it to be archived
+    tracing::debug!(segment = %stop_segment, "pg_basebackup done; waiting for the backup's last WAL segment");
     wait_for_wal(ctx, wal, system_identifier, stop_segment).await?;
+    tracing::debug!(segment = %stop_segment, "the backup's WAL is archived");
 
     let level = config.compression.enabled.then_some(config.compression.level);
     let manifest_object = pipeline::store_small_object(

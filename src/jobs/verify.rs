@@ -157,10 +157,24 @@ pub async fn cluster(
     } else {
         run_listed(ctx, &subject, &listing, select, mode).await?
     };
+    // the WAL the base backups need is checked under their read locks, as any reader: retention
+    // keeps a base backup that is read, and with it the WAL from its start
     let bases: Vec<crate::repo::Manifest> = listing.backups.into_iter().map(|l| l.manifest).collect();
-    let starts = wal_needs(&bases);
+    let lock = if bases.is_empty() { None } else { Some(ctx.read_lock_all(&subject, &bases, "WAL verification").await?) };
+    // listed again under the lock: a base backup retention deleted in between needs nothing
+    let held: Vec<crate::repo::Manifest> = match &lock {
+        Some(_) => {
+            let now = repo.listing(Some(&subject)).await?;
+            now.backups.into_iter().map(|l| l.manifest).filter(|m| bases.iter().any(|b| b.id == m.id)).collect()
+        }
+        None => Vec::new(),
+    };
+    let starts = wal_needs(&held);
     v.wal =
         Some(crate::wal::check::verify(name, repo.targets(), repo.crypto().cloned(), mode, &starts, &ctx.cancel).await);
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
     Ok(v)
 }
 

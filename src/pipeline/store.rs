@@ -197,8 +197,9 @@ pub async fn store_stream<F: Filter>(
     // at most `threads` frames compress at once, each with a reused context
     let slots = Arc::new(tokio::sync::Semaphore::new(threads));
     let compressors = Arc::new(Compressors { level: level.unwrap_or(0), idle: std::sync::Mutex::new(Vec::new()) });
-    // each frame: raw length, and the task compressing it (stored bytes, base range if a delta)
-    type FrameJob = tokio::task::JoinHandle<Result<(Bytes, Option<(u64, u64)>), String>>;
+    // each frame: raw length, and the task compressing it (stored bytes, their SHA-256, base
+    // range if a delta); the frame's hash is taken there, beside the compression, not in the writer
+    type FrameJob = tokio::task::JoinHandle<Result<(Bytes, [u8; 32], Option<(u64, u64)>), String>>;
     let (frame_tx, mut frame_rx) = mpsc::channel::<(u64, FrameJob)>(threads);
 
     let reader = async {
@@ -233,18 +234,27 @@ pub async fn store_stream<F: Filter>(
                         };
                         let reference = d.base.range(start, end).await.map_err(|e| format!("{e:#}"))?;
                         let level = level.unwrap_or(1);
-                        let stored = tokio::task::spawn_blocking(move || delta::compress(&seg, &reference, level))
-                            .await
-                            .map_err(|e| format!("compression task failed: {e}"))??;
-                        Ok((Bytes::from(stored), Some((start, end - start))))
+                        let (stored, sha) = tokio::task::spawn_blocking(move || {
+                            delta::compress(&seg, &reference, level).map(|c| {
+                                let sha = Sha256::digest(&c).into();
+                                (c, sha)
+                            })
+                        })
+                        .await
+                        .map_err(|e| format!("compression task failed: {e}"))??;
+                        Ok((Bytes::from(stored), sha, Some((start, end - start))))
                     }
-                    None => tokio::task::spawn_blocking(move || match level {
-                        Some(_) => compressors.compress(&seg).map(|c| (Bytes::from(c), None)),
-                        None => Ok((seg, None)),
+                    None => tokio::task::spawn_blocking(move || {
+                        let stored = match level {
+                            Some(_) => Bytes::from(compressors.compress(&seg)?),
+                            None => seg,
+                        };
+                        let sha = Sha256::digest(&stored).into();
+                        Ok((stored, sha, None))
                     })
                     .await
                     .map_err(|e| format!("compression task failed: {e}"))?
-                    .map_err(|e| format!("zstd compression failed: {e}")),
+                    .map_err(|e: std::io::Error| format!("zstd compression failed: {e}")),
                 }
             });
             if frame_tx.send((raw_len, job)).await.is_err() {
@@ -258,7 +268,7 @@ pub async fn store_stream<F: Filter>(
     let writer = async {
         let mut sinks = sinks;
         let mut warnings = Vec::new();
-        let mut frames_sha = Sha256::new();
+        let mut frames_sha = opts.encrypt.is_some().then(Sha256::new);
         let mut object_sha = Sha256::new();
         let mut frames = Vec::new();
         let (mut raw_offset, mut stored_offset, mut written) = (0u64, 0u64, 0u64);
@@ -268,24 +278,27 @@ pub async fn store_stream<F: Filter>(
             Some(c) => match c.encryptor().and_then(|e| Ok(e.wrap_output(cipher.clone())?)) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    return (sinks, warnings, Err(StreamError::Store(e)), frames, String::new(), String::new(), 0);
+                    return (sinks, warnings, Err(StreamError::Store(e)), frames, None, String::new(), 0);
                 }
             },
             None => None,
         };
         let result: Result<(), StreamError> = async {
             while let Some((raw_len, job)) = frame_rx.recv().await {
-                let (stored, base_range) = job
+                let (stored, frame_sha, base_range) = job
                     .await
                     .map_err(|e| StreamError::Store(anyhow::anyhow!("compression task failed: {e}")))?
                     .map_err(|e| StreamError::Store(anyhow::anyhow!("compressing a segment: {e}")))?;
-                frames_sha.update(&stored);
+                // unencrypted, the frames are what is stored: object_sha covers them
+                if let Some(sha) = frames_sha.as_mut() {
+                    sha.update(&stored);
+                }
                 frames.push(Frame {
                     raw_offset,
                     raw_len,
                     stored_offset,
                     stored_len: stored.len() as u64,
-                    stored_sha256: hex::encode(Sha256::digest(&stored)),
+                    stored_sha256: hex::encode(frame_sha),
                     base_offset: base_range.map(|r| r.0),
                     base_len: base_range.map(|r| r.1),
                 });
@@ -313,7 +326,7 @@ pub async fn store_stream<F: Filter>(
         }
         .await;
         drop(frame_rx);
-        let frames_sha = hex::encode(frames_sha.finalize());
+        let frames_sha = frames_sha.map(|s| hex::encode(s.finalize()));
         (sinks, warnings, result, frames, frames_sha, hex::encode(object_sha.finalize()), written)
     };
 
@@ -347,7 +360,7 @@ pub async fn store_stream<F: Filter>(
                 stored_sha256,
                 frames,
                 encrypted: opts.encrypt.is_some(),
-                frames_sha256: opts.encrypt.is_some().then_some(frames_sha256),
+                frames_sha256,
             },
             sinks,
             warnings,

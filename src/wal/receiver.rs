@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How often the spool is scanned for completed segments.
-pub const SPOOL_INTERVAL: Duration = Duration::from_millis(500);
+pub const SPOOL_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the server is asked for its WAL position, slot and archiver.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(10);
 /// How long pg_receivewal gets to write its last data after SIGTERM.
