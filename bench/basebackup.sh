@@ -4,7 +4,7 @@
 # archived) against `pg_basebackup -Ft -D - -X none --checkpoint=fast > /dev/null` of the same
 # cluster, same run, interleaved, best of RUNS; with pgbackd's peak RSS.
 #
-#   bench/basebackup.sh [SCALE] [RUNS]    (default scale 10, 3 runs)
+#   [TABLESPACE=1] bench/basebackup.sh [SCALE] [RUNS]    (default scale 10, 3 runs)
 #
 # `pg_basebackup | zstd -1 -T2 > file` is the same compression in C without any hashing: the cost
 # of compressing beside the server on this machine.
@@ -107,3 +107,34 @@ printf '%-44s %9s %9s\n' "pgbackd base-backup (zstd, SHA-256, local)" "$best_our
 [ "$have_pgbackrest" = 1 ] && printf '%-44s %9s %9s\n' "pgbackrest backup --type=full (zst 1, 2 processes)" \
   "$best_pgbr" "$(awk "BEGIN{printf \"%.2fx\", $best_pgbr / $best_pg}")"
 echo "pgbackd peak RSS $(awk "BEGIN{printf \"%.1f\", $rss / 1024}") MiB; stored $(awk "BEGIN{printf \"%.1f\", $stored / 1048576}") MiB"
+
+# ---------------------------------------------------------------------------------------------
+# TABLESPACE=1: the same with a user tablespace holding a copy of the largest table: pgbackd
+# reads pg_basebackup's tars from a spool while they grow (`-D DIR`, not `-D -`), against
+# `pg_basebackup -Ft -D DIR` writing the tars to disk; the tablespace is dropped afterwards.
+if [ "${TABLESPACE:-0}" = 1 ]; then
+  ts=$dir/ts_bench; mkdir -p "$ts"; chown postgres: "$ts"
+  big=$(psql -Atc "select relname from pg_class where relkind = 'r' and relnamespace = 'public'::regnamespace
+    order by pg_relation_size(oid) desc limit 1" "$data")
+  psql -qc "create tablespace ts_bench location '$ts'" postgres
+  psql -qc "create table ts_copy tablespace ts_bench as select * from $big" "$data"
+  drop_ts() { psql -qc "drop table if exists ts_copy" "$data"; psql -qc "drop tablespace if exists ts_bench" postgres; }
+  trap 'drop_ts; restore_archive_command' EXIT
+  echo "tablespace ts_bench: $(psql -Atc "select pg_size_pretty(pg_tablespace_size('ts_bench'))" postgres)"
+  best_dir=""; best_ts=""; rss_ts=0
+  for _ in $(seq "$runs"); do
+    rm -rf "$work/tars"
+    read -r t _ < <(time_once "$bin/pg_basebackup" -h 127.0.0.1 -p "$port" -U postgres -D "$work/tars" -Ft \
+      -X none --checkpoint=fast --manifest-checksums=SHA256)
+    if better "$t" "$best_dir"; then best_dir=$t; fi
+    rm -rf "$work/tars" "$work/repo/clusters/bench/"*-base-*
+    read -r t m < <(time_once runuser -u postgres -- "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn base-backup)
+    if better "$t" "$best_ts"; then best_ts=$t; fi
+    [ "$m" -gt "$rss_ts" ] && rss_ts=$m
+  done
+  printf '\n%-44s %9s %9s\n' "with a tablespace" "seconds" "ratio"
+  printf '%-44s %9s %9s\n' "pg_basebackup -Ft -D DIR -X none (to disk)" "$best_dir" "1.00x"
+  printf '%-44s %9s %9s\n' "pgbackd base-backup (tars from the spool)" "$best_ts" \
+    "$(awk "BEGIN{printf \"%.2fx\", $best_ts / $best_dir}")"
+  echo "pgbackd peak RSS $(awk "BEGIN{printf \"%.1f\", $rss_ts / 1024}") MiB"
+fi

@@ -8,6 +8,7 @@ use super::context::JobContext;
 use crate::config::WalSettings;
 use crate::pg::basebackup::{Label, LsnText, PgManifest, TarError, TarFilter, TarSummary};
 use crate::pg::{self, Tools};
+use crate::pipeline::growing::GrowingFile;
 use crate::pipeline::{self, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running};
 use crate::progress;
@@ -15,7 +16,6 @@ use crate::repo::manifest::{BaseBackup, Content, Source, TablespaceArchive, Trig
 use crate::repo::{BackupKind, Manifest, Subject, keys};
 use crate::wal::names::{SegmentName, WalFile};
 use anyhow::{Context, Result, anyhow, bail};
-use crate::pipeline::growing::GrowingFile;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,7 +145,9 @@ async fn take(
         let location = match (mapped, known) {
             (Some(l), _) => l,
             (None, Some((_, _, l))) => l.clone(),
-            (None, None) => bail!("pg_basebackup wrote a tar of tablespace {oid}, which its tablespace_map does not list"),
+            (None, None) => {
+                bail!("pg_basebackup wrote a tar of tablespace {oid}, which its tablespace_map does not list")
+            }
         };
         let name = known.map(|(_, n, _)| n.clone()).unwrap_or_else(|| format!("tablespace {oid}"));
         tablespaces.push(TablespaceArchive { oid, name, location, data: stored.object });

@@ -160,7 +160,8 @@ pub async fn cluster(
     // the WAL the base backups need is checked under their read locks, as any reader: retention
     // keeps a base backup that is read, and with it the WAL from its start
     let bases: Vec<crate::repo::Manifest> = listing.backups.into_iter().map(|l| l.manifest).collect();
-    let lock = if bases.is_empty() { None } else { Some(ctx.read_lock_all(&subject, &bases, "WAL verification").await?) };
+    let lock =
+        if bases.is_empty() { None } else { Some(ctx.read_lock_all(&subject, &bases, "WAL verification").await?) };
     // listed again under the lock: a base backup retention deleted in between needs nothing
     let held: Vec<crate::repo::Manifest> = match &lock {
         Some(_) => {

@@ -69,8 +69,8 @@ impl Counter {
 }
 
 mod decrypt;
-pub mod growing;
 pub mod delta;
+pub mod growing;
 pub mod object;
 mod read;
 mod segments;

@@ -1050,7 +1050,8 @@ fn a_cluster_with_a_tablespace_is_stored_a_tar_per_tablespace_and_recovers_with_
     let id = String::from_utf8_lossy(&taken.stdout).trim().to_owned();
     assert!(err.contains(&format!("tablespace ts_one (OID {oid}, at {})", location.display())), "{err}");
     let dir = a.dir.path().join(format!("repository/clusters/main/{id}"));
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let ts = &manifest["tablespaces"][0];
     assert_eq!(ts["name"], "ts_one", "{manifest}");
     assert_eq!(ts["oid"].to_string(), oid);
