@@ -440,7 +440,7 @@ async fn read_archives(
     let mut archives: Vec<SpooledArchive> = Vec::new();
     let moved = ctx.progress.clone();
     let tracker = progress::track(&format!("base backup {}", subject.name()), moved.clone(), ctx.interactive);
-    while let Some(name) = next_archive(dir, gone, stop).await? {
+    while let Some(name) = next_archive(dir, gone, stop, opts.stall_timeout).await? {
         let oid = match name.as_str() {
             "base.tar" => None,
             other => Some(
@@ -466,7 +466,8 @@ async fn read_archives(
             Err(StreamError::Filter(e)) => bail!("{name} is not a whole tar archive: {e}"),
             Err(StreamError::Cancelled) => bail!("the base backup was cancelled: nothing was committed"),
             Err(StreamError::Stalled(d)) => bail!(
-                "pg_basebackup wrote nothing into {name} for {} (backup.stall_timeout) and was stopped",
+                "pg_basebackup wrote nothing into {name} for {} (backup.stall_timeout) and was stopped; with -X \
+                 none it waits at the end for the WAL to be archived: is archiving working? (pg_stat_archiver)",
                 crate::units::duration(d)
             ),
             Err(e) => return Err(anyhow!(e).context(format!("storing pg_basebackup's {name}"))),
@@ -484,8 +485,16 @@ async fn read_archives(
     Ok(archives)
 }
 
-/// The next tar in `dir` once pg_basebackup has created it; `None` once no more will come.
-async fn next_archive(dir: &Path, gone: &AtomicBool, stop: &CancellationToken) -> Result<Option<String>> {
+/// The next tar in `dir` once pg_basebackup has created it; `None` once no more will come. A
+/// pg_basebackup that creates nothing for `stall` (waiting for an archiver that fails, say) is
+/// stopped, as the stall guard stops one that writes nothing to stdout.
+async fn next_archive(
+    dir: &Path,
+    gone: &AtomicBool,
+    stop: &CancellationToken,
+    stall: Duration,
+) -> Result<Option<String>> {
+    let since = tokio::time::Instant::now();
     loop {
         // read before looking: a tar created just before the writer exits is still seen
         let finished = gone.load(Ordering::Acquire);
@@ -500,6 +509,13 @@ async fn next_archive(dir: &Path, gone: &AtomicBool, stop: &CancellationToken) -
         }
         if finished || names.iter().any(|n| n.starts_with("backup_manifest")) {
             return Ok(None);
+        }
+        if since.elapsed() >= stall {
+            bail!(
+                "pg_basebackup wrote no further tar and no backup_manifest for {} (backup.stall_timeout) and was \
+                 stopped; with -X none it waits for the WAL to be archived: is archiving working? (pg_stat_archiver)",
+                crate::units::duration(stall)
+            );
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}

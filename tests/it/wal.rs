@@ -714,6 +714,23 @@ fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leav
     assert!(left.is_empty(), "{left:?}");
     let spooled: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
     assert!(spooled.is_empty(), "the spool directory is removed: {spooled:?}");
+
+    // one that writes nothing at all is stopped by the stall guard, and says what to look at
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\nexec sleep 120\n", real = real.display()),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&a.config).unwrap();
+    text.push_str("backup: {stall_timeout: 2s}\n");
+    std::fs::write(&a.config, text).unwrap();
+    let started = Instant::now();
+    let stalled = as_server_in(&tmp, Path::new(BIN), &["-c", &config, "base-backup"]);
+    let err = stderr(&stalled);
+    assert_eq!(stalled.status.code(), Some(1), "{err}");
+    assert!(err.contains("wrote no further tar and no backup_manifest for 2s (backup.stall_timeout)"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "stopped long before the fake's 120 s");
+    assert!(pids_with("sleep 120").is_empty(), "the stalled pg_basebackup is stopped");
 }
 
 #[test]
