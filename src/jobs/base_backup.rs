@@ -455,7 +455,7 @@ async fn read_archives(
             None => keys::base_data(subject, id, compressed, encrypted),
             Some(oid) => keys::tablespace_data(subject, id, oid, compressed, encrypted),
         };
-        let file = GrowingFile::open(dir.to_owned(), name.clone(), gone.clone())
+        let file = GrowingFile::open(dir.to_owned(), name.clone(), ".tar", gone.clone())
             .with_context(|| format!("opening {}", dir.join(&name).display()))?;
         let mut segments = pipeline::read_segments(file, opts.segment_size, moved.clone(), TarFilter::new());
         let streamed = pipeline::store_stream_to(&mut segments, repo.targets_for(subject), &key, &opts, stop).await;

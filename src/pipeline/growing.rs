@@ -3,9 +3,10 @@
 //! file never holds much more than the reader lags behind.
 //!
 //! `pg_basebackup -D DIR -Ft` writes one tar per tablespace into DIR, one after another; the
-//! base backup reads each while it grows. The writer is done with a file once another file
-//! appears in its directory (the next tar, or the `backup_manifest` written last) or the writer
-//! has exited.
+//! base backup reads each while it grows. The writer is done with a file once the next file of
+//! the same kind (name suffix) appears in its directory or the writer has exited: pg_basebackup
+//! closes a tar before it creates the next one, but opens `backup_manifest.tmp` while the last
+//! tar is still open (it flushes that tar only at the end), so other files say nothing.
 
 use std::fs::File;
 use std::io::Read;
@@ -24,6 +25,8 @@ pub struct GrowingFile {
     file: File,
     dir: PathBuf,
     name: String,
+    /// The suffix of the files that follow this one (`.tar`).
+    suffix: &'static str,
     /// Set when the writer has exited (or was stopped): the file will not grow any more.
     writer_gone: Arc<AtomicBool>,
     /// No more growth expected: the next read at the end is the end.
@@ -34,12 +37,21 @@ pub struct GrowingFile {
 }
 
 impl GrowingFile {
-    /// Opens `dir/name`, which its writer has created.
-    pub fn open(dir: PathBuf, name: String, writer_gone: Arc<AtomicBool>) -> std::io::Result<GrowingFile> {
-        let file = File::open(dir.join(&name))?;
+    /// Opens `dir/name`, which its writer has created; it is whole once a file ending in
+    /// `suffix` (the next one) appears beside it, or `writer_gone` is set.
+    pub fn open(
+        dir: PathBuf,
+        name: String,
+        suffix: &'static str,
+        writer_gone: Arc<AtomicBool>,
+    ) -> std::io::Result<GrowingFile> {
+        let path = dir.join(&name);
         // the punching needs a descriptor open for writing; without one the file just stays whole
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(&name)).unwrap_or(file);
-        Ok(GrowingFile { file, dir, name, writer_gone, done: false, read: 0, punched: 0, punch: true })
+        let (file, punch) = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => (f, true),
+            Err(_) => (File::open(&path)?, false),
+        };
+        Ok(GrowingFile { file, dir, name, suffix, writer_gone, done: false, read: 0, punched: 0, punch })
     }
 
     /// Whether the writer has moved on from this file.
@@ -48,7 +60,9 @@ impl GrowingFile {
             return true;
         }
         match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries.flatten().any(|e| e.file_name().to_str() != Some(self.name.as_str())),
+            Ok(entries) => entries
+                .flatten()
+                .any(|e| e.file_name().to_str().is_some_and(|n| n != self.name && n.ends_with(self.suffix))),
             Err(_) => true,
         }
     }
@@ -104,13 +118,17 @@ mod tests {
         let path = dir.path().join("a.tar");
         let mut w = File::create(&path).unwrap();
         let gone = Arc::new(AtomicBool::new(false));
-        let mut r = GrowingFile::open(dir.path().to_owned(), "a.tar".into(), gone).unwrap();
+        let mut r = GrowingFile::open(dir.path().to_owned(), "a.tar".into(), ".tar", gone).unwrap();
         let writer = {
             let dir = dir.path().to_owned();
             std::thread::spawn(move || {
                 for i in 0..20u8 {
                     w.write_all(&vec![i; 1 << 20]).unwrap();
                     std::thread::sleep(Duration::from_millis(3));
+                    if i == 10 {
+                        // a file of another kind (pg_basebackup's manifest) does not end the tar
+                        File::create(dir.join("backup_manifest.tmp")).unwrap();
+                    }
                 }
                 w.flush().unwrap();
                 File::create(dir.join("b.tar")).unwrap();
@@ -136,7 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("base.tar"), b"partial").unwrap();
         let gone = Arc::new(AtomicBool::new(false));
-        let mut r = GrowingFile::open(dir.path().to_owned(), "base.tar".into(), gone.clone()).unwrap();
+        let mut r = GrowingFile::open(dir.path().to_owned(), "base.tar".into(), ".tar", gone.clone()).unwrap();
         let setter = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             gone.store(true, Ordering::Release);

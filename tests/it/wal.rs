@@ -718,7 +718,10 @@ fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leav
     // one that writes nothing at all is stopped by the stall guard, and says what to look at
     std::fs::write(
         &script,
-        format!("#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\nexec sleep 120\n", real = real.display()),
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\nexec sleep 120\n",
+            real = real.display()
+        ),
     )
     .unwrap();
     let mut text = std::fs::read_to_string(&a.config).unwrap();
