@@ -1,5 +1,6 @@
 //! The `pgbackd` binary: parse the command line, start logging, run, map errors to exit codes
-//! (0 ok, 1 job failed, 2 usage or runtime error, 78 invalid config).
+//! (0 ok, 1 job failed, 2 usage or runtime error, 78 invalid config; archive-get: 1 not archived,
+//! 126 any error, which stops PostgreSQL's recovery).
 
 use clap::Parser;
 use pgbackd::cli::{self, Cli};
@@ -38,8 +39,20 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_ERROR);
         }
     };
+    let archive_get = matches!(cli.command, cli::Command::ArchiveGet(_));
     match runtime.block_on(cli::run(cli, daemon_config)) {
         Ok(code) => code,
+        // restore_command: an exit above 125 stops the recovery; any other failure would be taken
+        // for a file missing from the archive, and a recovery to the end of the WAL would end
+        // (and promote) early at a damaged segment without anyone noticing
+        Err(err) if archive_get => {
+            eprintln!(
+                "error: {}; exit {} so that PostgreSQL stops the recovery instead of taking the file for missing",
+                pgbackd::secret::redact(&format!("{err:#}")),
+                cli::EXIT_RESTORE_ABORT
+            );
+            ExitCode::from(cli::EXIT_RESTORE_ABORT)
+        }
         Err(err) => report(err),
     }
 }

@@ -86,6 +86,65 @@ pub enum Command {
     /// Store what the WAL spool holds now (wal.method stream), the partial segment the receiver
     /// is writing included: the archive then reaches the last WAL received. Prints what it stored.
     WalFlush,
+    /// Recover the cluster into an empty data directory, to a moment: the newest base backup
+    /// before the target (every frame checked), the WAL up to it checked in the archive, recovery
+    /// settings written (restore_command = pgbackd archive-get); with --start, run the server
+    /// until recovery reaches the target and print the LSN and commit time reached.
+    RestoreCluster(RestoreClusterArgs),
+    /// Create a named restore point on the wal.server, archive the WAL holding it, and record it
+    /// (restore-cluster --to-restore-point NAME then starts from a base backup before it).
+    RestorePoint(RestorePointArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to_time", "to_lsn", "to_restore_point", "latest"])))]
+pub struct RestoreClusterArgs {
+    /// The data directory to create (absent or empty).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
+    /// Recover up to the last commit at or before this time: RFC 3339 (2026-12-03T14:02:00Z) or
+    /// "2026-12-03 14:02[:SS]" in this machine's time zone, or with an offset (+01:00).
+    #[arg(long, value_name = "TIME")]
+    pub to_time: Option<String>,
+    /// Recover up to this WAL location (0/3000060).
+    #[arg(long, value_name = "LSN")]
+    pub to_lsn: Option<String>,
+    /// Recover up to a restore point (pgbackd restore-point NAME, or pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub to_restore_point: Option<String>,
+    /// Recover to the end of the archived WAL.
+    #[arg(long)]
+    pub latest: bool,
+    /// recovery_target_timeline (default: latest, the newest timeline in the archive).
+    #[arg(long, value_name = "N")]
+    pub timeline: Option<u32>,
+    /// Start from this base backup (default: the newest one that ends before the target).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Start the server and wait until recovery reaches the target (it keeps running).
+    #[arg(long)]
+    pub start: bool,
+    /// The restored server's port (written to its postgresql.auto.conf).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Put a tablespace elsewhere: NAME=DIR (its name, OID or old location).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// archive_mode = off in the restored server: a side copy must not archive into the
+    /// production cluster's archive.
+    #[arg(long)]
+    pub no_archive: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestorePointArgs {
+    /// The point's name (letters, digits, '-', '_', '.'; up to 63).
+    pub name: String,
 }
 
 /// The server a restore writes to, when not the configured one.

@@ -17,6 +17,7 @@ mod check;
 mod forget;
 mod list;
 mod notify;
+mod recovery;
 mod restore;
 mod retention;
 mod rollback;
@@ -44,6 +45,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_JOB_FAILED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 pub const EXIT_CONFIG: u8 = 78;
+/// archive-get's failure (not "not archived"): above 125, PostgreSQL stops the recovery.
+pub const EXIT_RESTORE_ABORT: u8 = 126;
 
 /// An error with the exit code it maps to.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
@@ -198,5 +201,9 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::ArchivePush(args) => wal::push(&context(cli, None, cancel).await?, args).await,
         Command::ArchiveGet(args) => wal::get(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::WalFlush => wal::flush(&context(cli, None, cancel).await?).await,
+        Command::RestoreCluster(args) => {
+            recovery::restore_cluster(&context(cli, Some(&args.keys), cancel).await?, args).await
+        }
+        Command::RestorePoint(args) => recovery::restore_point(&context(cli, None, cancel).await?, args).await,
     }
 }

@@ -14,7 +14,7 @@ use crate::process::{ChildSpec, ProcessError, Running};
 use crate::progress;
 use crate::repo::manifest::{BaseBackup, Content, Source, TablespaceArchive, Trigger};
 use crate::repo::{BackupKind, Manifest, Subject, keys};
-use crate::wal::names::{SegmentName, WalFile};
+use crate::wal::names::SegmentName;
 use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
 use std::sync::Arc;
@@ -556,33 +556,18 @@ fn explain(e: ProcessError, wal: &WalSettings) -> anyhow::Error {
 
 /// Waits until the segment holding the backup's end is on every required target.
 async fn wait_for_wal(ctx: &JobContext, wal: &WalSettings, system_identifier: u64, stop: SegmentName) -> Result<()> {
-    let archive = crate::wal::open(&ctx.config, &ctx.repository, system_identifier)?;
-    let deadline = tokio::time::Instant::now() + wal.archive_timeout;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let missing = archive.missing_on_required(WalFile::Segment(stop)).await?;
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let how = match wal.method {
-                crate::config::WalMethod::ArchiveCommand => {
-                    "is archive_command set to 'pgbackd -c CONFIG archive-push %p' with this repository? \
-                     (pg_stat_archiver shows its failures)"
-                }
-                crate::config::WalMethod::Stream => "is the daemon's WAL receiver running? (pgbackd status)",
-            };
-            bail!(
-                "the base backup's last WAL segment {stop} is not archived on {} after {} (wal.archive_timeout): \
-                 without it the backup cannot be restored, so it is not kept; {how}",
-                missing.join(", "),
-                crate::units::duration(wal.archive_timeout)
-            );
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = ctx.cancel.cancelled() => bail!("the base backup was cancelled while it waited for its WAL to be archived"),
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
+    crate::wal::wait_archived(&ctx.config, &ctx.repository, system_identifier, stop, &ctx.cancel)
+        .await
+        .map_err(|e| match e {
+            crate::wal::NotArchived::Cancelled => {
+                anyhow!("the base backup was cancelled while it waited for its WAL to be archived")
+            }
+            crate::wal::NotArchived::Error(e) => e,
+            crate::wal::NotArchived::TimedOut { missing } => anyhow!(
+                "the base backup's last WAL segment {stop} is not archived on {missing} after {} (wal.archive_timeout): \
+                 without it the backup cannot be restored, so it is not kept; {}",
+                crate::units::duration(wal.archive_timeout),
+                crate::wal::archiving_hint(wal)
+            ),
+        })
 }

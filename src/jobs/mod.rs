@@ -10,6 +10,7 @@ pub mod base_backup;
 pub mod context;
 pub mod file_backup;
 pub mod kind;
+pub mod recovery;
 pub mod report;
 pub mod restore;
 pub mod retention;

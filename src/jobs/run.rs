@@ -66,6 +66,8 @@ pub struct Params {
 pub enum RestoreTo {
     Database(Box<RestoreRequest>),
     Directory(FilesRequest),
+    /// A cluster's data directory, recovered to a moment (`restore-cluster`).
+    Cluster(Box<super::recovery::Request>),
 }
 
 /// How a run ended.
@@ -100,6 +102,7 @@ pub enum Produced {
     Retention(Box<RetentionRun>),
     Restore(Box<RestoreReport>),
     FilesRestored(Box<Restored>),
+    ClusterRecovered(Box<super::recovery::ClusterRecovery>),
 }
 
 /// A finished run.
@@ -325,6 +328,12 @@ impl Arms for Jobs {
                 let at = p.at.unwrap_or_else(|| ctx.now());
                 Ok(Produced::Retention(Box::new(retention::run(ctx, s, at, p.dry_run).await?)))
             }
+            (JobKind::Restore, Subject::Cluster(name)) => match &p.restore {
+                Some(RestoreTo::Cluster(req)) => {
+                    Ok(Produced::ClusterRecovered(Box::new(super::recovery::run(ctx, name, req).await?)))
+                }
+                _ => bail!("a cluster is restored into a data directory (pgbackd restore-cluster --pgdata DIR)"),
+            },
             (JobKind::Restore, s) => {
                 let m = restore::choose(ctx, s, &p.select).await?;
                 match &p.restore {
@@ -334,6 +343,7 @@ impl Arms for Jobs {
                     Some(RestoreTo::Directory(req)) => {
                         Ok(Produced::FilesRestored(Box::new(restore::files(ctx, &m, req).await?)))
                     }
+                    Some(RestoreTo::Cluster(_)) => bail!("only a cluster's base backups restore into a data directory"),
                     None => bail!("a restore needs a target (a database or a directory)"),
                 }
             }

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod basebackup;
 pub mod cluster;
 pub mod database;
+pub mod server;
 
 use crate::config::Connection;
 use crate::process::{ChildSpec, run_capture};

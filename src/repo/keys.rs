@@ -151,6 +151,16 @@ pub fn attempt(subject: &Subject, job: &str) -> String {
     format!("{}{job}.json", attempts_prefix(subject))
 }
 
+/// Where the named restore points `pgbackd restore-point` created for a cluster's archive are
+/// recorded (one small JSON object each), so a recovery to one starts from a base backup before it.
+pub fn restore_points(cluster: &str, system_identifier: u64) -> String {
+    format!("clusters/{cluster}/restore-points/{system_identifier}/")
+}
+
+pub fn restore_point(cluster: &str, system_identifier: u64, name: &str) -> String {
+    format!("{}{name}.json", restore_points(cluster, system_identifier))
+}
+
 /// Where every WAL archive of a cluster is (one per system identifier below it).
 pub fn wal_root(cluster: &str) -> String {
     format!("clusters/{cluster}/wal/")

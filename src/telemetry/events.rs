@@ -259,6 +259,11 @@ impl From<&JobRun> for Report {
                 r.warnings = x.warnings.clone();
                 r.details = json(x.as_ref());
             }
+            Produced::ClusterRecovered(x) => {
+                r.backup_id = Some(x.backup_id.clone());
+                r.raw_bytes = Some(x.restored_bytes);
+                r.details = json(x.as_ref());
+            }
             Produced::FilesRestored(x) => {
                 r.backup_id = Some(x.backup_id.clone());
                 r.raw_bytes = Some(x.bytes);

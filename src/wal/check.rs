@@ -124,7 +124,7 @@ pub async fn verify(
 /// What recovery on an archive's newest timeline reads: that timeline's chain (from its history
 /// file, read from the archive; `history_missing` when it is not there) and the archived segments
 /// on it.
-pub(super) struct RecoveryPath {
+pub struct RecoveryPath {
     pub timeline: u32,
     pub chain: Chain,
     pub on_chain: BTreeSet<SegmentName>,

@@ -13,6 +13,7 @@ pub mod check;
 pub mod expire;
 pub mod names;
 pub mod receiver;
+pub mod restore_point;
 pub mod timeline;
 pub mod window;
 
@@ -161,4 +162,54 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
     temp.as_file().sync_all().with_context(|| format!("syncing {}", dest.display()))?;
     temp.persist(dest).map_err(|e| anyhow::anyhow!("renaming into {}: {}", dest.display(), e.error))?;
     Ok(())
+}
+
+/// Why [`wait_archived`] gave up.
+#[derive(Debug)]
+pub enum NotArchived {
+    /// Still missing on these required targets after `wal.archive_timeout`.
+    TimedOut {
+        missing: String,
+    },
+    Cancelled,
+    Error(anyhow::Error),
+}
+
+/// Waits (up to `wal.archive_timeout`) until `segment` is on every required target.
+pub async fn wait_archived(
+    config: &Config,
+    repository: &Repository,
+    system_identifier: u64,
+    segment: names::SegmentName,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), NotArchived> {
+    let wal = settings(config).map_err(NotArchived::Error)?;
+    let archive = open(config, repository, system_identifier).map_err(NotArchived::Error)?;
+    let deadline = tokio::time::Instant::now() + wal.archive_timeout;
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let missing = archive.missing_on_required(WalFile::Segment(segment)).await.map_err(NotArchived::Error)?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(NotArchived::TimedOut { missing: missing.join(", ") });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return Err(NotArchived::Cancelled),
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
+/// What to check when WAL does not reach the archive, for the configured method.
+pub fn archiving_hint(wal: &WalSettings) -> &'static str {
+    match wal.method {
+        crate::config::WalMethod::ArchiveCommand => {
+            "is archive_command set to 'pgbackd -c CONFIG archive-push %p' with this repository? \
+             (pg_stat_archiver shows its failures)"
+        }
+        crate::config::WalMethod::Stream => "is the daemon's WAL receiver running? (pgbackd status)",
+    }
 }

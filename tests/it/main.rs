@@ -12,6 +12,7 @@ mod files;
 mod harness;
 mod incremental;
 mod notify;
+mod pitr;
 mod restores;
 mod retention;
 mod s3;
