@@ -15,35 +15,20 @@
 # Issue 17 target: wall time <= 1.15x pg_basebackup, peak RSS <= 64 MiB.
 set -euo pipefail
 scale=${1:-10}; runs=${2:-3}
-here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
-dir=${BENCH_DIR:-/tmp/pgbackd-bench}; port=${BENCH_PORT:-55432}
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
-
-(cd "$root" && cargo build --release --quiet)
-pgbackd=$root/target/release/pgbackd
-mkdir -p "$dir"
-pg_isready -q -h 127.0.0.1 -p "$port" || "$here/lib/pgcluster.sh" start "$dir/cluster" "$port" autovacuum=off
+source "$(dirname "$0")/lib/archiving.sh"
+bench_start brun
 data=bench_$scale
 if [ "$(psql -Atc "select count(*) from pg_database where datname = '$data'" postgres)" = 0 ]; then
   echo "generating scale $scale data set into $data ..."
   "$here/lib/gendata.sh" "$port" "$data" "$scale" >/dev/null
 fi
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-work=$(mktemp -d "$dir/brun.XXXXXX")
-old=$(psql -Atc "show archive_command" postgres)
-restore_archive_command() {
-  psql -qc "alter system set archive_command = '${old//\'/\'\'}'" -c "select pg_reload_conf()" postgres >/dev/null || true
-  rm -rf "$work"
-}
-trap restore_archive_command EXIT
 cat >"$work/pgbackd.yaml" <<YAML
 local_backup_dir: $work/repo
 reports: {dir: $work/reports}
 wal: {name: bench, server: {host: 127.0.0.1, port: $port, username: postgres}}
 YAML
-chmod 755 "$work"; chown -R postgres: "$work"
-psql -qc "alter system set archive_command = '$pgbackd -c $work/pgbackd.yaml --log-level warn archive-push %p'" \
-  -c "select pg_reload_conf()" postgres >/dev/null
+chown -R postgres: "$work"
+set_archive_command "$pgbackd -c $work/pgbackd.yaml --log-level warn archive-push %p"
 size=$(psql -Atc "select pg_size_pretty(sum(pg_database_size(oid))) from pg_database" postgres)
 echo "cluster of $size, $runs runs"
 
@@ -57,25 +42,7 @@ better() { [ -z "$2" ] || awk "BEGIN{exit !($1 < $2)}"; }
 have_pgbackrest=0
 if command -v pgbackrest >/dev/null; then
   have_pgbackrest=1
-  cat >"$work/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$work/pgbr
-repo1-retention-full=1
-compress-type=zst
-compress-level=1
-process-max=2
-start-fast=y
-archive-check=n
-log-level-console=warn
-log-level-file=off
-lock-path=$work/pgbr-lock
-[bench]
-pg1-path=$(psql -Atc "show data_directory" postgres)
-pg1-port=$port
-pg1-socket-path=$(psql -Atc "show unix_socket_directories" postgres | cut -d, -f1)
-CONF
-  chown -R postgres: "$work"
-  runuser -u postgres -- pgbackrest --config="$work/pgbackrest.conf" --stanza=bench stanza-create >/dev/null
+  pgbackrest_conf
 fi
 best_pg=""; best_ours=""; best_pgbr=""; best_zstd=""; rss=0
 for _ in $(seq "$runs"); do
@@ -118,8 +85,7 @@ if [ "${TABLESPACE:-0}" = 1 ]; then
     order by pg_relation_size(oid) desc limit 1" "$data")
   psql -qc "create tablespace ts_bench location '$ts'" postgres
   psql -qc "create table ts_copy tablespace ts_bench as select * from $big" "$data"
-  drop_ts() { psql -qc "drop table if exists ts_copy" "$data"; psql -qc "drop tablespace if exists ts_bench" postgres; }
-  trap 'drop_ts; restore_archive_command' EXIT
+  bench_on_exit() { psql -qc "drop table if exists ts_copy" "$data"; psql -qc "drop tablespace if exists ts_bench" postgres; }
   echo "tablespace ts_bench: $(psql -Atc "select pg_size_pretty(pg_tablespace_size('ts_bench'))" postgres)"
   best_dir=""; best_ts=""; rss_ts=0
   for _ in $(seq "$runs"); do

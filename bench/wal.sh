@@ -10,27 +10,13 @@
 # Issue 17 target: archive-push of one segment <= 50 ms locally.
 set -euo pipefail
 segments=${1:-16}; runs=${2:-3}
-here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
-dir=${BENCH_DIR:-/tmp/pgbackd-bench}; port=${BENCH_PORT:-55432}
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
-
-(cd "$root" && cargo build --release --quiet)
-pgbackd=$root/target/release/pgbackd
-mkdir -p "$dir"
-pg_isready -q -h 127.0.0.1 -p "$port" || "$here/lib/pgcluster.sh" start "$dir/cluster" "$port" autovacuum=off
-work=$(mktemp -d "$dir/wrun.XXXXXX")
-old=$(psql -Atc "show archive_command" postgres)
-restore_archive_command() {
-  psql -qc "alter system set archive_command = '${old//\'/\'\'}'" -c "select pg_reload_conf()" postgres >/dev/null || true
-  rm -rf "$work"
-}
-trap restore_archive_command EXIT
-chmod 755 "$work"
+source "$(dirname "$0")/lib/archiving.sh"
+bench_start wrun
 
 # real segments of the bench cluster: written by inserts, collected by an archive_command that
 # copies them, then the cluster's own archive_command is put back
 mkdir -p "$work/pg_wal"; chown postgres: "$work/pg_wal" 2>/dev/null || true
-psql -qc "alter system set archive_command = 'cp %p $work/pg_wal/%f'" -c "select pg_reload_conf()" postgres >/dev/null
+set_archive_command "cp %p $work/pg_wal/%f"
 psql -qc "create table if not exists wal_bench (id bigint, v text)" postgres
 for _ in $(seq "$segments"); do
   psql -qc "insert into wal_bench select g, md5(g::text) || repeat('x', 60) from generate_series(1, 60000) g" \
@@ -38,7 +24,7 @@ for _ in $(seq "$segments"); do
 done
 psql -qc "drop table wal_bench" -c "select pg_switch_wal()" postgres >/dev/null
 for _ in $(seq 100); do [ "$(ls "$work/pg_wal" | wc -l)" -ge "$segments" ] && break; sleep 0.2; done
-psql -qc "alter system set archive_command = '${old//\'/\'\'}'" -c "select pg_reload_conf()" postgres >/dev/null
+set_archive_command "$old_archive_command"
 mapfile -t files < <(ls "$work/pg_wal" | grep -E '^[0-9A-F]{24}$' | head -n "$segments")
 n=${#files[@]}
 echo "archiving $n segments of 16 MiB, $runs runs"
@@ -51,21 +37,7 @@ YAML
 have_pgbackrest=0
 if command -v pgbackrest >/dev/null; then
   have_pgbackrest=1
-  cat >"$work/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$work/pgbr
-compress-type=zst
-compress-level=1
-log-level-console=warn
-log-level-file=off
-lock-path=$work/pgbr-lock
-[bench]
-pg1-path=$dir/cluster/data
-pg1-port=$port
-pg1-host-user=postgres
-CONF
-  chown -R postgres: "$work"
-  runuser -u postgres -- pgbackrest --config="$work/pgbackrest.conf" --stanza=bench stanza-create >/dev/null
+  pgbackrest_conf
 fi
 
 # per-segment milliseconds of "$@" FILE over every segment
@@ -131,8 +103,7 @@ reports: {dir: $work/lreports}
 wal: {name: bench}
 YAML
 chown -R postgres: "$work"
-psql -qc "alter system set archive_command = '$pgbackd -c $work/load.yaml --log-level warn archive-push %p'" \
-  -c "select pg_reload_conf()" postgres >/dev/null
+set_archive_command "$pgbackd -c $work/load.yaml --log-level warn archive-push %p"
 start_lsn=$(psql -Atc "select pg_current_wal_lsn()" postgres)
 run_pgbench & bench_pid=$!
 max_ready=0; max_age=0; max_archive_lag=0
@@ -163,7 +134,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 drain_s=$(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $drained}")
-psql -qc "alter system set archive_command = '${old//\'/\'\'}'" -c "select pg_reload_conf()" postgres >/dev/null
+set_archive_command "$old_archive_command"
 
 # streaming: how far the server's WAL is ahead of the end of the newest segment stored in the
 # repository (under one segment: every segment is stored before the next one is complete)
@@ -176,12 +147,11 @@ YAML
 chown -R postgres: "$work"
 runuser -u postgres -- "$pgbackd" -c "$work/stream.yaml" --log-level warn run >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-stop_daemon() {
+bench_on_exit() {
   kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null || true
   psql -qAtc "select pg_drop_replication_slot('pgbackd_bench') from pg_replication_slots where slot_name = 'pgbackd_bench'" \
     postgres >/dev/null || true
 }
-trap 'stop_daemon; restore_archive_command' EXIT
 # the receiver's walsender: the one on the daemon's slot
 receiver="from pg_stat_replication r join pg_replication_slots s on s.active_pid = r.pid where s.slot_name = 'pgbackd_bench'"
 receiving() { [ "$(psql -Atc "select count(*) $receiver" postgres)" = 1 ]; }
@@ -205,7 +175,7 @@ while kill -0 "$bench_pid" 2>/dev/null; do
 done
 wait "$bench_pid" || { cat "$work/pgbench.out" >&2; exit 1; }
 stream_tps=$(tps)
-stop_daemon
+bench_on_exit
 
 # WAL written between a segment's end and the moment it is in the repository: the lag beyond the
 # newest stored segment, less the segment being written (which is never stored before it ends)

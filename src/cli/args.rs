@@ -94,6 +94,21 @@ pub enum Command {
     /// Create a named restore point on the wal.server, archive the WAL holding it, and record it
     /// (restore-cluster --to-restore-point NAME then starts from a base backup before it).
     RestorePoint(RestorePointArgs),
+    /// The prefetcher archive-get starts (keeps the next wal.prefetch segments queued).
+    #[command(hide = true)]
+    ArchivePrefetch(ArchivePrefetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArchivePrefetchArgs {
+    #[arg(long)]
+    pub system_id: u64,
+    #[arg(long)]
+    pub queue: PathBuf,
+    #[arg(long)]
+    pub segment_size: u64,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]

@@ -69,6 +69,8 @@ pub struct WalSettings {
     /// Alert (and `/readyz` fails) when a completed segment has waited longer than this to be
     /// archived, or the server has not answered the monitor for this long.
     pub max_lag: Duration,
+    /// How many segments `archive-get` keeps fetched ahead of recovery (0: none).
+    pub prefetch: u32,
 }
 
 /// `wal.method`.

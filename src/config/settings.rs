@@ -224,6 +224,7 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
     let archive_timeout = m.opt::<Dur>("archive_timeout").map(|d| d.0).unwrap_or(Duration::from_secs(60));
     let slot_lag_alert = m.opt::<ByteSize>("slot_lag_alert").map(|b| b.0).unwrap_or(1 << 30);
     let max_lag = m.opt::<Dur>("max_lag").map(|d| d.0).unwrap_or(Duration::from_secs(300));
+    let prefetch = m.opt::<u32>("prefetch").unwrap_or(8).min(64);
     m.finish();
     Some(WalSettings {
         name,
@@ -235,5 +236,6 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
         archive_timeout,
         slot_lag_alert,
         max_lag,
+        prefetch,
     })
 }

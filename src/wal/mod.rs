@@ -12,6 +12,7 @@ pub mod archive;
 pub mod check;
 pub mod expire;
 pub mod names;
+pub mod prefetch;
 pub mod receiver;
 pub mod restore_point;
 pub mod timeline;
@@ -121,34 +122,39 @@ pub async fn push(
     Ok((file, pushed))
 }
 
+/// The archive `archive-get` reads: `--system-id`, else the data directory's (restore_command
+/// runs in it).
+pub fn system_of(dest: &Path, given: Option<u64>) -> Result<u64> {
+    match given {
+        Some(s) => Ok(s),
+        None => control_system_identifier(&data_directory(dest, None)).map_err(|e| {
+            anyhow::anyhow!(
+                "which cluster's archive to read: {e}; run archive-get from the data directory (restore_command \
+                 does) or pass --system-id"
+            )
+        }),
+    }
+}
+
 /// `archive-get FILE DEST`: the archived `FILE` written to `DEST` (atomically: a temporary file
-/// beside it, renamed). `Ok(false)` when the archive does not hold it.
+/// beside it, renamed). `Ok(None)` when the archive does not hold it, else its size and, for a
+/// segment, the segment size its header states.
 pub async fn get(
     config: &Config,
     repository: &Repository,
-    name: &str,
+    file: WalFile,
     dest: &Path,
-    system_identifier: Option<u64>,
-) -> Result<bool> {
-    let file = WalFile::parse(name)
-        .with_context(|| format!("{name:?} is not a WAL file name; restore_command should pass %f %p"))?;
-    let system_identifier = match system_identifier {
-        Some(s) => s,
-        None => {
-            let dir = data_directory(dest, None);
-            control_system_identifier(&dir).map_err(|e| {
-                anyhow::anyhow!(
-                    "which cluster's archive to read: {e}; run archive-get from the data directory (restore_command \
-                     does) or pass --system-id"
-                )
-            })?
-        }
-    };
+    system_identifier: u64,
+) -> Result<Option<Option<u64>>> {
     let archive = open(config, repository, system_identifier)?;
-    let Some(raw) = archive.get(file).await? else { return Ok(false) };
+    let Some(raw) = archive.get(file).await? else { return Ok(None) };
+    let segment_size = match file {
+        WalFile::Segment(_) => SegmentHeader::read(&raw).ok().map(|h| h.segment_size as u64),
+        _ => None,
+    };
     let dest = dest.to_owned();
     tokio::task::spawn_blocking(move || write_atomically(&dest, &raw)).await.context("write task failed")??;
-    Ok(true)
+    Ok(Some(segment_size))
 }
 
 fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
@@ -158,8 +164,8 @@ fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
         .prefix(".pgbackd-wal-")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    // not synced: PostgreSQL reads the file at once and asks again after a crash
     temp.write_all(data).with_context(|| format!("writing {}", dest.display()))?;
-    temp.as_file().sync_all().with_context(|| format!("syncing {}", dest.display()))?;
     temp.persist(dest).map_err(|e| anyhow::anyhow!("renaming into {}: {}", dest.display(), e.error))?;
     Ok(())
 }

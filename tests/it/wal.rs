@@ -734,6 +734,11 @@ fn a_base_backup_of_a_server_that_archives_nothing_is_refused_and_a_cut_one_leav
     assert_eq!(stalled.status.code(), Some(1), "{err}");
     assert!(err.contains("wrote no further tar and no backup_manifest for 2s (backup.stall_timeout)"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60), "stopped long before the fake's 120 s");
+    // killed as pgbackd exits: give the kernel a moment to remove it on a loaded machine
+    let killed = Instant::now();
+    while !pids_with("sleep 120").is_empty() && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(pids_with("sleep 120").is_empty(), "the stalled pg_basebackup is stopped");
 }
 
