@@ -127,6 +127,15 @@ pub struct DatabaseStatus {
     pub last_test_restore_outcome: Option<Outcome>,
     /// The measured recovery time: how long the last test restore took.
     pub last_restore_seconds: Option<f64>,
+    /// The last recovery drill of a cluster: when, how, its RTO (to a ready server) and RPO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_rto_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_rpo_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -94,9 +94,23 @@ pub enum Command {
     /// Create a named restore point on the wal.server, archive the WAL holding it, and record it
     /// (restore-cluster --to-restore-point NAME then starts from a base backup before it).
     RestorePoint(RestorePointArgs),
+    /// Run a recovery drill now (schedule key recovery_drill): recover into a scratch copy (to
+    /// recovery_drill.pick), read every table, pg_amcheck, compare the schema with the live
+    /// server, run the checks, pg_checksums, measure RTO and RPO, remove the copy; exit 1 if any
+    /// check failed.
+    RecoveryDrill(RecoveryDrillArgs),
     /// The prefetcher archive-get starts (keeps the next wal.prefetch segments queued).
     #[command(hide = true)]
     ArchivePrefetch(ArchivePrefetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecoveryDrillArgs {
+    /// Print the drill's report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]

@@ -204,6 +204,7 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::RestoreCluster(args) => {
             recovery::restore_cluster(&context(cli, Some(&args.keys), cancel).await?, args).await
         }
+        Command::RecoveryDrill(args) => recovery::drill(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::ArchivePrefetch(args) => wal::prefetch(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::RestorePoint(args) => recovery::restore_point(&context(cli, None, cancel).await?, args).await,
     }

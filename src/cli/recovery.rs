@@ -1,6 +1,6 @@
 //! `pgbackd restore-cluster` (point-in-time recovery into a data directory) and `restore-point`.
 
-use super::args::{RestoreClusterArgs, RestorePointArgs};
+use super::args::{RecoveryDrillArgs, RestoreClusterArgs, RestorePointArgs};
 use super::{EXIT_OK, failure, run_job};
 use crate::jobs::JobContext;
 use crate::jobs::kind::JobKind;
@@ -79,6 +79,7 @@ pub async fn restore_cluster(ctx: &JobContext, args: &RestoreClusterArgs) -> Res
         no_archive: args.no_archive,
         identity: args.keys.identity.clone(),
         start_options: Vec::new(),
+        trust_local_only: false,
     };
     let mut spec = JobSpec::new(JobKind::Restore, Subject::Cluster(wal.name.clone()), Trigger::Manual);
     spec.params.restore = Some(RestoreTo::Cluster(Box::new(req)));
@@ -129,6 +130,52 @@ fn print(r: &ClusterRecovery) {
             );
         }
     }
+}
+
+pub async fn drill(ctx: &JobContext, args: &RecoveryDrillArgs) -> Result<ExitCode> {
+    let wal = crate::wal::settings(&ctx.config)?;
+    let spec = JobSpec::new(JobKind::RecoveryDrill, Subject::Cluster(wal.name.clone()), Trigger::Manual);
+    let run = run_job(ctx, spec).await;
+    let Produced::Drill(d) = &run.produced else { return Err(failure(run)) };
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(d.as_ref())?);
+    } else {
+        let target = d.target.as_ref().map_or("?".into(), |t| t.to_string());
+        say!("recovery drill of {} from base backup {} to {target}", d.cluster, d.backup_id.as_deref().unwrap_or("?"));
+        if let (Some(f), Some(l)) = (&d.wal_first, &d.wal_last) {
+            say!("  WAL {f} to {l}, replayed to {}", d.reached_lsn.as_deref().unwrap_or("?"));
+        }
+        say!(
+            "  RTO {} (to a ready server){}",
+            d.rto_seconds.map_or("?".into(), |s| format!("{s:.1} s")),
+            d.rpo_seconds.map_or(String::new(), |s| format!(", RPO {s:.1} s (target to the last replayed commit)"))
+        );
+        for db in &d.databases {
+            say!("  database {}: {} tables read, {} rows", db.name, db.tables.len(), db.rows);
+        }
+        say!("  pg_amcheck: {}; page checksums: {}", d.amcheck, d.checksums);
+        for c in &d.checks {
+            say!("  check {}: {}", c.name, if c.ok { "ok" } else { "FAILED" });
+        }
+        for w in &d.warnings {
+            say!("  warning: {w}");
+        }
+        for s in &d.schema_differences {
+            say!("  schema: {s}");
+        }
+        for f in &d.failures {
+            say!("  FAILED: {f}");
+        }
+        say!(
+            "{}",
+            if d.failures.is_empty() {
+                "drill passed; the scratch copy is removed"
+            } else {
+                "drill FAILED; the scratch copy is removed"
+            }
+        );
+    }
+    Ok(ExitCode::from(if d.failures.is_empty() { EXIT_OK } else { super::EXIT_JOB_FAILED }))
 }
 
 pub async fn restore_point(ctx: &JobContext, args: &RestorePointArgs) -> Result<ExitCode> {

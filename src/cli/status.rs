@@ -143,6 +143,17 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
                 d.last_restore_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into())
             )?;
         }
+        if let Some(t) = d.last_drill_at {
+            writeln!(
+                out,
+                "  {:<20} last recovery drill {} {}, RTO {}{}",
+                "",
+                ago(t, now),
+                outcome(d.last_drill_outcome),
+                d.last_drill_rto_seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+                d.last_drill_rpo_seconds.map(|s| format!(", RPO {s:.1}s")).unwrap_or_default()
+            )?;
+        }
     }
     if let Some(w) = &s.wal {
         writeln!(out, "\nWAL of cluster {} ({})", w.cluster, w.method.name())?;

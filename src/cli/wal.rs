@@ -44,7 +44,8 @@ pub async fn get(ctx: &JobContext, args: &ArchiveGetArgs) -> Result<ExitCode> {
         prefetch_after(ctx, args, &queue, s, system_identifier, None);
         return Ok(ExitCode::from(EXIT_OK));
     }
-    if let Some(segment_size) = crate::wal::get(&ctx.config, &ctx.repository, file, &args.dest, system_identifier).await?
+    if let Some(segment_size) =
+        crate::wal::get(&ctx.config, &ctx.repository, file, &args.dest, system_identifier).await?
     {
         tracing::debug!(file = %args.file, dest = %args.dest.display(), "WAL file restored");
         if let (WalFile::Segment(s), true) = (file, depth > 0) {

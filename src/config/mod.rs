@@ -236,6 +236,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let verification = read_verification(&mut top);
     let test_restore = read_test_restore(&mut top, &default_conn);
     let wal = read_wal(&mut top, &default_conn);
+    let recovery_drill = settings::read_recovery_drill(&mut top);
     let encryption = read_encryption(&mut top);
     let locks = read_locks(&mut top);
     let strict = top.opt::<bool>("strict").unwrap_or(false);
@@ -283,6 +284,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         log_file,
         verification: verification?,
         test_restore: test_restore?,
+        recovery_drill: recovery_drill?,
         wal,
         secret_files: ctx.secret_files(),
         encryption,

@@ -289,6 +289,57 @@ pub struct TestRestoreSettings {
     pub checks: Vec<RestoreCheck>,
 }
 
+/// `recovery_drill:`: the scheduled point-in-time recovery that proves the base backups and the
+/// WAL archive restore (job `recovery_drill`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryDrillSettings {
+    pub pick: DrillPick,
+    /// A drill whose RTO (to a ready server) is longer fails, so it alerts.
+    pub max_rto: Option<Duration>,
+    /// `pg_amcheck` of every database (the amcheck extension installed in the scratch copy).
+    pub amcheck: bool,
+    /// `pg_amcheck --heapallindexed` (every index entry checked against the heap; slower).
+    pub heapallindexed: bool,
+    /// The scratch server's `shared_buffers`.
+    pub shared_buffers: String,
+}
+
+impl Default for RecoveryDrillSettings {
+    fn default() -> Self {
+        RecoveryDrillSettings {
+            pick: DrillPick::Latest,
+            max_rto: None,
+            amcheck: true,
+            heapallindexed: false,
+            shared_buffers: "128MB".into(),
+        }
+    }
+}
+
+/// Which moment a drill recovers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillPick {
+    /// The end of the archived WAL.
+    Latest,
+    /// A random moment within the last this long (not before the oldest base backup's end).
+    RandomWithin(Duration),
+}
+
+impl reader::FromNode for DrillPick {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        let Some(text) = <String as reader::FromNode>::from_node(node, ctx)? else { return Ok(None) };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["latest"] => Ok(Some(DrillPick::Latest)),
+            ["random_within", d] => match reader::parse_duration(d) {
+                Ok(d) if !d.is_zero() => Ok(Some(DrillPick::RandomWithin(d))),
+                _ => Err(format!("{d:?} is not a duration: write random_within 24h")),
+            },
+            _ => Err(format!("{text:?}: write latest or random_within DURATION (e.g. random_within 24h)")),
+        }
+    }
+}
+
 pub use crate::crypto::keys::EncryptionConfig;
 
 /// `locks:`: how the repository's locks age and how long a job waits for one.
@@ -422,6 +473,7 @@ pub struct Config {
     pub log_file: Option<LogFile>,
     pub verification: VerificationSettings,
     pub test_restore: TestRestoreSettings,
+    pub recovery_drill: RecoveryDrillSettings,
     /// WAL archiving, when configured.
     pub wal: Option<WalSettings>,
     pub encryption: EncryptionConfig,

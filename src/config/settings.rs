@@ -239,3 +239,15 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
         prefetch,
     })
 }
+
+pub(super) fn read_recovery_drill(top: &mut MapReader<'_, '_>) -> Option<super::model::RecoveryDrillSettings> {
+    let mut m = top.map("recovery_drill")?;
+    let d = super::model::RecoveryDrillSettings::default();
+    let pick = m.opt::<super::model::DrillPick>("pick").unwrap_or(d.pick);
+    let max_rto = m.opt::<Dur>("max_rto").map(|d| d.0);
+    let amcheck = m.opt::<bool>("amcheck").unwrap_or(d.amcheck);
+    let heapallindexed = m.opt::<bool>("heapallindexed").unwrap_or(d.heapallindexed);
+    let shared_buffers = m.opt::<ByteSize>("shared_buffers").map_or(d.shared_buffers, |b| format!("{}kB", b.0 / 1024));
+    m.finish();
+    Some(super::model::RecoveryDrillSettings { pick, max_rto, amcheck, heapallindexed, shared_buffers })
+}

@@ -111,6 +111,31 @@ pub fn render(s: &Status, config: &Config, problems: &[Problem], now: DateTime<U
         }
     }
 
+    // per cluster: the last recovery drill
+    let ok = |x: crate::jobs::report::Outcome| if x == crate::jobs::report::Outcome::Success { 1.0 } else { 0.0 };
+    o.family("recovery_drill_success", "gauge", "1 if the latest recovery drill of a cluster passed, 0 if it failed.");
+    for (db, d) in &s.databases {
+        if let Some(v) = d.last_drill_outcome {
+            o.sample("recovery_drill_success", &[("database", db.as_str())], ok(v));
+        }
+    }
+    o.family("recovery_drill_rto_seconds", "gauge", "Seconds the latest recovery drill took to a ready server (RTO).");
+    for (db, d) in &s.databases {
+        if let Some(v) = d.last_drill_rto_seconds {
+            o.sample("recovery_drill_rto_seconds", &[("database", db.as_str())], v);
+        }
+    }
+    o.family(
+        "recovery_drill_rpo_seconds",
+        "gauge",
+        "Seconds between the latest drill's target and its last replayed commit.",
+    );
+    for (db, d) in &s.databases {
+        if let Some(v) = d.last_drill_rpo_seconds {
+            o.sample("recovery_drill_rpo_seconds", &[("database", db.as_str())], v);
+        }
+    }
+
     // per target: what the repository holds, and local free space
     o.family("repository_backups", "gauge", "Backups held by a storage target.");
     o.family("repository_bytes", "gauge", "Stored bytes of the backups held by a storage target.");
@@ -246,6 +271,23 @@ mod tests {
             }
             assert!(seen > 5, "{file}");
         }
+    }
+
+    #[test]
+    fn a_recovery_drill_is_one_sample_per_cluster_under_its_family() {
+        let yaml = "databases: [app]\nlocal_backup_dir: /tmp\n";
+        let config = Config::from_yaml(yaml, "t", &|_| None).unwrap();
+        let mut status = Status::default();
+        let d = status.databases.entry("cluster:main".into()).or_default();
+        d.last_drill_outcome = Some(crate::jobs::report::Outcome::Failed);
+        d.last_drill_rto_seconds = Some(42.5);
+        let text = render(&status, &config, &[], Utc::now());
+        assert!(text.contains("pgbackd_recovery_drill_success{database=\"cluster:main\"} 0\n"), "{text}");
+        assert!(text.contains("pgbackd_recovery_drill_rto_seconds{database=\"cluster:main\"} 42.5\n"), "{text}");
+        assert!(!text.contains("pgbackd_recovery_drill_rpo_seconds{"), "no RPO for a latest drill");
+        // each family's samples follow its TYPE line
+        let ty = text.find("# TYPE pgbackd_recovery_drill_rto_seconds").unwrap();
+        assert!(text.find("pgbackd_recovery_drill_rto_seconds{").unwrap() > ty);
     }
 
     #[test]

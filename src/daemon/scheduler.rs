@@ -29,7 +29,7 @@ impl Entry {
         let subjects = match s.kind {
             JobKind::FileBackup => of(|s| matches!(s, Subject::Files(_))),
             JobKind::ConfigBackup => of(|s| matches!(s, Subject::Configs(_))),
-            JobKind::BaseBackup => of(|s| matches!(s, Subject::Cluster(_))),
+            JobKind::BaseBackup | JobKind::RecoveryDrill => of(|s| matches!(s, Subject::Cluster(_))),
             JobKind::Retention | JobKind::Verification if s.databases.is_empty() => all.clone(),
             _ if s.databases.is_empty() => of(|s| matches!(s, Subject::Database(_))),
             _ => s.databases.iter().map(|d| Subject::Database(d.clone())).collect(),

@@ -15,13 +15,15 @@ pub enum JobKind {
     ConfigBackup,
     /// A physical base backup of the cluster whose WAL is archived (`wal:`).
     BaseBackup,
+    /// A point-in-time recovery into a scratch copy, checked (`recovery_drill`).
+    RecoveryDrill,
     /// A restore asked for on the command line (never scheduled).
     Restore,
 }
 
 impl JobKind {
     /// The kinds a schedule can name.
-    pub const SCHEDULED: [JobKind; 8] = [
+    pub const SCHEDULED: [JobKind; 9] = [
         JobKind::FullBackup,
         JobKind::IncrementalBackup,
         JobKind::Verification,
@@ -30,6 +32,7 @@ impl JobKind {
         JobKind::FileBackup,
         JobKind::ConfigBackup,
         JobKind::BaseBackup,
+        JobKind::RecoveryDrill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl JobKind {
             JobKind::FileBackup => "file_backup",
             JobKind::ConfigBackup => "config_backup",
             JobKind::BaseBackup => "base_backup",
+            JobKind::RecoveryDrill => "recovery_drill",
             JobKind::Restore => "restore",
         }
     }

@@ -70,10 +70,11 @@ pub fn subdir(kind: JobKind, subject: &Subject) -> &'static str {
         JobKind::FileBackup => "file_backup",
         JobKind::ConfigBackup => "config_backup",
         JobKind::BaseBackup => "base_backup",
+        JobKind::RecoveryDrill => "recovery_drill",
     }
 }
 
-const SUBDIRS: [&str; 8] = [
+const SUBDIRS: [&str; 9] = [
     "backup",
     "backup_verification",
     "database_restore",
@@ -82,6 +83,7 @@ const SUBDIRS: [&str; 8] = [
     "file_backup",
     "config_backup",
     "base_backup",
+    "recovery_drill",
 ];
 
 /// Writes `report` of a run on `subject` under `dir` (0600 file, 0700 directories); returns its path.

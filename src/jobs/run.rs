@@ -103,6 +103,7 @@ pub enum Produced {
     Restore(Box<RestoreReport>),
     FilesRestored(Box<Restored>),
     ClusterRecovered(Box<super::recovery::ClusterRecovery>),
+    Drill(Box<super::recovery::drill::DrillReport>),
 }
 
 /// A finished run.
@@ -287,6 +288,7 @@ fn classify(p: &Produced) -> RunOutcome {
             None => RunOutcome::Success,
             Some(a) => RunOutcome::Failed(anyhow!("{}", a.errors.join("; "))),
         },
+        Produced::Drill(d) if !d.failures.is_empty() => RunOutcome::Failed(anyhow!("{}", d.failures.join("; "))),
         Produced::Restore(r) if !r.mismatches.is_empty() => {
             let tables: Vec<String> = r.mismatches.iter().map(|m| format!("{}.{}", m.schema, m.table)).collect();
             RunOutcome::Failed(anyhow!("row counts differ from the backup in: {}", tables.join(", ")))
@@ -327,6 +329,9 @@ impl Arms for Jobs {
             (JobKind::Retention, s) => {
                 let at = p.at.unwrap_or_else(|| ctx.now());
                 Ok(Produced::Retention(Box::new(retention::run(ctx, s, at, p.dry_run).await?)))
+            }
+            (JobKind::RecoveryDrill, Subject::Cluster(name)) => {
+                Ok(Produced::Drill(Box::new(super::recovery::drill::run(ctx, name).await?)))
             }
             (JobKind::Restore, Subject::Cluster(name)) => match &p.restore {
                 Some(RestoreTo::Cluster(req)) => {

@@ -156,7 +156,7 @@ async fn drop_leftovers(admin: &tokio_postgres::Client, database: &str) -> Vec<S
 }
 
 /// Runs the user's checks in the scratch database.
-async fn run_checks(conn: &Connection, checks: &[RestoreCheck]) -> Result<Vec<CheckOutcome>> {
+pub(crate) async fn run_checks(conn: &Connection, checks: &[RestoreCheck]) -> Result<Vec<CheckOutcome>> {
     let client = pg::connect(conn).await?;
     let mut out = Vec::new();
     for c in checks {

@@ -49,6 +49,8 @@ pub struct Server {
     pub socket_dir: String,
     /// `-c name=value` options of this start only.
     pub options: Vec<(String, String)>,
+    /// The role psql connects as (the bootstrap superuser, usually `postgres`).
+    pub user: String,
 }
 
 impl Server {
@@ -62,6 +64,7 @@ impl Server {
             port: 5432,
             socket_dir: String::new(),
             options,
+            user: "postgres".into(),
         };
         s.port = match s.option("port") {
             Some(p) => p.parse().with_context(|| format!("port {p:?} is not a port number"))?,
@@ -131,7 +134,9 @@ impl Server {
             .arg(&self.socket_dir)
             .arg("-p")
             .arg(self.port.to_string())
-            .args(["-U", "postgres", "-d", db, "-c", sql]);
+            .arg("-U")
+            .arg(&self.user)
+            .args(["-d", db, "-c", sql]);
         let out = run_capture(&spec, 64 << 20).await.map_err(|e| anyhow!(e).context(format!("psql {sql:?}")))?;
         Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
     }
@@ -143,6 +148,17 @@ impl Server {
             .await
             .map_err(|e| anyhow!(e).context(format!("stopping the server in {}", self.data.display())))?;
         Ok(())
+    }
+
+    /// A libpq connection to `db` of the server, over its socket.
+    pub fn connection(&self, db: &str) -> crate::config::Connection {
+        crate::config::Connection {
+            host: self.socket_dir.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: None,
+            dbname: db.to_owned(),
+        }
     }
 
     /// Stops it at once (`immediate`), for a server that is thrown away.

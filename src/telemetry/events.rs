@@ -153,6 +153,14 @@ fn update_board(board: &Board, run: &JobRun, report: &Report) {
                     d.last_restore_seconds = Some(t.restore_seconds);
                 }
             }
+            (JobKind::RecoveryDrill, produced) => {
+                d.last_drill_at = Some(finished);
+                d.last_drill_outcome = Some(outcome);
+                if let Produced::Drill(x) = produced {
+                    d.last_drill_rto_seconds = x.rto_seconds;
+                    d.last_drill_rpo_seconds = x.rpo_seconds;
+                }
+            }
             _ => {}
         }
     });
@@ -256,6 +264,12 @@ impl From<&JobRun> for Report {
             Produced::Restore(x) => {
                 r.backup_id = Some(x.backup_id.clone());
                 r.raw_bytes = Some(x.raw_bytes);
+                r.warnings = x.warnings.clone();
+                r.details = json(x.as_ref());
+            }
+            Produced::Drill(x) => {
+                r.backup_id = x.backup_id.clone();
+                r.raw_bytes = Some(x.databases.iter().map(|d| d.rows).sum());
                 r.warnings = x.warnings.clone();
                 r.details = json(x.as_ref());
             }

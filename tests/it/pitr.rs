@@ -245,3 +245,60 @@ fn a_recovered_and_promoted_cluster_archives_on_timeline_2_and_recovers_again_ac
     let old = recover(&a, &dirs.join("old"), &["--latest", "--timeline", "1", "--no-archive", "--identity", &id]);
     assert_eq!(old.markers().join(","), "1", "{}", old.out);
 }
+
+#[test]
+fn the_recovery_drill_reads_every_table_checks_it_and_fails_naming_a_corrupted_segment() {
+    let a = Archiving::start(
+        "recovery_drill: {pick: latest, max_rto: 10m}\ntest_restore:\n  checks:\n    - {name: three marks, sql: \
+         'select count(*) from marks', expect: '3'}\n",
+    );
+    a.psql("create table marks (n int primary key)");
+    pgbench(&a, &["-i", "-q", "-s", "1"]);
+    base_backup(&a);
+    let mut after = Vec::new();
+    for n in 1..=3 {
+        a.psql(&format!("insert into marks values ({n})"));
+        after.push(a.switch());
+    }
+    a.wait_archived(after.last().unwrap());
+    // a scratch copy a crashed pgbackd left behind
+    let tmp = server_dir(&a, "tmp");
+    let stale = tmp.join("pgbackd-drill-999999-x");
+    std::fs::create_dir_all(stale.join("data")).unwrap();
+    a.cluster.give_to_server(&stale).unwrap();
+    let config = a.config.to_string_lossy().into_owned();
+    let o = crate::wal::as_server_in(&tmp, Path::new(BIN), &["-c", &config, "recovery-drill", "--json"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["failures"], serde_json::json!([]), "{out}");
+    assert_eq!(r["swept"].as_array().unwrap().len(), 1, "{out}");
+    let postgres = r["databases"].as_array().unwrap().iter().find(|d| d["name"] == "postgres").unwrap();
+    let rows = |t: &str| postgres["tables"].as_array().unwrap().iter().find(|x| x[0] == t).map(|x| x[1].clone());
+    assert_eq!(rows("public.marks"), Some(serde_json::json!(3)), "{out}");
+    assert_eq!(rows("public.pgbench_accounts"), Some(serde_json::json!(100000)), "{out}");
+    assert_eq!(r["amcheck"], "passed", "{out}");
+    assert!(r["checksums"].as_str().unwrap().starts_with("off"), "{out}");
+    assert_eq!(r["checks"][0]["ok"], true, "{out}");
+    assert!(r["rto_seconds"].as_f64().unwrap() > 0.0, "{out}");
+    assert_eq!(r["schema_differences"], serde_json::json!([]), "{out}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "the scratch copies are removed: {left:?}");
+
+    // a flipped byte in a segment the recovery needs: the drill fails naming it
+    let victim = &after[1];
+    let stored: Vec<PathBuf> = walk(&a.dir.path().join("repository/clusters/main/wal"))
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{victim}-")))
+        .collect();
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&stored[0], bytes).unwrap();
+    let o = crate::wal::as_server_in(&tmp, Path::new(BIN), &["-c", &config, "recovery-drill"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("drill FAILED") && out.contains(victim.as_str()), "{out}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "the scratch copy is removed after a failed drill too: {left:?}");
+}

@@ -4,8 +4,10 @@
 //! tablespace where it was or where `--tablespace-map` says) with every frame and the whole
 //! stream checked, the recovery settings written (`settings.rs`: restore_command =
 //! `pgbackd archive-get %f %p`, the target, `promote`), and with `--start` the server run until
-//! recovery reaches the target, reporting the LSN and commit time it reached.
+//! recovery reaches the target, reporting the LSN and commit time it reached. The scheduled
+//! drill (`drill.rs`) runs the same recovery into a scratch copy and checks it.
 
+pub mod drill;
 pub mod plan;
 pub mod settings;
 
@@ -52,6 +54,8 @@ pub struct Request {
     pub identity: Option<PathBuf>,
     /// Settings of this start only (`-c name=value`), for a server pgbackd runs itself (the drill).
     pub start_options: Vec<(String, String)>,
+    /// Replace `pg_hba.conf` with local trust only (a drill's copy, reached through its own socket).
+    pub trust_local_only: bool,
 }
 
 /// What a recovery did.
@@ -422,6 +426,26 @@ async fn restore(
     std::fs::write(&auto, settings::rewrite_auto_conf(&existing, &header, &values))
         .with_context(|| format!("writing {}", auto.display()))?;
     std::fs::write(pgdata.join("recovery.signal"), "").context("writing recovery.signal")?;
+    if req.trust_local_only {
+        std::fs::write(pgdata.join("pg_hba.conf"), drill::DRILL_HBA).context("writing the drill's pg_hba.conf")?;
+        if !pgdata.join("pg_ident.conf").exists() {
+            std::fs::write(pgdata.join("pg_ident.conf"), "").context("writing pg_ident.conf")?;
+        }
+    }
+    // a cluster whose configuration lives elsewhere (Debian: /etc/postgresql/<major>/<name>/)
+    // has none in its data directory: the server needs one to start
+    if !pgdata.join("postgresql.conf").exists() {
+        std::fs::write(
+            pgdata.join("postgresql.conf"),
+            "# written by pgbackd restore-cluster: the base backup has no postgresql.conf (the cluster kept its\n\
+             # configuration outside the data directory, e.g. /etc/postgresql/<major>/<name>/): put its settings here\n",
+        )
+        .context("writing postgresql.conf")?;
+        tracing::warn!(
+            "the base backup has no postgresql.conf (its configuration was outside the data directory): an empty one \
+             was written; copy the cluster's settings (or start it with the distribution's tools, e.g. pg_ctlcluster)"
+        );
+    }
     let _ = std::fs::remove_file(pgdata.join("standby.signal"));
     server::give_to_postgres(pgdata).await?;
     for t in tablespaces {

@@ -89,6 +89,28 @@ fn statements(sql: &str) -> BTreeMap<String, usize> {
 }
 
 fn compare(archived: &str, restored: &str, limit: usize) -> Vec<String> {
+    compare_as(archived, restored, limit, ("missing from the restored database", "not in the backup"))
+}
+
+/// `pg_dump --schema-only --no-owner --no-privileges` of the database at `conn`.
+pub async fn dump_schema(tools: &Tools, conn: &Connection) -> Result<String> {
+    let (file, out) = output_file()?;
+    let spec = ChildSpec::new(tools.path("pg_dump"))
+        .args(["--schema-only", "--no-owner", "--no-privileges"])
+        .arg(format!("--file=/proc/self/fd/{OUT_FD}"))
+        .arg(pg::dbname_arg(&conn.dbname))
+        .pass_fd(out, OUT_FD);
+    let spec = pg::conn_env(spec, conn).stdout(false);
+    Running::spawn(&spec)?
+        .wait()
+        .await
+        .with_context(|| format!("dumping the schema of {conn} (pg_dump --schema-only)"))?;
+    read_back(file)
+}
+
+/// How schema `right` differs from schema `left`, as statements: those only in `left` and those
+/// only in `right`, each labelled, at most `limit` of each.
+pub fn compare_as(archived: &str, restored: &str, limit: usize, labels: (&str, &str)) -> Vec<String> {
     let (a, r) = (statements(archived), statements(restored));
     let first_line = |s: &str| {
         let l = s.lines().next().unwrap_or_default();
@@ -108,8 +130,8 @@ fn compare(archived: &str, restored: &str, limit: usize) -> Vec<String> {
     }
     let mut out = Vec::new();
     let total = (missing.len(), extra.len());
-    out.extend(missing.into_iter().take(limit).map(|s| format!("missing from the restored database: {s}")));
-    out.extend(extra.into_iter().take(limit).map(|s| format!("not in the backup: {s}")));
+    out.extend(missing.into_iter().take(limit).map(|s| format!("{}: {s}", labels.0)));
+    out.extend(extra.into_iter().take(limit).map(|s| format!("{}: {s}", labels.1)));
     if total.0 > limit || total.1 > limit {
         out.push(format!("({} statements missing, {} extra in all)", total.0, total.1));
     }
