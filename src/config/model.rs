@@ -71,6 +71,8 @@ pub struct WalSettings {
     pub max_lag: Duration,
     /// How many segments `archive-get` keeps fetched ahead of recovery (0: none).
     pub prefetch: u32,
+    /// Create a restore point `before-<backup id>` before each dump of a database on `server`.
+    pub restore_point_before_backup: bool,
 }
 
 /// `wal.method`.

@@ -225,6 +225,7 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
     let slot_lag_alert = m.opt::<ByteSize>("slot_lag_alert").map(|b| b.0).unwrap_or(1 << 30);
     let max_lag = m.opt::<Dur>("max_lag").map(|d| d.0).unwrap_or(Duration::from_secs(300));
     let prefetch = m.opt::<u32>("prefetch").unwrap_or(8).min(64);
+    let restore_point_before_backup = m.opt::<bool>("restore_point_before_backup").unwrap_or(false);
     m.finish();
     Some(WalSettings {
         name,
@@ -237,6 +238,7 @@ pub(super) fn read_wal(top: &mut MapReader<'_, '_>, defaults: &super::connection
         slot_lag_alert,
         max_lag,
         prefetch,
+        restore_point_before_backup,
     })
 }
 

@@ -29,6 +29,23 @@ pub struct Request<'a> {
     pub allow_shrink: bool,
 }
 
+/// With `wal.restore_point_before_backup`, a restore point `before-<id>` on the cluster the
+/// database is in (the same server as `wal.server`), so a point-in-time recovery can stop just
+/// before the dump began. A failure is a warning: the dump does not depend on it.
+async fn restore_point_before(ctx: &JobContext, db: &crate::config::DatabaseConfig, id: &str) {
+    let Some(wal) = ctx.config.wal.as_ref().filter(|w| w.restore_point_before_backup) else { return };
+    if (wal.server.host.as_str(), wal.server.port) != (db.connection.host.as_str(), db.connection.port) {
+        return;
+    }
+    let name = format!("before-{id}");
+    match crate::wal::restore_point::create(&ctx.config, &ctx.repository, &name, ctx.now(), &ctx.cancel).await {
+        Ok(p) => tracing::info!(restore_point = %p.name, lsn = %p.lsn.0, "restore point created before the backup"),
+        Err(e) => {
+            tracing::warn!(restore_point = %name, error = %format!("{e:#}"), "no restore point before the backup")
+        }
+    }
+}
+
 /// Takes a backup; returns its manifest.
 pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     let repo = &ctx.repository;
@@ -75,6 +92,7 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     let id = keys::new_backup_id(now, kind.name());
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), "backup started");
 
+    restore_point_before(ctx, db, &id).await;
     let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), id: &id, now };
     let result = take(&attempt, unreadable_base).await;
     if let Some(l) = base_lock {

@@ -302,3 +302,30 @@ fn the_recovery_drill_reads_every_table_checks_it_and_fails_naming_a_corrupted_s
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "the scratch copy is removed after a failed drill too: {left:?}");
 }
+
+#[test]
+fn with_restore_points_before_backups_a_recovery_stops_just_before_a_dump_began() {
+    let a = Archiving::start("");
+    let text = std::fs::read_to_string(&a.config).unwrap().replace(
+        "username: postgres}}",
+        &format!(
+            "username: postgres}}, restore_point_before_backup: true}}\ndatabase: {{host: 127.0.0.1, port: {}, \
+             username: postgres, database: postgres}}",
+            a.cluster.port
+        ),
+    );
+    std::fs::write(&a.config, text).unwrap();
+    a.psql("create table marks (n int primary key)");
+    a.psql("insert into marks values (1)");
+    base_backup(&a);
+    a.psql("insert into marks values (2)");
+    let dump = a.run_as_server(&["backup"]);
+    assert!(dump.status.success(), "{}", stderr(&dump));
+    let id = String::from_utf8_lossy(&dump.stdout).trim().to_owned();
+    assert!(stderr(&dump).contains(&format!("before-{id}")), "{}", stderr(&dump));
+    a.psql("insert into marks values (3)");
+    a.wait_archived(&a.switch());
+    let dirs = server_dir(&a, "restores");
+    let r = recover(&a, &dirs.join("before"), &["--to-restore-point", &format!("before-{id}"), "--no-archive"]);
+    assert_eq!(r.markers().join(","), "1,2", "{}", r.out);
+}
