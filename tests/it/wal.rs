@@ -1105,6 +1105,8 @@ fn a_cluster_with_a_tablespace_is_stored_a_tar_per_tablespace_and_recovers_with_
     assert_eq!(deep.status.code(), Some(1), "{out}");
     assert!(out.contains("the tar archive of tablespace ts_one does not extract"), "{out}");
     std::fs::rename(&damaged, &ts_tar).unwrap();
+    // the copy put back is root's when the tests run as root: the server's user reads it
+    a.cluster.give_to_server(&ts_tar).unwrap();
 
     // recovered with the tablespace somewhere else: tablespace_map says where
     let last = a.switch();
@@ -1123,4 +1125,45 @@ fn a_cluster_with_a_tablespace_is_stored_a_tar_per_tablespace_and_recovers_with_
     drop(copy);
     assert_eq!(recovered, expected, "{log}");
     assert_eq!(at, moved.to_string_lossy());
+
+    // restore-cluster: the live tablespace's directory is not empty, so it must be mapped
+    let parent = a.dir.path().join("pitr");
+    std::fs::create_dir(&parent).unwrap();
+    a.cluster.give_to_server(&parent).unwrap();
+    let pgdata = parent.join("data").to_string_lossy().into_owned();
+    let refused = a.run_as_server(&["restore-cluster", "--pgdata", &pgdata, "--latest"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--tablespace-map ts_one=NEW_DIRECTORY"), "{}", stderr(&refused));
+    let unknown =
+        a.run_as_server(&["restore-cluster", "--pgdata", &pgdata, "--latest", "--tablespace-map", "ts_two=/x"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("has no tablespace \"ts_two\"; it has ts_one"), "{}", stderr(&unknown));
+    let mapped = parent.join("ts_mapped");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let map = format!("ts_one={}", mapped.display());
+    let o = a.run_as_server(&[
+        "restore-cluster",
+        "--pgdata",
+        &pgdata,
+        "--latest",
+        "--tablespace-map",
+        &map,
+        "--start",
+        "--port",
+        &port,
+        "--no-archive",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains(&format!("tablespace ts_one (OID {oid}) in {}", mapped.display())), "{out}");
+    let port: u16 = port.parse().unwrap();
+    let recovered = query_at(a.cluster.bin(), port, "select count(*), sum(g), max(h) from in_ts");
+    let at = query_at(
+        a.cluster.bin(),
+        port,
+        "select pg_tablespace_location(oid) from pg_tablespace where spcname = 'ts_one'",
+    );
+    as_server(&a.cluster.bin().join("pg_ctl"), &["-D", &pgdata, "-m", "immediate", "-w", "stop"]);
+    assert_eq!(recovered, expected);
+    assert_eq!(at, mapped.to_string_lossy());
 }
