@@ -80,6 +80,7 @@ pub async fn restore_cluster(ctx: &JobContext, args: &RestoreClusterArgs) -> Res
         identity: args.keys.identity.clone(),
         start_options: Vec::new(),
         trust_local_only: false,
+        end_if_target_unreached: false,
     };
     let mut spec = JobSpec::new(JobKind::Restore, Subject::Cluster(wal.name.clone()), Trigger::Manual);
     spec.params.restore = Some(RestoreTo::Cluster(Box::new(req)));
@@ -95,7 +96,7 @@ pub async fn restore_cluster(ctx: &JobContext, args: &RestoreClusterArgs) -> Res
 
 fn print(r: &ClusterRecovery) {
     say!(
-        "restored base backup {} ({}) into {}, to recover to {} on timeline {}",
+        "restored base backup {} ({}) into {}, to recover to {} (timeline: {})",
         r.backup_id,
         crate::units::bytes(r.restored_bytes),
         r.pgdata.display(),
@@ -123,7 +124,7 @@ fn print(r: &ClusterRecovery) {
                 x.last_commit.map_or("none replayed".into(), |t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
             );
             say!(
-                "the server runs on port {} (socket in {}), promoted; stop it with pg_ctl -D {} stop",
+                "the server runs on port {} (socket in {}), promoted; stop it with pg_ctl -D {} stop (as its OS user)",
                 x.port,
                 x.socket_dir,
                 r.pgdata.display()

@@ -328,4 +328,22 @@ fn with_restore_points_before_backups_a_recovery_stops_just_before_a_dump_began(
     let dirs = server_dir(&a, "restores");
     let r = recover(&a, &dirs.join("before"), &["--to-restore-point", &format!("before-{id}"), "--no-archive"]);
     assert_eq!(r.markers().join(","), "1,2", "{}", r.out);
+    drop(r);
+
+    // a time after the last archived commit: PostgreSQL cannot prove it reached it, and says so
+    a.psql("insert into marks values (4)");
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = a.psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(500));
+    // the WAL switched and archived without a later commit
+    let point = a.run_as_server(&["restore-point", "no-commit-after"]);
+    assert!(point.status.success(), "{}", stderr(&point));
+    let late = dirs.join("late");
+    let port = free_port().to_string();
+    let o = restore_cluster(
+        &a,
+        &["--pgdata", &late.to_string_lossy(), "--to-time", &t, "--start", "--port", &port, "--no-archive"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("without passing the target") && stderr(&o).contains("--latest"), "{}", stderr(&o));
 }

@@ -154,7 +154,10 @@ pub async fn run(ctx: &JobContext, cluster: &str) -> Result<DrillReport> {
         match super::plan(ctx, cluster, &target, None, None).await {
             Ok(_) => {}
             Err(e) if crate::jobs::Refused::in_chain(&e) && format!("{e:#}").contains("does not reach") => {
-                report.warnings.push(format!("{} is past the archive's end: recovering to its end instead", t));
+                report.warnings.push(format!(
+                    "{} is past the archive's end: recovering to its end instead",
+                    RecoveryTarget::Time(t)
+                ));
                 target = RecoveryTarget::Latest;
             }
             Err(e) => return Err(e),
@@ -221,6 +224,8 @@ async fn drill(
         ("synchronous_commit", "off"),
         ("log_destination", "stderr"),
         ("logging_collector", "off"),
+        // the drill reads the server's messages
+        ("lc_messages", "C"),
         ("port", "5432"),
         // the copy's own, whatever the cluster's configuration names (Debian's are in /etc)
         ("hba_file", hba.as_str()),
@@ -242,8 +247,14 @@ async fn drill(
         start_options: options.clone(),
         // only pgbackd connects: through the socket in the scratch directory
         trust_local_only: true,
+        end_if_target_unreached: true,
     };
     let recovered = super::run(ctx, cluster, &req).await?;
+    if let Some(last) = &recovered.ended_before_target {
+        report.warnings.push(format!(
+            "no commit after {target} is archived (the last at {last}): recovered to the end of the archive, the same state"
+        ));
+    }
     report.backup_id = Some(recovered.backup_id.clone());
     report.wal_first = Some(recovered.wal_first.clone());
     report.wal_last = Some(recovered.wal_last.clone());

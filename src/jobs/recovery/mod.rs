@@ -56,6 +56,9 @@ pub struct Request {
     pub start_options: Vec<(String, String)>,
     /// Replace `pg_hba.conf` with local trust only (a drill's copy, reached through its own socket).
     pub trust_local_only: bool,
+    /// With `--start`: when the archive holds no commit after the target, finish at its end (the
+    /// same state) instead of failing ([`TargetNotReached`]).
+    pub end_if_target_unreached: bool,
 }
 
 /// What a recovery did.
@@ -77,6 +80,9 @@ pub struct ClusterRecovery {
     pub settings: Vec<(String, String)>,
     /// With `--start`: where recovery ended.
     pub reached: Option<Reached>,
+    /// The archive held no commit after the target (its last one's time): recovered to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_before_target: Option<String>,
     pub restore_seconds: f64,
 }
 
@@ -340,10 +346,20 @@ pub async fn run(ctx: &JobContext, cluster: &str, req: &Request) -> Result<Clust
         tablespaces,
         settings,
         reached: None,
+        ended_before_target: None,
         restore_seconds,
     };
     if req.start {
-        let r = start_and_wait(ctx, b, &pgdata, &req.start_options).await;
+        let mut r = start_and_wait(ctx, b, &pgdata, &req.start_options).await;
+        if req.end_if_target_unreached
+            && let Some(t) = r.as_ref().err().and_then(|e| e.downcast_ref::<TargetNotReached>())
+        {
+            out.ended_before_target = Some(t.last_commit.clone().unwrap_or_else(|| "(none replayed)".into()));
+            r = match drop_target(&pgdata) {
+                Ok(()) => start_and_wait(ctx, b, &pgdata, &req.start_options).await,
+                Err(e) => Err(e),
+            };
+        }
         lock.release().await;
         out.reached = Some(r?);
     } else {
@@ -467,6 +483,31 @@ fn remove_restored(pgdata: &Path, tablespaces: &[RestoredTablespace]) {
     }
 }
 
+/// Recovery replayed the whole archived WAL without passing the target (PostgreSQL stops at the
+/// first commit after a target: none is archived).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "recovery replayed all the archived WAL without passing the target: the last archived commit is at {}, and no \
+     later one is archived, so the state at the target cannot be told from the end of the archive. Retry once a later \
+     commit is archived (after the server's next transaction: `select pg_switch_wal()`, or `pgbackd wal-flush` when \
+     streaming), or recover to --latest (the state as of that commit). {} is kept: with the recovery_target_* lines removed from \
+     its postgresql.auto.conf, `pg_ctl start` finishes the recovery at the end of the archive",
+    last_commit.as_deref().unwrap_or("(none replayed)"),
+    data.display()
+)]
+pub struct TargetNotReached {
+    pub last_commit: Option<String>,
+    pub data: PathBuf,
+}
+
+/// Removes the recovery target from a restored data directory's settings (the recovery then
+/// ends at the end of the archived WAL).
+pub fn drop_target(pgdata: &Path) -> Result<()> {
+    let auto = pgdata.join("postgresql.auto.conf");
+    let text = std::fs::read_to_string(&auto).with_context(|| format!("reading {}", auto.display()))?;
+    std::fs::write(&auto, settings::without_target(&text)).with_context(|| format!("writing {}", auto.display()))
+}
+
 /// Starts the restored server and waits until recovery has reached its target and the server is
 /// promoted; a server that stops (recovery ended before the target, a damaged segment) fails
 /// with its log's end; a cancelled wait stops the server (the data directory stays: `pg_ctl
@@ -512,7 +553,17 @@ pub async fn start_and_wait(
                 }
             }
             Ok(_) => {}
-            Err(_) => server.ensure_running("before recovery reached its target").await?,
+            Err(_) if !server.running().await => {
+                let tail = server.log_tail(20);
+                if tail.contains("recovery ended before configured recovery target was reached") {
+                    let last_commit = tail.lines().rev().find_map(|l| {
+                        l.split_once("last completed transaction was at log time ").map(|(_, t)| t.trim().to_owned())
+                    });
+                    return Err(TargetNotReached { last_commit, data: pgdata.to_owned() }.into());
+                }
+                server.ensure_running("before recovery reached its target").await?
+            }
+            Err(_) => {}
         }
     }
     let recovery_seconds = started.elapsed().as_secs_f64();

@@ -59,6 +59,18 @@ pub fn rewrite_auto_conf(existing: &str, header: &str, settings: &[(String, Stri
     out
 }
 
+/// `existing` without its recovery target (`recovery_target_timeline` and the restore command stay).
+pub fn without_target(existing: &str) -> String {
+    existing
+        .lines()
+        .filter(|l| {
+            let key = l.trim_start().split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("");
+            !(key.starts_with("recovery_target") && key != "recovery_target_timeline")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// A `tablespace_map` naming where each tablespace (OID) is.
 pub fn tablespace_map(locations: &[(u32, String)]) -> String {
     locations.iter().map(|(oid, path)| format!("{oid} {path}\n")).collect()
@@ -83,6 +95,12 @@ mod tests {
              restore_command = '/usr/bin/pgbackd -c ''/etc/a b.yaml'' archive-get %f %p'\n\
              recovery_target_time = '2026-12-03 10:09:30.500000+00'\nrecovery_target_action = 'promote'\n\
              recovery_target_timeline = 'latest'\n"
+        );
+        let without = without_target(&text);
+        assert!(!without.contains("recovery_target_time") && !without.contains("recovery_target_action"), "{without}");
+        assert!(
+            without.contains("recovery_target_timeline = 'latest'") && without.contains("restore_command"),
+            "{without}"
         );
         let latest = target_settings(&RecoveryTarget::Latest, Some(2));
         assert_eq!(latest, vec![("recovery_target_timeline".to_owned(), "2".to_owned())]);
