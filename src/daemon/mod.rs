@@ -97,6 +97,11 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     board.update(|s| s.schedules = schedule_statuses(&sched, started, &[]));
     // healthcheck (the status file) and /readyz agree from the first second
     let last_fulls = read_freshness(&board, &generation).await;
+    // the scratch copy of a drill a crash interrupted: its server stopped, removed
+    if generation.config.wal.is_some() {
+        let tools = crate::pg::Tools::locate(generation.config.pg_bin_dir.as_deref());
+        crate::jobs::recovery::drill::sweep(&std::env::temp_dir(), &tools).await;
+    }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let notifier = Arc::new(Notifier::new(&generation.config).context("setting up notifications")?);
     let shared = Arc::new(Shared {

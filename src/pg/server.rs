@@ -37,6 +37,17 @@ pub async fn give_to_postgres(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Stops whatever server runs in `data` at once (`pg_ctl -m immediate stop`; nothing when none).
+pub async fn kill_at(bin: &Path, data: &Path) {
+    let pg_ctl = bin.join("pg_ctl");
+    let spec = if runs_as_postgres() {
+        ChildSpec::new("runuser").args(["-u", "postgres", "--"]).arg(pg_ctl)
+    } else {
+        ChildSpec::new(pg_ctl)
+    };
+    let _ = run_capture(&spec.arg("-D").arg(data).args(["-m", "immediate", "-w", "stop"]), 64 * 1024).await;
+}
+
 /// A server on a data directory (not necessarily running).
 #[derive(Debug, Clone)]
 pub struct Server {

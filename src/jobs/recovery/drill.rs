@@ -103,21 +103,21 @@ pub async fn sweep(tmp: &Path, tools: &Tools) -> Vec<String> {
         if alive {
             continue;
         }
-        let data = e.path().join("data");
-        if data.join("postmaster.pid").exists() {
-            let bin = tools.path("pg_ctl").parent().map(Path::to_owned).unwrap_or_default();
-            if let Ok(s) =
-                Server::new(&bin, &data, &e.path().join("server.log"), vec![("port".into(), "1".into())]).await
-            {
-                s.kill().await;
-            }
-        }
+        stop_server_in(&e.path().join("data"), tools).await;
         if std::fs::remove_dir_all(e.path()).is_ok() {
             tracing::info!(path = %e.path().display(), "removed the scratch copy of an interrupted recovery drill");
             out.push(e.path().display().to_string());
         }
     }
     out
+}
+
+/// Stops a server left running in a scratch copy.
+async fn stop_server_in(data: &Path, tools: &Tools) {
+    if data.join("postmaster.pid").exists() {
+        let version = std::fs::read_to_string(data.join("PG_VERSION")).ok().and_then(|v| v.trim().parse().ok());
+        server::kill_at(&server::bin_dir_for(version.unwrap_or(15), tools), data).await;
+    }
 }
 
 /// The moment to recover to: the end of the WAL, or a random moment of the last `d` after the
@@ -174,18 +174,7 @@ pub async fn run(ctx: &JobContext, cluster: &str) -> Result<DrillReport> {
         report.failures.push(format!("{e:#}"));
     }
     // a server still running in it is stopped before it is removed
-    let data = scratch.path().join("data");
-    if data.join("postmaster.pid").exists()
-        && let Ok(s) = Server::new(
-            &tools.path("pg_ctl").parent().map(Path::to_owned).unwrap_or_default(),
-            &data,
-            &scratch.path().join("x.log"),
-            vec![("port".into(), "1".into())],
-        )
-        .await
-    {
-        s.kill().await;
-    }
+    stop_server_in(&scratch.path().join("data"), &tools).await;
     drop(scratch);
     if let (Some(limit), Some(rto)) = (settings_.max_rto, report.rto_seconds)
         && rto > limit.as_secs_f64()
