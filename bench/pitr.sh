@@ -36,7 +36,7 @@ pgbench -i -q -s 20 pitr_load >/dev/null 2>&1
 
 runuser -u postgres -- "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn base-backup >/dev/null
 start_lsn=$(psql -Atc "select pg_current_wal_lsn()" postgres)
-echo "writing $wal_mb MiB of WAL with pgbench ..."
+echo "writing $wal_mb MiB of WAL (${WAL_LOAD:-pgbench}) ..."
 [ "${WAL_LOAD:-pgbench}" = bulk ] && psql -qc "create table wal_fill (id bigint, v text)" pitr_load
 while [ "$(psql -Atc "select pg_wal_lsn_diff(pg_current_wal_lsn(), '$start_lsn')::bigint / 1048576" postgres)" -lt "$wal_mb" ]; do
   if [ "${WAL_LOAD:-pgbench}" = bulk ]; then
