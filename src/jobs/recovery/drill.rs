@@ -318,6 +318,8 @@ async fn drill(
     // amcheck (after the schema comparison: it installs the extension)
     report.amcheck = if !s.amcheck {
         "skipped: recovery_drill.amcheck is off".into()
+    } else if !bin.join("pg_amcheck").exists() {
+        format!("skipped: no pg_amcheck in {} (PostgreSQL 14 and later have it)", bin.display())
     } else {
         let mut spec = ChildSpec::new(bin.join("pg_amcheck"))
             .args(["--all", "--install-missing", "--no-strict-names", "-h"])

@@ -97,7 +97,10 @@ mod tests {
              recovery_target_timeline = 'latest'\n"
         );
         let without = without_target(&text);
-        assert!(!without.contains("recovery_target_time") && !without.contains("recovery_target_action"), "{without}");
+        assert!(
+            !without.contains("recovery_target_time =") && !without.contains("recovery_target_action"),
+            "{without}"
+        );
         assert!(
             without.contains("recovery_target_timeline = 'latest'") && without.contains("restore_command"),
             "{without}"
