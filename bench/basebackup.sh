@@ -17,11 +17,7 @@ set -euo pipefail
 scale=${1:-10}; runs=${2:-3}
 source "$(dirname "$0")/lib/archiving.sh"
 bench_start brun
-data=bench_$scale
-if [ "$(psql -Atc "select count(*) from pg_database where datname = '$data'" postgres)" = 0 ]; then
-  echo "generating scale $scale data set into $data ..."
-  "$here/lib/gendata.sh" "$port" "$data" "$scale" >/dev/null
-fi
+data_set "$scale"
 cat >"$work/pgbackd.yaml" <<YAML
 local_backup_dir: $work/repo
 reports: {dir: $work/reports}

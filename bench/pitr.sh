@@ -15,11 +15,7 @@ set -euo pipefail
 scale=${1:-10}; wal_mb=${2:-1024}; runs=${3:-2}
 source "$(dirname "$0")/lib/archiving.sh"
 bench_start prun
-data=bench_$scale
-if [ "$(psql -Atc "select count(*) from pg_database where datname = '$data'" postgres)" = 0 ]; then
-  echo "generating scale $scale data set into $data ..."
-  "$here/lib/gendata.sh" "$port" "$data" "$scale" >/dev/null
-fi
+data_set "$scale"
 for c in pgbackd prefetch0; do
   prefetch=8; [ "$c" = prefetch0 ] && prefetch=0
   cat >"$work/$c.yaml" <<YAML

@@ -3,6 +3,7 @@
 # work directory `$work` (removed on exit), and puts the cluster's archive_command back on exit
 # whatever a benchmark set it to.
 #   bench_start PREFIX      (work directory $dir/PREFIX.XXXXXX)
+#   data_set SCALE          (the realistic data set in database $data = bench_SCALE, made once)
 #   set_archive_command CMD
 #   pgbackrest_conf         ($work/pgbackrest.conf for stanza "bench", stanza created)
 here=$(cd "$(dirname "${BASH_SOURCE[1]}")" && pwd); root=$(dirname "$here")
@@ -26,6 +27,14 @@ bench_cleanup() {
   if declare -F bench_on_exit >/dev/null; then bench_on_exit || true; fi
   set_archive_command "$old_archive_command" || true
   rm -rf "$work"
+}
+
+data_set() {
+  data=bench_$1
+  if [ "$(psql -Atc "select count(*) from pg_database where datname = '$data'" postgres)" = 0 ]; then
+    echo "generating scale $1 data set into $data ..."
+    "$here/lib/gendata.sh" "$port" "$data" "$1" >/dev/null
+  fi
 }
 
 set_archive_command() {

@@ -37,15 +37,26 @@ pub async fn give_to_postgres(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Stops whatever server runs in `data` at once (`pg_ctl -m immediate stop`; nothing when none).
-pub async fn kill_at(bin: &Path, data: &Path) {
-    let pg_ctl = bin.join("pg_ctl");
-    let spec = if runs_as_postgres() {
-        ChildSpec::new("runuser").args(["-u", "postgres", "--"]).arg(pg_ctl)
+/// `program` of the server binaries in `bin`, run as the server's OS user, without the caller's
+/// libpq settings (they must not redirect psql elsewhere).
+fn server_command(bin: &Path, program: &str) -> ChildSpec {
+    let path = bin.join(program);
+    if runs_as_postgres() {
+        ChildSpec::new("runuser").args(["-u", "postgres", "--"]).arg(path)
     } else {
-        ChildSpec::new(pg_ctl)
-    };
-    let _ = run_capture(&spec.arg("-D").arg(data).args(["-m", "immediate", "-w", "stop"]), 64 * 1024).await;
+        ChildSpec::new(path)
+    }
+    .env_remove("PGHOST")
+    .env_remove("PGPORT")
+    .env_remove("PGDATABASE")
+    .env_remove("PGSERVICE")
+}
+
+/// Stops whatever server runs in `data` at once (`pg_ctl -m immediate stop`, for a server that is
+/// thrown away; nothing when none runs).
+pub async fn kill_at(bin: &Path, data: &Path) {
+    let spec = server_command(bin, "pg_ctl").arg("-D").arg(data).args(["-m", "immediate", "-w", "stop"]);
+    let _ = run_capture(&spec, 64 * 1024).await;
 }
 
 /// A server on a data directory (not necessarily running).
@@ -95,17 +106,7 @@ impl Server {
 
     /// A program of the server's binaries, run as the server's OS user.
     pub fn command(&self, program: &str) -> ChildSpec {
-        let path = self.bin.join(program);
-        if runs_as_postgres() {
-            ChildSpec::new("runuser").args(["-u", "postgres", "--"]).arg(path)
-        } else {
-            ChildSpec::new(path)
-        }
-        // libpq settings of the caller's environment must not redirect psql elsewhere
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGDATABASE")
-        .env_remove("PGSERVICE")
+        server_command(&self.bin, program)
     }
 
     /// One setting as the server would run with it (`postgres -D DATA -C NAME`).
@@ -170,12 +171,6 @@ impl Server {
             password: None,
             dbname: db.to_owned(),
         }
-    }
-
-    /// Stops it at once (`immediate`), for a server that is thrown away.
-    pub async fn kill(&self) {
-        let spec = self.command("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]);
-        let _ = run_capture(&spec, 64 * 1024).await;
     }
 
     /// The end of the server's log (for errors).

@@ -3,15 +3,11 @@
 //! repository on S3; and what it refuses.
 
 use crate::harness::BIN;
-use crate::s3_servers::localstack;
+use crate::notify::free_port;
 use crate::wal::{Archiving, as_server, query_at, stderr, walk};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A directory the server's OS user may create data directories in.
 fn server_dir(a: &Archiving, name: &str) -> PathBuf {
@@ -196,20 +192,7 @@ fn latest_after_a_killed_source_recovers_every_archived_commit_and_a_missing_seg
 #[test]
 fn a_recovered_and_promoted_cluster_archives_on_timeline_2_and_recovers_again_across_the_switch() {
     // encrypted, on a local directory and S3
-    let keys = tempfile::tempdir().unwrap();
-    let identity = keys.path().join("identity.txt");
-    let keygen = Command::new(BIN).args(["keygen", "-o"]).arg(&identity).output().unwrap();
-    assert!(keygen.status.success(), "{}", stderr(&keygen));
-    let public = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
-    let server = localstack();
-    let bucket = server.bucket();
-    let a = Archiving::start(&format!(
-        "encryption:\n  enabled: true\n  recipients: [{public}]\nstorage:\n{}",
-        server.target_yaml("offsite", &bucket, "")
-    ));
-    let readable = a.dir.path().join("identity.txt");
-    std::fs::copy(&identity, &readable).unwrap();
-    a.cluster.give_to_server(&readable).unwrap();
+    let crate::wal::Encrypted { a, readable, server, bucket, .. } = Archiving::encrypted_on_s3();
     let id = readable.to_string_lossy().into_owned();
     a.psql("create table marks (n int primary key)");
     base_backup(&a);

@@ -55,6 +55,26 @@ impl Archiving {
         Archiving { cluster, config, dir }
     }
 
+    /// A cluster archiving into an encrypted repository on a local directory and LocalStack's S3:
+    /// the identity outside the server's reach, a copy of it the server's user can read, the bucket.
+    pub(crate) fn encrypted_on_s3() -> Encrypted {
+        let keys = tempfile::tempdir().unwrap();
+        let identity = keys.path().join("identity.txt");
+        let keygen = Command::new(BIN).args(["keygen", "-o"]).arg(&identity).output().unwrap();
+        assert!(keygen.status.success(), "{}", stderr(&keygen));
+        let public = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
+        let server = localstack();
+        let bucket = server.bucket();
+        let a = Archiving::start(&format!(
+            "encryption:\n  enabled: true\n  recipients: [{public}]\nstorage:\n{}",
+            server.target_yaml("offsite", &bucket, "")
+        ));
+        let readable = a.dir.path().join("identity.txt");
+        std::fs::copy(&identity, &readable).unwrap();
+        a.cluster.give_to_server(&readable).unwrap();
+        Encrypted { a, keys, identity, readable, server, bucket }
+    }
+
     /// `pgbackd ARGS` as the server's OS user (the repository is the server's: archive_command
     /// writes into it too).
     pub(crate) fn run_as_server(&self, args: &[&str]) -> Output {
@@ -113,6 +133,17 @@ impl Archiving {
         assert_eq!(found.len(), 1, "one copy of {file} expected: {found:?}");
         found.into_iter().next().unwrap()
     }
+}
+
+/// [`Archiving::encrypted_on_s3`].
+pub(crate) struct Encrypted {
+    pub(crate) a: Archiving,
+    /// Holds `identity`: keep it bound while the identity is used.
+    pub(crate) keys: tempfile::TempDir,
+    pub(crate) identity: PathBuf,
+    pub(crate) readable: PathBuf,
+    pub(crate) server: &'static crate::s3_servers::S3Server,
+    pub(crate) bucket: String,
 }
 
 /// Writes some WAL on `cluster` and switches to a new segment; returns the name of the segment
@@ -304,17 +335,7 @@ pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn encrypted_wal_needs_the_identity_to_come_back_and_reaches_s3() {
-    let keys = tempfile::tempdir().unwrap();
-    let identity = keys.path().join("identity.txt");
-    let keygen = Command::new(BIN).args(["keygen", "-o"]).arg(&identity).output().unwrap();
-    assert!(keygen.status.success(), "{}", stderr(&keygen));
-    let public = String::from_utf8_lossy(&keygen.stdout).trim().to_owned();
-    let server = localstack();
-    let bucket = server.bucket();
-    let a = Archiving::start(&format!(
-        "encryption:\n  enabled: true\n  recipients: [{public}]\nstorage:\n{}",
-        server.target_yaml("offsite", &bucket, "")
-    ));
+    let Encrypted { a, keys: _keys, identity, readable, server, bucket } = Archiving::encrypted_on_s3();
     let seg = a.switch();
     a.wait_archived(&seg);
     let stored = a.stored_copy(&seg);
@@ -348,9 +369,6 @@ fn encrypted_wal_needs_the_identity_to_come_back_and_reaches_s3() {
     assert!(from_s3.status.success(), "{}", stderr(&from_s3));
 
     // a base backup: encrypted on both targets, deep-verified from S3 with its WAL
-    let readable = a.dir.path().join("identity.txt");
-    std::fs::copy(&identity, &readable).unwrap();
-    a.cluster.give_to_server(&readable).unwrap();
     let taken = a.run_as_server(&["base-backup"]);
     assert!(taken.status.success(), "{}", stderr(&taken));
     let id = String::from_utf8_lossy(&taken.stdout).trim().to_owned();
@@ -1139,7 +1157,7 @@ fn a_cluster_with_a_tablespace_is_stored_a_tar_per_tablespace_and_recovers_with_
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
     assert!(stderr(&unknown).contains("has no tablespace \"ts_two\"; it has ts_one"), "{}", stderr(&unknown));
     let mapped = parent.join("ts_mapped");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = crate::notify::free_port().to_string();
     let map = format!("ts_one={}", mapped.display());
     let o = a.run_as_server(&[
         "restore-cluster",

@@ -257,10 +257,15 @@ fn empty_or_absent(dir: &Path) -> Result<bool> {
     }
 }
 
+/// Whether `--tablespace-map OLD=...` names `t` (by its name, OID or old location).
+fn named(t: &crate::repo::manifest::TablespaceArchive, old: &str) -> bool {
+    t.name == old || t.oid.to_string() == old || t.location == old
+}
+
 /// Where each tablespace goes: mapped, else where it was.
 fn tablespace_locations(b: &BaseBackup, map: &[(String, PathBuf)]) -> Result<Vec<RestoredTablespace>> {
     for (old, _) in map {
-        let known = b.tablespaces.iter().any(|t| &t.name == old || &t.oid.to_string() == old || &t.location == old);
+        let known = b.tablespaces.iter().any(|t| named(t, old));
         if !known {
             let have: Vec<String> =
                 b.tablespaces.iter().map(|t| format!("{} ({}, {})", t.name, t.oid, t.location)).collect();
@@ -273,7 +278,7 @@ fn tablespace_locations(b: &BaseBackup, map: &[(String, PathBuf)]) -> Result<Vec
     Ok(b.tablespaces
         .iter()
         .map(|t| {
-            let mapped = map.iter().find(|(old, _)| old == &t.name || old == &t.oid.to_string() || old == &t.location);
+            let mapped = map.iter().find(|(old, _)| named(t, old));
             RestoredTablespace {
                 oid: t.oid,
                 name: t.name.clone(),

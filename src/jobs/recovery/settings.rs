@@ -4,6 +4,11 @@
 
 use super::plan::RecoveryTarget;
 
+/// The setting a configuration line sets (`key = value` or `key value`).
+fn key_of(line: &str) -> &str {
+    line.trim_start().split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("")
+}
+
 /// Settings whose old values a recovery removes.
 fn is_recovery_setting(key: &str) -> bool {
     key == "restore_command" || key.starts_with("recovery_target")
@@ -45,8 +50,7 @@ pub fn target_settings(target: &RecoveryTarget, timeline: Option<u32>) -> Vec<(S
 pub fn rewrite_auto_conf(existing: &str, header: &str, settings: &[(String, String)]) -> String {
     let mut out = String::new();
     for line in existing.lines() {
-        let key = line.trim_start().split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("");
-        if is_recovery_setting(key) || line.starts_with("# pgbackd restore-cluster") {
+        if is_recovery_setting(key_of(line)) || line.starts_with("# pgbackd restore-cluster") {
             continue;
         }
         out.push_str(line);
@@ -64,7 +68,7 @@ pub fn without_target(existing: &str) -> String {
     existing
         .lines()
         .filter(|l| {
-            let key = l.trim_start().split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("");
+            let key = key_of(l);
             !(key.starts_with("recovery_target") && key != "recovery_target_timeline")
         })
         .map(|l| format!("{l}\n"))
