@@ -24,6 +24,9 @@ pub struct Status {
     pub updated_at: Option<DateTime<Utc>>,
     pub config: Option<String>,
     pub shutting_down: bool,
+    /// Set by the daemon's last write as it exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<DateTime<Utc>>,
     pub schedules: Vec<ScheduleStatus>,
     pub running: Vec<RunningStatus>,
     pub databases: BTreeMap<String, DatabaseStatus>,

@@ -43,7 +43,8 @@ pub enum Command {
     Retention(RetentionArgs),
     /// Run as a service: schedules, reload on SIGHUP, graceful stop on SIGTERM.
     Run,
-    /// What the running daemon is doing: next and last run of every schedule, running jobs.
+    /// What the running daemon is doing: next and last run of every schedule, running jobs
+    /// (exit 0 while it runs, 3 when it does not).
     Status(StatusArgs),
     /// Exit 0 if the daemon is alive and every database has a recent enough full backup, else 1
     /// (for Docker's HEALTHCHECK).
@@ -72,6 +73,12 @@ pub enum Command {
     /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
     /// recipient to put in encryption.recipients.
     Keygen(KeygenArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    /// (e.g. `pgbackd completions bash > /etc/bash_completion.d/pgbackd`).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command into --dir
+    /// (e.g. `pgbackd man | man -l -`).
+    Man(ManArgs),
     /// Archive one WAL file (archive_command = 'pgbackd -c CONFIG archive-push %p'): compressed,
     /// hashed, encrypted if configured, stored on every target. A file already archived with the
     /// same contents succeeds; with different contents it fails and nothing is overwritten.
@@ -182,8 +189,11 @@ pub struct TargetServerArgs {
     /// Target server host (default: restore.target, else the backup's own server).
     #[arg(long)]
     pub target_host: Option<String>,
+    /// Target server port (default: as for --target-host).
     #[arg(long)]
     pub target_port: Option<u16>,
+    /// Role to connect as on the target server (default: as for --target-host); it needs
+    /// CREATEDB to create or replace a database.
     #[arg(long)]
     pub target_user: Option<String>,
 }
@@ -231,6 +241,7 @@ pub struct FilesArgs {
 pub struct ListFilesArgs {
     #[command(flatten)]
     pub set: FilesArgs,
+    /// A JSON array instead of the table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -240,6 +251,7 @@ pub struct ListFilesArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
 pub struct RestoreFilesArgs {
+    /// The file backup to restore (see `pgbackd list-files`).
     pub backup_id: Option<String>,
     /// The newest backup of the set.
     #[arg(long)]
@@ -258,6 +270,7 @@ pub struct RestoreFilesArgs {
     /// Replace files that exist in the target directory.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -312,6 +325,20 @@ pub struct ForgetArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write pgbackd.1 and a pgbackd-COMMAND.1 per command into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Where to write the identity (mode 0600; an existing file is never overwritten).
     #[arg(long, short = 'o')]
@@ -320,6 +347,7 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The daemon's status as JSON (exit 0 while it runs, 3 when it does not).
     #[arg(long)]
     pub json: bool,
 }
@@ -334,17 +362,23 @@ pub struct CheckConfigArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KindArg {
+    /// A complete pg_dump archive.
     Full,
+    /// Only what changed since the newest full backup (delta frames against it).
     Incremental,
 }
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
+    /// Full, or incremental against the newest full backup.
     #[arg(long, value_enum, default_value = "full")]
     pub kind: KindArg,
     /// The database to back up (default: the only configured one).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "all")]
     pub database: Option<String>,
+    /// Every configured database, one after the other (exit 1 if any fails; the others still run).
+    #[arg(long)]
+    pub all: bool,
     /// Accept a dump much smaller than the previous full backup (after a real cleanup).
     #[arg(long)]
     pub allow_shrink: bool,
@@ -352,6 +386,7 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only this database's backups (default: every subject's).
     #[arg(long)]
     pub database: Option<String>,
     /// A JSON array (a stable format; see docs/operations.md).
@@ -367,6 +402,7 @@ pub struct RestoreArgs {
     /// Restore the newest backup of --database (or of the only configured database).
     #[arg(long)]
     pub latest: bool,
+    /// The configured database whose newest backup --latest means.
     #[arg(long)]
     pub database: Option<String>,
     /// The database to restore into.
@@ -442,9 +478,12 @@ pub struct KeyArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
 pub struct CatArgs {
+    /// The backup (see `pgbackd list`).
     pub backup_id: Option<String>,
+    /// The newest backup of --database (or of the only configured database).
     #[arg(long)]
     pub latest: bool,
+    /// The configured database whose newest backup --latest means.
     #[arg(long)]
     pub database: Option<String>,
     #[command(flatten)]
@@ -454,6 +493,7 @@ pub struct CatArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest", "all", "wal"])))]
 pub struct VerifyArgs {
+    /// The backup to verify (see `pgbackd list`).
     pub backup_id: Option<String>,
     /// The newest backup of --database (or of every configured database).
     #[arg(long)]
@@ -466,11 +506,13 @@ pub struct VerifyArgs {
     /// missing segment); with --deep every file is read and checked against its SHA-256.
     #[arg(long, conflicts_with = "database")]
     pub wal: bool,
+    /// Only this database's backups, with --latest or --all.
     #[arg(long)]
     pub database: Option<String>,
     /// Read and check every stored byte (default: quick, objects and sizes only).
     #[arg(long)]
     pub deep: bool,
+    /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -488,6 +530,41 @@ pub struct RetentionArgs {
     /// Plan as of this time (2026-11-22 or 2026-11-22T06:00:00Z); needs --dry-run.
     #[arg(long, requires = "dry_run")]
     pub at: Option<String>,
+    /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand and option says what it does in `--help`.
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.is_hide_set() || matches!(a.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_long().unwrap_or(a.get_id().as_str())));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                if s.is_hide_set() {
+                    continue;
+                }
+                let p = format!("{path} {}", s.get_name());
+                if s.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "pgbackd", &mut missing);
+        assert!(missing.is_empty(), "without help text:\n{}", missing.join("\n"));
+    }
 }

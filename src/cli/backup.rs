@@ -12,14 +12,11 @@ use anyhow::Result;
 use std::process::ExitCode;
 
 pub async fn database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
+    if args.all {
+        return every_database(ctx, args).await;
+    }
     let db = ctx.config.select_database(args.database.as_deref())?;
-    let kind = match args.kind {
-        KindArg::Full => JobKind::FullBackup,
-        KindArg::Incremental => JobKind::IncrementalBackup,
-    };
-    let mut spec = JobSpec::new(kind, Subject::Database(db.name.clone()), Trigger::Manual);
-    spec.params.allow_shrink = args.allow_shrink;
-    let run = run_job(ctx, spec).await;
+    let run = run_job(ctx, spec(args, &db.name)).await;
     match (&run.outcome, run.backup()) {
         (RunOutcome::Success, Some(m)) => {
             say!("{}", m.id);
@@ -27,6 +24,42 @@ pub async fn database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
         }
         _ => Err(failure(run)),
     }
+}
+
+fn spec(args: &BackupArgs, database: &str) -> JobSpec {
+    let kind = match args.kind {
+        KindArg::Full => JobKind::FullBackup,
+        KindArg::Incremental => JobKind::IncrementalBackup,
+    };
+    let mut spec = JobSpec::new(kind, Subject::Database(database.to_owned()), Trigger::Manual);
+    spec.params.allow_shrink = args.allow_shrink;
+    spec
+}
+
+/// `backup --all`: every configured database in config order, each one's id on stdout as
+/// `NAME ID`; a failure is reported and the next database still runs; exit 1 if any failed.
+async fn every_database(ctx: &JobContext, args: &BackupArgs) -> Result<ExitCode> {
+    let mut failed = Vec::new();
+    for db in &ctx.config.databases {
+        if ctx.cancel.is_cancelled() {
+            failed.push(format!("{}: cancelled before it started", db.name));
+            continue;
+        }
+        let run = run_job(ctx, spec(args, &db.name)).await;
+        match (&run.outcome, run.backup()) {
+            (RunOutcome::Success, Some(m)) => say!("{} {}", db.name, m.id),
+            _ => {
+                let e = failure(run);
+                tell!("error: backup of database {} failed: {e:#}", db.name);
+                failed.push(format!("{}: {e:#}", db.name));
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    tell!("{} of {} backups failed: {}", failed.len(), ctx.config.databases.len(), failed.join("; "));
+    Ok(ExitCode::from(EXIT_JOB_FAILED))
 }
 
 /// A base backup of the cluster of `wal:`.

@@ -16,6 +16,7 @@ mod backup;
 mod check;
 mod forget;
 mod list;
+mod manual;
 mod notify;
 mod recovery;
 mod restore;
@@ -44,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_JOB_FAILED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
+/// `status`: no daemon runs (LSB: program is not running).
+pub const EXIT_NOT_RUNNING: u8 = 3;
 pub const EXIT_CONFIG: u8 = 78;
 /// archive-get's failure (not "not archived"): above 125, PostgreSQL stops the recovery.
 pub const EXIT_RESTORE_ABORT: u8 = 126;
@@ -183,6 +186,8 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
             say!("{public}");
             Ok(ExitCode::from(EXIT_OK))
         }
+        Command::Completions(args) => manual::completions(args.shell),
+        Command::Man(args) => manual::man(args.dir.as_deref()),
         Command::CheckConfig(args) => check::run(&context(cli, None, cancel).await?, args).await,
         Command::Backup(args) => backup::database(&context(cli, None, cancel).await?, args).await,
         Command::BackupFiles(args) => backup::files(&context(cli, None, cancel).await?, args).await,

@@ -1,6 +1,6 @@
 //! `pgbackd status` and `pgbackd healthcheck`: read the status file the daemon keeps.
 
-use super::{EXIT_JOB_FAILED, EXIT_OK};
+use super::{EXIT_JOB_FAILED, EXIT_NOT_RUNNING, EXIT_OK};
 use crate::config::Config;
 use crate::status::{self, Status};
 use anyhow::Result;
@@ -46,13 +46,18 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
     let status = status::read(&config.reports.dir);
     if json {
         // the daemon's own view when it runs; otherwise what the config schedules
-        let value = match &status {
-            Ok(s) => serde_json::to_value(s)?,
-            Err(e) => serde_json::json!({ "running": false, "error": format!("{e:#}") }),
+        let (value, alive) = match &status {
+            Ok(s) => {
+                let alive = running(s, now);
+                let mut v = serde_json::to_value(s)?;
+                v["running"] = alive.into();
+                (v, alive)
+            }
+            Err(e) => (serde_json::json!({ "running": false, "error": format!("{e:#}") }), false),
         };
         serde_json::to_writer_pretty(&mut out, &value)?;
         writeln!(out)?;
-        return Ok(ExitCode::from(EXIT_OK));
+        return Ok(exit(alive));
     }
     let s = match status {
         Ok(s) => s,
@@ -68,16 +73,20 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
                     next.unwrap_or_default()
                 )?;
             }
-            return Ok(ExitCode::from(EXIT_OK));
+            return Ok(exit(false));
         }
     };
     let updated = s.updated_at.map(|t| ago(t, now)).unwrap_or_else(|| "never".into());
-    let alive = s.updated_at.is_some_and(|t| now - t < STALE_AFTER);
+    let alive = running(&s, now);
     writeln!(
         out,
         "daemon: pid {}, {}, started {}, status updated {updated}{}",
         s.pid,
-        if alive { "running" } else { "NOT RUNNING (stale status)" },
+        match (alive, s.stopped_at) {
+            (true, _) => "running".to_owned(),
+            (false, Some(t)) => format!("NOT RUNNING (stopped {})", ago(t, now)),
+            (false, None) => "NOT RUNNING (stale status)".to_owned(),
+        },
         s.started_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default(),
         if s.shutting_down { ", shutting down" } else { "" }
     )?;
@@ -187,7 +196,18 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
         "\njobs: {} started, {} succeeded, {} failed, {} cancelled; overlaps: {} skipped, {} queued",
         c.jobs_started, c.jobs_succeeded, c.jobs_failed, c.jobs_cancelled, c.overlap_skipped, c.overlap_queued
     )?;
-    Ok(ExitCode::from(EXIT_OK))
+    Ok(exit(alive))
+}
+
+/// Whether the daemon that wrote `s` still refreshes it.
+fn running(s: &Status, now: DateTime<Utc>) -> bool {
+    s.stopped_at.is_none() && s.updated_at.is_some_and(|t| now - t < STALE_AFTER)
+}
+
+/// `status` exits 0 while the daemon runs and 3 when it does not (the LSB convention of
+/// `systemctl status`), so a script can tell "not running" from an error (2).
+fn exit(alive: bool) -> ExitCode {
+    ExitCode::from(if alive { EXIT_OK } else { EXIT_NOT_RUNNING })
 }
 
 /// Healthy when the daemon is alive and every database is fresh ([`status::problems`]):
@@ -196,6 +216,9 @@ pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
     let s: Status = status::read(&config.reports.dir).map_err(|e| vec![format!("{e:#}")])?;
     let mut problems = Vec::new();
     match s.updated_at {
+        _ if s.stopped_at.is_some() => {
+            problems.push(format!("the daemon stopped {}: it is not running", ago(s.stopped_at.unwrap_or(now), now)))
+        }
         Some(t) if now - t < STALE_AFTER => {}
         Some(t) => problems.push(format!("the daemon's status was last updated {}: it is not running", ago(t, now))),
         None => problems.push("the daemon never wrote its status".into()),

@@ -153,6 +153,8 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
                     _ = tokio::time::sleep(STATUS_INTERVAL) => {}
                 }
             }
+            // the last write says the daemon is gone: `status` exits 3 at once, not two minutes later
+            board.update(|s| s.stopped_at = Some(clock.now()));
             let _ = board.write(clock.now());
         })
     };

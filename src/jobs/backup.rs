@@ -153,7 +153,9 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     let cancel = ctx.cancel.child_token();
     let limit = config.backup.timeout;
     let (result, timed_out) = {
-        let work = dump(a, &tools, &cancel);
+        // for the progress bar's percentage and ETA: the dump is about as large as the last one
+        let expected = previous_full.as_ref().map(Manifest::raw_bytes).unwrap_or(server.database_size);
+        let work = dump(a, &tools, &cancel, expected);
         tokio::pin!(work);
         tokio::select! {
             r = &mut work => (r, false),
@@ -330,6 +332,7 @@ async fn dump(
     a: &Attempt<'_>,
     tools: &Tools,
     cancel: &CancellationToken,
+    expected: u64,
 ) -> Result<(pipeline::Committed, Option<ArchiveSummary>, String)> {
     let (config, repo) = (&*a.ctx.config, &*a.ctx.repository);
     let db = a.req.database;
@@ -366,7 +369,7 @@ async fn dump(
     let opts = PipelineOptions { segment_size, level, delta, ..a.ctx.stream_options() };
     let key = keys::dump_data(a.subject, a.id, level.is_some(), opts.encrypt.is_some());
     let moved = a.ctx.progress.clone();
-    let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), a.ctx.interactive);
+    let tracker = progress::track(&format!("backup {}", db.name), moved.clone(), a.ctx.interactive, Some(expected));
     let filter = ArchiveFilter::new().with_shared_blocks(new_blocks);
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved.clone(), filter);
     let streamed = pipeline::store_stream_to(&mut segments, repo.targets_for(a.subject), &key, &opts, cancel).await;

@@ -296,7 +296,12 @@ async fn stream(ctx: &JobContext, tools: &Tools, wal: &WalSettings, subject: &Su
     let opts = ctx.stream_options();
     let key = keys::base_data(subject, id, opts.level.is_some(), opts.encrypt.is_some());
     let moved = ctx.progress.clone();
-    let tracker = progress::track(&format!("base backup {}", subject.name()), moved.clone(), ctx.interactive);
+    let tracker = progress::track(
+        &format!("base backup {}", subject.name()),
+        moved.clone(),
+        ctx.interactive,
+        previous_size(ctx, subject).await,
+    );
     let mut segments = pipeline::read_segments(stdout, opts.segment_size, moved, TarFilter::new());
     let cancel = ctx.cancel.child_token();
     let streamed = pipeline::store_stream_to(&mut segments, repo.targets_for(subject), &key, &opts, &cancel).await;
@@ -439,7 +444,12 @@ async fn read_archives(
     let opts = ctx.stream_options();
     let mut archives: Vec<SpooledArchive> = Vec::new();
     let moved = ctx.progress.clone();
-    let tracker = progress::track(&format!("base backup {}", subject.name()), moved.clone(), ctx.interactive);
+    let tracker = progress::track(
+        &format!("base backup {}", subject.name()),
+        moved.clone(),
+        ctx.interactive,
+        previous_size(ctx, subject).await,
+    );
     while let Some(name) = next_archive(dir, gone, stop, opts.stall_timeout).await? {
         let oid = match name.as_str() {
             "base.tar" => None,
@@ -570,4 +580,9 @@ async fn wait_for_wal(ctx: &JobContext, wal: &WalSettings, system_identifier: u6
                 crate::wal::archiving_hint(wal)
             ),
         })
+}
+
+/// The newest base backup's raw size: what the progress bar expects this one to reach.
+async fn previous_size(ctx: &JobContext, subject: &Subject) -> Option<u64> {
+    ctx.repository.latest(subject, None).await.ok().flatten().map(|m| m.raw_bytes())
 }

@@ -326,3 +326,43 @@ fn a_dump_below_min_size_fails() {
     assert!(env.list_json().is_empty());
     assert!(env.repository_files().is_empty(), "{:?}", env.repository_files());
 }
+
+/// `backup --all`: every configured database, one id per line; one that fails is named, the
+/// others are still backed up, and the exit is 1.
+#[test]
+fn backup_all_backs_up_every_database_and_names_the_one_that_failed() {
+    let env = TestEnv::new("all");
+    env.psql("create table t (id int); insert into t select generate_series(1, 10);");
+    let c = cluster();
+    let db = |name: &str, dbname: &str| {
+        format!(
+            "  - name: {name}\n    host: {}\n    port: {}\n    username: postgres\n    database: {dbname}\n",
+            c.socket_dir(),
+            c.port
+        )
+    };
+    let config = |dbs: &str| {
+        format!(
+            "databases:\n{dbs}local_backup_dir: {}\nreports:\n  dir: {}\nmonitoring:\n  listen: off\n",
+            env.repository().display(),
+            env.dir.path().join("reports").display()
+        )
+    };
+    std::fs::write(&env.config, config(&(db("one", &env.db) + &db("two", &env.db)))).unwrap();
+    let out = env.run(&["backup", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("one ") && lines[1].starts_with("two "), "{text}");
+    // a missing database in the middle: the third still runs
+    let missing = format!("{}_missing", env.db);
+    std::fs::write(&env.config, config(&(db("one", &env.db) + &db("gone", &missing) + &db("three", &env.db)))).unwrap();
+    let out = env.run(&["backup", "--all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l.starts_with("one ")) && text.lines().any(|l| l.starts_with("three ")), "{text}");
+    assert!(stderr(&out).contains("backup of database gone failed") && stderr(&out).contains("1 of 3 backups failed"));
+    let out = env.run(&["backup", "--all", "--database", "one"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

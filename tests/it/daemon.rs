@@ -155,6 +155,13 @@ fn scheduled_backups_to_local_and_s3_status_healthcheck_and_no_secret_anywhere()
 
     let (code, _, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    // a stopped daemon: `status` says so at once and exits 3 (LSB "not running"), JSON too
+    let stopped = env.run(&["status", "--json"]);
+    assert_eq!(stopped.status.code(), Some(3), "{}", stdout(&stopped));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&stopped.stdout).unwrap()["running"], false);
+    let stopped = env.run(&["status"]);
+    assert_eq!(stopped.status.code(), Some(3));
+    assert!(stdout(&stopped).contains("NOT RUNNING (stopped"), "{}", stdout(&stopped));
     assert!(log.contains("\"message\":\"daemon started\"") && log.contains("\"message\":\"job finished\""), "{log}");
     assert!(log.contains("\"run_id\""), "job events carry the run id: {log}");
     // values as values, never Rust's Debug text (`Some(...)`, `None`)

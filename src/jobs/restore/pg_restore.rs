@@ -44,7 +44,7 @@ pub(super) async fn pg_restore(
         spec = spec.arg(format!("--table={t}"));
     }
     let moved = ctx.progress.clone();
-    let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive);
+    let _tracker = progress::track(&format!("restore {}", m.id), moved.clone(), ctx.interactive, Some(m.raw_bytes()));
     let ran = match archive {
         Archive::Spooled { file, jobs } => {
             const SPOOL_FD: i32 = 4;
