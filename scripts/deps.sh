@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what pgbackd's demo and tests need on Debian/Ubuntu, when it is missing:
-# PostgreSQL server and client binaries (a throwaway cluster is started from them), zstd, openssl,
-# promtool (package prometheus), systemd-analyze (package systemd).
+# PostgreSQL server and client binaries (postgresql-15 on Debian 12; no system cluster is created
+# or started: the demo and tests start their own throwaway clusters), zstd, openssl, promtool
+# (package prometheus), systemd-analyze (package systemd), python3-venv (the test servers' venv).
 set -euo pipefail
 need=()
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+server=""
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || server=yes
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 # promtool checks the alert rules and the /metrics output
@@ -14,9 +16,26 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # the email notification tests make a self-signed certificate for their SMTP server
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
+# scripts/s3-tools.sh makes a venv for the S3 and SMTP test servers
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ] || [ -n "$server" ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "installing: ${need[*]}"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ -n "$server" ]; then
+    # the server binaries only: no main cluster on 5432 (postgresql-common's createcluster.conf),
+    # and no service started by the package (policy-rc.d, removed again below)
+    $sudo mkdir -p /etc/postgresql-common
+    grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf \
+      || echo 'create_main_cluster = false' | $sudo tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+      $sudo chmod 0755 /usr/sbin/policy-rc.d
+      trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    if apt-cache show postgresql-15 >/dev/null 2>&1; then need+=(postgresql-15 postgresql-client-15); else need+=(postgresql); fi
+  fi
+  echo "installing: ${need[*]}"
+  # confold: keep the createcluster.conf written above when postgresql-common installs its own
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${need[@]}" >/dev/null
 fi
