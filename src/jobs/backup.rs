@@ -126,10 +126,10 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     let (config, repo) = (&*ctx.config, &*ctx.repository);
     let db = req.database;
     let conn = &db.connection;
-    let tools = Tools::locate(config.pg_bin_dir.as_deref());
-    let (dump_major, dump_version) = tools.version("pg_dump").await?;
     let client = pg::connect(conn).await?;
     let server = pg::server_info(&client).await?;
+    let tools = Tools::matching(config.pg_bin_dir.as_deref(), server.major());
+    let (dump_major, dump_version) = tools.version("pg_dump").await?;
     let properties = match pg::database::DatabaseProperties::read(&client, server.version_num).await {
         Ok(p) => Some(p),
         Err(e) => {

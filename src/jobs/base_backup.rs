@@ -103,10 +103,10 @@ async fn take(
 ) -> Result<Manifest> {
     let (config, repo) = (&*ctx.config, &*ctx.repository);
     let conn = &wal.server;
-    let tools = Tools::locate(config.pg_bin_dir.as_deref());
-    let (tool_major, tool_version) = tools.version("pg_basebackup").await?;
     let server = server_facts(wal).await?;
     let server_major = server.version_num / 10000;
+    let tools = Tools::matching(config.pg_bin_dir.as_deref(), server_major);
+    let (tool_major, tool_version) = tools.version("pg_basebackup").await?;
     if tool_major < server_major {
         bail!(
             "pg_basebackup {tool_version} cannot back up PostgreSQL {} (server {}): install postgresql-client-{} or \

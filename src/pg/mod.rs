@@ -29,6 +29,17 @@ impl Tools {
         Tools { bin_dir: newest_debian_bin_dir() }
     }
 
+    /// The tools for dumping or base-backing-up a server of major `server_major`: `pg_bin_dir`
+    /// when configured, else `/usr/lib/postgresql/<server_major>/bin` when installed (an image
+    /// with clients 13-17 dumps each server with its own version), else the oldest installed
+    /// major above it, else the newest (whose version check then says what to install).
+    pub fn matching(configured: Option<&Path>, server_major: u32) -> Tools {
+        if let Some(dir) = configured {
+            return Tools { bin_dir: Some(dir.to_owned()) };
+        }
+        Tools { bin_dir: pick_bin_dir(&debian_bin_dirs(), server_major) }
+    }
+
     pub fn path(&self, program: &str) -> PathBuf {
         match &self.bin_dir {
             Some(dir) => dir.join(program),
@@ -58,8 +69,18 @@ impl Tools {
 }
 
 fn newest_debian_bin_dir() -> Option<PathBuf> {
-    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
+    debian_bin_dirs().pop().map(|(_, p)| p)
+}
+
+/// Of `dirs` (oldest first): the server's own major, else the oldest above it, else the newest.
+fn pick_bin_dir(dirs: &[(u32, PathBuf)], server_major: u32) -> Option<PathBuf> {
+    dirs.iter().find(|(m, _)| *m >= server_major).or(dirs.last()).map(|(_, p)| p.clone())
+}
+
+/// The installed `/usr/lib/postgresql/<major>/bin` that have pg_dump, oldest first.
+fn debian_bin_dirs() -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") else { return Vec::new() };
+    let mut dirs: Vec<(u32, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let major: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -68,7 +89,7 @@ fn newest_debian_bin_dir() -> Option<PathBuf> {
         })
         .collect();
     dirs.sort();
-    dirs.pop().map(|(_, p)| p)
+    dirs
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -440,6 +461,18 @@ pub async fn table_fingerprint(client: &Client, schema: &str, table: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_server_is_dumped_by_its_own_major_when_installed() {
+        let dirs: Vec<(u32, PathBuf)> =
+            [13, 15, 17].iter().map(|m| (*m, PathBuf::from(format!("/usr/lib/postgresql/{m}/bin")))).collect();
+        let pick = |m| pick_bin_dir(&dirs, m).unwrap().display().to_string();
+        assert_eq!(pick(13), "/usr/lib/postgresql/13/bin");
+        assert_eq!(pick(14), "/usr/lib/postgresql/15/bin", "the oldest that can dump it");
+        assert_eq!(pick(17), "/usr/lib/postgresql/17/bin");
+        assert_eq!(pick(18), "/usr/lib/postgresql/17/bin", "the newest; its version check names what to install");
+        assert_eq!(pick_bin_dir(&[], 15), None);
+    }
 
     #[test]
     fn pgpass_fields_unescape() {

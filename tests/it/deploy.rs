@@ -57,3 +57,97 @@ fn the_systemd_unit_verifies_is_sandboxed_and_can_write_where_the_example_config
     assert!(text.contains("WorkingDirectory=/var/lib/pgbackd"), "relative paths need a writable working directory");
     assert!(text.contains("ReadOnlyPaths=-/var/run/postgresql"), "the socket directory must be optional");
 }
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The compose file as a new user gets it: images pinned to a version (never `latest`), every
+/// secret a docker secret backed by a file, none in the environment, and pgbackd given exactly
+/// the secrets its config reads (not MinIO's root credentials); retention, verification and a
+/// weekly test restore scheduled; `.env.example` names every variable the compose file uses.
+#[test]
+fn the_compose_file_pins_its_images_and_hands_pgbackd_only_its_own_secrets() {
+    let compose: serde_json::Value = serde_saphyr::from_str(&repo_file("docker-compose.backup.yml")).unwrap();
+    let config = repo_file("config/docker-compose.yaml");
+    let env_example = repo_file(".env.example");
+    let services = compose["services"].as_object().unwrap();
+    let declared = compose["secrets"].as_object().unwrap();
+    for (name, svc) in services {
+        if let Some(image) = svc["image"].as_str() {
+            // ${VAR:-default}: the default and .env.example's value are both pinned
+            let (var, default) = image
+                .strip_prefix("${")
+                .and_then(|i| i.strip_suffix('}'))
+                .and_then(|i| i.split_once(":-"))
+                .unwrap_or_else(|| panic!("{name}: image {image} should be ${{VAR:-default}}"));
+            let pinned = env_example
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{var}=")))
+                .unwrap_or_else(|| panic!("{var} is not in .env.example"));
+            for tag in [default, pinned] {
+                let version = tag.rsplit_once(':').map(|(_, v)| v).unwrap_or("");
+                assert!(!version.is_empty() && version != "latest", "{name}: {tag} is not pinned");
+            }
+        }
+        for (k, v) in svc["environment"].as_object().into_iter().flatten() {
+            let secretish = ["PASSWORD", "SECRET", "ACCESS_KEY", "ROOT_USER"].iter().any(|s| k.contains(s));
+            assert!(!secretish || k.ends_with("_FILE"), "{name}: {k}={v} puts a secret in the environment");
+        }
+        assert!(svc.get("env_file").is_none(), "{name}: secrets come from docker secrets, not env files");
+        for s in svc["secrets"].as_array().into_iter().flatten() {
+            let s = s.as_str().unwrap();
+            assert!(declared.contains_key(s), "{name} uses the undeclared secret {s}");
+            assert!(declared[s]["file"].as_str().unwrap().starts_with("./secrets/"), "{s}");
+        }
+    }
+    let given: Vec<&str> =
+        services["pgbackd"]["secrets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let read: Vec<&str> = config
+        .split("/run/secrets/")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next())
+        .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    let (mut g, mut r) = (given.clone(), read.clone());
+    g.sort();
+    r.sort();
+    assert_eq!(g, r, "pgbackd should get exactly the secrets config/docker-compose.yaml reads");
+    assert!(!given.iter().any(|s| s.contains("root")), "pgbackd must not get MinIO's root credentials");
+    // the bucket-scoped user: the policy file is mounted and names only the bucket
+    let init = services["minio-init"]["entrypoint"].to_string();
+    assert!(init.contains("admin policy attach") && init.contains("admin user add"), "{init}");
+    let policy: serde_json::Value = serde_json::from_str(&repo_file("deploy/minio-pgbackd-policy.json")).unwrap();
+    for st in policy["Statement"].as_array().unwrap() {
+        for r in st["Resource"].as_array().unwrap() {
+            let r = r.as_str().unwrap();
+            assert!(r == "arn:aws:s3:::pgbackd" || r == "arn:aws:s3:::pgbackd/*", "{r}");
+        }
+    }
+    for job in ["retention:", "verification:", "test_restore: \"0 5 * * 0\""] {
+        assert!(config.contains(&format!("  {job}")), "config/docker-compose.yaml schedules no {job}");
+    }
+}
+
+/// The Dockerfile passes hadolint (scripts/s3-tools.sh installs it from PyPI): with the reasons
+/// for the two rules it waives written beside them.
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let hadolint = crate::s3_servers::tools_dir().join("localstack/bin/hadolint");
+    let out = Command::new(&hadolint)
+        .args(["--no-color", "Dockerfile"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/s3-tools.sh", hadolint.display()));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "hadolint Dockerfile:\n{text}");
+    let dockerfile = repo_file("Dockerfile");
+    for m in 13..=17 {
+        assert!(dockerfile.contains(&format!("{m} ")) || dockerfile.contains(&format!("{m}\"")), "client {m}");
+    }
+    assert!(dockerfile.contains("--mount=type=cache"), "the cargo build is cached");
+    assert!(
+        !dockerfile.lines().any(|l| l.starts_with("FROM") && (l.contains(":latest") || l.contains(":1-"))),
+        "pinned bases"
+    );
+}

@@ -30,7 +30,7 @@ extern "C" fn stop_servers_at_exit() {
     }
 }
 
-fn tools_dir() -> PathBuf {
+pub(crate) fn tools_dir() -> PathBuf {
     std::env::var_os("PGBACKD_TEST_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/pgbackd-test")
     })
