@@ -151,3 +151,58 @@ fn the_dockerfile_passes_hadolint() {
         "pinned bases"
     );
 }
+
+/// scripts/package.sh builds a .deb (of this build's binary) that installs the binary, the unit
+/// pointing at it, the example config as a conffile, completions and man pages; unpacked into a
+/// scratch root, its binary runs and its config passes check-config.
+#[test]
+fn the_deb_installs_a_binary_that_checks_its_example_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/package.sh"))
+        .args(["--binary", BIN, "--uncompressed", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "package.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let deb = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_owned();
+    assert!(deb.ends_with("_amd64.deb"), "{deb}");
+    let info = Command::new("dpkg-deb").args(["--info", &deb]).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains("Package: pgbackd") && info.contains("postinst"), "{info}");
+    let control = Command::new("dpkg-deb").args(["--field", &deb, "Version"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&control.stdout).trim(), env!("CARGO_PKG_VERSION"));
+    let postinst = Command::new("dpkg-deb").args(["--ctrl-tarfile", &deb]).output().unwrap();
+    assert!(String::from_utf8_lossy(&postinst.stdout).contains("adduser --system --group"), "the pgbackd user");
+
+    let root = dir.path().join("root");
+    let x = Command::new("dpkg").args(["-x", &deb]).arg(&root).status().unwrap();
+    assert!(x.success());
+    for f in [
+        "usr/bin/pgbackd",
+        "lib/systemd/system/pgbackd.service",
+        "etc/pgbackd/pgbackd.yaml",
+        "usr/share/bash-completion/completions/pgbackd",
+        "usr/share/zsh/vendor-completions/_pgbackd",
+        "usr/share/man/man1/pgbackd.1.gz",
+        "usr/share/man/man1/pgbackd-restore-cluster.1.gz",
+        "usr/share/doc/pgbackd/operations.md",
+    ] {
+        assert!(root.join(f).is_file(), "the .deb has no {f}");
+    }
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/pgbackd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/pgbackd run") && !unit.contains("/usr/local/bin"), "{unit}");
+    let bin = root.join("usr/bin/pgbackd");
+    let v = Command::new(&bin).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), format!("pgbackd {}", env!("CARGO_PKG_VERSION")));
+    // the installed example, with the one secret it needs from the environment (as the unit's
+    // EnvironmentFile gives it)
+    let check = Command::new(&bin)
+        .args(["check-config", "--config"])
+        .arg(root.join("etc/pgbackd/pgbackd.yaml"))
+        .env("POSTGRES_PASSWORD", "example")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "check-config of the installed example: {text}");
+    assert!(text.contains("schedule full_backup"), "{text}");
+}
