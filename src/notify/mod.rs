@@ -205,8 +205,16 @@ impl Notifier {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What was delivered, failed and dropped per channel; every configured channel and ping is
+    /// there from the start, at 0, so that `increase()` over a counter sees its first event.
     pub fn counts(&self) -> DeliveryCounts {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ch = self.current();
+        for name in ch.list.iter().map(|c| c.name().to_owned()).chain(ch.pings.iter().map(|p| p.name.clone())) {
+            c.sent.entry(name.clone()).or_default();
+            c.failed.entry(name).or_default();
+        }
+        c
     }
 
     /// A run starts: `start` pings.

@@ -103,7 +103,7 @@ fn scheduled_backups_to_local_and_s3_status_healthcheck_and_no_secret_anywhere()
          encryption:\n  enabled: true\n  key_file: {}\n  identity_file: {}\n  passphrase_work_factor: 10\n\
          notifications:\n  attempts: 1\n  slack:\n    enabled: true\n    webhook_url: {slack_url}\n    events: [success]\n\
          \x20 webhooks:\n    - name: ops\n      url: {slack_url}\n      headers: {{Authorization: \"Bearer {hook_token}\"}}\n\
-         \x20     events: [success]\nmonitoring:\n  listen: 127.0.0.1:{mport}\n",
+         \x20     events: [success]\nmonitoring:\n  listen: 127.0.0.1:{mport}\n  max_age: 1h\n",
         bin.display(),
         reports_dir.display(),
         s3.target_yaml("offsite", &bucket, ""),
@@ -149,6 +149,9 @@ fn scheduled_backups_to_local_and_s3_status_healthcheck_and_no_secret_anywhere()
     assert!(health.status.success(), "{}", stdout(&health));
     let metrics = crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/metrics").unwrap_or_default();
     assert!(metrics.contains("pgbackd_up 1"), "{metrics}");
+    // after backups, a verification and a test restore: every dashboard panel finds its series
+    // and labels in a real scrape
+    crate::notify::assert_dashboard_matches(&metrics);
     let status_http = crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/status").unwrap_or_default();
     let listing = env.run(&["list"]);
     let check = env.run(&["check-config"]);

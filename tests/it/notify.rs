@@ -192,6 +192,85 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> String {
     text
 }
 
+/// A promtool rules test of the shipped alert rules on a live scrape: every sample of `metrics`
+/// becomes a constant series with the labels Prometheus adds when it scrapes (`instance`, `job`),
+/// `up` is 1, and `expect` gives each alert's `exp_alerts` (YAML) 15 minutes in (past every
+/// `for:`). Returns promtool's output; panics when a rule does not fire as expected.
+fn promtool_test_on_scrape(metrics: &str, expect: &[(String, String)]) -> String {
+    let mut series =
+        String::from("      - series: 'up{instance=\"pgbackd:9187\", job=\"pgbackd\"}'\n        values: '1x20'\n");
+    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let (metric, labels) = match name.split_once('{') {
+            Some((m, l)) => (m, format!(", {}", l.trim_end_matches('}'))),
+            None => (name, String::new()),
+        };
+        let sel = format!("{metric}{{instance=\"pgbackd:9187\", job=\"pgbackd\"{labels}}}").replace('\'', "''");
+        series.push_str(&format!("      - series: '{sel}'\n        values: '{v}x20'\n"));
+    }
+    let mut tests = String::new();
+    for (alert, exp) in expect {
+        tests.push_str(&format!("      - eval_time: 15m\n        alertname: {alert}\n        exp_alerts: {exp}\n"));
+    }
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus-alerts.yml");
+    let text = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n{tests}",
+        rules.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scraped.test.yml");
+    std::fs::write(&file, &text).unwrap();
+    let out = Command::new("promtool").args(["test", "rules"]).arg(&file).output().unwrap();
+    let result = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool test rules on the scrape:\n{result}\n{text}");
+    result
+}
+
+/// Every alert the shipped rules define.
+fn alert_names() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus-alerts.yml")).unwrap();
+    text.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).map(str::to_owned).collect()
+}
+
+/// Every Grafana panel's query names series that the scrape has, with every label its selector
+/// matches on and its legend prints.
+pub(crate) fn assert_dashboard_matches(metrics: &str) {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let i = expr.find("pgbackd_").unwrap_or_else(|| panic!("{expr}"));
+            let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let samples: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                .collect();
+            assert!(!samples.is_empty(), "the dashboard's {expr:?}: no {name} in the scrape");
+            let mut labels: Vec<String> = Vec::new();
+            if let Some(sel) = expr[i + name.len()..].strip_prefix('{') {
+                let sel = &sel[..sel.find('}').unwrap()];
+                labels.extend(sel.split(',').map(|m| m.split(['=', '!', '~']).next().unwrap().trim().to_owned()));
+            }
+            let legend = t["legendFormat"].as_str().unwrap_or("");
+            labels.extend(legend.split("{{").skip(1).map(|l| l.split("}}").next().unwrap().trim().to_owned()));
+            for label in labels {
+                assert!(
+                    samples.iter().any(|s| s.contains(&format!("{label}=\""))),
+                    "the dashboard's {expr:?} (legend {legend:?}) uses label {label}, which {name} does not have: {samples:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "{checked} panels");
+}
+
 /// The shipped alert rules are valid, and their unit tests (each alert fires on the series
 /// pgbackd exports, and not otherwise) pass.
 #[test]
@@ -263,6 +342,29 @@ fn failures_alert_once_then_recover_through_slack_webhook_pings_and_metrics() {
     let (code, text) = http_get(port, "/readyz").unwrap();
     assert_eq!(code, 503, "{text}");
     assert!(text.contains("has no successful full backup"), "{text}");
+    // the alert rules on what a real scrape of this state holds: the failed run and the missing
+    // backup alert, with their summaries filled from the exported labels
+    let failing = http_get(port, "/metrics").unwrap().1;
+    let db = &env.db;
+    let base = format!("instance: \"pgbackd:9187\", job: pgbackd, database: {db}");
+    promtool_test_on_scrape(
+        &failing,
+        &[
+            (
+                "PgbackdLastRunFailed".into(),
+                format!(
+                    "[{{exp_labels: {{{base}, job_kind: full_backup}}, exp_annotations: {{summary: \"full_backup of {db} failed on its last run\"}}}}]"
+                ),
+            ),
+            (
+                "PgbackdBackupStale".into(),
+                format!(
+                    "[{{exp_labels: {{{base}}}, exp_annotations: {{summary: \"database {db}: no fresh successful full backup, or its latest verification failed (see /readyz)\"}}}}]"
+                ),
+            ),
+            ("PgbackdDown".into(), "[]".into()),
+        ],
+    );
 
     // fixed (real pg_dump), one run: one "recovered" message, a success ping
     env.write_config(&format!(
@@ -288,6 +390,9 @@ fn failures_alert_once_then_recover_through_slack_webhook_pings_and_metrics() {
     assert_eq!(code, 200);
     assert_prometheus_text(&m);
     promtool(&["check", "metrics"], Some(&m));
+    // all is well now: no alert fires on this scrape (the dashboard is checked on a daemon that
+    // also verified and test-restored: tests/it/daemon.rs)
+    promtool_test_on_scrape(&m, &alert_names().into_iter().map(|a| (a, "[]".to_owned())).collect::<Vec<_>>());
     let series = |name: &str| format!("pgbackd_{name}{{database=\"{}\",job_kind=\"full_backup\"}}", env.db);
     assert_eq!(metric(&m, &series("last_raw_bytes")), listed[0]["raw_bytes"].as_f64(), "{m}");
     assert_eq!(metric(&m, &series("last_stored_bytes")), listed[0]["stored_bytes"].as_f64(), "{m}");
