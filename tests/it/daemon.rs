@@ -51,6 +51,17 @@ impl Daemon {
     }
 }
 
+/// A test that panics must not leave its daemon running (scheduling jobs into a deleted
+/// directory while the other tests run).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
