@@ -215,13 +215,12 @@ fn exit(alive: bool) -> ExitCode {
 pub fn health(config: &Config, now: DateTime<Utc>) -> Result<(), Vec<String>> {
     let s: Status = status::read(&config.reports.dir).map_err(|e| vec![format!("{e:#}")])?;
     let mut problems = Vec::new();
-    match s.updated_at {
-        _ if s.stopped_at.is_some() => {
-            problems.push(format!("the daemon stopped {}: it is not running", ago(s.stopped_at.unwrap_or(now), now)))
-        }
-        Some(t) if now - t < STALE_AFTER => {}
-        Some(t) => problems.push(format!("the daemon's status was last updated {}: it is not running", ago(t, now))),
-        None => problems.push("the daemon never wrote its status".into()),
+    if !running(&s, now) {
+        problems.push(match (s.stopped_at, s.updated_at) {
+            (Some(t), _) => format!("the daemon stopped {}: it is not running", ago(t, now)),
+            (None, Some(t)) => format!("the daemon's status was last updated {}: it is not running", ago(t, now)),
+            (None, None) => "the daemon never wrote its status".into(),
+        });
     }
     problems.extend(status::problems(&s, config, now).into_iter().map(|p| p.message));
     if problems.is_empty() { Ok(()) } else { Err(problems) }

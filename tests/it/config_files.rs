@@ -31,11 +31,7 @@ fn every_example_config_parses() {
         }
         seen += 1;
         let mut text = std::fs::read_to_string(&path).unwrap();
-        for secret in text.split("/run/secrets/").skip(1) {
-            let file = secret.split_whitespace().next().unwrap();
-            if !file.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                continue; // prose in a comment
-            }
+        for file in docker_secrets(&text) {
             std::fs::write(secrets.path().join(file), format!("example-{file}\n")).unwrap();
         }
         text = text.replace("/run/secrets/", &format!("{}/", secrets.path().display()));

@@ -158,7 +158,14 @@ fn scheduled_backups_to_local_and_s3_status_healthcheck_and_no_secret_anywhere()
     assert!(stdout(&human).contains("running"), "{}", stdout(&human));
     let health = env.run(&["healthcheck"]);
     assert!(health.status.success(), "{}", stdout(&health));
-    let metrics = crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/metrics").unwrap_or_default();
+    // the status board takes in a finished verification or test restore a moment after its
+    // manifest annotation that `list` shows: scrape once /metrics has both results
+    let scrape = || crate::s3_servers::http_get(&format!("127.0.0.1:{mport}"), "/metrics").unwrap_or_default();
+    wait_until("the verification and test restore in /metrics", Duration::from_secs(30), || {
+        let m = scrape();
+        m.contains("pgbackd_verification_success{") && m.contains("pgbackd_restore_duration_seconds{")
+    });
+    let metrics = scrape();
     assert!(metrics.contains("pgbackd_up 1"), "{metrics}");
     // after backups, a verification and a test restore: every dashboard panel finds its series
     // and labels in a real scrape

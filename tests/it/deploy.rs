@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn unit_text() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/pgbackd.service")).unwrap()
+    repo_file("deploy/pgbackd.service")
 }
 
 fn systemd_analyze(args: &[&str]) -> (bool, String) {
@@ -45,7 +45,7 @@ fn the_systemd_unit_verifies_is_sandboxed_and_can_write_where_the_example_config
             }
         })
         .collect();
-    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgbackd.yaml")).unwrap();
+    let example = repo_file("config/pgbackd.yaml");
     for key in ["dir: /var/lib/pgbackd/reports", "dir: /var/log/pgbackd"] {
         let path = key.trim_start_matches("dir: ");
         assert!(example.contains(key), "config/pgbackd.yaml no longer has {key}: update this test");
@@ -56,10 +56,6 @@ fn the_systemd_unit_verifies_is_sandboxed_and_can_write_where_the_example_config
     }
     assert!(text.contains("WorkingDirectory=/var/lib/pgbackd"), "relative paths need a writable working directory");
     assert!(text.contains("ReadOnlyPaths=-/var/run/postgresql"), "the socket directory must be optional");
-}
-
-fn repo_file(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
 /// The compose file as a new user gets it: images pinned to a version (never `latest`), every
@@ -103,12 +99,7 @@ fn the_compose_file_pins_its_images_and_hands_pgbackd_only_its_own_secrets() {
     }
     let given: Vec<&str> =
         services["pgbackd"]["secrets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    let read: Vec<&str> = config
-        .split("/run/secrets/")
-        .skip(1)
-        .filter_map(|s| s.split_whitespace().next())
-        .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .collect();
+    let read = docker_secrets(&config);
     let (mut g, mut r) = (given.clone(), read.clone());
     g.sort();
     r.sort();

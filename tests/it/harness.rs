@@ -44,6 +44,23 @@ pub fn unique(prefix: &str) -> String {
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgbackd");
 
 /// The real PostgreSQL client binaries (for fake pg_dump scripts to wrap).
+/// A file of the repository (config/, deploy/, ...), as text.
+pub fn repo_file(path: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The docker secrets a config reads: the names after each `/run/secrets/` (prose in comments,
+/// such as "/run/secrets)", is not a name).
+pub fn docker_secrets(config: &str) -> Vec<&str> {
+    config
+        .split("/run/secrets/")
+        .skip(1)
+        .filter_map(|s| s.split_whitespace().next())
+        .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect()
+}
+
 pub fn real_pg_bin() -> PathBuf {
     cluster().bin().to_path_buf()
 }

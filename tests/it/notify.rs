@@ -229,18 +229,14 @@ fn promtool_test_on_scrape(metrics: &str, expect: &[(String, String)]) -> String
 
 /// Every alert the shipped rules define.
 fn alert_names() -> Vec<String> {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus-alerts.yml")).unwrap();
+    let text = repo_file("deploy/prometheus-alerts.yml");
     text.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).map(str::to_owned).collect()
 }
 
 /// Every Grafana panel's query names series that the scrape has, with every label its selector
 /// matches on and its legend prints.
 pub(crate) fn assert_dashboard_matches(metrics: &str) {
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana-dashboard.json")).unwrap(),
-    )
-    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&repo_file("deploy/grafana-dashboard.json")).unwrap();
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().into_iter().flatten() {
