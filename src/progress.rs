@@ -20,6 +20,9 @@ pub struct Tracker {
 /// the end.
 pub fn track(label: &str, counter: Arc<Counter>, interactive: bool, expected: Option<u64>) -> Tracker {
     let expected = expected.filter(|&e| e > 0);
+    if let Some(e) = expected {
+        counter.set_expected(e);
+    }
     let tty = interactive && std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let bar = ProgressBar::with_draw_target(expected, ProgressDrawTarget::stderr());
@@ -67,17 +70,18 @@ pub fn track(label: &str, counter: Arc<Counter>, interactive: bool, expected: Op
     Tracker { bar, task }
 }
 
-/// Where a stream stands against its expected size.
+/// Where a stream stands against its expected size (the terminal bar, the progress log events
+/// and the daemon's status page all say this).
 #[derive(Debug, PartialEq)]
-struct Estimate {
+pub struct Estimate {
     /// The expected total, raised to just above what was read when the stream outgrows it.
-    total: u64,
-    percent: u32,
-    eta: Duration,
+    pub total: u64,
+    pub percent: u32,
+    pub eta: Duration,
 }
 
 impl Estimate {
-    fn at(bytes: u64, expected: u64, elapsed: Duration) -> Estimate {
+    pub fn at(bytes: u64, expected: u64, elapsed: Duration) -> Estimate {
         // a stream larger than expected is near its end, never "done" before it is
         let total = expected.max(bytes + bytes / 200 + 1);
         let percent = ((bytes as f64 / total as f64 * 100.0) as u32).min(99);

@@ -43,6 +43,39 @@ pub struct Status {
     /// The cluster's WAL archiving (with a `wal:` section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal: Option<crate::wal::receiver::WalStatus>,
+    /// The daemon's last runs, newest first (at most [`RECENT_RUNS`]): what `pgbackd trigger
+    /// --wait` and the status page read.
+    #[serde(default)]
+    pub recent_runs: Vec<RecentRun>,
+}
+
+/// Where one run of the daemon stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunState {
+    /// Dispatched, waiting for a slot or for another job on its subject.
+    Waiting,
+    Running(RunningStatus),
+    Finished(RecentRun),
+}
+
+/// How many finished runs the board remembers.
+pub const RECENT_RUNS: usize = 100;
+
+/// A finished run of the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecentRun {
+    pub kind: JobKind,
+    #[serde(flatten)]
+    pub run: RunSummary,
+}
+
+impl Status {
+    /// Remembers a finished run (newest first, bounded).
+    pub fn remember(&mut self, kind: JobKind, run: RunSummary) {
+        self.recent_runs.insert(0, RecentRun { kind, run });
+        self.recent_runs.truncate(RECENT_RUNS);
+    }
 }
 
 impl Status {
@@ -103,6 +136,9 @@ pub struct RunSummary {
     pub finished_at: DateTime<Utc>,
     pub outcome: Outcome,
     pub backup_id: Option<String>,
+    /// A restore point job: the point's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
     pub error: Option<String>,
 }
 
@@ -115,6 +151,14 @@ pub struct RunningStatus {
     pub trigger: Trigger,
     pub started_at: DateTime<Utc>,
     pub bytes: u64,
+    /// The size the job expects to move (a restore's exact raw size, a backup's estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_bytes: Option<u64>,
+    /// From `bytes` and `expected_bytes`: never 100 before the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -158,6 +202,8 @@ pub struct Board {
     progress: Mutex<BTreeMap<String, Arc<Counter>>>,
     /// The WAL monitor's and receiver's status, copied in on every snapshot.
     wal: Mutex<Option<crate::wal::receiver::Shared>>,
+    /// Runs dispatched that wait for their turn (a slot, the subject's locks).
+    waiting: Mutex<std::collections::BTreeSet<String>>,
     path: PathBuf,
 }
 
@@ -167,8 +213,32 @@ impl Board {
             inner: Mutex::new(status),
             progress: Mutex::new(BTreeMap::new()),
             wal: Mutex::new(None),
+            waiting: Mutex::new(Default::default()),
             path: dir.join(STATUS_FILE),
         }
+    }
+
+    /// Marks a dispatched run as waiting for its turn, or no longer.
+    pub fn waiting(&self, run_id: &str, waits: bool) {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waits {
+            w.insert(run_id.to_owned());
+        } else {
+            w.remove(run_id);
+        }
+    }
+
+    /// Where a run stands: waiting, running (with its progress) or finished; `None` for a run
+    /// this daemon does not know (another daemon's, or older than its memory).
+    pub fn run_state(&self, run_id: &str, now: DateTime<Utc>) -> Option<RunState> {
+        let s = self.snapshot(now);
+        if let Some(r) = s.recent_runs.iter().find(|r| r.run.run_id == run_id) {
+            return Some(RunState::Finished(r.clone()));
+        }
+        if let Some(r) = s.running.iter().find(|r| r.run_id == run_id) {
+            return Some(RunState::Running(r.clone()));
+        }
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).contains(run_id).then_some(RunState::Waiting)
     }
 
     pub fn track_wal(&self, wal: crate::wal::receiver::Shared) {
@@ -206,6 +276,11 @@ impl Board {
             for r in &mut s.running {
                 if let Some(c) = progress.get(&r.run_id) {
                     r.bytes = c.get();
+                    r.expected_bytes = c.expected();
+                    let elapsed = (now - r.started_at).to_std().unwrap_or_default();
+                    let estimate = r.expected_bytes.map(|e| crate::progress::Estimate::at(r.bytes, e, elapsed));
+                    r.percent = estimate.as_ref().map(|e| e.percent);
+                    r.eta_seconds = estimate.map(|e| e.eta.as_secs());
                 }
             }
             s.clone()

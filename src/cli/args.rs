@@ -106,6 +106,11 @@ pub enum Command {
     /// server, run the checks, pg_checksums, measure RTO and RPO, remove the copy; exit 1 if any
     /// check failed.
     RecoveryDrill(RecoveryDrillArgs),
+    /// Ask the running daemon to run a job now, over its HTTP endpoint (monitoring.trigger), and
+    /// with --wait follow it to its end: exit 0 with the backup id (or restore point) on stdout,
+    /// 1 when the job failed, 2 when the daemon refused, 3 when no daemon answers. For deploy
+    /// pipelines: no database credentials needed (docs/ci.md).
+    Trigger(TriggerArgs),
     /// The prefetcher archive-get starts (keeps the next wal.prefetch segments queued).
     #[command(hide = true)]
     ArchivePrefetch(ArchivePrefetchArgs),
@@ -343,6 +348,36 @@ pub struct KeygenArgs {
     /// Where to write the identity (mode 0600; an existing file is never overwritten).
     #[arg(long, short = 'o')]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The job: full_backup, incremental_backup, verification, test_restore, retention,
+    /// file_backup, config_backup, base_backup, recovery_drill or restore_point.
+    pub job: String,
+    /// What it runs on: a database's name, or files:NAME, configs:NAME, cluster:NAME (may be left
+    /// out when the job has one possible subject).
+    #[arg(long, short = 'd')]
+    pub database: Option<String>,
+    /// The restore point's name (job restore_point).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Wait for the job to end; exit 0 if it succeeded, 1 if not.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: stop waiting after this long (e.g. 2h) and exit 1; the job goes on.
+    #[arg(long, requires = "wait")]
+    pub timeout: Option<String>,
+    /// The daemon's endpoint (default: http:// + monitoring.listen of --config).
+    #[arg(long, env = "PGBACKD_URL")]
+    pub url: Option<String>,
+    /// A file holding the trigger token (default: the PGBACKD_TRIGGER_TOKEN variable, else
+    /// monitoring.trigger.token of --config).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print the run's final state (or, without --wait, the started run) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

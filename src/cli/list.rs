@@ -273,6 +273,7 @@ pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Resul
                 Trigger::Schedule => "scheduled",
                 Trigger::CatchUp => "catch-up",
                 Trigger::SafetyBeforeRestore => "safety",
+                Trigger::Request => "request",
             },
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.duration_seconds(),

@@ -23,6 +23,7 @@ mod restore;
 mod retention;
 mod rollback;
 mod status;
+mod trigger;
 mod unlock;
 mod verify;
 mod wal;
@@ -177,6 +178,7 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
             Ok(ExitCode::from(EXIT_OK))
         }
         Command::Status(args) => status::print(&load_config(cli)?, args.json),
+        Command::Trigger(args) => trigger::run(cli, args, cancel).await,
         Command::Healthcheck => status::healthcheck(&load_config(cli)?),
         Command::Demo(args) => crate::demo::run(args, cancel).await,
         Command::NotifyTest(args) => notify::test(&load_config(cli)?, args).await,

@@ -180,7 +180,11 @@ pub async fn drill(ctx: &JobContext, args: &RecoveryDrillArgs) -> Result<ExitCod
 }
 
 pub async fn restore_point(ctx: &JobContext, args: &RestorePointArgs) -> Result<ExitCode> {
-    let p = crate::wal::restore_point::create(&ctx.config, &ctx.repository, &args.name, ctx.now(), &ctx.cancel).await?;
+    let wal = crate::wal::settings(&ctx.config)?;
+    let mut spec = JobSpec::new(JobKind::RestorePoint, Subject::Cluster(wal.name.clone()), Trigger::Manual);
+    spec.params.restore_point = Some(args.name.clone());
+    let run = run_job(ctx, spec).await;
+    let Produced::RestorePoint(p) = &run.produced else { return Err(failure(run)) };
     say!("{}", p.name);
     tell!(
         "restore point {} at LSN {} (timeline {}, segment {} archived); recover to it with restore-cluster --to-restore-point {}",

@@ -154,6 +154,7 @@ impl Config {
             }
         }
         out.extend(self.notifications.secrets());
+        out.extend(self.monitoring.secrets());
         out
     }
 

@@ -180,6 +180,43 @@ pub struct MonitoringConfig {
     pub min_free_space: u64,
     /// ... and warns when less than this share of the filesystem would stay free.
     pub warn_free_percent: f64,
+    /// The read-only status page at `/` (and the JSON at `/status`).
+    pub status_page: StatusPageConfig,
+    /// `POST /trigger`: jobs run on request (`pgbackd trigger`); off without a token.
+    pub trigger: Option<TriggerConfig>,
+}
+
+/// `monitoring.status_page`: served without a token to anyone on a loopback listener; on any
+/// other listener only with `Authorization: Bearer <token>` (or the token as a Basic-auth
+/// password, which browsers ask for), and not at all without a token configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusPageConfig {
+    pub enabled: bool,
+    pub token: Option<Secret>,
+}
+
+/// `monitoring.trigger`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerConfig {
+    /// Every request carries it as `Authorization: Bearer <token>`.
+    pub token: Secret,
+    /// Requests from other hosts are accepted (a TLS proxy in front keeps the token off the
+    /// network in clear); without it only loopback peers may trigger.
+    pub behind_tls_proxy: bool,
+}
+
+impl MonitoringConfig {
+    /// Whether the endpoint listens on a loopback address only.
+    pub fn loopback(&self) -> bool {
+        self.listen
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .is_some_and(|a| a.ip().is_loopback())
+    }
+
+    pub fn secrets(&self) -> Vec<&Secret> {
+        self.status_page.token.iter().chain(self.trigger.as_ref().map(|t| &t.token)).collect()
+    }
 }
 
 impl Default for MonitoringConfig {
@@ -189,6 +226,8 @@ impl Default for MonitoringConfig {
             max_age: None,
             min_free_space: 64 * 1024 * 1024,
             warn_free_percent: 10.0,
+            status_page: StatusPageConfig { enabled: true, token: None },
+            trigger: None,
         }
     }
 }
@@ -459,6 +498,64 @@ pub fn read_monitoring(top: &mut MapReader<'_, '_>) -> MonitoringConfig {
         }
         cfg.warn_free_percent = p;
     }
+    if let Some(mut p) = m.map("status_page") {
+        cfg.status_page.enabled = p.opt::<bool>("enabled").unwrap_or(true);
+        cfg.status_page.token = read_token(&mut p);
+        p.finish();
+    }
+    if let Some(mut t) = m.map("trigger").filter(|_| m.has("trigger")) {
+        let given = t.has("token") || t.has("token_file");
+        let token = read_token(&mut t);
+        let behind_tls_proxy = t.opt::<bool>("behind_tls_proxy").unwrap_or(false);
+        if !given {
+            t.ctx().error(
+                &t.child_path("token_file"),
+                "triggering jobs over HTTP needs a token: set token_file (e.g. the output of `openssl rand -hex 32`), \
+                 or remove monitoring.trigger",
+                Some(t.loc()),
+            );
+        }
+        cfg.trigger = token.map(|token| TriggerConfig { token, behind_tls_proxy });
+        t.finish();
+    }
+    if cfg.trigger.is_some() && cfg.listen.is_none() {
+        m.ctx().error(
+            &m.child_path("trigger"),
+            "monitoring.listen is off: the trigger endpoint needs it (e.g. 127.0.0.1:9187)",
+            Some(m.loc_of("trigger")),
+        );
+    }
+    if let Some(t) = &cfg.trigger
+        && !cfg.loopback()
+        && !t.behind_tls_proxy
+        && cfg.listen.is_some()
+    {
+        m.ctx().warn(
+            &m.child_path("trigger"),
+            format!(
+                "{} is not a loopback address: trigger requests from other hosts are refused, as their token would cross \
+                 the network in clear; put a TLS proxy in front and set behind_tls_proxy: true (docs/ci.md)",
+                cfg.listen.as_deref().unwrap_or_default()
+            ),
+            Some(m.loc_of("trigger")),
+        );
+    }
     m.finish();
     cfg
+}
+
+/// A bearer token (`token: ${ENV}` or `token_file:`): at least 16 characters, so it cannot be
+/// guessed.
+fn read_token(m: &mut MapReader<'_, '_>) -> Option<Secret> {
+    let token = read_secret(m, "token")?;
+    if token.expose().chars().count() < 16 || token.expose().chars().any(char::is_whitespace) {
+        let key = if m.has("token_file") { "token_file" } else { "token" };
+        m.ctx().error(
+            &m.child_path(key),
+            "a token needs at least 16 characters and no spaces: make one with `openssl rand -hex 32`",
+            Some(m.loc_of(key)),
+        );
+        return None;
+    }
+    Some(token)
 }

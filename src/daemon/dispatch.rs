@@ -117,11 +117,22 @@ async fn target_stats(repo: &Repository) -> anyhow::Result<BTreeMap<String, Targ
     Ok(out)
 }
 
-/// The daemon's bookkeeping of runs: those going, and those queued behind them.
+/// The daemon's bookkeeping of runs: those going (with their run ids), and those queued behind
+/// them.
 #[derive(Default)]
 pub struct Runs {
-    pub running: HashSet<JobKey>,
+    pub running: HashMap<JobKey, String>,
     pub queued: HashSet<JobKey>,
+}
+
+/// What became of a request to run a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dispatched {
+    /// A new run, with its id.
+    Started(String),
+    /// The same job on the same subject is going already (run `running`): this one is queued
+    /// behind it, or skipped.
+    Busy { running: String, queued: bool },
 }
 
 /// Starts one run of `entry` on `subject`, or applies the overlap rule if one is already going.
@@ -132,28 +143,47 @@ pub fn dispatch(
     subject: &Subject,
     trigger: Trigger,
     runs: &mut Runs,
-) {
-    let key = (entry.kind, subject.clone());
-    if runs.running.contains(&key) {
-        match entry.overlap {
+) -> Dispatched {
+    let mut spec = JobSpec::new(entry.kind, subject.clone(), trigger);
+    spec.params.timeout = Some(entry.timeout.unwrap_or(generation.config.backup.timeout));
+    start(shared, generation, spec, entry.overlap, runs)
+}
+
+/// Starts `spec` as a task of the daemon's job group, or applies `overlap` if the same kind of
+/// job on the same subject is going.
+pub fn start(
+    shared: &Arc<Shared>,
+    generation: &Arc<Generation>,
+    spec: JobSpec,
+    overlap: Overlap,
+    runs: &mut Runs,
+) -> Dispatched {
+    let key = (spec.kind, spec.subject.clone());
+    if let Some(running) = runs.running.get(&key) {
+        let (kind, subject) = (spec.kind.name(), &spec.subject);
+        let queued = match overlap {
             Overlap::Queue if !runs.queued.contains(&key) => {
-                runs.queued.insert(key);
+                runs.queued.insert(key.clone());
                 shared.board.update(|s| s.counters.overlap_queued += 1);
-                tracing::warn!(job_kind = entry.kind.name(), subject = %subject, "previous run still going: this run is queued");
+                tracing::warn!(job_kind = kind, subject = %subject, "previous run still going: this run is queued");
+                true
             }
             _ => {
                 shared.board.update(|s| s.counters.overlap_skipped += 1);
-                tracing::warn!(job_kind = entry.kind.name(), subject = %subject, "previous run still going: this run is skipped");
+                tracing::warn!(job_kind = kind, subject = %subject, "previous run still going: this run is skipped");
+                false
             }
-        }
-        return;
+        };
+        return Dispatched::Busy { running: running.clone(), queued };
     }
-    runs.running.insert(key.clone());
-    let mut spec = JobSpec::new(entry.kind, subject.clone(), trigger);
-    spec.params.timeout = Some(entry.timeout.unwrap_or(generation.config.backup.timeout));
-    let span = tracing::info_span!("dispatch", job_kind = entry.kind.name(), subject = %subject, run_id = %spec.run_id);
+    let run_id = spec.run_id.clone();
+    runs.running.insert(key.clone(), run_id.clone());
+    shared.board.waiting(&run_id, true);
+    let span =
+        tracing::info_span!("dispatch", job_kind = spec.kind.name(), subject = %spec.subject, run_id = %spec.run_id);
     let task = run_job(shared.clone(), generation.clone(), spec, key).instrument(span);
     crate::tasks::spawn(shared.jobs.track_future(task));
+    Dispatched::Started(run_id)
 }
 
 /// One run: waits for its turn (a slot, the subject's locks), runs, and reports.
@@ -194,6 +224,7 @@ async fn run_job(shared: Arc<Shared>, generation: Arc<Generation>, spec: JobSpec
     // no start ping for a run that will not start
     let start_sinks = Sinks { notifier: guards.as_ref().and(Some(&*shared.notifier)), ..sinks };
     events::job_started(&spec, started, &ctx.progress, &start_sinks);
+    shared.board.waiting(&spec.run_id, false);
     let _ = shared.board.write(started);
     let run = match &guards {
         None => JobRun::not_started(spec, started, "cancelled before it started"),

@@ -1,14 +1,27 @@
 //! The daemon's HTTP endpoint (`monitoring.listen`, default 127.0.0.1:9187): `/healthz` (alive),
-//! `/readyz` (fresh: 503 with the reasons otherwise), `/metrics` (Prometheus text) and `/status`
-//! (the JSON of `pgbackd status --json`).
+//! `/readyz` (fresh: 503 with the reasons otherwise), `/metrics` (Prometheus text), the
+//! read-only status page `/` and its JSON `/status`, and, with `monitoring.trigger`, jobs on
+//! request: `POST /trigger` and `GET /runs/{run_id}`.
+//!
+//! Who may see what: `/healthz`, `/readyz` and `/metrics` are open (probes and scrapers). The
+//! page and `/status` need `monitoring.status_page.token` when one is set; without one they are
+//! served on a loopback listener only. Triggering always needs its own token, and from another
+//! host only when `behind_tls_proxy` says a TLS proxy carries it (a request through a proxy on
+//! this host counts as from another host). Tokens are compared in constant time.
 
+use super::trigger::{self, TriggerBody};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::status::{self, Board};
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use crate::secret::Secret;
+use crate::status::{self, Board, RunState};
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// What the endpoints read: the live status board, the clock and the config in force.
@@ -19,6 +32,8 @@ pub struct Endpoint {
     pub config: Arc<RwLock<Arc<Config>>>,
     /// Live delivery counts (the board's copy is refreshed only now and then).
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// The daemon's loop, which starts requested jobs (`None`: nothing can be triggered).
+    pub triggers: Option<mpsc::Sender<trigger::Request>>,
 }
 
 impl Endpoint {
@@ -33,6 +48,118 @@ impl Endpoint {
         }
         self.board.snapshot(now)
     }
+}
+
+/// A refusal: its status and a sentence (JSON `{"error": ...}` for the API, text for the page).
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    /// Ask a browser for the token (Basic auth, the token as the password).
+    challenge: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal { status, message: message.into(), challenge: false }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.challenge {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"pgbackd\", charset=\"UTF-8\""),
+            );
+        }
+        r
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer TOKEN`, or Basic auth with the token as
+/// the password (any user name), which is what a browser sends.
+fn presented(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        return text.split_once(':').map(|(_, password)| password.to_owned());
+    }
+    None
+}
+
+/// Whether `presented` is `expected`, in time that does not depend on where they differ.
+fn token_matches(presented: Option<&str>, expected: &Secret) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let Some(p) = presented else { return false };
+    // equal-length digests: neither the position of a difference nor the length leaks
+    let (a, b) = (sha2::Sha256::digest(p.as_bytes()), sha2::Sha256::digest(expected.expose().as_bytes()));
+    a.as_slice().ct_eq(b.as_slice()).into()
+}
+
+/// A request from this host, not relayed by a proxy on it.
+fn local_request(peer: SocketAddr, headers: &HeaderMap) -> bool {
+    let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| headers.contains_key(*h));
+    peer.ip().is_loopback() && !relayed
+}
+
+/// May this request see the status page and `/status`?
+fn may_view(config: &Config, headers: &HeaderMap) -> Result<(), Refusal> {
+    let page = &config.monitoring.status_page;
+    if !page.enabled {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "the status page is off (monitoring.status_page.enabled)"));
+    }
+    match &page.token {
+        Some(token) if token_matches(presented(headers).as_deref(), token) => Ok(()),
+        Some(_) => Err(Refusal {
+            challenge: true,
+            ..Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "the status page needs monitoring.status_page.token: send it as a bearer token, or as the password \
+                 your browser asks for",
+            )
+        }),
+        None if config.monitoring.loopback() => Ok(()),
+        None => Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "the status page is not served on a listener other hosts can reach without a token: set \
+             monitoring.status_page.token_file (or listen on 127.0.0.1)",
+        )),
+    }
+}
+
+/// May this request trigger jobs or follow their runs?
+fn may_trigger(config: &Config, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(t) = &config.monitoring.trigger else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "triggering jobs is off on this daemon: set monitoring.trigger.token_file in its config (docs/ci.md)",
+        ));
+    };
+    if !t.behind_tls_proxy && !local_request(peer, headers) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "trigger requests from other hosts are refused: their token would cross the network in clear. Put a \
+             TLS proxy in front of the daemon and set monitoring.trigger.behind_tls_proxy: true (docs/ci.md), or \
+             run pgbackd trigger on the daemon's host",
+        ));
+    }
+    if !token_matches(presented(headers).as_deref(), &t.token) {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing token: send monitoring.trigger.token as `Authorization: Bearer TOKEN` \
+             (pgbackd trigger --token-file, or PGBACKD_TRIGGER_TOKEN)",
+        ));
+    }
+    Ok(())
 }
 
 async fn healthz() -> &'static str {
@@ -59,21 +186,152 @@ async fn metrics(State(e): State<Endpoint>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
-async fn status_json(State(e): State<Endpoint>) -> Response {
+async fn status_json(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
+    if let Err(r) = may_view(&e.config(), &headers) {
+        return r.into_response();
+    }
     let s = e.snapshot(e.clock.now());
-    match serde_json::to_vec_pretty(&s) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    match serde_json::to_string_pretty(&s) {
+        Ok(body) => {
+            ([(header::CONTENT_TYPE, "application/json")], crate::secret::redact(&body).into_owned()).into_response()
+        }
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+async fn page(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
+    let config = e.config();
+    if let Err(r) = may_view(&config, &headers) {
+        let status = r.status;
+        let challenge = r.challenge;
+        let mut resp = (status, Html(super::page::refusal(&r.message))).into_response();
+        if challenge {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"pgbackd\", charset=\"UTF-8\""),
+            );
+        }
+        return resp;
+    }
+    let now = e.clock.now();
+    let s = e.snapshot(now);
+    let problems = status::problems(&s, &config, now);
+    // the reports (history of runs) are files: read them off the async threads
+    let reports_dir = config.reports.dir.clone();
+    let history =
+        tokio::task::spawn_blocking(move || super::page::History::read(&reports_dir)).await.unwrap_or_default();
+    let html = super::page::render(&super::page::PageData {
+        status: &s,
+        config: &config,
+        problems: &problems,
+        history: &history,
+        now,
+    });
+    (
+        [(header::CACHE_CONTROL, "no-store"), (header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::secret::redact(&html).into_owned(),
+    )
+        .into_response()
+}
+
+async fn trigger(
+    State(e): State<Endpoint>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = may_trigger(&e.config(), peer, &headers) {
+        return r.into_response();
+    }
+    let body: TriggerBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(err) => {
+            return Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a trigger ({err}): send {{\"job\": \"full_backup\", \"database\": \"app\"}}"),
+            )
+            .into_response();
+        }
+    };
+    let stopping = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping: try again once it runs");
+    let Some(loop_tx) = &e.triggers else { return stopping().into_response() };
+    let (reply, answer) = oneshot::channel();
+    if loop_tx.send(trigger::Request { body, reply }).await.is_err() {
+        return stopping().into_response();
+    }
+    match answer.await {
+        Ok(Ok(t)) => (StatusCode::ACCEPTED, Json(t)).into_response(),
+        Ok(Err(why)) => Refusal::new(StatusCode::BAD_REQUEST, why).into_response(),
+        Err(_) => stopping().into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    /// Seconds to wait for the run to finish before answering (at most 60).
+    wait: Option<u64>,
+}
+
+/// The longest a `GET /runs/{id}?wait=` holds the connection.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+async fn run_state(
+    State(e): State<Endpoint>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    if let Err(r) = may_trigger(&e.config(), peer, &headers) {
+        return r.into_response();
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    loop {
+        let state = e.board.run_state(&run_id, e.clock.now());
+        let finished = matches!(state, Some(RunState::Finished(_)));
+        if finished || tokio::time::Instant::now() >= until {
+            return match state {
+                Some(s) => {
+                    let text = serde_json::to_string(&s).unwrap_or_default();
+                    ([(header::CONTENT_TYPE, "application/json")], crate::secret::redact(&text).into_owned())
+                        .into_response()
+                }
+                None => Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "run {run_id} is not known to this daemon (it remembers its last {} runs; a restarted daemon \
+                         forgets them): see the reports directory",
+                        status::RECENT_RUNS
+                    ),
+                )
+                .into_response(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 pub fn router(endpoint: Endpoint) -> axum::Router {
     axum::Router::new()
+        .route("/", axum::routing::get(page))
         .route("/healthz", axum::routing::get(healthz))
         .route("/readyz", axum::routing::get(readyz))
         .route("/metrics", axum::routing::get(metrics))
         .route("/status", axum::routing::get(status_json))
+        .route("/trigger", axum::routing::post(trigger))
+        .route("/runs/{run_id}", axum::routing::get(run_state))
         .with_state(endpoint)
+}
+
+/// Serves `router` on `listener` until `stop`, with each request's peer address known.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    endpoint: Endpoint,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(endpoint).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
 }
 
 /// Binds `addr` (an error names the config key) and serves until `stop`.
@@ -85,10 +343,18 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("monitoring.listen {addr}: cannot listen ({e}): choose another address, or set it to off")
     })?;
-    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz /readyz /metrics /status");
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let config = endpoint.config();
+    let page = match (&config.monitoring.status_page, config.monitoring.loopback()) {
+        (p, _) if !p.enabled => "off",
+        (p, _) if p.token.is_some() => "with its token",
+        (_, true) => "on",
+        (_, false) => "off on this listener (no token)",
+    };
+    let trigger = if config.monitoring.trigger.is_some() { "on" } else { "off" };
+    tracing::info!(address = %local, status_page = page, trigger, "serving /healthz /readyz /metrics / /status");
     Ok(crate::tasks::spawn(async move {
-        let served = axum::serve(listener, router(endpoint)).with_graceful_shutdown(stop.cancelled_owned()).await;
-        if let Err(e) = served {
+        if let Err(e) = serve(listener, endpoint, stop).await {
             tracing::error!(error = %e, "the monitoring endpoint stopped");
         }
     }))
@@ -153,15 +419,12 @@ mod tests {
             clock: clock.clone(),
             config: Arc::new(RwLock::new(config)),
             notifier: None,
+            triggers: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let server = tokio::spawn(
-            axum::serve(listener, router(endpoint))
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let server = tokio::spawn(serve(listener, endpoint, stop.clone()));
 
         assert_eq!(get(addr, "/healthz").await, (200, "ok\n".into()));
         assert_eq!(get(addr, "/readyz").await, (200, "ready\n".into()));

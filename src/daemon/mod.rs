@@ -13,8 +13,10 @@
 pub mod dispatch;
 pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod scheduler;
 pub mod signals;
+pub mod trigger;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -119,6 +121,8 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
     // the status writer and the HTTP endpoint stop last, after the jobs
     let services = cancel.child_token();
     let http_config = Arc::new(std::sync::RwLock::new(generation.config.clone()));
+    // jobs asked for over HTTP reach the loop through this channel (when monitoring.trigger is set)
+    let (trigger_tx, mut trigger_rx) = mpsc::channel::<trigger::Request>(16);
     let http = match &generation.config.monitoring.listen {
         Some(addr) => {
             let endpoint = http::Endpoint {
@@ -126,6 +130,7 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
                 clock: clock.clone(),
                 config: http_config.clone(),
                 notifier: Some(notifier.clone()),
+                triggers: Some(trigger_tx),
             };
             Some(http::start(addr, endpoint, services.clone()).await?)
         }
@@ -234,6 +239,9 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
                 }
                 Some(Signal::Terminate) | None => break,
             },
+            Some(request) = trigger_rx.recv() => {
+                trigger::handle(&shared, &generation, &sched, request, &mut runs);
+            }
             Some(key) = done_rx.recv() => {
                 runs.running.remove(&key);
                 let entry = sched.entries.iter().find(|e| e.kind == key.0).cloned();
@@ -245,7 +253,9 @@ pub async fn run(config: Config, deps: Deps) -> Result<()> {
         }
     }
 
-    // shutdown: no new jobs; running ones get the grace period, then are cancelled
+    // shutdown: no new jobs (a trigger is answered "stopping"); running ones get the grace
+    // period, then are cancelled
+    drop(trigger_rx);
     board.update(|s| s.shutting_down = true);
     shared.jobs.close();
     let grace = generation.config.daemon.shutdown_grace;
@@ -354,7 +364,8 @@ async fn catch_up(
     for entry in sched.entries.iter().filter(|e| e.catch_up && e.kind == JobKind::FullBackup) {
         for subject in &entry.subjects {
             let last = last_fulls.get(subject).copied().flatten();
-            if needs_catch_up(&entry.schedule, last, now) && !runs.running.contains(&(entry.kind, subject.clone())) {
+            if needs_catch_up(&entry.schedule, last, now) && !runs.running.contains_key(&(entry.kind, subject.clone()))
+            {
                 tracing::info!(subject = %subject, job_kind = entry.kind.name(), "no recent successful run: catching up now");
                 dispatch(shared, generation, entry, subject, Trigger::CatchUp, runs);
             }

@@ -19,6 +19,9 @@ pub enum JobKind {
     RecoveryDrill,
     /// A restore asked for on the command line (never scheduled).
     Restore,
+    /// A named restore point on the cluster whose WAL is archived (`pgbackd restore-point`,
+    /// `pgbackd trigger restore_point`; never scheduled).
+    RestorePoint,
 }
 
 impl JobKind {
@@ -47,12 +50,18 @@ impl JobKind {
             JobKind::BaseBackup => "base_backup",
             JobKind::RecoveryDrill => "recovery_drill",
             JobKind::Restore => "restore",
+            JobKind::RestorePoint => "restore_point",
         }
     }
 
     /// The kind a schedule names (`restore` cannot be scheduled).
     pub fn scheduled(name: &str) -> Option<JobKind> {
         JobKind::SCHEDULED.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kinds `pgbackd trigger` asks a daemon to run: every scheduled kind and restore points.
+    pub fn triggerable(name: &str) -> Option<JobKind> {
+        JobKind::scheduled(name).or((name == JobKind::RestorePoint.name()).then_some(JobKind::RestorePoint))
     }
 
     /// Whether it stores a new backup.
@@ -79,6 +88,10 @@ mod tests {
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
         }
         assert_eq!(JobKind::scheduled("restore"), None);
+        assert_eq!(JobKind::scheduled("restore_point"), None);
+        assert_eq!(JobKind::triggerable("restore_point"), Some(JobKind::RestorePoint));
+        assert_eq!(JobKind::triggerable("full_backup"), Some(JobKind::FullBackup));
+        assert_eq!(JobKind::triggerable("restore"), None);
         assert_eq!(serde_json::to_string(&JobKind::Restore).unwrap(), "\"restore\"");
     }
 }

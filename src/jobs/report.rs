@@ -47,6 +47,9 @@ pub struct Report {
     pub duration_seconds: f64,
     pub outcome: Outcome,
     pub backup_id: Option<String>,
+    /// A restore point job: the point's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
     pub raw_bytes: Option<u64>,
     pub stored_bytes: Option<u64>,
     pub mb_per_second: Option<f64>,
@@ -71,10 +74,11 @@ pub fn subdir(kind: JobKind, subject: &Subject) -> &'static str {
         JobKind::ConfigBackup => "config_backup",
         JobKind::BaseBackup => "base_backup",
         JobKind::RecoveryDrill => "recovery_drill",
+        JobKind::RestorePoint => "restore_point",
     }
 }
 
-const SUBDIRS: [&str; 9] = [
+const SUBDIRS: [&str; 10] = [
     "backup",
     "backup_verification",
     "database_restore",
@@ -84,6 +88,7 @@ const SUBDIRS: [&str; 9] = [
     "config_backup",
     "base_backup",
     "recovery_drill",
+    "restore_point",
 ];
 
 /// Writes `report` of a run on `subject` under `dir` (0600 file, 0700 directories); returns its path.
@@ -177,6 +182,7 @@ mod tests {
             duration_seconds: 0.0,
             outcome: Outcome::Success,
             backup_id: None,
+            restore_point: None,
             raw_bytes: None,
             stored_bytes: None,
             mb_per_second: None,

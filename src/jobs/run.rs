@@ -16,7 +16,7 @@ use crate::config::VerifyMode;
 use crate::fileset::restore::{Request as FilesRequest, Restored};
 use crate::repo::manifest::Trigger;
 use crate::repo::{Attempt, AttemptOutcome, BackupKind, Manifest, Subject};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -59,6 +59,8 @@ pub struct Params {
     pub restore: Option<RestoreTo>,
     /// Cancel the job after this long (the daemon's per-schedule timeout).
     pub timeout: Option<Duration>,
+    /// A restore point job: the point's name.
+    pub restore_point: Option<String>,
 }
 
 /// Where a restore writes.
@@ -104,6 +106,7 @@ pub enum Produced {
     FilesRestored(Box<Restored>),
     ClusterRecovered(Box<super::recovery::ClusterRecovery>),
     Drill(Box<super::recovery::drill::DrillReport>),
+    RestorePoint(Box<crate::wal::restore_point::RestorePoint>),
 }
 
 /// A finished run.
@@ -329,6 +332,13 @@ impl Arms for Jobs {
             (JobKind::Retention, s) => {
                 let at = p.at.unwrap_or_else(|| ctx.now());
                 Ok(Produced::Retention(Box::new(retention::run(ctx, s, at, p.dry_run).await?)))
+            }
+            (JobKind::RestorePoint, Subject::Cluster(_)) => {
+                let name = p.restore_point.as_deref().context("a restore point needs a name")?;
+                let point =
+                    crate::wal::restore_point::create(&ctx.config, &ctx.repository, name, ctx.now(), &ctx.cancel)
+                        .await?;
+                Ok(Produced::RestorePoint(Box::new(point)))
             }
             (JobKind::RecoveryDrill, Subject::Cluster(name)) => {
                 Ok(Produced::Drill(Box::new(super::recovery::drill::run(ctx, name).await?)))

@@ -55,16 +55,27 @@ pub enum StreamError {
     Store(anyhow::Error),
 }
 
-/// Bytes moved so far, shared with progress reporting and the stall guard.
+/// Bytes moved so far, shared with progress reporting and the stall guard, and the size the
+/// stream is expected to reach (0: unknown), for the percentage the status page shows.
 #[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub struct Counter {
+    moved: AtomicU64,
+    expected: AtomicU64,
+}
 
 impl Counter {
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.moved.fetch_add(n, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.moved.load(Ordering::Relaxed)
+    }
+    pub fn set_expected(&self, bytes: u64) {
+        self.expected.store(bytes, Ordering::Relaxed);
+    }
+    /// The expected size, when the job knows one.
+    pub fn expected(&self) -> Option<u64> {
+        Some(self.expected.load(Ordering::Relaxed)).filter(|&e| e > 0)
     }
 }
 

@@ -41,6 +41,9 @@ pub fn job_started(spec: &JobSpec, at: DateTime<Utc>, progress: &Arc<Counter>, s
                 trigger: spec.trigger,
                 started_at: at,
                 bytes: 0,
+                expected_bytes: None,
+                percent: None,
+                eta_seconds: None,
             });
         });
     }
@@ -115,11 +118,13 @@ fn update_board(board: &Board, run: &JobRun, report: &Report) {
             finished_at: finished,
             outcome,
             backup_id: report.backup_id.clone(),
+            restore_point: report.restore_point.clone(),
             error: report.error.clone(),
         };
         for sch in s.schedules.iter_mut().filter(|x| x.kind == spec.kind) {
             sch.last_run = Some(summary.clone());
         }
+        s.remember(spec.kind, summary);
         let j: &mut JobStats = s.jobs.entry(report.database.clone()).or_default().entry(spec.kind).or_default();
         j.runs += 1;
         j.last_attempt_at = Some(started);
@@ -187,6 +192,7 @@ impl From<&JobRun> for Report {
             warnings: Vec::new(),
             error: run.error(),
             details: None,
+            restore_point: None,
         };
         match &run.produced {
             Produced::Nothing => {}
@@ -281,6 +287,10 @@ impl From<&JobRun> for Report {
             Produced::FilesRestored(x) => {
                 r.backup_id = Some(x.backup_id.clone());
                 r.raw_bytes = Some(x.bytes);
+                r.details = json(x.as_ref());
+            }
+            Produced::RestorePoint(x) => {
+                r.restore_point = Some(x.name.clone());
                 r.details = json(x.as_ref());
             }
         }

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     log: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn start(env: &TestEnv, vars: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(env: &TestEnv, vars: &[(&str, &str)]) -> Daemon {
         let log = env.dir.path().join("daemon.log");
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
@@ -33,7 +33,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit code and how long the stop took.
-    fn stop(mut self) -> (Option<i32>, Duration, String) {
+    pub(crate) fn stop(mut self) -> (Option<i32>, Duration, String) {
         let start = Instant::now();
         self.signal(libc::SIGTERM);
         let status = loop {
@@ -46,7 +46,7 @@ impl Daemon {
         (status.code(), start.elapsed(), std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

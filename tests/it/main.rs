@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against a real PostgreSQL cluster.
 
 mod backup_restore;
+mod ci;
 mod compat;
 mod config_files;
 mod daemon;

@@ -55,6 +55,8 @@ pub enum Trigger {
     CatchUp,
     /// Taken of a restore target before `restore --clean` overwrote it.
     SafetyBeforeRestore,
+    /// Asked of the running daemon over HTTP (`pgbackd trigger`, a CI pipeline).
+    Request,
 }
 
 impl Trigger {
@@ -64,6 +66,7 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
             Trigger::SafetyBeforeRestore => "safety_before_restore",
+            Trigger::Request => "request",
         }
     }
 }
