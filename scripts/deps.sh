@@ -2,7 +2,8 @@
 # Installs what pgbackd's demo and tests need on Debian/Ubuntu, when it is missing:
 # PostgreSQL server and client binaries (postgresql-15 on Debian 12; no system cluster is created
 # or started: the demo and tests start their own throwaway clusters), zstd, openssl, promtool
-# (package prometheus), systemd-analyze (package systemd), python3-venv (the test servers' venv).
+# (package prometheus), systemd-analyze (package systemd), python3-venv (the test servers' venv),
+# chromium and chromium-driver (the status page is tested in a real headless browser).
 set -euo pipefail
 need=()
 server=""
@@ -16,6 +17,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # the email notification tests make a self-signed certificate for their SMTP server
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# the status page test drives a headless chromium through chromedriver (WebDriver)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # scripts/s3-tools.sh makes a venv for the S3 and SMTP test servers
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ] || [ -n "$server" ]; then

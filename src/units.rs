@@ -26,6 +26,18 @@ pub fn duration(d: std::time::Duration) -> String {
     }
 }
 
+/// `d` rounded to the two largest units, as people say how long something took, or how long ago
+/// or how soon (`291ms`, `3.2s`, `12m 5s`, `21h 44m`, `3d 2h`).
+pub fn approx(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => duration(d),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
 /// `n` and `noun`, with an `s` unless `n` is 1 (`1 leftover`, `3 leftovers`).
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
@@ -37,6 +49,9 @@ mod tests {
     fn reads_like_the_config() {
         assert_eq!([0, 1, 2].map(|n| super::count(n, "leftover")), ["0 leftovers", "1 leftover", "2 leftovers"]);
         assert_eq!(super::bytes(512), "512 B");
+        let secs = |s| super::approx(std::time::Duration::from_secs(s));
+        assert_eq!([45, 725, 78299, 266400].map(secs), ["45s", "12m 5s", "21h 44m", "3d 2h"]);
+        assert_eq!(super::approx(std::time::Duration::from_millis(3250)), "3.2s");
         assert_eq!(super::bytes(40_755), "39.8 KiB");
         assert_eq!(super::bytes(3 << 30), "3.0 GiB");
         let d = std::time::Duration::from_secs;

@@ -182,7 +182,7 @@ pub async fn run(cli: &Cli, args: &TriggerArgs, cancel: &CancellationToken) -> R
         {
             tell!(
                 "{what} is still going after {}: stopped waiting (run {} goes on in the daemon)",
-                crate::units::duration(limit),
+                crate::units::approx(limit),
                 started.run_id
             );
             return Ok(ExitCode::from(EXIT_JOB_FAILED));
@@ -192,7 +192,7 @@ pub async fn run(cli: &Cli, args: &TriggerArgs, cancel: &CancellationToken) -> R
         say!("{}", serde_json::to_string_pretty(&RunState::Finished(finished.clone()))?);
     }
     let run = finished.run;
-    let took = crate::units::duration((run.finished_at - run.started_at).to_std().unwrap_or_default());
+    let took = crate::units::approx((run.finished_at - run.started_at).to_std().unwrap_or_default());
     match run.outcome {
         Outcome::Success => {
             let stored = crate::jobs::kind::JobKind::triggerable(&started.job).is_some_and(|k| k.is_backup());
@@ -238,7 +238,7 @@ fn describe(state: &RunState) -> String {
                 "running, {p}% of ~{}{}",
                 crate::units::bytes(e),
                 r.eta_seconds
-                    .map(|s| format!(", ETA {}", crate::units::duration(Duration::from_secs(s))))
+                    .map(|s| format!(", ETA {}", crate::units::approx(Duration::from_secs(s))))
                     .unwrap_or_default()
             ),
             _ => format!("running, {} so far", crate::units::bytes(r.bytes)),

@@ -320,3 +320,30 @@ fn a_wal_only_config_needs_no_database() {
     let c = Config::from_yaml("database: {database: app}\nlocal_backup_dir: /r\n", "t", &|_| None).unwrap();
     assert_eq!(c.wal, None, "no wal: section, no WAL archiving");
 }
+
+#[test]
+fn the_trigger_needs_a_real_token_and_warns_on_a_listener_other_hosts_reach() {
+    let yaml = |m: &str| format!("{MINIMAL}monitoring:\n{m}");
+    let e = errors(&yaml("  trigger:\n    behind_tls_proxy: true\n"));
+    assert!(e.contains("monitoring.trigger.token_file: triggering jobs over HTTP needs a token"), "{e}");
+    let e = errors(&yaml("  trigger:\n    token: short\n  status_page:\n    token: has a space in it\n"));
+    assert!(e.contains("monitoring.trigger.token: a token needs at least 16 characters"), "{e}");
+    assert!(e.contains("monitoring.status_page.token: a token needs"), "{e}");
+    let e = errors(&yaml("  listen: off\n  trigger:\n    token: 0123456789abcdef\n"));
+    assert!(e.contains("monitoring.listen is off"), "{e}");
+    let token = "0123456789abcdef0123";
+    let c = Config::from_yaml(&yaml(&format!("  trigger:\n    token: {token}\n")), "t", &env).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(c.secret_values().iter().any(|s| s.expose() == token), "the token is redacted like every secret");
+    let c = Config::from_yaml(&yaml(&format!("  listen: 0.0.0.0:9187\n  trigger:\n    token: {token}\n")), "t", &env)
+        .unwrap();
+    assert!(c.warnings.iter().any(|w| w.contains("0.0.0.0:9187 is not a loopback address")), "{:?}", c.warnings);
+    let c = Config::from_yaml(
+        &yaml(&format!("  listen: 0.0.0.0:9187\n  trigger:\n    token: {token}\n    behind_tls_proxy: true\n")),
+        "t",
+        &env,
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty() && c.monitoring.trigger.as_ref().unwrap().behind_tls_proxy, "{:?}", c.warnings);
+    assert!(c.monitoring.status_page.enabled && !c.monitoring.loopback());
+}

@@ -363,6 +363,9 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::kind::JobKind;
+    use crate::jobs::report::Outcome;
+    use crate::repo::manifest::Trigger;
     use crate::status::{DatabaseStatus, Status};
     use chrono::{DateTime, TimeZone, Utc};
     use std::sync::Mutex;
@@ -449,5 +452,219 @@ mod tests {
         assert!(v["databases"]["app"]["last_full_success"].is_string(), "{v}");
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    fn config_with(monitoring: &str) -> Arc<Config> {
+        let yaml = format!("databases: [app]\nlocal_backup_dir: /r\nmonitoring:\n{monitoring}");
+        Arc::new(Config::from_yaml(&yaml, "t", &|_| None).unwrap())
+    }
+
+    /// Serves an endpoint with `config` whose trigger requests a fake loop answers (with run
+    /// `r1`); the address and a stop token.
+    async fn serve_with(config: Arc<Config>, board: Arc<Board>) -> (SocketAddr, CancellationToken) {
+        let (tx, mut rx) = mpsc::channel::<trigger::Request>(4);
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let answer = match r.body.database.as_deref() {
+                    Some("app") => Ok(trigger::Triggered {
+                        run_id: "r1".into(),
+                        job: r.body.job.clone(),
+                        subject: "app".into(),
+                        attached: false,
+                    }),
+                    other => Err(format!("no database {other:?}")),
+                };
+                let _ = r.reply.send(answer);
+            }
+        });
+        let endpoint = Endpoint {
+            board,
+            clock: Arc::new(crate::clock::SystemClock),
+            config: Arc::new(RwLock::new(config)),
+            notifier: None,
+            triggers: Some(tx),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, endpoint, stop.clone()));
+        (addr, stop)
+    }
+
+    async fn request(
+        addr: SocketAddr,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut r = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.body(b.to_owned());
+        }
+        let resp = r.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[tokio::test]
+    async fn the_page_is_open_on_loopback_needs_its_token_elsewhere_and_takes_it_as_bearer_or_basic() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = Arc::new(Board::new(dir.path(), Status::default()));
+        use reqwest::Method;
+        // loopback, no token: open
+        let (addr, stop) = serve_with(config_with("  listen: 127.0.0.1:9187\n"), board.clone()).await;
+        let (code, html) = request(addr, Method::GET, "/", &[], None).await;
+        assert_eq!(code, 200);
+        assert!(html.starts_with("<!DOCTYPE html>") && html.contains("pgbackd on "), "{html}");
+        assert_eq!(request(addr, Method::GET, "/status", &[], None).await.0, 200);
+        stop.cancel();
+        // another listener without a token: not served, and the page says how to turn it on
+        let (addr, stop) = serve_with(config_with("  listen: 0.0.0.0:9187\n"), board.clone()).await;
+        let (code, text) = request(addr, Method::GET, "/", &[], None).await;
+        assert_eq!(code, 403);
+        assert!(text.contains("monitoring.status_page.token_file"), "{text}");
+        assert_eq!(request(addr, Method::GET, "/status", &[], None).await.0, 403);
+        // probes and scrapers are never asked for a token
+        assert_eq!(request(addr, Method::GET, "/metrics", &[], None).await.0, 200);
+        assert_eq!(request(addr, Method::GET, "/healthz", &[], None).await.0, 200);
+        stop.cancel();
+        // with a token: needed everywhere, as a bearer token or a browser's Basic password
+        let config = config_with(&format!("  listen: 0.0.0.0:9187\n  status_page:\n    token: {TOKEN}\n"));
+        let (addr, stop) = serve_with(config, board).await;
+        let resp = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"), "a browser asks");
+        let bearer = format!("Bearer {TOKEN}");
+        assert_eq!(request(addr, Method::GET, "/", &[("authorization", &bearer)], None).await.0, 200);
+        use base64::Engine;
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("ops:{TOKEN}")));
+        assert_eq!(request(addr, Method::GET, "/", &[("authorization", &basic)], None).await.0, 200);
+        let wrong = format!("Bearer {}", TOKEN.replace('0', "1"));
+        assert_eq!(request(addr, Method::GET, "/status", &[("authorization", &wrong)], None).await.0, 401);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn triggers_need_their_token_a_local_peer_or_a_tls_proxy_and_runs_are_followed() {
+        use reqwest::Method;
+        let dir = tempfile::tempdir().unwrap();
+        let board = Arc::new(Board::new(dir.path(), Status::default()));
+        let body = Some(r#"{"job": "full_backup", "database": "app"}"#);
+        let bearer = format!("Bearer {TOKEN}");
+        let auth = [("authorization", bearer.as_str())];
+
+        // off unless configured
+        let (addr, stop) = serve_with(config_with("  listen: 127.0.0.1:9187\n"), board.clone()).await;
+        let (code, text) = request(addr, Method::POST, "/trigger", &auth, body).await;
+        assert_eq!(code, 404);
+        assert!(text.contains("monitoring.trigger.token_file"), "{text}");
+        stop.cancel();
+
+        let config = config_with(&format!("  listen: 127.0.0.1:9187\n  trigger:\n    token: {TOKEN}\n"));
+        let (addr, stop) = serve_with(config, board.clone()).await;
+        assert_eq!(request(addr, Method::POST, "/trigger", &[], body).await.0, 401);
+        let (code, text) = request(addr, Method::POST, "/trigger", &auth, body).await;
+        assert_eq!(code, 202, "{text}");
+        let t: trigger::Triggered = serde_json::from_str(&text).unwrap();
+        assert_eq!((t.run_id.as_str(), t.subject.as_str(), t.attached), ("r1", "app", false));
+        // the loop's refusal, and a body that is not a trigger
+        let (code, text) =
+            request(addr, Method::POST, "/trigger", &auth, Some(r#"{"job": "full_backup", "database": "x"}"#)).await;
+        assert_eq!(code, 400);
+        assert!(text.contains("no database"), "{text}");
+        let (code, text) = request(addr, Method::POST, "/trigger", &auth, Some("full_backup please")).await;
+        assert_eq!(code, 400);
+        assert!(text.contains(r#"\"job\""#), "{text}");
+        // relayed by a proxy: from another host, refused without behind_tls_proxy
+        let relayed = [("authorization", bearer.as_str()), ("x-forwarded-for", "203.0.113.9")];
+        let (code, text) = request(addr, Method::POST, "/trigger", &relayed, body).await;
+        assert_eq!(code, 403);
+        assert!(text.contains("behind_tls_proxy"), "{text}");
+
+        // a run: unknown, waiting, running, finished (a wait returns as soon as it ends)
+        assert_eq!(request(addr, Method::GET, "/runs/r9", &auth, None).await.0, 404);
+        assert_eq!(request(addr, Method::GET, "/runs/r1", &[], None).await.0, 401);
+        board.waiting("r1", true);
+        let (_, text) = request(addr, Method::GET, "/runs/r1", &auth, None).await;
+        assert!(text.contains(r#""state":"waiting""#), "{text}");
+        let now = Utc::now();
+        board.waiting("r1", false);
+        board.update(|s| {
+            s.running.push(crate::status::RunningStatus {
+                run_id: "r1".into(),
+                kind: JobKind::FullBackup,
+                database: "app".into(),
+                trigger: Trigger::Request,
+                started_at: now,
+                bytes: 5,
+                expected_bytes: None,
+                percent: None,
+                eta_seconds: None,
+            })
+        });
+        let (_, text) = request(addr, Method::GET, "/runs/r1", &auth, None).await;
+        assert!(text.contains(r#""state":"running""#), "{text}");
+        let finisher = {
+            let board = board.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                board.update(|s| {
+                    s.running.clear();
+                    s.remember(
+                        JobKind::FullBackup,
+                        crate::status::RunSummary {
+                            run_id: "r1".into(),
+                            database: "app".into(),
+                            trigger: Trigger::Request,
+                            started_at: now,
+                            finished_at: now,
+                            outcome: Outcome::Success,
+                            backup_id: Some("b1".into()),
+                            restore_point: None,
+                            error: None,
+                        },
+                    )
+                });
+            })
+        };
+        let asked = std::time::Instant::now();
+        let (code, text) = request(addr, Method::GET, "/runs/r1?wait=30", &auth, None).await;
+        assert_eq!(code, 200);
+        assert!(asked.elapsed() < Duration::from_secs(10), "answered once finished, not after the wait");
+        let state: RunState = serde_json::from_str(&text).unwrap();
+        match state {
+            RunState::Finished(r) => assert_eq!((r.kind, r.run.backup_id.as_deref()), (JobKind::FullBackup, Some("b1"))),
+            other => panic!("{other:?}"),
+        }
+        finisher.await.unwrap();
+        stop.cancel();
+
+        // behind a TLS proxy: relayed requests are accepted
+        let config = config_with(&format!(
+            "  listen: 0.0.0.0:9187\n  trigger:\n    token: {TOKEN}\n    behind_tls_proxy: true\n"
+        ));
+        let (addr, stop) = serve_with(config, board).await;
+        assert_eq!(request(addr, Method::POST, "/trigger", &relayed, body).await.0, 202);
+        stop.cancel();
+    }
+
+    #[test]
+    fn tokens_are_read_from_both_header_forms_and_compared_whole() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer  abc ".parse().unwrap());
+        assert_eq!(presented(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Basic dXNlcjpzM2NyZXQ6eA==".parse().unwrap()); // user:s3cret:x
+        assert_eq!(presented(&h).as_deref(), Some("s3cret:x"));
+        let secret = Secret::new(TOKEN);
+        assert!(token_matches(Some(TOKEN), &secret));
+        assert!(!token_matches(Some(&TOKEN[..31]), &secret));
+        assert!(!token_matches(Some(&format!("{TOKEN}0")), &secret));
+        assert!(!token_matches(None, &secret));
     }
 }

@@ -90,16 +90,17 @@ header p { margin: 0; color: #555; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e3e3; vertical-align: top; }
 th { font-weight: 600; background: #f0f0f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 code { font-size: 12px; }
-.success { color: #1b7f3b; }
-.failed, .partial, .cancelled { color: #b3261e; font-weight: 600; }
-tr.failed td, tr.partial td { background: #fdecea; }
+.outcome.success { color: #1b7f3b; }
+.outcome.failed, .outcome.partial, .outcome.cancelled, td.failed { color: #b3261e; font-weight: 600; }
+tr.failed td, tr.partial td, tr.cancelled td { background: #fdecea; }
 .none { color: #888; }
 .badge { display: inline-block; padding: .1rem .55rem; border-radius: 1rem; font-weight: 600; }
 .badge.ready { background: #e3f4e8; color: #1b7f3b; } .badge.problems { background: #fdecea; color: #b3261e; }
 ul.problems { background: #fdecea; color: #b3261e; border-left: 4px solid #b3261e; padding: .6rem 1.6rem; }
 .error { color: #b3261e; font-size: 12px; max-width: 42rem; overflow-wrap: anywhere; }
+svg.rto { vertical-align: middle; } td.rto { white-space: nowrap; }
 svg.rto polyline { fill: none; stroke: #3460a8; stroke-width: 1.5; }
 svg.rto circle { fill: #3460a8; } svg.rto circle.failed { fill: #b3261e; }
 progress { width: 10rem; vertical-align: middle; }
@@ -131,12 +132,12 @@ fn when(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Markup {
 fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let d = now - t;
     let (future, secs) = if d.num_seconds() < 0 { (true, -d.num_seconds()) } else { (false, d.num_seconds()) };
-    let text = crate::units::duration(std::time::Duration::from_secs(secs as u64));
+    let text = crate::units::approx(std::time::Duration::from_secs(secs as u64));
     if future { format!("in {text}") } else { format!("{text} ago") }
 }
 
 fn seconds(s: f64) -> String {
-    crate::units::duration(std::time::Duration::from_secs_f64(s.max(0.0)))
+    crate::units::approx(std::time::Duration::from_secs_f64(s.max(0.0)))
 }
 
 /// The RTO trend: a line over the last test restores and drills, a red dot for each failure.
@@ -146,7 +147,7 @@ fn rto_chart(runs: &[Report]) -> Markup {
     if points.is_empty() {
         return html! { span class="none" { "no test restore yet" } };
     }
-    let (w, h, pad) = (160.0, 36.0, 3.0);
+    let (w, h, pad) = (120.0, 30.0, 3.0);
     let max = points.iter().map(|p| p.0).fold(0.0_f64, f64::max).max(0.001);
     let step = if points.len() > 1 { (w - 2.0 * pad) / (points.len() - 1) as f64 } else { 0.0 };
     let xy: Vec<(f64, f64)> = points
@@ -240,7 +241,7 @@ fn subjects_table(d: &PageData<'_>) -> Markup {
                                 @if let Some(e) = &r.error { div class="error" { (e) } }
                             }
                         }
-                        td { (rto_chart(&h.restores)) }
+                        td class="rto" { (rto_chart(&h.restores)) }
                         td {
                             @match next_run_of(d.status, &name) {
                                 Some((t, kind)) => { (kind.name()) " " (when(Some(t), d.now)) }
@@ -272,7 +273,7 @@ fn running_table(s: &Status, now: DateTime<Utc>) -> Markup {
                                 @match (r.percent, r.expected_bytes) {
                                     (Some(p), Some(e)) => {
                                         progress max="100" value=(p) { (p) "%" } " " (p) "% of ~" (crate::units::bytes(e))
-                                        @if let Some(eta) = r.eta_seconds { ", ETA " (crate::units::duration(std::time::Duration::from_secs(eta))) }
+                                        @if let Some(eta) = r.eta_seconds { ", ETA " (crate::units::approx(std::time::Duration::from_secs(eta))) }
                                     }
                                     _ => { (crate::units::bytes(r.bytes)) }
                                 }
@@ -351,7 +352,7 @@ fn targets_table(s: &Status) -> Markup {
         @if !s.targets.is_empty() {
             h2 { "Storage targets" }
             table id="targets" {
-                thead { tr { th { "Target" } th { "Backups" } th { "Stored" } th { "Damaged" } } }
+                thead { tr { th { "Target" } th class="num" { "Backups" } th class="num" { "Stored" } th class="num" { "Damaged" } } }
                 tbody {
                     @for (name, t) in &s.targets {
                         tr class=[(t.damaged > 0).then_some("failed")] {
@@ -375,7 +376,7 @@ fn recent_runs(s: &Status, now: DateTime<Utc>) -> Markup {
                 tbody {
                     @for r in s.recent_runs.iter().take(RUNS_LISTED) {
                         @let run = &r.run;
-                        tr class=(run.outcome.name()) data-run=(run.run_id) {
+                        tr class=[(run.outcome != Outcome::Success).then_some(run.outcome.name())] data-run=(run.run_id) {
                             td { (when(Some(run.finished_at), now)) }
                             td { (r.kind.name()) }
                             td { (run.database) }
@@ -406,6 +407,8 @@ pub fn render(d: &PageData<'_>) -> String {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta http-equiv="refresh" content="30";
+                // no favicon request: the page loads nothing but itself
+                link rel="icon" href="data:,";
                 title { "pgbackd on " (host) }
                 style { (PreEscaped(STYLE)) }
             }
@@ -418,7 +421,7 @@ pub fn render(d: &PageData<'_>) -> String {
                     p {
                         "Running since " (when(s.started_at, d.now))
                         @if let Some(c) = &s.config { ", config " code { (c) } }
-                        @if s.shutting_down { ", " strong class="failed" { "stopping" } }
+                        @if s.shutting_down { ", " strong class="outcome failed" { "stopping" } }
                         "."
                     }
                 }
@@ -451,7 +454,7 @@ pub fn refusal(message: &str) -> String {
         (DOCTYPE)
         html lang="en" {
             head { meta charset="utf-8"; title { "pgbackd" } style { (PreEscaped(STYLE)) } }
-            body { h1 { "pgbackd" } p class="failed" { (message) } }
+            body { h1 { "pgbackd" } p class="outcome failed" { (message) } }
         }
     }
     .into_string()

@@ -18,6 +18,7 @@ mod restores;
 mod retention;
 mod s3;
 mod s3_servers;
+mod status_page;
 mod trust;
 mod verify;
 mod wal;
