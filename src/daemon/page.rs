@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::jobs::kind::JobKind;
-use crate::jobs::report::{self, Outcome, Report};
+use crate::jobs::report::{Outcome, Report};
 use crate::status::{Problem, Status};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
@@ -36,19 +36,20 @@ pub struct SubjectHistory {
 }
 
 impl History {
-    /// Reads the reports under `dir` (files; call it off the async threads).
+    /// Reads the reports under `dir` (files; call it off the async threads): in each directory
+    /// the newest first, by name, and only as many per subject as the page shows.
     pub fn read(dir: &Path) -> History {
         let mut h = History::default();
         for sub in ["backup", "file_backup", "config_backup", "base_backup"] {
-            for r in report::read_all(dir, sub) {
+            for r in newest(dir, sub, BACKUPS_LISTED, |_| true) {
                 h.subjects.entry(r.database.clone()).or_default().backups.push(r);
             }
         }
-        for r in report::read_all(dir, "backup_verification") {
+        for r in newest(dir, "backup_verification", 1, |_| true) {
             h.subjects.entry(r.database.clone()).or_default().verifications.push(r);
         }
         for sub in ["database_restore", "recovery_drill"] {
-            for r in report::read_all(dir, sub).into_iter().filter(|r| r.job_kind != JobKind::Restore) {
+            for r in newest(dir, sub, RTO_POINTS, |r| r.job_kind != JobKind::Restore) {
                 h.subjects.entry(r.database.clone()).or_default().restores.push(r);
             }
         }
@@ -62,6 +63,46 @@ impl History {
         }
         h
     }
+}
+
+/// The newest `per_subject` reports of each subject in `dir/sub` that `keep` accepts. Report
+/// names start with their start time and end with `-<subject>-<run id>.json`
+/// (`jobs::report::write`), so a subject that has enough is skipped without reading its files.
+fn newest(dir: &Path, sub: &str, per_subject: usize, keep: impl Fn(&Report) -> bool) -> Vec<Report> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(sub))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for name in names {
+        // `<time>-<kind>-<subject>-<run id>.json`: the kind has no '-', the run id neither
+        let subject = name.trim_end_matches(".json").rsplit_once('-').map(|(head, _)| head).and_then(|head| {
+            let mut parts = head.splitn(3, '-');
+            parts.nth(2).map(str::to_owned)
+        });
+        if subject.as_ref().is_some_and(|s| counts.get(s).is_some_and(|&c| c >= per_subject)) {
+            continue;
+        }
+        let Some(r) =
+            std::fs::read(dir.join(sub).join(&name)).ok().and_then(|b| serde_json::from_slice::<Report>(&b).ok())
+        else {
+            continue;
+        };
+        if !keep(&r) {
+            continue;
+        }
+        let c = counts.entry(r.database.clone()).or_default();
+        if *c < per_subject {
+            *c += 1;
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// The seconds a test restore or drill took to give the data back (its RTO).
@@ -463,6 +504,7 @@ pub fn refusal(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::report;
     use crate::repo::manifest::Trigger;
     use crate::status::{DatabaseStatus, RunSummary};
     use chrono::TimeZone;

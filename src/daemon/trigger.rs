@@ -139,11 +139,20 @@ fn start_requested(
     // the timeout of the kind's schedule, as a scheduled run would have
     let timeout = sched.entries.iter().find(|e| e.kind == kind).and_then(|e| e.timeout);
     spec.params.timeout = Some(timeout.unwrap_or(config.backup.timeout));
-    let (run_id, attached) = match start(shared, generation, spec, Overlap::Skip, runs) {
-        Dispatched::Started(id) => (id, false),
-        Dispatched::Busy { running, .. } => (running, true),
+    let answer = |run_id: String, attached| Triggered {
+        run_id,
+        job: kind.name().to_owned(),
+        subject: subject.to_string(),
+        attached,
     };
-    Ok(Triggered { run_id, job: kind.name().to_owned(), subject: subject.to_string(), attached })
+    // the same job on the subject is going: the request follows that run (not an overlap)
+    if let Some(running) = runs.running.get(&(kind, subject.clone())) {
+        return Ok(answer(running.clone(), true));
+    }
+    Ok(match start(shared, generation, spec, Overlap::Skip, runs) {
+        Dispatched::Started(id) => answer(id, false),
+        Dispatched::Busy { running, .. } => answer(running, true),
+    })
 }
 
 #[cfg(test)]

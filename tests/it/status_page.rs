@@ -56,7 +56,8 @@ impl Browser {
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
         } } });
         let created = b.call("POST", "/session", Some(caps)).expect("a browser session");
-        b.session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_owned();
+        b.session =
+            created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_owned();
         b
     }
 
