@@ -335,9 +335,14 @@ impl Arms for Jobs {
             }
             (JobKind::RestorePoint, Subject::Cluster(_)) => {
                 let name = p.restore_point.as_deref().context("a restore point needs a name")?;
-                let point =
-                    crate::wal::restore_point::create(&ctx.config, &ctx.repository, name, ctx.now(), &ctx.cancel)
-                        .await?;
+                use crate::wal::restore_point::{NameRefused, create};
+                let point = create(&ctx.config, &ctx.repository, name, ctx.now(), &ctx.cancel).await.map_err(|e| {
+                    // a malformed or used name: refused before anything was done (exit 2)
+                    match e.downcast::<NameRefused>() {
+                        Ok(r) => anyhow::Error::new(super::Refused(r.0)),
+                        Err(e) => e,
+                    }
+                })?;
                 Ok(Produced::RestorePoint(Box::new(point)))
             }
             (JobKind::RecoveryDrill, Subject::Cluster(name)) => {

@@ -235,27 +235,35 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
     stream_frames(reader, out, check, None, cancel, moved).await
 }
 
-/// Writes an object's raw bytes into `file` (a spool for a parallel pg_restore): frames are read
-/// in order, each checked, and decoded and written at their raw offsets several at once (one
-/// per core, up to 4), since nothing else runs meanwhile.
+/// Writes an object's raw bytes into `file` (a spool for a parallel pg_restore): several frames at
+/// once (one per core, up to 4), each read, checked against its stored SHA-256, decoded and
+/// written at its raw offset by a task of its own, since nothing else runs meanwhile (an
+/// encrypted object's frames are read in order, then decoded and written in parallel).
 pub async fn spool_to_file(
     reader: &Arc<ObjectReader>,
     file: &std::fs::File,
     cancel: &CancellationToken,
     moved: &Counter,
 ) -> Result<()> {
-    use futures_util::StreamExt;
     use std::os::unix::fs::FileExt;
     let what = reader.what.clone();
     let frames = reader.object().frames.len();
     let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let mut running = futures_util::stream::FuturesUnordered::new();
+    // an encrypted object is one age stream, read in order; a plain one frame by frame, each
+    // frame read, checked, decoded and written by a task of its own (on its own core)
+    let in_order = reader.decrypting.is_some();
+    // dropped on an error or cancellation: its tasks are aborted
+    let mut running = tokio::task::JoinSet::new();
     let mut next = 0;
     loop {
         while next < frames && running.len() < parallel {
-            let stored = reader.stored_frame(next).await?;
+            let stored = if in_order { Some(reader.stored_frame(next).await?) } else { None };
             let (r, index, out) = (reader.clone(), next, file.try_clone().context("opening the spool file")?);
-            running.push(async move {
+            running.spawn(async move {
+                let stored = match stored {
+                    Some(s) => s,
+                    None => r.stored_frame(index).await?,
+                };
                 let raw = r.decode(index, stored).await?;
                 let (offset, len) = (r.object().frames[index].raw_offset, raw.len() as u64);
                 tokio::task::spawn_blocking(move || out.write_all_at(&raw, offset))
@@ -268,10 +276,10 @@ pub async fn spool_to_file(
         }
         let done = tokio::select! {
             _ = cancel.cancelled() => anyhow::bail!("{what}: cancelled"),
-            d = running.next() => d,
+            d = running.join_next() => d,
         };
         match done {
-            Some(written) => moved.add(written?),
+            Some(written) => moved.add(written.context("a spool task failed")??),
             None => break,
         }
     }

@@ -26,15 +26,21 @@ pub struct RestorePoint {
     pub segment: String,
 }
 
+/// A name that cannot be used (malformed, or recorded already): refused before anything is
+/// done on the server (the job path makes it a usage error, exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NameRefused(pub String);
+
 /// Why a name cannot be a restore point's (PostgreSQL allows 63 bytes; the name is also a key).
-pub fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<(), NameRefused> {
     if name.is_empty() || name.len() > 63 {
-        bail!("restore point name {name:?}: 1 to 63 characters (PostgreSQL's limit)");
+        return Err(NameRefused(format!("restore point name {name:?}: 1 to 63 characters (PostgreSQL's limit)")));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) || name.starts_with('.') {
-        bail!(
+        return Err(NameRefused(format!(
             "restore point name {name:?}: use letters, digits, '-', '_' and '.' (it names an object in the repository)"
-        );
+        )));
     }
     Ok(())
 }
@@ -58,11 +64,12 @@ pub async fn create(
         .get(0);
     let system_identifier = sysid as u64;
     if find(repository, &wal.name, system_identifier, name).await?.is_some() {
-        bail!(
+        return Err(NameRefused(format!(
             "restore point {name:?} is already recorded for cluster {}: choose another name (a recovery to a name \
              stops at its first occurrence in the WAL, so names are kept unique)",
             wal.name
-        );
+        ))
+        .into());
     }
     let row = client
         .query_one(
