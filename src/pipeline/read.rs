@@ -236,7 +236,7 @@ pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
 }
 
 /// Writes an object's raw bytes into `file` (a spool for a parallel pg_restore): several frames at
-/// once (one per core, up to 4), each read, checked against its stored SHA-256, decoded and
+/// once (two per core, up to 8), each read, checked against its stored SHA-256, decoded and
 /// written at its raw offset by a task of its own, since nothing else runs meanwhile (an
 /// encrypted object's frames are read in order, then decoded and written in parallel).
 pub async fn spool_to_file(
@@ -248,7 +248,8 @@ pub async fn spool_to_file(
     use std::os::unix::fs::FileExt;
     let what = reader.what.clone();
     let frames = reader.object().frames.len();
-    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    // two frames per core in flight, so a core never waits for its next frame's read or write
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get() * 2).clamp(2, 8);
     // an encrypted object is one age stream, read in order; a plain one frame by frame, each
     // frame read, checked, decoded and written by a task of its own (on its own core)
     let in_order = reader.decrypting.is_some();
