@@ -76,9 +76,7 @@ impl Status {
         self.recent_runs.insert(0, RecentRun { kind, run });
         self.recent_runs.truncate(RECENT_RUNS);
     }
-}
 
-impl Status {
     /// The next scheduled run of a job kind (of any of its schedules).
     pub fn next_run(&self, kind: JobKind) -> Option<DateTime<Utc>> {
         self.schedules.iter().filter(|x| x.kind == kind).filter_map(|x| x.next_run).min()

@@ -65,9 +65,11 @@ impl Refusal {
     }
 }
 
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+impl Refusal {
+    /// The refusal with `body` (JSON for the API, a page for the browser), and, when the token
+    /// is what is missing, the header that makes a browser ask for it.
+    fn respond(self, body: impl IntoResponse) -> Response {
+        let mut r = (self.status, body).into_response();
         if self.challenge {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -75,6 +77,13 @@ impl IntoResponse for Refusal {
             );
         }
         r
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.message }));
+        self.respond(body)
     }
 }
 
@@ -202,16 +211,8 @@ async fn status_json(State(e): State<Endpoint>, headers: HeaderMap) -> Response 
 async fn page(State(e): State<Endpoint>, headers: HeaderMap) -> Response {
     let config = e.config();
     if let Err(r) = may_view(&config, &headers) {
-        let status = r.status;
-        let challenge = r.challenge;
-        let mut resp = (status, Html(super::page::refusal(&r.message))).into_response();
-        if challenge {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Basic realm=\"pgbackd\", charset=\"UTF-8\""),
-            );
-        }
-        return resp;
+        let page = Html(super::page::refusal(&r.message));
+        return r.respond(page);
     }
     let now = e.clock.now();
     let s = e.snapshot(now);
