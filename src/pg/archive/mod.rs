@@ -10,8 +10,10 @@
 //!
 //! Re-chunking: uncompressed (`--compress=0`) pg_dump writes every COPY row as its own chunk with
 //! a 5-byte length header; those headers cost zstd 3-4 % of the stored size. The filter writes the
-//! same archive with each block's data in large chunks instead: same header, same TOC, same data
-//! bytes in the same order, only the chunk boundaries move. pg_restore reads chunks as a byte
+//! same archive with each block's data in chunks of [`CHUNK`] bytes instead (the last of a block
+//! shorter): same header, same TOC, same data bytes in the same order, only the chunk boundaries
+//! move, and where they go depends on the data alone, so an unchanged database gives the same
+//! archive bytes in every backup. pg_restore reads chunks as a byte
 //! stream (it must: compressed archives never align chunks with rows), so the result restores
 //! identically and is still an ordinary custom-format archive for `pg_restore`.
 //!
@@ -28,6 +30,10 @@ use std::collections::HashMap;
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
+
+/// The data an output chunk holds (a block's last chunk holds the rest): two backups of the same
+/// data are the same bytes, whatever sizes the reads from pg_dump's pipe had.
+const CHUNK: usize = 256 * 1024;
 
 /// Rows of one table as of the dump's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,8 +155,10 @@ pub struct ArchiveFilter {
     counts: Vec<((String, String), Counting)>,
     by_dump_id: HashMap<i64, usize>,
     large_objects: u64,
-    /// Where the header of the output chunk being filled starts in `out`.
-    open_chunk: Option<usize>,
+    /// The data of the output chunk being filled (less than [`CHUNK`] bytes), kept here across
+    /// `feed` calls so that chunk boundaries depend on the data only, never on how the pipe
+    /// happened to split it.
+    pending: Vec<u8>,
     /// Bytes written by earlier `feed` calls, and `out.len()` when this call started: together
     /// the absolute position of what is written now.
     emitted: u64,
@@ -189,7 +197,7 @@ impl ArchiveFilter {
             counts: Vec::new(),
             by_dump_id: HashMap::new(),
             large_objects: 0,
-            open_chunk: None,
+            pending: Vec::new(),
             emitted: 0,
             feed_start: 0,
             block_start: 0,
@@ -209,15 +217,14 @@ impl ArchiveFilter {
         self.emitted + (out.len() - self.feed_start) as u64
     }
 
-    /// Feeds the next piece of the stream, appending the re-chunked archive to `out`.
+    /// Feeds the next piece of the stream, appending the re-chunked archive to `out` (all but
+    /// the data of a chunk not yet full, which the next call or the block's end writes).
     pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), ArchiveError> {
         self.feed_start = out.len();
         while !data.is_empty() {
             let used = self.step(data, out)?;
             data = &data[used..];
         }
-        // `out` may be sent away after this call: no chunk stays open across calls
-        self.close_chunk(out);
         self.emitted += (out.len() - self.feed_start) as u64;
         self.feed_start = out.len();
         Ok(())
@@ -229,27 +236,37 @@ impl ArchiveFilter {
         out.extend_from_slice(&v.unsigned_abs().to_le_bytes()[..int_size]);
     }
 
-    /// Appends chunk data, opening an output chunk if none is open.
-    fn chunk_data(&mut self, out: &mut Vec<u8>, data: &[u8]) {
-        if self.open_chunk.is_none() {
-            self.open_chunk = Some(out.len());
-            out.resize(out.len() + 1 + self.int_size(), 0);
-        }
+    /// Writes one output chunk: its length, then its data.
+    fn write_chunk(&self, out: &mut Vec<u8>, data: &[u8]) {
+        self.write_int(out, data.len() as i64);
         out.extend_from_slice(data);
     }
 
-    /// Writes the length of the open output chunk into its header (or drops an empty one).
-    fn close_chunk(&mut self, out: &mut Vec<u8>) {
-        if let Some(at) = self.open_chunk.take() {
-            let header = 1 + self.int_size();
-            let len = out.len() - at - header;
-            if len == 0 {
-                out.truncate(at);
-            } else {
-                let mut h = Vec::with_capacity(header);
-                self.write_int(&mut h, len as i64);
-                out[at..at + header].copy_from_slice(&h);
+    /// Takes chunk data: every [`CHUNK`] bytes of it become an output chunk, the rest waits.
+    fn chunk_data(&mut self, out: &mut Vec<u8>, mut data: &[u8]) {
+        if !self.pending.is_empty() {
+            let take = (CHUNK - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() < CHUNK {
+                return;
             }
+            self.write_chunk(out, &self.pending);
+            self.pending.clear();
+        }
+        // whole chunks straight from the input, without a copy into `pending`
+        while data.len() >= CHUNK {
+            self.write_chunk(out, &data[..CHUNK]);
+            data = &data[CHUNK..];
+        }
+        self.pending.extend_from_slice(data);
+    }
+
+    /// Writes what waits as the block's last chunk (none when nothing waits).
+    fn close_chunk(&mut self, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            self.write_chunk(out, &self.pending);
+            self.pending.clear();
         }
     }
 
@@ -654,10 +671,10 @@ mod tests {
             let mut again = ArchiveFilter::new();
             let mut out2 = Vec::new();
             again.feed(&out, &mut out2).unwrap();
-            // the same facts (block offsets differ: chunk boundaries moved again)
-            let mut s2 = again.finish().unwrap();
-            s2.blocks = s.blocks.clone();
+            // the same facts, the same blocks: the output is already in whole chunks
+            let s2 = again.finish().unwrap();
             assert_eq!(s2, s);
+            assert_eq!(out2, out, "piece {piece}");
             assert_eq!(logical_content(&a), logical_content(&out));
             assert_eq!(logical_content(&out2), logical_content(&out));
             // block starts point at the block type bytes of the output
@@ -674,6 +691,64 @@ mod tests {
             assert_eq!(s.large_objects, 1);
             assert_eq!(s.database, "db");
         }
+    }
+
+    /// `archive()` with its table's block replaced by `rows` rows, each its own chunk, as
+    /// `pg_dump --compress=0` writes them.
+    fn big_archive(rows: usize) -> Vec<u8> {
+        let (a, boundaries) = archive();
+        let mut big = a[..boundaries[0]].to_vec();
+        let int = |a: &mut Vec<u8>, v: i64| {
+            a.push(0);
+            a.extend_from_slice(&(v as u32).to_le_bytes());
+        };
+        big.push(BLK_DATA);
+        int(&mut big, 7);
+        for i in 0..rows {
+            let row = format!("{i}\trow number {i} with some text\n");
+            int(&mut big, row.len() as i64);
+            big.extend_from_slice(row.as_bytes());
+        }
+        int(&mut big, 3);
+        big.extend_from_slice(b"\\.\n");
+        int(&mut big, 0);
+        big.extend_from_slice(&a[boundaries[1]..]);
+        big
+    }
+
+    #[test]
+    fn the_output_is_the_same_bytes_however_the_stream_was_split() {
+        let a = big_archive(40_000); // about 1.4 MB of rows: several full chunks and a short one
+        let run = |pieces: &mut dyn Iterator<Item = usize>| {
+            let mut f = ArchiveFilter::new();
+            let (mut out, mut at) = (Vec::new(), 0);
+            while at < a.len() {
+                let n = pieces.next().unwrap().clamp(1, a.len() - at);
+                f.feed(&a[at..at + n], &mut out).unwrap();
+                at += n;
+            }
+            let s = f.finish().unwrap();
+            assert_eq!(s.tables[0].rows, 40_000);
+            (out, s.blocks)
+        };
+        let (reference, blocks) = run(&mut std::iter::repeat(a.len()));
+        for piece in [1usize, 977, 4096, 65_536, 1 << 20] {
+            assert_eq!(run(&mut std::iter::repeat(piece)), (reference.clone(), blocks.clone()), "pieces of {piece}");
+        }
+        // pipe reads of varying sizes
+        let mut seed = 7u64;
+        let mut random = std::iter::from_fn(|| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            Some((seed >> 33) as usize % 200_000)
+        });
+        assert_eq!(run(&mut random), (reference.clone(), blocks.clone()));
+        // full chunks of CHUNK bytes: reading the output again changes nothing
+        let mut again = ArchiveFilter::new();
+        let mut twice = Vec::new();
+        again.feed(&reference, &mut twice).unwrap();
+        assert_eq!(twice, reference);
+        assert!(reference.len() < a.len(), "the per-row chunk headers are gone");
+        assert_eq!(logical_content(&reference), logical_content(&a));
     }
 
     #[test]
