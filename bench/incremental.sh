@@ -5,11 +5,17 @@
 # against the full's, and its peak RSS; checks that it restores (deep verify). With restic
 # installed (apt install restic) it runs the same with `restic backup --stdin` for comparison.
 #
-#   bench/incremental.sh [SCALE]      (default 30)
+#   bench/incremental.sh [SCALE] [ROUNDS]      (default 30, 5)
+#
+# Then the chain: one full, then ROUNDS times (1 % change, incremental), for both kinds: each
+# round's incremental as a share of the full, and the restore time of the last incremental
+# against a restore of a full backup of the same final state.
 #
 # Issue 7 targets: <= 2 % of the full for both kinds, wall <= 1.5x a full, RSS <= 256 MiB.
+# Issue 20 targets: every round <= 2 % however long the chain; the last one restores in <= 1.2x
+# a full's restore time; peak RSS <= 256 MiB.
 set -euo pipefail
-scale=${1:-30}
+scale=${1:-30}; rounds=${2:-5}
 here=$(cd "$(dirname "$0")" && pwd); root=$(dirname "$here")
 dir=${BENCH_DIR:-/tmp/pgbackd-bench}; port=${BENCH_PORT:-55432}
 src=bench_$scale
@@ -23,7 +29,8 @@ if [ "$(psql -Atc "select count(*) from pg_database where datname = '$src'" post
   echo "generating scale $scale data set into $src ..."
   "$here/lib/gendata.sh" "$port" "$src" "$scale" >/dev/null
 fi
-work=$(mktemp -d "$dir/irun.XXXXXX"); trap 'rm -rf "$work"; dropdb --if-exists inc_bench 2>/dev/null || true' EXIT
+work=$(mktemp -d "$dir/irun.XXXXXX")
+trap 'rm -rf "$work"; dropdb --if-exists inc_bench 2>/dev/null || true; dropdb --if-exists inc_restored 2>/dev/null || true' EXIT
 
 timed() { # label command... -> prints "seconds rss_kib" of the command
   psql -q -c CHECKPOINT postgres >/dev/null; sync
@@ -72,3 +79,35 @@ echo "scale $scale; ~1 % of rows changed; incremental = deltas against the full 
 printf '%-28s %12s %12s %9s %9s %10s %12s\n' "change" "full bytes" "incr bytes" "incr/full" "time" "peak RSS" "restic incr"
 run_kind churn.sh "scattered (churn.sh)"
 run_kind churn_clustered.sh "clustered (churn_clustered)"
+
+chain() { # churn script, name -> one line: each round's share, the last one's restore time
+  local churn=$1 name=$2 shares="" peak=0 last_id t_last t_full_restore
+  dropdb --if-exists inc_bench; createdb -T "$src" inc_bench
+  rm -rf "$work/repo" "$work/reports"
+  "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup >/dev/null
+  local full_stored; full_stored=$("$pgbackd" -c "$work/pgbackd.yaml" list --json | python3 -c '
+import json,sys; print([b for b in json.load(sys.stdin) if b["kind"]=="full"][0]["stored_bytes"])')
+  for _ in $(seq "$rounds"); do
+    "$here/lib/$churn" "$port" inc_bench 1 >/dev/null
+    read -r _ rss < <(timed "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup --kind incremental)
+    [ "$rss" -gt "$peak" ] && peak=$rss
+    last_id=$(cat "$work/out")
+    local stored; stored=$("$pgbackd" -c "$work/pgbackd.yaml" list --json | python3 -c '
+import json,sys; print([b for b in json.load(sys.stdin) if b["id"]==sys.argv[1]][0]["stored_bytes"])' "$last_id")
+    shares="$shares $(awk "BEGIN{printf \"%.2f%%\", $stored * 100 / $full_stored}")"
+  done
+  "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn verify "$last_id" --deep >/dev/null
+  dropdb --if-exists inc_restored
+  read -r t_last _ < <(timed "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn restore "$last_id" --target-database inc_restored --create)
+  # a full of the same final state, restored the same way
+  "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup >"$work/full_id"
+  dropdb --if-exists inc_restored
+  read -r t_full_restore _ < <(timed "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn restore "$(cat "$work/full_id")" --target-database inc_restored --create)
+  printf '%-28s %s | restore of round %s %.2f s vs a full %.2f s = %s | peak RSS %s MiB\n' "$name" "$shares" "$rounds" \
+    "$t_last" "$t_full_restore" "$(awk "BEGIN{printf \"%.2fx\", $t_last / $t_full_restore}")" "$((peak / 1024))"
+}
+
+echo
+echo "chain: one full, then $rounds rounds of ~1 % change + incremental; each round's stored share of the full"
+chain churn.sh "scattered (churn.sh)"
+chain churn_clustered.sh "clustered (churn_clustered)"
