@@ -159,6 +159,18 @@ pub struct RunningStatus {
     pub eta_seconds: Option<u64>,
 }
 
+impl RunningStatus {
+    /// Bytes moved, and with an expected size the percentage and ETA, as of `now`.
+    fn fill_progress(&mut self, counter: &Counter, now: DateTime<Utc>) {
+        self.bytes = counter.get();
+        self.expected_bytes = counter.expected();
+        let elapsed = (now - self.started_at).to_std().unwrap_or_default();
+        let estimate = self.expected_bytes.map(|e| crate::progress::Estimate::at(self.bytes, e, elapsed));
+        self.percent = estimate.as_ref().map(|e| e.percent);
+        self.eta_seconds = estimate.map(|e| e.eta.as_secs());
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct DatabaseStatus {
     /// When the newest successful full backup started (for a file set: its newest backup).
@@ -229,14 +241,20 @@ impl Board {
     /// Where a run stands: waiting, running (with its progress) or finished; `None` for a run
     /// this daemon does not know (another daemon's, or older than its memory).
     pub fn run_state(&self, run_id: &str, now: DateTime<Utc>) -> Option<RunState> {
-        let s = self.snapshot(now);
-        if let Some(r) = s.recent_runs.iter().find(|r| r.run.run_id == run_id) {
-            return Some(RunState::Finished(r.clone()));
-        }
-        if let Some(r) = s.running.iter().find(|r| r.run_id == run_id) {
-            return Some(RunState::Running(r.clone()));
-        }
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).contains(run_id).then_some(RunState::Waiting)
+        let counter = self.progress.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).cloned();
+        let known = self.update(|s| {
+            if let Some(r) = s.recent_runs.iter().find(|r| r.run.run_id == run_id) {
+                return Some(RunState::Finished(r.clone()));
+            }
+            let mut r = s.running.iter().find(|r| r.run_id == run_id)?.clone();
+            if let Some(c) = &counter {
+                r.fill_progress(c, now);
+            }
+            Some(RunState::Running(r))
+        });
+        known.or_else(|| {
+            self.waiting.lock().unwrap_or_else(|e| e.into_inner()).contains(run_id).then_some(RunState::Waiting)
+        })
     }
 
     pub fn track_wal(&self, wal: crate::wal::receiver::Shared) {
@@ -273,12 +291,7 @@ impl Board {
             s.updated_at = Some(now);
             for r in &mut s.running {
                 if let Some(c) = progress.get(&r.run_id) {
-                    r.bytes = c.get();
-                    r.expected_bytes = c.expected();
-                    let elapsed = (now - r.started_at).to_std().unwrap_or_default();
-                    let estimate = r.expected_bytes.map(|e| crate::progress::Estimate::at(r.bytes, e, elapsed));
-                    r.percent = estimate.as_ref().map(|e| e.percent);
-                    r.eta_seconds = estimate.map(|e| e.eta.as_secs());
+                    r.fill_progress(c, now);
                 }
             }
             s.clone()

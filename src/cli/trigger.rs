@@ -25,7 +25,8 @@ const TOKEN_VAR: &str = "PGBACKD_TRIGGER_TOKEN";
 /// `--url`, else `http://` + the config's `monitoring.listen` (an unspecified address means this
 /// host); `--token-file`, else `$PGBACKD_TRIGGER_TOKEN`, else the config's trigger token.
 fn locate(cli: &Cli, args: &TriggerArgs) -> Result<Daemon> {
-    let config = match (&args.url, &args.token_file, std::env::var(TOKEN_VAR).ok(), &cli.config) {
+    let from_env = std::env::var(TOKEN_VAR).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    let config = match (&args.url, &args.token_file, &from_env, &cli.config) {
         (Some(_), Some(_), _, _) | (Some(_), None, Some(_), _) => None,
         (_, _, _, Some(_)) => Some(super::load_config(cli)?),
         _ => bail!(
@@ -50,12 +51,12 @@ fn locate(cli: &Cli, args: &TriggerArgs) -> Result<Daemon> {
         }
         (None, None) => unreachable!("a config is read when no --url is given"),
     };
-    let token = match (&args.token_file, std::env::var(TOKEN_VAR).ok(), &config) {
+    let token = match (&args.token_file, from_env, &config) {
         (Some(path), _, _) => std::fs::read_to_string(path)
             .with_context(|| format!("--token-file {}: cannot read it", path.display()))?
             .trim()
             .to_owned(),
-        (None, Some(t), _) if !t.trim().is_empty() => t.trim().to_owned(),
+        (None, Some(t), _) => t,
         (None, _, Some(c)) => match &c.monitoring.trigger {
             Some(t) => t.token.expose().to_owned(),
             None => bail!(

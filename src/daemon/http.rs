@@ -63,9 +63,7 @@ impl Refusal {
     fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
         Refusal { status, message: message.into(), challenge: false }
     }
-}
 
-impl Refusal {
     /// The refusal with `body` (JSON for the API, a page for the browser), and, when the token
     /// is what is missing, the header that makes a browser ask for it.
     fn respond(self, body: impl IntoResponse) -> Response {

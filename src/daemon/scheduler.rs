@@ -24,14 +24,12 @@ pub struct Entry {
 
 impl Entry {
     fn from_config(s: &ScheduleConfig, config: &Config, now: DateTime<Utc>) -> Entry {
-        let all = crate::jobs::context::configured_subjects(config);
-        let of = |keep: fn(&Subject) -> bool| all.iter().filter(|s| keep(s)).cloned().collect();
+        // a schedule's `databases` narrows the jobs that run on databases only
         let subjects = match s.kind {
-            JobKind::FileBackup => of(|s| matches!(s, Subject::Files(_))),
-            JobKind::ConfigBackup => of(|s| matches!(s, Subject::Configs(_))),
-            JobKind::BaseBackup | JobKind::RecoveryDrill => of(|s| matches!(s, Subject::Cluster(_))),
-            JobKind::Retention | JobKind::Verification if s.databases.is_empty() => all.clone(),
-            _ if s.databases.is_empty() => of(|s| matches!(s, Subject::Database(_))),
+            JobKind::FileBackup | JobKind::ConfigBackup | JobKind::BaseBackup | JobKind::RecoveryDrill => {
+                crate::jobs::context::subjects_for(config, s.kind)
+            }
+            _ if s.databases.is_empty() => crate::jobs::context::subjects_for(config, s.kind),
             _ => s.databases.iter().map(|d| Subject::Database(d.clone())).collect(),
         };
         Entry {

@@ -44,23 +44,10 @@ pub struct Request {
     pub reply: oneshot::Sender<Result<Triggered, String>>,
 }
 
-/// The subjects a job kind can run on in this config.
-fn candidates(config: &Config, kind: JobKind) -> Vec<Subject> {
-    let all = crate::jobs::context::configured_subjects(config);
-    let keep: fn(&Subject) -> bool = match kind {
-        JobKind::FileBackup => |s| matches!(s, Subject::Files(_)),
-        JobKind::ConfigBackup => |s| matches!(s, Subject::Configs(_)),
-        JobKind::BaseBackup | JobKind::RecoveryDrill | JobKind::RestorePoint => |s| matches!(s, Subject::Cluster(_)),
-        JobKind::Verification | JobKind::Retention => |_| true,
-        _ => |s| matches!(s, Subject::Database(_)),
-    };
-    all.into_iter().filter(keep).collect()
-}
-
 /// The subject a request names (`app`, `files:uploads`, or `uploads` when only one subject has
 /// that name), or the job's only possible subject; the refusal says what to choose from.
 pub fn resolve(config: &Config, kind: JobKind, requested: Option<&str>) -> Result<Subject, String> {
-    let candidates = candidates(config, kind);
+    let candidates = crate::jobs::context::subjects_for(config, kind);
     let listed = || candidates.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
     if candidates.is_empty() {
         return Err(match kind {

@@ -76,6 +76,22 @@ pub fn configured_subjects(config: &Config) -> Vec<crate::repo::Subject> {
     databases.chain(files).chain(configs).chain(cluster).collect()
 }
 
+/// The subjects a job of `kind` runs on when nothing narrows it down: file and configuration
+/// backups their sets, base backups, drills and restore points the cluster, verification and
+/// retention every subject, the other jobs every database.
+pub fn subjects_for(config: &Config, kind: crate::jobs::kind::JobKind) -> Vec<crate::repo::Subject> {
+    use crate::jobs::kind::JobKind;
+    use crate::repo::Subject;
+    let keep: fn(&Subject) -> bool = match kind {
+        JobKind::FileBackup => |s| matches!(s, Subject::Files(_)),
+        JobKind::ConfigBackup => |s| matches!(s, Subject::Configs(_)),
+        JobKind::BaseBackup | JobKind::RecoveryDrill | JobKind::RestorePoint => |s| matches!(s, Subject::Cluster(_)),
+        JobKind::Verification | JobKind::Retention => |_| true,
+        _ => |s| matches!(s, Subject::Database(_)),
+    };
+    configured_subjects(config).into_iter().filter(keep).collect()
+}
+
 /// Which backups of the subject a job reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Select {
