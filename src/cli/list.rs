@@ -71,7 +71,11 @@ pub struct ListEntry<'a> {
     pub database: String,
     pub subject: &'a Subject,
     pub kind: &'a str,
+    /// The backup an incremental is a delta against.
     pub base_id: Option<&'a str>,
+    /// How many backups its restore reads: 1 for a full, one more per link of an incremental's
+    /// chain down to its full; null when a link is missing (status `broken`).
+    pub chain: Option<usize>,
     pub trigger: crate::repo::manifest::Trigger,
     pub status: &'a str,
     pub started_at: DateTime<Utc>,
@@ -166,16 +170,18 @@ pub fn key_needed(m: &crate::repo::Manifest) -> String {
     }
 }
 
-pub fn entry(l: &Listed) -> ListEntry<'_> {
+pub fn entry<'a>(l: &'a Listed, listing: &Listing) -> ListEntry<'a> {
     let m = &l.manifest;
+    let chain = listing.chain_length(&m.id).ok();
     ListEntry {
         id: &m.id,
         database: m.subject.to_string(),
         subject: &m.subject,
         kind: m.kind_label(),
         base_id: m.base_id(),
+        chain,
         trigger: m.trigger,
-        status: "ok",
+        status: if chain.is_some() { "ok" } else { "broken" },
         started_at: m.started_at,
         finished_at: m.finished_at,
         duration_seconds: m.duration_seconds(),
@@ -231,7 +237,7 @@ pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Resul
     if json {
         let mut entries = Vec::new();
         for l in backups {
-            let mut e = entry(l);
+            let mut e = entry(l, listing);
             if let (Some(w), Some(bw)) = (wal, e.wal.as_mut()) {
                 for a in &w.archives {
                     bw.reach.extend(
@@ -264,7 +270,7 @@ pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Resul
         let m = &l.manifest;
         writeln!(
             out,
-            "{:<36} {:<16} {:<11} {:<9} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} ok{}",
+            "{:<36} {:<16} {:<11} {:<9} {:<20} {:>8.1} {:>10} {:>10} {:<12} {:<14} {:<24} {}",
             m.id,
             m.subject.to_string(),
             m.kind_label(),
@@ -282,7 +288,11 @@ pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Resul
             &m.data.raw_sha256[..12.min(m.data.raw_sha256.len())],
             l.targets.join(","),
             key_needed(m),
-            if m.warnings.is_empty() { String::new() } else { format!(" ({} warnings)", m.warnings.len()) }
+            match listing.chain_length(&m.id) {
+                Err(missing) => format!("broken: it needs {missing}, which is missing"),
+                Ok(_) if m.warnings.is_empty() => "ok".into(),
+                Ok(_) => format!("ok ({} warnings)", m.warnings.len()),
+            }
         )?;
     }
     for d in damaged {

@@ -144,6 +144,44 @@ pub struct BackupSettings {
     pub incremental_segment_size: u64,
     /// Bytes of the base taken on either side of a segment's aligned position as its reference.
     pub incremental_slack: u64,
+    /// What an incremental is a delta against.
+    pub incremental_base: IncrementalBase,
+    /// At most this many incrementals after a full: the next incremental request takes a full.
+    pub max_chain: u32,
+}
+
+/// What an incremental dump is a delta against (`backup.incremental_base`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncrementalBase {
+    /// The newest backup, full or incremental: each stores about one period's change; a restore
+    /// decodes the chain back to its full (at most `max_chain` deltas).
+    Previous,
+    /// The newest full (a differential): one delta to decode, but each stores all the change
+    /// since that full.
+    Full,
+}
+
+impl IncrementalBase {
+    pub fn name(self) -> &'static str {
+        match self {
+            IncrementalBase::Previous => "previous",
+            IncrementalBase::Full => "full",
+        }
+    }
+}
+
+impl reader::FromNode for IncrementalBase {
+    fn from_node(node: &Node, ctx: &Ctx<'_>) -> Result<Option<Self>, String> {
+        match <String as reader::FromNode>::from_node(node, ctx)?.as_deref() {
+            None => Ok(None),
+            Some("previous") => Ok(Some(IncrementalBase::Previous)),
+            Some("full") => Ok(Some(IncrementalBase::Full)),
+            Some(other) => {
+                Err(format!("expected what incrementals are based on (one of: previous, full), found {other:?}"))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -520,3 +558,7 @@ pub const DEFAULT_LEVEL: i32 = 1;
 /// Raw bytes per zstd frame: large enough for zstd's window at normal levels, small enough that a
 /// few segments in flight keep memory well under 64 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 4 << 20;
+/// `backup.max_chain`'s default: daily incrementals between weekly fulls fit.
+pub const DEFAULT_MAX_CHAIN: u32 = 6;
+/// `backup.max_chain`'s limit: every link is one more delta decoded by each restore.
+pub const MAX_CHAIN_LIMIT: u32 = 30;

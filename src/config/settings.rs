@@ -62,6 +62,18 @@ pub(super) fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings>
     if incremental_slack > (256 << 20) {
         ctx.error(&m.child_path("incremental_slack"), "must be at most 256MiB", Some(m.loc_of("incremental_slack")));
     }
+    let incremental_base = m.opt::<IncrementalBase>("incremental_base").unwrap_or(IncrementalBase::Previous);
+    let max_chain = m.opt::<u32>("max_chain").unwrap_or(DEFAULT_MAX_CHAIN);
+    if !(1..=MAX_CHAIN_LIMIT).contains(&max_chain) {
+        ctx.error(
+            &m.child_path("max_chain"),
+            format!(
+                "must be between 1 and {MAX_CHAIN_LIMIT} (incrementals after a full before the next incremental \
+                 request takes a full; {DEFAULT_MAX_CHAIN} is a good default)"
+            ),
+            Some(m.loc_of("max_chain")),
+        );
+    }
     for (key, d) in [("timeout", timeout), ("stall_timeout", stall_timeout)] {
         if d.is_zero() {
             ctx.error(&m.child_path(key), "must be greater than zero", Some(m.loc_of(key)));
@@ -78,6 +90,8 @@ pub(super) fn read_backup(top: &mut MapReader<'_, '_>) -> Option<BackupSettings>
         stall_timeout,
         incremental_segment_size,
         incremental_slack,
+        incremental_base,
+        max_chain,
     })
 }
 

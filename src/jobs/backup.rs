@@ -1,16 +1,17 @@
 //! A logical backup of one database: `pg_dump --format=custom --compress=0` streamed through the
 //! pipeline into every storage target, `pg_dumpall --globals-only` beside it, the manifest
 //! written last. Any failure removes everything the attempt wrote. An incremental stores each
-//! segment as a delta against the newest full backup.
+//! segment as a delta against a base the policy of [`choose_base`] picks (by default the newest
+//! backup, up to `backup.max_chain` links after a full).
 
 use super::context::JobContext;
-use crate::config::{Config, Connection, DatabaseConfig, RowCounts};
+use crate::config::{Config, Connection, DatabaseConfig, IncrementalBase, RowCounts};
 use crate::pg::archive::{ArchiveError, ArchiveFilter, ArchiveSummary};
 use crate::pg::{self, Tools};
 use crate::pipeline::{self, PipelineOptions, StreamError};
 use crate::process::{ChildSpec, ProcessError, Running, run_capture};
 use crate::progress;
-use crate::repo::manifest::{Content, Dump, Source, Trigger};
+use crate::repo::manifest::{CheckOutcome, Content, Dump, Source, Trigger};
 use crate::repo::{BackupKind, Manifest, Subject, keys};
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
@@ -54,35 +55,25 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     let started = Instant::now();
     let now = ctx.now();
     repo.sweep_leftovers(&subject, now, ctx.config.retention.orphan_grace).await;
-    // an incremental is stored as deltas against the newest full: without one, take a full
-    let base = match req.kind {
-        BackupKind::Incremental => repo.latest(&subject, Some(BackupKind::Full)).await?,
-        BackupKind::Full => None,
-    };
-    // an encrypted base must be readable here (a recipients-only daemon cannot decrypt it)
-    let (base, unreadable_base) = match base {
-        Some(b) => match repo.authenticate(&b) {
-            Ok(_) => (Some(b), None),
-            Err(e) => {
-                let why = format!(
-                    "the newest full backup {} cannot be read here to base an incremental on ({e:#}): this is a full \
-                     backup; to take incrementals of encrypted backups the daemon needs encryption.identity_file \
-                     or key_file",
-                    b.id
-                );
-                tracing::warn!(warning = %why, "taking a full backup instead of an incremental");
-                (None, Some(why))
-            }
+    // an incremental is a delta against a base the policy picks; without a good one, a full
+    let (base, instead) = match req.kind {
+        BackupKind::Incremental => match choose_base(ctx, &subject).await? {
+            Choice::On(b) => (Some(*b), None),
+            Choice::Full(p) => (None, Some(p)),
         },
-        None => (None, None),
+        BackupKind::Full => (None, None),
     };
-    let kind = if req.kind == BackupKind::Incremental && base.is_none() {
-        if unreadable_base.is_none() {
-            tracing::warn!("no full backup of this database yet: taking a full backup instead of an incremental");
+    let kind = if base.is_some() { BackupKind::Incremental } else { BackupKind::Full };
+    let instead_warning = match &instead {
+        Some(p) if p.warning => {
+            tracing::warn!(warning = %p.why, "taking a full backup instead of an incremental");
+            Some(p.why.clone())
         }
-        BackupKind::Full
-    } else {
-        req.kind
+        Some(p) => {
+            tracing::info!(reason = %p.why, "taking a full backup instead of an incremental");
+            None
+        }
+        None => None,
     };
     // the base is read while this backup runs: retention keeps it meanwhile
     let base_lock = match &base {
@@ -94,7 +85,7 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
 
     restore_point_before(ctx, db, &id).await;
     let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), id: &id, now };
-    let result = take(&attempt, unreadable_base).await;
+    let result = take(&attempt, instead_warning).await;
     if let Some(l) = base_lock {
         l.release().await;
     }
@@ -121,7 +112,7 @@ struct Attempt<'a> {
     now: chrono::DateTime<chrono::Utc>,
 }
 
-async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manifest> {
+async fn take(a: &Attempt<'_>, instead_warning: Option<String>) -> Result<Manifest> {
     let (ctx, req) = (a.ctx, a.req);
     let (config, repo) = (&*ctx.config, &*ctx.repository);
     let db = req.database;
@@ -140,8 +131,8 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
     drop(client);
     pg::check_dump_version(dump_major, &dump_version, &server, &tools)?;
     let previous_full = match a.base {
-        Some(b) => Some(b.clone()),
-        None => repo.latest(a.subject, Some(BackupKind::Full)).await?,
+        Some(b) if b.kind == BackupKind::Full => Some(b.clone()),
+        _ => repo.latest(a.subject, Some(BackupKind::Full)).await?,
     };
     let previous_same = match a.kind {
         BackupKind::Full => previous_full.clone(),
@@ -225,13 +216,8 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
             archive.archive_version
         ));
     }
-    if let Some(why) = unreadable_base {
+    if let Some(why) = instead_warning {
         warnings.push(why);
-    } else if req.kind == BackupKind::Incremental && a.kind == BackupKind::Full {
-        warnings.push(
-            "an incremental backup was asked for, but there was no full backup to base it on: this is a full backup"
-                .into(),
-        );
     }
     let tables = match config.backup.row_counts {
         RowCounts::Exact => archive.tables,
@@ -267,6 +253,82 @@ async fn take(a: &Attempt<'_>, unreadable_base: Option<String>) -> Result<Manife
         bail!("the backup was cancelled before its manifest was written: nothing was committed");
     }
     repo.commit(manifest).await
+}
+
+/// What an incremental request is a delta against, or why it is a full backup instead.
+enum Choice {
+    On(Box<Manifest>),
+    Full(Promotion),
+}
+
+struct Promotion {
+    why: String,
+    /// Something is wrong (no full yet, a base that cannot be read here or failed its check),
+    /// not the planned end of a chain.
+    warning: bool,
+}
+
+/// The base policy. `backup.incremental_base: previous` (the default) bases an incremental on
+/// the newest backup, full or incremental, so each stores one period's change, and a restore
+/// decodes the chain back to its full; `full` bases every incremental on the newest full (a
+/// differential: one delta to decode, but the change since the full grows in each). Either way
+/// at most `backup.max_chain` incrementals follow a full: the next request takes a full, as
+/// does one whose base, or any backup under it, cannot be read here or failed its last
+/// verification on every target.
+async fn choose_base(ctx: &JobContext, subject: &Subject) -> Result<Choice> {
+    let repo = &ctx.repository;
+    let settings = &ctx.config.backup;
+    let warn = |why: String| Ok(Choice::Full(Promotion { why, warning: true }));
+    let since = repo.since_full(subject).await?;
+    let Some(full) = since.last() else {
+        return warn(
+            "an incremental backup was asked for, but there was no full backup to base it on: this is a full backup"
+                .into(),
+        );
+    };
+    let candidate = match settings.incremental_base {
+        IncrementalBase::Previous => &since[0],
+        IncrementalBase::Full => full,
+    };
+    let chain = match repo.chain(candidate).await {
+        Ok(c) => c,
+        Err(e) => return warn(format!("the newest backup cannot be an incremental's base: {e:#}")),
+    };
+    let (links, counted) = match settings.incremental_base {
+        IncrementalBase::Previous => (chain.len() + 1, "the chain of incrementals on"),
+        IncrementalBase::Full => (since.len(), "the incrementals since"),
+    };
+    if links > settings.max_chain as usize {
+        return Ok(Choice::Full(Promotion {
+            why: format!(
+                "{counted} full backup {} would be {links} long, more than backup.max_chain ({}): a full backup \
+                 starts the next chain",
+                full.id, settings.max_chain
+            ),
+            warning: false,
+        }));
+    }
+    for b in std::iter::once(candidate).chain(&chain) {
+        // an encrypted base must be readable here (a recipients-only daemon cannot decrypt it)
+        if let Err(e) = repo.authenticate(b) {
+            return warn(format!(
+                "{} cannot be read here to base an incremental on ({e:#}): this is a full backup; to take \
+                 incrementals of encrypted backups the daemon needs encryption.identity_file or key_file",
+                b.describe()
+            ));
+        }
+        let checked = repo.annotations(b).await.verification;
+        if let Some(v) = checked.filter(|v| v.targets.iter().all(|t| t.outcome == CheckOutcome::Failed)) {
+            let error = v.targets.iter().find_map(|t| t.error.clone()).unwrap_or_default();
+            return warn(format!(
+                "{} failed its last verification ({}): an incremental on it could not be restored, so this is \
+                 a full backup ({error})",
+                b.describe(),
+                v.verified_at.format("%Y-%m-%d %H:%M UTC")
+            ));
+        }
+    }
+    Ok(Choice::On(Box::new(candidate.clone())))
 }
 
 /// The disk guard: before a backup to a local target, the space it needs is estimated from the
@@ -349,17 +411,12 @@ async fn dump(
     crate::process::set_blocking(&stdout);
     let new_blocks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let delta = match a.base {
-        Some(b) => {
-            let store = repo.locate(b).await.with_context(|| format!("reading base {}", b.describe()))?;
-            let what = format!("base {} of the incremental {}", b.describe(), a.id);
-            let decryption = repo.authenticate(b)?;
-            Some(pipeline::Delta {
-                base: pipeline::ObjectReader::as_base(store, b.data.clone(), &what, decryption)?,
-                base_blocks: b.dump().map(|d| d.blocks.clone()).unwrap_or_default(),
-                new_blocks: new_blocks.clone(),
-                slack: config.backup.incremental_slack,
-            })
-        }
+        Some(b) => Some(pipeline::Delta {
+            base: repo.base_reader(b, a.id, config.backup.incremental_slack).await?,
+            base_blocks: b.dump().map(|d| d.blocks.clone()).unwrap_or_default(),
+            new_blocks: new_blocks.clone(),
+            slack: config.backup.incremental_slack,
+        }),
         None => None,
     };
     // deltas are zstd frames whatever compression.enabled says

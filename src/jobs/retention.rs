@@ -193,6 +193,11 @@ pub fn plan_with(backups: &[Candidate], policies: &Policies<'_>, tz: Tz, now: Da
         // what the backups kept so far depend on is floor before this group's rules run
         keep_dependencies(&mut decisions, &by_id, policies.depended_on, Some(&idx));
         apply_rules(&mut decisions, &idx, &by_id, policy, tz, now);
+        if let Some(max) = policy.max_total_size {
+            cap_size(&mut decisions, &idx, &by_id, max);
+        }
+        // the links of a chain under a kept incremental
+        keep_dependencies(&mut decisions, &by_id, policies.depended_on, Some(&idx));
     }
     // and what backups kept by their own group's rules depend on
     keep_dependencies(&mut decisions, &by_id, policies.depended_on, None);
@@ -307,20 +312,33 @@ fn apply_rules(
             }
         }
     }
-    // size cap: drop the oldest kept-by-rules-only backups until the kind fits
-    if let Some(max) = policy.max_total_size {
-        let mut total: u64 = idx.iter().filter(|&&i| decisions[i].keep).map(|&i| decisions[i].stored_bytes).sum();
-        for &i in idx.iter().rev() {
-            if total <= max {
-                break;
+}
+
+/// The size cap: drops the oldest backups kept by count rules only until the group fits in
+/// `max` bytes (the floor and the age rule, keep_within, are stronger than it). What the group
+/// keeps includes the backups the kept ones read (a chain's links below a kept incremental):
+/// dropping a link that a kept backup still reads frees nothing, so a chain goes from its
+/// newest link down, or stays whole.
+fn cap_size(decisions: &mut [Decision], idx: &[usize], by_id: &BTreeMap<String, &Candidate>, max: u64) {
+    let total = |decisions: &[Decision]| -> u64 {
+        let mut needed: HashSet<&str> = HashSet::new();
+        let mut todo: Vec<&str> =
+            idx.iter().filter(|&&i| decisions[i].keep).map(|&i| decisions[i].id.as_str()).collect();
+        while let Some(id) = todo.pop() {
+            if needed.insert(id) {
+                todo.extend(by_id[id].depends_on.iter().map(String::as_str).filter(|d| by_id.contains_key(*d)));
             }
-            let d = &mut decisions[i];
-            // the floor and the age rule (keep_within) are stronger than the size cap
-            if d.keep && !d.reasons.iter().any(|r| r.starts_with(FLOOR) || r.starts_with("keep_within")) {
-                d.keep = false;
-                total -= d.stored_bytes;
-                d.reasons.push(format!("over max_total_size ({max} bytes): oldest deleted first"));
-            }
+        }
+        idx.iter().filter(|&&i| needed.contains(decisions[i].id.as_str())).map(|&i| decisions[i].stored_bytes).sum()
+    };
+    for &i in idx.iter().rev() {
+        if total(decisions) <= max {
+            break;
+        }
+        let d = &mut decisions[i];
+        if d.keep && !d.reasons.iter().any(|r| r.starts_with(FLOOR) || r.starts_with("keep_within")) {
+            d.keep = false;
+            d.reasons.push(format!("over max_total_size ({max} bytes): oldest deleted first"));
         }
     }
 }
@@ -628,7 +646,8 @@ pub struct Forget {
     pub backup: std::result::Result<Listed, String>,
     /// The targets holding it.
     pub targets: Vec<String>,
-    /// The backups whose restore needs this one (incrementals on it): forget refuses.
+    /// The backups whose restores read this one (the incrementals of a chain above it, file
+    /// backups holding its files), newest first: forget refuses.
     pub needed_by: Vec<String>,
     /// Who reads it now: forget refuses.
     pub in_use: Option<String>,
@@ -641,7 +660,8 @@ impl Forget {
     pub fn refusal(&self) -> Option<String> {
         if !self.needed_by.is_empty() {
             return Some(format!(
-                "backup {} is the base of {}: their restores need it; forget those first",
+                "backup {} is read by the restores of {}: forget those first, newest first (or let retention \
+                 remove the chain as a whole)",
                 self.id,
                 self.needed_by.join(", ")
             ));
@@ -672,17 +692,13 @@ pub async fn forget(ctx: &JobContext, id: &str, apply: bool) -> Result<Forget> {
             Some(l) => Ok(l),
             None => Err(damaged.iter().map(|d| d.problem.as_str()).collect::<Vec<_>>().join("; ")),
         };
-        let needed_by = listing
-            .backups
-            .iter()
-            .filter(|l| l.manifest.depends_on.iter().any(|d| d == id))
-            .map(|l| l.manifest.id.clone());
+        let needed_by = listing.dependents(id);
         anyhow::Ok(Forget {
             id: id.to_owned(),
             subject: subject.clone(),
             backup,
             targets,
-            needed_by: needed_by.collect(),
+            needed_by,
             in_use: in_use.get(id).cloned(),
             deleted: None,
         })

@@ -1,10 +1,11 @@
 //! Verification: prove a stored backup is whole and readable, on every target that holds it.
 //!
-//! Quick: the manifest parses with a known schema version, and every object it references is on
-//! the target with its recorded size; content is not read. Deep: every stored byte is read back;
+//! Quick: the manifest parses with a known schema version, every object it references is on
+//! the target with its recorded size, and an incremental's chain down to its full is there and
+//! readable; content is not read. Deep: every stored byte is read back;
 //! each frame's SHA-256, the whole stored object's and the raw stream's SHA-256 are checked (for an
 //! encrypted backup: the manifest's authentication code, and every age chunk's tag), every
-//! zstd frame is decoded, and the archive is read whole by `pg_restore -f /dev/null`, which
+//! zstd frame is decoded (an incremental's through its chain), and the archive is read whole by `pg_restore -f /dev/null`, which
 //! parses every TOC entry and data block (a dump truncated at 60 % passes `pg_restore --list` but
 //! not this). Results are recorded beside the manifest (`annotations.json`).
 
@@ -325,6 +326,10 @@ async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repos
     }
     for o in m.objects() {
         check_size(store, &o.key, o.stored_bytes, what).await?;
+    }
+    // an incremental restores only with every backup of its chain, down to its full
+    for b in repo.chain(m).await? {
+        repo.locate(&b).await.with_context(|| format!("{what} is a delta against it (down its chain)"))?;
     }
     Ok(())
 }

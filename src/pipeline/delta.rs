@@ -32,14 +32,21 @@ pub fn compress(data: &[u8], reference: &[u8], level: i32) -> Result<Vec<u8>, St
 }
 
 /// Decodes a frame made by [`compress`] with the same `reference`; `raw_len` is its size.
+#[cfg(test)]
 pub fn decompress(stored: &[u8], reference: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(raw_len);
+    decompress_into(stored, reference, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out`'s spare capacity (which must hold the frame's raw size).
+pub fn decompress_into(stored: &[u8], reference: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let mut dctx = DCtx::create();
     dctx.set_parameter(DParameter::WindowLogMax(31))
         .map_err(|e| format!("zstd parameter: {}", zstd::zstd_safe::get_error_name(e)))?;
     dctx.ref_prefix(reference).map_err(|e| format!("zstd prefix: {}", zstd::zstd_safe::get_error_name(e)))?;
-    let mut out = Vec::with_capacity(raw_len);
-    dctx.decompress(&mut out, stored).map_err(|e| format!("zstd: {}", zstd::zstd_safe::get_error_name(e)))?;
-    Ok(out)
+    dctx.decompress(out, stored).map_err(|e| format!("zstd: {}", zstd::zstd_safe::get_error_name(e)))?;
+    Ok(())
 }
 
 /// Where a named region of a raw stream starts (a pg_dump data block: `schema.table`, or

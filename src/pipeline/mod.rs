@@ -79,6 +79,7 @@ impl Counter {
     }
 }
 
+mod buffers;
 mod decrypt;
 pub mod delta;
 pub mod growing;

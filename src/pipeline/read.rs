@@ -2,13 +2,14 @@
 //! incremental's frames decoded with the matching region of its base full as reference.
 
 use super::Counter;
+use super::buffers::POOL;
 use super::decrypt::Decrypting;
 pub use super::decrypt::Decryption;
 use super::delta;
 use super::object::{CompressionAlgorithm, StoredObject};
 use crate::storage::Store;
 use anyhow::{Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,8 +17,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Decoded frames kept by a base reader: consecutive delta frames use overlapping base regions.
-const BASE_CACHE_FRAMES: usize = 8;
+/// Frames a base reader keeps beyond the overlap of consecutive delta frames' regions: the one
+/// the next region reaches into.
+const BASE_CACHE_SPARE_FRAMES: u64 = 1;
+
+/// A decoded frame, or the one decode of it under way (tasks wanting it wait for that one).
+type Cached = Arc<tokio::sync::OnceCell<Bytes>>;
 
 /// Reads one stored object: frames checked and decoded, raw ranges assembled.
 pub struct ObjectReader {
@@ -25,9 +30,11 @@ pub struct ObjectReader {
     object: StoredObject,
     /// Names the backup in errors ("backup X of database Y").
     what: String,
-    /// The base full's reader, for an incremental's delta frames.
+    /// The base's reader, for an incremental's delta frames (itself with its base, down to the
+    /// full, for a chain of incrementals).
     base: Option<Arc<ObjectReader>>,
-    cache: tokio::sync::Mutex<VecDeque<(usize, Bytes)>>,
+    /// Recently used frames, least recently used first.
+    cache: std::sync::Mutex<VecDeque<(usize, Cached)>>,
     cache_frames: usize,
     decrypting: Option<Decrypting>,
 }
@@ -68,7 +75,7 @@ impl ObjectReader {
         })
     }
 
-    /// A reader for an incremental: `base` reads its base full (and caches its decoded frames).
+    /// A reader for an incremental: `base` reads its base (and caches its decoded frames).
     pub fn with_base(
         store: Arc<dyn Store>,
         object: StoredObject,
@@ -79,14 +86,25 @@ impl ObjectReader {
         Ok(Arc::new(ObjectReader::build(store, object, what, Some(base), 0, decryption)?))
     }
 
-    /// A reader used as a base: it keeps a few decoded frames.
+    /// A reader used as a base: it keeps the decoded frames that consecutive delta frames'
+    /// regions share (`overlap` bytes: twice the slack) and a spare one; every link of a chain
+    /// keeps its own. `base` is its own base when it is an incremental itself.
     pub fn as_base(
         store: Arc<dyn Store>,
         object: StoredObject,
         what: &str,
         decryption: Option<Decryption>,
+        base: Option<Arc<ObjectReader>>,
+        overlap: u64,
     ) -> Result<Arc<ObjectReader>> {
-        Ok(Arc::new(ObjectReader::build(store, object, what, None, BASE_CACHE_FRAMES, decryption)?))
+        let largest = object.frames.iter().map(|f| f.raw_len).max().unwrap_or(1).max(1);
+        let frames = (overlap.div_ceil(largest) + BASE_CACHE_SPARE_FRAMES) as usize;
+        Ok(Arc::new(ObjectReader::build(store, object, what, base, frames, decryption)?))
+    }
+
+    /// How many deltas a read decodes through: 0 for a full, 1 for an incremental on a full ...
+    pub fn depth(&self) -> usize {
+        self.base.as_ref().map_or(0, |b| 1 + b.depth())
     }
 
     pub fn object(&self) -> &StoredObject {
@@ -127,28 +145,36 @@ impl ObjectReader {
         let f = self.object.frames[index].clone();
         let what = self.what.clone();
         let raw_len = f.raw_len as usize;
-        let raw: Vec<u8> = match self.object.compression {
-            CompressionAlgorithm::None => stored.to_vec(),
-            CompressionAlgorithm::Zstd => tokio::task::spawn_blocking(move || zstd::bulk::decompress(&stored, raw_len))
-                .await
-                .context("decompression task failed")?
-                .with_context(|| {
-                    format!("{what}: frame {index} (stored offset {}) does not decompress", f.stored_offset)
-                })?,
+        let raw: Bytes = match self.object.compression {
+            CompressionAlgorithm::None => stored,
+            CompressionAlgorithm::Zstd => tokio::task::spawn_blocking(move || {
+                let mut out = POOL.take(raw_len);
+                zstd::bulk::Decompressor::new()
+                    .and_then(|mut d| d.decompress_to_buffer(&stored[..], &mut out))
+                    .map(|_| POOL.freeze(out))
+            })
+            .await
+            .context("decompression task failed")?
+            .with_context(|| {
+                format!("{what}: frame {index} (stored offset {}) does not decompress", f.stored_offset)
+            })?,
             CompressionAlgorithm::ZstdPatch => {
                 let base =
                     self.base.as_ref().with_context(|| format!("{what}: an incremental frame without its base"))?;
                 let (start, len) = (f.base_offset.unwrap_or(0), f.base_len.unwrap_or(0));
-                let reference = Box::pin(base.range(start, start + len)).await?;
-                tokio::task::spawn_blocking(move || delta::decompress(&stored, &reference, raw_len))
-                    .await
-                    .context("decompression task failed")?
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "{what}: frame {index} (stored offset {}) does not decode against its base: {e}",
-                            f.stored_offset
-                        )
-                    })?
+                let reference = base.base_range(start, start + len).await?;
+                tokio::task::spawn_blocking(move || {
+                    let mut out = POOL.take(raw_len);
+                    delta::decompress_into(&stored, &reference, &mut out).map(|()| POOL.freeze(out))
+                })
+                .await
+                .context("decompression task failed")?
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{what}: frame {index} (stored offset {}) does not decode against its base: {e}",
+                        f.stored_offset
+                    )
+                })?
             }
         };
         anyhow::ensure!(
@@ -158,33 +184,47 @@ impl ObjectReader {
             raw.len(),
             f.raw_len
         );
-        Ok(Bytes::from(raw))
-    }
-
-    /// Frame `index`, decoded (from the cache when it was read recently).
-    pub async fn frame(&self, index: usize) -> Result<Bytes> {
-        if self.cache_frames > 0
-            && let Some((_, b)) = self.cache.lock().await.iter().find(|(i, _)| *i == index)
-        {
-            return Ok(b.clone());
-        }
-        let stored = self.stored_frame(index).await?;
-        let raw = self.decode(index, stored).await?;
-        if self.cache_frames > 0 {
-            let mut cache = self.cache.lock().await;
-            cache.push_back((index, raw.clone()));
-            while cache.len() > self.cache_frames {
-                cache.pop_front();
-            }
-        }
         Ok(raw)
     }
 
-    /// The raw bytes `[start, end)`, assembled from the frames that hold them.
-    pub async fn range(&self, start: u64, end: u64) -> Result<Bytes> {
+    /// Frame `index`, decoded (from the cache when it was read recently; tasks asking for the
+    /// same frame at once share one decode, which matters down a chain of incrementals).
+    pub async fn frame(self: &Arc<Self>, index: usize) -> Result<Bytes> {
+        if self.cache_frames == 0 {
+            return self.fetch(index).await;
+        }
+        // a failed decode leaves the cell empty: the next asker tries again
+        self.cached(index).get_or_try_init(|| self.fetch(index)).await.cloned()
+    }
+
+    /// The cache's cell for frame `index` (new and empty if it was not there), now the most
+    /// recently used.
+    fn cached(&self, index: usize) -> Cached {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = match cache.iter().position(|(i, _)| *i == index) {
+            Some(p) => cache.remove(p).expect("the position was just found"),
+            None => (index, Cached::default()),
+        };
+        let cell = entry.1.clone();
+        cache.push_back(entry);
+        while cache.len() > self.cache_frames {
+            cache.pop_front();
+        }
+        cell
+    }
+
+    async fn fetch(&self, index: usize) -> Result<Bytes> {
+        let stored = self.stored_frame(index).await?;
+        self.decode(index, stored).await
+    }
+
+    /// The raw bytes `[start, end)`, assembled from the frames that hold them (a slice of the
+    /// frame when one holds them all). The frames are all decoded before the copy is made, so
+    /// down a chain only one level at a time holds a region being assembled.
+    pub async fn range(self: &Arc<Self>, start: u64, end: u64) -> Result<Bytes> {
         anyhow::ensure!(end <= self.object.raw_bytes, "{}: range {start}..{end} is past the end", self.what);
-        let mut out = BytesMut::with_capacity((end - start) as usize);
         let first = self.object.frames.partition_point(|f| f.raw_offset + f.raw_len <= start);
+        let mut parts = Vec::new();
         for index in first..self.object.frames.len() {
             let f = &self.object.frames[index];
             if f.raw_offset >= end {
@@ -193,9 +233,26 @@ impl ObjectReader {
             let raw = self.frame(index).await?;
             let from = start.saturating_sub(f.raw_offset) as usize;
             let to = (end - f.raw_offset).min(f.raw_len) as usize;
-            out.extend_from_slice(&raw[from..to]);
+            parts.push(raw.slice(from..to));
         }
-        Ok(out.freeze())
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let mut out = POOL.take((end - start) as usize);
+        for p in &parts {
+            out.extend_from_slice(p);
+        }
+        Ok(POOL.freeze(out))
+    }
+
+    /// [`ObjectReader::range`] as a boxed future that is `Send`: a link's decode awaits the
+    /// range of the link below (a recursive future must be boxed).
+    fn base_range(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes>> + Send + '_>> {
+        Box::pin(self.range(start, end))
     }
 
     /// Checks the SHA-256 of every stored frame (and of the base's), without decoding: cheap,
@@ -224,7 +281,7 @@ pub enum RawCheck {
 }
 
 /// Streams an object's raw bytes into `out` (pg_restore's stdin, stdout, a spool file), frame by
-/// frame, each checked before it is decoded; the next frame is fetched while one is written.
+/// frame, each checked before it is decoded; the next two frames are decoded while one is written.
 pub async fn restore_stream<W: AsyncWrite + Unpin + Send>(
     reader: &Arc<ObjectReader>,
     out: &mut W,
@@ -321,17 +378,28 @@ async fn stream_frames<W: AsyncWrite + Unpin + Send>(
         let object = object.clone();
         let what = what.clone();
         async move {
+            use futures_util::StreamExt;
             let mut stored_sha = Sha256::new();
-            for index in 0..wanted {
-                let item = match reader.stored_frame(index).await {
-                    Ok(stored) => {
-                        if check == RawCheck::Sha256 {
-                            stored_sha.update(&stored);
-                        }
-                        reader.decode(index, stored).await
+            // frames decode two at a time (in order out): a chain's links below share the
+            // frames both need; an encrypted object is one age stream, read in order
+            let ahead = if reader.decrypting.is_some() { 1 } else { 2 };
+            let mut frames = futures_util::stream::iter(0..wanted)
+                .map(|index| {
+                    let reader = reader.clone();
+                    async move {
+                        let stored = reader.stored_frame(index).await?;
+                        let raw = reader.decode(index, stored.clone()).await?;
+                        anyhow::Ok((stored, raw))
                     }
-                    Err(e) => Err(e),
-                };
+                })
+                .buffered(ahead);
+            while let Some(item) = frames.next().await {
+                let item = item.map(|(stored, raw)| {
+                    if check == RawCheck::Sha256 {
+                        stored_sha.update(&stored);
+                    }
+                    raw
+                });
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     return;

@@ -67,6 +67,40 @@ fn missing_manifest(id: &str) -> String {
     )
 }
 
+impl Listing {
+    /// How many backups a restore of `id` reads: 1 for a full, 1 + its links down to its full for
+    /// an incremental; `Err` names the link that is not in the listing (the chain is broken),
+    /// or one that is not older than the backup naming it (an edited manifest).
+    pub fn chain_length(&self, id: &str) -> Result<usize, String> {
+        let find = |id: &str| self.backups.iter().find(|l| l.manifest.id == id).map(|l| &l.manifest);
+        let mut m = find(id).ok_or_else(|| id.to_owned())?;
+        let mut n = 1;
+        while let Some(base) = m.base_id() {
+            let below = find(base).filter(|b| b.started_at < m.started_at).ok_or_else(|| base.to_owned())?;
+            (m, n) = (below, n + 1);
+        }
+        Ok(n)
+    }
+
+    /// The backups that read `id` in their restores (incrementals of a chain above it, file
+    /// backups holding its files), newest first.
+    pub fn dependents(&self, id: &str) -> Vec<String> {
+        let mut out: Vec<&Manifest> = Vec::new();
+        let mut wanted = vec![id.to_owned()];
+        while let Some(next) = wanted.pop() {
+            for l in &self.backups {
+                let m = &l.manifest;
+                if m.depends_on.contains(&next) && !out.iter().any(|o| o.id == m.id) {
+                    out.push(m);
+                    wanted.push(m.id.clone());
+                }
+            }
+        }
+        out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then_with(|| b.id.cmp(&a.id)));
+        out.into_iter().map(|m| m.id.clone()).collect()
+    }
+}
+
 impl Repository {
     /// Every backup (of one subject, or of all), oldest first, with the targets holding each,
     /// and every damaged manifest. A target that cannot be listed is skipped with a warning,
@@ -273,7 +307,16 @@ impl Repository {
         Ok(out)
     }
 
-    /// The newest backup of `subject` (of `kind`, if given), reading manifests newest first.
+    /// The backups of `subject` from its newest full on, newest first (the full last; empty
+    /// without a full), safety backups left out.
+    pub async fn since_full(&self, subject: &Subject) -> Result<Vec<Manifest>> {
+        let own = |m: &Manifest| m.trigger != super::manifest::Trigger::SafetyBeforeRestore;
+        let full = |m: &Manifest| own(m) && m.kind == BackupKind::Full;
+        let found = self.newest_until(subject, |got| got.iter().any(full)).await?;
+        let Some(end) = found.iter().position(full) else { return Ok(Vec::new()) };
+        Ok(found.into_iter().take(end + 1).filter(own).collect())
+    }
+
     /// The newest backup of `subject` (of `kind`), safety backups (taken before a `restore
     /// --clean` of the database) left out: they are restored by id.
     pub async fn latest(&self, subject: &Subject, kind: Option<BackupKind>) -> Result<Option<Manifest>> {

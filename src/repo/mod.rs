@@ -230,7 +230,8 @@ impl Repository {
     }
 
     /// A reader for backup `m`'s main object on `store` (default: the first target holding it);
-    /// for an incremental dump, with its base full (preferably from the same target).
+    /// for an incremental dump, with the chain of backups it is a delta against, down to its full
+    /// (each preferably from the same target).
     pub async fn reader(&self, m: &Manifest, store: Option<Arc<dyn Store>>) -> Result<Arc<ObjectReader>> {
         let store = match store {
             Some(s) => s,
@@ -239,23 +240,74 @@ impl Repository {
         let what = m.describe();
         let decryption = self.authenticate(m)?;
         match (m.kind, m.dump(), m.base_id()) {
-            (BackupKind::Incremental, Some(_), Some(base_id)) => {
-                let base = self
-                    .find_in(Some(&m.subject), base_id)
-                    .await
-                    .with_context(|| format!("{what} depends on full backup {base_id}, which cannot be read"))?;
-                let base_store = match store.size(&base.data.key).await {
-                    Ok(Some(size)) if size == base.data.stored_bytes => store.clone(),
-                    _ => self.locate(&base).await?,
-                };
-                let base_what = format!("base {} of incremental {}", base.describe(), m.id);
-                let base_decryption = self.authenticate(&base)?;
-                let base_reader = ObjectReader::as_base(base_store, base.data.clone(), &base_what, base_decryption)?;
-                ObjectReader::with_base(store, m.data.clone(), &what, decryption, base_reader)
+            (BackupKind::Incremental, Some(_), Some(_)) => {
+                let chain = self.chain(m).await?;
+                let below = self.chain_readers(m, &chain, &store).await?.context("an incremental without a base")?;
+                ObjectReader::with_base(store, m.data.clone(), &what, decryption, below)
             }
             (BackupKind::Incremental, Some(_), None) => bail!("{what} is an incremental without a base backup id"),
             _ => ObjectReader::new(store, m.data.clone(), &what, decryption),
         }
+    }
+
+    /// A caching reader of `base` (and its own chain), for the incremental `of` to be a delta
+    /// against while it is taken, with `slack` bytes on either side of each region.
+    pub async fn base_reader(&self, base: &Manifest, of: &str, slack: u64) -> Result<Arc<ObjectReader>> {
+        let store = self.locate(base).await.with_context(|| format!("reading base {}", base.describe()))?;
+        let chain = self.chain(base).await?;
+        let below = self.chain_readers(base, &chain, &store).await?;
+        let what = format!("base {} of the incremental {of}", base.describe());
+        ObjectReader::as_base(store, base.data.clone(), &what, self.authenticate(base)?, below, 2 * slack)
+    }
+
+    /// The backups incremental `m` is a delta against, nearest first, down to its full: what a
+    /// restore of `m` reads besides `m` (empty for a full). Each must be older than the one
+    /// depending on it, so an edited manifest cannot make a loop.
+    pub async fn chain(&self, m: &Manifest) -> Result<Vec<Manifest>> {
+        let mut out: Vec<Manifest> = Vec::new();
+        let mut next = m.base_id().map(|id| (id.to_owned(), m.id.clone(), m.started_at));
+        while let Some((id, by, by_started)) = next {
+            let base = self.find_in(Some(&m.subject), &id).await.with_context(|| {
+                let through = if by == m.id { String::new() } else { format!(" (through {by})") };
+                format!(
+                    "{} depends on backup {id}{through}, which cannot be read: it cannot be restored; take a full \
+                     backup (`pgbackd backup --kind full`)",
+                    m.describe()
+                )
+            })?;
+            if base.started_at >= by_started {
+                bail!("backup {by} names {id} as its base, which is not older: the manifests were edited");
+            }
+            next = base.base_id().map(|b| (b.to_owned(), base.id.clone(), base.started_at));
+            out.push(base);
+        }
+        Ok(out)
+    }
+
+    /// Readers of `chain` (the bases of `top`, nearest first), built from the full upward, each
+    /// reading through the one below it; `None` for an empty chain.
+    async fn chain_readers(
+        &self,
+        top: &Manifest,
+        chain: &[Manifest],
+        prefer: &Arc<dyn Store>,
+    ) -> Result<Option<Arc<ObjectReader>>> {
+        let mut below: Option<Arc<ObjectReader>> = None;
+        for (i, b) in chain.iter().enumerate().rev() {
+            let above = if i == 0 { top } else { &chain[i - 1] };
+            let store = match prefer.size(&b.data.key).await {
+                Ok(Some(size)) if size == b.data.stored_bytes => prefer.clone(),
+                _ => self.locate(b).await?,
+            };
+            let what = format!("base {} of incremental {}", b.describe(), above.id);
+            // how much of its raw stream consecutive frames of the backup above read again
+            let frames = &above.data.frames;
+            let region = frames.iter().filter_map(|f| f.base_len).max().unwrap_or(0);
+            let step = frames.iter().map(|f| f.raw_len).max().unwrap_or(0);
+            let overlap = region.saturating_sub(step);
+            below = Some(ObjectReader::as_base(store, b.data.clone(), &what, self.authenticate(b)?, below, overlap)?);
+        }
+        Ok(below)
     }
 
     /// Commits a new backup: authenticates its manifest when backups are encrypted (a per-backup

@@ -1,4 +1,6 @@
-//! Incremental backups: deltas against the newest full that restore to exactly the dump taken.
+//! Incremental backups: deltas against the previous backup (a chain down to a full) or the
+//! newest full, that restore to exactly the dump taken; chains bounded by `backup.max_chain`,
+//! and followed by verify, list, forget and retention.
 
 use crate::harness::*;
 use std::process::Command;
@@ -193,4 +195,150 @@ fn reports_name_the_kind_of_backup_that_ran() {
     assert_eq!(kind_of(&full), Some("full_backup".into()), "{reports:?}");
     assert_eq!(kind_of(&inc), Some("incremental_backup".into()), "{reports:?}");
     assert!(reports.iter().all(|r| r["trigger"] == "manual" && r["outcome"] == "success"), "{reports:?}");
+}
+
+fn incremental(env: &TestEnv) -> String {
+    let out = env.run(&["backup", "--kind", "incremental"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+fn fingerprints(db: &str) -> Vec<(String, String)> {
+    user_tables(db).into_iter().map(|t| (fingerprint(db, &t), t)).collect()
+}
+
+/// With `max_chain: 3`, three incrementals each based on the one before (stored as little as one
+/// round's change), each restoring to its own moment, then a full starting the next chain; with
+/// `incremental_base: full`, differentials.
+#[test]
+fn a_chain_of_incrementals_restores_every_link_and_a_full_starts_the_next_at_max_chain() {
+    let env = TestEnv::new("incchain");
+    load(&env);
+    env.write_config("backup:\n  max_chain: 3\n");
+    let full = env.backup();
+    let mut chain = vec![full.clone()];
+    let mut states = Vec::new();
+    for _ in 0..3 {
+        churn(&env);
+        chain.push(incremental(&env));
+        states.push(fingerprints(&env.db));
+    }
+    let list = env.list_json();
+    let of = |id: &str| list.iter().find(|b| b["id"] == id).unwrap().clone();
+    let full_stored = of(&full)["stored_bytes"].as_u64().unwrap();
+    for (n, id) in chain.iter().enumerate().skip(1) {
+        let b = of(id);
+        assert_eq!((b["kind"].as_str(), b["base_id"].as_str()), (Some("incremental"), Some(chain[n - 1].as_str())));
+        assert_eq!(b["chain"], n + 1, "{b}");
+        assert!(b["stored_bytes"].as_u64().unwrap() * 10 < full_stored, "{b}");
+        // cat reconstructs each link exactly as taken
+        let out = env.run(&["cat", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&out.stdout)), b["raw_sha256"].as_str().unwrap());
+    }
+    // the oldest and the newest link restore to the data of their own moment
+    for (n, state) in [(1, &states[0]), (3, &states[2])] {
+        let target = unique("incchain_r");
+        let out = env.run(&["restore", &chain[n], "--target-database", &target, "--create", "--jobs", "2"]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        assert_eq!(&fingerprints(&target), state, "link {n}");
+    }
+    let out = env.run(&["verify", "--all", "--deep"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    // the chain is 3 long: the next incremental request takes a full, without a warning
+    churn(&env);
+    let next = incremental(&env);
+    assert!(next.contains("-full-"), "{next}");
+    let list = env.list_json();
+    let promoted = list.iter().find(|b| b["id"] == next.as_str()).unwrap();
+    assert_eq!((promoted["kind"].as_str(), promoted["chain"].as_u64()), (Some("full"), Some(1)));
+    assert_eq!(promoted["warnings"], serde_json::json!([]), "{promoted}");
+    // and the one after it starts the new chain
+    churn(&env);
+    let after = incremental(&env);
+    assert_eq!(env.list_json().iter().find(|b| b["id"] == after.as_str()).unwrap()["base_id"], next.as_str());
+
+    // differentials: each incremental on the newest full, at most max_chain of them
+    env.write_config("backup:\n  max_chain: 2\n  incremental_base: full\n");
+    churn(&env);
+    let diff = incremental(&env);
+    let list = env.list_json();
+    let d = list.iter().find(|b| b["id"] == diff.as_str()).unwrap();
+    assert_eq!((d["base_id"].as_str(), d["chain"].as_u64()), (Some(next.as_str()), Some(2)), "{d}");
+    churn(&env);
+    assert!(incremental(&env).contains("-full-"), "a third since the full is over max_chain 2");
+}
+
+/// A chain is only as good as its links: forget refuses a link others need, retention keeps or
+/// deletes chains whole, and a missing or corrupt link is named by list, verify and restore,
+/// and makes the next incremental request a full with a warning.
+#[test]
+fn a_broken_link_is_named_everywhere_and_the_next_incremental_is_a_full() {
+    let env = TestEnv::new("inclink");
+    load(&env);
+    let full = env.backup();
+    let mut ids = vec![full.clone()];
+    for _ in 0..3 {
+        churn(&env);
+        ids.push(incremental(&env));
+    }
+    let (i1, i2, i3) = (ids[1].clone(), ids[2].clone(), ids[3].clone());
+
+    // forget names every backup whose restore reads it, newest first
+    let out = env.run(&["forget", &i1, "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&format!("is read by the restores of {i3}, {i2}")), "{}", stderr(&out));
+
+    // retention keeping only the newest incremental keeps its whole chain, each link saying why
+    env.write_config(
+        "retention:\n  full_backup: {keep_last: 1, min_keep: 1}\n  incremental_backup: {keep_last: 1, min_keep: 1}\n",
+    );
+    let out = env.run(&["retention", "--dry-run", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decisions = runs[0]["decisions"].as_array().unwrap();
+    for (id, by) in [(&i2, &i3), (&i1, &i2), (&full, &i1)] {
+        let d = decisions.iter().find(|x| x["id"] == id.as_str()).unwrap();
+        assert_eq!(d["keep"], true, "{d}");
+        assert!(d["reasons"].to_string().contains(&format!("base of kept incremental {by}")), "{d}");
+    }
+    env.write_config("");
+
+    // a corrupt frame in the first link: the newest link's deep verification names it
+    let data = env.repository().join(&env.db).join(&i1).join("data.zst");
+    let good = std::fs::read(&data).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x08;
+    std::fs::write(&data, &bad).unwrap();
+    let out = env.run(&["verify", &i3, "--deep"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains(&format!("base backup {i1}")), "{}", stdout(&out));
+    // its own verification fails too, and is recorded: the next incremental is a full, and says why
+    assert_eq!(env.run(&["verify", &i1, "--deep"]).status.code(), Some(1));
+    churn(&env);
+    let out = env.run(&["backup", "--kind", "incremental"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let instead = stdout(&out).trim().to_owned();
+    assert!(instead.contains("-full-"), "{instead}");
+    let list = env.list_json();
+    let w = list.iter().find(|b| b["id"] == instead.as_str()).unwrap()["warnings"].to_string();
+    assert!(w.contains(&i1) && w.contains("failed its last verification"), "{w}");
+    std::fs::write(&data, &good).unwrap();
+
+    // a link gone (its directory deleted by hand): list says which, quick verify and restore fail
+    std::fs::remove_dir_all(env.repository().join(&env.db).join(&i2)).unwrap();
+    let list = env.list_json();
+    let top = list.iter().find(|b| b["id"] == i3.as_str()).unwrap();
+    assert_eq!((top["status"].as_str(), top["chain"].is_null()), (Some("broken"), true), "{top}");
+    let out = env.run(&["list"]);
+    assert!(stdout(&out).contains(&format!("broken: it needs {i2}, which is missing")), "{}", stdout(&out));
+    let out = env.run(&["verify", &i3]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains(&i2), "{}", stdout(&out));
+    let target = unique("inclink_r");
+    let out = env.run(&["restore", &i3, "--target-database", &target, "--create"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&format!("depends on backup {i2}")), "{}", stderr(&out));
 }

@@ -474,7 +474,7 @@ fn a_deleted_manifest_stays_visible_until_forgotten_on_purpose() {
     // the base of an incremental is refused
     let out = env.run(&["forget", &b, "--yes"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&format!("is the base of {inc}")), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("is read by the restores of {inc}")), "{}", stderr(&out));
     assert_eq!(status(&b), Some("ok".into()));
 
     // a backup a reader holds is refused, naming the reader

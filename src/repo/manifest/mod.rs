@@ -368,7 +368,7 @@ impl Manifest {
         if self.base_backup().is_some() { "base" } else { self.kind.name() }
     }
 
-    /// The full backup an incremental dump is a delta against.
+    /// The backup an incremental dump is a delta against (a full, or an incremental of a chain).
     pub fn base_id(&self) -> Option<&str> {
         match (&self.content, self.kind) {
             (Content::Dump(_), BackupKind::Incremental) => self.depends_on.first().map(String::as_str),
