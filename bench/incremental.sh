@@ -8,7 +8,8 @@
 #   bench/incremental.sh [SCALE] [ROUNDS]      (default 30, 5)
 #
 # Then the chain: one full, then ROUNDS times (1 % change, incremental), for both kinds: each
-# round's incremental as a share of the full, the peak RSS of those backups, and the restore time
+# round's incremental as a share of the full and its wall time against the full's, the peak RSS
+# of those backups, and the restore time
 # of the last incremental (the longest chain, with ROUNDS <= backup.max_chain, default 6)
 # against a restore of a full backup of the same final state (best of 2, interleaved).
 #
@@ -82,16 +83,17 @@ run_kind churn.sh "scattered (churn.sh)"
 run_kind churn_clustered.sh "clustered (churn_clustered)"
 
 chain() { # churn script, name -> one line: each round's share, the last one's restore time
-  local churn=$1 name=$2 shares="" peak=0 last_id t_last t_full_restore
+  local churn=$1 name=$2 shares="" times="" peak=0 last_id t_last t_full_restore t_full t_inc
   dropdb --if-exists inc_bench; createdb -T "$src" inc_bench
   rm -rf "$work/repo" "$work/reports"
-  "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup >/dev/null
+  read -r t_full _ < <(timed "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup)
   local full_stored; full_stored=$("$pgbackd" -c "$work/pgbackd.yaml" list --json | python3 -c '
 import json,sys; print([b for b in json.load(sys.stdin) if b["kind"]=="full"][0]["stored_bytes"])')
   for _ in $(seq "$rounds"); do
     "$here/lib/$churn" "$port" inc_bench 1 >/dev/null
-    read -r _ rss < <(timed "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup --kind incremental)
+    read -r t_inc rss < <(timed "$pgbackd" -c "$work/pgbackd.yaml" --log-level warn backup --kind incremental)
     [ "$rss" -gt "$peak" ] && peak=$rss
+    times="$times $(awk "BEGIN{printf \"%.2fx\", $t_inc / $t_full}")"
     last_id=$(cat "$work/out")
     local stored; stored=$("$pgbackd" -c "$work/pgbackd.yaml" list --json | python3 -c '
 import json,sys; print([b for b in json.load(sys.stdin) if b["id"]==sys.argv[1]][0]["stored_bytes"])' "$last_id")
@@ -112,8 +114,9 @@ import json,sys; print([b for b in json.load(sys.stdin) if b["id"]==sys.argv[1]]
       fi
     done
   done
-  printf '%-28s %s | restore of round %s %.2f s vs a full %.2f s = %s (RSS %s MiB) | backup peak RSS %s MiB\n' "$name" "$shares" "$rounds" \
-    "$t_last" "$t_full_restore" "$(awk "BEGIN{printf \"%.2fx\", $t_last / $t_full_restore}")" "$((rss_restore / 1024))" "$((peak / 1024))"
+  printf '%-28s stored %s | backup time vs the full%s | restore of round %s %.2f s vs a full %.2f s = %s (RSS %s MiB) | backup peak RSS %s MiB\n' \
+    "$name" "$shares" "$times" "$rounds" "$t_last" "$t_full_restore" "$(awk "BEGIN{printf \"%.2fx\", $t_last / $t_full_restore}")" \
+    "$((rss_restore / 1024))" "$((peak / 1024))"
 }
 
 echo
