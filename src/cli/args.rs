@@ -399,13 +399,15 @@ pub struct CheckConfigArgs {
 pub enum KindArg {
     /// A complete pg_dump archive.
     Full,
-    /// Only what changed since the newest full backup (delta frames against it).
+    /// Only what changed since the previous backup (delta frames against it; backup.incremental_base,
+    /// backup.max_chain).
     Incremental,
 }
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Full, or incremental against the newest full backup.
+    /// Full, or incremental against the previous backup (a full once backup.max_chain incrementals
+    /// follow the last full).
     #[arg(long, value_enum, default_value = "full")]
     pub kind: KindArg,
     /// The database to back up (default: the only configured one).

@@ -7,8 +7,8 @@
 //! periods that have one, in the configured timezone; `keep_within` keeps everything younger),
 //! and whatever the rules say, a floor is kept: the newest `min_keep` backups of each group, the
 //! newest backup that passed deep verification, every backup a kept one depends on (an
-//! incremental dump's base full, the holders of a file backup's unchanged files), and any backup
-//! a running job reads. `max_total_size` then deletes the oldest backups kept only by count rules
+//! incremental dump's chain down to its full, the holders of a file backup's unchanged files),
+//! and any backup a running job reads. `max_total_size` then deletes the oldest backups kept only by count rules
 //! until the group fits (the floor and `keep_within` are never deleted for size). A group without
 //! a policy keeps all. Databases plan incrementals and fulls as two groups (`incremental_backup`,
 //! `full_backup`); a file or configuration set is one group (`file_backup`, `config_backup`).
@@ -35,7 +35,7 @@ pub struct Candidate {
     pub kind: BackupKind,
     pub started_at: DateTime<Utc>,
     pub stored_bytes: u64,
-    /// The backups it reads (an incremental dump's base full, holders of unchanged files).
+    /// The backups it reads (an incremental dump's base, holders of unchanged files).
     pub depends_on: Vec<String>,
     /// Its last verification was deep and passed.
     pub deep_verified: bool,

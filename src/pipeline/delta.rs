@@ -1,5 +1,5 @@
 //! Delta frames for incremental backups: a segment of the new dump compressed with the aligned
-//! region of the base full's raw stream as zstd prefix (what `zstd --patch-from` does), with long
+//! region of the base's raw stream as zstd prefix (what `zstd --patch-from` does), with long
 //! distance matching over a window that covers the whole region. Alignment is by position within
 //! the same table's data block (block starts are recorded in both manifests), with `slack` bytes
 //! on either side, so rows inserted or deleted earlier in the dump do not push the region off.

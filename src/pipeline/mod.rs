@@ -27,7 +27,7 @@ pub struct PipelineOptions {
     pub encrypt: Option<Arc<crate::crypto::Crypto>>,
 }
 
-/// How an incremental's segments find their reference in the base full.
+/// How an incremental's segments find their reference in its base.
 #[derive(Clone)]
 pub struct Delta {
     pub base: Arc<ObjectReader>,

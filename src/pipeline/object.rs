@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub enum CompressionAlgorithm {
     Zstd,
     None,
-    /// zstd frames that reference a region of the base full's raw stream (incrementals).
+    /// zstd frames that reference a region of the base's raw stream (incrementals).
     ZstdPatch,
 }
 

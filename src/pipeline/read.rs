@@ -1,5 +1,6 @@
 //! Reading stored objects back: every frame's SHA-256 checked before it is decoded; an
-//! incremental's frames decoded with the matching region of its base full as reference.
+//! incremental's frames decoded with the matching region of its base as reference, the base read
+//! the same way down its chain to a full.
 
 use super::Counter;
 use super::buffers::POOL;
@@ -100,11 +101,6 @@ impl ObjectReader {
         let largest = object.frames.iter().map(|f| f.raw_len).max().unwrap_or(1).max(1);
         let frames = (overlap.div_ceil(largest) + BASE_CACHE_SPARE_FRAMES) as usize;
         Ok(Arc::new(ObjectReader::build(store, object, what, base, frames, decryption)?))
-    }
-
-    /// How many deltas a read decodes through: 0 for a full, 1 for an incremental on a full ...
-    pub fn depth(&self) -> usize {
-        self.base.as_ref().map_or(0, |b| 1 + b.depth())
     }
 
     pub fn object(&self) -> &StoredObject {

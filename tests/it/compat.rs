@@ -93,14 +93,15 @@ fn a_schema_1_repository_lists_verifies_and_restores() {
     assert!(ok(&out).contains("3 files checked"), "{}", stdout(&out));
     assert_restored_files(&to);
 
-    // a new incremental is a delta against the old full, and restores
+    // a new incremental is a delta against the newest backup, the schema 1 incremental (a chain
+    // down to the schema 1 full), and restores
     env.psql("create table t(id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1,2000) g; \
               update t set v = 'changed' where id < 20; create table u(x int); insert into u select generate_series(1,51)");
     let out = env.run(&["backup", "--kind", "incremental", "--database", "legacy"]);
     let new_id = ok(&out).trim().to_owned();
     let list = env.list_json();
     let new = list.iter().find(|e| e["id"] == new_id.as_str()).unwrap();
-    assert_eq!(new["base_id"], FULL, "{new}");
+    assert_eq!((new["base_id"].as_str(), new["chain"].as_u64()), (Some(INCREMENTAL), Some(3)), "{new}");
     let target = unique("compat_new");
     ok(&env.run(&["restore", &new_id, "--target-database", &target, "--create"]));
     assert_restored_rows(&target);

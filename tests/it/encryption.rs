@@ -21,7 +21,7 @@ fn load(env: &TestEnv) {
 fn churn(env: &TestEnv) {
     env.psql(
         "update items set name = name || ' (changed)' where id % 100 = 0;
-         insert into notes select g, 'late ' || g from generate_series(5001, 5100) g;",
+         insert into notes select m + g, 'late ' || (m + g) from (select max(id) m from notes) n, generate_series(1, 100) g;",
     );
 }
 
@@ -72,8 +72,9 @@ fn assert_local_objects_encrypted(env: &TestEnv, id: &str) {
     }
 }
 
-/// Full, then incremental, of an encrypted repository on a local and an S3 target: both restore
-/// identically (the incremental from S3 alone), deep verification passes, `cat` decrypts.
+/// Full, then two incrementals (a chain), of an encrypted repository on a local and an S3 target:
+/// both restore identically (the chain's top from S3 alone), deep verification passes, `cat`
+/// decrypts.
 fn round_trip(name: &str, server: &S3Server, encryption: &str, read_args: &[&str]) {
     let env = TestEnv::new(name);
     load(&env);
@@ -94,7 +95,15 @@ fn round_trip(name: &str, server: &S3Server, encryption: &str, read_args: &[&str
     let inc = stdout(&out).trim().to_owned();
     assert!(inc.contains("-incremental-"), "{inc}: {}", stderr(&out));
     assert_local_objects_encrypted(&env, &inc);
+    // and a second, a delta against the first: a chain of three encrypted backups
+    churn(&env);
+    let out = env.run(&["backup", "--kind", "incremental"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (first, inc) = (inc, stdout(&out).trim().to_owned());
+    assert_local_objects_encrypted(&env, &inc);
     let list = env.list_json();
+    let top = list.iter().find(|b| b["id"] == inc.as_str()).unwrap();
+    assert_eq!((top["base_id"].as_str(), top["chain"].as_u64()), (Some(first.as_str()), Some(3)), "{top}");
     for b in &list {
         assert!(b["encryption"]["mode"].is_string(), "{b}");
     }
@@ -118,14 +127,14 @@ fn round_trip(name: &str, server: &S3Server, encryption: &str, read_args: &[&str
     let out = env.run(&verify);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
 
-    // the incremental and its base, from S3 only (ranged reads of encrypted objects)
+    // the chain's top, through its links, from S3 only (ranged reads of encrypted objects)
     std::fs::remove_dir_all(env.repository().join(&env.db)).unwrap();
     let (out, target) = restore(&env, &inc, read_args);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert_identical(&env.db, &target);
     let out = env.run(&verify);
     let text = stdout(&out);
-    assert_eq!(text.matches("ok      target offsite").count(), 2, "{text}");
+    assert_eq!(text.matches("ok      target offsite").count(), 3, "{text}");
     assert!(!text.contains("FAILED  target offsite"), "{text}");
 }
 

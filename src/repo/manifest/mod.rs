@@ -29,8 +29,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub enum BackupKind {
     /// Self-contained.
     Full,
-    /// Reads objects of the backups it depends on (a dump's base full; a file backup's holders of
-    /// unchanged files).
+    /// Reads objects of the backups it depends on (a dump's base, down its chain to a full; a file
+    /// backup's holders of unchanged files).
     Incremental,
 }
 
@@ -86,7 +86,8 @@ pub struct Manifest {
     pub id: String,
     pub subject: Subject,
     pub kind: BackupKind,
-    /// The backups whose stored objects this one reads: an incremental dump's base full, an
+    /// The backups whose stored objects this one reads: an incremental dump's base (a full or the
+    /// previous incremental of a chain), an
     /// incremental file backup's holders of unchanged files. Restore reads them, retention keeps
     /// them, verification follows them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
