@@ -7,7 +7,7 @@
 
 use super::{Annotations, BackupKind, Listed, Manifest, Repository, Subject, keys};
 use crate::storage::{ObjectInfo, Store, Target};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,8 +36,11 @@ struct Dir {
     digests: Vec<String>,
 }
 
+/// Backup directories by subject and id.
+type Index = BTreeMap<(Subject, String), Dir>;
+
 /// The backup directories in a listing (of `subject`'s, when given), by subject and id.
-fn index(objects: &[ObjectInfo], subject: Option<&Subject>) -> BTreeMap<(Subject, String), Dir> {
+fn index(objects: &[ObjectInfo], subject: Option<&Subject>) -> Index {
     let mut out: BTreeMap<(Subject, String), Dir> = BTreeMap::new();
     for o in objects {
         let Some((dir, file)) = o.key.rsplit_once('/') else { continue };
@@ -202,17 +205,38 @@ impl Repository {
     /// manifest is an error that says so.
     pub async fn find_in(&self, subject: Option<&Subject>, id: &str) -> Result<Manifest> {
         Self::check_id(id)?;
-        let (mut damaged, mut unlisted) = (None, Vec::new());
+        let listed = self.list_places(subject).await;
+        self.find_listed(&listed, id).await
+    }
+
+    /// Each target's backup directories (of `subject`'s, when given), or why it could not be listed.
+    async fn list_places(&self, subject: Option<&Subject>) -> Vec<(&Target, Result<Index, String>)> {
+        let mut out = Vec::new();
         for (t, prefix) in self.places(subject) {
-            let objects = match t.store.list(&prefix).await {
-                Ok(o) => o,
+            let listed = match t.store.list(&prefix).await {
+                Ok(objects) => Ok(index(&objects, subject)),
                 Err(e) => {
                     tracing::warn!(target_name = t.name(), error = %format!("{e:#}"), "cannot list a storage target");
-                    unlisted.push(format!("target {} could not be listed: {e:#}", t.name()));
+                    Err(format!("target {} could not be listed: {e:#}", t.name()))
+                }
+            };
+            out.push((t, listed));
+        }
+        out
+    }
+
+    /// [`Repository::find_in`] in listings already made (a chain's links found with one listing).
+    async fn find_listed(&self, listed: &[(&Target, Result<Index, String>)], id: &str) -> Result<Manifest> {
+        let (mut damaged, mut unlisted) = (None, Vec::new());
+        for (t, dirs) in listed {
+            let dirs = match dirs {
+                Ok(d) => d,
+                Err(e) => {
+                    unlisted.push(e.clone());
                     continue;
                 }
             };
-            for ((s, found), dir) in index(&objects, subject) {
+            for ((s, found), dir) in dirs {
                 if found != id {
                     continue;
                 }
@@ -220,7 +244,7 @@ impl Repository {
                     damaged = Some(anyhow!(missing_manifest(id)).context(format!("on target {}", t.name())));
                     continue;
                 }
-                match read_manifest_from(&t.store, &s, id, &dir.digests).await {
+                match read_manifest_from(&t.store, s, id, &dir.digests).await {
                     Ok(Some(m)) => return Ok(m),
                     Ok(None) => {}
                     Err(e) => damaged = Some(e.context(format!("backup {id} on target {}", t.name()))),
@@ -234,6 +258,34 @@ impl Repository {
             bail!("backup {id} was not found on the targets that answered; {}", unlisted.join("; "));
         }
         bail!("no backup with id {id} in {} (see `pgbackd list`)", self.describe())
+    }
+
+    /// The backups incremental `m` is a delta against, nearest first, down to its full: what a
+    /// restore of `m` reads besides `m` (empty for a full). Each must be older than the one
+    /// depending on it, so an edited manifest cannot make a loop. The targets are listed once.
+    pub async fn chain(&self, m: &Manifest) -> Result<Vec<Manifest>> {
+        let mut out: Vec<Manifest> = Vec::new();
+        let mut next = m.base_id().map(|id| (id.to_owned(), m.id.clone(), m.started_at));
+        if next.is_none() {
+            return Ok(out);
+        }
+        let listed = self.list_places(Some(&m.subject)).await;
+        while let Some((id, by, by_started)) = next {
+            let base = self.find_listed(&listed, &id).await.with_context(|| {
+                let through = if by == m.id { String::new() } else { format!(" (through {by})") };
+                format!(
+                    "{} depends on backup {id}{through}, which cannot be read: it cannot be restored; take a full \
+                     backup (`pgbackd backup --kind full`)",
+                    m.describe()
+                )
+            })?;
+            if base.started_at >= by_started {
+                bail!("backup {by} names {id} as its base, which is not older: the manifests were edited");
+            }
+            next = base.base_id().map(|b| (b.to_owned(), base.id.clone(), base.started_at));
+            out.push(base);
+        }
+        Ok(out)
     }
 
     /// The subject of backup `id`, whether or not its manifest can be trusted.

@@ -260,30 +260,6 @@ impl Repository {
         ObjectReader::as_base(store, base.data.clone(), &what, self.authenticate(base)?, below, 2 * slack)
     }
 
-    /// The backups incremental `m` is a delta against, nearest first, down to its full: what a
-    /// restore of `m` reads besides `m` (empty for a full). Each must be older than the one
-    /// depending on it, so an edited manifest cannot make a loop.
-    pub async fn chain(&self, m: &Manifest) -> Result<Vec<Manifest>> {
-        let mut out: Vec<Manifest> = Vec::new();
-        let mut next = m.base_id().map(|id| (id.to_owned(), m.id.clone(), m.started_at));
-        while let Some((id, by, by_started)) = next {
-            let base = self.find_in(Some(&m.subject), &id).await.with_context(|| {
-                let through = if by == m.id { String::new() } else { format!(" (through {by})") };
-                format!(
-                    "{} depends on backup {id}{through}, which cannot be read: it cannot be restored; take a full \
-                     backup (`pgbackd backup --kind full`)",
-                    m.describe()
-                )
-            })?;
-            if base.started_at >= by_started {
-                bail!("backup {by} names {id} as its base, which is not older: the manifests were edited");
-            }
-            next = base.base_id().map(|b| (b.to_owned(), base.id.clone(), base.started_at));
-            out.push(base);
-        }
-        Ok(out)
-    }
-
     /// Readers of `chain` (the bases of `top`, nearest first), built from the full upward, each
     /// reading through the one below it; `None` for an empty chain.
     async fn chain_readers(
