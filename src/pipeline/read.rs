@@ -185,7 +185,7 @@ impl ObjectReader {
 
     /// Frame `index`, decoded (from the cache when it was read recently; tasks asking for the
     /// same frame at once share one decode, which matters down a chain of incrementals).
-    pub async fn frame(self: &Arc<Self>, index: usize) -> Result<Bytes> {
+    pub async fn frame(&self, index: usize) -> Result<Bytes> {
         if self.cache_frames == 0 {
             return self.fetch(index).await;
         }
@@ -217,7 +217,7 @@ impl ObjectReader {
     /// The raw bytes `[start, end)`, assembled from the frames that hold them (a slice of the
     /// frame when one holds them all). The frames are all decoded before the copy is made, so
     /// down a chain only one level at a time holds a region being assembled.
-    pub async fn range(self: &Arc<Self>, start: u64, end: u64) -> Result<Bytes> {
+    pub async fn range(&self, start: u64, end: u64) -> Result<Bytes> {
         anyhow::ensure!(end <= self.object.raw_bytes, "{}: range {start}..{end} is past the end", self.what);
         let first = self.object.frames.partition_point(|f| f.raw_offset + f.raw_len <= start);
         let mut parts = Vec::new();
@@ -244,7 +244,7 @@ impl ObjectReader {
     /// [`ObjectReader::range`] as a boxed future that is `Send`: a link's decode awaits the
     /// range of the link below (a recursive future must be boxed).
     fn base_range(
-        self: &Arc<Self>,
+        &self,
         start: u64,
         end: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes>> + Send + '_>> {
