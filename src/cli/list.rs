@@ -289,7 +289,7 @@ pub fn print(listing: &Listing, wal: Option<&WalSummaries>, json: bool) -> Resul
             l.targets.join(","),
             key_needed(m),
             match listing.chain_length(&m.id) {
-                Err(missing) => format!("broken: it needs {missing}, which is missing"),
+                Err(missing) => format!("broken: it needs {missing}, which is missing or damaged"),
                 Ok(_) if m.warnings.is_empty() => "ok".into(),
                 Ok(_) => format!("ok ({} warnings)", m.warnings.len()),
             }

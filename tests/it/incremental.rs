@@ -333,7 +333,7 @@ fn a_broken_link_is_named_everywhere_and_the_next_incremental_is_a_full() {
     let top = list.iter().find(|b| b["id"] == i3.as_str()).unwrap();
     assert_eq!((top["status"].as_str(), top["chain"].is_null()), (Some("broken"), true), "{top}");
     let out = env.run(&["list"]);
-    assert!(stdout(&out).contains(&format!("broken: it needs {i2}, which is missing")), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("broken: it needs {i2}, which is missing or damaged")), "{}", stdout(&out));
     let out = env.run(&["verify", &i3]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains(&i2), "{}", stdout(&out));
