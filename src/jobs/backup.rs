@@ -56,12 +56,12 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     let now = ctx.now();
     repo.sweep_leftovers(&subject, now, ctx.config.retention.orphan_grace).await;
     // an incremental is a delta against a base the policy picks; without a good one, a full
-    let (base, instead) = match req.kind {
+    let (base, chain, instead) = match req.kind {
         BackupKind::Incremental => match choose_base(ctx, &subject).await? {
-            Choice::On(b) => (Some(*b), None),
-            Choice::Full(p) => (None, Some(p)),
+            Choice::On(b, chain) => (Some(*b), chain, None),
+            Choice::Full(p) => (None, Vec::new(), Some(p)),
         },
-        BackupKind::Full => (None, None),
+        BackupKind::Full => (None, Vec::new(), None),
     };
     let kind = if base.is_some() { BackupKind::Incremental } else { BackupKind::Full };
     let instead_warning = match &instead {
@@ -84,7 +84,7 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), "backup started");
 
     restore_point_before(ctx, db, &id).await;
-    let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), id: &id, now };
+    let attempt = Attempt { ctx, req, subject: &subject, kind, base: base.as_ref(), chain: &chain, id: &id, now };
     let result = take(&attempt, instead_warning).await;
     if let Some(l) = base_lock {
         l.release().await;
@@ -108,6 +108,8 @@ struct Attempt<'a> {
     subject: &'a Subject,
     kind: BackupKind,
     base: Option<&'a Manifest>,
+    /// The base's own chain, nearest first (empty when the base is a full).
+    chain: &'a [Manifest],
     id: &'a str,
     now: chrono::DateTime<chrono::Utc>,
 }
@@ -255,9 +257,10 @@ async fn take(a: &Attempt<'_>, instead_warning: Option<String>) -> Result<Manife
     repo.commit(manifest).await
 }
 
-/// What an incremental request is a delta against, or why it is a full backup instead.
+/// What an incremental request is a delta against (with that base's chain, nearest first), or
+/// why it is a full backup instead.
 enum Choice {
-    On(Box<Manifest>),
+    On(Box<Manifest>, Vec<Manifest>),
     Full(Promotion),
 }
 
@@ -328,7 +331,7 @@ async fn choose_base(ctx: &JobContext, subject: &Subject) -> Result<Choice> {
             ));
         }
     }
-    Ok(Choice::On(Box::new(candidate.clone())))
+    Ok(Choice::On(Box::new(candidate.clone()), chain))
 }
 
 /// The disk guard: before a backup to a local target, the space it needs is estimated from the
@@ -412,7 +415,7 @@ async fn dump(
     let new_blocks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let delta = match a.base {
         Some(b) => Some(pipeline::Delta {
-            base: repo.base_reader(b, a.id, config.backup.incremental_slack).await?,
+            base: repo.base_reader(b, a.chain, a.id, config.backup.incremental_slack).await?,
             base_blocks: b.dump().map(|d| d.blocks.clone()).unwrap_or_default(),
             new_blocks: new_blocks.clone(),
             slack: config.backup.incremental_slack,

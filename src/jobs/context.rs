@@ -30,8 +30,9 @@ impl JobContext {
         self.clock.now()
     }
 
-    /// A read lock on backup `m` (and the backups it depends on, down an incremental's chain)
-    /// for `purpose`: retention in any process on any host keeps them while it is held.
+    /// A read lock on backup `m` (and the backups it depends on) for `purpose`: retention in any
+    /// process on any host keeps them while it is held, and with them, as its floor, the rest of
+    /// an incremental's chain; `forget` refuses any link others read.
     pub async fn read_lock(&self, m: &Manifest, purpose: &str) -> Result<Held> {
         self.read_lock_all(&m.subject, std::slice::from_ref(m), &format!("{purpose} of {}", m.id)).await
     }
@@ -40,13 +41,6 @@ impl JobContext {
     pub async fn read_lock_all(&self, subject: &Subject, backups: &[Manifest], purpose: &str) -> Result<Held> {
         let mut ids: Vec<String> =
             backups.iter().flat_map(|m| std::iter::once(m.id.clone()).chain(m.depends_on.iter().cloned())).collect();
-        // and the whole chain under an incremental (retention keeps it anyway, as the bases of
-        // what is locked; the lock says so to every reader of it)
-        for m in backups.iter().filter(|m| m.base_id().is_some()) {
-            if let Ok(chain) = self.repository.chain(m).await {
-                ids.extend(chain.into_iter().map(|b| b.id));
-            }
-        }
         ids.sort();
         ids.dedup();
         self.repository.lock_read(subject, ids, purpose, self.config.locks, &self.clock, &self.cancel).await

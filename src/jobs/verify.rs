@@ -2,12 +2,12 @@
 //!
 //! Quick: the manifest parses with a known schema version, every object it references is on
 //! the target with its recorded size, and an incremental's chain down to its full is there and
-//! readable; content is not read. Deep: every stored byte is read back;
-//! each frame's SHA-256, the whole stored object's and the raw stream's SHA-256 are checked (for an
-//! encrypted backup: the manifest's authentication code, and every age chunk's tag), every
-//! zstd frame is decoded (an incremental's through its chain), and the archive is read whole by `pg_restore -f /dev/null`, which
-//! parses every TOC entry and data block (a dump truncated at 60 % passes `pg_restore --list` but
-//! not this). Results are recorded beside the manifest (`annotations.json`).
+//! readable; content is not read. Deep: every stored byte is read back; each frame's SHA-256, the
+//! whole stored object's and the raw stream's SHA-256 are checked (for an encrypted backup: the
+//! manifest's authentication code, and every age chunk's tag), every zstd frame is decoded (an
+//! incremental's through its chain), and the archive is read whole by `pg_restore -f /dev/null`,
+//! which parses every TOC entry and data block (a dump truncated at 60 % passes `pg_restore
+//! --list` but not this). Results are recorded beside the manifest (`annotations.json`).
 
 use super::context::JobContext;
 use super::context::Select;
@@ -231,6 +231,9 @@ pub async fn verify(ctx: &JobContext, listed: &Listed, mode: VerifyMode) -> Veri
     let what = m.describe();
     let tools = Tools::locate(ctx.config.pg_bin_dir.as_deref());
     let mut targets = Vec::new();
+    // an incremental restores only with every backup of its chain, down to its full, wherever
+    // each is held: the same answer for every target of this one, found once
+    let chain = chain_problem(repo, m).await;
     // every target the backup was written to: a missing copy is a failure too
     let mut names: Vec<String> = m.targets.clone();
     for t in &listed.targets {
@@ -250,8 +253,8 @@ pub async fn verify(ctx: &JobContext, listed: &Listed, mode: VerifyMode) -> Veri
         };
         let where_ = format!("{what} on target {name}");
         let result = match mode {
-            VerifyMode::Quick => quick(&store, listed, &where_, repo).await.map(|()| 0),
-            VerifyMode::Deep => deep(ctx, &store, listed, &where_, &tools).await,
+            VerifyMode::Quick => quick(&store, listed, &where_, repo, chain.as_deref()).await.map(|()| 0),
+            VerifyMode::Deep => deep(ctx, &store, listed, &where_, &tools, chain.as_deref()).await,
         };
         targets.push(match result {
             Ok(bytes_read) => TargetOutcome { target: name, ok: true, error: None, bytes_read },
@@ -304,9 +307,29 @@ async fn check_size(store: &Arc<dyn Store>, key: &str, expected: u64, what: &str
     }
 }
 
-/// Quick: the manifest (authenticated, for an encrypted backup, where an identity is configured)
-/// and the size of every object.
-async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repository) -> Result<()> {
+/// Why an incremental's chain cannot be read (a link missing, damaged, or on no target with its
+/// recorded size), if it cannot.
+async fn chain_problem(repo: &Repository, m: &crate::repo::Manifest) -> Option<String> {
+    let links = async {
+        for b in repo.chain(m).await? {
+            repo.locate(&b)
+                .await
+                .with_context(|| format!("{} is a delta against it (down its chain)", m.describe()))?;
+        }
+        anyhow::Ok(())
+    };
+    links.await.err().map(|e| format!("{e:#}"))
+}
+
+/// Quick: the manifest (authenticated, for an encrypted backup, where an identity is configured),
+/// the size of every object, and the chain under an incremental (`chain`: why it cannot be read).
+async fn quick(
+    store: &Arc<dyn Store>,
+    listed: &Listed,
+    what: &str,
+    repo: &Repository,
+    chain: Option<&str>,
+) -> Result<()> {
     let m = &listed.manifest;
     // this target's own copy of the manifest, against its own digest
     let digests: Vec<String> = store
@@ -327,9 +350,8 @@ async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repos
     for o in m.objects() {
         check_size(store, &o.key, o.stored_bytes, what).await?;
     }
-    // an incremental restores only with every backup of its chain, down to its full
-    for b in repo.chain(m).await? {
-        repo.locate(&b).await.with_context(|| format!("{what} is a delta against it (down its chain)"))?;
+    if let Some(problem) = chain {
+        bail!("{problem}");
     }
     Ok(())
 }
@@ -337,9 +359,16 @@ async fn quick(store: &Arc<dyn Store>, listed: &Listed, what: &str, repo: &Repos
 /// Deep: quick, then every stored byte read back and decoded, and the content proven whole: a
 /// dump's archive read by `pg_restore -f /dev/null`, a file backup's every file checked against
 /// its SHA-256 (a dry-run restore, which reads the holders of unchanged files too).
-async fn deep(ctx: &JobContext, store: &Arc<dyn Store>, listed: &Listed, what: &str, tools: &Tools) -> Result<u64> {
+async fn deep(
+    ctx: &JobContext,
+    store: &Arc<dyn Store>,
+    listed: &Listed,
+    what: &str,
+    tools: &Tools,
+    chain: Option<&str>,
+) -> Result<u64> {
     let repo = &ctx.repository;
-    quick(store, listed, what, repo).await?;
+    quick(store, listed, what, repo, chain).await?;
     let m = &listed.manifest;
     let decryption = repo.authenticate(m)?;
     match &m.content {

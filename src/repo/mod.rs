@@ -250,12 +250,18 @@ impl Repository {
         }
     }
 
-    /// A caching reader of `base` (and its own chain), for the incremental `of` to be a delta
-    /// against while it is taken, with `slack` bytes on either side of each region.
-    pub async fn base_reader(&self, base: &Manifest, of: &str, slack: u64) -> Result<Arc<ObjectReader>> {
+    /// A caching reader of `base` (through `chain`, its own chain as [`Repository::chain`] found
+    /// it), for the incremental `of` to be a delta against while it is taken, with `slack` bytes
+    /// on either side of each region.
+    pub async fn base_reader(
+        &self,
+        base: &Manifest,
+        chain: &[Manifest],
+        of: &str,
+        slack: u64,
+    ) -> Result<Arc<ObjectReader>> {
         let store = self.locate(base).await.with_context(|| format!("reading base {}", base.describe()))?;
-        let chain = self.chain(base).await?;
-        let below = self.chain_readers(base, &chain, &store).await?;
+        let below = self.chain_readers(base, chain, &store).await?;
         let what = format!("base {} of the incremental {of}", base.describe());
         ObjectReader::as_base(store, base.data.clone(), &what, self.authenticate(base)?, below, 2 * slack)
     }
