@@ -9,6 +9,19 @@ use pgbackd::telemetry::Sink;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // run by ssh as its askpass helper (an SFTP target's encrypted key_file): answer its one
+    // question with the passphrase it was given, and nothing else
+    #[cfg(feature = "sftp")]
+    if let Some(pass) = std::env::var_os(pgbackd::storage::sftp::ASKPASS_ENV)
+        && std::env::var_os("SSH_ASKPASS_REQUIRE").is_some()
+        && std::env::args_os().len() == 2
+    {
+        use std::io::Write;
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(pass.as_bytes()).and_then(|()| out.write_all(b"\n"));
+        return ExitCode::SUCCESS;
+    }
     limit_heap_growth();
     let cli = Cli::parse();
     // the daemon's config is read before logging starts: logging.file comes from it

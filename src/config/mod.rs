@@ -149,8 +149,14 @@ impl Config {
         let others = [&self.restore.target, &self.test_restore.target].into_iter().flatten();
         out.extend(connections.chain(others).filter_map(|c| c.password.as_ref()));
         for t in &self.targets {
-            if let storage::TargetKind::S3(s3) = &t.kind {
-                out.extend(s3.access_key.iter().chain(s3.secret_key.iter()));
+            match &t.kind {
+                storage::TargetKind::S3(s3) => out.extend(s3.access_key.iter().chain(s3.secret_key.iter())),
+                storage::TargetKind::Azure(az) => match &az.auth {
+                    storage::AzureAuth::AccessKey(s) | storage::AzureAuth::Sas(s) => out.push(s),
+                    storage::AzureAuth::Ambient => {}
+                },
+                storage::TargetKind::Sftp(sftp) => out.extend(sftp.key_passphrase.iter()),
+                storage::TargetKind::Local { .. } | storage::TargetKind::Gcs(_) => {}
             }
         }
         out.extend(self.notifications.secrets());

@@ -1,12 +1,18 @@
-//! Storage targets behind one small trait: a repository only needs to create objects by streaming,
+//! Storage targets (local disk, S3, Azure Blob, GCS, SFTP) behind one small trait: a repository only needs to create objects by streaming,
 //! put and get small ones atomically, read ranges, list by prefix and delete.
 //!
 //! Keys are `/`-separated relative paths (`app/20261122T010000Z-full-3f9a1c/data.zst`); only the
 //! repository module decides them.
 
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "gcs")]
+pub mod gcs;
 pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(feature = "sftp")]
+pub mod sftp;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -36,9 +42,19 @@ pub async fn open_targets(configs: &[crate::config::storage::TargetConfig]) -> R
             TargetKind::Local { path } => Arc::new(local::LocalStore::new(&t.name, path)?),
             #[cfg(feature = "s3")]
             TargetKind::S3(cfg) => Arc::new(s3::S3Store::new(&t.name, cfg).await?),
+            #[cfg(feature = "azure")]
+            TargetKind::Azure(cfg) => Arc::new(azure::AzureStore::new(&t.name, cfg)?),
+            #[cfg(feature = "gcs")]
+            TargetKind::Gcs(cfg) => Arc::new(gcs::GcsStore::new(&t.name, cfg)?),
+            #[cfg(feature = "sftp")]
+            TargetKind::Sftp(cfg) => Arc::new(sftp::SftpStore::new(&t.name, cfg)?),
             // refused when the config is read
-            #[cfg(not(feature = "s3"))]
-            TargetKind::S3(_) => anyhow::bail!("target {}: this pgbackd was built without S3 support", t.name),
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "target {}: this pgbackd was built without {} support",
+                t.name,
+                other.feature().map(|(f, _)| f).unwrap_or("this kind of target")
+            ),
         };
         out.push(Target { store, required: t.required });
     }
@@ -52,7 +68,7 @@ pub struct ObjectInfo {
     pub modified: Option<DateTime<Utc>>,
 }
 
-/// A storage target (local directory, S3 bucket prefix).
+/// A storage target (local directory, S3 bucket prefix, Azure container, GCS bucket, SFTP directory).
 #[async_trait]
 pub trait Store: Send + Sync {
     /// The target's name in manifests and messages (e.g. `local`).
