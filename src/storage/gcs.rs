@@ -7,7 +7,7 @@
 //! and the object's CRC32C, computed while streaming, must match the one GCS reports. A failed,
 //! cancelled or dropped upload cancels its session (DELETE), and a session left by a killed
 //! process holds no object and no billed storage and expires after a week. A chunk that failed is
-//! resent from the offset GCS says it committed. Every request is retried on 408, 429, 5xx and
+//! sent again from the last offset GCS confirmed. Every request is retried on 408, 429, 5xx and
 //! connection errors with exponential backoff and jitter; deletes are batched, 100 per request.
 //! Why not `object_store`'s GCS client: its uploads use the XML multipart API, which leaves
 //! billed parts behind when a process dies and which no GCS emulator installable here speaks.
@@ -475,6 +475,11 @@ async fn send_chunk(
                 // the last chunk is only done with a success; else resend what is missing
                 from = committed.clamp(offset, end);
             }
+            // an earlier attempt of the last chunk reached GCS, but its answer was lost: the
+            // session is finished and gone; `finish` checks the object's size and CRC32C
+            Ok(r) if r.status() == StatusCode::NOT_FOUND && total.is_some() && attempt > 1 => {
+                return Ok(total.unwrap_or(end));
+            }
             Ok(r) if !retryable(r.status()) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
@@ -488,18 +493,10 @@ async fn send_chunk(
                 if attempt >= c.cfg.upload.max_attempts {
                     bail!("{what}: {why}, {attempt} attempts");
                 }
-                tracing::debug!(what, error = %why, attempt, "GCS chunk failed; asking what was committed");
+                // resend from the last offset GCS confirmed: bytes it already has are ignored
+                // (no `bytes */*` status query: emulators finalize the upload on it)
+                tracing::debug!(what, error = %why, attempt, "GCS chunk failed; sending it again");
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(8))).await;
-                // ask how far the session got, then resend from there
-                let probe = c.authorize(c.http.put(&session).header("content-range", "bytes */*")).await?.send().await;
-                if let Ok(p) = probe {
-                    if p.status().is_success() {
-                        return Ok(total.unwrap_or(end));
-                    }
-                    if p.status().as_u16() == 308 {
-                        from = committed_of(&p).clamp(offset, end);
-                    }
-                }
             }
         }
     }

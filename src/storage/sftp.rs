@@ -28,12 +28,17 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 /// The largest write request sent (OpenSSH's sftp-server accepts up to 256 KiB).
 const WRITE_CHUNK: usize = 255 << 10;
 /// The largest read request sent.
 const READ_CHUNK: u64 = 255 << 10;
+/// Files and directories open at once on one connection. OpenSSH's sftp-server names a handle
+/// by its slot number in 4 bytes, and russh-sftp keeps handles as UTF-8 strings: slot 128 and
+/// above would not survive the round trip, so fewer than 128 may be open.
+const MAX_OPEN: usize = 96;
 
 pub struct SftpStore {
     name: String,
@@ -41,6 +46,8 @@ pub struct SftpStore {
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     /// Directories known to exist, so writes do not stat them again.
     dirs: Mutex<HashSet<String>>,
+    /// One permit per open handle (see [`MAX_OPEN`]).
+    open: Arc<tokio::sync::Semaphore>,
 }
 
 /// One SSH connection and its SFTP channel.
@@ -105,6 +112,7 @@ impl SftpStore {
             cfg: Arc::new(cfg.clone()),
             conn: tokio::sync::Mutex::new(None),
             dirs: Mutex::new(HashSet::new()),
+            open: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN)),
         })
     }
 
@@ -383,9 +391,10 @@ impl SftpStore {
     }
 
     /// Opens a new temporary file beside `remote` for writing.
-    async fn open_temp(&self, remote: &str) -> Result<(Arc<Conn>, String, String)> {
+    async fn open_temp(&self, remote: &str) -> Result<(Arc<Conn>, String, String, OwnedSemaphorePermit)> {
         let (dir, name) = remote.rsplit_once('/').unwrap_or((".", remote));
         self.ensure_dir(dir).await?;
+        let permit = self.open.clone().acquire_owned().await.expect("the semaphore is never closed");
         let temp = format!("{dir}/{TEMP_MARKER}{:016x}-{name}", rand::random::<u64>());
         let conn = self.conn().await?;
         let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
@@ -399,7 +408,7 @@ impl SftpStore {
                 return Err(sftp_error(&self.cfg, format!("creating {temp}"), e));
             }
         };
-        Ok((conn, temp, handle))
+        Ok((conn, temp, handle, permit))
     }
 
     /// Every file under `dir` (recursively), as paths relative to the root, with attributes.
@@ -407,6 +416,7 @@ impl SftpStore {
         let mut out = Vec::new();
         let mut todo = vec![dir.to_owned()];
         while let Some(d) = todo.pop() {
+            let _open = self.open.acquire().await.expect("the semaphore is never closed");
             let entries = self
                 .retry(&format!("listing {d}"), |c| {
                     let d = d.clone();
@@ -520,7 +530,7 @@ impl Store for SftpStore {
 
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         let remote = self.remote(key)?;
-        let (conn, temp, handle) = self.open_temp(&remote).await?;
+        let (conn, temp, handle, permit) = self.open_temp(&remote).await?;
         Ok(Box::new(SftpWriter {
             cfg: self.cfg.clone(),
             conn: Some(conn),
@@ -531,6 +541,7 @@ impl Store for SftpStore {
             in_flight: JoinSet::new(),
             done: false,
             store_commit: CommitWith { cfg: self.cfg.clone() },
+            _open: permit,
         }))
     }
 
@@ -671,6 +682,7 @@ impl Store for SftpStore {
 impl SftpStore {
     /// Reads `len` bytes at `offset` of `remote`, several read requests in flight.
     async fn read_at(&self, remote: &str, offset: u64, len: u64) -> Result<Bytes> {
+        let _open = self.open.acquire().await.expect("the semaphore is never closed");
         self.retry(&format!("reading {remote}"), |c| {
             let p = remote.to_owned();
             async move {
@@ -736,6 +748,8 @@ struct SftpWriter {
     in_flight: JoinSet<Result<(), SftpError>>,
     done: bool,
     store_commit: CommitWith,
+    /// Held while the file is open.
+    _open: OwnedSemaphorePermit,
 }
 
 impl SftpWriter {

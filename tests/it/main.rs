@@ -19,6 +19,8 @@ mod retention;
 mod s3;
 mod s3_servers;
 mod status_page;
+mod target_servers;
+mod targets;
 mod trust;
 mod verify;
 mod wal;

@@ -41,7 +41,7 @@ fn free_port() -> u16 {
 }
 
 /// Spawns a server in its own process group, killed at exit (and by a watchdog if we die).
-fn spawn(mut cmd: Command) -> u32 {
+pub fn spawn_server(mut cmd: Command) -> u32 {
     use std::os::unix::process::CommandExt;
     cmd.stdin(Stdio::null()).process_group(0);
     let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
@@ -106,7 +106,7 @@ pub fn localstack() -> &'static S3Server {
             .env("FILESYSTEM_ROOT", dir.path().join("fs"))
             .stdout(std::fs::File::create(dir.path().join("localstack.log")).unwrap())
             .stderr(Stdio::null());
-        spawn(cmd);
+        spawn_server(cmd);
         let start = Instant::now();
         loop {
             if http_get(&addr, "/_localstack/health").is_some_and(|r| r.contains("\"s3\": \"running\"")) {
@@ -143,7 +143,7 @@ pub fn s3s() -> &'static S3Server {
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        spawn(cmd);
+        spawn_server(cmd);
         let addr = format!("127.0.0.1:{port}");
         let start = Instant::now();
         while TcpStream::connect(&addr).is_err() {
