@@ -386,7 +386,8 @@ impl AzureWriter {
     /// Drops staged blocks: an empty Put Blob replaces them, and the empty blob is deleted.
     async fn discard(&mut self) -> Result<()> {
         self.done = true;
-        self.in_flight.abort_all();
+        // let block uploads already sent finish: one the service handled after the discard
+        // would stage its block again
         while self.in_flight.join_next().await.is_some() {}
         if self.upload.take().is_some() {
             discard_blocks(&self.store, &self.cfg, &self.path).await?;
@@ -473,10 +474,11 @@ impl Drop for AzureWriter {
     fn drop(&mut self) {
         // dropped mid-upload (a cancelled task): discard the staged blocks in the background
         if !self.done {
-            self.in_flight.abort_all();
             if let (Some(_), Ok(handle)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
                 let (store, cfg, path) = (self.store.clone(), self.cfg.clone(), self.path.clone());
+                let mut in_flight = std::mem::take(&mut self.in_flight);
                 handle.spawn(async move {
+                    while in_flight.join_next().await.is_some() {}
                     if let Err(e) = discard_blocks(&store, &cfg, &path).await {
                         tracing::warn!(error = %format!("{e:#}"), "could not discard the staged blocks of an upload");
                     }
