@@ -18,14 +18,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # Runtime: Debian slim with the PostgreSQL client tools of every supported server major, from the
 # PGDG repository. pgbackd dumps and base-backs-up each server with its own major's tools
-# (/usr/lib/postgresql/<major>/bin) and restores with the newest. zstd for manual recovery.
+# (/usr/lib/postgresql/<major>/bin) and restores with the newest. zstd for manual recovery;
+# openssh-client carries SFTP targets.
 FROM debian:bookworm-20250428-slim
 ARG PG_MAJORS="13 14 15 16 17"
 # DL3008: the packages follow Debian's and PGDG's security updates; the base image is pinned.
 # SC2086: the client package list is split on purpose.
 # hadolint ignore=DL3008,SC2086
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl gnupg zstd tini \
+ && apt-get install -y --no-install-recommends ca-certificates curl gnupg zstd tini openssh-client \
  && install -d /usr/share/postgresql-common/pgdg \
  && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc https://www.postgresql.org/media/keys/ACCC4CF8.asc \
  && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" > /etc/apt/sources.list.d/pgdg.list \

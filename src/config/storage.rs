@@ -429,11 +429,6 @@ fn read_sftp_fields(m: &mut MapReader<'_, '_>) -> Option<SftpConfig> {
     let path = m.req::<String>("path").map(|p| if p.len() > 1 { p.trim_end_matches('/').to_owned() } else { p });
     let key_file = m.opt::<PathBuf>("key_file");
     let key_passphrase = super::read_secret(m, "key_passphrase").filter(|s| !s.expose().is_empty());
-    if let Some(k) = &key_file
-        && let Err(e) = std::fs::metadata(k)
-    {
-        ctx.error(&m.child_path("key_file"), format!("cannot read {}: {e}", k.display()), Some(m.loc_of("key_file")));
-    }
     if key_passphrase.is_some() && key_file.is_none() {
         ctx.error(&m.child_path("key_passphrase"), "is only used with key_file", Some(m.loc_of("key_passphrase")));
     }

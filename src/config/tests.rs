@@ -347,3 +347,63 @@ fn the_trigger_needs_a_real_token_and_warns_on_a_listener_other_hosts_reach() {
     assert!(c.warnings.is_empty() && c.monitoring.trigger.as_ref().unwrap().behind_tls_proxy, "{:?}", c.warnings);
     assert!(c.monitoring.status_page.enabled && !c.monitoring.loopback());
 }
+
+#[test]
+fn azure_gcs_and_sftp_targets_and_their_credentials() {
+    let yaml = "database:\n  database: app\nlocal_backup_dir: /var/backups\nstorage:\n\
+                - name: az1\n    type: azure\n    container: pgb\n    prefix: /prod/\n    connection_string: \"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn\"\n\
+                - name: az2\n    type: azure\n    account: acme\n    container: pgb\n    sas_token: \"?sv=2022&sig=x\"\n\
+                - name: az3\n    type: azure\n    account: acme\n    container: pgb\n    part_size: 8MiB\n\
+                - name: gcs\n    type: gcs\n    bucket: b\n    part_size: 512KiB\n    required: false\n\
+                - name: box\n    type: sftp\n    host: h.example\n    user: u\n    path: /srv/pg/\n"
+        .replace("\n- name", "\n  - name");
+    let c = Config::from_yaml(&yaml, "t", &env).unwrap();
+    let storage::TargetKind::Azure(a) = &c.targets[1].kind else { panic!("az1 is not azure") };
+    assert_eq!((a.account.as_str(), a.prefix.as_str()), ("acme", "prod"));
+    assert_eq!(a.endpoint.as_deref(), Some("https://acme.blob.core.chinacloudapi.cn"));
+    assert!(matches!(&a.auth, storage::AzureAuth::AccessKey(k) if k.expose() == "a2V5"));
+    let storage::TargetKind::Azure(a) = &c.targets[2].kind else { panic!("az2 is not azure") };
+    assert!(matches!(&a.auth, storage::AzureAuth::Sas(s) if s.expose() == "sv=2022&sig=x"), "the leading ? goes");
+    let storage::TargetKind::Azure(a) = &c.targets[3].kind else { panic!("az3 is not azure") };
+    assert_eq!((&a.auth, a.upload.part_size, a.endpoint.as_deref()), (&storage::AzureAuth::Ambient, 8 << 20, None));
+    let storage::TargetKind::Gcs(g) = &c.targets[4].kind else { panic!("gcs is not gcs") };
+    assert_eq!(
+        (g.upload.part_size, g.credentials_file.as_deref(), g.anonymous, c.targets[4].required),
+        (512 << 10, None, false, false)
+    );
+    let storage::TargetKind::Sftp(s) = &c.targets[5].kind else { panic!("box is not sftp") };
+    assert_eq!((s.port, s.path.as_str(), s.max_concurrent_writes, s.key_file.as_deref()), (22, "/srv/pg", 16, None));
+    // Azurite's shortcut
+    let dev = storage::parse_connection_string("UseDevelopmentStorage=true").unwrap();
+    assert_eq!(dev.endpoint.as_deref(), Some("http://127.0.0.1:10000/devstoreaccount1"));
+    // the secrets are redacted from logs
+    assert!(c.secret_values().iter().any(|s| s.expose() == "a2V5"));
+}
+
+#[test]
+fn wrong_azure_gcs_and_sftp_targets_are_named() {
+    let text = errors(
+        &"database:\n  database: app\nlocal_backup_dir: /b\nstorage:\n\
+         - name: a\n    type: azure\n    container: pgb\n    access_key: k\n    sas_token: s\n\
+         - name: b\n    type: azure\n    container: x\n\
+         - name: c\n    type: azure\n    container: pgb\n    connection_string: \"AccountName=acme\"\n\
+         - name: d\n    type: gcs\n    bucket: b\n    part_size: 300KiB\n\
+         - name: e\n    type: sftp\n    host: h\n    path: /p\n    key_passphrase: x\n"
+            .replace("\n- name", "\n  - name"),
+    );
+    assert!(
+        text.contains("storage[0].connection_string: give one of connection_string, access_key and sas_token"),
+        "{text}"
+    );
+    assert!(text.contains("storage[1].account: is required"), "{text}");
+    assert!(text.contains("\"x\" is not a valid container name"), "{text}");
+    assert!(
+        text.contains(
+            "storage[2].connection_string: is not an Azure Storage connection string: it has neither AccountKey"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("storage[3].part_size: must be a multiple of 256KiB"), "{text}");
+    assert!(text.contains("storage[4].user"), "{text}");
+    assert!(text.contains("storage[4].key_passphrase: is only used with key_file"), "{text}");
+}

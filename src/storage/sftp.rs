@@ -191,6 +191,13 @@ impl SftpStore {
             "ClearAllForwardings=yes".to_owned(),
         ]);
         if let Some(key) = &cfg.key_file {
+            if let Err(e) = std::fs::File::open(key) {
+                bail!(
+                    "cannot read the target's key_file {}: {e}; pgbackd runs as uid {} and needs to read it",
+                    key.display(),
+                    rustix::process::geteuid().as_raw()
+                );
+            }
             spec = spec.arg("-i").arg(key.as_os_str()).args(["-o", "IdentitiesOnly=yes"]);
         }
         match (&cfg.key_file, &cfg.key_passphrase) {

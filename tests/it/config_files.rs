@@ -12,7 +12,8 @@ fn example_env(name: &str) -> Option<String> {
         | "AWS_SECRET_KEY"
         | "SMTP_USERNAME"
         | "SMTP_PASSWORD"
-        | "SLACK_WEBHOOK" => Some(format!("example-{name}")),
+        | "SLACK_WEBHOOK"
+        | "AZURE_SAS_TOKEN" => Some(format!("example-{name}")),
         n if n.starts_with("DEMO_") => Some(if n == "DEMO_PGPORT" { "5432".into() } else { "/tmp/demo".into() }),
         _ => None,
     }
