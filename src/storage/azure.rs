@@ -473,17 +473,17 @@ impl ObjectWriter for AzureWriter {
 impl Drop for AzureWriter {
     fn drop(&mut self) {
         // dropped mid-upload (a cancelled task): discard the staged blocks in the background
-        if !self.done {
-            if let (Some(_), Ok(handle)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
-                let (store, cfg, path) = (self.store.clone(), self.cfg.clone(), self.path.clone());
-                let mut in_flight = std::mem::take(&mut self.in_flight);
-                handle.spawn(async move {
-                    while in_flight.join_next().await.is_some() {}
-                    if let Err(e) = discard_blocks(&store, &cfg, &path).await {
-                        tracing::warn!(error = %format!("{e:#}"), "could not discard the staged blocks of an upload");
-                    }
-                });
-            }
+        if !self.done
+            && let (Some(_), Ok(handle)) = (self.upload.take(), tokio::runtime::Handle::try_current())
+        {
+            let (store, cfg, path) = (self.store.clone(), self.cfg.clone(), self.path.clone());
+            let mut in_flight = std::mem::take(&mut self.in_flight);
+            handle.spawn(async move {
+                while in_flight.join_next().await.is_some() {}
+                if let Err(e) = discard_blocks(&store, &cfg, &path).await {
+                    tracing::warn!(error = %format!("{e:#}"), "could not discard the staged blocks of an upload");
+                }
+            });
         }
     }
 }
