@@ -1,7 +1,7 @@
 //! The Azure Blob Storage target, through the `object_store` crate (block blobs).
 //!
 //! A streamed object is staged as blocks (Put Block, `max_concurrent_parts` in flight, sizes
-//! growing so 50,000 blocks always suffice) and becomes visible only with the Put Block List
+//! doubling every 4,000 blocks so 50,000 always suffice) and becomes visible only with the Put Block List
 //! that commits them; small objects are one Put Blob. The size on the service is checked after
 //! the commit. A failed, cancelled or dropped upload discards its staged blocks (an empty Put
 //! Blob replaces them, then the blob is deleted), so nothing is left billing the user; blocks of
@@ -45,10 +45,10 @@ pub fn retry_config(max_attempts: u32) -> RetryConfig {
     }
 }
 
-/// The size of block `number` (1-based): `base` for the first 5,000 blocks, then doubling every
-/// 5,000, capped at Azure's 4000 MiB, so 50,000 blocks hold any object a backup can produce.
+/// The size of block `number` (1-based): `base` for the first 4,000 blocks, then doubling every
+/// 4,000, capped at Azure's 4000 MiB, so 50,000 blocks hold any object a backup can produce.
 pub fn block_size_for(number: u32, base: u64) -> u64 {
-    let doublings = (number.saturating_sub(1) / 5000).min(20);
+    let doublings = (number.saturating_sub(1) / 4000).min(20);
     base.saturating_mul(1u64 << doublings).min(AZURE_MAX_BLOCK)
 }
 
@@ -499,8 +499,8 @@ mod tests {
         // schedule must reach 5 TiB (S3's limit, our largest supported dump) with 1 MiB blocks
         let total: u64 = (1..=AZURE_MAX_BLOCKS).map(|n| block_size_for(n, 1 << 20)).sum();
         assert!(total >= 5 << 40, "50,000 blocks hold only {total} bytes");
-        assert_eq!(block_size_for(5000, 16 << 20), 16 << 20);
-        assert_eq!(block_size_for(5001, 16 << 20), 32 << 20);
+        assert_eq!(block_size_for(4000, 16 << 20), 16 << 20);
+        assert_eq!(block_size_for(4001, 16 << 20), 32 << 20);
         assert!((1..=AZURE_MAX_BLOCKS).all(|n| block_size_for(n, 4000 << 20) <= AZURE_MAX_BLOCK));
     }
 

@@ -73,6 +73,15 @@ fn is_connection_error(e: &SftpError) -> bool {
     }
 }
 
+/// Whether `e` (from a write, as text) is a broken connection rather than the server's answer.
+fn connection_broke(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains(": I/O: ")
+        || text.contains(": Timeout")
+        || text.contains("No connection")
+        || text.contains("Connection lost")
+}
+
 fn status_of(e: &SftpError) -> Option<StatusCode> {
     match e {
         SftpError::Status(s) => Some(s.status_code),
@@ -563,8 +572,10 @@ impl Store for SftpStore {
             .await;
             match written {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt < self.cfg.max_attempts && self.conn.lock().await.is_none() => {
+                // the connection broke (not the server refusing): a new one, and again
+                Err(e) if attempt < self.cfg.max_attempts && connection_broke(&e) => {
                     tracing::warn!(target = %self.name, error = %format!("{e:#}"), "SFTP write failed; retrying");
+                    *self.conn.lock().await = None;
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
                 }
