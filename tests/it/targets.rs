@@ -358,3 +358,89 @@ fn azure_and_gcs_errors_say_what_to_do() {
     assert!(!ok);
     assert!(text.contains("storage[0].connection_string") && text.contains("AccountKey"), "{text}");
 }
+
+#[test]
+fn wal_archived_to_azure_gcs_and_sftp_comes_back_from_each_alone() {
+    use crate::wal::Archiving;
+    let (az, gcs, ssh) = (azurite(), fake_gcs(), sshd());
+    let (container, gbucket, path) = (az.container(), gcs.bucket(), ssh.path());
+    let targets = [
+        ("azure", az.target_yaml("azure", &container, "")),
+        ("gcs", gcs.target_yaml("gcs", &gbucket, "")),
+        ("sftp", ssh.target_yaml("sftp", &path, "")),
+    ];
+    let all: String = targets.iter().map(|(_, y)| y.as_str()).collect();
+    // archive_command runs as the server's user: pgbackd reaches all three as it
+    let a = Archiving::start(&format!("storage:\n{all}"));
+    let seg = a.switch();
+    a.wait_archived(&seg);
+    let local = std::fs::read(a.stored_copy(&seg)).unwrap();
+    for (name, yaml) in &targets {
+        let config = a.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&config, format!("monitoring: {{listen: off}}\nwal: {{name: main}}\nstorage:\n{yaml}")).unwrap();
+        let dest = a.dir.path().join(format!("{seg}.{name}"));
+        let got = std::process::Command::new(BIN)
+            .arg("-c")
+            .arg(&config)
+            .args(["archive-get", &seg, &dest.to_string_lossy()])
+            .current_dir(a.cluster.data())
+            .output()
+            .unwrap();
+        assert!(got.status.success(), "archive-get from {name}: {}", stderr(&got));
+        let segment = std::fs::read(&dest).unwrap();
+        assert_eq!(segment.len(), 16 << 20, "{name}");
+        // the same bytes the local copy decompresses to
+        let raw = std::process::Command::new("zstd").arg("-dc").arg(a.stored_copy(&seg)).output().unwrap();
+        assert_eq!(segment, raw.stdout, "{name}");
+        assert!(!local.is_empty());
+    }
+    assert!(
+        files_under(&path).iter().any(|f| f.contains(&format!("/{seg}-")) && f.ends_with(".zst")),
+        "{:?}",
+        files_under(&path)
+    );
+    assert!(gcs.objects(&gbucket).iter().any(|o| o.contains(&format!("/{seg}-"))));
+    assert!(az.blobs(&container, false).iter().any(|b| b.contains(&format!("/{seg}-"))));
+}
+
+#[test]
+fn a_temporary_file_left_on_sftp_by_kill_9_is_shown_then_removed() {
+    let ssh = sshd();
+    let env = TestEnv::new("sftpkill");
+    load_incompressible(&env);
+    let path = ssh.path();
+    let storage = format!("storage:\n{}", ssh.target_yaml("sftp", &path, ""));
+    env.write_config_with(false, &storage);
+    let first = env.backup();
+    let bin = env.fake_bin("pg_dump_hang_after_14mb.sh");
+    env.write_config_with(false, &format!("pg_bin_dir: {}\nretention:\n  orphan_grace: 1s\n{storage}", bin.display()));
+    let mut child = env
+        .command(&["backup"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = || files_under(&path).iter().any(|f| f.contains(".pgbackd-tmp-") && f.ends_with("data.zst"));
+    let start = std::time::Instant::now();
+    while !partial() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no temporary file on the SFTP server");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    send_signal(child.id(), libc::SIGKILL, false);
+    child.wait().unwrap();
+    let _ = std::process::Command::new("pkill").args(["-f", "sleep 4322"]).status();
+    assert!(partial(), "the temporary file is the leftover under test");
+
+    let out = env.run(&["verify", &first]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 leftover of stopped processes") && stderr(&out).contains("sftp:"),
+        "{}",
+        stderr(&out)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.write_config_with(false, &format!("retention:\n  orphan_grace: 1s\n{storage}"));
+    env.backup();
+    assert!(!partial(), "the next backup removed the leftover: {:?}", files_under(&path));
+}
