@@ -158,15 +158,7 @@ pub fn read_s3_fields(m: &mut MapReader<'_, '_>) -> Option<S3Config> {
     let prefix = m.opt::<String>("prefix").unwrap_or_default().trim_matches('/').to_owned();
     let region = m.opt::<String>("region").unwrap_or_else(|| "us-east-1".into());
     let endpoint = m.opt::<String>("endpoint");
-    if let Some(e) = &endpoint
-        && !(e.starts_with("http://") || e.starts_with("https://"))
-    {
-        ctx.error(
-            &m.child_path("endpoint"),
-            format!("{e:?} must start with http:// or https://"),
-            Some(m.loc_of("endpoint")),
-        );
-    }
+    check_endpoint(m, &endpoint);
     let force_path_style = m.opt::<bool>("force_path_style").unwrap_or(endpoint.is_some());
     // empty values (`${KEY:-}`) mean "not given": the credential chain applies
     let access_key = super::read_secret(m, "access_key").filter(|s| !s.expose().is_empty());

@@ -172,6 +172,24 @@ impl Client {
         Ok(())
     }
 
+    /// Uploads a small object in one request and checks the size and CRC32C GCS reports.
+    async fn upload_whole(&self, full: &str, data: Bytes) -> Result<()> {
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            self.base,
+            encode(&self.cfg.bucket),
+            encode(full)
+        );
+        let r = self
+            .send_ok(&format!("uploading {full}"), || {
+                self.http.post(&url).header("content-type", "application/octet-stream").body(data.clone())
+            })
+            .await?;
+        let resource: serde_json::Value =
+            r.json().await.with_context(|| format!("reading the answer to uploading {full}"))?;
+        self.check_crc(full, &resource, crc32c::crc32c(&data), data.len() as u64)
+    }
+
     async fn delete_one(&self, key: &str) -> Result<()> {
         let url = self.object_url(key);
         let r = self.send(&format!("deleting {key}"), || self.http.delete(&url)).await?;
@@ -245,22 +263,7 @@ impl Store for GcsStore {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        let c = &self.inner;
-        let full = c.full_key(key);
-        let url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
-            c.base,
-            encode(&c.cfg.bucket),
-            encode(&full)
-        );
-        let r = c
-            .send_ok(&format!("uploading {full}"), || {
-                c.http.post(&url).header("content-type", "application/octet-stream").body(data.clone())
-            })
-            .await?;
-        let resource: serde_json::Value =
-            r.json().await.with_context(|| format!("reading the answer to uploading {full}"))?;
-        c.check_crc(&full, &resource, crc32c::crc32c(&data), data.len() as u64)
+        self.inner.upload_whole(&self.inner.full_key(key), data).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -607,20 +610,7 @@ impl ObjectWriter for GcsWriter {
             if self.session.is_none() {
                 // small object: one request
                 let data = std::mem::take(&mut self.buf).freeze();
-                let c = &self.client;
-                let url = format!(
-                    "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
-                    c.base,
-                    encode(&c.cfg.bucket),
-                    encode(&self.key)
-                );
-                let r = c
-                    .send_ok(&format!("uploading {}", self.key), || {
-                        c.http.post(&url).header("content-type", "application/octet-stream").body(data.clone())
-                    })
-                    .await?;
-                let resource: serde_json::Value = r.json().await.context("reading the upload's answer")?;
-                return c.check_crc(&self.key, &resource, self.crc, self.sent);
+                return self.client.upload_whole(&self.key, data).await;
             }
             let rest = std::mem::take(&mut self.buf).freeze();
             let total = self.sent;

@@ -16,7 +16,7 @@ fn load_data(env: &TestEnv) {
 }
 
 /// About 20 MB of random bytes (40 MB as COPY hex): several 5 MiB parts even after compression.
-fn load_incompressible(env: &TestEnv) {
+pub(crate) fn load_incompressible(env: &TestEnv) {
     env.psql(
         "create table noise (id int primary key, data bytea);
          insert into noise select g, decode(string_agg(md5(random()::text || g || s), ''), 'hex')
@@ -24,7 +24,7 @@ fn load_incompressible(env: &TestEnv) {
     );
 }
 
-fn assert_identical(db: &str, target: &str) {
+pub(crate) fn assert_identical(db: &str, target: &str) {
     let tables = user_tables(db);
     assert_eq!(tables, user_tables(target));
     for t in &tables {

@@ -5,6 +5,7 @@
 
 use crate::fault_proxy::FaultProxy;
 use crate::harness::*;
+use crate::s3::{assert_identical, load_incompressible};
 use crate::s3_servers::{localstack, rt};
 use crate::target_servers::{azurite, fake_gcs, files_under, sshd};
 use std::path::Path;
@@ -18,23 +19,6 @@ fn load_data(env: &TestEnv) {
          insert into noise select g, decode(string_agg(md5(random()::text || g || s), ''), 'hex')
          from generate_series(1, 1500) g, generate_series(1, 64) s group by g;",
     );
-}
-
-/// About 20 MB of random bytes: a backup still running after several parts.
-fn load_incompressible(env: &TestEnv) {
-    env.psql(
-        "create table noise (id int primary key, data bytea);
-         insert into noise select g, decode(string_agg(md5(random()::text || g || s), ''), 'hex')
-         from generate_series(1, 20000) g, generate_series(1, 64) s group by g;",
-    );
-}
-
-fn assert_identical(db: &str, target: &str) {
-    let tables = user_tables(db);
-    assert_eq!(tables, user_tables(target));
-    for t in &tables {
-        assert_eq!(fingerprint(db, t), fingerprint(target, t), "table {t} differs");
-    }
 }
 
 fn not_attempts(keys: Vec<String>) -> Vec<String> {
