@@ -428,3 +428,56 @@ fn a_temporary_file_left_on_sftp_by_kill_9_is_shown_then_removed() {
     env.backup();
     assert!(!partial(), "the next backup removed the leftover: {:?}", files_under(&path));
 }
+
+#[test]
+fn sftp_signs_in_with_an_encrypted_key_and_its_passphrase_or_through_the_agent() {
+    let ssh = sshd();
+    let env = TestEnv::new("sftpkeys");
+    // an encrypted copy of the authorized key
+    let encrypted = env.dir.path().join("encrypted_key");
+    std::fs::copy(&ssh.key, &encrypted).unwrap();
+    std::fs::set_permissions(&encrypted, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-N", "correct horse", "-P", "", "-f"])
+        .arg(&encrypted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let with_key = |extra: &str| {
+        ssh.target_yaml("vault", &ssh.path(), extra)
+            .replace(&format!("key_file: {}", ssh.key.display()), &format!("key_file: {}", encrypted.display()))
+    };
+    let (ok, text) = check_connect(&env, &with_key("    key_passphrase: correct horse\n"));
+    assert!(ok, "{text}");
+    assert!(!text.contains("correct horse"), "the passphrase was printed: {text}");
+    let (ok, text) = check_connect(&env, &with_key("    key_passphrase: wrong\n"));
+    assert!(!ok);
+    assert!(text.contains("refused") && text.contains("key_passphrase"), "{text}");
+    let (ok, text) = check_connect(&env, &with_key(""));
+    assert!(!ok, "{text}");
+
+    // no key_file: the agent's keys
+    let sock = env.dir.path().join("agent.sock");
+    let agent = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).spawn().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(agent);
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "ssh-agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let added = std::process::Command::new("ssh-add").arg(&ssh.key).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let yaml = ssh.target_yaml("vault", &ssh.path(), "").replace(&format!("    key_file: {}\n", ssh.key.display()), "");
+    env.write_config_with(false, &format!("storage:\n{yaml}"));
+    let sock_text = sock.to_string_lossy().into_owned();
+    let out = env.run_env(&["check-config", "--connect"], &[("SSH_AUTH_SOCK", sock_text.as_str())]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("ok      target vault"), "{}", stdout(&out));
+}
