@@ -7,6 +7,7 @@ use super::{Cli, EXIT_ERROR, EXIT_JOB_FAILED, EXIT_NOT_RUNNING, EXIT_OK};
 use crate::daemon::trigger::{TriggerBody, Triggered};
 use crate::jobs::report::Outcome;
 use crate::status::RunState;
+use crate::storage::root_cause;
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -214,15 +215,6 @@ pub async fn run(cli: &Cli, args: &TriggerArgs, cancel: &CancellationToken) -> R
             Ok(ExitCode::from(EXIT_JOB_FAILED))
         }
     }
-}
-
-/// The cause at the bottom of an error's chain ("Connection refused").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 fn failed(f: Failure) -> Result<ExitCode> {

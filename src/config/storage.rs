@@ -176,24 +176,8 @@ pub fn read_s3_fields(m: &mut MapReader<'_, '_>) -> Option<S3Config> {
     if kms_key_id.is_some() && sse != Some(Sse::Kms) {
         ctx.error(&m.child_path("kms_key_id"), "is only used with sse: aws:kms", Some(m.loc_of("kms_key_id")));
     }
-    let part_size = m.opt::<ByteSize>("part_size").map(|b| b.0).unwrap_or(16 << 20);
-    if !(S3_MIN_PART..=S3_MAX_PART).contains(&part_size) {
-        ctx.error(
-            &m.child_path("part_size"),
-            "must be between 5MiB and 5GiB (S3's part limits)",
-            Some(m.loc_of("part_size")),
-        );
-    }
-    let max_concurrent_parts = m.opt::<usize>("max_concurrent_parts").unwrap_or(4);
-    if !(1..=64).contains(&max_concurrent_parts) {
-        ctx.error(
-            &m.child_path("max_concurrent_parts"),
-            "must be between 1 and 64",
-            Some(m.loc_of("max_concurrent_parts")),
-        );
-    }
+    let upload = read_upload(m, S3_MIN_PART, S3_MAX_PART, "5MiB and 5GiB (S3's part limits)");
     let checksum = m.opt::<Checksum>("checksum").unwrap_or(Checksum::Sha256);
-    let max_attempts = m.opt::<u32>("max_attempts").unwrap_or(8).max(1);
     Some(S3Config {
         bucket: bucket?,
         prefix,
@@ -205,10 +189,10 @@ pub fn read_s3_fields(m: &mut MapReader<'_, '_>) -> Option<S3Config> {
         storage_class,
         sse,
         kms_key_id,
-        part_size,
-        max_concurrent_parts: max_concurrent_parts.clamp(1, 64),
+        part_size: upload.part_size,
+        max_concurrent_parts: upload.max_concurrent_parts,
         checksum,
-        max_attempts,
+        max_attempts: upload.max_attempts,
     })
 }
 

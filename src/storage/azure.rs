@@ -10,7 +10,7 @@
 //! up to 256 (Blob Batch). Credentials: a connection string, the account key, a SAS token, or
 //! Azure's own chain (workload identity, service principal, managed identity).
 
-use super::{ObjectInfo, ObjectWriter, Partial, Store};
+use super::{ObjectInfo, ObjectWriter, Partial, Store, root_cause};
 use crate::config::storage::{AZURE_MAX_BLOCK, AzureAuth, AzureConfig};
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -120,16 +120,8 @@ fn azure_error(cfg: &AzureConfig, e: object_store::Error) -> anyhow::Error {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
 /// The text between `open` and `close` in `text`.
-pub(crate) fn between(text: &str, open: &str, close: &str) -> Option<String> {
+fn between(text: &str, open: &str, close: &str) -> Option<String> {
     let start = text.find(open)? + open.len();
     let len = text[start..].find(close)?;
     Some(text[start..start + len].to_owned())

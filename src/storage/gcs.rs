@@ -12,7 +12,7 @@
 //! Why not `object_store`'s GCS client: its uploads use the XML multipart API, which leaves
 //! billed parts behind when a process dies and which no GCS emulator installable here speaks.
 
-use super::{ObjectInfo, ObjectWriter, Partial, Store};
+use super::{ObjectInfo, ObjectWriter, Partial, Store, root_cause};
 use crate::config::storage::{GCS_CHUNK_UNIT, GcsConfig};
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -200,14 +200,6 @@ impl Client {
         let body = r.text().await.unwrap_or_default();
         Err(gcs_error(&self.cfg, &self.base, status, &body)).with_context(|| format!("deleting {key}"))
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 impl GcsStore {

@@ -61,6 +61,15 @@ pub async fn open_targets(configs: &[crate::config::storage::TargetConfig]) -> R
     Ok(out)
 }
 
+/// The cause at the bottom of an error's chain ("Connection refused").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub key: String,

@@ -556,7 +556,6 @@ impl Store for SftpStore {
             offset: 0,
             in_flight: JoinSet::new(),
             done: false,
-            store_commit: CommitWith { cfg: self.cfg.clone() },
             _open: permit,
         }))
     }
@@ -750,11 +749,6 @@ impl SftpStore {
     }
 }
 
-/// What a writer needs to commit without the store.
-struct CommitWith {
-    cfg: Arc<SftpConfig>,
-}
-
 /// A file being written to its temporary name.
 struct SftpWriter {
     cfg: Arc<SftpConfig>,
@@ -765,7 +759,6 @@ struct SftpWriter {
     offset: u64,
     in_flight: JoinSet<Result<(), SftpError>>,
     done: bool,
-    store_commit: CommitWith,
     /// Held while the file is open.
     _open: OwnedSemaphorePermit,
 }
@@ -845,7 +838,7 @@ impl ObjectWriter for SftpWriter {
             if size != self.offset {
                 bail!("{} has {size} bytes on the server, {} were sent", self.temp, self.offset);
             }
-            self.store_commit.commit(&conn, &self.temp, &self.remote).await
+            commit(&self.cfg, &conn, &self.temp, &self.remote).await
         }
         .await;
         if let Err(e) = result {
@@ -861,20 +854,19 @@ impl ObjectWriter for SftpWriter {
     }
 }
 
-impl CommitWith {
-    async fn commit(&self, conn: &Conn, temp: &str, remote: &str) -> Result<()> {
-        let result = if conn.posix_rename {
-            let mut data = Vec::new();
-            ssh_string(&mut data, temp);
-            ssh_string(&mut data, remote);
-            conn.sftp.extended("posix-rename@openssh.com", data).await.map(drop::<Packet>)
-        } else {
-            // plain SFTP rename refuses an existing target: remove it first (not atomic)
-            let _ = conn.sftp.remove(remote.to_owned()).await;
-            conn.sftp.rename(temp.to_owned(), remote.to_owned()).await.map(|_| ())
-        };
-        result.map_err(|e| sftp_error(&self.cfg, format!("renaming {temp} to {remote}"), e))
-    }
+/// Renames `temp` to `remote`, replacing an older version atomically.
+async fn commit(cfg: &SftpConfig, conn: &Conn, temp: &str, remote: &str) -> Result<()> {
+    let result = if conn.posix_rename {
+        let mut data = Vec::new();
+        ssh_string(&mut data, temp);
+        ssh_string(&mut data, remote);
+        conn.sftp.extended("posix-rename@openssh.com", data).await.map(drop::<Packet>)
+    } else {
+        // plain SFTP rename refuses an existing target: remove it first (not atomic)
+        let _ = conn.sftp.remove(remote.to_owned()).await;
+        conn.sftp.rename(temp.to_owned(), remote.to_owned()).await.map(|_| ())
+    };
+    result.map_err(|e| sftp_error(cfg, format!("renaming {temp} to {remote}"), e))
 }
 
 impl Drop for SftpWriter {
