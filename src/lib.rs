@@ -12,6 +12,7 @@
 //! - [`pipeline`]: segment -> zstd frames (deltas for incrementals) -> age -> SHA-256 -> storage, and back.
 //! - [`pg`]: pg_dump / pg_restore / pg_dumpall, server queries, the archive filter.
 //! - [`fileset`]: the tar domain of file backups (archive writer, file restore).
+//! - [`sqlite`]: SQLite files: the online-backup snapshot, its checks, placing a restored file.
 //! - [`repo`]: the repository: keys, manifests, the catalog of every subject's backups.
 //! - [`wal`]: the WAL archive: archive-push, archive-get, WAL file names and headers.
 //! - [`notify`]: alerts and pings.
@@ -38,6 +39,7 @@ pub mod progress;
 pub mod fileset;
 pub mod pg;
 pub mod repo;
+pub mod sqlite;
 pub mod wal;
 
 pub mod notify;

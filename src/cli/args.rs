@@ -58,6 +58,13 @@ pub enum Command {
     ListFiles(ListFilesArgs),
     /// Restore a file backup into an empty or new directory, checking every file's SHA-256.
     RestoreFiles(RestoreFilesArgs),
+    /// Back up a SQLite database of `sqlite:` now (a consistent snapshot through SQLite's online
+    /// backup API; a full every full_every backups, else an incremental); prints the backup id.
+    BackupSqlite(SqliteBackupArgs),
+    /// Restore a SQLite backup to a file, rebuilt and checked (integrity_check, foreign_key_check,
+    /// row counts) beside it first; an existing database is replaced only with --replace and kept
+    /// as FILE.pre-BACKUP (`pgbackd rollback --sqlite FILE` swaps it back).
+    RestoreSqlite(RestoreSqliteArgs),
     /// Send a test message through every notification channel and ping (or the one named);
     /// exit 1 if any fails.
     NotifyTest(NotifyTestArgs),
@@ -224,12 +231,51 @@ pub struct RollbackArgs {
     pub database: Option<String>,
     #[command(flatten)]
     pub server: TargetServerArgs,
-    /// Which kept database to swap in (default: the newest kept for it).
+    /// Which kept database to swap in (default: the newest kept for it); with --sqlite, the kept
+    /// file (FILE.pre-BACKUP).
     #[arg(long, value_name = "NAME")]
     pub from: Option<String>,
-    /// Confirm: connections to the database are terminated.
+    /// Confirm: connections to the database are terminated (with --sqlite: swap even though
+    /// processes have the file open).
     #[arg(long)]
     pub yes: bool,
+    /// Roll back a SQLite file that `restore-sqlite --replace` replaced instead of a database.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target_database", "database"])]
+    pub sqlite: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SqliteBackupArgs {
+    /// The database's name under `sqlite:` (default: the only one configured).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A full backup, whatever full_every says.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["backup_id", "latest"])))]
+pub struct RestoreSqliteArgs {
+    /// The backup to restore (see `pgbackd list --database sqlite:NAME`).
+    pub backup_id: Option<String>,
+    /// The newest backup of --name.
+    #[arg(long)]
+    pub latest: bool,
+    /// The database's name under `sqlite:` (default: the only one configured).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The file to restore to (its directory must exist).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Replace the database at --to (kept as FILE.pre-BACKUP for `pgbackd rollback --sqlite`).
+    #[arg(long)]
+    pub replace: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,7 @@
-//! `pgbackd backup`, `pgbackd backup-files` and `pgbackd base-backup`: one backup now; its id on
-//! stdout.
+//! `pgbackd backup`, `pgbackd backup-files`, `pgbackd backup-sqlite` and `pgbackd base-backup`:
+//! one backup now; its id on stdout.
 
-use super::args::{BackupArgs, FilesArgs, KindArg};
+use super::args::{BackupArgs, FilesArgs, KindArg, SqliteBackupArgs};
 use super::{EXIT_JOB_FAILED, EXIT_OK, failure, run_job};
 use crate::jobs::JobContext;
 use crate::jobs::kind::JobKind;
@@ -119,6 +119,28 @@ pub async fn files(ctx: &JobContext, args: &FilesArgs) -> Result<ExitCode> {
         tell!("  {} {}: {}", if p.error { "ERROR  " } else { "WARNING" }, p.path, p.problem);
     }
     Ok(ExitCode::from(if matches!(run.outcome, RunOutcome::Success) { EXIT_OK } else { EXIT_JOB_FAILED }))
+}
+
+/// `pgbackd backup-sqlite`: prints the backup id.
+pub async fn sqlite(ctx: &JobContext, args: &SqliteBackupArgs) -> Result<ExitCode> {
+    let file = ctx.config.select_sqlite(args.name.as_deref())?;
+    let mut spec = JobSpec::new(JobKind::SqliteBackup, Subject::Sqlite(file.name.clone()), Trigger::Manual);
+    spec.params.full = args.full;
+    let run = run_job(ctx, spec).await;
+    let Some(m) = run.backup() else { return Err(failure(run)) };
+    say!("{}", m.id);
+    let tables = m.sqlite().map_or(0, |s| s.tables.len());
+    tell!(
+        "{}: {} backup of {} ({} tables, {} bytes, {} stored){}",
+        m.id,
+        m.kind.name(),
+        file.path.display(),
+        tables,
+        m.data.raw_bytes,
+        m.data.stored_bytes,
+        m.depends_on.first().map(|b| format!(", a delta against {b}")).unwrap_or_default()
+    );
+    Ok(ExitCode::from(EXIT_OK))
 }
 
 /// The job and subject of `--name SET [--configs]`.

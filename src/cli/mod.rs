@@ -193,6 +193,8 @@ async fn dispatch(cli: &Cli, daemon_config: Option<Config>, cancel: &Cancellatio
         Command::CheckConfig(args) => check::run(&context(cli, None, cancel).await?, args).await,
         Command::Backup(args) => backup::database(&context(cli, None, cancel).await?, args).await,
         Command::BackupFiles(args) => backup::files(&context(cli, None, cancel).await?, args).await,
+        Command::BackupSqlite(args) => backup::sqlite(&context(cli, None, cancel).await?, args).await,
+        Command::RestoreSqlite(args) => restore::sqlite(&context(cli, Some(&args.keys), cancel).await?, args).await,
         Command::BaseBackup => backup::base(&context(cli, None, cancel).await?).await,
         Command::List(args) => list::backups(&context(cli, None, cancel).await?, args).await,
         Command::ListFiles(args) => list::files(&context(cli, Some(&args.keys), cancel).await?, args).await,

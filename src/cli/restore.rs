@@ -1,6 +1,6 @@
-//! `pgbackd restore`, `restore-files` and `cat`.
+//! `pgbackd restore`, `restore-files`, `restore-sqlite` and `cat`.
 
-use super::args::{CatArgs, RestoreArgs, RestoreFilesArgs};
+use super::args::{CatArgs, RestoreArgs, RestoreFilesArgs, RestoreSqliteArgs};
 use super::{EXIT_JOB_FAILED, EXIT_OK, JobFailed, failure, run_job};
 use crate::jobs::JobContext;
 use crate::jobs::kind::JobKind;
@@ -18,11 +18,14 @@ pub async fn named_backup(ctx: &JobContext, id: Option<&str>, database: Option<&
     match id {
         Some(id) => ctx.repository.find(id).await,
         None => {
-            let db = ctx.config.select_database(database)?;
+            let subject = match database {
+                Some(d) => ctx.config.select_subject(d)?,
+                None => Subject::Database(ctx.config.select_database(None)?.name.clone()),
+            };
             ctx.repository
-                .latest(&Subject::Database(db.name.clone()), None)
+                .latest(&subject, None)
                 .await?
-                .with_context(|| format!("database {} has no backups yet in {}", db.name, ctx.repository.describe()))
+                .with_context(|| format!("{} has no backups yet in {}", subject.describe(), ctx.repository.describe()))
         }
     }
 }
@@ -96,6 +99,53 @@ pub async fn files(ctx: &JobContext, args: &RestoreFilesArgs) -> Result<ExitCode
             r.hard_links,
             r.checked
         );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `pgbackd restore-sqlite`.
+pub async fn sqlite(ctx: &JobContext, args: &RestoreSqliteArgs) -> Result<ExitCode> {
+    let file = ctx.config.select_sqlite(args.name.as_deref())?;
+    let subject = Subject::Sqlite(file.name.clone());
+    let m = match &args.backup_id {
+        Some(id) => ctx.repository.find_in(Some(&subject), id).await.with_context(|| {
+            format!("no backup {id} of SQLite database {} (see pgbackd list --database {subject})", file.name)
+        })?,
+        None => ctx
+            .repository
+            .latest(&subject, None)
+            .await?
+            .with_context(|| format!("SQLite database {} has no backups yet", file.name))?,
+    };
+    let mut spec = JobSpec::new(JobKind::Restore, subject, Trigger::Manual);
+    spec.params.select = Select::Id(m.id.clone());
+    spec.params.restore =
+        Some(RestoreTo::Sqlite(crate::jobs::restore::sqlite::Request { to: args.to.clone(), replace: args.replace }));
+    let run = run_job(ctx, spec).await;
+    let Produced::SqliteRestored(r) = &run.produced else { return Err(failure(run)) };
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(r.as_ref())?);
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    say!(
+        "restored {} to {}: {} bytes, journal mode {}; integrity_check, foreign_key_check and the rows of {} \
+         tables checked",
+        r.backup_id,
+        r.path,
+        r.bytes,
+        r.journal_mode,
+        r.tables_checked
+    );
+    if let Some(k) = &r.kept {
+        say!(
+            "the database that was there is kept as {k}: `pgbackd rollback --sqlite {}` swaps it back; delete it \
+             when you are sure",
+            r.path
+        );
+    }
+    if !r.in_use_by.is_empty() {
+        let pids: Vec<String> = r.in_use_by.iter().map(u32::to_string).collect();
+        tell!("warning: process {} had the replaced file open and goes on using it: restart it", pids.join(", "));
     }
     Ok(ExitCode::from(EXIT_OK))
 }

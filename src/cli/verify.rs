@@ -21,7 +21,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         return wal(ctx, args).await;
     }
     let database = match &args.database {
-        Some(d) => Some(Subject::Database(ctx.config.select_database(Some(d))?.name.clone())),
+        Some(d) => Some(ctx.config.select_subject(d)?),
         None => None,
     };
     let jobs: Vec<(Subject, Select)> = match (&args.backup_id, args.latest) {
@@ -33,6 +33,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
                 .databases
                 .iter()
                 .map(|d| Subject::Database(d.name.clone()))
+                .chain(ctx.config.sqlite.iter().map(|s| Subject::Sqlite(s.name.clone())))
                 .chain(ctx.config.wal.iter().map(|w| Subject::Cluster(w.name.clone())))
                 .map(|s| (s, Select::Latest))
                 .collect(),
@@ -137,6 +138,10 @@ pub fn print(results: &[Verified], json: bool) -> Result<()> {
             }
             (VerifyMode::Deep, Subject::Files(_) | Subject::Configs(_)) => {
                 "deep: every byte read, every checksum and frame checked, every file's SHA-256 checked"
+            }
+            (VerifyMode::Deep, Subject::Sqlite(_)) => {
+                "deep: every byte read and checked, the file rebuilt and passing integrity_check, foreign_key_check \
+                 and its row counts"
             }
         };
         writeln!(out, "{} {} ({}): {}", if v.ok { "PASSED" } else { "FAILED" }, v.backup_id, v.database, scope)?;

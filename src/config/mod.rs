@@ -16,6 +16,7 @@ pub mod reader;
 mod retention;
 mod schedules;
 mod settings;
+pub mod sqlite;
 pub mod storage;
 
 use crate::schedule;
@@ -33,6 +34,7 @@ use settings::{
     read_backup, read_compression, read_daemon, read_encryption, read_locks, read_logging, read_reports,
     read_verification, read_wal,
 };
+pub use sqlite::SqliteConfig;
 use std::path::{Path, PathBuf};
 
 /// Files among `paths` that others may read, each with what to do about it. Group read is fine
@@ -187,6 +189,34 @@ impl Config {
         self.databases.iter().find(|d| d.name == name)
     }
 
+    /// Resolves `--name` of a SQLite command (or the only configured SQLite database).
+    pub fn select_sqlite(&self, name: Option<&str>) -> anyhow::Result<&SqliteConfig> {
+        let names = || self.sqlite.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+        match name {
+            Some(n) => self.sqlite.iter().find(|s| s.name == n).ok_or_else(|| {
+                anyhow::anyhow!("no SQLite database {n:?} under sqlite: in the config (configured: {})", {
+                    let n = names();
+                    if n.is_empty() { "none".to_owned() } else { n }
+                })
+            }),
+            None if self.sqlite.len() == 1 => Ok(&self.sqlite[0]),
+            None if self.sqlite.is_empty() => {
+                anyhow::bail!("the config has no sqlite: section: add sqlite: [{{name: NAME, path: /abs/path/app.db}}]")
+            }
+            None => anyhow::bail!("several SQLite databases are configured ({}): choose one with --name", names()),
+        }
+    }
+
+    /// What `--database` names where any backed-up subject may be meant: `sqlite:NAME` a SQLite
+    /// database of the config, anything else a configured database.
+    pub fn select_subject(&self, name: &str) -> anyhow::Result<crate::repo::Subject> {
+        use crate::repo::Subject;
+        Ok(match name.strip_prefix("sqlite:") {
+            Some(n) => Subject::Sqlite(self.select_sqlite(Some(n))?.name.clone()),
+            None => Subject::Database(self.select_database(Some(name))?.name.clone()),
+        })
+    }
+
     /// Resolves `--database` (or the only configured database).
     pub fn select_database(&self, name: Option<&str>) -> anyhow::Result<&DatabaseConfig> {
         match name {
@@ -251,6 +281,18 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
     let monitoring = notify::read_monitoring(&mut top);
     let files = files::read_sets(&mut top, "files");
     let configs = files::read_sets(&mut top, "configs");
+    let sqlite = sqlite::read_sqlite(&mut top);
+    if sqlite.is_empty() {
+        for s in schedules.iter().filter(|s| s.kind == JobKind::SqliteBackup) {
+            ctx.warn(
+                "schedules.sqlite_backup",
+                "the sqlite_backup job backs up the files under sqlite:, and there are none, so this schedule does \
+                 nothing: add sqlite: [{name: NAME, path: /abs/path/app.db}], or remove it",
+                s.loc,
+            );
+        }
+        schedules.retain(|s| s.kind != JobKind::SqliteBackup);
+    }
     // a schedule of file or config backups without sets does nothing: said, and dropped
     for (kind, sets, key) in [(JobKind::FileBackup, &files, "files"), (JobKind::ConfigBackup, &configs, "configs")] {
         if !sets.is_empty() {
@@ -300,6 +342,7 @@ fn read_config(ctx: &Ctx<'_>, root: &Node) -> Option<Config> {
         monitoring,
         files,
         configs,
+        sqlite,
         strict,
         warnings: ctx.warnings(),
     })

@@ -458,6 +458,7 @@ pub struct Retention {
     pub full_backup: Option<KindPolicy>,
     pub incremental_backup: Option<KindPolicy>,
     pub file_backup: Option<KindPolicy>,
+    pub sqlite_backup: Option<KindPolicy>,
     pub config_backup: Option<KindPolicy>,
     /// Base backups of the cluster (`wal:`); the WAL older than the oldest kept one goes with them.
     pub base_backup: Option<KindPolicy>,
@@ -475,6 +476,7 @@ impl Default for Retention {
             full_backup: None,
             incremental_backup: None,
             file_backup: None,
+            sqlite_backup: None,
             config_backup: None,
             base_backup: None,
             safety_backup: KindPolicy {
@@ -523,6 +525,8 @@ pub struct Config {
     /// Source sets of file backups (`file_backup`) and configuration backups (`config_backup`).
     pub files: Vec<FileSetConfig>,
     pub configs: Vec<FileSetConfig>,
+    /// SQLite database files (`sqlite_backup`).
+    pub sqlite: Vec<super::SqliteConfig>,
     /// Files holding secrets that the config names (checked for loose permissions).
     pub secret_files: Vec<PathBuf>,
     /// Config and key files readable by group or others are errors (else warnings).

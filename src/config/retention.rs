@@ -16,6 +16,7 @@ pub(super) fn read_retention(top: &mut MapReader<'_, '_>) -> Retention {
         ("full_backup", &mut r.full_backup),
         ("incremental_backup", &mut r.incremental_backup),
         ("file_backup", &mut r.file_backup),
+        ("sqlite_backup", &mut r.sqlite_backup),
         ("config_backup", &mut r.config_backup),
         ("base_backup", &mut r.base_backup),
     ] {

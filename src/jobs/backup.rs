@@ -259,16 +259,16 @@ async fn take(a: &Attempt<'_>, instead_warning: Option<String>) -> Result<Manife
 
 /// What an incremental request is a delta against (with that base's chain, nearest first), or
 /// why it is a full backup instead.
-enum Choice {
+pub(super) enum Choice {
     On(Box<Manifest>, Vec<Manifest>),
     Full(Promotion),
 }
 
-struct Promotion {
-    why: String,
+pub(super) struct Promotion {
+    pub(super) why: String,
     /// Something is wrong (no full yet, a base that cannot be read here or failed its check),
     /// not the planned end of a chain.
-    warning: bool,
+    pub(super) warning: bool,
 }
 
 /// The base policy. `backup.incremental_base: previous` (the default) bases an incremental on
@@ -278,7 +278,7 @@ struct Promotion {
 /// at most `backup.max_chain` incrementals follow a full: the next request takes a full, as
 /// does one whose base, or any backup under it, cannot be read here or failed its last
 /// verification on every target.
-async fn choose_base(ctx: &JobContext, subject: &Subject) -> Result<Choice> {
+pub(super) async fn choose_base(ctx: &JobContext, subject: &Subject) -> Result<Choice> {
     let repo = &ctx.repository;
     let settings = &ctx.config.backup;
     let warn = |why: String| Ok(Choice::Full(Promotion { why, warning: true }));

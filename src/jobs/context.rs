@@ -74,18 +74,22 @@ pub fn configured_subjects(config: &Config) -> Vec<crate::repo::Subject> {
     let files = config.files.iter().map(|f| Subject::Files(f.name.clone()));
     let configs = config.configs.iter().map(|f| Subject::Configs(f.name.clone()));
     let cluster = config.wal.iter().map(|w| Subject::Cluster(w.name.clone()));
-    databases.chain(files).chain(configs).chain(cluster).collect()
+    let sqlite = config.sqlite.iter().map(|s| Subject::Sqlite(s.name.clone()));
+    databases.chain(files).chain(configs).chain(sqlite).chain(cluster).collect()
 }
 
 /// The subjects a job of `kind` runs on when nothing narrows it down: file and configuration
-/// backups their sets, base backups, drills and restore points the cluster, verification and
-/// retention every subject, the other jobs every database.
+/// backups their sets, SQLite backups their files, base backups, drills and restore points the
+/// cluster, verification and retention every subject, test restores every database and SQLite
+/// file, the other jobs every database.
 pub fn subjects_for(config: &Config, kind: crate::jobs::kind::JobKind) -> Vec<crate::repo::Subject> {
     use crate::jobs::kind::JobKind;
     use crate::repo::Subject;
     let keep: fn(&Subject) -> bool = match kind {
         JobKind::FileBackup => |s| matches!(s, Subject::Files(_)),
         JobKind::ConfigBackup => |s| matches!(s, Subject::Configs(_)),
+        JobKind::SqliteBackup => |s| matches!(s, Subject::Sqlite(_)),
+        JobKind::TestRestore => |s| matches!(s, Subject::Database(_) | Subject::Sqlite(_)),
         JobKind::BaseBackup | JobKind::RecoveryDrill | JobKind::RestorePoint => |s| matches!(s, Subject::Cluster(_)),
         JobKind::Verification | JobKind::Retention => |_| true,
         _ => |s| matches!(s, Subject::Database(_)),

@@ -20,7 +20,9 @@ pub fn set_of<'c>(config: &'c crate::config::Config, subject: &Subject) -> Resul
     let (sets, key) = match subject {
         Subject::Files(_) => (&config.files, "files"),
         Subject::Configs(_) => (&config.configs, "configs"),
-        Subject::Database(_) | Subject::Cluster(_) => bail!("{} is not a file set", subject.describe()),
+        Subject::Database(_) | Subject::Cluster(_) | Subject::Sqlite(_) => {
+            bail!("{} is not a file set", subject.describe())
+        }
     };
     let name = subject.name();
     sets.iter().find(|s| s.name == name).with_context(|| {

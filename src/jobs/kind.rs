@@ -13,6 +13,8 @@ pub enum JobKind {
     Retention,
     FileBackup,
     ConfigBackup,
+    /// A snapshot of a SQLite database file (`sqlite:`).
+    SqliteBackup,
     /// A physical base backup of the cluster whose WAL is archived (`wal:`).
     BaseBackup,
     /// A point-in-time recovery into a scratch copy, checked (`recovery_drill`).
@@ -26,7 +28,7 @@ pub enum JobKind {
 
 impl JobKind {
     /// The kinds a schedule can name.
-    pub const SCHEDULED: [JobKind; 9] = [
+    pub const SCHEDULED: [JobKind; 10] = [
         JobKind::FullBackup,
         JobKind::IncrementalBackup,
         JobKind::Verification,
@@ -34,6 +36,7 @@ impl JobKind {
         JobKind::Retention,
         JobKind::FileBackup,
         JobKind::ConfigBackup,
+        JobKind::SqliteBackup,
         JobKind::BaseBackup,
         JobKind::RecoveryDrill,
     ];
@@ -47,6 +50,7 @@ impl JobKind {
             JobKind::Retention => "retention",
             JobKind::FileBackup => "file_backup",
             JobKind::ConfigBackup => "config_backup",
+            JobKind::SqliteBackup => "sqlite_backup",
             JobKind::BaseBackup => "base_backup",
             JobKind::RecoveryDrill => "recovery_drill",
             JobKind::Restore => "restore",
@@ -72,6 +76,7 @@ impl JobKind {
                 | JobKind::IncrementalBackup
                 | JobKind::FileBackup
                 | JobKind::ConfigBackup
+                | JobKind::SqliteBackup
                 | JobKind::BaseBackup
         )
     }

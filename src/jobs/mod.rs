@@ -2,7 +2,8 @@
 //!
 //! [`run::run`]`(JobSpec, &JobContext) -> JobRun` is the only way any job runs; each kind is an
 //! arm: [`backup`] (database dumps), [`file_backup`] (file and configuration sets),
-//! [`base_backup`] (physical base backups of a cluster), [`verify`],
+//! [`sqlite_backup`] (SQLite database files), [`base_backup`] (physical base backups of a
+//! cluster), [`verify`],
 //! [`test_restore`], [`retention`], [`restore`]. [`report`] stores the JSON report of a run.
 
 pub mod backup;
@@ -15,6 +16,7 @@ pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod run;
+pub mod sqlite_backup;
 pub mod test_restore;
 pub mod verify;
 

@@ -72,13 +72,14 @@ pub fn subdir(kind: JobKind, subject: &Subject) -> &'static str {
         JobKind::Retention => "backup_retention",
         JobKind::FileBackup => "file_backup",
         JobKind::ConfigBackup => "config_backup",
+        JobKind::SqliteBackup => "sqlite_backup",
         JobKind::BaseBackup => "base_backup",
         JobKind::RecoveryDrill => "recovery_drill",
         JobKind::RestorePoint => "restore_point",
     }
 }
 
-const SUBDIRS: [&str; 10] = [
+const SUBDIRS: [&str; 11] = [
     "backup",
     "backup_verification",
     "database_restore",
@@ -86,6 +87,7 @@ const SUBDIRS: [&str; 10] = [
     "backup_retention",
     "file_backup",
     "config_backup",
+    "sqlite_backup",
     "base_backup",
     "recovery_drill",
     "restore_point",

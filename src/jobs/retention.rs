@@ -130,6 +130,17 @@ impl<'a> Policies<'a> {
             Subject::Files(_) => ("file_backups", r.file_backup.as_ref()),
             Subject::Configs(_) => ("config_backups", r.config_backup.as_ref()),
             Subject::Cluster(_) => ("base_backups", r.base_backup.as_ref()),
+            Subject::Sqlite(_) => {
+                return Policies {
+                    groups: vec![Group {
+                        kind: None,
+                        label: "sqlite_backups",
+                        policy: r.sqlite_backup.as_ref(),
+                        safety: false,
+                    }],
+                    depended_on: |id| format!("base of kept incremental {id}"),
+                };
+            }
         };
         Policies {
             groups: vec![Group { kind: None, label, policy, safety: false }],
@@ -494,6 +505,7 @@ fn backup_jobs(subject: &Subject) -> &'static [JobKind] {
         Subject::Files(_) => &[JobKind::FileBackup],
         Subject::Configs(_) => &[JobKind::ConfigBackup],
         Subject::Cluster(_) => &[JobKind::BaseBackup],
+        Subject::Sqlite(_) => &[JobKind::SqliteBackup],
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Params {
     pub timeout: Option<Duration>,
     /// A restore point job: the point's name.
     pub restore_point: Option<String>,
+    /// A SQLite backup: a full, whatever `full_every` says.
+    pub full: bool,
 }
 
 /// Where a restore writes.
@@ -70,6 +72,8 @@ pub enum RestoreTo {
     Directory(FilesRequest),
     /// A cluster's data directory, recovered to a moment (`restore-cluster`).
     Cluster(Box<super::recovery::Request>),
+    /// A SQLite database file's path (`restore-sqlite`).
+    Sqlite(super::restore::sqlite::Request),
 }
 
 /// How a run ended.
@@ -104,6 +108,7 @@ pub enum Produced {
     Retention(Box<RetentionRun>),
     Restore(Box<RestoreReport>),
     FilesRestored(Box<Restored>),
+    SqliteRestored(Box<super::restore::sqlite::Restored>),
     ClusterRecovered(Box<super::recovery::ClusterRecovery>),
     Drill(Box<super::recovery::drill::DrillReport>),
     RestorePoint(Box<crate::wal::restore_point::RestorePoint>),
@@ -314,6 +319,9 @@ impl Arms for Jobs {
             (JobKind::FileBackup, s @ Subject::Files(_)) | (JobKind::ConfigBackup, s @ Subject::Configs(_)) => {
                 Ok(Produced::Backup(Box::new(file_backup::run(ctx, s, spec.trigger).await?)))
             }
+            (JobKind::SqliteBackup, s @ Subject::Sqlite(_)) => {
+                Ok(Produced::Backup(Box::new(super::sqlite_backup::run(ctx, s, spec.trigger, p.full).await?)))
+            }
             (JobKind::BaseBackup, Subject::Cluster(name)) => {
                 Ok(Produced::Backup(Box::new(super::base_backup::run(ctx, name, spec.trigger).await?)))
             }
@@ -324,6 +332,10 @@ impl Arms for Jobs {
             (JobKind::Verification, s) => {
                 let mode = p.verify_mode.unwrap_or(ctx.config.verification.mode);
                 Ok(Produced::Verified(Box::new(verify::run(ctx, s, &p.select, mode).await?)))
+            }
+            (JobKind::TestRestore, s @ Subject::Sqlite(_)) => {
+                let m = test_restore::choose(ctx, s, &p.select).await?;
+                Ok(Produced::TestRestore(Box::new(test_restore::sqlite(ctx, &m).await)))
             }
             (JobKind::TestRestore, s @ Subject::Database(_)) => {
                 let m = test_restore::choose(ctx, s, &p.select).await?;
@@ -363,8 +375,11 @@ impl Arms for Jobs {
                     Some(RestoreTo::Directory(req)) => {
                         Ok(Produced::FilesRestored(Box::new(restore::files(ctx, &m, req).await?)))
                     }
+                    Some(RestoreTo::Sqlite(req)) => {
+                        Ok(Produced::SqliteRestored(Box::new(restore::sqlite::run(ctx, &m, req).await?)))
+                    }
                     Some(RestoreTo::Cluster(_)) => bail!("only a cluster's base backups restore into a data directory"),
-                    None => bail!("a restore needs a target (a database or a directory)"),
+                    None => bail!("a restore needs a target (a database, a directory or a file)"),
                 }
             }
             (kind, s) => bail!("a {} job cannot run on {}", kind.name(), s.describe()),

@@ -384,6 +384,18 @@ async fn deep(
                 .map_err(|e| anyhow!(e).context(format!("{what}: pg_restore cannot read the archive")))?;
         }
         Content::Base(b) => base_backup(ctx, store, listed, b, what, tools, decryption.as_ref()).await?,
+        Content::Sqlite(_) => {
+            let scratch = tempfile::Builder::new()
+                .prefix("pgbackd-verify-")
+                .tempdir()
+                .context("creating a scratch directory for the SQLite file (in $TMPDIR)")?;
+            let checked =
+                super::restore::sqlite::rebuild(ctx, m, Some(store.clone()), &scratch.path().join("rebuilt.db"))
+                    .await?;
+            if !checked.ok() {
+                bail!("{what}: the rebuilt file fails its checks: {}", checked.summary());
+            }
+        }
         Content::Files(_) => {
             let req = crate::fileset::restore::Request {
                 to: std::path::PathBuf::from("/nonexistent"),

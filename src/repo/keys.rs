@@ -5,6 +5,7 @@
 //! <database>/<id>/{data.zst, globals.sql.zst, manifest.json, annotations.json}   (.age when encrypted)
 //! files/<set>/<id>/{data.tar.zst, manifest.json, annotations.json}
 //! configs/<set>/<id>/...
+//! sqlite/<name>/<id>/{data.sqlite.zst, manifest.json, annotations.json}   (SQLite snapshots)
 //! clusters/<cluster>/<id>/{base.tar.zst, backup_manifest.zst, manifest.json, ...}   (base backups)
 //! clusters/<cluster>/wal/<system id>/<timeline+log>/<segment>-<sha256>.zst    (WAL, and .partial, .backup)
 //! clusters/<cluster>/wal/<system id>/<timeline>.history-<sha256>.zst
@@ -13,7 +14,7 @@
 //! Ids sort by time: `20261122T010000Z-full-3f9a1c` (UTC start, what it is, random suffix);
 //! `full`/`incremental` for dumps, `files`/`configs` for file sets, `base` for base backups.
 //! Database names cannot hold a `/`, so `files/<id>/...` (a database named `files`) and
-//! `files/<set>/<id>/...` differ by depth.
+//! `files/<set>/<id>/...` differ by depth (and so for `sqlite/`).
 
 use super::subject::Subject;
 use chrono::{DateTime, Utc};
@@ -50,6 +51,7 @@ pub fn subject_prefix(subject: &Subject) -> String {
         Subject::Files(n) => format!("files/{n}/"),
         Subject::Configs(n) => format!("configs/{n}/"),
         Subject::Cluster(n) => format!("clusters/{n}/"),
+        Subject::Sqlite(n) => format!("sqlite/{n}/"),
     }
 }
 
@@ -85,6 +87,11 @@ pub fn globals(subject: &Subject, id: &str, encrypted: bool) -> String {
 pub fn tar_data(subject: &Subject, id: &str, compressed: bool, encrypted: bool) -> String {
     let zst = if compressed { ".zst" } else { "" };
     format!("{}data.tar{zst}{}", backup_dir(subject, id), age(encrypted))
+}
+
+/// A SQLite snapshot: `data.sqlite.zst` (always zstd: incrementals are delta frames).
+pub fn sqlite_data(subject: &Subject, id: &str, encrypted: bool) -> String {
+    format!("{}data.sqlite.zst{}", backup_dir(subject, id), age(encrypted))
 }
 
 /// A base backup's tar of the data directory: `base.tar.zst` (or `base.tar` uncompressed).
@@ -126,6 +133,7 @@ pub fn parse_backup_dir(dir: &str) -> Option<(Subject, &str)> {
         ["files", set, id] => (Subject::Files((*set).to_owned()), *id),
         ["configs", set, id] => (Subject::Configs((*set).to_owned()), *id),
         ["clusters", name, id] => (Subject::Cluster((*name).to_owned()), *id),
+        ["sqlite", name, id] => (Subject::Sqlite((*name).to_owned()), *id),
         _ => return None,
     };
     looks_like_backup_id(id).then_some((subject, id))
@@ -256,6 +264,11 @@ mod tests {
         let files_db = Subject::Database("files".into());
         assert_eq!(parse_manifest_key(&manifest(&files_db, id)), Some((files_db, id)));
         assert_eq!(parse_manifest_key(&format!("app/{id}/data.zst")), None);
+        let lite = Subject::Sqlite("cache".into());
+        assert_eq!(sqlite_data(&lite, id, true), format!("sqlite/cache/{id}/data.sqlite.zst.age"));
+        assert_eq!(parse_manifest_key(&manifest(&lite, id)), Some((lite, id)));
+        let sqlite_db = Subject::Database("sqlite".into());
+        assert_eq!(parse_manifest_key(&manifest(&sqlite_db, id)), Some((sqlite_db, id)));
         assert_eq!(backup_file("files/uploads/", &tar_data(&set, id, true, false)), Some((id, "data.tar.zst")));
         assert_eq!(backup_file("files/", &tar_data(&set, id, true, false)), None);
         let hex = "ab".repeat(32);

@@ -96,7 +96,7 @@ impl Repository {
     /// Where the backups of `subject` are.
     pub fn targets_for(&self, subject: &Subject) -> &[Target] {
         let apart = match subject {
-            Subject::Database(_) | Subject::Cluster(_) => None,
+            Subject::Database(_) | Subject::Cluster(_) | Subject::Sqlite(_) => None,
             Subject::Files(_) => self.file_targets.as_deref(),
             Subject::Configs(_) => self.config_targets.as_deref(),
         };
@@ -230,7 +230,7 @@ impl Repository {
     }
 
     /// A reader for backup `m`'s main object on `store` (default: the first target holding it);
-    /// for an incremental dump, with the chain of backups it is a delta against, down to its full
+    /// for an incremental dump or SQLite snapshot, with the chain of backups it is a delta against, down to its full
     /// (each preferably from the same target).
     pub async fn reader(&self, m: &Manifest, store: Option<Arc<dyn Store>>) -> Result<Arc<ObjectReader>> {
         let store = match store {
@@ -239,13 +239,14 @@ impl Repository {
         };
         let what = m.describe();
         let decryption = self.authenticate(m)?;
-        match (m.kind, m.dump(), m.base_id()) {
-            (BackupKind::Incremental, Some(_), Some(_)) => {
+        let delta = m.dump().is_some() || m.sqlite().is_some();
+        match (m.kind, delta, m.base_id()) {
+            (BackupKind::Incremental, true, Some(_)) => {
                 let chain = self.chain(m).await?;
                 let below = self.chain_readers(m, &chain, &store).await?.context("an incremental without a base")?;
                 ObjectReader::with_base(store, m.data.clone(), &what, decryption, below)
             }
-            (BackupKind::Incremental, Some(_), None) => bail!("{what} is an incremental without a base backup id"),
+            (BackupKind::Incremental, true, None) => bail!("{what} is an incremental without a base backup id"),
             _ => ObjectReader::new(store, m.data.clone(), &what, decryption),
         }
     }

@@ -1,5 +1,6 @@
-//! What a backup is of: a database, a set of application files, or a set of configuration files
-//! (and, with point-in-time recovery, a cluster's WAL archive and base backups). Every key, every
+//! What a backup is of: a database, a set of application files, a set of configuration files, a
+//! SQLite database file (and, with point-in-time recovery, a cluster's WAL archive and base
+//! backups). Every key, every
 //! manifest, every retention plan and every job names its subject.
 
 use serde::{Deserialize, Serialize};
@@ -16,13 +17,19 @@ pub enum Subject {
     Configs(String),
     /// A cluster whose WAL is archived (config `wal.name`).
     Cluster(String),
+    /// A SQLite database file (config `sqlite[].name`, job `sqlite_backup`).
+    Sqlite(String),
 }
 
 impl Subject {
     /// The name inside its kind (`app`, `uploads`).
     pub fn name(&self) -> &str {
         match self {
-            Subject::Database(n) | Subject::Files(n) | Subject::Configs(n) | Subject::Cluster(n) => n,
+            Subject::Database(n)
+            | Subject::Files(n)
+            | Subject::Configs(n)
+            | Subject::Cluster(n)
+            | Subject::Sqlite(n) => n,
         }
     }
 
@@ -38,6 +45,7 @@ impl Subject {
             Subject::Files(n) => format!("file set {n}"),
             Subject::Configs(n) => format!("configuration set {n}"),
             Subject::Cluster(n) => format!("cluster {n}"),
+            Subject::Sqlite(n) => format!("SQLite database {n}"),
         }
     }
 }
@@ -51,6 +59,7 @@ impl fmt::Display for Subject {
             Subject::Files(n) => write!(f, "files:{n}"),
             Subject::Configs(n) => write!(f, "configs:{n}"),
             Subject::Cluster(n) => write!(f, "cluster:{n}"),
+            Subject::Sqlite(n) => write!(f, "sqlite:{n}"),
         }
     }
 }
@@ -67,5 +76,8 @@ mod tests {
         assert_eq!(Subject::Database("app".into()).to_string(), "app");
         let back: Subject = serde_json::from_str(r#"{"database":"app"}"#).unwrap();
         assert_eq!(back, Subject::Database("app".into()));
+        let s = Subject::Sqlite("cache".into());
+        assert_eq!((s.to_string(), s.describe()), ("sqlite:cache".into(), "SQLite database cache".into()));
+        assert_eq!(serde_json::to_string(&s).unwrap(), r#"{"sqlite":"cache"}"#);
     }
 }

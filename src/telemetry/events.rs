@@ -289,6 +289,11 @@ impl From<&JobRun> for Report {
                 r.raw_bytes = Some(x.bytes);
                 r.details = json(x.as_ref());
             }
+            Produced::SqliteRestored(x) => {
+                r.backup_id = Some(x.backup_id.clone());
+                r.raw_bytes = Some(x.bytes);
+                r.details = json(x.as_ref());
+            }
             Produced::RestorePoint(x) => {
                 r.restore_point = Some(x.name.clone());
                 r.details = json(x.as_ref());

@@ -11,6 +11,7 @@ mod replace;
 mod safety;
 pub mod schema;
 mod selection;
+pub mod sqlite;
 
 pub use files::{files, files_from};
 pub(crate) use pg_restore::stream_into;

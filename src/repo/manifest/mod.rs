@@ -126,6 +126,8 @@ pub enum Content {
     Files(FileSet),
     /// A physical base backup of a cluster (`pg_basebackup`).
     Base(BaseBackup),
+    /// A consistent snapshot of a SQLite database file (SQLite's online backup API).
+    Sqlite(crate::sqlite::Snapshot),
 }
 
 /// A cluster's base backup: the tar of its data directory (`data`), PostgreSQL's own
@@ -357,6 +359,13 @@ impl Manifest {
         }
     }
 
+    pub fn sqlite(&self) -> Option<&crate::sqlite::Snapshot> {
+        match &self.content {
+            Content::Sqlite(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn base_backup(&self) -> Option<&BaseBackup> {
         match &self.content {
             Content::Base(b) => Some(b),
@@ -369,10 +378,13 @@ impl Manifest {
         if self.base_backup().is_some() { "base" } else { self.kind.name() }
     }
 
-    /// The backup an incremental dump is a delta against (a full, or an incremental of a chain).
+    /// The backup an incremental dump or SQLite snapshot is a delta against (a full, or an
+    /// incremental of a chain).
     pub fn base_id(&self) -> Option<&str> {
         match (&self.content, self.kind) {
-            (Content::Dump(_), BackupKind::Incremental) => self.depends_on.first().map(String::as_str),
+            (Content::Dump(_) | Content::Sqlite(_), BackupKind::Incremental) => {
+                self.depends_on.first().map(String::as_str)
+            }
             _ => None,
         }
     }
@@ -393,7 +405,7 @@ impl Manifest {
     /// Raw bytes of what was backed up: the archive (dumps), the files' contents (file sets).
     pub fn raw_bytes(&self) -> u64 {
         match &self.content {
-            Content::Dump(_) => self.data.raw_bytes,
+            Content::Dump(_) | Content::Sqlite(_) => self.data.raw_bytes,
             Content::Base(b) => self.data.raw_bytes + b.tablespaces.iter().map(|t| t.data.raw_bytes).sum::<u64>(),
             Content::Files(f) => f.total_bytes,
         }
