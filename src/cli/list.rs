@@ -189,7 +189,7 @@ pub fn entry<'a>(l: &'a Listed, listing: &Listing) -> ListEntry<'a> {
         stored_bytes: m.data.stored_bytes,
         raw_sha256: &m.data.raw_sha256,
         stored_sha256: &m.data.stored_sha256,
-        tables: m.dump().map_or(0, |d| d.tables.len()),
+        tables: m.dump().map(|d| d.tables.len()).or(m.sqlite().map(|s| s.tables.len())).unwrap_or(0),
         targets: &l.targets,
         server_version: m.dump().map(|d| d.server_version.as_str()),
         verified_at: l.annotations.verification.as_ref().map(|v| v.verified_at),

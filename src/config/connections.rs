@@ -130,12 +130,13 @@ pub(super) fn read_databases(top: &mut MapReader<'_, '_>, defaults: &ConnFields)
             }
         }
     }
-    // a configuration for archive_command alone (a sidecar of the server) names no database
-    if out.is_empty() && !ctx.has_errors() && !top.has("wal") {
+    // a configuration for archive_command alone (a sidecar of the server), or of SQLite files
+    // alone, names no database
+    if out.is_empty() && !ctx.has_errors() && !top.has("wal") && !top.has("sqlite") {
         ctx.error(
             "database.database",
-            "no database to back up: set database.database, list them under databases:, or give only a wal: \
-             section to archive a cluster's WAL",
+            "no database to back up: set database.database, list them under databases:, give only SQLite files \
+             (sqlite:), or give only a wal: section to archive a cluster's WAL",
             Some(top.loc()),
         );
     }

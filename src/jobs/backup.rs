@@ -419,6 +419,7 @@ async fn dump(
             base_blocks: b.dump().map(|d| d.blocks.clone()).unwrap_or_default(),
             new_blocks: new_blocks.clone(),
             slack: config.backup.incremental_slack,
+            search: pipeline::delta::Search::Long,
         }),
         None => None,
     };

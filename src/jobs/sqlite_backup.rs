@@ -141,6 +141,8 @@ async fn take(
             base_blocks: Vec::new(),
             new_blocks: Arc::new(std::sync::Mutex::new(Vec::new())),
             slack: config.backup.incremental_slack,
+            // a changed row is rewritten elsewhere in its page: find its old bytes, however short
+            search: pipeline::delta::Search::Short,
         }),
         None => None,
     };

@@ -37,6 +37,8 @@ pub struct Delta {
     pub new_blocks: Arc<std::sync::Mutex<Vec<delta::BlockStart>>>,
     /// Bytes of base taken on either side of the aligned position.
     pub slack: u64,
+    /// How hard each frame looks for matches in its reference.
+    pub search: delta::Search,
 }
 
 /// Why a stream stopped. Callers branch on `Cancelled` and `Stalled`.

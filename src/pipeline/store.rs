@@ -234,8 +234,9 @@ pub async fn store_stream<F: Filter>(
                         };
                         let reference = d.base.range(start, end).await.map_err(|e| format!("{e:#}"))?;
                         let level = level.unwrap_or(1);
+                        let search = d.search;
                         let (stored, sha) = tokio::task::spawn_blocking(move || {
-                            delta::compress(&seg, &reference, level).map(|c| {
+                            delta::compress(&seg, &reference, level, search).map(|c| {
                                 let sha = Sha256::digest(&c).into();
                                 (c, sha)
                             })

@@ -18,6 +18,7 @@ mod restores;
 mod retention;
 mod s3;
 mod s3_servers;
+mod sqlite;
 mod status_page;
 mod target_servers;
 mod targets;
