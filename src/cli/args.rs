@@ -75,7 +75,8 @@ pub enum Command {
     /// every lock: only when no pgbackd runs against this repository anywhere.
     Unlock(UnlockArgs),
     /// Swap back the database that `restore --replace` replaced (kept as NAME_pre_BACKUP); the
-    /// database swapped out is kept as NAME_rolled_back_TIME.
+    /// database swapped out is kept as NAME_rolled_back_TIME. With --sqlite FILE, the SQLite file
+    /// `restore-sqlite --replace` replaced (kept as FILE.pre-BACKUP).
     Rollback(RollbackArgs),
     /// Create an age identity file (like `age-keygen -o FILE`) and print its public key, the
     /// recipient to put in encryption.recipients.
@@ -399,10 +400,10 @@ pub struct KeygenArgs {
 #[derive(Debug, Args)]
 pub struct TriggerArgs {
     /// The job: full_backup, incremental_backup, verification, test_restore, retention,
-    /// file_backup, config_backup, base_backup, recovery_drill or restore_point.
+    /// file_backup, config_backup, sqlite_backup, base_backup, recovery_drill or restore_point.
     pub job: String,
-    /// What it runs on: a database's name, or files:NAME, configs:NAME, cluster:NAME (may be left
-    /// out when the job has one possible subject).
+    /// What it runs on: a database's name, or files:NAME, configs:NAME, sqlite:NAME, cluster:NAME
+    /// (may be left out when the job has one possible subject).
     #[arg(long, short = 'd')]
     pub database: Option<String>,
     /// The restore point's name (job restore_point).
@@ -469,7 +470,7 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only this database's backups (default: every subject's).
+    /// Only this database's backups, or a SQLite file's (sqlite:NAME) (default: every subject's).
     #[arg(long)]
     pub database: Option<String>,
     /// A JSON array (a stable format; see docs/operations.md).
@@ -566,7 +567,7 @@ pub struct CatArgs {
     /// The newest backup of --database (or of the only configured database).
     #[arg(long)]
     pub latest: bool,
-    /// The configured database whose newest backup --latest means.
+    /// The configured database (or sqlite:NAME) whose newest backup --latest means.
     #[arg(long)]
     pub database: Option<String>,
     #[command(flatten)]
@@ -589,7 +590,7 @@ pub struct VerifyArgs {
     /// missing segment); with --deep every file is read and checked against its SHA-256.
     #[arg(long, conflicts_with = "database")]
     pub wal: bool,
-    /// Only this database's backups, with --latest or --all.
+    /// Only this database's (or sqlite:NAME's) backups, with --latest or --all.
     #[arg(long)]
     pub database: Option<String>,
     /// Read and check every stored byte (default: quick, objects and sizes only).

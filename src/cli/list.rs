@@ -15,7 +15,7 @@ use std::process::ExitCode;
 /// `pgbackd list [--database NAME]`: every backup in the repository, or one database's.
 pub async fn backups(ctx: &JobContext, args: &ListArgs) -> Result<ExitCode> {
     let subject = match &args.database {
-        Some(d) => Some(ctx.config.select_subject(d)?),
+        Some(d) => Some(super::subject_arg(&ctx.config, d)?),
         None => None,
     };
     let listing = ctx.repository.listing(subject.as_ref()).await?;

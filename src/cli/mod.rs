@@ -127,6 +127,16 @@ pub(crate) fn failure(run: JobRun) -> anyhow::Error {
     }
 }
 
+/// What `--database` names where any backed-up subject may be meant: `sqlite:NAME` a SQLite
+/// database of the config, anything else a configured database.
+pub fn subject_arg(config: &Config, name: &str) -> Result<crate::repo::Subject> {
+    use crate::repo::Subject;
+    Ok(match name.strip_prefix("sqlite:") {
+        Some(n) => Subject::Sqlite(config.select_sqlite(Some(n))?.name.clone()),
+        None => Subject::Database(config.select_database(Some(name))?.name.clone()),
+    })
+}
+
 /// Cancels `token` on the first SIGINT/SIGTERM; a second one exits at once.
 fn cancel_on_signals(token: CancellationToken) {
     crate::tasks::spawn(async move {

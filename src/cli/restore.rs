@@ -19,7 +19,7 @@ pub async fn named_backup(ctx: &JobContext, id: Option<&str>, database: Option<&
         Some(id) => ctx.repository.find(id).await,
         None => {
             let subject = match database {
-                Some(d) => ctx.config.select_subject(d)?,
+                Some(d) => super::subject_arg(&ctx.config, d)?,
                 None => Subject::Database(ctx.config.select_database(None)?.name.clone()),
             };
             ctx.repository

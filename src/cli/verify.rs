@@ -21,7 +21,7 @@ pub async fn backups(ctx: &JobContext, args: &VerifyArgs) -> Result<ExitCode> {
         return wal(ctx, args).await;
     }
     let database = match &args.database {
-        Some(d) => Some(ctx.config.select_subject(d)?),
+        Some(d) => Some(super::subject_arg(&ctx.config, d)?),
         None => None,
     };
     let jobs: Vec<(Subject, Select)> = match (&args.backup_id, args.latest) {

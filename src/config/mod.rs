@@ -207,16 +207,6 @@ impl Config {
         }
     }
 
-    /// What `--database` names where any backed-up subject may be meant: `sqlite:NAME` a SQLite
-    /// database of the config, anything else a configured database.
-    pub fn select_subject(&self, name: &str) -> anyhow::Result<crate::repo::Subject> {
-        use crate::repo::Subject;
-        Ok(match name.strip_prefix("sqlite:") {
-            Some(n) => Subject::Sqlite(self.select_sqlite(Some(n))?.name.clone()),
-            None => Subject::Database(self.select_database(Some(name))?.name.clone()),
-        })
-    }
-
     /// Resolves `--database` (or the only configured database).
     pub fn select_database(&self, name: Option<&str>) -> anyhow::Result<&DatabaseConfig> {
         match name {

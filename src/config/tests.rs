@@ -407,3 +407,44 @@ fn wrong_azure_gcs_and_sftp_targets_are_named() {
     assert!(text.contains("storage[4].user"), "{text}");
     assert!(text.contains("storage[4].key_passphrase: is only used with key_file"), "{text}");
 }
+
+#[test]
+fn sqlite_files_are_read_checked_and_scheduled() {
+    let yaml = "local_backup_dir: /r\nsqlite:\n  - name: app\n    path: /srv/app/app.db\n  - {name: cache, path: /srv/cache.db, full_every: 1, busy_timeout: 5s}\nschedules:\n  sqlite_backup: \"*/15 * * * *\"\nretention:\n  sqlite_backup: 14\n";
+    let c = Config::from_yaml(yaml, "s.yaml", &env).unwrap();
+    assert!(c.databases.is_empty(), "a config of SQLite files alone needs no database");
+    let got: Vec<(&str, &str, u32, u64)> = c
+        .sqlite
+        .iter()
+        .map(|s| (s.name.as_str(), s.path.to_str().unwrap(), s.full_every, s.busy_timeout.as_secs()))
+        .collect();
+    assert_eq!(got, [("app", "/srv/app/app.db", 7, 60), ("cache", "/srv/cache.db", 1, 5)]);
+    assert_eq!(c.schedules.iter().map(|s| s.kind.name()).collect::<Vec<_>>(), ["sqlite_backup"]);
+    assert!(c.retention.sqlite_backup.as_ref().is_some_and(|p| p.keep_within.is_some()));
+    let subjects = crate::jobs::context::subjects_for(&c, crate::jobs::JobKind::SqliteBackup);
+    assert_eq!(subjects.iter().map(ToString::to_string).collect::<Vec<_>>(), ["sqlite:app", "sqlite:cache"]);
+    let tested = crate::jobs::context::subjects_for(&c, crate::jobs::JobKind::TestRestore);
+    assert_eq!(tested.len(), 2);
+
+    let bad = errors(
+        "local_backup_dir: /r\nsqlite:\n  - {name: a/b, path: relative.db}\n  - {name: x, path: /d.db, full_every: 0, busy_timeout: 0s}\n  - {name: x, path: /e.db}\n  - {name: y, path: /d.db}\n",
+    );
+    for want in [
+        "sqlite[0].path: relative.db is not an absolute path",
+        "sqlite[1].full_every: must be 1 (always full) or more",
+        "sqlite[1].busy_timeout: 0 would fail every backup",
+        "sqlite[2].name: \"x\" is used twice",
+        "sqlite[3].path: /d.db is already backed up as \"x\"",
+    ] {
+        assert!(bad.contains(want), "missing {want:?} in:\n{bad}");
+    }
+    // a schedule without files says so, and is dropped
+    let c =
+        Config::from_yaml(&format!("{MINIMAL}schedules:\n  sqlite_backup: \"0 * * * *\"\n"), "s.yaml", &env).unwrap();
+    assert!(c.schedules.is_empty());
+    assert!(
+        c.warnings[0].starts_with("schedules.sqlite_backup:") && c.warnings[0].contains("sqlite:"),
+        "{:?}",
+        c.warnings
+    );
+}

@@ -150,7 +150,7 @@ mod tests {
         assert!(!with_suffix(&target, "-shm").exists());
         // the kept copy still has its WAL: the row committed there is not lost
         assert_eq!(rows(&kept), ["old"]);
-        assert_eq!(kept_copies(&target), [kept.clone()]);
+        assert_eq!(kept_copies(&target), std::slice::from_ref(&kept));
         // a second kept copy of the same backup gets its own name
         assert_eq!(free_name(&dir.path().join("app.db.pre-B1")), dir.path().join("app.db.pre-B1.2"));
 
@@ -169,6 +169,6 @@ mod tests {
         let target = dir.path().join("fresh.db");
         assert_eq!(install(&new, &target, &dir.path().join("k")).unwrap(), None);
         assert!(target.exists() && !dir.path().join("k").exists());
-        assert_eq!(occupied(&target), [target.clone()]);
+        assert_eq!(occupied(&target), std::slice::from_ref(&target));
     }
 }

@@ -102,13 +102,20 @@ fn a_snapshot_under_a_concurrent_writer_restores_whole_with_every_transaction_co
         writer.wait_for(after + 50);
         drop(writer);
         let b = listed(&env, &id);
-        assert_eq!((b["kind"].as_str(), b["database"].as_str(), b["tables"].as_u64()), (Some("full"), Some("sqlite:app"), Some(2)));
+        assert_eq!(
+            (b["kind"].as_str(), b["database"].as_str(), b["tables"].as_u64()),
+            (Some("full"), Some("sqlite:app"), Some(2))
+        );
 
         let to = env.dir.path().join("restored").join("app.db");
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         let out = env.run(&["restore-sqlite", &id, "--to", to.to_str().unwrap()]);
         assert!(out.status.success(), "{mode}: {}", stderr(&out));
-        assert!(stdout(&out).contains("integrity_check, foreign_key_check and the rows of 2 tables checked"), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("integrity_check, foreign_key_check and the rows of 2 tables checked"),
+            "{}",
+            stdout(&out)
+        );
         assert_eq!(integrity(&to), "ok", "{mode}");
         // every transaction committed before the snapshot, none torn: the ledger is 1..=n without a
         // gap and the money is all there
@@ -122,7 +129,7 @@ fn a_snapshot_under_a_concurrent_writer_restores_whole_with_every_transaction_co
         assert_eq!(header[18] == 2, mode == "wal", "{mode}");
         // nothing left beside it
         let left: Vec<PathBuf> = files_under(to.parent().unwrap());
-        assert_eq!(left, [to.clone()], "{mode}");
+        assert_eq!(left, std::slice::from_ref(&to), "{mode}");
     }
 }
 
@@ -176,7 +183,11 @@ fn incrementals_chain_verify_deep_and_a_damaged_frame_or_wrong_row_count_is_refu
 
     let out = env.run(&["verify", "--all", "--deep"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("4 verified, 0 failed") && stdout(&out).contains("integrity_check"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("4 verified, 0 failed") && stdout(&out).contains("integrity_check"),
+        "{}",
+        stdout(&out)
+    );
     // the end of a chain restores the state it was taken in, decoded through both deltas
     let to = env.dir.path().join("chain.db");
     let out = env.run(&["restore-sqlite", &ids[2], "--to", to.to_str().unwrap()]);
@@ -214,7 +225,11 @@ fn incrementals_chain_verify_deep_and_a_damaged_frame_or_wrong_row_count_is_refu
     std::fs::write(&data, &bytes).unwrap();
     let out = env.run(&["verify", &ids[2], "--deep"]);
     assert!(!out.status.success(), "a damaged frame passed deep verification");
-    assert!(stdout(&out).contains(&format!("FAILED {}", ids[2])) && stdout(&out).contains("SHA-256"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("FAILED {}", ids[2])) && stdout(&out).contains("SHA-256"),
+        "{}",
+        stdout(&out)
+    );
     let to = env.dir.path().join("damaged.db");
     let out = env.run(&["restore-sqlite", &ids[2], "--to", to.to_str().unwrap()]);
     assert!(!out.status.success(), "a damaged chain restored");
