@@ -314,17 +314,19 @@ impl Board {
     }
 }
 
-/// How old `database`'s newest successful full backup may be: `monitoring.max_age`, else twice
-/// the period of the full_backup schedule that covers it; `None`: not checked.
+/// How old `database`'s newest successful full backup may be (for `sqlite:NAME`, its newest
+/// backup): `monitoring.max_age`, else twice the period of the full_backup (sqlite_backup)
+/// schedule that covers it; `None`: not checked.
 pub fn max_age_for(config: &Config, database: &str, now: DateTime<Utc>) -> Option<chrono::Duration> {
     if let Some(m) = config.monitoring.max_age {
         return chrono::Duration::from_std(m).ok();
     }
+    let sqlite = database.starts_with("sqlite:");
     config
         .schedules
         .iter()
-        .filter(|s| s.kind == JobKind::FullBackup)
-        .filter(|s| s.databases.is_empty() || s.databases.iter().any(|d| d == database))
+        .filter(|s| s.kind == if sqlite { JobKind::SqliteBackup } else { JobKind::FullBackup })
+        .filter(|s| sqlite || s.databases.is_empty() || s.databases.iter().any(|d| d == database))
         .filter_map(|s| s.schedule.period(now))
         .min()
         .map(|p| p * 2)
@@ -349,25 +351,31 @@ fn human(d: chrono::Duration) -> String {
     }
 }
 
-/// Freshness of every configured database: its newest successful full backup is younger than
-/// its max age, and its latest verification did not fail.
+/// Freshness of every configured database and SQLite file: its newest successful full backup
+/// (a SQLite file's newest backup) is younger than its max age, and its latest verification did
+/// not fail.
 pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem> {
     let mut out = Vec::new();
-    for db in config.databases.iter().map(|d| d.name.as_str()) {
+    let sqlite: Vec<String> = config.sqlite.iter().map(|f| format!("sqlite:{}", f.name)).collect();
+    for db in config.databases.iter().map(|d| d.name.as_str()).chain(sqlite.iter().map(String::as_str)) {
         let d = s.databases.get(db);
+        let (what, backup, schedule) = match db.strip_prefix("sqlite:") {
+            Some(name) => (format!("SQLite database {name}"), "backup", "sqlite_backup"),
+            None => (format!("database {db}"), "full backup", "full_backup"),
+        };
         if let Some(max_age) = max_age_for(config, db, now) {
             match d.and_then(|d| d.last_full_success) {
                 None => out.push(Problem {
                     database: db.to_owned(),
                     stale: s.started_at.is_some_and(|t| now - t > max_age),
-                    message: format!("database {db} has no successful full backup"),
+                    message: format!("{what} has no successful {backup}"),
                 }),
                 Some(t) if now - t > max_age => out.push(Problem {
                     database: db.to_owned(),
                     stale: true,
                     message: format!(
-                        "database {db}: the newest successful full backup is {} old, more than the allowed {} \
-                         (monitoring.max_age, default twice the full_backup schedule's period)",
+                        "{what}: the newest successful {backup} is {} old, more than the allowed {} \
+                         (monitoring.max_age, default twice the {schedule} schedule's period)",
                         human(now - t),
                         human(max_age)
                     ),
@@ -382,7 +390,7 @@ pub fn problems(s: &Status, config: &Config, now: DateTime<Utc>) -> Vec<Problem>
                 database: db.to_owned(),
                 stale: false,
                 message: format!(
-                    "database {db}: the latest verification failed ({}): see `pgbackd verify --latest --deep`",
+                    "{what}: the latest verification failed ({}): see `pgbackd verify --latest --deep`",
                     d.last_verification_at
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                         .unwrap_or_default()
@@ -486,4 +494,30 @@ pub fn read(dir: &Path) -> Result<Status> {
         format!("no daemon status at {} (is `pgbackd run` running with this config?)", path.display())
     })?;
     serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_sqlite_file_is_stale_after_twice_its_schedule_period() {
+        let yaml = "local_backup_dir: /r\nsqlite:\n  - {name: app, path: /srv/app.db}\nschedules:\n  sqlite_backup: \"0 * * * *\"\n";
+        let config = Config::from_yaml(yaml, "s.yaml", &|_: &str| None).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
+        let mut s = Status { started_at: Some(now - chrono::Duration::hours(5)), ..Default::default() };
+        let p = problems(&s, &config, now);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].stale && p[0].message == "SQLite database app has no successful backup", "{p:?}");
+        s.databases.entry("sqlite:app".into()).or_default().last_full_success =
+            Some(now - chrono::Duration::minutes(90));
+        assert!(problems(&s, &config, now).is_empty(), "90 minutes is within twice an hourly period");
+        s.databases.get_mut("sqlite:app").unwrap().last_full_success = Some(now - chrono::Duration::hours(3));
+        let p = problems(&s, &config, now);
+        assert!(
+            p[0].message.contains("newest successful backup is 3h old") && p[0].message.contains("sqlite_backup"),
+            "{p:?}"
+        );
+    }
 }

@@ -131,7 +131,11 @@ pub fn print(config: &Config, json: bool) -> Result<ExitCode> {
     }
     writeln!(out, "\nDATABASES")?;
     for (name, d) in &s.databases {
-        let what = if name.starts_with("files:") || name.starts_with("configs:") { "backup" } else { "full backup" };
+        let what = if ["files:", "configs:", "sqlite:"].iter().any(|p| name.starts_with(p)) {
+            "backup"
+        } else {
+            "full backup"
+        };
         writeln!(
             out,
             "  {name:<20} last {what} {} {}, last attempt {}",

@@ -12,7 +12,7 @@ pub struct Entry {
     pub kind: JobKind,
     pub schedule: Schedule,
     /// What it runs on: the databases it names (all configured ones when it names none); the
-    /// file or configuration sets for their backups; and, for retention and verification
+    /// file or configuration sets for their backups, SQLite files for theirs; and, for retention and verification
     /// covering every database, the sets too.
     pub subjects: Vec<Subject>,
     pub overlap: Overlap,
@@ -26,9 +26,11 @@ impl Entry {
     fn from_config(s: &ScheduleConfig, config: &Config, now: DateTime<Utc>) -> Entry {
         // a schedule's `databases` narrows the jobs that run on databases only
         let subjects = match s.kind {
-            JobKind::FileBackup | JobKind::ConfigBackup | JobKind::BaseBackup | JobKind::RecoveryDrill => {
-                crate::jobs::context::subjects_for(config, s.kind)
-            }
+            JobKind::FileBackup
+            | JobKind::ConfigBackup
+            | JobKind::SqliteBackup
+            | JobKind::BaseBackup
+            | JobKind::RecoveryDrill => crate::jobs::context::subjects_for(config, s.kind),
             _ if s.databases.is_empty() => crate::jobs::context::subjects_for(config, s.kind),
             _ => s.databases.iter().map(|d| Subject::Database(d.clone())).collect(),
         };

@@ -56,6 +56,7 @@ pub fn resolve(config: &Config, kind: JobKind, requested: Option<&str>) -> Resul
             }
             JobKind::FileBackup => "the daemon's config has no files: source sets".to_owned(),
             JobKind::ConfigBackup => "the daemon's config has no configs: source sets".to_owned(),
+            JobKind::SqliteBackup => "the daemon's config has no sqlite: files".to_owned(),
             _ => "the daemon's config has no databases".to_owned(),
         });
     }

@@ -142,8 +142,11 @@ fn update_board(board: &Board, run: &JobRun, report: &Report) {
         d.last_attempt_at = Some(started);
         d.last_outcome = Some(outcome);
         match (spec.kind, &run.produced) {
-            // a set's newest backup always restores whole (holders are kept): it is its "full"
-            (JobKind::FullBackup | JobKind::FileBackup | JobKind::ConfigBackup, _) if outcome == Outcome::Success => {
+            // a set's or SQLite file's newest backup always restores whole (holders and chains
+            // are kept): it is its "full"
+            (JobKind::FullBackup | JobKind::FileBackup | JobKind::ConfigBackup | JobKind::SqliteBackup, _)
+                if outcome == Outcome::Success =>
+            {
                 d.last_full_success = Some(started);
                 d.last_full_backup_id = report.backup_id.clone();
             }
