@@ -1,5 +1,6 @@
 //! `check-config [--connect]`: the config is valid (every error at once, exit 78, comes from
-//! loading it); with `--connect`, reach every database and storage target and say what works.
+//! loading it); with `--connect`, reach every database and storage target, check every SQLite
+//! file (a SQLite database, room for its snapshot), and say what works.
 
 use super::args::CheckConfigArgs;
 use super::{EXIT_JOB_FAILED, EXIT_OK};
@@ -8,7 +9,7 @@ use crate::jobs::JobContext;
 use crate::pg::{self, Tools};
 use crate::repo::Repository;
 use crate::storage;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::process::ExitCode;
 
 pub async fn run(ctx: &JobContext, args: &CheckConfigArgs) -> Result<ExitCode> {
@@ -16,6 +17,9 @@ pub async fn run(ctx: &JobContext, args: &CheckConfigArgs) -> Result<ExitCode> {
     say!("{}: configuration is valid", config.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     for db in &config.databases {
         say!("  database {:<20} {}", db.name, db.connection);
+    }
+    for f in &config.sqlite {
+        say!("  sqlite   {:<20} {}", f.name, f.path.display());
     }
     for s in &config.schedules {
         say!("  schedule {:<20} {:?} ({})", s.kind.name(), s.schedule.expr(), s.schedule.timezone());
@@ -33,6 +37,26 @@ pub async fn run(ctx: &JobContext, args: &CheckConfigArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(if connect(config, &ctx.repository).await { EXIT_OK } else { EXIT_JOB_FAILED }))
 }
 
+/// Whether a SQLite file can be backed up: it is a SQLite database and `$TMPDIR` has room for
+/// its snapshot.
+fn sqlite_ready(f: &crate::config::SqliteConfig) -> Result<String> {
+    let mode = crate::sqlite::check_source(&f.path).with_context(|| format!("sqlite[{}].path", f.name))?;
+    let size = std::fs::metadata(&f.path)?.len();
+    let tmp = std::env::temp_dir();
+    let room = match crate::storage::local::free_space(&tmp) {
+        Some((free, _)) if free < size => anyhow::bail!(
+            "{} has {} free, and the snapshot of {} needs {}: set TMPDIR to a directory with room",
+            tmp.display(),
+            crate::units::bytes(free),
+            f.path.display(),
+            crate::units::bytes(size)
+        ),
+        Some((free, _)) => format!("{} free in {}", crate::units::bytes(free), tmp.display()),
+        None => format!("free space in {} unknown", tmp.display()),
+    };
+    Ok(format!("{} ({} mode, {}); {room}", f.path.display(), mode, crate::units::bytes(size)))
+}
+
 /// Probes everything; prints one line per check; true if all passed.
 async fn connect(config: &Config, repo: &Repository) -> bool {
     let mut all_ok = true;
@@ -40,9 +64,20 @@ async fn connect(config: &Config, repo: &Repository) -> bool {
     let dump = tools.version("pg_dump").await;
     match &dump {
         Ok((_, v)) => say!("ok      pg_dump {v} ({})", tools.path("pg_dump").display()),
+        // a config of SQLite files alone does not need pg_dump
+        Err(e) if config.databases.is_empty() && config.wal.is_none() => say!("skipped pg_dump: {e:#}"),
         Err(e) => {
             all_ok = false;
             say!("FAILED  pg_dump: {e:#}");
+        }
+    }
+    for f in &config.sqlite {
+        match sqlite_ready(f) {
+            Ok(facts) => say!("ok      sqlite {}: {facts}", f.name),
+            Err(e) => {
+                all_ok = false;
+                say!("FAILED  sqlite {}: {e:#}", f.name);
+            }
         }
     }
     for db in &config.databases {
