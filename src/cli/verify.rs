@@ -187,7 +187,8 @@ pub fn print_test_restore(t: &TestRestored) -> Result<()> {
     if let Some(e) = &t.error {
         writeln!(out, "  error: {e}")?;
     }
-    writeln!(out, "  scratch database dropped")?;
+    let removed = if t.database.starts_with("sqlite:") { "scratch file removed" } else { "scratch database dropped" };
+    writeln!(out, "  {removed}")?;
     Ok(())
 }
 

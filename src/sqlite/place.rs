@@ -32,13 +32,15 @@ pub fn free_name(base: &Path) -> PathBuf {
 
 /// Puts `new` (a checked file in `target`'s directory, with no `-wal` or `-journal` of its own) at
 /// `target`. What was there is kept as `kept` (returned), its `-wal` and `-journal` beside it;
-/// `None` when nothing was there.
+/// `None` when nothing but perhaps a `-shm` was there.
 pub fn install(new: &Path, target: &Path, kept: &Path) -> Result<Option<PathBuf>> {
     let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let had = target.symlink_metadata().is_ok();
+    let mut moved = false;
     for suffix in COMPANIONS {
         let from = with_suffix(target, suffix);
         if from.symlink_metadata().is_ok() {
+            moved = true;
             let to = with_suffix(kept, suffix);
             std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
         }
@@ -59,7 +61,8 @@ pub fn install(new: &Path, target: &Path, kept: &Path) -> Result<Option<PathBuf>
     }
     std::fs::rename(new, target).with_context(|| format!("renaming {} to {}", new.display(), target.display()))?;
     sync_dir(dir)?;
-    Ok(had.then(|| kept.to_owned()))
+    // a `-wal` or `-journal` left without its database is kept too (and said)
+    Ok((had || moved).then(|| kept.to_owned()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
