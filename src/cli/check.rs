@@ -54,7 +54,8 @@ fn sqlite_ready(f: &crate::config::SqliteConfig) -> Result<String> {
         Some((free, _)) => format!("{} free in {}", crate::units::bytes(free), tmp.display()),
         None => format!("free space in {} unknown", tmp.display()),
     };
-    Ok(format!("{} ({} mode, {}); {room}", f.path.display(), mode, crate::units::bytes(size)))
+    let mode = if mode == "wal" { "WAL mode" } else { "rollback-journal mode" };
+    Ok(format!("{} ({mode}, {}); {room}", f.path.display(), crate::units::bytes(size)))
 }
 
 /// Probes everything; prints one line per check; true if all passed.

@@ -57,12 +57,18 @@ async fn sqlite_file(ctx: &JobContext, file: &Path, args: &RollbackArgs) -> Resu
             ),
         },
     };
-    let users = sqlite::users(&target);
+    // the file's users, and those of the kept copy (a process still writing to the file a restore
+    // replaced)
+    let mut users = sqlite::users(&target);
+    users.extend(sqlite::users(&from));
+    users.sort_unstable();
+    users.dedup();
     if !users.is_empty() && !args.yes {
         let pids: Vec<String> = users.iter().map(u32::to_string).collect();
         refuse!(
-            "{} is open in process {}: stop it first (it would go on using the swapped-out file), or add --yes",
+            "{} or {} is open in process {}: stop it first (it would go on using the swapped-out file), or add --yes",
             target.display(),
+            from.display(),
             pids.join(", ")
         );
     }

@@ -92,7 +92,8 @@ pub fn kept_copies(target: &Path) -> Vec<PathBuf> {
 }
 
 /// Folds a kept copy's `-wal` into it and rolls back a hot `-journal` (what SQLite does when it
-/// opens the file), so it can move as one file.
+/// reads the file), so it can move as one file. A `-journal` SQLite leaves after reading is not
+/// hot (a transaction that never wrote to the file, cut off by a kill): it is removed.
 fn settle(path: &Path) -> Result<()> {
     let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
         .with_context(|| format!("opening {}", path.display()))?;
@@ -102,12 +103,16 @@ fn settle(path: &Path) -> Result<()> {
         .with_context(|| format!("reading {}", path.display()))?;
     c.pragma_update(None, "wal_checkpoint", "TRUNCATE").ok();
     c.close().map_err(|(_, e)| e).with_context(|| format!("closing {}", path.display()))?;
+    let wal = with_suffix(path, "-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        bail!(
+            "{} still has {} with content after a checkpoint: a process has it open; stop it first",
+            path.display(),
+            wal.display()
+        );
+    }
     for suffix in COMPANIONS {
-        let p = with_suffix(path, suffix);
-        if std::fs::metadata(&p).is_ok_and(|m| m.len() > 0) {
-            bail!("{} still has {} with content after a checkpoint: is it in use?", path.display(), p.display());
-        }
-        std::fs::remove_file(&p).ok();
+        std::fs::remove_file(with_suffix(path, suffix)).ok();
     }
     Ok(())
 }
@@ -162,6 +167,23 @@ mod tests {
         assert_eq!(rows(&target), ["old"]);
         assert_eq!(rows(&aside), ["restored"]);
         assert!(!kept.exists());
+    }
+
+    #[test]
+    fn a_kept_copy_with_a_journal_left_by_a_killed_writer_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app.db");
+        let c = Connection::open(&target).unwrap();
+        c.execute_batch("CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('committed');").unwrap();
+        drop(c);
+        let kept = dir.path().join("app.db.pre-B");
+        std::fs::copy(&target, &kept).unwrap();
+        // a stale journal (a transaction killed before it wrote): not hot, only in the way
+        std::fs::write(with_suffix(&kept, "-journal"), vec![0u8; 512]).unwrap();
+        let aside = dir.path().join("app.db.rolled-back");
+        rollback(&target, &kept, &aside).unwrap();
+        assert_eq!(rows(&target), ["committed"]);
+        assert!(!with_suffix(&target, "-journal").exists() && !with_suffix(&kept, "-journal").exists());
     }
 
     #[test]

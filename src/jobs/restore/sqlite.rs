@@ -71,8 +71,9 @@ fn occupied_message(target: &Path, there: &[PathBuf], users: &[u32], m: &Manifes
         let pids: Vec<String> = users.iter().map(u32::to_string).collect();
         format!(" and is open in process {} (stop it first: it would go on using the replaced file)", pids.join(", "))
     };
+    let verb = if there.len() == 1 { "exists" } else { "exist" };
     format!(
-        "{} exists{used}: a restore never overwrites a database without --replace. With --replace the backup is \
+        "{} {verb}{used}: a restore never overwrites a database without --replace. With --replace the backup is \
          written and checked beside it first, then takes its place, and what is there now is kept as {}.pre-{} \
          (`pgbackd rollback --sqlite {}` swaps it back). Or restore to another --to path.",
         names.join(", "),
