@@ -330,3 +330,68 @@ fn a_file_that_is_not_a_sqlite_database_fails_the_backup_with_its_config_field()
     assert!(!out.status.success() && stderr(&out).contains("gone.db cannot be read"), "{}", stderr(&out));
     assert!(!gone.exists());
 }
+
+#[test]
+fn the_daemon_backs_up_on_schedule_test_restores_applies_retention_and_reports_freshness() {
+    let env = TestEnv::new("sqlite_daemon");
+    let db = env.dir.path().join("app.db");
+    let writer = Writer::start(&db, "wal");
+    writer.wait_for(20);
+    let reports_dir = env.dir.path().join("reports");
+    sqlite_config(
+        &env,
+        &db,
+        &format!(
+            "    full_every: 2\nschedules:\n  sqlite_backup: \"* * * * * *\"\n  test_restore: \"*/2 * * * * *\"\n\
+             \x20 retention: \"*/3 * * * * *\"\nretention:\n  sqlite_backup:\n    keep_last: 2\n    min_keep: 1\n\
+             daemon:\n  catch_up: false\nreports:\n  dir: {}\n",
+            reports_dir.display()
+        ),
+    );
+    // one backup before the schedules start, so a test restore always has one to take
+    backup(&env);
+    let daemon = crate::daemon::Daemon::start(&env, &[]);
+    // the reports of sqlite:app's runs in `sub`
+    let reports = |sub: &str| -> Vec<serde_json::Value> {
+        files_under(&reports_dir.join(sub))
+            .iter()
+            .filter_map(|f| serde_json::from_slice::<serde_json::Value>(&std::fs::read(f).ok()?).ok())
+            .filter(|r| r["database"] == "sqlite:app")
+            .collect()
+    };
+    let count = |sub: &str| reports(sub).len();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !(count("sqlite_backup") >= 5 && count("database_restore") >= 1 && count("backup_retention") >= 2) {
+        assert!(Instant::now() < deadline, "the daemon's jobs did not run:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _, log) = daemon.stop();
+    drop(writer);
+    assert_eq!(code, Some(0), "{log}");
+    for sub in ["sqlite_backup", "database_restore", "backup_retention"] {
+        for r in reports(sub) {
+            assert_eq!(r["outcome"], "success", "{sub}: {r}");
+        }
+    }
+    // fulls and incrementals alternate (full_every 2); retention kept the newest two and whatever
+    // the newest incremental is a delta against
+    let listed = env.list_json();
+    assert!((2..=3).contains(&listed.len()), "{listed:?}");
+    let newest = listed.last().unwrap();
+    if newest["kind"] == "incremental" {
+        assert!(listed.iter().any(|b| b["id"] == newest["base_id"]), "the base of the newest was deleted: {listed:?}");
+    }
+    assert!(listed.iter().all(|b| b["database"] == "sqlite:app"));
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reports_dir.join("status.json")).unwrap()).unwrap();
+    let app = &status["databases"]["sqlite:app"];
+    assert!(app["last_full_success"].is_string() && app["last_test_restore_outcome"] == "success", "{status}");
+    // fresh: healthcheck is satisfied by the SQLite file's backups alone
+    let out = env.run(&["healthcheck"]);
+    assert!(
+        !stdout(&out).contains("sqlite:app") && !stderr(&out).contains("SQLite database app"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
