@@ -62,12 +62,22 @@ pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger, full: bo
     let id = keys::new_backup_id(now, kind.name());
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), path = %file.path.display(), "SQLite backup started");
     let started = std::time::Instant::now();
+    // the backup's own limit, backup.timeout, below the caller's cancellation
     let limit = ctx.config.backup.timeout;
-    let attempt = take(ctx, file, subject, trigger, &id, kind, base.as_ref(), &chain, warnings);
-    let result = match tokio::time::timeout(limit, attempt).await {
-        Ok(r) => r,
-        Err(_) => {
-            Err(anyhow!("the backup exceeded backup.timeout ({}) and was cancelled", crate::units::duration(limit)))
+    let own = ctx.with_cancel(ctx.cancel.child_token());
+    let attempt = take(&own, file, subject, trigger, &id, kind, base.as_ref(), &chain, warnings);
+    tokio::pin!(attempt);
+    let result = tokio::select! {
+        r = &mut attempt => r,
+        _ = tokio::time::sleep(limit) => {
+            own.cancel.cancel();
+            // committed just before the limit: a backup all the same
+            attempt.await.map_err(|e| {
+                e.context(format!(
+                    "the backup exceeded backup.timeout ({}) and was cancelled",
+                    crate::units::duration(limit)
+                ))
+            })
         }
     };
     if let Some(l) = base_lock {

@@ -49,6 +49,27 @@ pub struct TestRestored {
     pub leftovers_dropped: Vec<String>,
 }
 
+impl TestRestored {
+    /// The result of a test restore of `m` into `scratch` before it ran: not ok, nothing checked.
+    fn of(m: &Manifest, scratch: String) -> TestRestored {
+        TestRestored {
+            backup_id: m.id.clone(),
+            database: m.subject.to_string(),
+            scratch_database: scratch,
+            ok: false,
+            restore_seconds: 0.0,
+            restored_bytes: None,
+            tables_checked: 0,
+            mismatches: Vec::new(),
+            property_differences: Vec::new(),
+            schema_differences: Vec::new(),
+            checks: Vec::new(),
+            error: None,
+            leftovers_dropped: Vec::new(),
+        }
+    }
+}
+
 /// The prefix of a database's scratch databases: `pgbackd_restore_<database>_`.
 fn scratch_prefix(database: &str) -> String {
     let db: String = database
@@ -187,21 +208,7 @@ pub(crate) async fn run_checks(conn: &Connection, checks: &[RestoreCheck]) -> Re
 pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
     let config = &*ctx.config;
     let scratch = scratch_name(m);
-    let mut result = TestRestored {
-        backup_id: m.id.clone(),
-        database: m.subject.to_string(),
-        scratch_database: scratch.clone(),
-        ok: false,
-        restore_seconds: 0.0,
-        restored_bytes: None,
-        tables_checked: 0,
-        mismatches: Vec::new(),
-        property_differences: Vec::new(),
-        schema_differences: Vec::new(),
-        checks: Vec::new(),
-        error: None,
-        leftovers_dropped: Vec::new(),
-    };
+    let mut result = TestRestored::of(m, scratch.clone());
     let Some(server) = server(config, m) else {
         result.error = Some(format!(
             "database {} is not in the config and no test_restore.target is set: nowhere to restore",
@@ -275,21 +282,7 @@ pub async fn run(ctx: &JobContext, m: &Manifest) -> TestRestored {
 /// table's rows compared with the snapshot's; the time it took is the measured RTO.
 pub async fn sqlite(ctx: &JobContext, m: &Manifest) -> TestRestored {
     let started = std::time::Instant::now();
-    let mut result = TestRestored {
-        backup_id: m.id.clone(),
-        database: m.subject.to_string(),
-        scratch_database: String::new(),
-        ok: false,
-        restore_seconds: 0.0,
-        restored_bytes: None,
-        tables_checked: 0,
-        mismatches: Vec::new(),
-        property_differences: Vec::new(),
-        schema_differences: Vec::new(),
-        checks: Vec::new(),
-        error: None,
-        leftovers_dropped: Vec::new(),
-    };
+    let mut result = TestRestored::of(m, String::new());
     let outcome: Result<()> = async {
         let scratch = tempfile::Builder::new()
             .prefix("pgbackd-test-restore-")

@@ -395,3 +395,48 @@ fn the_daemon_backs_up_on_schedule_test_restores_applies_retention_and_reports_f
         stderr(&out)
     );
 }
+
+#[test]
+fn a_snapshot_that_waits_past_backup_timeout_is_cancelled_and_leaves_nothing() {
+    let env = TestEnv::new("sqlite_timeout");
+    let db = env.dir.path().join("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');").unwrap();
+    drop(c);
+    // a rollback-journal writer holding an exclusive lock: nobody may read
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3, time\nc = sqlite3.connect('{}', isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\n\
+             c.execute(\"INSERT INTO t VALUES (2, 'y')\")\nprint('locked', flush=True)\ntime.sleep(60)",
+            db.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    env.write_config(&format!(
+        "sqlite:\n  - {{name: app, path: {}, busy_timeout: 10m}}\nbackup:\n  timeout: 2s\n",
+        db.display()
+    ));
+    let tmp = env.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let started = Instant::now();
+    let out = env.run_env(&["backup-sqlite"], &[("TMPDIR", tmp.to_str().unwrap())]);
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exceeded backup.timeout (2s)"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(15), "the cancelled snapshot took {took:?}");
+    let left: Vec<PathBuf> = files_under(&env.repository().join("sqlite"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/.attempts/"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // the scratch snapshot (in this run's own TMPDIR) is gone
+    let scratch: Vec<PathBuf> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(scratch.is_empty(), "scratch left: {scratch:?}");
+}
