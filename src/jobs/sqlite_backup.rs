@@ -17,6 +17,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The scratch directories of snapshots in `$TMPDIR`: `pgbackd-sqlite-XXXXXX/snapshot.db`.
+const SCRATCH_PREFIX: &str = "pgbackd-sqlite-";
+
 /// The configured file a subject names.
 pub fn file_of<'c>(config: &'c crate::config::Config, subject: &Subject) -> Result<&'c SqliteConfig> {
     let Subject::Sqlite(name) = subject else { bail!("{} is not a SQLite database", subject.describe()) };
@@ -35,7 +38,12 @@ pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger, full: bo
     let file = file_of(&ctx.config, subject)?;
     let repo = &ctx.repository;
     let now = ctx.now();
-    repo.sweep_leftovers(subject, now, ctx.config.retention.orphan_grace).await;
+    let grace = ctx.config.retention.orphan_grace;
+    repo.sweep_leftovers(subject, now, grace).await;
+    // snapshots a killed run left in $TMPDIR
+    for p in crate::sqlite::sweep(&std::env::temp_dir(), SCRATCH_PREFIX, grace) {
+        tracing::info!(path = %p.display(), "removed the scratch snapshot of an interrupted backup");
+    }
     let mut warnings = Vec::new();
     let since = repo.since_full(subject).await?;
     let (base, chain) = if full || since.is_empty() || since.len() >= file.full_every as usize {
@@ -110,7 +118,7 @@ async fn take(
     let now = ctx.now();
     // the snapshot: one read transaction of the live file, copied into a scratch file
     let scratch = tempfile::Builder::new()
-        .prefix("pgbackd-sqlite-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir()
         .context("creating a scratch directory for the snapshot (in $TMPDIR, which needs room for the database)")?;
     let snap_path = scratch.path().join("snapshot.db");

@@ -324,6 +324,32 @@ pub fn users(path: &Path) -> Vec<u32> {
     pids
 }
 
+/// Removes what killed runs left in `dir`: entries named `prefix...` (a snapshot's scratch
+/// directory, a restore's file beside its target) older than `grace` that no process has open.
+/// Returns what it removed.
+pub fn sweep(dir: &Path, prefix: &str, grace: Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return removed };
+    for e in entries.flatten() {
+        if !e.file_name().to_str().is_some_and(|n| n.starts_with(prefix)) {
+            continue;
+        }
+        let path = e.path();
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|a| a >= grace));
+        // a scratch directory holds snapshot.db; a restore's file is itself the database
+        let file = if path.is_dir() { path.join("snapshot.db") } else { path.clone() };
+        if !old || !users(&file).is_empty() {
+            continue;
+        }
+        let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match gone {
+            Ok(()) => removed.push(path),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover"),
+        }
+    }
+    removed
+}
+
 /// `path` with `suffix` appended to its file name (`app.db` + `-wal`).
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -424,6 +450,40 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(600));
         assert!(format!("{e:#}").contains("stayed locked by a writer"), "{e:#}");
         writer.execute_batch("COMMIT").unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_old_leftovers_nobody_has_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("pgbackd-sqlite-old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("snapshot.db"), "x").unwrap();
+        let fresh = dir.path().join("pgbackd-sqlite-fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        let other = dir.path().join("other-old");
+        std::fs::write(&other, "x").unwrap();
+        let busy = dir.path().join("pgbackd-sqlite-busy");
+        std::fs::create_dir(&busy).unwrap();
+        std::fs::write(busy.join("snapshot.db"), "x").unwrap();
+        let hour_ago = filetime::FileTime::from_system_time(std::time::SystemTime::now() - Duration::from_secs(3600));
+        for p in [&old, &other, &busy] {
+            filetime::set_file_mtime(p, hour_ago).unwrap();
+        }
+        // another process has `busy`'s snapshot open (users() leaves this process out)
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 3<'{}'; sleep 30", busy.join("snapshot.db").display()))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while users(&busy.join("snapshot.db")).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let removed = sweep(dir.path(), "pgbackd-sqlite-", Duration::from_secs(600));
+        assert_eq!(removed, std::slice::from_ref(&old));
+        assert!(!old.exists() && fresh.exists() && other.exists() && busy.exists());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

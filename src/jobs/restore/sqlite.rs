@@ -108,9 +108,14 @@ pub async fn run(ctx: &JobContext, m: &Manifest, req: &Request) -> Result<Restor
         refuse!("{}", occupied_message(&target, &there, &users, m));
     }
     let lock = ctx.read_lock(m, "SQLite restore").await?;
-    // written beside the target (same filesystem: the rename is atomic), removed on any failure
+    // written beside the target (same filesystem: the rename is atomic), removed on any failure;
+    // what a killed restore left there goes first
+    let prefix = format!(".{name}.pgbackd-restore-");
+    for p in sqlite::sweep(&dir, &prefix, ctx.config.retention.orphan_grace) {
+        tracing::info!(path = %p.display(), "removed the file of an interrupted restore");
+    }
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.pgbackd-restore-"))
+        .prefix(&prefix)
         .tempfile_in(&dir)
         .with_context(|| format!("creating a file in {} (pgbackd needs write access there)", dir.display()))?
         .into_temp_path();
