@@ -65,13 +65,13 @@ pub async fn rebuild(ctx: &JobContext, m: &Manifest, store: Option<Arc<dyn Store
 /// The refusal for a database (or the files SQLite keeps beside one) at `target`.
 fn occupied_message(target: &Path, there: &[PathBuf], users: &[u32], m: &Manifest) -> String {
     let names: Vec<String> = there.iter().map(|p| p.display().to_string()).collect();
+    let (verb, is) = if there.len() == 1 { ("exists", "is") } else { ("exist", "are") };
     let used = if users.is_empty() {
         String::new()
     } else {
         let pids: Vec<String> = users.iter().map(u32::to_string).collect();
-        format!(" and is open in process {} (stop it first: it would go on using the replaced file)", pids.join(", "))
+        format!(" and {is} open in process {} (stop it first: it would go on using the replaced file)", pids.join(", "))
     };
-    let verb = if there.len() == 1 { "exists" } else { "exist" };
     format!(
         "{} {verb}{used}: a restore never overwrites a database without --replace. With --replace the backup is \
          written and checked beside it first, then takes its place, and what is there now is kept as {}.pre-{} \
