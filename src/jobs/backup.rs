@@ -56,25 +56,14 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     let now = ctx.now();
     repo.sweep_leftovers(&subject, now, ctx.config.retention.orphan_grace).await;
     // an incremental is a delta against a base the policy picks; without a good one, a full
-    let (base, chain, instead) = match req.kind {
+    let (base, chain, instead_warning) = match req.kind {
         BackupKind::Incremental => match choose_base(ctx, &subject).await? {
             Choice::On(b, chain) => (Some(*b), chain, None),
-            Choice::Full(p) => (None, Vec::new(), Some(p)),
+            Choice::Full(p) => (None, Vec::new(), p.report()),
         },
         BackupKind::Full => (None, Vec::new(), None),
     };
     let kind = if base.is_some() { BackupKind::Incremental } else { BackupKind::Full };
-    let instead_warning = match &instead {
-        Some(p) if p.warning => {
-            tracing::warn!(warning = %p.why, "taking a full backup instead of an incremental");
-            Some(p.why.clone())
-        }
-        Some(p) => {
-            tracing::info!(reason = %p.why, "taking a full backup instead of an incremental");
-            None
-        }
-        None => None,
-    };
     // the base is read while this backup runs: retention keeps it meanwhile
     let base_lock = match &base {
         Some(b) => Some(ctx.read_lock(b, "incremental backup based on").await?),
@@ -89,16 +78,7 @@ pub async fn run(ctx: &JobContext, req: &Request<'_>) -> Result<Manifest> {
     if let Some(l) = base_lock {
         l.release().await;
     }
-    if let Err(e) = &result {
-        // the job's own line says why it failed; here, its leftovers go
-        tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed backup wrote");
-        if let Err(cleanup) = repo.remove_failed(&subject, &id).await {
-            tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
-        }
-    } else {
-        tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "backup stored");
-    }
-    result
+    ctx.end_attempt(&subject, &id, "backup", started, result).await
 }
 
 /// One backup attempt: what it is and where it goes.
@@ -144,30 +124,10 @@ async fn take(a: &Attempt<'_>, instead_warning: Option<String>) -> Result<Manife
 
     // the backup's own limit, backup.timeout, below the caller's cancellation
     let cancel = ctx.cancel.child_token();
-    let limit = config.backup.timeout;
-    let (result, timed_out) = {
-        // for the progress bar's percentage and ETA: the dump is about as large as the last one
-        let expected = previous_full.as_ref().map(Manifest::raw_bytes).unwrap_or(server.database_size);
-        let work = dump(a, &tools, &cancel, expected);
-        tokio::pin!(work);
-        tokio::select! {
-            r = &mut work => (r, false),
-            _ = tokio::time::sleep(limit) => {
-                cancel.cancel();
-                (work.await, true)
-            }
-        }
-    };
-    let (committed, archive, dump_stderr) = match result {
-        Ok(v) => v,
-        Err(e) if timed_out => {
-            return Err(e.context(format!(
-                "the backup exceeded backup.timeout ({}) and was cancelled",
-                crate::units::duration(limit)
-            )));
-        }
-        Err(e) => return Err(e),
-    };
+    // for the progress bar's percentage and ETA: the dump is about as large as the last one
+    let expected = previous_full.as_ref().map(Manifest::raw_bytes).unwrap_or(server.database_size);
+    let (committed, archive, dump_stderr) =
+        within_timeout(config.backup.timeout, &cancel, dump(a, &tools, &cancel, expected)).await?;
     let pipeline::Committed { object: data, targets: mut holding, mut warnings } = committed;
     warnings.extend(space_warnings);
     check_size(data.raw_bytes, config, previous_full.as_ref(), req.allow_shrink)?;
@@ -257,6 +217,29 @@ async fn take(a: &Attempt<'_>, instead_warning: Option<String>) -> Result<Manife
     repo.commit(manifest).await
 }
 
+/// Runs `work`, which stops when `cancel` is cancelled, within `backup.timeout` (`limit`): past
+/// it, `cancel` is cancelled and what `work` then returns is the result (its error with the
+/// timeout as context; a backup committed right at the limit is a backup all the same).
+pub(super) async fn within_timeout<T>(
+    limit: Duration,
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        _ = tokio::time::sleep(limit) => {
+            cancel.cancel();
+            work.await.map_err(|e| {
+                e.context(format!(
+                    "the backup exceeded backup.timeout ({}) and was cancelled",
+                    crate::units::duration(limit)
+                ))
+            })
+        }
+    }
+}
+
 /// What an incremental request is a delta against (with that base's chain, nearest first), or
 /// why it is a full backup instead.
 pub(super) enum Choice {
@@ -265,10 +248,23 @@ pub(super) enum Choice {
 }
 
 pub(super) struct Promotion {
-    pub(super) why: String,
+    why: String,
     /// Something is wrong (no full yet, a base that cannot be read here or failed its check),
     /// not the planned end of a chain.
-    pub(super) warning: bool,
+    warning: bool,
+}
+
+impl Promotion {
+    /// Logs why the backup is a full; the warning the backup records, if it is one.
+    pub(super) fn report(self) -> Option<String> {
+        if self.warning {
+            tracing::warn!(warning = %self.why, "taking a full backup instead of an incremental");
+            Some(self.why)
+        } else {
+            tracing::info!(reason = %self.why, "taking a full backup instead of an incremental");
+            None
+        }
+    }
 }
 
 /// The base policy. `backup.incremental_base: previous` (the default) bases an incremental on

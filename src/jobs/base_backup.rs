@@ -49,16 +49,7 @@ pub async fn run(ctx: &JobContext, cluster: &str, trigger: Trigger) -> Result<Ma
     tracing::info!(backup_id = %id, "base backup started");
     let started = Instant::now();
     let result = take(ctx, wal, &subject, &id, trigger, now).await;
-    match &result {
-        Err(e) => {
-            tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed base backup wrote");
-            if let Err(cleanup) = repo.remove_failed(&subject, &id).await {
-                tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
-            }
-        }
-        Ok(_) => tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "base backup stored"),
-    }
-    result
+    ctx.end_attempt(&subject, &id, "base backup", started, result).await
 }
 
 async fn server_facts(wal: &WalSettings) -> Result<ServerFacts> {

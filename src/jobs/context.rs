@@ -60,6 +60,29 @@ impl JobContext {
         }
     }
 
+    /// The end of a backup attempt (`what`: `backup`, `file backup`...) of `subject` with id
+    /// `id`: a failure's leftovers are removed (the job's own line says why it failed), a
+    /// success is logged with its duration.
+    pub async fn end_attempt(
+        &self,
+        subject: &Subject,
+        id: &str,
+        what: &str,
+        started: std::time::Instant,
+        result: Result<Manifest>,
+    ) -> Result<Manifest> {
+        match &result {
+            Err(e) => {
+                tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed {what} wrote");
+                if let Err(cleanup) = self.repository.remove_failed(subject, id).await {
+                    tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
+                }
+            }
+            Ok(_) => tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "{what} stored"),
+        }
+        result
+    }
+
     /// The same context with another cancellation token (a job's own, below the caller's).
     pub fn with_cancel(&self, cancel: CancellationToken) -> JobContext {
         JobContext { cancel, ..self.clone() }

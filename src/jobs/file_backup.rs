@@ -58,15 +58,7 @@ pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger) -> Resul
     let started = std::time::Instant::now();
     tracing::info!(backup_id = %id, "file backup started");
     let result = take(ctx, set, subject, trigger, &id).await;
-    if let Err(e) = &result {
-        tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed backup wrote");
-        if let Err(cleanup) = ctx.repository.remove_failed(subject, &id).await {
-            tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
-        }
-    } else {
-        tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "file backup stored");
-    }
-    result
+    ctx.end_attempt(subject, &id, "file backup", started, result).await
 }
 
 async fn take(

@@ -125,27 +125,16 @@ impl<'a> Policies<'a> {
     }
 
     pub fn for_subject(subject: &Subject, r: &'a Retention) -> Policies<'a> {
-        let (label, policy) = match subject {
+        let holds: fn(&str) -> String = |id| format!("holds unchanged files of kept backup {id}");
+        let (label, policy, depended_on) = match subject {
             Subject::Database(_) => return Policies::database(r),
-            Subject::Files(_) => ("file_backups", r.file_backup.as_ref()),
-            Subject::Configs(_) => ("config_backups", r.config_backup.as_ref()),
-            Subject::Cluster(_) => ("base_backups", r.base_backup.as_ref()),
-            Subject::Sqlite(_) => {
-                return Policies {
-                    groups: vec![Group {
-                        kind: None,
-                        label: "sqlite_backups",
-                        policy: r.sqlite_backup.as_ref(),
-                        safety: false,
-                    }],
-                    depended_on: |id| format!("base of kept incremental {id}"),
-                };
-            }
+            Subject::Files(_) => ("file_backups", r.file_backup.as_ref(), holds),
+            Subject::Configs(_) => ("config_backups", r.config_backup.as_ref(), holds),
+            Subject::Cluster(_) => ("base_backups", r.base_backup.as_ref(), holds),
+            // incrementals of a SQLite file are deltas against the backup before, as dumps are
+            Subject::Sqlite(_) => ("sqlite_backups", r.sqlite_backup.as_ref(), Policies::database(r).depended_on),
         };
-        Policies {
-            groups: vec![Group { kind: None, label, policy, safety: false }],
-            depended_on: |id| format!("holds unchanged files of kept backup {id}"),
-        }
+        Policies { groups: vec![Group { kind: None, label, policy, safety: false }], depended_on }
     }
 }
 

@@ -5,7 +5,7 @@
 //! delta frames against the one before, as incremental dumps are (the same base policy,
 //! `backup.max_chain` included). A failure removes what the attempt wrote.
 
-use super::backup::{Choice, choose_base};
+use super::backup::{Choice, choose_base, within_timeout};
 use super::context::JobContext;
 use crate::config::SqliteConfig;
 use crate::pipeline::{self, PipelineOptions, Unfiltered};
@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The scratch directories of snapshots in `$TMPDIR`: `pgbackd-sqlite-XXXXXX/snapshot.db`.
+/// The scratch directories of snapshots in `$TMPDIR`: `pgbackd-sqlite-<random>/snapshot.db`.
 const SCRATCH_PREFIX: &str = "pgbackd-sqlite-";
 
 /// The configured file a subject names.
@@ -52,12 +52,7 @@ pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger, full: bo
         match choose_base(ctx, subject).await? {
             Choice::On(b, chain) => (Some(*b), chain),
             Choice::Full(p) => {
-                if p.warning {
-                    tracing::warn!(warning = %p.why, "taking a full backup instead of an incremental");
-                    warnings.push(p.why);
-                } else {
-                    tracing::info!(reason = %p.why, "taking a full backup instead of an incremental");
-                }
+                warnings.extend(p.report());
                 (None, Vec::new())
             }
         }
@@ -71,35 +66,13 @@ pub async fn run(ctx: &JobContext, subject: &Subject, trigger: Trigger, full: bo
     tracing::info!(backup_id = %id, kind = kind.name(), base_id = base.as_ref().map(|b| b.id.as_str()), path = %file.path.display(), "SQLite backup started");
     let started = std::time::Instant::now();
     // the backup's own limit, backup.timeout, below the caller's cancellation
-    let limit = ctx.config.backup.timeout;
     let own = ctx.with_cancel(ctx.cancel.child_token());
     let attempt = take(&own, file, subject, trigger, &id, kind, base.as_ref(), &chain, warnings);
-    tokio::pin!(attempt);
-    let result = tokio::select! {
-        r = &mut attempt => r,
-        _ = tokio::time::sleep(limit) => {
-            own.cancel.cancel();
-            // committed just before the limit: a backup all the same
-            attempt.await.map_err(|e| {
-                e.context(format!(
-                    "the backup exceeded backup.timeout ({}) and was cancelled",
-                    crate::units::duration(limit)
-                ))
-            })
-        }
-    };
+    let result = within_timeout(ctx.config.backup.timeout, &own.cancel, attempt).await;
     if let Some(l) = base_lock {
         l.release().await;
     }
-    if let Err(e) = &result {
-        tracing::debug!(backup_id = %id, error = %format!("{e:#}"), "removing what the failed backup wrote");
-        if let Err(cleanup) = repo.remove_failed(subject, &id).await {
-            tracing::error!(backup_id = %id, error = %format!("{cleanup:#}"), "could not remove the failed backup's data");
-        }
-    } else {
-        tracing::debug!(duration_s = format!("{:.1}", started.elapsed().as_secs_f64()), "SQLite backup stored");
-    }
-    result
+    ctx.end_attempt(subject, &id, "SQLite backup", started, result).await
 }
 
 #[allow(clippy::too_many_arguments)]

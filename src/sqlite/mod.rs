@@ -135,7 +135,9 @@ pub fn snapshot(source: &Path, into: &Path, busy: Duration, stop: &AtomicBool) -
     let waited = started.elapsed();
     drop(src);
     dst.close().map_err(|(_, e)| e).context("closing the snapshot file")?;
-    let problems = quick_check(into)?;
+    let snap = open_private(into)?;
+    let problems =
+        pragma_rows(&snap, "PRAGMA quick_check(20)").with_context(|| format!("checking {}", into.display()))?;
     if !problems.is_empty() {
         bail!(
             "the snapshot of {} fails PRAGMA quick_check: the database is damaged ({}); nothing was stored and \
@@ -145,7 +147,7 @@ pub fn snapshot(source: &Path, into: &Path, busy: Duration, stop: &AtomicBool) -
             source.display()
         );
     }
-    let inspected = inspect(into)?;
+    let inspected = inspect(&snap, into)?;
     Ok(Taken { journal_mode: journal_mode.to_owned(), inspected, waited })
 }
 
@@ -174,9 +176,9 @@ fn uri_path(path: &Path) -> String {
 }
 
 /// Page size and count, `user_version`, and every table's rows (SQLite's own tables and virtual
-/// tables left out: a virtual table's rows live in its shadow tables, which are counted).
-pub fn inspect(path: &Path) -> Result<Inspected> {
-    let c = open_private(path)?;
+/// tables left out: a virtual table's rows live in its shadow tables, which are counted) of the
+/// database `c` has open at `path`.
+fn inspect(c: &Connection, path: &Path) -> Result<Inspected> {
     let what = || format!("reading {}", path.display());
     let page_size: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0)).with_context(what)?;
     let page_count: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0)).with_context(what)?;
@@ -197,12 +199,7 @@ pub fn inspect(path: &Path) -> Result<Inspected> {
     Ok(Inspected { page_size: page_size as u64, page_count: page_count as u64, user_version, tables })
 }
 
-/// `PRAGMA quick_check`'s complaints (none: the file is sound as far as a quick check sees).
-fn quick_check(path: &Path) -> Result<Vec<String>> {
-    let c = open_private(path)?;
-    pragma_rows(&c, "PRAGMA quick_check(20)").with_context(|| format!("checking {}", path.display()))
-}
-
+/// The rows of an integrity pragma; none when it says `ok`.
 fn pragma_rows(c: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
     let rows: Vec<String> = c.prepare(sql)?.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?;
     Ok(if rows == ["ok"] { Vec::new() } else { rows })
@@ -262,8 +259,7 @@ pub fn check(path: &Path, expected: &Snapshot) -> Result<Checked> {
         })
         .with_context(what)?;
     problems.extend(fk);
-    drop(c);
-    let found = inspect(path)?;
+    let found = inspect(&c, path)?;
     if (found.page_size, found.page_count) != (expected.page_size, expected.page_count) {
         problems.push(format!(
             "the file has {} pages of {} bytes, the snapshot had {} of {}",

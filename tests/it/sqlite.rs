@@ -60,6 +60,21 @@ impl Drop for Writer {
     }
 }
 
+/// A Python process that opens `db`, runs `statements` (one per line, autocommit unless they
+/// begin a transaction), then holds the database open; returned once it has run them.
+fn holding(db: &Path, statements: &str) -> Child {
+    let script = format!(
+        "import sqlite3, time\nc = sqlite3.connect('{}', isolation_level=None)\n{}\nprint('ready', flush=True)\ntime.sleep(120)",
+        db.display(),
+        statements.lines().map(|s| format!("c.execute({s:?})")).collect::<Vec<_>>().join("\n")
+    );
+    let mut child = Command::new("python3").arg("-c").arg(script).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the Python holder of {} did not start", db.display());
+    child
+}
+
 fn integrity(path: &Path) -> String {
     let c = Connection::open(path).unwrap();
     c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
@@ -250,19 +265,7 @@ fn a_restore_refuses_a_file_in_use_without_replace_and_rollback_swaps_the_kept_c
     sqlite_config(&env, &db, "");
     let id = backup(&env);
     // the application goes on: a row committed into the WAL, the file held open
-    let mut app = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3, time\nc = sqlite3.connect('{}', isolation_level=None)\nc.execute('PRAGMA wal_autocheckpoint=0')\n\
-             c.execute(\"INSERT INTO t VALUES (2, 'after the backup')\")\nprint('ready', flush=True)\ntime.sleep(120)",
-            db.display()
-        ))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(app.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let mut app = holding(&db, "PRAGMA wal_autocheckpoint=0\nINSERT INTO t VALUES (2, 'after the backup')");
     let live = contents(&db);
     let before = std::fs::read(&db).unwrap();
 
@@ -405,19 +408,7 @@ fn a_snapshot_that_waits_past_backup_timeout_is_cancelled_and_leaves_nothing() {
     c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');").unwrap();
     drop(c);
     // a rollback-journal writer holding an exclusive lock: nobody may read
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import sqlite3, time\nc = sqlite3.connect('{}', isolation_level=None)\nc.execute('BEGIN EXCLUSIVE')\n\
-             c.execute(\"INSERT INTO t VALUES (2, 'y')\")\nprint('locked', flush=True)\ntime.sleep(60)",
-            db.display()
-        ))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut holder = holding(&db, "BEGIN EXCLUSIVE\nINSERT INTO t VALUES (2, 'y')");
     env.write_config(&format!(
         "sqlite:\n  - {{name: app, path: {}, busy_timeout: 10m}}\nbackup:\n  timeout: 2s\n",
         db.display()
